@@ -1,0 +1,1 @@
+"""gossamer_api."""
