@@ -1,0 +1,81 @@
+"""The servers every target forwards to: nginx for HTTP/1.1, grpcio for gRPC, iperf3 for bulk TCP."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+from bench.procs import ProcGroup, free_port, wait_for_port
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/nginx-body;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    location / {{ return 200 "hello from backend\\n"; }}
+  }}
+}}
+"""
+
+GRPC_SERVER = textwrap.dedent(
+    """
+    import sys
+    from concurrent import futures
+    import grpc
+
+    def echo(request, context):
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(echo)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+    server.start()
+    server.wait_for_termination()
+    """
+)
+
+# One gRPC message: uncompressed flag, big-endian length, then 16 opaque payload bytes.
+GRPC_MESSAGE = b"\x00" + (16).to_bytes(4, "big") + b"0123456789abcdef"
+
+
+def start_nginx(group: ProcGroup) -> int:
+    port = free_port()
+    conf = group.workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(workdir=group.workdir, port=port))
+    group.start("nginx", ["nginx", "-c", str(conf), "-p", str(group.workdir)], measured=False)
+    wait_for_port(port)
+    return port
+
+
+def start_grpc_server(group: ProcGroup) -> int:
+    port = free_port()
+    script = group.workdir / "grpc_server.py"
+    script.write_text(GRPC_SERVER)
+    group.start("grpc-server", [sys.executable, str(script), str(port)], measured=False)
+    wait_for_port(port)
+    return port
+
+
+def grpc_body(workdir: Path) -> Path:
+    path = workdir / "grpc-body.bin"
+    path.write_bytes(GRPC_MESSAGE)
+    return path
+
+
+def start_iperf3(group: ProcGroup) -> int:
+    port = free_port()
+    group.start("iperf3-server", ["iperf3", "-s", "-p", str(port)], measured=False)
+    wait_for_port(port)
+    return port

@@ -1,0 +1,26 @@
+"""A throwaway mesh PKI for the mTLS topologies: one anchor, one issuer, two leaves."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from bench.envoy import TlsFiles
+from gossamer_tls import issuing  # type: ignore[attr-defined]
+
+CLIENT_ID = "client.bench.serviceaccount.identity.gossamer.cluster.local"
+SERVER_ID = "server.bench.serviceaccount.identity.gossamer.cluster.local"
+
+
+@dataclass(frozen=True)
+class MeshCerts:
+    client: TlsFiles
+    server: TlsFiles
+
+
+def make_mesh_certs(workdir: Path) -> MeshCerts:
+    raise NotImplementedError  # filled in once gossamer_tls lands
