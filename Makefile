@@ -12,7 +12,7 @@ REGISTRY ?= gossamer
 TAG ?= dev
 SERVICES := destination identity injector proxy proxy-init
 
-.PHONY: help setup deb uv-install sync kube-bins kube-up kube-down protos protos-check lint fmt \
+.PHONY: help setup deb uv-install sync runtime kube-bins kube-up kube-down protos protos-check lint fmt \
         test test-unit images push demo e2e bench bench-control-plane clean
 
 help:
@@ -34,7 +34,18 @@ uv-install:
 sync: deb uv-install
 	@$(UV) sync --frozen --quiet
 
-setup: sync kube-bins
+# A non-editable copy of every package in a directory any uid can read: the proxy runs as
+# uid 2102 and apps as other users, and they cannot enter a clone under /root.
+RUNTIME_VENV ?= $(if $(filter 0,$(shell id -u)),/opt/gossamer/runtime,$(HOME)/.cache/gossamer/runtime)
+export GOSSAMER_RUNTIME_VENV := $(RUNTIME_VENV)
+WORKSPACE_PACKAGES := $(shell sed -n 's/^name = "\(gossamer-[a-z-]*\)"/\1/p' libs/*/pyproject.toml services/*/pyproject.toml cli/pyproject.toml)
+
+runtime: sync
+	@UV_PROJECT_ENVIRONMENT=$(RUNTIME_VENV) $(UV) sync --frozen --no-editable --no-default-groups --quiet \
+	  $(addprefix --reinstall-package ,$(WORKSPACE_PACKAGES))
+	@chmod -R a+rX $(RUNTIME_VENV)
+
+setup: sync runtime kube-bins
 
 kube-bins: deb
 	@bash scripts/kube-bins.sh >/dev/null
