@@ -27,7 +27,9 @@ RESULTS = Path(__file__).parent / "results"
 CONNECTIONS = (1, 16, 64)
 
 
-def measure(topology: Topology, target: str, root: Path, args: argparse.Namespace) -> report.TargetResult:
+def measure(
+    topology: Topology, target: str, root: Path, args: argparse.Namespace
+) -> report.TargetResult:
     result = report.TargetResult(topology.name, target)
     workdir = workdir_for(root, topology, target)
     certs = make_mesh_certs(root)
@@ -48,7 +50,9 @@ def measure(topology: Topology, target: str, root: Path, args: argparse.Namespac
     return result
 
 
-def _load(topology: Topology, port: int, workdir: Path, c: int, seconds: float) -> loadgen.LoadResult:
+def _load(
+    topology: Topology, port: int, workdir: Path, c: int, seconds: float
+) -> loadgen.LoadResult:
     if topology.backend == "grpc":
         url = f"http://127.0.0.1:{port}/bench.Echo/Unary"
         return loadgen.h2load_grpc(url, grpc_body(workdir), c, seconds)
@@ -78,7 +82,9 @@ def _requests(
         )
 
 
-def _bulk(result: report.TargetResult, group: ProcGroup, port: int, args: argparse.Namespace) -> None:
+def _bulk(
+    result: report.TargetResult, group: ProcGroup, port: int, args: argparse.Namespace
+) -> None:
     before = sum(cpu_seconds(p.pid) for p in group.measured())
     result.gbytes_per_second = loadgen.iperf3(port, args.seconds)
     spent = sum(cpu_seconds(p.pid) for p in group.measured()) - before
@@ -115,13 +121,17 @@ def main() -> int:
         "host": platform.node(),
         "cpus": "proxies and backends on CPU 0, load generator on CPU 1",
         "seconds per row": args.seconds,
-        "envoy": subprocess.run(["envoy", "--version"], capture_output=True, text=True).stdout.strip().split()[-1],
+        "envoy": subprocess.run(["envoy", "--version"], capture_output=True, text=True)
+        .stdout.strip()
+        .split()[-1],
         "wall time": f"{time.monotonic() - started:.0f}s",
     }
     titles = {t.name: t.title for t in chosen}
     text = report.markdown(results, titles, meta)
     if profile:
-        text += "\n## Where the proxy spends its time (two-hop HTTP/1.1, py-spy)\n\n" + profile + "\n"
+        text += (
+            "\n## Where the proxy spends its time (two-hop HTTP/1.1, py-spy)\n\n" + profile + "\n"
+        )
     (RESULTS / "report.md").write_text(text)
     report.write_json(results, meta, RESULTS / "results.json")
     report.plots(results, titles, RESULTS)

@@ -1,4 +1,4 @@
-"""The servers every target forwards to: nginx for HTTP/1.1, grpcio for gRPC, iperf3 for bulk TCP."""
+"""The servers every target forwards to: nginx (HTTP/1.1), grpcio (gRPC), iperf3 (bulk TCP)."""
 
 from __future__ import annotations
 

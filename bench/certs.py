@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from bench.envoy import TlsFiles
-from gossamer_tls import issuing  # type: ignore[attr-defined]
 
 CLIENT_ID = "client.bench.serviceaccount.identity.gossamer.cluster.local"
 SERVER_ID = "server.bench.serviceaccount.identity.gossamer.cluster.local"

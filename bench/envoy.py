@@ -56,7 +56,10 @@ def _http_listener(port: int, cluster: str, tls: TlsFiles | None) -> dict[str, A
                                 "name": "all",
                                 "domains": ["*"],
                                 "routes": [
-                                    {"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}
+                                    {
+                                        "match": {"prefix": "/"},
+                                        "route": {"cluster": cluster, "timeout": "0s"},
+                                    }
                                 ],
                             }
                         ]
@@ -85,7 +88,8 @@ def _tcp_listener(port: int, cluster: str) -> dict[str, Any]:
             {
                 "name": "envoy.filters.network.tcp_proxy",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                    "tcp_proxy.v3.TcpProxy",
                     "stat_prefix": "bench",
                     "cluster": cluster,
                 },
@@ -131,7 +135,13 @@ def _cluster(name: str, port: int, *, http2: bool, tls: TlsFiles | None) -> dict
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                }
+                            }
+                        }
                     ]
                 }
             ],
@@ -140,7 +150,8 @@ def _cluster(name: str, port: int, *, http2: bool, tls: TlsFiles | None) -> dict
     if http2:
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                "HttpProtocolOptions",
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         }
@@ -170,12 +181,16 @@ def start_envoy(
     """Start one single-worker Envoy forwarding to 127.0.0.1:upstream_port; returns its port."""
     port = free_port()
     listener = (
-        _tcp_listener(port, "upstream") if mode == "tcp" else _http_listener(port, "upstream", listen_tls)
+        _tcp_listener(port, "upstream")
+        if mode == "tcp"
+        else _http_listener(port, "upstream", listen_tls)
     )
     config = {
         "static_resources": {
             "listeners": [listener],
-            "clusters": [_cluster("upstream", upstream_port, http2=http2_upstream, tls=upstream_tls)],
+            "clusters": [
+                _cluster("upstream", upstream_port, http2=http2_upstream, tls=upstream_tls)
+            ],
         }
     }
     path = group.workdir / f"{name}.json"
@@ -183,8 +198,16 @@ def start_envoy(
     proc = group.start(
         name,
         [
-            envoy_binary(), "-c", str(path), "--concurrency", "1", "--disable-hot-restart",
-            "--log-level", "error", "--base-id", str(next(_base_ids)),
+            envoy_binary(),
+            "-c",
+            str(path),
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "--log-level",
+            "error",
+            "--base-id",
+            str(next(_base_ids)),
         ],
     )
     wait_for_port(port)

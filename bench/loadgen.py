@@ -50,8 +50,18 @@ def _lua_script() -> Path:
 
 def wrk(url: str, connections: int, duration: float) -> LoadResult:
     argv = [
-        "taskset", "-c", str(LOAD_CPU), "wrk", "-t1", f"-c{connections}",
-        f"-d{duration:.0f}s", "--timeout", "5s", "-s", str(_lua_script()), url,
+        "taskset",
+        "-c",
+        str(LOAD_CPU),
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration:.0f}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(_lua_script()),
+        url,
     ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=True)
     match = re.search(r"^WRKJSON (\{.*\})$", out.stdout, re.M)
@@ -80,12 +90,30 @@ def h2load_grpc(url: str, body_file: Path, connections: int, duration: float) ->
     streams = 1 if connections == 1 else 10
     with tempfile.NamedTemporaryFile(prefix="gossamer-h2load-", suffix=".tsv") as log:
         argv = [
-            "taskset", "-c", str(LOAD_CPU), "h2load", "-t1", "-c", str(connections),
-            "-m", str(streams), "-D", f"{duration:.0f}", "-d", str(body_file),
-            "--log-file", log.name,
-            "-H", "content-type: application/grpc", "-H", "te: trailers", url,
+            "taskset",
+            "-c",
+            str(LOAD_CPU),
+            "h2load",
+            "-t1",
+            "-c",
+            str(connections),
+            "-m",
+            str(streams),
+            "-D",
+            f"{duration:.0f}",
+            "-d",
+            str(body_file),
+            "--log-file",
+            log.name,
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            url,
         ]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=True)
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration + 30, check=True
+        )
         latencies = sorted(
             int(line.split("\t")[2]) for line in Path(log.name).read_text().splitlines() if line
         )
@@ -115,8 +143,17 @@ def percentile(sorted_values: list[int], pct: float) -> float:
 def iperf3(port: int, duration: float) -> float:
     """Opaque TCP bulk transfer through ``port``; returns GB/s received."""
     argv = [
-        "taskset", "-c", str(LOAD_CPU), "iperf3", "-c", "127.0.0.1", "-p", str(port),
-        "-t", f"{duration:.0f}", "-J",
+        "taskset",
+        "-c",
+        str(LOAD_CPU),
+        "iperf3",
+        "-c",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-t",
+        f"{duration:.0f}",
+        "-J",
     ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=True)
     data = json.loads(out.stdout)

@@ -29,8 +29,21 @@ def profile_two_hop(root: Path, seconds: float) -> str | None:
         outputs = [workdir / f"{p.name}.folded" for p in proxies]
         spies = [
             subprocess.Popen(
-                [spy, "record", "--nonblocking", "--format", "raw", "--rate", "250",
-                 "--duration", f"{seconds:.0f}", "--pid", str(p.pid), "--output", str(out)],
+                [
+                    spy,
+                    "record",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "250",
+                    "--duration",
+                    f"{seconds:.0f}",
+                    "--pid",
+                    str(p.pid),
+                    "--output",
+                    str(out),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -64,7 +77,9 @@ def summarize(folded_files: list[Path]) -> str:
         return "no samples"
     lines = ["| function | self | inclusive |", "|---|---|---|"]
     for frame, count in own.most_common(TOP):
-        lines.append(f"| `{frame}` | {100 * count / samples:.1f}% | {100 * total[frame] / samples:.1f}% |")
+        lines.append(
+            f"| `{frame}` | {100 * count / samples:.1f}% | {100 * total[frame] / samples:.1f}% |"
+        )
     return "\n".join(lines)
 
 

@@ -50,7 +50,10 @@ def markdown(results: list[TargetResult], titles: dict[str, str], meta: dict[str
         by_target = {r.target: r for r in rows}
         lines += [f"## {title} (`{topology}`)", ""]
         if topology == "tcp":
-            lines += ["| target | GB/s | ÷ Envoy | CPU s per GB | peak RSS |", "|---|---|---|---|---|"]
+            lines += [
+                "| target | GB/s | ÷ Envoy | CPU s per GB | peak RSS |",
+                "|---|---|---|---|---|",
+            ]
             envoy = by_target.get("envoy")
             for r in rows:
                 lines.append(
@@ -78,7 +81,8 @@ def markdown(results: list[TargetResult], titles: dict[str, str], meta: dict[str
                 f"| {_fmt_us(c1.p50_us if c1 else None)} | {_fmt_us(c1.p99_us if c1 else None)} "
                 f"| {_fmt_us(c1.p999_us if c1 else None)} | {_fmt_us(added)} "
                 f"| {_ratio(added, envoy_added) if r.target != 'direct' else '—'} "
-                f"| {_fmt_us(c16.p50_us if c16 else None)} | {_fmt_us(c16.p99_us if c16 else None)} "
+                f"| {_fmt_us(c16.p50_us if c16 else None)} "
+                f"| {_fmt_us(c16.p99_us if c16 else None)} "
                 f"| {_fmt_us(c16.p999_us if c16 else None)} "
                 f"| {_fmt_us(_added(r, direct, 1, 'p99_us'))} "
                 f"| {_num(r.cpu_seconds_per_10k, 3)} | {_rss(r)} |" + _err(r)
@@ -144,7 +148,11 @@ def plots(results: list[TargetResult], titles: dict[str, str], outdir: Path) -> 
                 values = []
                 for c in (1, 16):
                     run = _run(r, c)
-                    values += [run.p50_us / 1000, run.p99_us / 1000, run.p999_us / 1000] if run else [0, 0, 0]
+                    values += (
+                        [run.p50_us / 1000, run.p99_us / 1000, run.p999_us / 1000]
+                        if run
+                        else [0, 0, 0]
+                    )
                 lat.bar([x + i * width for x in range(len(labels))], values, width, label=r.target)
             lat.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(labels))], labels)
             lat.set_ylabel("latency (ms)")
