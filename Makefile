@@ -49,6 +49,7 @@ setup: sync runtime kube-bins
 
 kube-bins: deb
 	@bash scripts/kube-bins.sh >/dev/null
+	@bash scripts/helm-bin.sh >/dev/null
 
 kube-up: setup
 	@$(RUN) python -m gossamer_kube.testing up
