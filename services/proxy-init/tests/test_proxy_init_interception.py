@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from gossamer_common.netns import NetNamespace, add_veth, network_namespace
 from gossamer_proxy_init.config import parse_args
-from gossamer_proxy_init.netns import NetNamespace, add_veth, network_namespace
 from gossamer_proxy_init.rules import build_rules
 from gossamer_proxy_init.savefile import nat_table
 

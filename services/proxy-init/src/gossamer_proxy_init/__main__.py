@@ -9,11 +9,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from gossamer_common.netns import NetnsError
+
 from gossamer_proxy_init.app import run
 from gossamer_proxy_init.config import parse_args
 from gossamer_proxy_init.errors import ConfigError, FirewallError
 from gossamer_proxy_init.logsetup import configure_logging
-from gossamer_proxy_init.netns import NetnsError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

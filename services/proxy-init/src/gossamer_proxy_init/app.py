@@ -18,6 +18,7 @@ import sys
 from typing import TextIO
 
 import structlog
+from gossamer_common.netns import enter_netns
 
 from gossamer_proxy_init.config import ProxyInitConfig
 from gossamer_proxy_init.firewall import (
@@ -27,7 +28,6 @@ from gossamer_proxy_init.firewall import (
     resolve_binaries,
     set_close_wait_timeout,
 )
-from gossamer_proxy_init.netns import enter_netns
 from gossamer_proxy_init.rules import build_rules, cleanup_payload, install_payload
 from gossamer_proxy_init.savefile import SavedTable, nat_table
 

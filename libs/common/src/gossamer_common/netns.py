@@ -1,5 +1,7 @@
 """Linux network namespaces: create, wire together with veth pairs, run code inside, delete.
 
+Shared by proxy-init, local mode and the tests, so it lives in the common library.
+
 proxy-init uses ``enter_netns`` for ``--netns``. Local mode (every pod is a network namespace)
 and the tests use the rest: ``network_namespace()`` makes a named namespace that is deleted
 even when the body fails, ``add_veth`` links two namespaces without ever placing an interface

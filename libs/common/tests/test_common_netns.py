@@ -6,7 +6,7 @@ import os
 import socket
 
 import pytest
-from gossamer_proxy_init.netns import (
+from gossamer_common.netns import (
     NetnsCallError,
     NetnsError,
     add_veth,

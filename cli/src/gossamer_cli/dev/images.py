@@ -1,0 +1,105 @@
+"""How local mode runs an image: a local command, a working directory and an environment.
+
+There is no container runtime in local mode. An image name maps to how its entrypoint runs
+on this machine; a container's own ``command``/``args`` then apply with Kubernetes'
+semantics (``command`` replaces the entrypoint, ``args`` replace the default arguments).
+Gossamer's own images run from the runtime venv, a non-editable install that every uid can
+read. Others come from a YAML file (``--images``), e.g. the demo app's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ImageError(ValueError):
+    """An image has no local mapping, or the mapping file is malformed."""
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    workdir: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def builtin_images(runtime_venv: Path) -> dict[str, LocalImage]:
+    python = str(runtime_venv / "bin" / "python")
+    return {
+        "gossamer/proxy": LocalImage(entrypoint=(python, "-m", "gossamer_proxy")),
+        "gossamer/proxy-init": LocalImage(entrypoint=(python, "-m", "gossamer_proxy_init")),
+    }
+
+
+def image_repository(image: str) -> str:
+    """``registry/gossamer/proxy:v1@sha256:…`` → ``gossamer/proxy`` (registry host dropped)."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)
+    if ":" in last[-1]:
+        name = name[: name.rfind(":")]
+    parts = name.split("/")
+    if len(parts) > 2 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        parts = parts[1:]
+    return "/".join(parts)
+
+
+def load_image_map(path: Path, base_dir: Path, runtime_venv: Path) -> dict[str, LocalImage]:
+    """Read an image map::
+
+    images:
+      gossamer/demo-app:
+        workdir: examples/demo        # relative to the file's directory
+        env: {PATH: "{venv}/bin:/usr/bin:/bin"}
+    """
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ImageError(f"cannot read image map {path}: {exc}") from exc
+    images = doc.get("images") if isinstance(doc, dict) else None
+    if not isinstance(images, dict):
+        raise ImageError(f"{path}: expected a mapping under 'images'")
+    result = {}
+    for name, spec in images.items():
+        if not isinstance(spec, dict):
+            raise ImageError(f"{path}: image {name!r} must map to a mapping")
+        result[str(name)] = _local_image(name, spec, base_dir, runtime_venv, path)
+    return result
+
+
+def _local_image(
+    name: str, spec: Mapping[str, Any], base_dir: Path, venv: Path, source: Path
+) -> LocalImage:
+    def strings(key: str) -> tuple[str, ...]:
+        value = spec.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ImageError(f"{source}: {name}.{key} must be a list of strings")
+        return tuple(v.replace("{venv}", str(venv)) for v in value)
+
+    env = spec.get("env", {})
+    if not isinstance(env, dict):
+        raise ImageError(f"{source}: {name}.env must be a mapping")
+    workdir = spec.get("workdir")
+    return LocalImage(
+        entrypoint=strings("entrypoint"),
+        cmd=strings("cmd"),
+        workdir=str((base_dir / workdir).resolve()) if workdir else None,
+        env={str(k): str(v).replace("{venv}", str(venv)) for k, v in env.items()},
+    )
+
+
+def container_argv(
+    image: LocalImage, command: Sequence[str] | None, args: Sequence[str] | None
+) -> list[str]:
+    """Kubernetes' rule: ``command`` replaces the entrypoint, ``args`` the default args."""
+    if command:
+        return [*command, *(args or [])]
+    argv = [*image.entrypoint, *(args if args is not None and len(args) > 0 else image.cmd)]
+    if not argv:
+        raise ImageError("the container has no command and its image no entrypoint")
+    return argv
