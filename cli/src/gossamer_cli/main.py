@@ -1,16 +1,28 @@
-"""The ``gossamer`` command."""
+"""The ``gossamer`` command: a thin click group.
+
+Each subcommand lives in its own module and is attached here with one line
+(``<module>.register(cli)`` or ``cli.add_command(...)``), so that parallel work on
+different commands never touches the same lines.
+"""
 
 from __future__ import annotations
 
 import click
 
-from gossamer_cli import __version__
+from gossamer_cli import __version__, check, identity_cmd, inject_cmd, install, version_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gossamer")
 def cli() -> None:
     """Gossamer: a Linkerd-compatible service mesh for Kubernetes, written in Python."""
+
+
+identity_cmd.register(cli)
+inject_cmd.register(cli)
+version_cmd.register(cli)
+install.register(cli)
+check.register(cli)
 
 
 def main() -> None:
