@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import kubernetes_validate
@@ -339,3 +340,22 @@ def test_jsonpatch_errors() -> None:
     assert jsonpatch.apply(doc, [jsonpatch.add("/a/-", 3), jsonpatch.replace("/a/0", 0)]) == {
         "a": [0, 2, 3]
     }
+
+
+def test_control_plane_names_are_left_out_without_control_plane_tls() -> None:
+    p = pod({"linkerd.io/inject": "enabled"})
+    named = env_of(applied(p, webhook(p).ops)["spec"]["initContainers"][1])
+    assert named["LINKERD2_PROXY_IDENTITY_SVC_NAME"].startswith("gossamer-identity.gossamer.")
+    plain_mesh = dataclasses.replace(MESH, control_plane_tls=False)
+    plain = build_pod_patch(
+        p,
+        mesh=plain_mesh,
+        origin=Origin.WEBHOOK,
+        created_by="test",
+        namespace="shop",
+        namespace_annotations={},
+    )
+    env = env_of(applied(p, plain.ops)["spec"]["initContainers"][1])
+    for name in ("IDENTITY", "DESTINATION", "POLICY"):
+        assert f"LINKERD2_PROXY_{name}_SVC_NAME" not in env
+        assert f"LINKERD2_PROXY_{name}_SVC_ADDR" in env

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gossamer_inject import annotations as a
-from gossamer_inject.config import ProxyConfig
+from gossamer_inject.config import MeshValues, ProxyConfig
 from gossamer_inject.values import PortRange, format_port_ranges
 
 IDENTITY_DIR = "/var/run/linkerd/identity/end-entity"
@@ -68,7 +68,7 @@ def proxy_env(cfg: ProxyConfig, facts: PodFacts) -> list[dict[str, Any]]:
         _env("LINKERD2_PROXY_LOG", cfg.log_level),
         _env("LINKERD2_PROXY_LOG_FORMAT", cfg.log_format),
         _env("LINKERD2_PROXY_DESTINATION_SVC_ADDR", mesh.destination_svc_addr),
-        _env("LINKERD2_PROXY_DESTINATION_SVC_NAME", mesh.destination_svc_name),
+        *_svc_name(mesh, "LINKERD2_PROXY_DESTINATION_SVC_NAME", mesh.destination_svc_name),
         _env("LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS", mesh.cluster_networks),
         _env("LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES", suffix),
         _env(
@@ -76,7 +76,7 @@ def proxy_env(cfg: ProxyConfig, facts: PodFacts) -> list[dict[str, Any]]:
             '{"ns":"$(_pod_ns)", "nodeName":"$(_pod_nodeName)", "pod":"$(_pod_name)"}',
         ),
         _env("LINKERD2_PROXY_POLICY_SVC_ADDR", mesh.policy_svc_addr),
-        _env("LINKERD2_PROXY_POLICY_SVC_NAME", mesh.destination_svc_name),
+        *_svc_name(mesh, "LINKERD2_PROXY_POLICY_SVC_NAME", mesh.destination_svc_name),
         _env("LINKERD2_PROXY_POLICY_WORKLOAD", '{"ns":"$(_pod_ns)", "pod":"$(_pod_name)"}'),
         _env("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", mesh.cluster_networks),
         _env("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", cfg.default_inbound_policy),
@@ -157,7 +157,7 @@ def proxy_env(cfg: ProxyConfig, facts: PodFacts) -> list[dict[str, Any]]:
         _env("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", mesh.trust_anchors_pem),
         _env("LINKERD2_PROXY_IDENTITY_TOKEN_FILE", f"{TOKEN_DIR}/{a.IDENTITY_TOKEN_VOLUME}"),
         _env("LINKERD2_PROXY_IDENTITY_SVC_ADDR", mesh.identity_svc_addr),
-        _env("LINKERD2_PROXY_IDENTITY_SVC_NAME", mesh.identity_svc_name),
+        *_svc_name(mesh, "LINKERD2_PROXY_IDENTITY_SVC_NAME", mesh.identity_svc_name),
         _env(
             "LINKERD2_PROXY_IDENTITY_LOCAL_NAME",
             "$(_pod_sa).$(_pod_ns).serviceaccount.identity."
@@ -180,6 +180,11 @@ def _merge_env(
             index[item["name"]] = len(env)
             env.append(copy)
     return env
+
+
+def _svc_name(mesh: MeshValues, name: str, identity: str) -> list[dict[str, Any]]:
+    """A control-plane identity, named only when proxies reach the control plane over TLS."""
+    return [_env(name, identity)] if mesh.control_plane_tls else []
 
 
 def _bool(value: bool) -> str:

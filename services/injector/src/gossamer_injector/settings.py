@@ -131,6 +131,14 @@ class InjectorSettings:
         parse=parse_bool,
         help="Run proxies as native sidecars (init containers with restartPolicy Always).",
     )
+    control_plane_tls: bool = setting(
+        env=_P + "CONTROL_PLANE_TLS",
+        flag="--control-plane-tls",
+        default="true",
+        parse=parse_bool,
+        help="Proxies reach the control plane over TLS, naming its identities "
+        "(LINKERD2_PROXY_*_SVC_NAME). Local mode's unmeshed control plane turns this off.",
+    )
     proxy_await: bool = setting(
         env=_P + "PROXY_AWAIT",
         flag="--proxy-await",
@@ -233,6 +241,7 @@ class InjectorSettings:
             proxy_image=self.proxy_image,
             init_image=self.init_image,
             native_sidecar=self.native_sidecar,
+            control_plane_tls=self.control_plane_tls,
             proxy_await=self.proxy_await,
             iptables_mode=self.iptables_mode,
             disable_ipv6=self.disable_ipv6,
