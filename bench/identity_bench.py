@@ -1,0 +1,195 @@
+"""Certificates signed per second by the identity service, with real TokenReview.
+
+Starts the local test cluster (etcd, kube-apiserver, controller-manager, kwok), the identity
+service as its own process on loopback, a pod with a bound ``identity.l5d.io`` token, then drives
+Certify over gRPC with a fixed concurrency. Every request does the full work: CSR checks, a
+TokenReview round trip to the apiserver, and an ECDSA P-256 signature.
+
+    python -m bench.identity_bench [--requests 3000] [--concurrency 32] [--seconds 30]
+
+Bounded by both a request count and a wall-clock limit. Prints one JSON line with the rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+from gossamer_api.proxy import identity_pb2, identity_pb2_grpc
+from gossamer_kube.client import BoundPod, KubeClient, KubeConfig
+from gossamer_kube.resources import NAMESPACES, PODS, SERVICEACCOUNTS
+from gossamer_kube.testing.cluster import KubeTestCluster
+from gossamer_tls import (
+    build_csr,
+    certificates_to_pem,
+    generate_private_key,
+    generate_trust_anchor_and_issuer,
+    identity_name,
+    private_key_to_pem,
+)
+
+NAMESPACE = "identity-bench"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_ready(admin_port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"identity exited with {process.returncode}")
+        with contextlib.suppress(OSError):
+            url = f"http://127.0.0.1:{admin_port}/ready"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        time.sleep(0.1)
+    raise TimeoutError("identity service never became ready")
+
+
+async def mint_token(config: KubeConfig, node: str) -> str:
+    async with KubeClient(config) as kube:
+        await kube.create(NAMESPACES, {"metadata": {"name": NAMESPACE}})
+        await kube.create(SERVICEACCOUNTS, {"metadata": {"name": "web"}}, NAMESPACE)
+        for _ in range(100):  # the ServiceAccount admission cache may lag a moment
+            try:
+                pod = await kube.create(
+                    PODS,
+                    {
+                        "metadata": {"name": "web-0"},
+                        "spec": {
+                            "serviceAccountName": "web",
+                            "nodeName": node,
+                            "containers": [{"name": "app", "image": "example.invalid/app:1"}],
+                        },
+                    },
+                    NAMESPACE,
+                )
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError("could not create the bench pod")
+        return await kube.token_request(
+            NAMESPACE, "web", ["identity.l5d.io"], 3600, bound_pod=BoundPod.of(pod)
+        )
+
+
+async def drive(
+    address: str, identity: str, token: str, *, requests: int, concurrency: int, seconds: float
+) -> dict[str, float]:
+    csrs = [build_csr(generate_private_key(), identity) for _ in range(16)]
+    done = failed = 0
+    deadline = time.monotonic() + seconds
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = identity_pb2_grpc.IdentityStub(channel)
+
+        async def worker(index: int) -> None:
+            nonlocal done, failed
+            i = index
+            while done + failed < requests and time.monotonic() < deadline:
+                request = identity_pb2.CertifyRequest(
+                    identity=identity,
+                    token=token.encode(),
+                    certificate_signing_request=csrs[i % len(csrs)],
+                )
+                i += concurrency
+                try:
+                    await stub.Certify(request, timeout=30)
+                    done += 1
+                except grpc.aio.AioRpcError:
+                    failed += 1
+
+        for csr in csrs:  # warm-up (connections, caches) outside the timing
+            await stub.Certify(
+                identity_pb2.CertifyRequest(
+                    identity=identity, token=token.encode(), certificate_signing_request=csr
+                ),
+                timeout=30,
+            )
+        started = time.monotonic()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        elapsed = time.monotonic() - started
+    return {"issued": done, "failed": failed, "seconds": round(elapsed, 3),
+            "certs_per_second": round(done / elapsed, 1) if elapsed else 0.0}  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.identity_bench")
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="identity-bench-") as tmp, KubeTestCluster() as cluster:
+        root = Path(tmp)
+        trust = generate_trust_anchor_and_issuer(
+            trust_domain="cluster.local", control_plane_namespace="gossamer",
+            now=dt.datetime.now(dt.UTC),
+        )  # fmt: skip
+        (root / "issuer").mkdir()
+        (root / "ca-bundle.crt").write_bytes(certificates_to_pem([trust.trust_anchor.certificate]))
+        (root / "issuer" / "crt.pem").write_bytes(certificates_to_pem([trust.issuer.certificate]))
+        (root / "issuer" / "key.pem").write_bytes(private_key_to_pem(trust.issuer.private_key))
+        grpc_port, admin_port = free_port(), free_port()
+        log = (root / "identity.log").open("wb")
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "gossamer_identity",
+                f"--kubeconfig={cluster.kubeconfig}",
+                f"--addr=127.0.0.1:{grpc_port}", f"--admin-addr=127.0.0.1:{admin_port}",
+                f"--issuer={root / 'issuer'}", f"--trust-anchors-path={root / 'ca-bundle.crt'}",
+                "--log-level=warn",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
+        )  # fmt: skip
+        try:
+            wait_ready(admin_port, process)
+            token = asyncio.run(mint_token(cluster.config, cluster.node_name))
+            identity = identity_name(
+                "web", NAMESPACE, control_plane_namespace="gossamer", trust_domain="cluster.local"
+            )
+            cpu_before = cpu_seconds(process.pid)
+            result = asyncio.run(
+                drive(
+                    f"127.0.0.1:{grpc_port}", identity, token,
+                    requests=args.requests, concurrency=args.concurrency, seconds=args.seconds,
+                )
+            )  # fmt: skip
+            used = cpu_seconds(process.pid) - cpu_before
+            result["identity_cpu_ms_per_cert"] = round(1000 * used / max(result["issued"], 1), 3)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+            log.close()
+    print(json.dumps({"benchmark": "identity_certify", "concurrency": args.concurrency, **result}))
+    return 0 if result["failed"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

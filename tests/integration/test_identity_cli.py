@@ -1,0 +1,165 @@
+"""``gossamer identity`` against a real TLS 1.3 server on loopback presenting a mesh chain."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from gossamer_cli.main import cli
+from gossamer_tls import (
+    Issuer,
+    TrustMaterial,
+    certificates_to_pem,
+    generate_private_key,
+    generate_trust_anchor_and_issuer,
+    private_key_to_pem,
+)
+
+IDENTITY = "web.emojivoto.serviceaccount.identity.gossamer.cluster.local"
+
+
+@dataclass
+class TlsServer:
+    port: int
+    trust: TrustMaterial
+    seen_sni: list[str | None] = field(default_factory=list)
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[TlsServer]:
+    now = dt.datetime.now(dt.UTC)
+    trust = generate_trust_anchor_and_issuer(
+        trust_domain="cluster.local", control_plane_namespace="gossamer", now=now
+    )
+    key = generate_private_key()
+    leaf = Issuer(trust.issuer.certificate, trust.issuer.private_key).sign_leaf(
+        key.public_key(), IDENTITY, now=now
+    )
+    (tmp_path / "chain.pem").write_bytes(
+        certificates_to_pem([leaf.certificate, trust.issuer.certificate])
+    )
+    (tmp_path / "key.pem").write_bytes(private_key_to_pem(key))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3  # like the proxy
+    context.load_cert_chain(tmp_path / "chain.pem", tmp_path / "key.pem")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    server = TlsServer(port=listener.getsockname()[1], trust=trust)
+
+    def remember_sni(_sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        server.seen_sni.append(name)
+
+    context.sni_callback = remember_sni
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(5)
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)  # until the client closes
+            except (OSError, ssl.SSLError):
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_prints_the_presented_chain(tls_server: TlsServer, tmp_path: Path) -> None:
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_bytes(certificates_to_pem([tls_server.trust.trust_anchor.certificate]))
+    result = CliRunner().invoke(
+        cli,
+        [
+            "identity",
+            f"127.0.0.1:{tls_server.port}",
+            "--identity",
+            IDENTITY,
+            "--trust-anchors",
+            str(anchors),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert f"127.0.0.1:{tls_server.port} presented 2 certificate(s) over TLSv1.3" in out
+    assert f"Subject:      CN={IDENTITY}" in out
+    assert f"SANs:         DNS:{IDENTITY}" in out
+    assert "Issuer:       CN=identity.gossamer.cluster.local" in out
+    assert "Certificate 1 (CA):" in out
+    assert "(valid)" in out
+    assert "Key:          ECDSA secp256r1" in out
+    assert "Verified: chains to trust anchor CN=root.gossamer.cluster.local" in out
+    assert tls_server.seen_sni == [IDENTITY]
+
+
+def test_pem_output_and_no_sni_without_identity(tls_server: TlsServer) -> None:
+    result = CliRunner().invoke(cli, ["identity", f"127.0.0.1:{tls_server.port}", "--pem"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("-----BEGIN CERTIFICATE-----") == 2
+    assert tls_server.seen_sni == [None]
+
+
+def test_chain_to_other_anchors_fails(tls_server: TlsServer, tmp_path: Path) -> None:
+    other = generate_trust_anchor_and_issuer(
+        trust_domain="cluster.local",
+        control_plane_namespace="gossamer",
+        now=dt.datetime.now(dt.UTC),
+    )
+    anchors = tmp_path / "other.pem"
+    anchors.write_bytes(certificates_to_pem([other.trust_anchor.certificate]))
+    result = CliRunner().invoke(
+        cli, ["identity", f"127.0.0.1:{tls_server.port}", "--trust-anchors", str(anchors)]
+    )
+    assert result.exit_code == 1
+    assert "chain does NOT verify" in result.output
+
+
+def test_wrong_expected_identity_fails_verification(tls_server: TlsServer, tmp_path: Path) -> None:
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_bytes(certificates_to_pem([tls_server.trust.trust_anchor.certificate]))
+    other = "db.emojivoto.serviceaccount.identity.gossamer.cluster.local"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "identity",
+            f"127.0.0.1:{tls_server.port}",
+            "--identity",
+            other,
+            "--trust-anchors",
+            str(anchors),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "is not valid for" in result.output
+
+
+def test_bad_arguments_and_unreachable_address() -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["identity", "no-port-here"])
+    assert result.exit_code == 2
+    assert "is not host:port" in result.output
+    result = runner.invoke(cli, ["identity", "127.0.0.1:4143", "--identity", "not an identity"])
+    assert result.exit_code == 2
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    result = runner.invoke(cli, ["identity", f"127.0.0.1:{closed_port}", "--timeout", "2"])
+    assert result.exit_code == 1
+    assert "TLS connection to" in result.output
