@@ -85,6 +85,8 @@ class ClusterOptions:
     service_ip: str = "10.96.0.1"
     scheduler: bool = True
     start_timeout: float = 120.0
+    kwok_stages: str = KWOK_STAGES_YAML
+    """kwok's configuration and stages; local mode swaps the pod stages for its own."""
 
 
 def free_port() -> int:
@@ -295,7 +297,7 @@ class KubeTestCluster:
                 ],
             )
         kwok_config = self.state_dir / "kwok.yaml"
-        kwok_config.write_text(KWOK_STAGES_YAML)
+        kwok_config.write_text(opts.kwok_stages)
         kwok = self._spawn(
             "kwok",
             [
