@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from gossamer_cli import __version__, check, identity_cmd, inject_cmd, install, version_cmd
+from gossamer_cli.dev import command as dev_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +24,7 @@ inject_cmd.register(cli)
 version_cmd.register(cli)
 install.register(cli)
 check.register(cli)
+dev_cmd.register(cli)
 
 
 def main() -> None:

@@ -9,6 +9,9 @@ read. Others come from a YAML file (``--images``), e.g. the demo app's.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,3 +106,28 @@ def container_argv(
     if not argv:
         raise ImageError("the container has no command and its image no entrypoint")
     return argv
+
+
+#: Readable (and for directories enterable) by every uid, writable by root only.
+EVERYONE_DIR = 0o755
+EVERYONE_FILE = 0o644
+
+
+def readable_copies(images: Mapping[str, LocalImage], root: Path) -> dict[str, LocalImage]:
+    """Copy each image's working directory under ``root``, readable by every uid.
+
+    App containers run as unprivileged users, who may not be able to enter the clone (for
+    instance a checkout under /root); the copy is the image's "filesystem".
+    """
+    result = {}
+    for name, image in images.items():
+        if image.workdir is None:
+            result[name] = image
+            continue
+        target = root / name.replace("/", "_")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(image.workdir, target, ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [root, target, *target.rglob("*")]:
+            os.chmod(path, EVERYONE_DIR if path.is_dir() else EVERYONE_FILE)
+        result[name] = dataclasses.replace(image, workdir=str(target))
+    return result

@@ -1,0 +1,153 @@
+"""``gossamer dev``: run the whole mesh on this machine (local mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from gossamer_cli.dev import node
+from gossamer_cli.dev.layout import NodeLayout
+
+DEFAULT_STATE = Path("/var/lib/gossamer/local")
+DEFAULT_RUNTIME_VENV = Path(os.environ.get("GOSSAMER_RUNTIME_VENV", "/opt/gossamer/runtime"))
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise click.ClickException(
+            "local mode needs root: it creates network namespaces, writes iptables rules in "
+            "them and runs the proxy as uid 2102. Run it with sudo (e.g. `sudo make demo`)."
+        )
+
+
+@click.group("dev")
+def dev() -> None:
+    """Local mode: a real Kubernetes control plane, Gossamer, and pods as network namespaces."""
+
+
+@dev.command("up")
+@click.option("--demo", is_flag=True, help="Deploy the demo app and show a live table.")
+@click.option("--headless", is_flag=True, help="No table; write ready.json and wait.")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE)
+@click.option("--prefix", default="gsm", help="Prefix of every namespace and interface name.")
+@click.option("--runtime-venv", type=click.Path(path_type=Path), default=DEFAULT_RUNTIME_VENV)
+@click.option("--duration", type=float, default=0.0, help="Stop by itself after N seconds.")
+def up(
+    demo: bool, headless: bool, state_dir: Path, prefix: str, runtime_venv: Path, duration: float
+) -> None:
+    """Bring the local mesh up; Ctrl-C (or SIGTERM) tears everything down."""
+    _require_root()
+    if not (runtime_venv / "bin" / "python").exists():
+        raise click.ClickException(
+            f"no runtime venv at {runtime_venv}: run `make runtime` (make demo does it)"
+        )
+    layout = NodeLayout(prefix=prefix)
+    node.create(layout)
+    try:
+        node.enter(layout)
+        code = asyncio.run(_run(layout, state_dir, runtime_venv, demo, headless, duration))
+    finally:
+        removed = node.destroy(layout)
+        click.echo(f"local mesh stopped; removed network namespaces: {len(removed)}", err=True)
+    sys.exit(code)
+
+
+async def _run(
+    layout: NodeLayout,
+    state_dir: Path,
+    runtime_venv: Path,
+    demo: bool,
+    headless: bool,
+    duration: float,
+) -> int:
+    from gossamer_common.logging import configure_logging
+
+    from gossamer_cli.dev import demo as demo_app
+    from gossamer_cli.dev.mesh import LocalMesh, LocalMeshConfig
+
+    configure_logging("info", component="gossamer-dev")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if duration:
+        loop.call_later(duration, stop.set)
+    maps = (demo_app.image_map(),) if demo else ()
+    mesh = LocalMesh(LocalMeshConfig(state_dir, runtime_venv, maps, layout))
+    try:
+        await mesh.start()
+        assert mesh.cluster is not None
+        info = {
+            "kubeconfig": str(mesh.cluster.kubeconfig),
+            "node_netns": layout.node_netns,
+            "node_address": layout.node_address,
+        }
+        (state_dir / "ready.json").write_text(json.dumps(info))
+        click.echo(
+            f"local mesh is up. kubectl: sudo ip netns exec {layout.node_netns} "
+            f"kubectl --kubeconfig {mesh.cluster.kubeconfig} get pods -A",
+            err=True,
+        )
+        if demo:
+            await demo_app.deploy(mesh)
+            if not headless:
+                await demo_app.live_table(mesh, stop, _redraw)
+        await stop.wait()
+        return 0
+    finally:
+        (state_dir / "ready.json").unlink(missing_ok=True)
+        await mesh.stop()
+
+
+def _redraw(text: str) -> None:
+    if sys.stdout.isatty():
+        sys.stdout.write("\x1b[H\x1b[2J")
+    sys.stdout.write(text + "\n\n")
+    sys.stdout.flush()
+
+
+@dev.command("down")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE)
+@click.option("--prefix", default="gsm")
+def down(state_dir: Path, prefix: str) -> None:
+    """Remove whatever a crashed local mesh left: processes, namespaces, files."""
+    _require_root()
+    from gossamer_kube.testing.cluster import KubeTestCluster
+
+    stopped = KubeTestCluster.stop_detached(state_dir / "kube")
+    removed = node.destroy(NodeLayout(prefix=prefix))
+    click.echo(f"stopped {len(stopped)} processes, removed {len(removed)} namespaces")
+
+
+@dev.command("kubectl", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE)
+@click.option("--prefix", default="gsm")
+def kubectl(args: tuple[str, ...], state_dir: Path, prefix: str) -> None:
+    """kubectl against the local mesh's apiserver (inside its node namespace)."""
+    _require_root()
+    ready = state_dir / "ready.json"
+    if not ready.exists():
+        raise click.ClickException("the local mesh is not running (`gossamer dev up`)")
+    info = json.loads(ready.read_text())
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        info["node_netns"],
+        "kubectl",
+        "--kubeconfig",
+        info["kubeconfig"],
+    ]
+    sys.exit(subprocess.call([*argv, *args]))
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(dev)

@@ -1,0 +1,233 @@
+"""Gossamer's control plane as local processes: identity, destination and the injector.
+
+They run inside the node namespace: identity and destination listen on the node's bridge
+address, which pods reach under the usual service names (local mode's /etc/hosts maps
+``gossamer-identity.gossamer.svc.cluster.local`` and friends to the node), and the injector
+listens on the node's loopback, where the apiserver calls it. The webhook is registered with
+the apiserver exactly as on a cluster, with a URL clientConfig and its caBundle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gossamer_inject.webhook_config import WebhookTarget, render_webhook_config
+from gossamer_kube.client import KubeApiError, KubeClient
+from gossamer_kube.resources import MUTATINGWEBHOOKCONFIGURATIONS, NAMESPACES
+from gossamer_tls import (
+    Issuer,
+    certificates_to_pem,
+    create_trust_anchor,
+    generate_private_key,
+    generate_trust_anchor_and_issuer,
+    private_key_to_pem,
+)
+
+CONTROL_PLANE_NAMESPACE = "gossamer"
+TRUST_DOMAIN = "cluster.local"
+IDENTITY_PORT = 8080
+DESTINATION_PORT = 8086
+POLICY_PORT = 8090
+INJECTOR_PORT = 8443
+WEBHOOK_HOST = "localhost"
+WEBHOOK_LIFETIME = dt.timedelta(days=7)
+ADMIN_PORTS = {"identity": 9990, "destination": 9996, "injector": 9995}
+
+
+def service_hosts(node_address: str) -> dict[str, str]:
+    """The control plane's service names, as pods resolve them in local mode."""
+    names = ["gossamer-identity", "gossamer-dst", "gossamer-policy", "gossamer-sp-validator"]
+    return {f"{n}.{CONTROL_PLANE_NAMESPACE}.svc.{TRUST_DOMAIN}": node_address for n in names}
+
+
+@dataclass
+class Process:
+    name: str
+    proc: asyncio.subprocess.Process
+    log: Path
+
+
+@dataclass
+class ControlPlane:
+    state_dir: Path
+    kubeconfig: Path
+    node_address: str
+    proxy_image: str = "gossamer/proxy:dev"
+    init_image: str = "gossamer/proxy-init:dev"
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def trust_anchors(self) -> Path:
+        return self.state_dir / "identity" / "ca-bundle.crt"
+
+    def write_pki(self, now: dt.datetime) -> None:
+        """A fresh trust anchor and issuer (as `gossamer install` makes), and the webhook's cert.
+
+        The apiserver calls the webhook at ``https://localhost:8443``, so its serving
+        certificate names ``localhost``, signed by a CA of its own that the caBundle carries.
+        """
+        material = generate_trust_anchor_and_issuer(
+            trust_domain=TRUST_DOMAIN, control_plane_namespace=CONTROL_PLANE_NAMESPACE, now=now
+        )
+        issuer_dir = self.state_dir / "identity" / "issuer"
+        issuer_dir.mkdir(parents=True, exist_ok=True)
+        self.trust_anchors.write_bytes(certificates_to_pem([material.trust_anchor.certificate]))
+        _write_secret(issuer_dir, material.issuer.certificate, material.issuer.private_key)
+        webhook_ca = create_trust_anchor(
+            common_name="gossamer local webhook CA", now=now, lifetime=WEBHOOK_LIFETIME
+        )
+        key = generate_private_key()
+        serving = Issuer(
+            certificate=webhook_ca.certificate, private_key=webhook_ca.private_key
+        ).sign_leaf(key.public_key(), WEBHOOK_HOST, now=now, lifetime=WEBHOOK_LIFETIME)
+        tls = self.state_dir / "injector"
+        tls.mkdir(parents=True, exist_ok=True)
+        (tls / "ca.crt").write_bytes(certificates_to_pem([webhook_ca.certificate]))
+        _write_secret(tls, serving.certificate, key)
+
+    async def start(self) -> None:
+        py = sys.executable
+        addr = self.node_address
+        kubeconfig = str(self.kubeconfig)
+        await self._spawn(
+            "identity",
+            [
+                py, "-m", "gossamer_identity",
+                "--trust-anchors-path", str(self.trust_anchors),
+                "--issuer", str(self.state_dir / "identity" / "issuer"),
+                "--addr", f"{addr}:{IDENTITY_PORT}",
+                "--admin-addr", f"127.0.0.1:{ADMIN_PORTS['identity']}",
+                "--controller-namespace", CONTROL_PLANE_NAMESPACE,
+                "--identity-trust-domain", TRUST_DOMAIN,
+                "--kubeconfig", kubeconfig,
+            ],
+        )  # fmt: skip
+        await self._spawn(
+            "destination",
+            [py, "-m", "gossamer_destination"],
+            env={
+                "KUBECONFIG": kubeconfig,
+                "GOSSAMER_DESTINATION_ADDR": f"{addr}:{DESTINATION_PORT}",
+                "GOSSAMER_DESTINATION_POLICY_ADDR": f"{addr}:{POLICY_PORT}",
+                "GOSSAMER_DESTINATION_ADMIN_ADDR": f"127.0.0.1:{ADMIN_PORTS['destination']}",
+                "GOSSAMER_DESTINATION_CONTROLLER_NAMESPACE": CONTROL_PLANE_NAMESPACE,
+                "GOSSAMER_DESTINATION_IDENTITY_TRUST_DOMAIN": TRUST_DOMAIN,
+            },
+        )
+        tls = self.state_dir / "injector"
+        await self._spawn(
+            "injector",
+            [
+                py, "-m", "gossamer_injector",
+                "--listen", f"127.0.0.1:{INJECTOR_PORT}",
+                "--admin-listen", f"127.0.0.1:{ADMIN_PORTS['injector']}",
+                "--tls-cert-file", str(tls / "crt.pem"),
+                "--tls-key-file", str(tls / "key.pem"),
+                "--trust-anchors-file", str(self.trust_anchors),
+                "--kubeconfig", kubeconfig,
+                "--control-plane-namespace", CONTROL_PLANE_NAMESPACE,
+                "--trust-domain", TRUST_DOMAIN,
+                "--proxy-image", self.proxy_image,
+                "--init-image", self.init_image,
+                "--control-plane-tls=false",
+            ],
+        )  # fmt: skip
+
+    async def _spawn(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> None:
+        log = self.state_dir / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdout=out,
+                stderr=out,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
+        self.processes.append(Process(name, proc, log))
+
+    async def wait_ready(self, limit: float = 60.0) -> None:
+        """Every component answers 200 on its admin /ready."""
+        deadline = asyncio.get_running_loop().time() + limit
+        pending = dict(ADMIN_PORTS)
+        while pending:
+            for p in self.processes:
+                if p.proc.returncode is not None:
+                    tail = p.log.read_text(errors="replace")[-1500:]
+                    raise RuntimeError(f"{p.name} exited ({p.proc.returncode}):\n{tail}")
+            for name, port in list(pending.items()):
+                if await _http_ok(port, "/ready"):
+                    del pending[name]
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"control plane not ready after {limit}s: {sorted(pending)}")
+            await asyncio.sleep(0.2)
+
+    async def register(self, client: KubeClient) -> None:
+        """The control-plane namespace and the MutatingWebhookConfiguration."""
+        with contextlib.suppress(KubeApiError):
+            await client.create(
+                NAMESPACES,
+                {"metadata": {"name": CONTROL_PLANE_NAMESPACE, "labels": {
+                    "linkerd.io/is-control-plane": "true",
+                    "config.linkerd.io/admission-webhooks": "disabled",
+                }}},
+            )  # fmt: skip
+        config = render_webhook_config(
+            ca_bundle_pem=(self.state_dir / "injector" / "ca.crt").read_bytes(),
+            control_plane_namespace=CONTROL_PLANE_NAMESPACE,
+            target=WebhookTarget(url=f"https://{WEBHOOK_HOST}:{INJECTOR_PORT}/", service_name=None),
+        )
+        name = config["metadata"]["name"]
+        with contextlib.suppress(KubeApiError):
+            await client.delete(MUTATINGWEBHOOKCONFIGURATIONS, name)
+        await client.create(MUTATINGWEBHOOKCONFIGURATIONS, config)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        for p in reversed(self.processes):
+            if p.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.proc.pid, signal.SIGTERM)
+        for p in self.processes:
+            try:
+                await asyncio.wait_for(p.proc.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.proc.pid, signal.SIGKILL)
+                await p.proc.wait()
+        self.processes.clear()
+
+
+def _write_secret(directory: Path, certificate: Any, key: Any) -> None:
+    """``crt.pem`` and ``key.pem``, as Linkerd's identity Secret mounts them (key 0600)."""
+    (directory / "crt.pem").write_bytes(certificates_to_pem([certificate]))
+    key_path = directory / "key.pem"
+    key_path.write_bytes(private_key_to_pem(key))
+    os.chmod(key_path, 0o600)
+
+
+async def _http_ok(port: int, path: str) -> bool:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
+        line = await asyncio.wait_for(reader.readline(), 2)
+        return line.split()[1:2] == [b"200"]
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
