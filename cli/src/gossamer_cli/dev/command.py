@@ -39,8 +39,21 @@ def dev() -> None:
 @click.option("--prefix", default="gsm", help="Prefix of every namespace and interface name.")
 @click.option("--runtime-venv", type=click.Path(path_type=Path), default=DEFAULT_RUNTIME_VENV)
 @click.option("--duration", type=float, default=0.0, help="Stop by itself after N seconds.")
+@click.option(
+    "--images",
+    "image_maps",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML mapping images to local commands (see examples/demo/local-images.yaml).",
+)
 def up(
-    demo: bool, headless: bool, state_dir: Path, prefix: str, runtime_venv: Path, duration: float
+    demo: bool,
+    headless: bool,
+    state_dir: Path,
+    prefix: str,
+    runtime_venv: Path,
+    duration: float,
+    image_maps: tuple[Path, ...],
 ) -> None:
     """Bring the local mesh up; Ctrl-C (or SIGTERM) tears everything down."""
     _require_root()
@@ -52,7 +65,9 @@ def up(
     node.create(layout)
     try:
         node.enter(layout)
-        code = asyncio.run(_run(layout, state_dir, runtime_venv, demo, headless, duration))
+        code = asyncio.run(
+            _run(layout, state_dir, runtime_venv, demo, headless, duration, image_maps)
+        )
     finally:
         removed = node.destroy(layout)
         click.echo(f"local mesh stopped; removed network namespaces: {len(removed)}", err=True)
@@ -66,6 +81,7 @@ async def _run(
     demo: bool,
     headless: bool,
     duration: float,
+    image_maps: tuple[Path, ...],
 ) -> int:
     from gossamer_common.logging import configure_logging
 
@@ -79,7 +95,7 @@ async def _run(
         loop.add_signal_handler(sig, stop.set)
     if duration:
         loop.call_later(duration, stop.set)
-    maps = (demo_app.image_map(),) if demo else ()
+    maps = (*image_maps, demo_app.image_map()) if demo else image_maps
     mesh = LocalMesh(LocalMeshConfig(state_dir, runtime_venv, maps, layout))
     try:
         await mesh.start()
