@@ -29,3 +29,7 @@ dev_cmd.register(cli)
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

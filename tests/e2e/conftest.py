@@ -1,0 +1,51 @@
+"""The local mesh, shared by the end-to-end tests of one run (started once, torn down after).
+
+Needs root (network namespaces, iptables, uid switching). Without it the tests skip with the
+reason; under GOSSAMER_REQUIRE_E2E=1 they fail. After the session a check asserts that the
+mesh left no namespace, process or /etc/netns entry behind.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from localmesh import LocalMeshHandle, start_local_mesh
+
+REPO = Path(__file__).resolve().parents[2]
+PREFIX = "gsme2e"
+
+
+@pytest.fixture(scope="session")
+def local_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMeshHandle]:
+    if os.geteuid() != 0:
+        reason = "local mesh needs root (network namespaces, iptables, uid 2102)"
+        if os.environ.get("GOSSAMER_REQUIRE_E2E") == "1":
+            pytest.fail(f"GOSSAMER_REQUIRE_E2E=1 but {reason}")
+        pytest.skip(reason)
+    state = Path("/var/tmp") / f"{PREFIX}-{os.getpid()}"
+    handle = start_local_mesh(state, PREFIX, [REPO / "examples" / "demo" / "local-images.yaml"])
+    try:
+        yield handle
+    finally:
+        handle.stop()
+        leftovers = _leftovers()
+        assert not leftovers, f"the local mesh left things behind: {leftovers}"
+
+
+def _leftovers() -> list[str]:
+    found = []
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    found += [line.split()[0] for line in namespaces.splitlines() if line.startswith(PREFIX)]
+    if Path("/etc/netns").exists():
+        found += [p.name for p in Path("/etc/netns").iterdir() if p.name.startswith(PREFIX)]
+    procs = subprocess.run(["pgrep", "-af", f"gsme2e|{PREFIX}-pod"], capture_output=True, text=True)
+    found += [line for line in procs.stdout.splitlines() if "pgrep" not in line]
+    return found
