@@ -1,0 +1,88 @@
+"""Wiring: informers over a kube client, the gRPC server and the admin server.
+
+:class:`DestinationApp` is what ``__main__`` runs and what integration tests and the
+benchmark start in-process or as a subprocess.
+"""
+
+from __future__ import annotations
+
+import grpc
+import structlog
+from gossamer_common.admin import AdminServer
+from gossamer_common.metrics import Registry
+from gossamer_kube import resources
+from gossamer_kube.client import KubeClient
+from gossamer_kube.informer import ListWatchSource
+from gossamer_kube.sources import ClientSource
+
+from gossamer_destination.cluster import Cluster
+from gossamer_destination.metrics import DestinationMetrics
+from gossamer_destination.server import DestinationApi
+from gossamer_destination.settings import DestinationSettings
+
+log = structlog.get_logger(__name__)
+
+REFS = {
+    "namespaces": resources.NAMESPACES,
+    "services": resources.SERVICES,
+    "endpointslices": resources.ENDPOINTSLICES,
+    "pods": resources.PODS,
+    "nodes": resources.NODES,
+    "serviceprofiles": resources.SERVICEPROFILES,
+    "servers": resources.SERVERS,
+    "authorizationpolicies": resources.AUTHORIZATIONPOLICIES,
+    "meshtlsauthentications": resources.MESHTLSAUTHENTICATIONS,
+    "networkauthentications": resources.NETWORKAUTHENTICATIONS,
+    "httproutes": resources.HTTPROUTES,
+}
+
+
+def kube_sources(client: KubeClient) -> dict[str, ListWatchSource]:
+    return {kind: ClientSource(client, ref) for kind, ref in REFS.items()}
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
+
+
+class DestinationApp:
+    """Informers + gRPC + admin; :meth:`start` returns once caches are synced and serving."""
+
+    def __init__(self, settings: DestinationSettings, sources: dict[str, ListWatchSource]):
+        self.settings = settings
+        self.registry = Registry()
+        self.metrics = DestinationMetrics(self.registry)
+        self.cluster = Cluster(sources)
+        self.metrics.watch_cluster(self.cluster)
+        self.api = DestinationApi(self.cluster, settings, self.metrics)
+        self.admin = AdminServer(registry=self.registry, ready=lambda: self._ready)
+        self.grpc_server: grpc.aio.Server | None = None
+        self.grpc_port = 0
+        self._ready = False
+
+    async def start(self) -> None:
+        host, port = _split_addr(self.settings.admin_addr)
+        await self.admin.start(host, port)
+        self.cluster.start()
+        await self.cluster.wait_synced()
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_concurrent_streams", 10000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ]
+        )
+        server.add_generic_rpc_handlers(tuple(self.api.handlers()))
+        self.grpc_port = server.add_insecure_port(self.settings.grpc_addr)
+        await server.start()
+        self.grpc_server = server
+        self._ready = True
+        log.info("destination.serving", grpc_port=self.grpc_port, admin_port=self.admin.port)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self._ready = False
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace)
+        await self.cluster.stop()
+        await self.admin.close()

@@ -1,0 +1,277 @@
+"""The destination service's view of the cluster: one informer per kind, plus the indexes.
+
+Every informer change is turned into *dependency keys* (``("svc", ns, name)``, ``("ip", ip)``,
+...). Topics (:mod:`gossamer_destination.topics`) register the keys their answer depends on,
+and a change marks exactly those topics dirty. Dirty topics are refreshed once per event-loop
+turn, so a burst of watch events (a Deployment rollout) costs one recomputation per topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
+
+import structlog
+from gossamer_kube.informer import Informer, ListWatchSource
+from gossamer_kube.store import EventKind, KubeObject, StoreEvent
+
+from gossamer_destination.endpoints import (
+    SERVICE_NAME_LABEL,
+    ZONE_LABEL,
+    Lookups,
+    labels_of,
+    meta,
+    pod_ips,
+)
+from gossamer_destination.policy_inbound import PolicyLookups, selecting_server, server_opaque
+from gossamer_destination.profiles import Issues
+
+log = structlog.get_logger(__name__)
+
+Key = tuple[str, ...]
+
+KINDS = (
+    "namespaces",
+    "services",
+    "endpointslices",
+    "pods",
+    "nodes",
+    "serviceprofiles",
+    "servers",
+    "authorizationpolicies",
+    "meshtlsauthentications",
+    "networkauthentications",
+    "httproutes",
+)
+POLICY_KINDS = frozenset(
+    {"authorizationpolicies", "meshtlsauthentications", "networkauthentications", "httproutes"}
+)
+ALL: Key = ("all",)
+POLICY: Key = ("policy",)
+
+
+class Dependent(Protocol):
+    """Something recomputed when a key it depends on changes."""
+
+    def refresh(self) -> None: ...
+
+
+def _cluster_ips(svc: KubeObject) -> list[str]:
+    spec = svc.get("spec") or {}
+    ips = [ip for ip in spec.get("clusterIPs") or () if ip and ip != "None"]
+    if not ips and spec.get("clusterIP") not in (None, "", "None"):
+        ips = [spec["clusterIP"]]
+    return ips
+
+
+def _slice_service(es: KubeObject) -> list[str]:
+    name = labels_of(es).get(SERVICE_NAME_LABEL)
+    return [f"{meta(es).get('namespace')}/{name}"] if name else []
+
+
+def _running_pod_ips(pod: KubeObject) -> list[str]:
+    spec = pod.get("spec") or {}
+    if spec.get("hostNetwork"):
+        return []
+    if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return []
+    return pod_ips(pod)
+
+
+def _host_ports(pod: KubeObject) -> list[str]:
+    host_ip = (pod.get("status") or {}).get("hostIP")
+    if not host_ip:
+        return []
+    out = []
+    for container in (pod.get("spec") or {}).get("containers") or ():
+        for port in container.get("ports") or ():
+            if port.get("hostPort"):
+                out.append(f"{host_ip}:{port['hostPort']}")
+    return out
+
+
+INDEXERS: Mapping[str, Mapping[str, Callable[[KubeObject], Iterable[str]]]] = {
+    "services": {"cluster_ip": _cluster_ips},
+    "endpointslices": {"service": _slice_service},
+    "pods": {"ip": _running_pod_ips, "host_port": _host_ports},
+}
+
+
+class Cluster:
+    """Informers for every kind the destination service reads, and the change fan-out."""
+
+    def __init__(self, sources: Mapping[str, ListWatchSource]) -> None:
+        missing = set(KINDS) - set(sources)
+        if missing:
+            raise ValueError(f"no source for {sorted(missing)}")
+        self.informers = {
+            kind: Informer(sources[kind], indexers=INDEXERS.get(kind)) for kind in KINDS
+        }
+        for kind, informer in self.informers.items():
+            informer.add_handler(self._handler(kind))
+        self._deps: dict[Key, set[Dependent]] = {}
+        self._dirty: dict[Dependent, None] = {}
+        self._flush_scheduled = False
+        self.on_invalid: Callable[[str, str], None] = lambda kind, msg: None
+        self._generations: dict[str, int] = {}
+        self._global_generation = 0
+        self._reported: set[str] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for informer in self.informers.values():
+            informer.start()
+
+    async def wait_synced(self) -> None:
+        await asyncio.gather(*(i.synced.wait() for i in self.informers.values()))
+
+    @property
+    def synced(self) -> bool:
+        return all(i.synced.is_set() for i in self.informers.values())
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(i.stop() for i in self.informers.values()))
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, kind: str, namespace: str, name: str) -> KubeObject | None:
+        return self.informers[kind].store.get(namespace, name)
+
+    def objects(self, kind: str, namespace: str | None = None) -> list[KubeObject]:
+        return self.informers[kind].store.objects(namespace)
+
+    def by_index(self, kind: str, index: str, value: str) -> list[KubeObject]:
+        return self.informers[kind].store.by_index(index, value)
+
+    def service_slices(self, namespace: str, name: str) -> list[KubeObject]:
+        return self.by_index("endpointslices", "service", f"{namespace}/{name}")
+
+    def node_zone(self, node: str) -> str:
+        obj = self.get("nodes", "", node)
+        return str(labels_of(obj).get(ZONE_LABEL, "")) if obj else ""
+
+    def server_opaque(self, pod: KubeObject, port: int) -> bool:
+        ns = str(meta(pod).get("namespace"))
+        return server_opaque(selecting_server(pod, port, self.objects("servers", ns), Issues()))
+
+    def generation(self, namespace: str) -> tuple[int, int]:
+        """Changes whenever pods or Servers of ``namespace``, or any Node, change; endpoint
+        translations cached under an older generation are stale."""
+        return (self._generations.get(namespace, 0), self._global_generation)
+
+    def lookups(self) -> Lookups:
+        return Lookups(
+            pod=lambda ns, name: self.get("pods", ns, name),
+            node_zone=self.node_zone,
+            server_opaque=self.server_opaque,
+        )
+
+    def policy_lookups(self) -> PolicyLookups:
+        return PolicyLookups(
+            namespace=lambda name: self.get("namespaces", "", name),
+            servers=lambda ns: self.objects("servers", ns),
+            authorization_policies=lambda ns: self.objects("authorizationpolicies", ns),
+            meshtls_authentication=lambda ns, n: self.get("meshtlsauthentications", ns, n),
+            network_authentication=lambda ns, n: self.get("networkauthentications", ns, n),
+            http_routes=lambda ns: self.objects("httproutes", ns),
+        )
+
+    def report(self, kind: str, issues: Issues) -> None:
+        """Log and count each distinct translation problem once."""
+        for message in issues.messages:
+            if message in self._reported:
+                continue
+            if len(self._reported) > 10000:
+                self._reported.clear()
+            self._reported.add(message)
+            log.warning("destination.invalid_resource", kind=kind, problem=message)
+            self.on_invalid(kind, message)
+
+    # -- dependency tracking -------------------------------------------------------------------
+
+    def depend(self, dependent: Dependent, keys: Iterable[Key]) -> None:
+        for key in keys:
+            self._deps.setdefault(key, set()).add(dependent)
+
+    def forget(self, dependent: Dependent, keys: Iterable[Key]) -> None:
+        for key in keys:
+            deps = self._deps.get(key)
+            if deps is not None:
+                deps.discard(dependent)
+                if not deps:
+                    del self._deps[key]
+        self._dirty.pop(dependent, None)
+
+    def mark(self, keys: Iterable[Key]) -> None:
+        for key in keys:
+            for dependent in self._deps.get(key, ()):
+                self._dirty[dependent] = None
+        if self._dirty and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Refresh every dirty dependent once (runs soon after a burst of changes)."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, {}
+        for dependent in dirty:
+            try:
+                dependent.refresh()
+            except Exception:
+                log.exception("destination.refresh_failed", topic=repr(dependent))
+
+    def _handler(self, kind: str) -> Callable[[list[StoreEvent]], None]:
+        def handle(events: list[StoreEvent]) -> None:
+            keys: set[Key] = set()
+            if kind == "nodes":
+                self._global_generation += 1
+            elif kind in ("pods", "servers"):
+                for event in events:
+                    ns = _ns_name(event.obj)[0]
+                    self._generations[ns] = self._generations.get(ns, 0) + 1
+            for event in events:
+                for obj in (event.old, event.new):
+                    if obj is not None:
+                        keys.update(_keys(kind, obj))
+                if event.kind is EventKind.DELETED and kind == "services":
+                    keys.add(("svc", *map(str, _ns_name(event.obj))))
+            self.mark(keys)
+
+        return handle
+
+
+def _ns_name(obj: KubeObject) -> tuple[str, str]:
+    m = meta(obj)
+    return str(m.get("namespace") or ""), str(m.get("name") or "")
+
+
+def _keys(kind: str, obj: KubeObject) -> Iterable[Key]:
+    ns, name = _ns_name(obj)
+    if kind == "services":
+        yield ("svc", ns, name)
+        for ip in _cluster_ips(obj):
+            yield ("ip", ip)
+    elif kind == "endpointslices":
+        svc = labels_of(obj).get(SERVICE_NAME_LABEL)
+        if svc:
+            yield ("svc", ns, svc)
+    elif kind == "pods":
+        yield ("ns", ns)
+        yield ("pod", ns, name)
+        for ip in pod_ips(obj):
+            yield ("ip", ip)
+        for hp in _host_ports(obj):
+            yield ("ip", hp.rsplit(":", 1)[0])
+    elif kind == "nodes":
+        yield ALL
+    elif kind == "serviceprofiles":
+        yield ("sp", ns, name)
+    elif kind == "servers":
+        yield ("ns", ns)
+        yield POLICY
+    elif kind == "namespaces":
+        yield ("nsobj", name)
+    elif kind in POLICY_KINDS:
+        yield POLICY

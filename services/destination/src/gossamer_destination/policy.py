@@ -1,0 +1,114 @@
+"""Resolving inbound (``WatchPort``) and outbound (``Watch``) policy requests to topics."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from gossamer_api.proxy import inbound_pb2, outbound_pb2
+
+from gossamer_destination.authority import InvalidAuthorityError, split_host_port
+from gossamer_destination.cluster import POLICY, Cluster, Key
+from gossamer_destination.context import InvalidWorkloadError, parse_workload
+from gossamer_destination.discovery import LookupFailedError, Status
+from gossamer_destination.endpoints import meta
+from gossamer_destination.policy_inbound import inbound_server
+from gossamer_destination.policy_outbound import egress_fallback, service_policy
+from gossamer_destination.profiles import Issues
+from gossamer_destination.settings import DestinationSettings
+from gossamer_destination.topics import LatestTopic, Topic, TopicRegistry
+from gossamer_destination.wire import ip_from_proto
+
+
+class Policies:
+    def __init__(
+        self, cluster: Cluster, settings: DestinationSettings, registry: TopicRegistry
+    ) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.registry = registry
+
+    # -- inbound -----------------------------------------------------------------------------
+
+    def inbound_topic(self, spec: inbound_pb2.PortSpec) -> Topic:
+        try:
+            workload = parse_workload(spec.workload)
+        except InvalidWorkloadError as exc:
+            raise LookupFailedError(Status.INVALID_ARGUMENT, str(exc)) from exc
+        if workload.pod is None:
+            raise LookupFailedError(Status.UNIMPLEMENTED, "external workloads are not supported")
+        if not 0 < spec.port < 65536:
+            raise LookupFailedError(Status.INVALID_ARGUMENT, f"invalid port {spec.port}")
+        ns, pod_name, port = workload.namespace, workload.pod, spec.port
+        if self.cluster.get("pods", ns, pod_name) is None:
+            raise LookupFailedError(Status.NOT_FOUND, f"pod {ns}/{pod_name} not found")
+        key = ("inbound", ns, pod_name, port)
+        cluster, settings = self.cluster, self.settings
+
+        def compute() -> tuple[inbound_pb2.Server | None, set[Key]]:
+            deps: set[Key] = {("pod", ns, pod_name), ("ns", ns), ("nsobj", ns), POLICY}
+            pod = cluster.get("pods", ns, pod_name)
+            if pod is None:
+                return None, deps
+            issues = Issues()
+            server = inbound_server(pod, port, cluster.policy_lookups(), settings, issues)
+            cluster.report("policy", issues)
+            return server, deps
+
+        return self.registry.get_or_create(
+            key, lambda: LatestTopic(key, cluster, self.registry, compute)
+        )
+
+    # -- outbound ----------------------------------------------------------------------------
+
+    def outbound_topic(self, spec: outbound_pb2.TrafficSpec) -> Topic:
+        target = spec.WhichOneof("target")
+        if target == "addr":
+            ip = ip_from_proto(spec.addr.ip)
+            port = spec.addr.port
+            services = self.cluster.by_index("services", "cluster_ip", ip)
+            if services:
+                m = meta(services[0])
+                return self._service_topic(str(m.get("namespace")), str(m.get("name")), port)
+            addr = ipaddress.ip_address(ip)
+            if any(addr in net for net in self.settings.cluster_networks):
+                raise LookupFailedError(Status.NOT_FOUND, f"no service has IP {ip}")
+            return self._static(("egress", ip, port), egress_fallback(ip, port))
+        if target == "authority":
+            try:
+                host, port = split_host_port(spec.authority)
+            except InvalidAuthorityError as exc:
+                raise LookupFailedError(Status.NOT_FOUND, str(exc)) from exc
+            labels = host.rstrip(".").split(".")
+            suffix = ["svc", *self.settings.cluster_domain.split(".")]
+            if len(labels) >= 3 and labels[2] == "svc" and labels[2:] in (["svc"], suffix):
+                return self._service_topic(labels[1], labels[0], port)
+            raise LookupFailedError(Status.NOT_FOUND, f"{host} is not a cluster service")
+        raise LookupFailedError(Status.INVALID_ARGUMENT, "TrafficSpec has no target")
+
+    def _service_topic(self, ns: str, name: str, port: int) -> Topic:
+        if self.cluster.get("services", ns, name) is None:
+            raise LookupFailedError(Status.NOT_FOUND, f"service {ns}/{name} not found")
+        key = ("outbound", ns, name, port)
+        cluster, settings = self.cluster, self.settings
+
+        def exists(namespace: str, svc: str) -> bool:
+            return cluster.get("services", namespace, svc) is not None
+
+        def compute() -> tuple[outbound_pb2.OutboundPolicy | None, set[Key]]:
+            deps: set[Key] = {("svc", ns, name), POLICY}
+            svc = cluster.get("services", ns, name)
+            if svc is None:
+                return None, deps
+            issues = Issues()
+            policy = service_policy(svc, port, cluster.policy_lookups(), exists, settings, issues)
+            cluster.report("policy", issues)
+            return policy, deps
+
+        return self.registry.get_or_create(
+            key, lambda: LatestTopic(key, cluster, self.registry, compute)
+        )
+
+    def _static(self, key: tuple[str, str, int], message: outbound_pb2.OutboundPolicy) -> Topic:
+        return self.registry.get_or_create(
+            key, lambda: LatestTopic(key, self.cluster, self.registry, lambda: (message, set()))
+        )

@@ -1,0 +1,550 @@
+"""Inbound policy for one pod port: the ``inbound.Server`` the proxy enforces (pure).
+
+Resolution follows Linkerd's policy controller (linkerd-wire.md §3.4, §7): the oldest
+``Server`` that selects the pod and port wins; otherwise the default policy from the pod
+annotation, the namespace annotation or the cluster flag applies. ``AuthorizationPolicy``
+objects targeting the Server, its namespace or one of its HTTPRoutes become ``Authz``
+entries once all their authentication refs resolve. Invalid objects are skipped and reported.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gossamer_api.proxy import http_route_pb2, inbound_pb2, meta_pb2, net_pb2
+
+from gossamer_destination import httproutes
+from gossamer_destination.endpoints import annotations_of, labels_of, meta, pod_opaque_ports
+from gossamer_destination.ports import PortSet, container_ports, lenient_port_set
+from gossamer_destination.profiles import Issues, http_method
+from gossamer_destination.selectors import InvalidSelectorError, selector_matches
+from gossamer_destination.settings import DEFAULT_POLICIES, DestinationSettings, Network
+from gossamer_destination.wire import ip_address
+
+KubeObject = dict[str, Any]
+DEFAULT_POLICY_ANNOTATION = "config.linkerd.io/default-inbound-policy"
+REQUIRE_IDENTITY_ANNOTATION = "config.linkerd.io/proxy-require-identity-inbound-ports"
+DETECT_TIMEOUT_SECONDS = 10
+ALL_NETWORKS: tuple[Network, ...] = (
+    ipaddress.ip_network("0.0.0.0/0"),
+    ipaddress.ip_network("::/0"),
+)
+_AUTHENTICATED = {
+    "all-unauthenticated": "all-authenticated",
+    "cluster-unauthenticated": "cluster-authenticated",
+}
+
+
+@dataclass(frozen=True)
+class PolicyLookups:
+    """What inbound/outbound policy reads from the informer caches."""
+
+    namespace: Callable[[str], KubeObject | None]
+    servers: Callable[[str], list[KubeObject]]
+    authorization_policies: Callable[[str], list[KubeObject]]
+    meshtls_authentication: Callable[[str, str], KubeObject | None]
+    network_authentication: Callable[[str, str], KubeObject | None]
+    http_routes: Callable[[str], list[KubeObject]]
+
+
+# -- networks and authentications -----------------------------------------------------------
+
+
+def ip_network(net: Network) -> net_pb2.IPNetwork:
+    return net_pb2.IPNetwork(ip=ip_address(str(net.network_address)), prefix_len=net.prefixlen)
+
+
+def networks_proto(nets: Iterable[Network]) -> list[inbound_pb2.Network]:
+    return [inbound_pb2.Network(net=ip_network(n)) for n in nets]
+
+
+def unauthenticated() -> inbound_pb2.Authn:
+    return inbound_pb2.Authn(unauthenticated=inbound_pb2.Authn.PermitUnauthenticated())
+
+
+def mesh_tls(identities: Iterable[str], suffixes: Iterable[list[str]]) -> inbound_pb2.Authn:
+    authn = inbound_pb2.Authn()
+    clients = authn.meshTLS.identities
+    clients.identities.extend(inbound_pb2.Identity(name=i) for i in identities)
+    clients.suffixes.extend(inbound_pb2.IdentitySuffix(parts=s) for s in suffixes)
+    return authn
+
+
+def _authz(
+    networks: list[inbound_pb2.Network],
+    authn: inbound_pb2.Authn,
+    *,
+    group: str,
+    kind: str,
+    name: str,
+    namespace: str = "",
+) -> inbound_pb2.Authz:
+    out = inbound_pb2.Authz(networks=networks, authentication=authn)
+    out.labels.update({"group": group, "kind": kind, "name": name})
+    if kind == "default":
+        out.metadata.default = name
+    else:
+        out.metadata.resource.CopyFrom(
+            meta_pb2.Resource(group=group, kind=kind, name=name, namespace=namespace)
+        )
+    return out
+
+
+def default_authzs(policy: str, settings: DestinationSettings) -> list[inbound_pb2.Authz]:
+    """The authorizations a default policy grants (``deny`` grants none)."""
+    if policy in ("all-unauthenticated", "audit"):
+        nets, authn = ALL_NETWORKS, unauthenticated()
+    elif policy == "all-authenticated":
+        nets, authn = ALL_NETWORKS, mesh_tls([], [[]])
+    elif policy == "cluster-unauthenticated":
+        nets, authn = settings.cluster_networks, unauthenticated()
+    elif policy == "cluster-authenticated":
+        nets, authn = settings.cluster_networks, mesh_tls([], [[]])
+    else:
+        return []
+    return [_authz(networks_proto(nets), authn, group="", kind="default", name=policy)]
+
+
+# -- default policy ----------------------------------------------------------------------------
+
+
+def default_policy(
+    pod: Mapping[str, Any],
+    port: int,
+    namespace: Mapping[str, Any] | None,
+    settings: DestinationSettings,
+    issues: Issues,
+) -> str:
+    policy = settings.default_inbound_policy
+    sources = [("namespace", namespace or {}), ("pod", pod)]
+    for where, obj in sources:
+        value = annotations_of(obj).get(DEFAULT_POLICY_ANNOTATION)
+        if value is None:
+            continue
+        if value in DEFAULT_POLICIES:
+            policy = value
+        else:
+            issues.add(
+                f"{where} {meta(obj).get('name')}: invalid {DEFAULT_POLICY_ANNOTATION}={value!r}"
+            )
+    required: PortSet = lenient_port_set(
+        annotations_of(pod).get(REQUIRE_IDENTITY_ANNOTATION), PortSet()
+    )
+    if required.contains(port, container_ports(pod)):
+        policy = _AUTHENTICATED.get(policy, policy)
+    return policy
+
+
+def probe_paths(pod: Mapping[str, Any], port: int) -> list[str]:
+    """HTTP liveness/readiness/startup probe paths of the pod that target ``port``."""
+    named = container_ports(pod)
+    paths: list[str] = []
+    for container in (pod.get("spec") or {}).get("containers") or ():
+        for key in ("livenessProbe", "readinessProbe", "startupProbe"):
+            get = (container.get(key) or {}).get("httpGet")
+            if not get:
+                continue
+            probe_port = get.get("port")
+            number = named.get(probe_port) if isinstance(probe_port, str) else probe_port
+            if number == port:
+                path = str(get.get("path") or "/")
+                if path not in paths:
+                    paths.append(path)
+    return sorted(paths)
+
+
+def _default_route(authzs: list[inbound_pb2.Authz]) -> inbound_pb2.HttpRoute:
+    route = inbound_pb2.HttpRoute(authorizations=authzs)
+    route.metadata.default = "default"
+    route.rules.append(
+        inbound_pb2.HttpRoute.Rule(
+            matches=[http_route_pb2.HttpRouteMatch(path=http_route_pb2.PathMatch(prefix="/"))]
+        )
+    )
+    return route
+
+
+def _probe_route(paths: list[str], settings: DestinationSettings) -> inbound_pb2.HttpRoute:
+    route = inbound_pb2.HttpRoute()
+    route.metadata.default = "probe"
+    route.authorizations.append(
+        _authz(
+            networks_proto(settings.probe_networks),
+            unauthenticated(),
+            group="",
+            kind="default",
+            name="probe",
+        )
+    )
+    route.rules.append(
+        inbound_pb2.HttpRoute.Rule(
+            matches=[
+                http_route_pb2.HttpRouteMatch(
+                    path=http_route_pb2.PathMatch(exact=p), method=http_method("GET")
+                )
+                for p in paths
+            ]
+        )
+    )
+    return route
+
+
+def _default_routes(
+    pod: Mapping[str, Any],
+    port: int,
+    authzs: list[inbound_pb2.Authz],
+    settings: DestinationSettings,
+) -> list[inbound_pb2.HttpRoute]:
+    routes = [_default_route(authzs)]
+    paths = probe_paths(pod, port)
+    if paths and settings.probe_networks:
+        routes.append(_probe_route(paths, settings))
+    return routes
+
+
+def _detect(routes: list[inbound_pb2.HttpRoute]) -> inbound_pb2.ProxyProtocol:
+    proto = inbound_pb2.ProxyProtocol()
+    proto.detect.timeout.seconds = DETECT_TIMEOUT_SECONDS
+    proto.detect.http_routes.extend(routes)
+    return proto
+
+
+# -- servers -----------------------------------------------------------------------------------
+
+
+def server_port_matches(server: Mapping[str, Any], pod: Mapping[str, Any], port: int) -> bool:
+    wanted = (server.get("spec") or {}).get("port")
+    if isinstance(wanted, int):
+        return wanted == port
+    if isinstance(wanted, str):
+        if wanted.isdigit():
+            return int(wanted) == port
+        return container_ports(pod).get(wanted) == port
+    return False
+
+
+def selecting_server(
+    pod: Mapping[str, Any], port: int, servers: Iterable[Mapping[str, Any]], issues: Issues
+) -> Mapping[str, Any] | None:
+    """The oldest Server (then by name) selecting the pod port, as Linkerd resolves conflicts."""
+    labels = labels_of(pod)
+    found: list[Mapping[str, Any]] = []
+    for server in servers:
+        spec = server.get("spec") or {}
+        if "podSelector" not in spec:
+            continue
+        try:
+            if not selector_matches(spec.get("podSelector"), labels):
+                continue
+        except InvalidSelectorError as exc:
+            issues.add(f"Server {meta(server).get('namespace')}/{meta(server).get('name')}: {exc}")
+            continue
+        if server_port_matches(server, pod, port):
+            found.append(server)
+    if not found:
+        return None
+    found.sort(key=httproutes.route_sort_key)
+    return found[0]
+
+
+def server_opaque(server: Mapping[str, Any] | None) -> bool:
+    return bool(server) and (server.get("spec") or {}).get("proxyProtocol") == "opaque"  # type: ignore[union-attr]
+
+
+def _policy_applies(policy: Mapping[str, Any], kind: str, name: str, namespace: str) -> bool:
+    ref = (policy.get("spec") or {}).get("targetRef") or {}
+    ref_kind = str(ref.get("kind") or "")
+    if ref_kind.lower() == "namespace":
+        return kind == "server" and ref.get("name") == namespace
+    return ref_kind.lower() == kind and ref.get("name") == name
+
+
+def policy_authz(
+    policy: Mapping[str, Any],
+    lookups: PolicyLookups,
+    settings: DestinationSettings,
+    issues: Issues,
+) -> inbound_pb2.Authz | None:
+    """One AuthorizationPolicy as an Authz; ``None`` when a ref is missing or invalid."""
+    pm = meta(policy)
+    ns, name = str(pm.get("namespace")), str(pm.get("name"))
+    where = f"AuthorizationPolicy {ns}/{name}"
+    refs = (policy.get("spec") or {}).get("requiredAuthenticationRefs") or []
+    networks: list[inbound_pb2.Network] | None = None
+    identities: list[str] = []
+    suffixes: list[list[str]] = []
+    mesh = False
+    for ref in refs:
+        kind = str(ref.get("kind") or "")
+        ref_ns = str(ref.get("namespace") or ns)
+        ref_name = str(ref.get("name") or "")
+        if kind == "NetworkAuthentication":
+            obj = lookups.network_authentication(ref_ns, ref_name)
+            if obj is None:
+                return None
+            if networks is not None:
+                issues.add(f"{where}: more than one NetworkAuthentication; skipped")
+                return None
+            try:
+                networks = network_authentication(obj)
+            except ValueError as exc:
+                issues.add(f"NetworkAuthentication {ref_ns}/{ref_name}: {exc}")
+                return None
+        elif kind == "MeshTLSAuthentication":
+            obj = lookups.meshtls_authentication(ref_ns, ref_name)
+            if obj is None:
+                return None
+            mesh = True
+            try:
+                ids, sufs = meshtls_authentication(obj, settings)
+            except ValueError as exc:
+                issues.add(f"MeshTLSAuthentication {ref_ns}/{ref_name}: {exc}")
+                return None
+            identities += ids
+            suffixes += sufs
+        elif kind == "ServiceAccount":
+            mesh = True
+            identities.append(sa_identity(ref_name, ref_ns, settings))
+        else:
+            issues.add(f"{where}: unknown authentication kind {kind!r}; skipped")
+            return None
+    if networks is None:
+        networks = networks_proto(settings.cluster_networks)
+    authn = mesh_tls(identities, suffixes) if mesh else unauthenticated()
+    return _authz(
+        networks,
+        authn,
+        group=httproutes.POLICY_GROUP,
+        kind="authorizationpolicy",
+        name=name,
+        namespace=ns,
+    )
+
+
+def network_authentication(obj: Mapping[str, Any]) -> list[inbound_pb2.Network]:
+    out: list[inbound_pb2.Network] = []
+    for entry in (obj.get("spec") or {}).get("networks") or ():
+        net = ipaddress.ip_network(str(entry.get("cidr")), strict=False)
+        out.append(_network_with_except(net, entry.get("except") or ()))
+    if not out:
+        raise ValueError("no networks")
+    return out
+
+
+def _network_with_except(net: Network, excepts: Iterable[Any]) -> inbound_pb2.Network:
+    out = inbound_pb2.Network(net=ip_network(net))
+    getattr(out, "except").extend(
+        ip_network(ipaddress.ip_network(str(e), strict=False)) for e in excepts
+    )
+    return out
+
+
+def sa_identity(name: str, namespace: str, settings: DestinationSettings) -> str:
+    return (
+        f"{name}.{namespace}.serviceaccount.identity."
+        f"{settings.controller_namespace}.{settings.trust_domain}"
+    )
+
+
+def meshtls_authentication(
+    obj: Mapping[str, Any], settings: DestinationSettings
+) -> tuple[list[str], list[list[str]]]:
+    spec = obj.get("spec") or {}
+    own_ns = str(meta(obj).get("namespace"))
+    identities: list[str] = []
+    suffixes: list[list[str]] = []
+    for ident in spec.get("identities") or ():
+        text = str(ident)
+        if text == "*":
+            suffixes.append([])
+        elif text.startswith("*."):
+            suffixes.append(text[2:].split("."))
+        else:
+            identities.append(text)
+    for ref in spec.get("identityRefs") or ():
+        kind = ref.get("kind")
+        if kind == "ServiceAccount":
+            identities.append(
+                sa_identity(str(ref.get("name")), str(ref.get("namespace") or own_ns), settings)
+            )
+        elif kind == "Namespace":
+            if ref.get("name") == "*":
+                suffixes.append([])
+            else:
+                suffixes.append(
+                    [
+                        str(ref.get("name")),
+                        "serviceaccount",
+                        "identity",
+                        settings.controller_namespace,
+                        *settings.trust_domain.split("."),
+                    ]
+                )
+        else:
+            raise ValueError(f"unknown identityRef kind {kind!r}")
+    if not identities and not suffixes:
+        raise ValueError("no identities")
+    return identities, suffixes
+
+
+def _authzs_for(
+    kind: str,
+    name: str,
+    namespace: str,
+    lookups: PolicyLookups,
+    settings: DestinationSettings,
+    issues: Issues,
+) -> list[inbound_pb2.Authz]:
+    out: list[inbound_pb2.Authz] = []
+    policies = sorted(lookups.authorization_policies(namespace), key=httproutes.route_sort_key)
+    for policy in policies:
+        ref = (policy.get("spec") or {}).get("targetRef") or {}
+        if str(ref.get("kind") or "").lower() not in (
+            "server",
+            "httproute",
+            "grpcroute",
+            "namespace",
+        ):
+            issues.add(
+                f"AuthorizationPolicy {namespace}/{meta(policy).get('name')}: "
+                f"unknown targetRef kind {ref.get('kind')!r}; skipped"
+            )
+            continue
+        if _policy_applies(policy, kind, name, namespace):
+            authz = policy_authz(policy, lookups, settings, issues)
+            if authz is not None:
+                out.append(authz)
+    return out
+
+
+def inbound_route(
+    route: Mapping[str, Any], authzs: list[inbound_pb2.Authz]
+) -> inbound_pb2.HttpRoute:
+    rm = meta(route)
+    out = inbound_pb2.HttpRoute(authorizations=authzs)
+    out.metadata.resource.CopyFrom(
+        meta_pb2.Resource(
+            group=httproutes.POLICY_GROUP,
+            kind="HTTPRoute",
+            name=str(rm.get("name")),
+            namespace=str(rm.get("namespace")),
+        )
+    )
+    spec = route.get("spec") or {}
+    out.hosts.extend(httproutes.host_match(str(h)) for h in spec.get("hostnames") or ())
+    for rule in spec.get("rules") or [{}]:
+        r = inbound_pb2.HttpRoute.Rule(matches=httproutes.rule_matches(rule))
+        for f in rule.get("filters") or ():
+            kind = f.get("type")
+            if kind == "RequestHeaderModifier":
+                r.filters.append(
+                    inbound_pb2.HttpRoute.Filter(
+                        request_header_modifier=httproutes.header_modifier(
+                            f.get("requestHeaderModifier") or {}
+                        )
+                    )
+                )
+            elif kind == "RequestRedirect":
+                r.filters.append(
+                    inbound_pb2.HttpRoute.Filter(
+                        redirect=httproutes.redirect(f.get("requestRedirect") or {})
+                    )
+                )
+            else:
+                raise httproutes.InvalidRouteError(f"unsupported inbound filter {kind!r}")
+        out.rules.append(r)
+    return out
+
+
+def _server_routes(
+    server: Mapping[str, Any],
+    pod: Mapping[str, Any],
+    port: int,
+    server_authzs: list[inbound_pb2.Authz],
+    lookups: PolicyLookups,
+    settings: DestinationSettings,
+    issues: Issues,
+) -> list[inbound_pb2.HttpRoute]:
+    sm = meta(server)
+    ns, name = str(sm.get("namespace")), str(sm.get("name"))
+    routes: list[inbound_pb2.HttpRoute] = []
+    for route in sorted(lookups.http_routes(ns), key=httproutes.route_sort_key):
+        parents = httproutes.parent_refs(route)
+        if not any(
+            p.get("kind") == "Server"
+            and (p.get("group") or httproutes.POLICY_GROUP) == httproutes.POLICY_GROUP
+            and p.get("name") == name
+            for p in parents
+        ):
+            continue
+        rname = str(meta(route).get("name"))
+        authzs = _authzs_for("httproute", rname, ns, lookups, settings, issues)
+        try:
+            routes.append(inbound_route(route, authzs))
+        except (httproutes.InvalidRouteError, ValueError, TypeError) as exc:
+            issues.add(f"HTTPRoute {ns}/{rname} skipped: {exc}")
+    if not routes:
+        routes = _default_routes(pod, port, server_authzs, settings)
+    return routes
+
+
+_PROTOCOLS = {
+    "HTTP/1": "http1",
+    "HTTP/2": "http2",
+    "gRPC": "grpc",
+    "opaque": "opaque",
+    "TLS": "tls",
+}
+
+
+def inbound_server(
+    pod: Mapping[str, Any],
+    port: int,
+    lookups: PolicyLookups,
+    settings: DestinationSettings,
+    issues: Issues,
+) -> inbound_pb2.Server:
+    """The policy the pod's proxy enforces on ``port``."""
+    pm = meta(pod)
+    ns = str(pm.get("namespace"))
+    server = selecting_server(pod, port, lookups.servers(ns), issues)
+    if server is None:
+        policy = default_policy(pod, port, lookups.namespace(ns), settings, issues)
+        authzs = default_authzs(policy, settings)
+        out = inbound_pb2.Server(authorizations=authzs)
+        out.labels.update({"group": "", "kind": "default", "name": policy})
+        if pod_opaque_ports(pod, settings).contains(port, container_ports(pod)):
+            out.protocol.opaque.SetInParent()
+        else:
+            out.protocol.CopyFrom(_detect(_default_routes(pod, port, authzs, settings)))
+        return out
+    sm = meta(server)
+    name = str(sm.get("name"))
+    authzs = _authzs_for("server", name, ns, lookups, settings, issues)
+    access = (server.get("spec") or {}).get("accessPolicy")
+    if access and access != "deny":
+        if access in DEFAULT_POLICIES:
+            authzs = authzs + default_authzs(access, settings)
+        else:
+            issues.add(f"Server {ns}/{name}: unknown accessPolicy {access!r}")
+    out = inbound_pb2.Server(authorizations=authzs)
+    out.labels.update({"group": httproutes.POLICY_GROUP, "kind": "server", "name": name})
+    proto = (server.get("spec") or {}).get("proxyProtocol") or "unknown"
+    kind = _PROTOCOLS.get(proto)
+    if kind in ("opaque", "tls"):
+        getattr(out.protocol, kind).SetInParent()
+        return out
+    if kind == "grpc":
+        out.protocol.grpc.SetInParent()
+        return out
+    routes = _server_routes(server, pod, port, authzs, lookups, settings, issues)
+    if kind in ("http1", "http2"):
+        getattr(out.protocol, kind).routes.extend(routes)
+    else:
+        if proto != "unknown":
+            issues.add(f"Server {ns}/{name}: unknown proxyProtocol {proto!r}; detecting")
+        out.protocol.CopyFrom(_detect(routes))
+    return out

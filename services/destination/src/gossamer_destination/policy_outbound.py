@@ -1,0 +1,278 @@
+"""Outbound policy for a service port: the ``OutboundPolicy`` a client proxy routes with (pure).
+
+Follows Linkerd's policy controller defaults (linkerd-wire.md §3.3): a Service port gets
+protocol detection with one default route per protocol balancing over the service's own
+endpoints, unless ``policy.linkerd.io`` HTTPRoutes attached to the Service say otherwise, or
+the port is opaque. A port the Service does not define is forbidden (``undefined-port``);
+an address outside the cluster networks gets the ``egress-fallback`` forward policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gossamer_api.proxy import (
+    destination_pb2,
+    http_route_pb2,
+    meta_pb2,
+    opaque_route_pb2,
+    outbound_pb2,
+)
+
+from gossamer_destination import httproutes
+from gossamer_destination.endpoints import annotations_of, meta
+from gossamer_destination.policy_inbound import PolicyLookups
+from gossamer_destination.profiles import Issues, service_opaque
+from gossamer_destination.settings import DestinationSettings
+from gossamer_destination.units import parse_duration
+from gossamer_destination.wire import tcp_address
+
+KubeObject = dict[str, Any]
+DETECT_TIMEOUT_SECONDS = 10
+QUEUE_CAPACITY = 100
+FAILFAST_SECONDS = 3
+EWMA_DEFAULT_RTT_MS = 30
+EWMA_DECAY_SECONDS = 10
+OPAQUE_APP_PROTOCOLS = ("linkerd.io/opaque", "linkerd.io/tcp")
+
+
+def _duration(seconds: float) -> Any:
+    from google.protobuf.duration_pb2 import Duration
+
+    d = Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def _queue() -> outbound_pb2.Queue:
+    return outbound_pb2.Queue(capacity=QUEUE_CAPACITY, failfast_timeout=_duration(FAILFAST_SECONDS))
+
+
+def service_resource(name: str, namespace: str, port: int) -> meta_pb2.Metadata:
+    return meta_pb2.Metadata(
+        resource=meta_pb2.Resource(
+            group="core", kind="Service", name=name, namespace=namespace, port=port
+        )
+    )
+
+
+def balancer_backend(
+    name: str, namespace: str, port: int, settings: DestinationSettings
+) -> outbound_pb2.Backend:
+    backend = outbound_pb2.Backend(metadata=service_resource(name, namespace, port), queue=_queue())
+    backend.balancer.discovery.dst.path = f"{name}.{namespace}.svc.{settings.cluster_domain}:{port}"
+    backend.balancer.peak_ewma.default_rtt.CopyFrom(_duration(EWMA_DEFAULT_RTT_MS / 1000))
+    backend.balancer.peak_ewma.decay.CopyFrom(_duration(EWMA_DECAY_SECONDS))
+    return backend
+
+
+def _failure_accrual(service: Mapping[str, Any]) -> outbound_pb2.FailureAccrual | None:
+    annotations = annotations_of(service)
+    if annotations.get("balancer.linkerd.io/failure-accrual") != "consecutive":
+        return None
+    prefix = "balancer.linkerd.io/failure-accrual-consecutive-"
+    try:
+        max_failures = int(annotations.get(prefix + "max-failures", "7"))
+        min_penalty = parse_duration(annotations.get(prefix + "min-penalty", "1s"))
+        max_penalty = parse_duration(annotations.get(prefix + "max-penalty", "60s"))
+        jitter = float(annotations.get(prefix + "jitter-ratio", "0.5"))
+    except ValueError:
+        return None
+    fa = outbound_pb2.FailureAccrual()
+    fa.consecutive_failures.max_failures = max_failures
+    fa.consecutive_failures.backoff.min_backoff.CopyFrom(_duration(min_penalty))
+    fa.consecutive_failures.backoff.max_backoff.CopyFrom(_duration(max_penalty))
+    fa.consecutive_failures.backoff.jitter_ratio = jitter
+    return fa
+
+
+def _default_http_route(backend: outbound_pb2.Backend) -> outbound_pb2.HttpRoute:
+    route = outbound_pb2.HttpRoute()
+    route.metadata.default = "http"
+    rule = route.rules.add()
+    rule.matches.append(http_route_pb2.HttpRouteMatch(path=http_route_pb2.PathMatch(prefix="/")))
+    rule.backends.first_available.backends.add().backend.CopyFrom(backend)
+    return route
+
+
+def _opaque_route(backend: outbound_pb2.Backend) -> outbound_pb2.OpaqueRoute:
+    route = outbound_pb2.OpaqueRoute()
+    route.metadata.default = "opaq"
+    rule = route.rules.add()
+    rule.backends.first_available.backends.add().backend.CopyFrom(backend)
+    return route
+
+
+def _service_port(service: Mapping[str, Any], port: int) -> Mapping[str, Any] | None:
+    for sp in (service.get("spec") or {}).get("ports") or ():
+        if sp.get("port") == port:
+            return sp  # type: ignore[no-any-return]
+    return None
+
+
+def undefined_port(name: str, namespace: str, port: int) -> outbound_pb2.OutboundPolicy:
+    policy = outbound_pb2.OutboundPolicy()
+    policy.metadata.default = "undefined-port"
+    route = policy.protocol.opaque.routes.add()
+    route.metadata.default = "undefined-port"
+    rule = route.rules.add()
+    rule.backends.empty.SetInParent()
+    rule.filters.add().forbidden.CopyFrom(opaque_route_pb2.Forbidden())
+    return policy
+
+
+def egress_fallback(ip: str, port: int) -> outbound_pb2.OutboundPolicy:
+    forward = outbound_pb2.Backend(queue=_queue())
+    forward.metadata.default = "egress-fallback"
+    forward.forward.CopyFrom(destination_pb2.WeightedAddr(addr=tcp_address((ip, port)), weight=1))
+    policy = outbound_pb2.OutboundPolicy()
+    policy.metadata.default = "egress-fallback"
+    detect = policy.protocol.detect
+    detect.timeout.CopyFrom(_duration(DETECT_TIMEOUT_SECONDS))
+    op = detect.opaque.routes.add()
+    op.metadata.default = "egress-fallback"
+    op.rules.add().backends.first_available.backends.add().backend.CopyFrom(forward)
+    for http in (detect.http1, detect.http2):
+        r = http.routes.add()
+        r.metadata.default = "egress-fallback"
+        rule = r.rules.add()
+        rule.matches.append(
+            http_route_pb2.HttpRouteMatch(path=http_route_pb2.PathMatch(prefix="/"))
+        )
+        rule.backends.first_available.backends.add().backend.CopyFrom(forward)
+    return policy
+
+
+def _route_backends(
+    rule: Mapping[str, Any],
+    namespace: str,
+    default: outbound_pb2.Backend,
+    service_exists: Any,
+    settings: DestinationSettings,
+) -> outbound_pb2.HttpRoute.Distribution:
+    dist = outbound_pb2.HttpRoute.Distribution()
+    refs = rule.get("backendRefs") or []
+    if not refs:
+        dist.first_available.backends.add().backend.CopyFrom(default)
+        return dist
+    for ref in refs:
+        kind = ref.get("kind") or "Service"
+        if kind != "Service" or (ref.get("group") or "core") not in ("core", ""):
+            raise httproutes.InvalidRouteError(f"unsupported backendRef kind {kind!r}")
+        name = str(ref.get("name") or "")
+        ns = str(ref.get("namespace") or namespace)
+        port = int(ref.get("port") or 0)
+        wrb = dist.random_available.backends.add()
+        wrb.weight = int(ref.get("weight", 1))
+        wrb.backend.backend.CopyFrom(balancer_backend(name, ns, port, settings))
+        if not service_exists(ns, name):
+            wrb.backend.filters.add().failure_injector.CopyFrom(
+                http_route_pb2.HttpFailureInjector(
+                    status=500,
+                    message=f"Service not found {name}",
+                    ratio=http_route_pb2.Ratio(numerator=1, denominator=1),
+                )
+            )
+    return dist
+
+
+def outbound_route(
+    route: Mapping[str, Any],
+    default: outbound_pb2.Backend,
+    service_exists: Any,
+    settings: DestinationSettings,
+) -> outbound_pb2.HttpRoute:
+    rm = meta(route)
+    ns = str(rm.get("namespace"))
+    out = outbound_pb2.HttpRoute()
+    out.metadata.resource.CopyFrom(
+        meta_pb2.Resource(
+            group=httproutes.POLICY_GROUP, kind="HTTPRoute", name=str(rm.get("name")), namespace=ns
+        )
+    )
+    spec = route.get("spec") or {}
+    out.hosts.extend(httproutes.host_match(str(h)) for h in spec.get("hostnames") or ())
+    for rule in spec.get("rules") or [{}]:
+        r = out.rules.add()
+        r.matches.extend(httproutes.rule_matches(rule))
+        for f in rule.get("filters") or ():
+            kind = f.get("type")
+            if kind == "RequestHeaderModifier":
+                r.filters.add().request_header_modifier.CopyFrom(
+                    httproutes.header_modifier(f.get("requestHeaderModifier") or {})
+                )
+            elif kind == "ResponseHeaderModifier":
+                r.filters.add().response_header_modifier.CopyFrom(
+                    httproutes.response_header_modifier(f.get("responseHeaderModifier") or {})
+                )
+            elif kind == "RequestRedirect":
+                r.filters.add().redirect.CopyFrom(
+                    httproutes.redirect(f.get("requestRedirect") or {})
+                )
+            else:
+                raise httproutes.InvalidRouteError(f"unsupported filter {kind!r}")
+        r.backends.CopyFrom(_route_backends(rule, ns, default, service_exists, settings))
+        timeouts = rule.get("timeouts") or {}
+        if timeouts.get("request"):
+            r.timeouts.request.CopyFrom(_duration(parse_duration(timeouts["request"])))
+        if timeouts.get("backendRequest"):
+            r.timeouts.response.CopyFrom(_duration(parse_duration(timeouts["backendRequest"])))
+    return out
+
+
+def service_policy(
+    service: Mapping[str, Any],
+    port: int,
+    lookups: PolicyLookups,
+    service_exists: Any,
+    settings: DestinationSettings,
+    issues: Issues,
+) -> outbound_pb2.OutboundPolicy:
+    m = meta(service)
+    name, ns = str(m.get("name")), str(m.get("namespace"))
+    sp = _service_port(service, port)
+    if sp is None:
+        return undefined_port(name, ns, port)
+    backend = balancer_backend(name, ns, port, settings)
+    policy = outbound_pb2.OutboundPolicy(metadata=service_resource(name, ns, port))
+    app = sp.get("appProtocol")
+    if app in OPAQUE_APP_PROTOCOLS or service_opaque(service, port, settings):
+        policy.protocol.opaque.routes.append(_opaque_route(backend))
+        return policy
+    routes: list[outbound_pb2.HttpRoute] = []
+    for route in sorted(lookups.http_routes(ns), key=httproutes.route_sort_key):
+        if not any(
+            p.get("kind") == "Service"
+            and (p.get("group") or "core") in ("core", "")
+            and p.get("name") == name
+            and (p.get("port") in (None, port))
+            for p in httproutes.parent_refs(route)
+        ):
+            continue
+        try:
+            routes.append(outbound_route(route, backend, service_exists, settings))
+        except (httproutes.InvalidRouteError, ValueError, TypeError) as exc:
+            issues.add(f"HTTPRoute {ns}/{meta(route).get('name')} skipped: {exc}")
+    if not routes:
+        routes = [_default_http_route(backend)]
+    accrual = _failure_accrual(service)
+    if app == "http":
+        policy.protocol.http1.routes.extend(routes)
+        if accrual:
+            policy.protocol.http1.failure_accrual.CopyFrom(accrual)
+        return policy
+    if app == "kubernetes.io/h2c":
+        policy.protocol.http2.routes.extend(routes)
+        if accrual:
+            policy.protocol.http2.failure_accrual.CopyFrom(accrual)
+        return policy
+    detect = policy.protocol.detect
+    detect.timeout.CopyFrom(_duration(DETECT_TIMEOUT_SECONDS))
+    detect.opaque.routes.append(_opaque_route(backend))
+    detect.http1.routes.extend(routes)
+    detect.http2.routes.extend(routes)
+    if accrual:
+        detect.http1.failure_accrual.CopyFrom(accrual)
+        detect.http2.failure_accrual.CopyFrom(accrual)
+    return policy
