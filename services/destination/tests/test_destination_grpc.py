@@ -47,7 +47,9 @@ async def harness() -> AsyncIterator[Harness]:
         t.endpoint_slice("web", [("10.1.0.1", "web-1"), ("10.1.0.2", "web-2")]),
         *pods,
     )
-    settings = DestinationSettings(grpc_addr="127.0.0.1:0", admin_addr="127.0.0.1:0")
+    settings = DestinationSettings(
+        grpc_addr="127.0.0.1:0", policy_addr="127.0.0.1:0", admin_addr="127.0.0.1:0"
+    )
     app = DestinationApp(settings, dict(sources))  # type: ignore[arg-type]
     await asyncio.wait_for(app.start(), TIMEOUT)
     h = Harness(app, sources)
@@ -239,3 +241,14 @@ async def test_admin_readiness_and_metrics(harness: Harness) -> None:
     assert body.startswith(b"HTTP/1.1 200")
     assert body.endswith(b"ready\n")
     assert b"gossamer_informer_objects" in harness.app.registry.render()
+
+
+async def test_policy_listener_serves_the_same_apis(harness: Harness) -> None:
+    """Proxies reach the policy APIs at LINKERD2_PROXY_POLICY_SVC_ADDR (port 8090 by default)."""
+    assert harness.app.policy_port not in (0, harness.app.grpc_port)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{harness.app.policy_port}") as channel:
+        stub = destination_pb2_grpc.DestinationStub(channel)
+        call = stub.Get(destination_pb2.GetDestination(path="web.ns.svc.cluster.local:80"))
+        first = await read(call)
+        assert first.WhichOneof("update") == "add"
+        call.cancel()

@@ -113,16 +113,16 @@ class ControlPlane:
         )  # fmt: skip
         await self._spawn(
             "destination",
-            [py, "-m", "gossamer_destination"],
-            env={
-                "KUBECONFIG": kubeconfig,
-                "GOSSAMER_DESTINATION_ADDR": f"{addr}:{DESTINATION_PORT}",
-                "GOSSAMER_DESTINATION_POLICY_ADDR": f"{addr}:{POLICY_PORT}",
-                "GOSSAMER_DESTINATION_ADMIN_ADDR": f"127.0.0.1:{ADMIN_PORTS['destination']}",
-                "GOSSAMER_DESTINATION_CONTROLLER_NAMESPACE": CONTROL_PLANE_NAMESPACE,
-                "GOSSAMER_DESTINATION_IDENTITY_TRUST_DOMAIN": TRUST_DOMAIN,
-            },
-        )
+            [
+                py, "-m", "gossamer_destination",
+                "--addr", f"{addr}:{DESTINATION_PORT}",
+                "--policy-addr", f"{addr}:{POLICY_PORT}",
+                "--admin-addr", f"127.0.0.1:{ADMIN_PORTS['destination']}",
+                "--controller-namespace", CONTROL_PLANE_NAMESPACE,
+                "--identity-trust-domain", TRUST_DOMAIN,
+                "--kubeconfig", kubeconfig,
+            ],
+        )  # fmt: skip
         tls = self.state_dir / "injector"
         await self._spawn(
             "injector",

@@ -59,6 +59,7 @@ class DestinationApp:
         self.admin = AdminServer(registry=self.registry, ready=lambda: self._ready)
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port = 0
+        self.policy_port = 0
         self._ready = False
 
     async def start(self) -> None:
@@ -75,6 +76,8 @@ class DestinationApp:
         )
         server.add_generic_rpc_handlers(tuple(self.api.handlers()))
         self.grpc_port = server.add_insecure_port(self.settings.grpc_addr)
+        if self.settings.policy_addr:
+            self.policy_port = server.add_insecure_port(self.settings.policy_addr)
         await server.start()
         self.grpc_server = server
         self._ready = True

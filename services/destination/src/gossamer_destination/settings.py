@@ -153,6 +153,14 @@ class DestinationSettings:
         parse=parse_str,
         help="Where the Destination and policy gRPC APIs listen.",
     )
+    policy_addr: str = setting(
+        env=_env("POLICY_ADDR"),
+        flag="--policy-addr",
+        default="0.0.0.0:8090",
+        parse=parse_str,
+        help="A second listener for the same APIs, where proxies expect the policy controller "
+        "(LINKERD2_PROXY_POLICY_SVC_ADDR); empty to serve only --addr.",
+    )
     admin_addr: str = setting(
         env=_env("ADMIN_ADDR"),
         flag="--admin-addr",

@@ -73,6 +73,7 @@ class DestinationProcess:
             {
                 "GOSSAMER_DESTINATION_KUBECONFIG": str(kubeconfig),
                 "GOSSAMER_DESTINATION_GRPC_ADDR": f"127.0.0.1:{self.grpc_port}",
+                "GOSSAMER_DESTINATION_POLICY_ADDR": "",
                 "GOSSAMER_DESTINATION_ADMIN_ADDR": f"127.0.0.1:{self.admin_port}",
                 "GOSSAMER_DESTINATION_CONTROLLER_NAMESPACE": "gossamer",
             }
