@@ -1,8 +1,8 @@
 """Restarting kube-apiserver under an open ``Get`` stream loses no update.
 
-The session's shared cluster is not restarted: unless the cluster object offers
-``restart_apiserver()``, this test runs its own :class:`KubeTestCluster` and restarts only
-that cluster's kube-apiserver process (etcd, controllers and kwok keep running).
+The session's shared cluster is not restarted: this test runs its own
+:class:`KubeTestCluster` and restarts only its kube-apiserver process
+(``restart_apiserver``; etcd, controllers and kwok keep running).
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ from gossamer_api.proxy import destination_pb2, destination_pb2_grpc
 from gossamer_destination.testing_cluster import DestinationProcess, EndpointView, apply_crds
 from gossamer_kube.client import KubeClient
 from gossamer_kube.config import KubeConfig
-from gossamer_kube.errors import KubeConnectionError
 from gossamer_kube.resources import DEPLOYMENTS, PODS, SERVICEPROFILES, SERVICES
 from gossamer_kube.testing import KubeTestCluster
-from gossamer_kube.testing.process import ComponentProcess
 from gossamer_kube.testing.pytest_plugin import locate_binaries_or_skip
 
 pytestmark = pytest.mark.kube
@@ -38,32 +36,6 @@ def private_cluster() -> Iterator[KubeTestCluster]:
         yield cluster
     finally:
         cluster.stop()
-
-
-def restart_apiserver(cluster: KubeTestCluster) -> None:
-    """Stop kube-apiserver and start it again with the same arguments and log."""
-    restart = getattr(cluster, "restart_apiserver", None)
-    if restart is not None:
-        restart()
-        return
-    old = next(p for p in cluster.processes if p.name == "kube-apiserver")
-    assert old.popen is not None
-    argv = [str(a) for a in old.popen.args]  # type: ignore[union-attr]
-    old.stop()
-    new = ComponentProcess.start("kube-apiserver", argv, Path(old.record.log))
-    cluster.processes[cluster.processes.index(old)] = new
-    admin = cluster.admin()
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            status, _body = admin.raw("GET", "/readyz")
-            if status == 200:
-                return
-        except KubeConnectionError:
-            pass  # still starting
-        assert new.exited() is None, "kube-apiserver did not come back"
-        assert time.monotonic() < deadline, "kube-apiserver not ready after restart"
-        time.sleep(0.2)
 
 
 async def until(what: str, probe: Callable[[], Awaitable[T | None]]) -> T:
@@ -159,7 +131,7 @@ async def test_apiserver_restart_mid_stream_loses_no_update(
 
                 # A change made just before the restart, then the restart itself.
                 await client.patch(DEPLOYMENTS, "web", {"spec": {"replicas": 3}}, ns)
-                await asyncio.to_thread(restart_apiserver, cluster)
+                await asyncio.to_thread(cluster.restart_apiserver)
                 await view.until_size(3, WAIT)
 
                 # Changes after the restart reach the same, still-open streams.

@@ -325,6 +325,23 @@ class KubeTestCluster:
         self._write_state()
         return proc
 
+    def restart_apiserver(self, limit: float = 60.0) -> None:
+        """Stop kube-apiserver and start it again with the same arguments and log.
+
+        etcd and every other component keep running, so clients see exactly what they see
+        when a real apiserver restarts: broken watches, then the same data.
+        """
+        old = self._component("kube-apiserver")
+        if old.popen is None:
+            raise RuntimeError("kube-apiserver was not started by this cluster object")
+        argv = [str(a) for a in old.popen.args]  # type: ignore[union-attr]
+        old.stop()
+        new = ComponentProcess.start("kube-apiserver", argv, Path(old.record.log))
+        self.processes[self.processes.index(old)] = new
+        self._write_state()
+        admin = self.admin()
+        self._wait(new, "kube-apiserver /readyz", lambda: _readyz(admin), time.monotonic() + limit)
+
     def _component(self, name: str) -> ComponentProcess:
         for proc in self.processes:
             if proc.name == name:
