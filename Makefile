@@ -7,12 +7,13 @@ export UV_PYTHON := $(PYTHON_BIN)
 export UV_LINK_MODE := copy
 UV ?= uv
 RUN := $(UV) run --frozen
-DEB_PACKAGES := python3.11 iptables iproute2 etcd-server curl nghttp2-client wrk tcpdump procps psmisc
+DEB_PACKAGES := python3.11 iptables iproute2 etcd-server curl nghttp2-client wrk tcpdump procps psmisc util-linux
+BENCH_DEB_PACKAGES := nginx-light iperf3 wrk nghttp2-client util-linux
 REGISTRY ?= gossamer
 TAG ?= dev
 SERVICES := destination identity injector proxy proxy-init
 
-.PHONY: help setup deb uv-install sync runtime kube-bins kube-up kube-down protos protos-check lint fmt \
+.PHONY: help setup deb bench-deb apt uv-install sync runtime kube-bins kube-up kube-down protos protos-check lint fmt \
         test test-unit images push demo e2e bench bench-control-plane clean
 
 help:
@@ -21,7 +22,13 @@ help:
 	@echo "other: setup lint fmt protos kube-bins kube-up kube-down images push e2e bench bench-control-plane clean"
 
 deb:
-	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	@$(MAKE) --no-print-directory apt PACKAGES="$(DEB_PACKAGES)"
+
+bench-deb:
+	@$(MAKE) --no-print-directory apt PACKAGES="$(BENCH_DEB_PACKAGES)"
+
+apt:
+	@missing=$$(for p in $(PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
@@ -94,7 +101,7 @@ demo: setup
 e2e:
 	@bash scripts/e2e-kind.sh
 
-bench: setup
+bench: setup bench-deb
 	@$(RUN) python -m bench
 
 bench-control-plane: setup

@@ -32,7 +32,7 @@ def measure(
 ) -> report.TargetResult:
     result = report.TargetResult(topology.name, target)
     workdir = workdir_for(root, topology, target)
-    certs = make_mesh_certs(root)
+    certs = make_mesh_certs(workdir)
     with process_group(workdir) as group:
         try:
             backend_port = start_backend(topology.backend, group)

@@ -8,10 +8,9 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from bench.certs import TlsFiles
 from bench.procs import Proc, ProcGroup, free_port, wait_for_port
 
 _base_ids = itertools.count(100)
@@ -21,16 +20,6 @@ ROUTER = {
     "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
 }
 TLS13 = {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"}
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """One side's certificate, key and trust anchors, and the identity it expects of its peer."""
-
-    cert: Path
-    key: Path
-    ca: Path
-    peer_identity: str
 
 
 def envoy_binary() -> str:

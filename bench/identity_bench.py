@@ -6,8 +6,13 @@ Certify over gRPC with a fixed concurrency. Every request does the full work: CS
 TokenReview round trip to the apiserver, and an ECDSA P-256 signature.
 
     python -m bench.identity_bench [--requests 3000] [--concurrency 32] [--seconds 30]
+                                   [--profile /tmp/identity.svg]
 
-Bounded by both a request count and a wall-clock limit. Prints one JSON line with the rate.
+Bounded by both a request count and a wall-clock limit. Prints one JSON line with the rate and
+the CPU each process used during the timed run (ms per certificate), because on a small machine
+the apiserver, etcd and this client share the cores with the identity service: the rate is only
+meaningful next to where the CPU went. ``--profile`` samples the identity process with py-spy
+during the timed run (``.svg`` flame graph, ``.json`` speedscope, anything else raw).
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import contextlib
 import datetime as dt
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -50,9 +57,55 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU time of one process (its threads included), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent not idle by the whole machine (all cores), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU used by named processes (and by the machine as a whole) between start and stop."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self._machine_before = machine_busy_seconds()
+
+    def per_cert_ms(self, issued: int) -> dict[str, float]:
+        used = {name: cpu_seconds(pid) - self._before[name] for name, pid in self.pids.items()}
+        used["machine_total"] = machine_busy_seconds() - self._machine_before
+        others = used["machine_total"] - sum(v for k, v in used.items() if k != "machine_total")
+        used["everything_else"] = max(others, 0.0)
+        return {name: round(1000 * seconds / max(issued, 1), 3) for name, seconds in used.items()}
+
+
+def start_profiler(pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` for at most ``seconds`` (stopped early with SIGINT)."""
+    fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(output.suffix, "raw")
+    py_spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen(
+        [str(py_spy), "record", "--pid", str(pid), "--output", str(output), "--format", fmt,
+         "--rate", "250", "--duration", str(int(seconds) + 1), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes]) -> None:
+    profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    try:
+        profiler.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+        profiler.wait(timeout=10)
 
 
 def wait_ready(admin_port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -98,18 +151,26 @@ async def mint_token(config: KubeConfig, node: str) -> str:
 
 
 async def drive(
-    address: str, identity: str, token: str, *, requests: int, concurrency: int, seconds: float
+    address: str,
+    identity: str,
+    token: str,
+    *,
+    requests: int,
+    concurrency: int,
+    seconds: float,
+    on_start: Callable[[], None],
 ) -> dict[str, float]:
     csrs = [build_csr(generate_private_key(), identity) for _ in range(16)]
-    done = failed = 0
+    done = failed = started_count = 0
     deadline = time.monotonic() + seconds
     async with grpc.aio.insecure_channel(address) as channel:
         stub = identity_pb2_grpc.IdentityStub(channel)
 
         async def worker(index: int) -> None:
-            nonlocal done, failed
+            nonlocal done, failed, started_count
             i = index
-            while done + failed < requests and time.monotonic() < deadline:
+            while started_count < requests and time.monotonic() < deadline:
+                started_count += 1  # claimed before the await, so the total never overshoots
                 request = identity_pb2.CertifyRequest(
                     identity=identity,
                     token=token.encode(),
@@ -129,6 +190,7 @@ async def drive(
                 ),
                 timeout=30,
             )
+        on_start()
         started = time.monotonic()
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
         elapsed = time.monotonic() - started
@@ -141,6 +203,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy output file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="identity-bench-") as tmp, KubeTestCluster() as cluster:
         root = Path(tmp)
@@ -170,15 +233,28 @@ def main() -> int:
             identity = identity_name(
                 "web", NAMESPACE, control_plane_namespace="gossamer", trust_domain="cluster.local"
             )
-            cpu_before = cpu_seconds(process.pid)
-            result = asyncio.run(
-                drive(
-                    f"127.0.0.1:{grpc_port}", identity, token,
-                    requests=args.requests, concurrency=args.concurrency, seconds=args.seconds,
-                )
-            )  # fmt: skip
-            used = cpu_seconds(process.pid) - cpu_before
-            result["identity_cpu_ms_per_cert"] = round(1000 * used / max(result["issued"], 1), 3)
+            pids = {"identity": process.pid, "bench_client": os.getpid()}
+            pids.update({proc.name: proc.record.pid for proc in cluster.processes})
+            meter: list[CpuMeter] = []
+            profiler: list[subprocess.Popen[bytes]] = []
+
+            def on_start() -> None:  # after the warm-up, right before the timed run
+                if args.profile is not None:
+                    profiler.append(start_profiler(process.pid, args.profile, args.seconds))
+                meter.append(CpuMeter(pids))
+
+            try:
+                result = asyncio.run(
+                    drive(
+                        f"127.0.0.1:{grpc_port}", identity, token, requests=args.requests,
+                        concurrency=args.concurrency, seconds=args.seconds, on_start=on_start,
+                    )
+                )  # fmt: skip
+            finally:
+                for running in profiler:
+                    stop_profiler(running)
+            cpu = meter[0].per_cert_ms(int(result["issued"]))
+            result["identity_cpu_ms_per_cert"] = cpu["identity"]
         finally:
             process.terminate()
             try:
@@ -187,7 +263,8 @@ def main() -> int:
                 process.kill()
                 process.wait(timeout=10)
             log.close()
-    print(json.dumps({"benchmark": "identity_certify", "concurrency": args.concurrency, **result}))
+    summary = {"benchmark": "identity_certify", "concurrency": args.concurrency, **result}
+    print(json.dumps({**summary, "cpu_ms_per_cert": cpu}))
     return 0 if result["failed"] == 0 else 1
 
 
