@@ -1,0 +1,225 @@
+"""``gossamer check``'s pure rules over snapshots built from what ``gossamer install`` renders."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from gossamer_cli import __version__
+from gossamer_cli import check_rules as rules
+from gossamer_cli.check import render_table
+from gossamer_cli.main import cli
+from gossamer_tls import certificates_to_pem, create_issuer, generate_trust_anchor_and_issuer
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def rendered() -> dict[tuple[str, str], dict[str, Any]]:
+    result = CliRunner().invoke(cli, ["install"])
+    assert result.exit_code == 0, result.output
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.output) if d}
+
+
+def running_pod(deployment: dict[str, Any], index: int) -> dict[str, Any]:
+    template = deployment["spec"]["template"]
+    return {
+        "metadata": {**template["metadata"], "name": f"{deployment['metadata']['name']}-{index}"},
+        "spec": template["spec"],
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "initContainerStatuses": [{"name": "linkerd-proxy", "ready": True}],
+        },
+    }
+
+
+@pytest.fixture
+def healthy() -> rules.Snapshot:
+    objs = rendered()
+    deployments = [
+        {**d, "status": {"readyReplicas": d["spec"]["replicas"]}}
+        for (kind, _), d in objs.items()
+        if kind == "Deployment"
+    ]
+    crds = ("servers.policy.linkerd.io",)
+    return rules.Snapshot(
+        namespace="gossamer",
+        cli_version=__version__,
+        server_version="v1.30.14",
+        namespace_object=objs["Namespace", "gossamer"],
+        config_map=objs["ConfigMap", "gossamer-config"],
+        trust_roots=objs["ConfigMap", "gossamer-identity-trust-roots"],
+        issuer_secret=objs["Secret", "gossamer-identity-issuer"],
+        injector_secret=objs["Secret", "gossamer-proxy-injector-k8s-tls"],
+        webhook=objs["MutatingWebhookConfiguration", "gossamer-proxy-injector-webhook-config"],
+        crd_names=frozenset(crds),
+        expected_crds=crds,
+        cluster_roles=frozenset(n for k, n in objs if k == "ClusterRole"),
+        cluster_role_bindings=frozenset(n for k, n in objs if k == "ClusterRoleBinding"),
+        service_accounts=frozenset(n for k, n in objs if k == "ServiceAccount"),
+        services=frozenset(n for k, n in objs if k == "Service"),
+        deployments=tuple(deployments),
+        control_plane_pods=tuple(running_pod(d, 0) for d in deployments),
+    )
+
+
+def failures(results: list[rules.Result]) -> list[str]:
+    return [r.description for r in results if not r.ok and not r.warning]
+
+
+def test_a_healthy_control_plane_passes(healthy: rules.Snapshot) -> None:
+    results = rules.run(healthy, NOW)
+    assert failures(results) == []
+    assert not rules.failed(results)
+    categories = [r.category for r in results]
+    assert categories[0] == "kubernetes-api"
+    assert "linkerd-webhooks-and-apisvc-tls" in categories
+    assert render_table(results).endswith("Status check results are \u221a")
+
+
+def test_unreachable_cluster_stops_after_kubernetes_api(healthy: rules.Snapshot) -> None:
+    healthy.server_version = None
+    healthy.client_error = "connection refused"
+    results = rules.run(healthy, NOW)
+    assert {r.category for r in results} == {"kubernetes-api"}
+    assert failures(results) == ["can query the Kubernetes API"]
+
+
+def test_old_kubernetes_is_named(healthy: rules.Snapshot) -> None:
+    healthy.server_version = "v1.27.3"
+    assert failures(rules.run(healthy, NOW)) == [
+        "is running the minimum Kubernetes API version (v1.29)"
+    ]
+
+
+def test_missing_webhook(healthy: rules.Snapshot) -> None:
+    healthy.webhook = None
+    results = rules.run(healthy, NOW)
+    assert failures(results) == ["proxy-injector MutatingWebhookConfiguration exists"]
+    table = render_table(results)
+    assert "\u00d7 proxy-injector MutatingWebhookConfiguration exists" in table
+    assert "see: re-apply the control plane" in table
+
+
+def test_expired_issuer(healthy: rules.Snapshot) -> None:
+    material = generate_trust_anchor_and_issuer(
+        trust_domain="cluster.local",
+        control_plane_namespace="gossamer",
+        now=NOW - dt.timedelta(days=40),
+    )
+    expired = create_issuer(
+        material.trust_anchor,
+        common_name="identity.gossamer.cluster.local",
+        now=NOW - dt.timedelta(days=30),
+        lifetime=dt.timedelta(days=1),
+    )
+    healthy.trust_roots = {
+        "data": {"ca-bundle.crt": certificates_to_pem([material.trust_anchor.certificate]).decode()}
+    }
+    healthy.issuer_secret = {
+        "data": {"crt.pem": base64.b64encode(certificates_to_pem([expired.certificate])).decode()}
+    }
+    failed = failures(rules.run(healthy, NOW))
+    assert "issuer credentials are within their validity period" in failed
+    assert "issuer credentials are signed by the trust anchor" in failed
+
+
+def test_issuer_from_another_anchor(healthy: rules.Snapshot) -> None:
+    other = generate_trust_anchor_and_issuer(
+        trust_domain="cluster.local", control_plane_namespace="gossamer", now=NOW
+    )
+    healthy.issuer_secret = {
+        "data": {
+            "crt.pem": base64.b64encode(certificates_to_pem([other.issuer.certificate])).decode()
+        }
+    }
+    assert failures(rules.run(healthy, NOW)) == [
+        "issuer credentials are signed by the trust anchor"
+    ]
+
+
+def test_garbage_trust_roots(healthy: rules.Snapshot) -> None:
+    healthy.trust_roots = {"data": {"ca-bundle.crt": "hello"}}
+    assert failures(rules.run(healthy, NOW)) == [
+        "trust anchors are using a valid format",
+        "control plane proxies trust the current trust anchors",
+    ]
+
+
+def test_webhook_ca_mismatch_and_missing_service(healthy: rules.Snapshot) -> None:
+    other = rendered()["MutatingWebhookConfiguration", "gossamer-proxy-injector-webhook-config"]
+    healthy.webhook = other
+    healthy.services = healthy.services - {"gossamer-proxy-injector"}
+    assert failures(rules.run(healthy, NOW)) == [
+        "proxy-injector caBundle verifies the serving certificate",
+        "proxy-injector webhook points at an existing Service",
+    ]
+
+
+def test_unavailable_deployment_and_unready_pods(healthy: rules.Snapshot) -> None:
+    d = dict(healthy.deployments[0])
+    d["status"] = {"readyReplicas": 0}
+    healthy.deployments = (d, *healthy.deployments[1:])
+    pod = dict(healthy.control_plane_pods[1])
+    pod["status"] = {"phase": "Pending"}
+    healthy.control_plane_pods = (healthy.control_plane_pods[0], pod)
+    failed = failures(rules.run(healthy, NOW))
+    assert f"{d['metadata']['name']} Deployment is available" in failed
+    assert "control plane pods are ready" in failed
+    assert "control plane proxies are ready" in failed
+
+
+def test_missing_rbac_and_crds(healthy: rules.Snapshot) -> None:
+    healthy.cluster_roles = frozenset()
+    healthy.crd_names = frozenset()
+    result = {r.description: r for r in rules.run(healthy, NOW)}
+    assert not result["control plane ClusterRoles exist"].ok
+    assert "gossamer-gossamer-identity" in result["control plane ClusterRoles exist"].message
+    assert "gossamer install --crds" in result["control plane CustomResourceDefinitions exist"].hint
+
+
+def test_version_skew_is_a_warning(healthy: rules.Snapshot) -> None:
+    healthy.cli_version = "9.9.9"
+    results = rules.run(healthy, NOW)
+    assert not rules.failed(results)
+    assert any(r.warning and not r.ok for r in results)
+    assert "\u203c control plane and cli versions match" in render_table(results)
+
+
+def test_pre_checks(healthy: rules.Snapshot) -> None:
+    healthy.access = {f"{v} {r}": True for v, r in rules.PRE_ACCESS}
+    assert failures(rules.run(healthy, NOW, pre=True)) == [
+        "control plane namespace does not already exist"
+    ]
+    healthy.namespace_object = None
+    healthy.access["create customresourcedefinitions"] = False
+    assert failures(rules.run(healthy, NOW, pre=True)) == ["can create customresourcedefinitions"]
+
+
+def test_data_plane(healthy: rules.Snapshot) -> None:
+    app = running_pod(healthy.deployments[0], 7)
+    uninjected = {"metadata": {"name": "plain"}, "spec": {"containers": []}, "status": {}}
+    healthy.data_plane_pods = (app, uninjected)
+    healthy.data_plane_namespace = "demo"
+    failed = failures(rules.run(healthy, NOW, proxy=True))
+    assert failed == ["data plane pods are injected"]
+    healthy.data_plane_namespace_exists = False
+    assert failures(rules.run(healthy, NOW, proxy=True)) == ["data plane namespace exists"]
+
+
+def test_bad_kubeconfig_is_named(healthy: rules.Snapshot) -> None:
+    healthy.config_error = "no such file: /nope"
+    results = rules.run(healthy, NOW)
+    assert failures(results) == ["can initialize the client"]
+    assert results[0].message == "no such file: /nope"
+
+
+def test_check_command_without_a_cluster(tmp_path: Any) -> None:
+    result = CliRunner().invoke(cli, ["check", "--kubeconfig", str(tmp_path / "missing")])
+    assert result.exit_code == 1
+    assert "\u00d7 can initialize the client" in result.output
+    assert str(tmp_path / "missing") in result.output

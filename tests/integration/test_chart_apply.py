@@ -1,0 +1,340 @@
+"""The CRDs and the control plane against the real kube-apiserver, then ``gossamer check``.
+
+``kubectl apply --dry-run=server`` and the real apply both succeed; sample resources of every
+CRD are accepted and broken ones are refused with a message naming the field; ``gossamer
+check`` passes against the running control plane (kwok runs its pods) and names the failing
+check when the webhook is gone or the issuer has expired. The webhook configuration is deleted
+before the module ends: while it exists the apiserver would call the injector's (fake) pod IPs
+for every pod created outside the control-plane namespace.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+from gossamer_cli.main import cli
+from gossamer_kube.testing import KubeTestCluster
+from gossamer_tls import (
+    certificates_to_pem,
+    create_issuer,
+    generate_trust_anchor_and_issuer,
+    issuer_name,
+    private_key_to_pem,
+)
+
+KUBECTL = "/usr/bin/kubectl"
+
+
+def kubectl(
+    cluster: KubeTestCluster, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(cluster.kubeconfig), *args],
+        input=stdin, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    if check:
+        assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
+    return result
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+class Install:
+    def __init__(self, cluster: KubeTestCluster, namespace: str, anchor: Any) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.anchor = anchor
+
+    def check(self, *extra: str) -> Result:
+        return invoke(
+            "check", "-L", self.namespace, "--kubeconfig", str(self.cluster.kubeconfig),
+            "-o", "json", *extra,
+        )  # fmt: skip
+
+
+def failed_checks(result: Result) -> list[str]:
+    body = json.loads(result.output)
+    return [r["description"] for r in body["results"] if not r["ok"] and not r["warning"]]
+
+
+@pytest.fixture(scope="module")
+def crds_applied(kube_cluster: KubeTestCluster) -> list[dict[str, Any]]:
+    rendered = invoke("install", "--crds")
+    assert rendered.exit_code == 0, rendered.output
+    kubectl(kube_cluster, "apply", "--dry-run=server", "-f", "-", stdin=rendered.output)
+    kubectl(kube_cluster, "apply", "-f", "-", stdin=rendered.output)
+    crds = [d for d in yaml.safe_load_all(rendered.output) if d]
+    names = [f"crd/{c['metadata']['name']}" for c in crds]
+    kubectl(kube_cluster, "wait", "--for=condition=Established", "--timeout=60s", *names)
+    return crds
+
+
+@pytest.fixture(scope="module")
+def installed(
+    kube_cluster: KubeTestCluster,
+    crds_applied: list[dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Install]:
+    namespace = f"g-{secrets.token_hex(3)}"
+    # Made 40 days ago, so that test_check_names_an_expired_issuer can sign an issuer that has
+    # already expired with the same anchor.
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
+    material = generate_trust_anchor_and_issuer(
+        trust_domain="cluster.local", control_plane_namespace=namespace, now=now
+    )
+    d = tmp_path_factory.mktemp("install")
+    (d / "ca.crt").write_bytes(certificates_to_pem([material.trust_anchor.certificate]))
+    (d / "issuer.crt").write_bytes(certificates_to_pem([material.issuer.certificate]))
+    (d / "issuer.key").write_bytes(private_key_to_pem(material.issuer.private_key))
+    rendered = invoke(
+        "install", "-L", namespace,
+        "--identity-trust-anchors-file", str(d / "ca.crt"),
+        "--identity-issuer-certificate-file", str(d / "issuer.crt"),
+        "--identity-issuer-key-file", str(d / "issuer.key"),
+    )  # fmt: skip
+    assert rendered.exit_code == 0, rendered.output
+    # A server dry run cannot create the namespace the other objects go into: make it first.
+    ns_doc = next(d for d in yaml.safe_load_all(rendered.output) if d and d["kind"] == "Namespace")
+    kubectl(kube_cluster, "apply", "-f", "-", stdin=json.dumps(ns_doc))
+    dry = kubectl(kube_cluster, "apply", "--dry-run=server", "-f", "-", stdin=rendered.output)
+    assert "(server dry run)" in dry.stdout
+    kubectl(kube_cluster, "apply", "-f", "-", stdin=rendered.output)
+    install = Install(kube_cluster, namespace, material.trust_anchor)
+    try:
+        yield install
+    finally:
+        gone = invoke("uninstall", "-L", namespace, "--keep-crds")
+        kubectl(
+            kube_cluster, "delete", "--ignore-not-found", "--wait=false", "-f", "-",
+            stdin=gone.output, check=False,
+        )  # fmt: skip
+
+
+def wait_until_check_passes(install: Install, timeout: float = 90.0) -> Result:
+    """kwok makes the pods Running; the Deployments report ready replicas shortly after."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = install.check()
+        if result.exit_code == 0 or time.monotonic() > deadline:
+            return result
+        time.sleep(1.0)
+
+
+def test_check_passes_against_the_running_control_plane(installed: Install) -> None:
+    result = wait_until_check_passes(installed)
+    assert result.exit_code == 0, failed_checks(result)
+    body = json.loads(result.output)
+    categories = {r["category"] for r in body["results"]}
+    assert {
+        "kubernetes-api", "kubernetes-version", "linkerd-existence", "linkerd-config",
+        "linkerd-identity", "linkerd-webhooks-and-apisvc-tls", "control-plane-version",
+        "linkerd-control-plane-proxy",
+    } <= categories  # fmt: skip
+    table = invoke("check", "-L", installed.namespace,
+                   "--kubeconfig", str(installed.cluster.kubeconfig))  # fmt: skip
+    assert table.exit_code == 0
+    assert table.output.rstrip().endswith("Status check results are \u221a")
+
+
+def test_version_reads_the_server_version(installed: Install) -> None:
+    result = invoke(
+        "version", "-n", installed.namespace, "--kubeconfig", str(installed.cluster.kubeconfig)
+    )
+    assert result.exit_code == 0
+    assert result.output.splitlines()[1] == "server: 0.1.0"
+
+
+def test_check_names_a_missing_webhook(installed: Install) -> None:
+    wait_until_check_passes(installed)
+    name = f"{installed.namespace}-proxy-injector-webhook-config"
+    saved = kubectl(installed.cluster, "get", "mutatingwebhookconfiguration", name, "-o", "json")
+    kubectl(installed.cluster, "delete", "mutatingwebhookconfiguration", name)
+    result = installed.check()
+    assert result.exit_code == 1
+    assert failed_checks(result) == ["proxy-injector MutatingWebhookConfiguration exists"]
+    table = invoke("check", "-L", installed.namespace,
+                   "--kubeconfig", str(installed.cluster.kubeconfig))  # fmt: skip
+    assert "\u00d7 proxy-injector MutatingWebhookConfiguration exists" in table.output
+    assert "see: re-apply the control plane" in table.output
+    hook = json.loads(saved.stdout)
+    for field in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
+        hook["metadata"].pop(field, None)
+    kubectl(installed.cluster, "apply", "-f", "-", stdin=json.dumps(hook))
+    assert installed.check().exit_code == 0
+
+
+def test_check_names_an_expired_issuer(installed: Install) -> None:
+    wait_until_check_passes(installed)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    expired = create_issuer(
+        installed.anchor,
+        common_name=issuer_name(
+            control_plane_namespace=installed.namespace, trust_domain="cluster.local"
+        ),
+        now=past,
+        lifetime=dt.timedelta(days=1),
+    )
+    saved = kubectl(installed.cluster, "-n", installed.namespace, "get", "secret",
+                    "gossamer-identity-issuer", "-o", "json")  # fmt: skip
+    patch = {
+        "data": {
+            "crt.pem": base64.b64encode(certificates_to_pem([expired.certificate])).decode(),
+            "key.pem": base64.b64encode(private_key_to_pem(expired.private_key)).decode(),
+        }
+    }
+    kubectl(installed.cluster, "-n", installed.namespace, "patch", "secret",
+            "gossamer-identity-issuer", "--type=merge", "-p", json.dumps(patch))  # fmt: skip
+    try:
+        result = installed.check()
+        assert result.exit_code == 1
+        failures = failed_checks(result)
+        assert "issuer credentials are within their validity period" in failures
+        assert "issuer credentials are signed by the trust anchor" in failures
+        body = json.loads(result.output)
+        expired_result = next(
+            r for r in body["results"]
+            if r["description"] == "issuer credentials are within their validity period"
+        )  # fmt: skip
+        assert "expired at" in expired_result["message"]
+    finally:
+        original = json.loads(saved.stdout)["data"]
+        kubectl(installed.cluster, "-n", installed.namespace, "patch", "secret",
+                "gossamer-identity-issuer", "--type=merge",
+                "-p", json.dumps({"data": original}))  # fmt: skip
+    assert installed.check().exit_code == 0
+
+
+def test_upgrade_keeps_the_installed_certificates(installed: Install) -> None:
+    result = invoke(
+        "upgrade", "-L", installed.namespace, "--kubeconfig", str(installed.cluster.kubeconfig),
+        "--set", "controllerReplicas=2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(result.output)}
+    current = kubectl(installed.cluster, "-n", installed.namespace, "get", "configmap",
+                      "gossamer-identity-trust-roots", "-o", "json")  # fmt: skip
+    assert (
+        objects["ConfigMap", "gossamer-identity-trust-roots"]["data"]
+        == json.loads(current.stdout)["data"]
+    )
+    assert objects["Deployment", "gossamer-destination"]["spec"]["replicas"] == 2
+    kubectl(installed.cluster, "apply", "--dry-run=server", "-f", "-", stdin=result.output)
+
+
+def test_upgrade_without_an_install_says_so(kube_cluster: KubeTestCluster) -> None:
+    result = invoke("upgrade", "-L", "g-absent", "--kubeconfig", str(kube_cluster.kubeconfig))
+    assert result.exit_code == 1
+    assert "no Gossamer control plane in namespace 'g-absent'" in result.output
+
+
+def test_pre_check_passes_for_an_admin(kube_cluster: KubeTestCluster) -> None:
+    result = invoke("check", "--pre", "-L", "g-fresh", "--kubeconfig", str(kube_cluster.kubeconfig))
+    assert result.exit_code == 0, result.output
+    assert "can create customresourcedefinitions" in result.output
+
+
+def test_check_on_a_cluster_without_gossamer_names_the_namespace(
+    kube_cluster: KubeTestCluster,
+) -> None:
+    result = invoke("check", "-L", "g-none", "--kubeconfig", str(kube_cluster.kubeconfig))
+    assert result.exit_code == 1
+    assert "\u00d7 control plane namespace exists" in result.output
+    assert "the g-none namespace does not exist" in result.output
+
+
+# --- CRD samples -----------------------------------------------------------------------------
+
+VALID: dict[str, dict[str, Any]] = {
+    "Server": {
+        "apiVersion": "policy.linkerd.io/v1beta3",
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "port": 8080,
+                 "proxyProtocol": "HTTP/1"},
+    },
+    "AuthorizationPolicy": {
+        "apiVersion": "policy.linkerd.io/v1alpha1",
+        "spec": {
+            "targetRef": {"group": "policy.linkerd.io", "kind": "Server", "name": "web"},
+            "requiredAuthenticationRefs": [
+                {"group": "policy.linkerd.io", "kind": "MeshTLSAuthentication", "name": "ids"}
+            ],
+        },
+    },
+    "MeshTLSAuthentication": {
+        "apiVersion": "policy.linkerd.io/v1alpha1",
+        "spec": {"identities": ["*.demo.serviceaccount.identity.gossamer.cluster.local"]},
+    },
+    "NetworkAuthentication": {
+        "apiVersion": "policy.linkerd.io/v1alpha1",
+        "spec": {"networks": [{"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}]},
+    },
+    "HTTPRoute": {
+        "apiVersion": "policy.linkerd.io/v1beta3",
+        "spec": {
+            "parentRefs": [{"group": "core", "kind": "Service", "name": "web", "port": 80}],
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}]}],
+        },
+    },
+    "ServiceProfile": {
+        "apiVersion": "linkerd.io/v1alpha2",
+        "spec": {
+            "routes": [{"name": "GET /api", "condition": {"method": "GET", "pathRegex": "/api"}}],
+            "retryBudget": {"retryRatio": 0.2, "minRetriesPerSecond": 10, "ttl": "10s"},
+        },
+    },
+}  # fmt: skip
+
+#: kind → (broken spec, a word the apiserver's message must contain).
+INVALID: dict[str, tuple[dict[str, Any], str]] = {
+    "Server": ({"podSelector": {}, "port": 8080, "proxyProtocol": "HTTP/9"}, "proxyProtocol"),
+    "AuthorizationPolicy": ({"targetRef": {"kind": "Server", "name": "web"}},
+                            "requiredAuthenticationRefs"),
+    "MeshTLSAuthentication": ({"identities": "not-a-list"}, "identities"),
+    "NetworkAuthentication": ({"networks": [{"except": ["10.0.0.0/8"]}]}, "cidr"),
+    "HTTPRoute": ({"parentRefs": [{"kind": "Service"}]}, "name"),
+    "ServiceProfile": ({"routes": [{"name": "no condition"}]}, "condition"),
+}  # fmt: skip
+
+
+def sample(kind: str, spec: dict[str, Any], api_version: str, namespace: str) -> str:
+    name = "web.demo.svc.cluster.local" if kind == "ServiceProfile" else "sample"
+    return json.dumps({
+        "apiVersion": api_version, "kind": kind,
+        "metadata": {"name": name, "namespace": namespace}, "spec": spec,
+    })  # fmt: skip
+
+
+def test_every_crd_has_a_sample(crds_applied: list[dict[str, Any]]) -> None:
+    kinds = {c["spec"]["names"]["kind"] for c in crds_applied}
+    assert kinds <= set(VALID), f"add samples for {sorted(kinds - set(VALID))}"
+
+
+@pytest.mark.parametrize("kind", sorted(VALID))
+def test_valid_samples_are_accepted_and_invalid_ones_refused(
+    kube_cluster: KubeTestCluster,
+    crds_applied: list[dict[str, Any]],
+    kube_namespace: str,
+    kind: str,
+) -> None:
+    if kind not in {c["spec"]["names"]["kind"] for c in crds_applied}:
+        pytest.skip(f"charts/gossamer-crds has no {kind} CRD yet")
+    api_version = VALID[kind]["apiVersion"]
+    good = sample(kind, VALID[kind]["spec"], api_version, kube_namespace)
+    kubectl(kube_cluster, "apply", "-f", "-", stdin=good)
+    spec, word = INVALID[kind]
+    bad = kubectl(kube_cluster, "apply", "--dry-run=server", "-f", "-",
+                  stdin=sample(kind, spec, api_version, kube_namespace), check=False)  # fmt: skip
+    assert bad.returncode != 0, f"{kind}: the apiserver accepted {spec}"
+    assert "is invalid" in bad.stderr or "Invalid value" in bad.stderr, bad.stderr
+    assert word in bad.stderr, bad.stderr

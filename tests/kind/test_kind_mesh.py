@@ -1,0 +1,70 @@
+"""On kind: the chart's control plane runs meshed, the demo is injected and talks over mTLS."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+from click.testing import CliRunner
+from gossamer_cli.main import cli
+
+COMPONENTS = ("gossamer-identity", "gossamer-destination", "gossamer-proxy-injector")
+
+
+def test_control_plane_deployments_are_available(
+    get_json: Callable[..., Any], control_plane_namespace: str
+) -> None:
+    for name in COMPONENTS:
+        d = get_json("deploy", name, "-n", control_plane_namespace)
+        assert d["status"].get("readyReplicas") == d["spec"]["replicas"], name
+
+
+def test_control_plane_pods_carry_their_own_proxy(
+    get_json: Callable[..., Any], control_plane_namespace: str
+) -> None:
+    pods = get_json("pods", "-n", control_plane_namespace,
+                    "-l", "linkerd.io/control-plane-component")["items"]  # fmt: skip
+    assert pods
+    for pod in pods:
+        names = [c["name"] for c in pod["spec"].get("initContainers", [])]
+        names += [c["name"] for c in pod["spec"]["containers"]]
+        assert "linkerd-proxy" in names, pod["metadata"]["name"]
+
+
+def test_demo_pods_are_injected(get_json: Callable[..., Any]) -> None:
+    pods = get_json("pods", "-n", "demo")["items"]
+    assert pods
+    for pod in pods:
+        init = [c["name"] for c in pod["spec"].get("initContainers", [])]
+        assert init[:2] == ["linkerd-init", "linkerd-proxy"], pod["metadata"]["name"]
+        assert pod["metadata"]["annotations"]["linkerd.io/created-by"].startswith(
+            "gossamer/proxy-injector "
+        )
+
+
+def test_check_with_proxies_passes(context: str, control_plane_namespace: str) -> None:
+    subprocess.run(["kubectl", "config", "use-context", context], check=True, timeout=30)
+    result = CliRunner().invoke(
+        cli, ["check", "--proxy", "-L", control_plane_namespace, "-n", "demo"]
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_meshed_traffic_is_mtls(kubectl: Callable[..., str], get_json: Callable[..., Any]) -> None:
+    """The web pod's proxy reports inbound requests from the traffic client over mTLS."""
+    pod = get_json("pods", "-n", "demo", "-l", "app=web")["items"][0]["metadata"]["name"]
+    path = f"/api/v1/namespaces/demo/pods/{pod}:4191/proxy/metrics"
+    deadline = time.monotonic() + 120
+    while True:
+        metrics = kubectl("get", "--raw", path, check=False)
+        lines = [
+            line for line in metrics.splitlines()
+            if line.startswith("request_total{") and 'direction="inbound"' in line
+            and 'tls="true"' in line
+        ]  # fmt: skip
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert lines, "no inbound mTLS requests on the web pod's proxy"
