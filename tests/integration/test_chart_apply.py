@@ -293,6 +293,40 @@ VALID: dict[str, dict[str, Any]] = {
             "retryBudget": {"retryRatio": 0.2, "minRetriesPerSecond": 10, "ttl": "10s"},
         },
     },
+    "ServerAuthorization": {
+        "apiVersion": "policy.linkerd.io/v1beta1",
+        "spec": {
+            "server": {"name": "web"},
+            "client": {
+                "networks": [{"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}],
+                "meshTLS": {"serviceAccounts": [{"name": "client", "namespace": "demo"}]},
+            },
+        },
+    },
+    "HTTPLocalRateLimitPolicy": {
+        "apiVersion": "policy.linkerd.io/v1alpha1",
+        "spec": {
+            "targetRef": {"group": "policy.linkerd.io", "kind": "Server", "name": "web"},
+            "total": {"requestsPerSecond": 100},
+            "identity": {"requestsPerSecond": 20},
+            "overrides": [{"requestsPerSecond": 50, "clientRefs": [
+                {"kind": "ServiceAccount", "name": "batch", "namespace": "demo"}]}],
+        },
+    },
+    "EgressNetwork": {
+        "apiVersion": "policy.linkerd.io/v1alpha1",
+        "spec": {"trafficPolicy": "Deny",
+                 "networks": [{"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}]},
+    },
+    "ExternalWorkload": {
+        "apiVersion": "workload.linkerd.io/v1beta1",
+        "spec": {
+            "meshTLS": {"identity": "spiffe://root.linkerd.cluster.local/vm-1",
+                        "serverName": "vm-1.demo.cluster.local"},
+            "ports": [{"name": "http", "port": 8080}],
+            "workloadIPs": [{"ip": "192.0.2.10"}],
+        },
+    },
 }  # fmt: skip
 
 #: kind → (broken spec, a word the apiserver's message must contain).
@@ -304,6 +338,12 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "NetworkAuthentication": ({"networks": [{"except": ["10.0.0.0/8"]}]}, "cidr"),
     "HTTPRoute": ({"parentRefs": [{"kind": "Service"}]}, "name"),
     "ServiceProfile": ({"routes": [{"name": "no condition"}]}, "condition"),
+    "ServerAuthorization": ({"server": {"name": "web"}, "client": {"networks": []}}, "client"),
+    "HTTPLocalRateLimitPolicy": ({"targetRef": {"kind": "Server", "name": "web"},
+                                  "total": {"requestsPerSecond": 0}}, "requestsPerSecond"),
+    "EgressNetwork": ({"trafficPolicy": "Maybe"}, "trafficPolicy"),
+    "ExternalWorkload": ({"meshTLS": {"identity": "spiffe://td/vm-1", "serverName": "vm-1"},
+                          "workloadIPs": [{"ip": "not-an-ip"}]}, "workloadIPs"),
 }  # fmt: skip
 
 
@@ -338,3 +378,90 @@ def test_valid_samples_are_accepted_and_invalid_ones_refused(
     assert bad.returncode != 0, f"{kind}: the apiserver accepted {spec}"
     assert "is invalid" in bad.stderr or "Invalid value" in bad.stderr, bad.stderr
     assert word in bad.stderr, bad.stderr
+
+
+#: Further validation paths of the newer CRDs: (kind, apiVersion, broken spec, word in message).
+MORE_INVALID: list[tuple[str, str, dict[str, Any], str]] = [
+    ("ServerAuthorization", "policy.linkerd.io/v1beta1",
+     {"server": {}, "client": {"unauthenticated": True}}, "spec.server"),
+    ("ServerAuthorization", "policy.linkerd.io/v1beta1",
+     {"server": {"name": "web"},
+      "client": {"meshTLS": {"unauthenticatedTLS": True, "identities": ["a.b"]}}},
+     "unauthenticatedTLS excludes identities"),
+    ("HTTPLocalRateLimitPolicy", "policy.linkerd.io/v1alpha1",
+     {"targetRef": {"kind": "Namespace", "name": "demo"}}, "spec.targetRef.kind"),
+    ("HTTPLocalRateLimitPolicy", "policy.linkerd.io/v1alpha1",
+     {"targetRef": {"kind": "Server", "name": "web"}, "total": {"requestsPerSecond": 10},
+      "identity": {"requestsPerSecond": 20}}, "identity.requestsPerSecond must not exceed"),
+    ("HTTPLocalRateLimitPolicy", "policy.linkerd.io/v1alpha1",
+     {"targetRef": {"kind": "Server", "name": "web"}, "total": {"requestsPerSecond": 10},
+      "overrides": [{"requestsPerSecond": 50,
+                     "clientRefs": [{"kind": "ServiceAccount", "name": "batch"}]}]},
+     "overrides[].requestsPerSecond must not exceed"),
+    ("HTTPLocalRateLimitPolicy", "policy.linkerd.io/v1alpha1",
+     {"targetRef": {"kind": "Server", "name": "web"},
+      "overrides": [{"requestsPerSecond": 5, "clientRefs": [{"kind": "Pod", "name": "x"}]}]},
+     "clientRefs[0].kind"),
+    ("EgressNetwork", "policy.linkerd.io/v1alpha1",
+     {"networks": [{"cidr": "10.0.0.0/8"}]}, "spec.trafficPolicy"),
+    ("EgressNetwork", "policy.linkerd.io/v1alpha1",
+     {"trafficPolicy": "Allow", "networks": [{"except": ["10.0.0.0/8"]}]}, "cidr"),
+    ("ExternalWorkload", "workload.linkerd.io/v1beta1",
+     {"meshTLS": {"identity": "vm-1", "serverName": "vm-1"}}, "spec.meshTLS.identity"),
+    ("ExternalWorkload", "workload.linkerd.io/v1beta1",
+     {"meshTLS": {"identity": "spiffe://td/vm-1"}}, "spec.meshTLS.serverName"),
+    ("ExternalWorkload", "workload.linkerd.io/v1beta1",
+     {"meshTLS": {"identity": "spiffe://td/vm-1", "serverName": "vm-1"},
+      "ports": [{"port": 70000}]}, "spec.ports[0].port"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "api_version", "spec", "word"),
+    MORE_INVALID,
+    ids=[f"{k}-{i}" for i, (k, *_) in enumerate(MORE_INVALID)],
+)
+def test_further_invalid_samples_are_refused_naming_the_field(
+    kube_cluster: KubeTestCluster,
+    crds_applied: list[dict[str, Any]],
+    kube_namespace: str,
+    kind: str,
+    api_version: str,
+    spec: dict[str, Any],
+    word: str,
+) -> None:
+    bad = kubectl(kube_cluster, "apply", "--dry-run=server", "-f", "-",
+                  stdin=sample(kind, spec, api_version, kube_namespace), check=False)  # fmt: skip
+    assert bad.returncode != 0, f"{kind}: the apiserver accepted {spec}"
+    assert "is invalid" in bad.stderr or "Invalid value" in bad.stderr, bad.stderr
+    assert word in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("kind", "old_version", "resource", "deprecated", "defaulted"),
+    [
+        ("ServerAuthorization", "policy.linkerd.io/v1alpha1",
+         "serverauthorizations.v1beta1.policy.linkerd.io", True, {}),
+        ("ExternalWorkload", "workload.linkerd.io/v1alpha1",
+         "externalworkloads.v1beta1.workload.linkerd.io", False,
+         {"ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}),
+    ],
+)  # fmt: skip
+def test_older_served_versions_are_stored_as_the_current_one(
+    kube_cluster: KubeTestCluster,
+    crds_applied: list[dict[str, Any]],
+    kube_namespace: str,
+    kind: str,
+    old_version: str,
+    resource: str,
+    deprecated: bool,
+    defaulted: dict[str, Any],
+) -> None:
+    old = sample(kind, VALID[kind]["spec"], old_version, kube_namespace)
+    created = kubectl(kube_cluster, "apply", "-f", "-", stdin=old)
+    assert ("is deprecated" in created.stderr) is deprecated, created.stderr
+    got = kubectl(kube_cluster, "-n", kube_namespace, "get", resource, "sample", "-o", "json")
+    obj = json.loads(got.stdout)
+    assert obj["apiVersion"] == VALID[kind]["apiVersion"]
+    # The schema's defaults apply on the way in (ExternalWorkload ports default to TCP).
+    assert obj["spec"] == VALID[kind]["spec"] | defaulted

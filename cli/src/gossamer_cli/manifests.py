@@ -360,6 +360,7 @@ def _controller_env(values: ChartValues, c: Component) -> list[dict[str, str]]:
         _env(p + "PROXY_IMAGE", values.images["proxy"].repository),
         _env(p + "INIT_IMAGE", values.images["proxyInit"].repository),
         _env(p + "PROXY_VERSION", values.images["proxy"].tag),
+        _env(p + "INIT_VERSION", values.images["proxyInit"].tag),
         _env(p + "NATIVE_SIDECAR", "true" if values.proxy_native_sidecar else "false"),
         _env(p + "IPTABLES_MODE", values.iptables_mode),
         _env(p + "DISABLE_IPV6", "true" if values.disable_ipv6 else "false"),

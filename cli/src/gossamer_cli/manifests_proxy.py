@@ -52,6 +52,7 @@ def mesh_values(values: ChartValues) -> MeshValues:
         version=values.images["proxy"].tag,
         proxy_image=values.images["proxy"].repository,
         init_image=values.images["proxyInit"].repository,
+        init_version=values.images["proxyInit"].tag,
         image_pull_policy=values.pull_policy,
         iptables_mode=values.iptables_mode,
         disable_ipv6=values.disable_ipv6,
@@ -100,7 +101,6 @@ def mesh_pod(values: ChartValues, spec: ProxySpec) -> tuple[list[dict[str, Any]]
     cfg = dataclasses.replace(
         cfg,
         additional_env=tuple({"name": k, "value": v} for k, v in spec.env_overrides.items()),
-        init_version=values.images["proxyInit"].tag,
     )
     facts = containers.PodFacts(
         inbound_ports=tuple(sorted(spec.inbound_ports)),

@@ -25,24 +25,38 @@ class ValuesError(ValueError):
 
 
 def charts_dir() -> Path:
-    """The directory holding ``gossamer/`` and ``gossamer-crds/``.
+    """The directory holding ``gossamer/`` and ``gossamer-crds/`` (see :func:`find_charts_dir`)."""
+    return find_charts_dir(os.environ.get(CHARTS_ENV), Path(__file__).resolve().parent)
 
-    ``$GOSSAMER_CHARTS_DIR`` wins; otherwise the ``charts/`` of the checkout this package was
-    installed from (editable installs and the repository's venv).
+
+def find_charts_dir(override: str | None, package_dir: Path) -> Path:
+    """Where the charts are, for a ``gossamer_cli`` package living in ``package_dir``.
+
+    In order: ``$GOSSAMER_CHARTS_DIR`` (``override``) when set; the copy a built wheel carries
+    at ``gossamer_cli/charts`` (cli/hatch_build.py puts it there), because it matches the code
+    that was installed with it; otherwise the ``charts/`` of the checkout the package sits in
+    (editable installs and the repository's venv, which carry no copy).
     """
-    override = os.environ.get(CHARTS_ENV)
     if override:
         path = Path(override)
-        if not (path / "gossamer" / "Chart.yaml").is_file():
+        if not _holds_charts(path):
             raise ValuesError(f"{CHARTS_ENV}={override} has no gossamer/Chart.yaml")
         return path
-    for parent in Path(__file__).resolve().parents:
+    packaged = package_dir / "charts"
+    if _holds_charts(packaged):
+        return packaged
+    for parent in package_dir.parents:
         candidate = parent / "charts"
-        if (candidate / "gossamer" / "Chart.yaml").is_file():
+        if _holds_charts(candidate):
             return candidate
     raise ValuesError(
-        f"cannot find the Gossamer charts; set {CHARTS_ENV} to the charts/ directory of a checkout"
+        f"cannot find the Gossamer charts: not packaged at {packaged} and no checkout around "
+        f"it; set {CHARTS_ENV} to the charts/ directory of a checkout"
     )
+
+
+def _holds_charts(path: Path) -> bool:
+    return (path / "gossamer" / "Chart.yaml").is_file()
 
 
 def load_yaml_file(path: Path) -> dict[str, Any]:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from gossamer_inject import ConfigError, MeshValues, resolve
+from gossamer_inject.containers import init_container
 
 MESH = MeshValues(trust_anchors_pem="pem")
 
@@ -99,6 +100,8 @@ def test_ga_native_sidecar_annotation_beats_deprecated_alpha() -> None:
         ("config.linkerd.io/proxy-additional-env", '[{"value": "1"}]', "name"),
         ("config.linkerd.io/proxy-cpu-ratio-limit", "2", "(0, 1]"),
         ("config.linkerd.io/proxy-version", "v1 beta", "tag"),
+        ("config.linkerd.io/init-image-version", "v2:latest", "tag"),
+        ("config.linkerd.io/init-image-version", "", "tag"),
         ("config.linkerd.io/proxy-image", "img@sha256:abc", "image"),
         ("config.alpha.linkerd.io/proxy-wait-before-exit-seconds", "-3", "between"),
     ],
@@ -120,3 +123,33 @@ def test_request_above_limit_is_rejected() -> None:
             },
             ingress=False,
         )
+
+
+def test_init_image_version_defaults_to_the_proxy_version() -> None:
+    mesh = MeshValues(version="1.2.3")
+    cfg = resolve(mesh, {}, ingress=False)
+    assert (cfg.proxy_version, cfg.init_version) == ("1.2.3", "1.2.3")
+    assert init_container(cfg)["image"] == "gossamer/proxy-init:1.2.3"
+
+
+def test_init_image_version_is_set_apart_by_install_and_by_annotation() -> None:
+    mesh = MeshValues(version="1.2.3", init_version="1.2.3-init.1")
+    cfg = resolve(mesh, {}, ingress=False)
+    assert (cfg.proxy_version, cfg.init_version) == ("1.2.3", "1.2.3-init.1")
+    assert init_container(cfg)["image"] == "gossamer/proxy-init:1.2.3-init.1"
+    # A pod's proxy-version moves only the proxy; init-image-version moves only proxy-init.
+    cfg = resolve(mesh, {"config.linkerd.io/proxy-version": "dev-1"}, ingress=False)
+    assert (cfg.proxy_version, cfg.init_version) == ("dev-1", "1.2.3-init.1")
+    pod = {
+        "config.linkerd.io/init-image": "registry.example/init",
+        "config.linkerd.io/init-image-version": "hotfix_2",
+    }
+    cfg = resolve(mesh, pod, ingress=False)
+    assert (cfg.proxy_version, cfg.init_version) == ("1.2.3", "hotfix_2")
+    assert init_container(cfg)["image"] == "registry.example/init:hotfix_2"
+
+
+def test_a_bad_install_init_version_names_the_override_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(MeshValues(init_version="a b"), {}, ingress=False)
+    assert info.value.key == "config.linkerd.io/init-image-version"

@@ -63,6 +63,9 @@ class MeshValues:
     version: str = __version__
     proxy_image: str = "gossamer/proxy"
     init_image: str = "gossamer/proxy-init"
+    #: Tag of the proxy-init image. None means ``version``: the two images are released
+    #: together, but a registry may carry a proxy-init build of its own (a hotfix, a mirror).
+    init_version: str | None = None
     init_command: tuple[str, ...] = ("python", "-m", "gossamer_proxy_init")
     #: postStart hook that holds the app containers until the proxy is ready (non-native mode).
     await_command: tuple[str, ...] = ("gossamer-await", "--timeout=2m", "--port=4191")
@@ -95,6 +98,11 @@ class MeshValues:
     identity_port: int = 8080
     destination_port: int = 8086
     policy_port: int = 8090
+
+    @property
+    def init_tag(self) -> str:
+        """The proxy-init image tag this installation uses (``version`` unless set apart)."""
+        return self.version if self.init_version is None else self.init_version
 
     @property
     def identity_svc_addr(self) -> str:
@@ -281,7 +289,7 @@ def resolve(mesh: MeshValues, annotations: Mapping[str, str], *, ingress: bool) 
         proxy_image=_image(a.PROXY_IMAGE, get(a.PROXY_IMAGE, mesh.proxy_image)),
         proxy_version=_tag(a.PROXY_VERSION_OVERRIDE, version),
         init_image=_image(a.INIT_IMAGE, get(a.INIT_IMAGE, mesh.init_image)),
-        init_version=_tag(a.INIT_IMAGE_VERSION, get(a.INIT_IMAGE_VERSION, mesh.version)),
+        init_version=_tag(a.INIT_IMAGE_VERSION, get(a.INIT_IMAGE_VERSION, mesh.init_tag)),
         image_pull_policy=pull_policy,
         inbound_port=port(a.INBOUND_PORT, mesh.inbound_port),
         outbound_port=port(a.OUTBOUND_PORT, mesh.outbound_port),

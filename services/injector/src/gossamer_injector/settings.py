@@ -31,6 +31,17 @@ def _iptables_mode(text: str) -> str:
     return text
 
 
+def _image_tag(text: str) -> str:
+    """Refuse at start-up a tag that every injected pod would then fail to pull."""
+    if len(text) > 128 or not all(c.isalnum() or c in "._-" for c in text):
+        raise ValueError
+    return text
+
+
+# Read by the settings loader for error messages and --help.
+_image_tag.expected = "an image tag (letters, digits, '.', '_', '-'; at most 128)"  # type: ignore[attr-defined]
+
+
 @settings_class
 class InjectorSettings:
     listen: SocketAddr = setting(
@@ -122,7 +133,14 @@ class InjectorSettings:
         flag="--proxy-version",
         default=__version__,
         parse=parse_str,
-        help="Image tag for the proxy and proxy-init.",
+        help="Image tag of the proxy (and of proxy-init unless --init-version is given).",
+    )
+    init_version: str | None = setting(
+        env=_P + "INIT_VERSION",
+        flag="--init-version",
+        default=None,
+        parse=optional(_image_tag),
+        help="Image tag of proxy-init; empty means the proxy version.",
     )
     native_sidecar: bool = setting(
         env=_P + "NATIVE_SIDECAR",
@@ -240,6 +258,7 @@ class InjectorSettings:
             version=self.proxy_version,
             proxy_image=self.proxy_image,
             init_image=self.init_image,
+            init_version=self.init_version,
             native_sidecar=self.native_sidecar,
             control_plane_tls=self.control_plane_tls,
             proxy_await=self.proxy_await,
