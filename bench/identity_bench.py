@@ -88,13 +88,20 @@ class CpuMeter:
         return {name: round(1000 * seconds / max(issued, 1), 3) for name, seconds in used.items()}
 
 
-def start_profiler(pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes]:
-    """py-spy sampling ``pid`` for at most ``seconds`` (stopped early with SIGINT)."""
+def start_profiler(
+    pid: int, output: Path, seconds: float, *, native: bool
+) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` for at most ``seconds`` (stopped early with SIGINT).
+
+    Native stacks (grpc core, OpenSSL, syscalls) need py-spy to pause the process for each
+    sample, which slows it down; without them sampling is non-blocking and nearly free.
+    """
     fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(output.suffix, "raw")
     py_spy = Path(sys.executable).with_name("py-spy")
+    mode = ["--native", "--rate", "100"] if native else ["--nonblocking", "--rate", "250"]
     return subprocess.Popen(
         [str(py_spy), "record", "--pid", str(pid), "--output", str(output), "--format", fmt,
-         "--rate", "250", "--duration", str(int(seconds) + 1), "--nonblocking"],
+         "--duration", str(int(seconds) + 1), *mode],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -183,13 +190,21 @@ async def drive(
                 except grpc.aio.AioRpcError:
                     failed += 1
 
-        for csr in csrs:  # warm-up (connections, caches) outside the timing
-            await stub.Certify(
-                identity_pb2.CertifyRequest(
-                    identity=identity, token=token.encode(), certificate_signing_request=csr
-                ),
-                timeout=30,
+        # Warm-up outside the timing, at full concurrency so that the identity service's
+        # keep-alive pool to the apiserver already holds as many connections as the run needs.
+        await asyncio.gather(
+            *(
+                stub.Certify(
+                    identity_pb2.CertifyRequest(
+                        identity=identity,
+                        token=token.encode(),
+                        certificate_signing_request=csrs[i % len(csrs)],
+                    ),
+                    timeout=30,
+                )
+                for i in range(2 * concurrency)
             )
+        )
         on_start()
         started = time.monotonic()
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
@@ -204,6 +219,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output file")
+    parser.add_argument("--native", action="store_true", help="profile native frames too")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="identity-bench-") as tmp, KubeTestCluster() as cluster:
         root = Path(tmp)
@@ -240,7 +256,9 @@ def main() -> int:
 
             def on_start() -> None:  # after the warm-up, right before the timed run
                 if args.profile is not None:
-                    profiler.append(start_profiler(process.pid, args.profile, args.seconds))
+                    profiler.append(
+                        start_profiler(process.pid, args.profile, args.seconds, native=args.native)
+                    )
                 meter.append(CpuMeter(pids))
 
             try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from gossamer_tls.errors import CertificateError
 from gossamer_tls.keys import (
@@ -25,7 +25,8 @@ from gossamer_tls.keys import (
     require_p256_private_key,
     require_p256_public_key,
 )
-from gossamer_tls.names import identity_subject, issuer_name
+from gossamer_tls.leaf import LeafTemplate
+from gossamer_tls.names import issuer_name
 from gossamer_tls.pem import certificate_to_der
 
 DEFAULT_LEAF_LIFETIME = dt.timedelta(hours=24)
@@ -254,6 +255,8 @@ class Issuer:
     ceiling: dt.datetime | None = None
     _chain_der: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
     _authority_key_id: x509.AuthorityKeyIdentifier = field(init=False, repr=False, compare=False)
+    _not_after: dt.datetime = field(init=False, repr=False, compare=False)
+    _leaf_template: LeafTemplate = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_ca_certificate(
@@ -266,6 +269,16 @@ class Issuer:
         if not public_keys_equal(certificate_key, self.private_key.public_key()):
             raise CertificateError("issuer key does not match the issuer certificate's public key")
         object.__setattr__(self, "_authority_key_id", _authority_key_identifier(self.certificate))
+        ends = [c.not_valid_after_utc for c in (self.certificate, *self.chain)]
+        if self.ceiling is not None:
+            ends.append(self.ceiling)
+        object.__setattr__(self, "_not_after", min(ends))
+        # Encoded once here so that each leaf costs one signature plus a few byte joins.
+        object.__setattr__(
+            self,
+            "_leaf_template",
+            LeafTemplate.for_issuer(self.certificate, self.private_key, self._authority_key_id),
+        )
         object.__setattr__(
             self,
             "_chain_der",
@@ -275,10 +288,7 @@ class Issuer:
     @property
     def not_after(self) -> dt.datetime:
         """The earliest expiry in the issuing chain: no leaf may outlive it."""
-        ends = [c.not_valid_after_utc for c in (self.certificate, *self.chain)]
-        if self.ceiling is not None:
-            ends.append(self.ceiling)
-        return min(ends)
+        return self._not_after
 
     @property
     def intermediates_der(self) -> tuple[bytes, ...]:
@@ -304,50 +314,19 @@ class Issuer:
         """
         now = _utc(now)
         require_p256_public_key(public_key, what="leaf public key")
-        if now >= self.not_after:
-            raise CertificateError(f"issuer expired at {self.not_after.isoformat()}")
-        not_before = max(now - clock_skew, self.certificate.not_valid_before_utc)
-        not_after = min(now + lifetime + clock_skew, self.not_after)
-        subject = identity_subject(identity)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.certificate.subject)
-            .public_key(public_key)
-            .serial_number(serial_number or x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=True,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(identity)]), critical=len(subject) == 0
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(self._authority_key_id, critical=False)
+        if now >= self._not_after:
+            raise CertificateError(f"issuer expired at {self._not_after.isoformat()}")
+        tbs = self._leaf_template.tbs_certificate(
+            public_key,
+            identity,
+            serial_number=serial_number or x509.random_serial_number(),
+            not_before=max(now - clock_skew, self.certificate.not_valid_before_utc),
+            not_after=min(now + lifetime + clock_skew, self._not_after),
         )
-        leaf = builder.sign(self.private_key, hashes.SHA256())
+        leaf_der, leaf = self._leaf_template.sign(tbs)
         return IssuedCertificate(
             certificate=leaf,
-            leaf_der=certificate_to_der(leaf),
+            leaf_der=leaf_der,
             intermediates_der=self._chain_der,
             valid_until=leaf.not_valid_after_utc,
         )

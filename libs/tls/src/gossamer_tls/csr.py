@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
 from gossamer_tls.errors import CsrNameError, CsrSignatureError, MalformedCsrError
 from gossamer_tls.keys import require_p256_public_key
@@ -94,6 +94,39 @@ def _subject_alternative_names(
     return extension.value
 
 
+_ECDSA_SIGNATURE_HASHES: dict[x509.ObjectIdentifier, type[hashes.HashAlgorithm]] = {
+    SignatureAlgorithmOID.ECDSA_WITH_SHA256: hashes.SHA256,
+    SignatureAlgorithmOID.ECDSA_WITH_SHA384: hashes.SHA384,
+    SignatureAlgorithmOID.ECDSA_WITH_SHA512: hashes.SHA512,
+}
+
+
+def _verify_signature(
+    csr: x509.CertificateSigningRequest, public_key: ec.EllipticCurvePublicKey
+) -> None:
+    """Prove ``csr`` was signed by the key it carries (the proof of possession).
+
+    Equivalent to ``csr.is_signature_valid`` for an ECDSA key, but verifies with the key already
+    decoded by the caller instead of decoding the point a second time (about a quarter of the
+    cost of the check), and says which algorithm it refused.
+    """
+    try:
+        algorithm = csr.signature_algorithm_oid
+        hash_type = _ECDSA_SIGNATURE_HASHES.get(algorithm)
+        if hash_type is None:
+            raise CsrSignatureError(
+                "certificate signing request signature cannot be checked: algorithm "
+                f"{algorithm.dotted_string} is not ECDSA with SHA-256, SHA-384 or SHA-512"
+            )
+        public_key.verify(csr.signature, csr.tbs_certrequest_bytes, ec.ECDSA(hash_type()))
+    except InvalidSignature:
+        raise CsrSignatureError("certificate signing request signature does not verify") from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CsrSignatureError(
+            f"certificate signing request signature cannot be checked: {exc}"
+        ) from None
+
+
 def check_csr(csr: x509.CertificateSigningRequest, identity: str) -> CheckedCsr:
     """Check that ``csr`` is well-formed, self-signed by a P-256 key, and names only ``identity``.
 
@@ -108,14 +141,7 @@ def check_csr(csr: x509.CertificateSigningRequest, identity: str) -> CheckedCsr:
             f"certificate signing request public key is unreadable: {exc}"
         ) from None
     public_key = require_p256_public_key(raw_key, what="CSR public key")
-    try:
-        signature_ok = csr.is_signature_valid
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise CsrSignatureError(
-            f"certificate signing request signature cannot be checked: {exc}"
-        ) from None
-    if not signature_ok:
-        raise CsrSignatureError("certificate signing request signature does not verify")
+    _verify_signature(csr, public_key)
     try:
         common_names = _subject_common_names(csr)
         san = _subject_alternative_names(csr)
