@@ -1,0 +1,117 @@
+"""Consecutive-failures failure accrual: eject an endpoint, then probe it back in.
+
+Linkerd's ``FailureAccrual.consecutive_failures`` (linkerd-wire.md §1.8 and §9 outbound step
+6): after ``max_failures`` failures in a row (a failure is a response classified as failed, a
+transport error or a timeout) the endpoint is taken out of the balancer for a backoff. When
+the backoff ends, exactly one request is let through as a probe. Its success restores the
+endpoint (and resets the backoff); its failure ejects it again for the next, doubled,
+backoff. ``max_failures = 0`` disables accrual.
+
+Rules of this file: the three states and their transitions live in
+:class:`ConsecutiveFailures`; time and randomness come in as arguments; outcomes of requests
+that were dispatched before an ejection and finish during it are ignored, because only the
+probe may decide whether the endpoint comes back.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from gossamer_proxy.mesh.backoff import Backoff, UniformSource
+
+__all__ = [
+    "DEFAULT_BACKOFF",
+    "DEFAULT_MAX_FAILURES",
+    "AccrualState",
+    "ConsecutiveFailures",
+]
+
+DEFAULT_MAX_FAILURES = 7
+"""``balancer.linkerd.io/failure-accrual-consecutive-max-failures`` default."""
+DEFAULT_BACKOFF = Backoff(min=1.0, max=60.0, jitter_ratio=0.5)
+"""Default ``min-penalty`` 1s, ``max-penalty`` 60s, ``jitter-ratio`` 0.5."""
+
+
+class AccrualState(enum.Enum):
+    AVAILABLE = "available"
+    """Taking traffic; counting consecutive failures."""
+    EJECTED = "ejected"
+    """Out of the balancer until ``reopen_at``; then the next request is the probe."""
+    PROBING = "probing"
+    """The single probe request is in flight; no other request may use the endpoint."""
+
+
+class ConsecutiveFailures:
+    """Failure accrual for one endpoint."""
+
+    __slots__ = ("_attempt", "_backoff", "_failures", "_max", "reopen_at", "state")
+
+    def __init__(
+        self, max_failures: int = DEFAULT_MAX_FAILURES, backoff: Backoff = DEFAULT_BACKOFF
+    ) -> None:
+        if max_failures < 0:
+            raise ValueError(f"max_failures must not be negative, got {max_failures}")
+        self._max = max_failures
+        self._backoff = backoff
+        self._failures = 0
+        self._attempt = 0
+        self.state = AccrualState.AVAILABLE
+        #: When an ejected endpoint may be probed (meaningful in EJECTED only).
+        self.reopen_at = 0.0
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._failures
+
+    def available(self, now: float) -> bool:
+        """Whether the balancer may send the next request here (possibly as the probe)."""
+        if self.state is AccrualState.AVAILABLE:
+            return True
+        return self.state is AccrualState.EJECTED and now >= self.reopen_at
+
+    def on_dispatch(self, now: float) -> bool:
+        """Record that a request is being sent; returns whether it is the probe.
+
+        Raises :class:`RuntimeError` if the endpoint is not :meth:`available`, since that is
+        a balancer bug rather than an endpoint failure.
+        """
+        if self.state is AccrualState.AVAILABLE:
+            return False
+        if self.state is AccrualState.EJECTED and now >= self.reopen_at:
+            self.state = AccrualState.PROBING
+            return True
+        raise RuntimeError(f"request dispatched to an endpoint that is {self.state.value}")
+
+    def on_success(self, *, probe: bool = False) -> None:
+        """A request sent here succeeded (``probe`` as returned by :meth:`on_dispatch`)."""
+        if self.state is AccrualState.PROBING and probe:
+            self.state = AccrualState.AVAILABLE
+            self._attempt = 0
+            self._failures = 0
+        elif self.state is AccrualState.AVAILABLE:
+            self._failures = 0
+
+    def on_failure(self, now: float, rng: UniformSource, *, probe: bool = False) -> None:
+        """A request sent here failed; may eject the endpoint."""
+        if self.state is AccrualState.PROBING and probe:
+            self._attempt += 1
+            self._eject(now, rng)
+        elif self.state is AccrualState.AVAILABLE and self._max > 0:
+            self._failures += 1
+            if self._failures >= self._max:
+                self._attempt = 0
+                self._eject(now, rng)
+
+    def on_cancel(self, now: float, *, probe: bool = False) -> None:
+        """A request sent here ended without an outcome (client went away, request timeout).
+
+        A cancelled probe proved nothing, so the endpoint may be probed again at once.
+        """
+        if self.state is AccrualState.PROBING and probe:
+            self.state = AccrualState.EJECTED
+            self.reopen_at = now
+
+    def _eject(self, now: float, rng: UniformSource) -> None:
+        self.state = AccrualState.EJECTED
+        self.reopen_at = now + self._backoff.delay(self._attempt, rng)
+        self._failures = 0

@@ -1,0 +1,195 @@
+"""Power-of-two-choices over peak-EWMA load, Linkerd's endpoint balancer (sans-io).
+
+For every request (HTTP) or connection (opaque TCP) the balancer draws two distinct endpoints
+at random among those that can take traffic and sends to the one with the lower
+:meth:`~gossamer_proxy.mesh.ewma.PeakEwma.cost` (linkerd-wire.md §9 outbound step 4;
+``WeightedAddr.weight`` plays no part). An endpoint can take traffic when it is *ready* (the
+data path may mark endpoints pending, e.g. while a connection is being established) and its
+failure accrual lets it (:mod:`.accrual`). When none can, :meth:`P2cBalancer.pick` returns
+``None`` and the caller queues the request (failfast after 3 s, see :mod:`.queue`).
+
+Endpoints are keyed by address. :meth:`P2cBalancer.update` replaces the endpoint set from
+discovery: survivors keep their latency estimate, in-flight count and accrual state, new
+ones start from ``default_rtt``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from gossamer_proxy.mesh.accrual import AccrualState, ConsecutiveFailures
+from gossamer_proxy.mesh.backoff import UniformSource
+from gossamer_proxy.mesh.ewma import DEFAULT_DECAY, DEFAULT_RTT, PeakEwma
+
+__all__ = ["BalancerUpdate", "Dispatch", "EndpointSlot", "Outcome", "P2cBalancer"]
+
+K = TypeVar("K", bound=Hashable)
+M = TypeVar("M")
+
+
+class Outcome(enum.Enum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    """Failed response class, transport error or timeout: counts towards accrual."""
+    CANCELLED = "cancelled"
+    """Ended without a verdict (caller went away); no latency sample, no accrual change."""
+
+
+@dataclass(slots=True, eq=False)
+class EndpointSlot(Generic[K, M]):
+    """One endpoint's balancing state; ``meta`` is whatever discovery said about it."""
+
+    key: K
+    meta: M
+    load: PeakEwma
+    accrual: ConsecutiveFailures
+    ready: bool = True
+    removed: bool = False
+
+    def available(self, now: float) -> bool:
+        return self.ready and not self.removed and self.accrual.available(now)
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch(Generic[K, M]):
+    """A pick that is in flight; hand it back to :meth:`P2cBalancer.finish`."""
+
+    slot: EndpointSlot[K, M]
+    started: float
+    probe: bool
+
+    @property
+    def key(self) -> K:
+        return self.slot.key
+
+    @property
+    def meta(self) -> M:
+        return self.slot.meta
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerUpdate(Generic[K]):
+    added: tuple[K, ...] = ()
+    removed: tuple[K, ...] = ()
+    changed: tuple[K, ...] = ()
+
+
+def _default_accrual() -> ConsecutiveFailures:
+    # Accrual is opt-in per backend (FailureAccrual in the outbound policy); 0 disables.
+    return ConsecutiveFailures(max_failures=0)
+
+
+class P2cBalancer(Generic[K, M]):
+    """P2C over peak-EWMA for one backend's endpoints."""
+
+    def __init__(
+        self,
+        *,
+        default_rtt: float = DEFAULT_RTT,
+        decay: float = DEFAULT_DECAY,
+        accrual: Callable[[], ConsecutiveFailures] = _default_accrual,
+        initially_ready: bool = True,
+    ) -> None:
+        self._default_rtt = default_rtt
+        self._decay = decay
+        self._accrual = accrual
+        self._initially_ready = initially_ready
+        self._slots: dict[K, EndpointSlot[K, M]] = {}
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._slots
+
+    def slot(self, key: K) -> EndpointSlot[K, M]:
+        return self._slots[key]
+
+    def slots(self) -> list[EndpointSlot[K, M]]:
+        return list(self._slots.values())
+
+    def update(self, endpoints: Mapping[K, M], now: float) -> BalancerUpdate[K]:
+        """Make the endpoint set equal ``endpoints``, keeping state for survivors."""
+        removed = tuple(k for k in self._slots if k not in endpoints)
+        for key in removed:
+            self._slots.pop(key).removed = True
+        added: list[K] = []
+        changed: list[K] = []
+        for key, meta in endpoints.items():
+            slot = self._slots.get(key)
+            if slot is None:
+                self._slots[key] = EndpointSlot(
+                    key=key,
+                    meta=meta,
+                    load=PeakEwma(now, default_rtt=self._default_rtt, decay=self._decay),
+                    accrual=self._accrual(),
+                    ready=self._initially_ready,
+                )
+                added.append(key)
+            elif slot.meta != meta:
+                slot.meta = meta
+                changed.append(key)
+        return BalancerUpdate(added=tuple(added), removed=removed, changed=tuple(changed))
+
+    def set_ready(self, key: K, ready: bool) -> None:
+        """Mark an endpoint ready or pending (unknown keys are ignored: it was removed)."""
+        slot = self._slots.get(key)
+        if slot is not None:
+            slot.ready = ready
+
+    def counts(self, now: float) -> tuple[int, int]:
+        """``(ready, pending)`` as in ``outbound_http_balancer_endpoints{endpoint_state}``."""
+        ready = sum(1 for s in self._slots.values() if s.available(now))
+        return ready, len(self._slots) - ready
+
+    def ejected(self) -> list[K]:
+        return [k for k, s in self._slots.items() if s.accrual.state is not AccrualState.AVAILABLE]
+
+    def pick(self, now: float, rng: UniformSource) -> Dispatch[K, M] | None:
+        """Choose an endpoint for one request/connection, or ``None`` if none can take it."""
+        candidates = [s for s in self._slots.values() if s.available(now)]
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            chosen = candidates[0]
+        else:
+            count = len(candidates)
+            first = min(int(rng.random() * count), count - 1)
+            second = min(int(rng.random() * (count - 1)), count - 2)
+            if second >= first:
+                second += 1
+            a, b = candidates[first], candidates[second]
+            chosen = b if b.load.cost(now) < a.load.cost(now) else a
+        probe = chosen.accrual.on_dispatch(now)
+        chosen.load.start()
+        return Dispatch(slot=chosen, started=now, probe=probe)
+
+    def finish(
+        self,
+        dispatch: Dispatch[K, M],
+        outcome: Outcome,
+        now: float,
+        rng: UniformSource,
+        *,
+        latency: float | None = None,
+    ) -> None:
+        """Record how a dispatched request or connection ended.
+
+        The latency sample is ``now - started`` (HTTP: the response time) unless ``latency``
+        is given (opaque TCP passes its connect time, since a connection's lifetime says
+        nothing about the endpoint's speed).
+        """
+        slot = dispatch.slot
+        if outcome is Outcome.CANCELLED:
+            slot.load.cancel()
+            slot.accrual.on_cancel(now, probe=dispatch.probe)
+            return
+        sample = max(0.0, now - dispatch.started) if latency is None else latency
+        slot.load.finish(sample, now)
+        if outcome is Outcome.SUCCESS:
+            slot.accrual.on_success(probe=dispatch.probe)
+        else:
+            slot.accrual.on_failure(now, rng, probe=dispatch.probe)
