@@ -1,0 +1,175 @@
+"""The proxy process: listeners, admin server, housekeeping and graceful shutdown.
+
+:class:`Proxy` wires the parts together. ``start()`` binds inbound, outbound(s) and admin;
+``shutdown()`` stops accepting, tells every connection to drain (idle keep-alive connections
+close at once, in-flight requests finish and answer with ``connection: close``; HTTP/2 clients
+get GOAWAY) and waits until they are gone or the grace period ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from gossamer_common.admin import AdminServer
+from gossamer_common.process_metrics import register_process_metrics
+from gossamer_common.shutdown import Shutdown
+
+from .config import Endpoint, ProxySettings
+from .connect import Connector, DirectResolver, Resolver
+from .context import ListenerContext
+from .metrics import ProxyMetrics
+from .pool import Pool
+
+__all__ = ["Proxy"]
+
+_log = structlog.get_logger("gossamer.proxy")
+_TICK = 1.0
+
+
+class Proxy:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        *,
+        metrics: ProxyMetrics | None = None,
+        resolver: Resolver | None = None,
+        process_metrics: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics if metrics is not None else ProxyMetrics()
+        if process_metrics:
+            register_process_metrics(self.metrics.registry)
+        self.resolver: Resolver = resolver if resolver is not None else DirectResolver()
+        self.pool = Pool(
+            idle_timeout=settings.pool_idle_timeout,
+            max_idle_per_endpoint=settings.pool_max_idle_per_endpoint,
+        )
+        self.contexts: list[ListenerContext] = []
+        self.servers: list[asyncio.Server] = []
+        self.shutdown_control = Shutdown(settings.shutdown_grace_period)
+        self.admin = AdminServer(
+            registry=self.metrics.registry,
+            ready=lambda: self._ready,
+            on_shutdown=lambda: self.shutdown_control.request("admin /shutdown"),
+            shutdown_enabled=settings.shutdown_endpoint_enabled,
+        )
+        self._ready = False
+        self._tick: asyncio.TimerHandle | None = None
+
+    def _context(self, direction: str, listen: Endpoint) -> ListenerContext:
+        s = self.settings
+        inbound = direction == "inbound"
+        return ListenerContext(
+            direction=direction,
+            listen=listen,
+            detect_timeout=s.inbound_detect_timeout if inbound else s.outbound_detect_timeout,
+            opaque_ports=s.inbound_opaque_ports if inbound else s.outbound_opaque_ports,
+            limits=s.http1,
+            pool=self.pool,
+            connector=Connector(
+                s.inbound_connect_timeout if inbound else s.outbound_connect_timeout
+            ),
+            resolver=self.resolver,
+            metrics=self.metrics,
+            fixed_target=s.inbound_fixed_target if inbound else s.outbound_fixed_target,
+            forward_host=s.inbound_forward_host if inbound else None,
+            ingress_mode=s.ingress_mode and not inbound,
+            allowed_ips=frozenset(s.inbound_ips) if inbound else frozenset(),
+            splice=s.splice,
+        )
+
+    async def _listen(self, ctx: ListenerContext) -> Endpoint:
+        from .accept import AcceptedConnection
+
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: AcceptedConnection(ctx),
+            ctx.listen.host,
+            ctx.listen.port,
+            reuse_address=True,
+            backlog=4096,
+        )
+        self.servers.append(server)
+        bound = server.sockets[0].getsockname()
+        ctx.listen = Endpoint(str(bound[0]), int(bound[1]))
+        self.contexts.append(ctx)
+        return ctx.listen
+
+    async def start(self) -> None:
+        s = self.settings
+        await self._listen(self._context("inbound", s.inbound_listen))
+        for addr in s.outbound_listeners:
+            await self._listen(self._context("outbound", addr))
+        await self.admin.start(s.admin_listen.host, s.admin_listen.port)
+        self._ready = True
+        loop = asyncio.get_running_loop()
+        self._tick = loop.call_later(_TICK, self._housekeeping)
+        _log.info(
+            "proxy_started",
+            inbound=str(self.inbound_addr),
+            outbound=[str(c.listen) for c in self.contexts if not c.inbound],
+            admin=f"{s.admin_listen.host}:{self.admin.port}",
+        )
+
+    @property
+    def inbound_addr(self) -> Endpoint:
+        return next(c.listen for c in self.contexts if c.inbound)
+
+    @property
+    def outbound_addr(self) -> Endpoint:
+        return next(c.listen for c in self.contexts if not c.inbound)
+
+    @property
+    def admin_port(self) -> int:
+        return self.admin.port
+
+    def _housekeeping(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for ctx in self.contexts:
+            for conn in list(ctx.connections):
+                conn.tick(now)
+        self.pool.sweep(now)
+        self._tick = loop.call_later(_TICK, self._housekeeping)
+
+    def in_flight(self) -> int:
+        return sum(len(c.connections) + len(c.opaque_relays) for c in self.contexts)
+
+    async def shutdown(self) -> bool:
+        """Drain and stop; returns True if everything finished within the grace period."""
+        self._ready = False
+        for server in self.servers:
+            server.close()
+        for ctx in self.contexts:
+            ctx.draining = True
+            for conn in list(ctx.connections):
+                conn.drain()
+        self.pool.close_all()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_grace_period
+        while self.in_flight() and loop.time() < deadline:  # noqa: ASYNC110 - bounded poll
+            await asyncio.sleep(0.05)
+        drained = not self.in_flight()
+        for ctx in self.contexts:
+            for relay in list(ctx.opaque_relays):
+                relay.close(abort=True)
+            for task in list(ctx.tasks):
+                task.cancel()
+        if self._tick is not None:
+            self._tick.cancel()
+        with contextlib.suppress(Exception):
+            await self.admin.close(grace=1.0)
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        _log.info("proxy_stopped", drained=drained)
+        return drained
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT or admin /shutdown, then drain."""
+        await self.start()
+        self.shutdown_control.install_signal_handlers()
+        await self.shutdown_control.wait()
+        await self.shutdown()

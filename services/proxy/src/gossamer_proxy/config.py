@@ -1,0 +1,272 @@
+"""Proxy settings, read from Linkerd's ``LINKERD2_PROXY_*`` environment variables.
+
+The injector writes the same variables for Gossamer's proxy as for linkerd2-proxy, so names
+and defaults follow linkerd-wire.md §4.3 (the proxy's built-in defaults where the injector
+sets nothing). Settings Linkerd has no name for (HTTP/1 limits, client idle timeouts, a fixed
+forwarding target for tests and ingress without iptables) use ``GOSSAMER_PROXY_*`` names.
+Loading and error reporting are :mod:`gossamer_common.settings`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gossamer_common.settings import (
+    SocketAddr,
+    list_of,
+    load,
+    optional,
+    parse_bool,
+    parse_duration,
+    parse_int,
+    parse_socket_addr,
+    setting,
+    settings_class,
+)
+
+__all__ = [
+    "DEFAULT_OPAQUE_PORTS",
+    "Endpoint",
+    "Http1Limits",
+    "ProxySettings",
+    "load_settings",
+    "parse_ports",
+]
+
+#: An IP (or host) and port; the same type the settings loader produces.
+Endpoint = SocketAddr
+
+#: Server-speaks-first ports Linkerd's chart marks opaque by default (§4.3).
+DEFAULT_OPAQUE_PORTS = "25,587,3306,4444,5432,6379,9300,11211"
+
+
+def parse_ports(text: str) -> frozenset[int]:
+    """A comma-separated list of ports and inclusive ranges (``25,3306,9000-9010``)."""
+    ports: set[int] = set()
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        low_text, sep, high_text = item.partition("-")
+        low = int(low_text)
+        high = int(high_text) if sep else low
+        if not 0 < low <= high <= 65535:
+            raise ValueError(item)
+        ports.update(range(low, high + 1))
+    return frozenset(ports)
+
+
+parse_ports.expected = "a comma-separated list of ports or ranges, e.g. 25,3306,9000-9010"  # type: ignore[attr-defined]
+
+
+def _positive_int(text: str) -> int:
+    value = parse_int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_positive_int.expected = "a positive integer"  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Http1Limits:
+    """Size limits and timers for one HTTP/1 server side."""
+
+    #: Largest request line plus header block, in bytes (431 beyond it, as hyper answers).
+    max_head_bytes: int = 64 * 1024
+    #: Most header fields in one request (431 beyond it).
+    max_headers: int = 128
+    #: A request head must arrive in full within this many seconds of its first byte (408).
+    head_timeout: float = 10.0
+    #: A keep-alive client connection with nothing in flight is closed after this.
+    idle_timeout: float = 90.0
+    #: A request body that makes no progress for this long aborts the exchange.
+    body_stall_timeout: float = 60.0
+
+
+@settings_class
+class ProxySettings:
+    inbound_listen: SocketAddr = setting(
+        env="LINKERD2_PROXY_INBOUND_LISTEN_ADDR",
+        default="0.0.0.0:4143",
+        parse=parse_socket_addr,
+        help="Inbound listener (iptables redirects the pod's incoming TCP here).",
+    )
+    outbound_listen: tuple[SocketAddr, ...] = setting(
+        env="LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS",
+        default="127.0.0.1:4140",
+        parse=list_of(parse_socket_addr),
+        help="Outbound listeners (iptables redirects the app's outgoing TCP here).",
+    )
+    outbound_listen_single: SocketAddr | None = setting(
+        env="LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR",
+        default=None,
+        parse=optional(parse_socket_addr),
+        help="Older single-address form of LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS.",
+    )
+    admin_listen: SocketAddr = setting(
+        env="LINKERD2_PROXY_ADMIN_LISTEN_ADDR",
+        default="127.0.0.1:4191",
+        parse=parse_socket_addr,
+        help="Admin listener: /metrics, /live, /ready, /shutdown.",
+    )
+    inbound_detect_timeout: float = setting(
+        env="LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT",
+        default="10s",
+        parse=parse_duration,
+        help="How long inbound protocol detection waits before treating a connection as opaque.",
+    )
+    outbound_detect_timeout: float = setting(
+        env="LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT",
+        default="10s",
+        parse=parse_duration,
+        help="How long outbound protocol detection waits before treating it as opaque.",
+    )
+    inbound_connect_timeout: float = setting(
+        env="LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT",
+        default="300ms",
+        parse=parse_duration,
+        help="Connect timeout towards the local app.",
+    )
+    outbound_connect_timeout: float = setting(
+        env="LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT",
+        default="1s",
+        parse=parse_duration,
+        help="Connect timeout towards outbound endpoints.",
+    )
+    inbound_opaque_ports: frozenset[int] = setting(
+        env="LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
+        default=DEFAULT_OPAQUE_PORTS,
+        parse=parse_ports,
+        help="Inbound ports forwarded as opaque TCP without protocol detection.",
+    )
+    outbound_opaque_ports: frozenset[int] = setting(
+        env="GOSSAMER_PROXY_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
+        default=DEFAULT_OPAQUE_PORTS,
+        parse=parse_ports,
+        help="Outbound ports forwarded as opaque TCP without detection (until discovery "
+        "supplies opaque-ports).",
+    )
+    inbound_ips: tuple[str, ...] = setting(
+        env="LINKERD2_PROXY_INBOUND_IPS",
+        default="",
+        parse=list_of(str),
+        help="The pod's IPs; inbound connections to other addresses are refused.",
+    )
+    ingress_mode: bool = setting(
+        env="LINKERD2_PROXY_INGRESS_MODE",
+        default="false",
+        parse=parse_bool,
+        help="Ingress mode: route HTTP by l5d-dst-override instead of the original destination.",
+    )
+    shutdown_grace_period: float = setting(
+        env="LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD",
+        default="2m",
+        parse=parse_duration,
+        help="Longest time a graceful shutdown waits for in-flight work.",
+    )
+    shutdown_endpoint_enabled: bool = setting(
+        env="LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED",
+        default="false",
+        parse=parse_bool,
+        help="Enable the admin POST /shutdown endpoint (for Jobs).",
+    )
+    pool_idle_timeout: float = setting(
+        env="LINKERD2_PROXY_OUTBOUND_HTTP1_CONNECTION_POOL_IDLE_TIMEOUT",
+        default="3s",
+        parse=parse_duration,
+        help="Idle pooled HTTP/1 upstream connections are closed after this (kept below "
+        "typical app keep-alive timeouts to avoid reuse races).",
+    )
+    pool_max_idle_per_endpoint: int = setting(
+        env="LINKERD2_PROXY_OUTBOUND_HTTP1_CONNECTION_POOL_MAX_IDLE_PER_ENDPOINT",
+        default="10000",
+        parse=_positive_int,
+        help="Most idle pooled HTTP/1 connections kept per endpoint.",
+    )
+    http1_max_head_bytes: int = setting(
+        env="GOSSAMER_PROXY_HTTP1_MAX_HEAD_BYTES",
+        default="65536",
+        parse=_positive_int,
+        help="Largest HTTP/1 request line + headers; larger requests get 431.",
+    )
+    http1_max_headers: int = setting(
+        env="GOSSAMER_PROXY_HTTP1_MAX_HEADERS",
+        default="128",
+        parse=_positive_int,
+        help="Most header fields in an HTTP/1 request; more get 431.",
+    )
+    http1_head_timeout: float = setting(
+        env="GOSSAMER_PROXY_HTTP1_HEAD_TIMEOUT",
+        default="10s",
+        parse=parse_duration,
+        help="A request head must arrive within this time of its first byte (else 408).",
+    )
+    client_idle_timeout: float = setting(
+        env="GOSSAMER_PROXY_CLIENT_IDLE_TIMEOUT",
+        default="90s",
+        parse=parse_duration,
+        help="Client connections with nothing in flight are closed after this.",
+    )
+    http1_body_stall_timeout: float = setting(
+        env="GOSSAMER_PROXY_HTTP1_BODY_STALL_TIMEOUT",
+        default="60s",
+        parse=parse_duration,
+        help="A request body that makes no progress for this long aborts the request.",
+    )
+    outbound_fixed_target: SocketAddr | None = setting(
+        env="GOSSAMER_PROXY_OUTBOUND_FIXED_TARGET",
+        default=None,
+        parse=optional(parse_socket_addr),
+        help="Send every outbound connection here instead of its SO_ORIGINAL_DST (tests, "
+        "ingress without iptables).",
+    )
+    inbound_fixed_target: SocketAddr | None = setting(
+        env="GOSSAMER_PROXY_INBOUND_FIXED_TARGET",
+        default=None,
+        parse=optional(parse_socket_addr),
+        help="Send every inbound connection here instead of 127.0.0.1:<original port>.",
+    )
+    inbound_forward_host: str = setting(
+        env="GOSSAMER_PROXY_INBOUND_FORWARD_HOST",
+        default="127.0.0.1",
+        parse=str,
+        help="Host the app listens on; inbound traffic goes to this host at the original port.",
+    )
+    splice: bool = setting(
+        env="GOSSAMER_PROXY_SPLICE",
+        default="true",
+        parse=parse_bool,
+        help="Copy plaintext opaque TCP with os.splice (zero-copy) where the kernel allows.",
+    )
+    log_level: str = setting(
+        env="LINKERD2_PROXY_LOG",
+        default="warn",
+        parse=str,
+        help="Log level (a Linkerd filter such as warn,linkerd=info is accepted).",
+    )
+
+    @property
+    def outbound_listeners(self) -> tuple[SocketAddr, ...]:
+        if self.outbound_listen_single is not None:
+            return (self.outbound_listen_single,)
+        return self.outbound_listen
+
+    @property
+    def http1(self) -> Http1Limits:
+        return Http1Limits(
+            max_head_bytes=self.http1_max_head_bytes,
+            max_headers=self.http1_max_headers,
+            head_timeout=self.http1_head_timeout,
+            idle_timeout=self.client_idle_timeout,
+            body_stall_timeout=self.http1_body_stall_timeout,
+        )
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, argv: Sequence[str] | None = None
+) -> ProxySettings:
+    """Load from the environment (and flags); raises ``SettingsError`` naming bad variables."""
+    return load(ProxySettings, argv=() if argv is None else argv, environ=environ)

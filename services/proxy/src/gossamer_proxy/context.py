@@ -1,0 +1,65 @@
+"""Per-listener state shared by every connection a listener accepts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .config import Endpoint, Http1Limits
+from .connect import Connector, Resolver
+from .metrics import ProxyMetrics
+from .pool import Pool
+
+if TYPE_CHECKING:
+    from .opaque import SpliceRelay
+
+__all__ = ["ClientConnection", "ListenerContext"]
+
+
+class ClientConnection(Protocol):
+    """What housekeeping needs from an accepted connection."""
+
+    def tick(self, now: float) -> None: ...
+
+    def drain(self) -> None:
+        """Finish in-flight work, accept no more, then close."""
+
+    def is_idle(self) -> bool: ...
+
+
+@dataclass(slots=True)
+class ListenerContext:
+    direction: str  # "inbound" | "outbound"
+    listen: Endpoint
+    detect_timeout: float
+    opaque_ports: frozenset[int]
+    limits: Http1Limits
+    pool: Pool
+    connector: Connector
+    resolver: Resolver
+    metrics: ProxyMetrics
+    fixed_target: Endpoint | None = None
+    #: Inbound forwards to this host (the pod's loopback) at the original port.
+    forward_host: str | None = None
+    ingress_mode: bool = False
+    #: Inbound only: original destinations must be one of these IPs (empty: any).
+    allowed_ips: frozenset[str] = frozenset()
+    splice: bool = True
+    draining: bool = False
+    connections: set[ClientConnection] = field(default_factory=set)
+    #: Zero-copy opaque relays in progress (they have no protocol object to drain).
+    opaque_relays: set[SpliceRelay] = field(default_factory=set)
+    #: Background tasks (upstream connects) kept referenced until done.
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def inbound(self) -> bool:
+        return self.direction == "inbound"
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run connection set-up work (connects) in a task the listener keeps referenced."""
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)

@@ -1,0 +1,219 @@
+"""HTTP/1 header rules for a proxy hop (sans-io).
+
+A proxy must not forward hop-by-hop headers (RFC 9110 §7.6.1): the fixed set below plus any
+field named in ``Connection``. It re-frames bodies itself (``content-length`` kept, chunked
+re-chunked), keeps ``Upgrade``/``Connection: upgrade`` only on upgrade requests, strips the
+mesh-internal ``l5d-*`` headers that must not reach the next hop, and reads the few fields
+that steer forwarding. Everything else is copied byte for byte in the original order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "HOP_BY_HOP",
+    "HeaderError",
+    "MessageInfo",
+    "analyze",
+    "chunk",
+    "encode_request_head",
+    "encode_response_head",
+    "last_chunk",
+]
+
+Headers = list[tuple[bytes, bytes]]
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",  # re-emitted by the encoder from the parsed framing
+        b"l5d-proxy-connection",
+    }
+)
+
+#: ``l5d-*`` request headers the proxy consumes and never forwards.
+L5D_REQUEST_STRIP = frozenset({b"l5d-dst-override", b"l5d-require-id"})
+
+
+class HeaderError(ValueError):
+    """A message's headers are contradictory or malformed (the client gets a 400)."""
+
+
+@dataclass(slots=True)
+class MessageInfo:
+    """What the proxy needs to know about one request's or response's header block."""
+
+    content_length: int | None = None
+    chunked: bool = False
+    #: ``Connection: close`` was sent (or HTTP/1.0 without keep-alive).
+    close: bool = False
+    keep_alive_token: bool = False
+    upgrade: bytes | None = None
+    expect_continue: bool = False
+    host: bytes | None = None
+    dst_override: bytes | None = None
+    content_type: bytes | None = None
+    proxy_connection_close: bool = False
+    grpc_status: bytes | None = None
+    #: Headers to forward (hop-by-hop and consumed ``l5d-*`` removed).
+    forward: Headers = field(default_factory=list)
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [token.strip().lower() for token in value.split(b",") if token.strip()]
+
+
+_SPECIAL = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"upgrade",
+        b"host",
+        b"expect",
+        b"l5d-dst-override",
+        b"content-type",
+        b"l5d-proxy-connection",
+        b"grpc-status",
+    }
+)
+_DROP_CACHE: dict[frozenset[bytes], frozenset[bytes]] = {}
+
+
+def analyze(headers: Headers, *, strip: frozenset[bytes] = frozenset()) -> MessageInfo:
+    """Read the framing and steering fields of a header block and pick those to forward.
+
+    Raises :class:`HeaderError` for framing that a proxy cannot forward safely: several
+    differing ``content-length`` values, an invalid length, or a ``transfer-encoding`` whose
+    final coding is not ``chunked`` (request smuggling defences, RFC 9112 §6.3).
+    """
+    drop = _DROP_CACHE.get(strip)
+    if drop is None:
+        drop = _DROP_CACHE[strip] = HOP_BY_HOP | strip
+    info = MessageInfo()
+    forward = info.forward
+    connection_named: set[bytes] | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _SPECIAL:
+            if lname == b"content-length":
+                text = value.strip()
+                if not text.isdigit():
+                    raise HeaderError(f"invalid content-length {value!r}")
+                length = int(text)
+                if info.content_length is not None and info.content_length != length:
+                    raise HeaderError("conflicting content-length values")
+                info.content_length = length
+            elif lname == b"transfer-encoding":
+                codings = _tokens(value)
+                if codings:
+                    if codings[-1] != b"chunked":
+                        raise HeaderError(f"unsupported transfer-encoding {value!r}")
+                    info.chunked = True
+            elif lname == b"connection":
+                for token in _tokens(value):
+                    if token == b"close":
+                        info.close = True
+                    elif token == b"keep-alive":
+                        info.keep_alive_token = True
+                    elif token != b"upgrade":
+                        if connection_named is None:
+                            connection_named = set()
+                        connection_named.add(token)
+            elif lname == b"upgrade":
+                info.upgrade = value.strip()
+            elif lname == b"host":
+                info.host = value.strip()
+            elif lname == b"expect":
+                info.expect_continue = value.strip().lower() == b"100-continue"
+            elif lname == b"l5d-dst-override":
+                info.dst_override = value.strip()
+            elif lname == b"content-type":
+                info.content_type = value
+            elif lname == b"l5d-proxy-connection":
+                info.proxy_connection_close = b"close" in _tokens(value)
+            else:  # grpc-status
+                info.grpc_status = value.strip()
+        if lname not in drop:
+            forward.append((name, value))
+    if info.chunked:
+        # RFC 9112 §6.3: transfer-encoding overrides content-length; never forward both.
+        info.content_length = None
+    if connection_named:
+        # Fields named in Connection are hop-by-hop too (rare, so filtered afterwards).
+        info.forward = [(n, v) for n, v in forward if n.lower() not in connection_named]
+    return info
+
+
+def encode_request_head(
+    method: bytes,
+    target: bytes,
+    info: MessageInfo,
+    *,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> bytes:
+    """Serialize the request head sent upstream (always HTTP/1.1, keep-alive by default)."""
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in info.forward:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in extra:
+        parts += (name, b": ", value, b"\r\n")
+    if info.chunked:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    elif info.content_length is not None:
+        parts += (b"content-length: ", str(info.content_length).encode(), b"\r\n")
+    if info.upgrade is not None:
+        parts += (b"connection: upgrade\r\nupgrade: ", info.upgrade, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+_REASONLESS = b""
+
+
+def encode_response_head(
+    status: int,
+    reason: bytes,
+    info: MessageInfo,
+    *,
+    framing: bytes,
+    close: bool,
+) -> bytes:
+    """Serialize the response head sent to the client.
+
+    ``framing`` is the exact framing header line(s) chosen by the caller (``content-length``,
+    ``transfer-encoding: chunked`` or nothing for close-delimited and bodiless responses).
+    """
+    parts = [b"HTTP/1.1 ", str(status).encode(), b" ", reason or _REASONLESS, b"\r\n"]
+    for name, value in info.forward:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(framing)
+    if status == 101 and info.upgrade is not None:
+        parts += (b"connection: upgrade\r\nupgrade: ", info.upgrade, b"\r\n")
+    elif close:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> list[bytes]:
+    """Frame ``data`` as one chunk of a chunked body (for ``writelines``)."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+def last_chunk(trailers: Headers) -> bytes:
+    """The terminating zero-size chunk, carrying ``trailers`` if any."""
+    if not trailers:
+        return b"0\r\n\r\n"
+    parts = [b"0\r\n"]
+    for name, value in trailers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)

@@ -1,0 +1,677 @@
+"""The proxy's server side of HTTP/1.1: one accepted client connection.
+
+Requests are parsed with httptools and forwarded as they arrive: the head as soon as it is
+complete, each body piece as it is read (re-framed for chunked bodies), never buffering a
+whole body. Responses stream back the same way. Backpressure runs both ways: when the
+upstream's write buffer fills, the client stops being read, and when the client's fills, the
+upstream stops being read.
+
+Pipelined requests queue behind the one in flight (reading pauses until it finishes), so
+responses keep their order. ``Upgrade`` requests (WebSocket) answered with 101 turn the two
+connections into an opaque relay. Failures before a response head become Linkerd's
+synthesized responses (502/503/504 with ``l5d-proxy-error``); failures after it abort the
+client connection, since a truncated response must not look complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Final
+
+import httptools
+import structlog
+
+from ..config import Endpoint
+from ..context import ListenerContext
+from ..errors import ProxyError, ProxyErrorKind, http1_error_bytes, http1_error_response
+from ..metrics import HttpTargetStats, TargetLabels, TcpStats
+from ..opaque import relay_transports
+from ..timeouts import Phase, Verdict, verdict
+from .headers import (
+    L5D_REQUEST_STRIP,
+    HeaderError,
+    Headers,
+    MessageInfo,
+    analyze,
+    chunk,
+    encode_request_head,
+    encode_response_head,
+    last_chunk,
+)
+from .upstream import Http1Upstream
+
+__all__ = ["Http1Server"]
+
+_log = structlog.get_logger("gossamer.proxy")
+
+# Reasons the client connection is not being read; reading resumes when none is left.
+_BLOCK_UPSTREAM_FULL: Final = 1  # the upstream write buffer is over its high-water mark
+_BLOCK_WAIT_UPSTREAM: Final = 2  # body is arriving before an upstream is attached
+_BLOCK_PIPELINE: Final = 4  # a pipelined request waits behind the one in flight
+
+_INBOUND_STRIP = L5D_REQUEST_STRIP | {b"l5d-client-id"}
+_CHUNKED: Final = b"transfer-encoding: chunked\r\n"
+
+
+class _TooLargeError(Exception):
+    """Raised from a parser callback when the request head has too many fields."""
+
+
+class Exchange:
+    """One request/response pair on a client connection."""
+
+    __slots__ = (
+        "body",
+        "close_after",
+        "head",
+        "info",
+        "is_head",
+        "method",
+        "request_done",
+        "response_chunked",
+        "response_done",
+        "response_started",
+        "retried",
+        "started_at",
+        "stats",
+        "status",
+        "trailers",
+        "tunnel_eof",
+        "upgrade_leftover",
+        "upstream",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.version = "1.1"
+        self.info: MessageInfo | None = None
+        self.head = b""
+        self.body: list[bytes] = []
+        self.trailers: Headers = []
+        self.request_done = False
+        self.response_started = False
+        self.response_done = False
+        self.response_chunked = False
+        self.close_after = False
+        self.is_head = False
+        self.upstream: Http1Upstream | None = None
+        self.upgrade_leftover: bytes | None = None
+        self.started_at = 0.0
+        self.stats: HttpTargetStats | None = None
+        self.status = 0
+        self.retried = False
+        self.tunnel_eof = False
+
+
+class Http1Server(asyncio.Protocol):
+    """Drives one client connection. Created after detection has chosen HTTP/1."""
+
+    def __init__(
+        self,
+        ctx: ListenerContext,
+        target: Endpoint,
+        labels: TargetLabels,
+        tcp: TcpStats,
+    ) -> None:
+        self.ctx = ctx
+        self.target = target
+        self.labels = labels
+        self.tcp = tcp
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.limits = ctx.limits
+        self.strip = _INBOUND_STRIP if ctx.inbound else L5D_REQUEST_STRIP
+        self._cur: Exchange | None = None  # being parsed
+        self._active: Exchange | None = None  # being forwarded
+        self._queue: collections.deque[Exchange] = collections.deque()
+        self._headers: Headers = []
+        self._url: list[bytes] = []
+        self._in_head = False
+        self._head_bytes = 0
+        self._head_started = 0.0
+        self._blocked = 0
+        self._reads = 0
+        self._seen_reads = 0
+        self._quiet_since = self.loop.time()
+        self._closed = False
+        self._upgraded = False
+        self._tunnel: Exchange | None = None
+        self._stats_cache: dict[bytes | None, HttpTargetStats] = {}
+        self._out: list[bytes] = []
+        self._default_host = ((b"host", str(target).encode()),)
+
+    # -- connection lifecycle ----------------------------------------------------------------
+
+    def start(self, transport: asyncio.Transport, initial: bytes, *, eof: bool = False) -> None:
+        """Take over ``transport`` after detection; ``eof`` if the client already half-closed."""
+        self.transport = transport
+        transport.set_protocol(self)
+        self.ctx.connections.add(self)
+        if initial:
+            self.data_received(initial)
+        if eof and not self._closed:
+            if not self.eof_received():
+                self._close()
+            return
+        if not self._closed and not self._blocked:
+            transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.ctx.connections.discard(self)
+        if self._upgraded:
+            return
+        ex = self._active
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.abort()
+            ex.upstream = None
+        for queued in self._queue:
+            if queued.upstream is not None:
+                queued.upstream.abort()
+        self._queue.clear()
+        self.tcp.close(getattr(exc, "errno", 0) or 0 if exc else 0)
+
+    def pause_writing(self) -> None:
+        ex = self._active
+        if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
+            ex.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        ex = self._active
+        if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
+            ex.upstream.transport.resume_reading()
+
+    def _block(self, reason: int) -> None:
+        if not self._blocked and self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+        self._blocked |= reason
+
+    def _unblock(self, reason: int) -> None:
+        if self._blocked & reason:
+            self._blocked &= ~reason
+            if not self._blocked and self.transport is not None and not self._closed:
+                self.transport.resume_reading()
+
+    def _write(self, data: bytes) -> None:
+        """Queue ``data`` for the client; :meth:`up_flush` sends the batch in one syscall."""
+        self.tcp.written.value += len(data)
+        self._out.append(data)
+
+    def up_flush(self) -> None:
+        out = self._out
+        if out:
+            self._out = []
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.writelines(out)
+
+    def _close(self) -> None:
+        self.up_flush()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def is_idle(self) -> bool:
+        return self._active is None and not self._in_head and not self._queue
+
+    def drain(self) -> None:
+        """Stop taking requests: close now if idle, else after the response in flight."""
+        if self.is_idle():
+            self._close()
+        else:
+            for ex in (self._active, *self._queue):
+                if ex is not None:
+                    ex.close_after = True
+
+    def tick(self, now: float) -> None:
+        if self._closed or self._upgraded:
+            return
+        if self._reads != self._seen_reads:
+            self._seen_reads = self._reads
+            self._quiet_since = now
+        if self._in_head:
+            phase = Phase.HEAD
+        elif self._active is None:
+            phase = Phase.IDLE
+        elif not self._active.request_done and not self._blocked:
+            phase = Phase.BODY
+        else:
+            phase = Phase.WAITING
+        result = verdict(
+            phase,
+            quiet_for=now - self._quiet_since,
+            head_age=now - self._head_started,
+            limits=self.limits,
+        )
+        if result is Verdict.CLOSE_IDLE:
+            self._close()
+        elif result is Verdict.HEAD_TIMEOUT:
+            self._reject(ProxyErrorKind.HEAD_TIMEOUT)
+        elif result is Verdict.BODY_STALLED:
+            self._abort_all()
+
+    # -- reading requests --------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._reads += 1
+        self.tcp.read.value += len(data)
+        if self._tunnel is not None:
+            self._tunnel_data(self._tunnel, data)
+            return
+        if self._in_head or self._cur is None:
+            if self._head_bytes + len(data) > self.limits.max_head_bytes and not self._head_ends_in(
+                data
+            ):
+                self._reject(ProxyErrorKind.HEAD_TOO_LARGE)
+                return
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = int(upgrade.args[0]) if upgrade.args else len(data)
+            self._on_request_upgrade(data[offset:])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _TooLargeError):
+                self._reject(ProxyErrorKind.HEAD_TOO_LARGE)
+            elif isinstance(cause, HeaderError):
+                self._reject(ProxyErrorKind.BAD_REQUEST, str(cause))
+            else:
+                # A bug of ours must cost one connection, never the proxy.
+                _log.error("http1_server_error", error=repr(cause))
+                self._reject(ProxyErrorKind.BAD_REQUEST, "internal proxy error")
+        except httptools.HttpParserError as exc:
+            self._reject(ProxyErrorKind.BAD_REQUEST, str(exc))
+
+    def _head_ends_in(self, data: bytes) -> bool:
+        room = self.limits.max_head_bytes - self._head_bytes
+        return 0 <= data.find(b"\r\n\r\n", 0, max(room, 0)) < room
+
+    def eof_received(self) -> bool:
+        """The client half-closed.
+
+        A request still missing part of its head or body can never complete: abort it
+        (and its upstream). Complete requests still get their responses, then the
+        connection closes.
+        """
+        if self._in_head or (self._cur is not None and not self._cur.request_done):
+            self._abort_all()
+            return False
+        if self._active is None and not self._queue:
+            return False
+        tunnel = self._tunnel
+        if tunnel is not None:
+            # Bytes after an upgrade request belong to the tunnel, and so does its EOF.
+            tunnel.tunnel_eof = True
+            if tunnel.upstream is not None:
+                tunnel.upstream.write_eof()
+        for ex in (self._active, *self._queue):
+            if ex is not None:
+                ex.close_after = True
+        return True
+
+    def on_message_begin(self) -> None:
+        self._cur = Exchange()
+        self._headers = []
+        self._url = []
+        self._in_head = True
+        self._head_started = self.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            self._headers.append((name, value))
+            if len(self._headers) > self.limits.max_headers:
+                raise _TooLargeError
+        elif self._cur is not None:
+            trailers = self._cur.trailers
+            trailers.append((name, value))
+            if len(trailers) > self.limits.max_headers:
+                raise _TooLargeError
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        ex = self._cur
+        assert ex is not None
+        info = analyze(self._headers, strip=self.strip)  # HeaderError -> 400
+        parser = self.parser
+        ex.method = parser.get_method()
+        ex.version = parser.get_http_version()
+        ex.info = info
+        ex.is_head = ex.method == b"HEAD"
+        ex.close_after = not parser.should_keep_alive() or self.ctx.draining
+        if ex.version == "1.0" and not info.keep_alive_token:
+            ex.close_after = True
+        # HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require it.
+        extra = self._default_host if info.host is None else ()
+        ex.head = encode_request_head(ex.method, b"".join(self._url), info, extra=extra)
+        ex.started_at = self.loop.time()
+        ex.stats = self._stats_for(info.host)
+        ex.stats.requests.value += 1
+        if self._active is None:
+            self._begin(ex)
+        else:
+            self._queue.append(ex)
+            self._block(_BLOCK_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self._cur
+        if ex is None or ex.response_done:
+            return  # the response already ended; the rest of the body is discarded
+        up = ex.upstream
+        if ex is self._active and up is not None:
+            if ex.info is not None and ex.info.chunked:
+                up.writelines(chunk(body))
+            else:
+                up.write(body)
+        else:
+            ex.body.append(body)
+            self._block(_BLOCK_WAIT_UPSTREAM)
+
+    def on_message_complete(self) -> None:
+        ex = self._cur
+        self._cur = None
+        if ex is None:
+            return
+        ex.request_done = True
+        up = ex.upstream
+        if ex is self._active and up is not None and not ex.response_done:
+            if ex.info is not None and ex.info.chunked:
+                up.write(last_chunk(ex.trailers))
+        elif ex.response_done and ex is self._active:
+            self._finish(ex)
+
+    def _stats_for(self, host: bytes | None) -> HttpTargetStats:
+        stats = self._stats_cache.get(host)
+        if stats is None:
+            authority = host.decode("latin-1") if host is not None else ""
+            if authority and ":" not in authority.rsplit("]", 1)[-1]:
+                authority = f"{authority}:{self.target.port}"
+            stats = self.ctx.metrics.http(self.labels, authority)
+            self._stats_cache[host] = stats
+        return stats
+
+    # -- forwarding --------------------------------------------------------------------------
+
+    def _endpoint_for(self, ex: Exchange) -> Endpoint:
+        ctx = self.ctx
+        if ctx.fixed_target is not None:
+            return ctx.fixed_target
+        if ctx.forward_host is not None:
+            return Endpoint(ctx.forward_host, self.target.port)
+        authority = ex.info.dst_override if ex.info is not None and ctx.ingress_mode else None
+        return ctx.resolver.resolve(self.target, authority)[0]
+
+    def _begin(self, ex: Exchange) -> None:
+        self._active = ex
+        endpoint = self._endpoint_for(ex)
+        up = None if ex.retried else self.ctx.pool.acquire(endpoint)
+        if isinstance(up, Http1Upstream):
+            up.reused = True
+            self._attach(ex, up)
+            return
+        if not ex.request_done:
+            self._block(_BLOCK_WAIT_UPSTREAM)
+        self.ctx.spawn(self._connect(ex, endpoint))
+
+    async def _connect(self, ex: Exchange, endpoint: Endpoint) -> None:
+        tcp = self.ctx.metrics.tcp(self.labels, "dst")
+        try:
+            _, up = await self.ctx.connector.open(endpoint, lambda: Http1Upstream(endpoint, tcp))
+        except ProxyError as exc:
+            if ex is self._active and not self._closed:
+                self._fail(ex, exc.kind, exc.detail)
+            return
+        if ex is not self._active or self._closed:
+            up.close()
+            return
+        self._attach(ex, up)
+
+    def _attach(self, ex: Exchange, up: Http1Upstream) -> None:
+        ex.upstream = up
+        up.begin(self, no_body=ex.is_head)
+        chunked = ex.info is not None and ex.info.chunked
+        parts = [ex.head]
+        for piece in ex.body:
+            if chunked:
+                parts += chunk(piece)
+            else:
+                parts.append(piece)
+        ex.body = []
+        if ex.request_done and chunked:
+            parts.append(last_chunk(ex.trailers))
+        up.writelines(parts)
+        if ex.upgrade_leftover:
+            up.write(ex.upgrade_leftover)
+            ex.upgrade_leftover = None
+        if ex.tunnel_eof:
+            up.write_eof()
+        if ex is self._cur or ex.request_done or ex is self._tunnel:
+            self._unblock(_BLOCK_WAIT_UPSTREAM)
+
+    def _on_request_upgrade(self, leftover: bytes) -> None:
+        ex = self._active if self._cur is None else self._cur
+        if ex is None or ex.info is None or ex.info.upgrade is None or ex is not self._active:
+            # CONNECT or an upgrade we cannot honour: answer and close.
+            self._reject(ProxyErrorKind.BAD_REQUEST, "unsupported upgrade or CONNECT")
+            return
+        ex.request_done = True
+        ex.close_after = True  # unless a 101 turns the connection opaque, it cannot continue
+        self._cur = None
+        # From here on the client's bytes (and its EOF) belong to the would-be tunnel.
+        self._tunnel = ex
+        if leftover:
+            self._tunnel_data(ex, leftover)
+
+    def _tunnel_data(self, ex: Exchange, data: bytes) -> None:
+        if ex.upstream is not None:
+            ex.upstream.write(data)
+            return
+        ex.upgrade_leftover = (ex.upgrade_leftover or b"") + data
+        if len(ex.upgrade_leftover) > 1 << 16:
+            self._block(_BLOCK_WAIT_UPSTREAM)
+
+    # -- upstream events (ResponseSink) --------------------------------------------------------
+
+    def up_head(self, status: int, reason: bytes, info: MessageInfo) -> None:
+        ex = self._active
+        if ex is None or self._closed:
+            return
+        if 100 <= status < 200 and status != 101:
+            if ex.version != "1.0":
+                self._write(encode_response_head(status, reason, info, framing=b"", close=False))
+            return
+        ex.status = status
+        ex.response_started = True
+        if ex.stats is not None:
+            ex.stats.observe_latency(status, (self.loop.time() - ex.started_at) * 1000.0)
+        if info.proxy_connection_close:
+            ex.close_after = True
+        if not ex.request_done and status != 101:
+            # An early response (e.g. 413): the rest of the request cannot be resynchronised.
+            ex.close_after = True
+        if status == 101:
+            self._write(encode_response_head(status, reason, info, framing=b"", close=False))
+            return
+        if ex.is_head or status in (204, 304):
+            framing = (
+                b"content-length: %d\r\n" % info.content_length
+                if info.content_length is not None
+                else b""
+            )
+        elif info.content_length is not None:
+            framing = b"content-length: %d\r\n" % info.content_length
+        elif ex.version != "1.0":
+            framing = _CHUNKED
+            ex.response_chunked = True
+        else:
+            framing = b""  # close-delimited to an HTTP/1.0 client
+            ex.close_after = True
+        self._write(
+            encode_response_head(status, reason, info, framing=framing, close=ex.close_after)
+        )
+
+    def up_body(self, data: bytes) -> None:
+        ex = self._active
+        if ex is None or self._closed:
+            return
+        if ex.response_chunked:
+            parts = chunk(data)
+            self.tcp.written.value += len(data) + len(parts[0]) + 2
+            self._out += parts
+        else:
+            self._write(data)
+
+    def up_end(self, trailers: Headers) -> None:
+        ex = self._active
+        if ex is None:
+            return
+        if ex.response_chunked and not self._closed:
+            self._write(last_chunk(trailers))
+        ex.response_done = True
+        if ex.stats is not None:
+            ex.stats.response(ex.status, _grpc_status(trailers))
+        up = ex.upstream
+        ex.upstream = None
+        if up is not None:
+            if ex.request_done and up.is_usable() and not self.ctx.draining:
+                up.owner = None
+                self.ctx.pool.release(up, self.loop.time())
+            else:
+                up.close()
+        if ex.request_done:
+            self._finish(ex)
+        else:
+            # Response finished first: stop forwarding the request and close afterwards.
+            self._finish(ex)
+
+    def up_upgraded(self, leftover: bytes) -> None:
+        ex = self._active
+        up = ex.upstream if ex is not None else None
+        if ex is None or up is None or up.transport is None or self.transport is None:
+            return
+        if ex.status != 101:
+            self.up_lost("upgrade without 101")
+            return
+        if ex.stats is not None:
+            ex.stats.response(101)
+        self._upgraded = True
+        self._active = None
+        self.ctx.connections.discard(self)
+        tcp = self.tcp
+        self.up_flush()
+        self._tunnel = None
+        down, _ = relay_transports(
+            self.transport,
+            up.transport,
+            to_upstream=ex.upgrade_leftover or b"",
+            to_downstream=leftover,
+            downstream_stats=tcp,
+            upstream_stats=up.stats,
+            on_closed=lambda: tcp.close(0),
+        )
+        if ex.tunnel_eof:
+            down.mark_eof()  # the client half-closed already; its EOF went upstream
+
+    def up_lost(self, error: str) -> None:
+        ex = self._active
+        if ex is None or self._closed:
+            return
+        up = ex.upstream
+        ex.upstream = None
+        if not ex.response_started:
+            no_body = ex.info is None or (not ex.info.chunked and not ex.info.content_length)
+            if up is not None and up.reused and not up.got_bytes and no_body and not ex.retried:
+                # A pooled connection the server had closed: safe to send again, once.
+                ex.retried = True
+                self._begin(ex)
+                return
+            kind = (
+                ProxyErrorKind.UPSTREAM_PROTOCOL
+                if error.startswith("invalid HTTP response")
+                else ProxyErrorKind.UPSTREAM_CLOSED
+            )
+            self._fail(ex, kind, None)
+            return
+        # The response was cut short: make that visible to the client.
+        if ex.stats is not None:
+            ex.stats.response(ex.status, None, "response body truncated")
+        self._abort_all()
+
+    def up_pause_writing(self) -> None:
+        self._block(_BLOCK_UPSTREAM_FULL)
+
+    def up_resume_writing(self) -> None:
+        self._unblock(_BLOCK_UPSTREAM_FULL)
+
+    # -- completion and failure ----------------------------------------------------------------
+
+    def _finish(self, ex: Exchange) -> None:
+        if ex is not self._active:
+            return
+        self._active = None
+        if ex.close_after or self._closed:
+            self._close()
+            return
+        self._unblock(_BLOCK_UPSTREAM_FULL | _BLOCK_WAIT_UPSTREAM)
+        if self._queue:
+            nxt = self._queue.popleft()
+            if not self._queue:
+                self._unblock(_BLOCK_PIPELINE)
+            self._begin(nxt)
+        else:
+            self._unblock(_BLOCK_PIPELINE)
+
+    def _fail(self, ex: Exchange, kind: ProxyErrorKind, detail: str | None) -> None:
+        """Answer ``ex`` with Linkerd's synthesized error response."""
+        ex.status = kind.status
+        if ex.stats is not None:
+            ex.stats.observe_latency(kind.status, (self.loop.time() - ex.started_at) * 1000.0)
+            ex.stats.response(kind.status, None, kind.name.lower())
+        close = ex.close_after or not ex.request_done or kind.closes_connection
+        if detail is None:
+            self._write(http1_error_bytes(kind, close=close))
+        else:
+            self._write(http1_error_response(kind, close=close, detail=detail))
+        ex.response_started = ex.response_done = True
+        ex.close_after = close
+        self._finish(ex)
+        self.up_flush()
+
+    def _reject(self, kind: ProxyErrorKind, detail: str | None = None) -> None:
+        """The client sent something unacceptable: answer if nothing is in flight, then close."""
+        if self._closed:
+            return
+        if self._active is None or not self._active.response_started:
+            self._write(http1_error_bytes(kind, close=True))
+        self._abort_upstreams()
+        self._closed = True
+        self._close()
+
+    def _abort_upstreams(self) -> None:
+        for ex in (self._active, *self._queue):
+            if ex is not None and ex.upstream is not None:
+                ex.upstream.abort()
+                ex.upstream = None
+
+    def _abort_all(self) -> None:
+        self._abort_upstreams()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _grpc_status(trailers: Headers) -> int | None:
+    for name, value in trailers:
+        if name.lower() == b"grpc-status":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,643 @@
+"""HTTP/2 proxying: a server connection to the client bridged to a client connection upstream.
+
+Both ends are ``h2`` state machines; this module only moves events between them. Each client
+stream is paired with one upstream stream. Flow control is end to end: DATA received from one
+side is acknowledged (its window reopened) only once the other side's window has let it
+through, so the proxy buffers at most one window per stream and a slow reader throttles its
+writer. Trailers (and so gRPC status) pass through unchanged; RST_STREAM on either side resets
+the paired stream; a GOAWAY from upstream refuses the streams it did not process
+(REFUSED_STREAM, which clients retry) and moves new streams to a fresh upstream connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import cast
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import structlog
+
+from ..config import Endpoint
+from ..context import ListenerContext
+from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
+from ..metrics import HttpTargetStats, TargetLabels, TcpStats
+
+__all__ = ["H2Server"]
+
+_log = structlog.get_logger("gossamer.proxy")
+
+Headers = list[tuple[bytes, bytes]]
+
+_STRIP_REQUEST = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
+     b"l5d-dst-override", b"l5d-require-id"}
+)  # fmt: skip
+_STRIP_INBOUND = _STRIP_REQUEST | {b"l5d-client-id"}
+_WINDOW = 1 << 20  # per-stream receive window we advertise
+
+
+class _Flow:
+    """Bytes waiting for the receiving side's window, plus what ends the stream after them."""
+
+    __slots__ = ("ended", "ended_on_headers", "pending", "trailers")
+
+    def __init__(self) -> None:
+        self.pending: deque[tuple[bytes, int]] = deque()
+        self.ended = False
+        self.ended_on_headers = False
+        self.trailers: Headers | None = None
+
+
+class _Pair:
+    __slots__ = (
+        "down_id",
+        "grpc",
+        "grpc_status",
+        "request_ended",
+        "request_headers",
+        "response_started",
+        "started_at",
+        "stats",
+        "status",
+        "to_down",
+        "to_up",
+        "up_id",
+        "upstream",
+    )
+
+    def __init__(self, down_id: int, headers: Headers) -> None:
+        self.down_id = down_id
+        self.up_id = 0
+        self.upstream: _H2Upstream | None = None
+        self.request_headers = headers
+        self.request_ended = False
+        self.to_up = _Flow()
+        self.to_down = _Flow()
+        self.response_started = False
+        self.grpc = False
+        self.grpc_status: int | None = None
+        self.status = 0
+        self.started_at = 0.0
+        self.stats: HttpTargetStats | None = None
+
+
+def _config(client_side: bool) -> h2.config.H2Configuration:
+    # Inbound headers are validated once, on arrival; what is forwarded is then known good,
+    # so outbound validation and normalisation (a third of h2's per-request cost) are off.
+    return h2.config.H2Configuration(
+        client_side=client_side,
+        header_encoding=None,
+        validate_inbound_headers=True,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+        logger=None,
+    )
+
+
+def _set_windows(conn: h2.connection.H2Connection) -> None:
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _WINDOW})
+    conn.increment_flow_control_window(_WINDOW * 4)
+
+
+class H2Server(asyncio.Protocol):
+    """One client HTTP/2 connection, bridged to (normally) one upstream connection."""
+
+    def __init__(
+        self, ctx: ListenerContext, target: Endpoint, labels: TargetLabels, tcp: TcpStats
+    ) -> None:
+        self.ctx = ctx
+        self.target = target
+        self.labels = labels
+        self.tcp = tcp
+        self.loop = asyncio.get_running_loop()
+        self.conn = h2.connection.H2Connection(_config(client_side=False))
+        self.transport: asyncio.Transport | None = None
+        self.pairs: dict[int, _Pair] = {}
+        self.upstream: _H2Upstream | None = None
+        self._connecting: list[_Pair] = []
+        self._closed = False
+        self._goaway = False
+        self._reads = 0
+        self._seen = 0
+        self._quiet_since = self.loop.time()
+        self._strip = _STRIP_INBOUND if ctx.inbound else _STRIP_REQUEST
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, transport: asyncio.Transport, initial: bytes, *, eof: bool = False) -> None:
+        self.transport = transport
+        transport.set_protocol(self)
+        self.ctx.connections.add(self)
+        self.conn.initiate_connection()
+        _set_windows(self.conn)
+        self._flush_out()
+        if initial:
+            self.data_received(initial)
+        if eof:
+            self.eof_received()
+            return
+        transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        """The client sent everything it will: finish the streams in flight, then close.
+
+        Streams whose request never ended cannot complete; they are cancelled upstream.
+        """
+        self._goaway = True
+        for pair in list(self.pairs.values()):
+            if not pair.request_ended:
+                self.pairs.pop(pair.down_id, None)
+                if pair.upstream is not None:
+                    pair.upstream.reset(pair, h2.errors.ErrorCodes.CANCEL)
+                    pair.upstream.flush_out()
+                elif pair in self._connecting:
+                    self._connecting.remove(pair)
+        self._maybe_finish()
+        return True
+
+    def _maybe_finish(self) -> None:
+        if self._goaway and not self.pairs:
+            self._flush_out()
+            self._close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.ctx.connections.discard(self)
+        for pair in list(self.pairs.values()):
+            if pair.upstream is not None:
+                pair.upstream.reset(pair, h2.errors.ErrorCodes.CANCEL)
+        self.pairs.clear()
+        if self.upstream is not None:
+            self.upstream.flush_out()
+            self.upstream.close_when_idle()
+        self.tcp.close(getattr(exc, "errno", 0) or 0 if exc else 0)
+
+    def is_idle(self) -> bool:
+        return not self.pairs
+
+    def drain(self) -> None:
+        if not self._goaway and not self._closed:
+            self._goaway = True
+            self.conn.close_connection(last_stream_id=self.conn.highest_inbound_stream_id)
+            self._flush_out()
+        if not self.pairs:
+            self._close()
+
+    def tick(self, now: float) -> None:
+        if self._reads != self._seen:
+            self._seen = self._reads
+            self._quiet_since = now
+        elif not self.pairs and now - self._quiet_since >= self.ctx.limits.idle_timeout:
+            self.drain()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _flush_out(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.tcp.written.value += len(data)
+            self.transport.write(data)
+
+    # -- client → proxy ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._reads += 1
+        self.tcp.read.value += len(data)
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self._flush_out()  # h2 queued the GOAWAY that explains the error
+            self._close()
+            return
+        for event in events:
+            try:
+                self._on_event(event)
+            except h2.exceptions.ProtocolError as exc:
+                # A bridging step the peer's state no longer allows: drop that stream only.
+                sid = getattr(event, "stream_id", 0)
+                _log.debug("h2_stream_error", stream_id=sid, error=str(exc))
+                pair = self.pairs.get(sid) if sid else None
+                if pair is not None:
+                    if pair.upstream is not None:
+                        pair.upstream.reset(pair, h2.errors.ErrorCodes.CANCEL)
+                    self.reset_stream(pair, h2.errors.ErrorCodes.INTERNAL_ERROR, refused=True)
+        self._flush_out()
+        if self.upstream is not None:
+            self.upstream.flush_out()
+
+    def _on_event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            self._on_request(event)
+        elif isinstance(event, h2.events.DataReceived):
+            pair = self.pairs.get(event.stream_id)
+            if pair is None:
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                return
+            pair.to_up.pending.append((event.data, event.flow_controlled_length))
+            if pair.upstream is not None:
+                pair.upstream.pump(pair)
+        elif isinstance(event, h2.events.TrailersReceived):
+            pair = self.pairs.get(event.stream_id)
+            if pair is not None:
+                pair.to_up.trailers = [(n, v) for n, v in event.headers]
+        elif isinstance(event, h2.events.StreamEnded):
+            pair = self.pairs.get(event.stream_id)
+            if pair is not None and not pair.to_up.ended_on_headers:
+                pair.to_up.ended = True
+                pair.request_ended = True
+                if pair.upstream is not None:
+                    pair.upstream.pump(pair)
+        elif isinstance(event, h2.events.StreamReset):
+            pair = self.pairs.pop(event.stream_id, None)
+            if pair is not None and pair.upstream is not None:
+                pair.upstream.reset(pair, event.error_code or h2.errors.ErrorCodes.CANCEL)
+        elif isinstance(event, h2.events.WindowUpdated):
+            targets = (
+                list(self.pairs.values())
+                if event.stream_id == 0
+                else [p for p in (self.pairs.get(event.stream_id),) if p is not None]
+            )
+            for pair in targets:
+                self.pump(pair)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._goaway = True
+            if not self.pairs:
+                self._close()
+
+    def _on_request(self, event: h2.events.RequestReceived) -> None:
+        sid = event.stream_id
+        headers: Headers = []
+        authority: bytes | None = None
+        grpc = False
+        strip = self._strip
+        for name, value in event.headers:
+            if name in strip:
+                continue
+            if name == b":authority":
+                authority = value
+            elif name == b"content-type" and value.startswith(b"application/grpc"):
+                grpc = True
+            elif name == b"host" and authority is None:
+                authority = value
+            headers.append((name, value))
+        pair = _Pair(sid, headers)
+        pair.grpc = grpc
+        pair.started_at = self.loop.time()
+        authority_text = authority.decode("latin-1") if authority else ""
+        if authority_text and ":" not in authority_text.rsplit("]", 1)[-1]:
+            authority_text = f"{authority_text}:{self.target.port}"
+        pair.stats = self.ctx.metrics.http(self.labels, authority_text)
+        pair.stats.requests.value += 1
+        if event.stream_ended is not None:
+            # END_STREAM came on HEADERS; h2 reports it again as StreamEnded, ignored below.
+            pair.to_up.ended = True
+            pair.to_up.ended_on_headers = True
+            pair.request_ended = True
+        self.pairs[sid] = pair
+        if self._goaway or self.ctx.draining:
+            self.respond_error(pair, ProxyErrorKind.SHUTTING_DOWN)
+            return
+        up = self.upstream
+        if up is not None and up.usable():
+            up.open_stream(pair)
+            return
+        self._connecting.append(pair)
+        if len(self._connecting) == 1:
+            self.ctx.spawn(self._connect())
+
+    async def _connect(self) -> None:
+        ctx = self.ctx
+        if ctx.fixed_target is not None:
+            endpoint = ctx.fixed_target
+        elif ctx.forward_host is not None:
+            endpoint = Endpoint(ctx.forward_host, self.target.port)
+        else:
+            endpoint = ctx.resolver.resolve(self.target, None)[0]
+        tcp = ctx.metrics.tcp(self.labels, "dst")
+        try:
+            _, up = await ctx.connector.open(endpoint, lambda: _H2Upstream(self, tcp))
+        except ProxyError as exc:
+            waiting, self._connecting = self._connecting, []
+            for pair in waiting:
+                if self.pairs.get(pair.down_id) is pair:
+                    self.respond_error(pair, exc.kind, exc.detail)
+            self._flush_out()
+            return
+        waiting, self._connecting = self._connecting, []
+        if self._closed:
+            up.close_when_idle()
+            return
+        old = self.upstream
+        self.upstream = up
+        if old is not None:
+            old.close_when_idle()
+        for pair in waiting:
+            if self.pairs.get(pair.down_id) is pair:
+                up.open_stream(pair)
+        up.flush_out()
+        self._flush_out()
+
+    # -- proxy → client ----------------------------------------------------------------------
+
+    def pump(self, pair: _Pair) -> None:
+        """Send what the client's window allows of ``pair``'s response."""
+        up = pair.upstream
+        try:
+            done = _pump(self.conn, pair.down_id, pair.to_down, up.conn if up else None, pair.up_id)
+        except h2.exceptions.StreamClosedError:
+            self.pairs.pop(pair.down_id, None)
+            if up is not None:
+                up.reset(pair, h2.errors.ErrorCodes.CANCEL)
+            return
+        if done:
+            self._complete(pair)
+
+    def response_headers(self, pair: _Pair, headers: Headers, end: bool) -> None:
+        status = 0
+        for name, value in headers:
+            if name == b":status":
+                status = int(value)
+            elif name == b"grpc-status":
+                pair.grpc_status = _int_or_none(value)
+        if 100 <= status < 200:
+            self._send_headers(pair, headers, end_stream=False)
+            return
+        pair.status = status
+        pair.response_started = True
+        if pair.stats is not None:
+            pair.stats.observe_latency(status, (self.loop.time() - pair.started_at) * 1000.0)
+        self._send_headers(pair, headers, end_stream=end)
+        if end:
+            self._complete(pair)
+
+    def _send_headers(self, pair: _Pair, headers: Headers, *, end_stream: bool) -> None:
+        try:
+            self.conn.send_headers(pair.down_id, headers, end_stream=end_stream)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.pairs.pop(pair.down_id, None)
+            if pair.upstream is not None:
+                pair.upstream.reset(pair, h2.errors.ErrorCodes.CANCEL)
+
+    def _complete(self, pair: _Pair) -> None:
+        if self.pairs.pop(pair.down_id, None) is None:
+            return
+        if pair.stats is not None:
+            pair.stats.response(pair.status, pair.grpc_status)
+        self._maybe_finish()
+
+    def reset_stream(self, pair: _Pair, code: int, *, refused: bool = False) -> None:
+        if self.pairs.pop(pair.down_id, None) is None:
+            return
+        if not pair.response_started and not refused:
+            self.respond_error(pair, ProxyErrorKind.UPSTREAM_RESET)
+            return
+        if pair.stats is not None:
+            pair.stats.response(pair.status, pair.grpc_status, "stream reset")
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.conn.reset_stream(pair.down_id, code)
+        self._maybe_finish()
+
+    def respond_error(self, pair: _Pair, kind: ProxyErrorKind, detail: str | None = None) -> None:
+        """Answer a stream with Linkerd's synthesized error (gRPC status for gRPC)."""
+        self.pairs.pop(pair.down_id, None)
+        if pair.grpc:
+            headers = grpc_error_headers(kind, detail)
+            status, grpc_status = 200, int(kind.grpc_status)
+        else:
+            headers = h2_error_headers(kind, detail)
+            status, grpc_status = kind.status, None
+        if pair.stats is not None:
+            pair.stats.observe_latency(status, (self.loop.time() - pair.started_at) * 1000.0)
+            pair.stats.response(status, grpc_status, kind.name.lower())
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.conn.send_headers(
+                pair.down_id, [(n.encode(), v.encode()) for n, v in headers], end_stream=True
+            )
+        self._maybe_finish()
+
+
+def _int_or_none(value: bytes) -> int | None:
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _pump(
+    dst: h2.connection.H2Connection,
+    dst_id: int,
+    flow: _Flow,
+    src: h2.connection.H2Connection | None,
+    src_id: int,
+) -> bool:
+    """Move ``flow`` into ``dst`` within its windows; returns True when the stream ended.
+
+    Data is acknowledged on ``src`` only once sent, which is what carries backpressure.
+    """
+    pending = flow.pending
+    while pending:
+        data, flow_len = pending[0]
+        window = min(dst.local_flow_control_window(dst_id), dst.max_outbound_frame_size)
+        if window <= 0:
+            return False
+        if len(data) > window:
+            dst.send_data(dst_id, data[:window])
+            pending[0] = (data[window:], flow_len)
+            continue
+        dst.send_data(dst_id, data)
+        pending.popleft()
+        if src is not None and flow_len:
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                src.acknowledge_received_data(flow_len, src_id)
+    if flow.trailers is not None:
+        dst.send_headers(dst_id, flow.trailers, end_stream=True)
+        flow.trailers = None
+        flow.ended = False
+        return True
+    if flow.ended:
+        dst.end_stream(dst_id)
+        flow.ended = False
+        return True
+    return False
+
+
+class _H2Upstream(asyncio.Protocol):
+    """The proxy's HTTP/2 client connection to the upstream server."""
+
+    def __init__(self, server: H2Server, tcp: TcpStats) -> None:
+        self.server = server
+        self.tcp = tcp
+        self.conn = h2.connection.H2Connection(_config(client_side=True))
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, _Pair] = {}
+        self._closed = False
+        self._goaway = False
+        self._idle_close = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
+        self.tcp.open()
+        self.conn.initiate_connection()
+        _set_windows(self.conn)
+        self.flush_out()
+
+    def usable(self) -> bool:
+        return (
+            not self._closed
+            and not self._goaway
+            and self.conn.open_outbound_streams < (self.conn.remote_settings.max_concurrent_streams)
+        )
+
+    def flush_out(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.tcp.written.value += len(data)
+            self.transport.write(data)
+
+    def open_stream(self, pair: _Pair) -> None:
+        sid = self.conn.get_next_available_stream_id()
+        pair.up_id = sid
+        pair.upstream = self
+        self.streams[sid] = pair
+        end = pair.to_up.ended and not pair.to_up.pending and pair.to_up.trailers is None
+        self.conn.send_headers(sid, pair.request_headers, end_stream=end)
+        if end:
+            pair.to_up.ended = False
+        else:
+            self.pump(pair)
+
+    def pump(self, pair: _Pair) -> None:
+        try:
+            _pump(self.conn, pair.up_id, pair.to_up, self.server.conn, pair.down_id)
+        except h2.exceptions.StreamClosedError:
+            self.streams.pop(pair.up_id, None)
+            self.server.reset_stream(pair, h2.errors.ErrorCodes.CANCEL)
+
+    def reset(self, pair: _Pair, code: int) -> None:
+        if self.streams.pop(pair.up_id, None) is None:
+            return
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.conn.reset_stream(pair.up_id, code)
+        self._maybe_close()
+
+    def close_when_idle(self) -> None:
+        self._idle_close = True
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self._idle_close and not self.streams and self.transport is not None:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.conn.close_connection()
+            self.flush_out()
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.tcp.read.value += len(data)
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self.flush_out()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        server = self.server
+        for event in events:
+            try:
+                self._on_event(event)
+            except h2.exceptions.ProtocolError as exc:
+                sid = getattr(event, "stream_id", 0)
+                _log.debug("h2_upstream_stream_error", stream_id=sid, error=str(exc))
+                pair = self.streams.pop(sid, None) if sid else None
+                if pair is not None:
+                    with contextlib.suppress(h2.exceptions.ProtocolError):
+                        self.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+                    server.reset_stream(pair, h2.errors.ErrorCodes.INTERNAL_ERROR, refused=True)
+        self.flush_out()
+        server._flush_out()
+        self._maybe_close()
+
+    def _on_event(self, event: h2.events.Event) -> None:
+        server = self.server
+        if isinstance(event, h2.events.ResponseReceived):
+            pair = self.streams.get(event.stream_id)
+            if pair is not None:
+                end = event.stream_ended is not None
+                if end:
+                    self.streams.pop(event.stream_id, None)
+                server.response_headers(pair, list(event.headers), end)
+        elif isinstance(event, h2.events.InformationalResponseReceived):
+            pair = self.streams.get(event.stream_id)
+            if pair is not None:
+                server.response_headers(pair, list(event.headers), False)
+        elif isinstance(event, h2.events.DataReceived):
+            pair = self.streams.get(event.stream_id)
+            if pair is None:
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                return
+            pair.to_down.pending.append((event.data, event.flow_controlled_length))
+            server.pump(pair)
+        elif isinstance(event, h2.events.TrailersReceived):
+            pair = self.streams.get(event.stream_id)
+            if pair is not None:
+                trailers = list(event.headers)
+                for name, value in trailers:
+                    if name == b"grpc-status":
+                        pair.grpc_status = _int_or_none(value)
+                pair.to_down.trailers = trailers
+        elif isinstance(event, h2.events.StreamEnded):
+            pair = self.streams.pop(event.stream_id, None)
+            if pair is not None:
+                pair.to_down.ended = True
+                server.pump(pair)
+        elif isinstance(event, h2.events.StreamReset):
+            pair = self.streams.pop(event.stream_id, None)
+            if pair is not None:
+                refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                server.reset_stream(pair, event.error_code, refused=refused)
+        elif isinstance(event, h2.events.WindowUpdated):
+            if event.stream_id == 0:
+                targets = list(self.streams.values())
+            else:
+                found = self.streams.get(event.stream_id)
+                targets = [found] if found is not None else []
+            for pair in targets:
+                self.pump(pair)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._on_goaway(event.last_stream_id or 0)
+
+    def _on_goaway(self, last_stream_id: int) -> None:
+        self._goaway = True
+        self._idle_close = True
+        for sid in [s for s in self.streams if s > last_stream_id]:
+            pair = self.streams.pop(sid)
+            self.server.reset_stream(pair, h2.errors.ErrorCodes.REFUSED_STREAM, refused=True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.tcp.close(getattr(exc, "errno", 0) or 0 if exc else 0)
+        streams, self.streams = self.streams, {}
+        for pair in streams.values():
+            if pair.response_started:
+                self.server.reset_stream(pair, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            else:
+                self.server.pairs.pop(pair.down_id, None)
+                self.server.pairs[pair.down_id] = pair
+                self.server.respond_error(pair, ProxyErrorKind.UPSTREAM_CLOSED)
+        if self.server.upstream is self:
+            self.server.upstream = None
+        self.server._flush_out()
+
+    def pause_writing(self) -> None:
+        pass  # h2 flow control bounds what we queue
+
+    def resume_writing(self) -> None:
+        pass

@@ -1,0 +1,216 @@
+"""The proxy's metric families under Linkerd's legacy names and labels (linkerd-wire.md §8).
+
+HTTP: ``request_total``, ``response_total`` and ``response_latency_ms`` (time to the response
+head, in milliseconds). Transport: ``tcp_open_total``, ``tcp_open_connections``,
+``tcp_read_bytes_total``, ``tcp_write_bytes_total`` and ``tcp_close_total``.
+
+The hot path never touches a family: a connection resolves its :class:`HttpTargetStats` /
+:class:`TcpStats` once, and those cache the per-status children, so one request costs a few
+integer increments, one bisect and two dict lookups keyed by small ints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gossamer_common.metrics import LATENCY_MS_BUCKETS, Counter, Gauge, Histogram, Registry
+
+__all__ = ["HttpTargetStats", "ProxyMetrics", "TargetLabels", "TcpStats"]
+
+#: TLS labels for plaintext traffic without discovery (outbound) / from a plain client (inbound).
+OUTBOUND_NO_TLS = (("tls", "no_identity"), ("no_tls_reason", "not_provided_by_service_discovery"))
+INBOUND_NO_TLS = (("tls", "no_identity"), ("no_tls_reason", "no_tls_from_remote"))
+
+_HTTP_TARGET_LABELS = (
+    "direction",
+    "authority",
+    "target_addr",
+    "target_ip",
+    "target_port",
+    "tls",
+    "no_tls_reason",
+    "srv_group",
+    "srv_kind",
+    "srv_name",
+    "srv_port",
+)
+_RESPONSE_LABELS = (*_HTTP_TARGET_LABELS, "status_code", "classification", "grpc_status", "error")
+_LATENCY_LABELS = (*_HTTP_TARGET_LABELS, "status_code")
+_TCP_LABELS = (
+    "direction",
+    "peer",
+    "target_addr",
+    "target_ip",
+    "target_port",
+    "tls",
+    "no_tls_reason",
+    "srv_group",
+    "srv_kind",
+    "srv_name",
+    "srv_port",
+)
+_TCP_CLOSE_LABELS = (*_TCP_LABELS, "classification", "errno")
+
+
+@dataclass(frozen=True, slots=True)
+class TargetLabels:
+    """The labels that identify where a connection or request is going."""
+
+    direction: str
+    target_ip: str
+    target_port: int
+    inbound: bool
+
+    def values(self, authority: str) -> tuple[str, ...]:
+        ip = self.target_ip
+        addr = f"[{ip}]:{self.target_port}" if ":" in ip else f"{ip}:{self.target_port}"
+        tls = INBOUND_NO_TLS if self.inbound else OUTBOUND_NO_TLS
+        if self.inbound:
+            srv = ("", "default", "all-unauthenticated", str(self.target_port))
+        else:
+            srv = ("", "", "", "")
+        return (
+            self.direction,
+            authority,
+            addr,
+            ip,
+            str(self.target_port),
+            tls[0][1],
+            tls[1][1],
+            *srv,
+        )
+
+
+def classify(status: int, grpc_status: int | None, error: bool) -> str:
+    """Linkerd's response classification: 5xx, non-OK gRPC status or an error is a failure."""
+    if error or status >= 500:
+        return "failure"
+    if grpc_status is not None and grpc_status != 0:
+        return "failure"
+    return "success"
+
+
+class HttpTargetStats:
+    """HTTP counters for one (direction, authority, target); held by connections."""
+
+    __slots__ = ("_last", "_last_key", "_metrics", "_responses", "_values", "requests")
+
+    def __init__(self, metrics: ProxyMetrics, values: tuple[str, ...]) -> None:
+        self._metrics = metrics
+        self._values = values
+        self.requests: Counter = metrics.request_total.labels(*values)
+        self._responses: dict[tuple[int, int | None, str], tuple[Counter, Histogram]] = {}
+        self._last_key: tuple[int, int | None, str] | None = None
+        self._last: tuple[Counter, Histogram] = (self.requests, Histogram(()))  # placeholder
+
+    def _children(
+        self, status: int, grpc_status: int | None, error: str
+    ) -> tuple[Counter, Histogram]:
+        key = (status, grpc_status, error)
+        if key == self._last_key:  # nearly every response repeats the previous status
+            return self._last
+        children = self._responses.get(key)
+        if children is None:
+            status_text = str(status) if status else ""
+            grpc_text = "" if grpc_status is None else str(grpc_status)
+            classification = classify(status, grpc_status, bool(error))
+            counter = self._metrics.response_total.labels(
+                *self._values, status_text, classification, grpc_text, error
+            )
+            latency = self._metrics.response_latency_ms.labels(*self._values, status_text)
+            children = (counter, latency)
+            self._responses[key] = children
+        self._last_key = key
+        self._last = children
+        return children
+
+    def observe_latency(self, status: int, latency_ms: float) -> None:
+        self._children(status, None, "")[1].observe(latency_ms)
+
+    def response(self, status: int, grpc_status: int | None = None, error: str = "") -> None:
+        self._children(status, grpc_status, error)[0].value += 1
+
+
+class TcpStats:
+    """Transport counters for one (direction, peer, target)."""
+
+    __slots__ = ("_close", "_metrics", "_values", "open_connections", "opened", "read", "written")
+
+    def __init__(self, metrics: ProxyMetrics, values: tuple[str, ...]) -> None:
+        self._metrics = metrics
+        self._values = values
+        self.opened: Counter = metrics.tcp_open_total.labels(*values)
+        self.open_connections: Gauge = metrics.tcp_open_connections.labels(*values)
+        self.read: Counter = metrics.tcp_read_bytes_total.labels(*values)
+        self.written: Counter = metrics.tcp_write_bytes_total.labels(*values)
+        self._close: dict[int, Counter] = {}
+
+    def open(self) -> None:
+        self.opened.value += 1
+        self.open_connections.value += 1
+
+    def close(self, errno: int = 0) -> None:
+        self.open_connections.value -= 1
+        counter = self._close.get(errno)
+        if counter is None:
+            counter = self._metrics.tcp_close_total.labels(
+                *self._values, "failure" if errno else "success", str(errno) if errno else ""
+            )
+            self._close[errno] = counter
+        counter.value += 1
+
+
+class ProxyMetrics:
+    """All proxy families in one registry, plus caches of per-target stats."""
+
+    def __init__(self, registry: Registry | None = None) -> None:
+        self.registry = registry if registry is not None else Registry()
+        r = self.registry
+        self.request_total = r.counter_family(
+            "request_total", "Total count of HTTP requests.", _HTTP_TARGET_LABELS
+        )
+        self.response_total = r.counter_family(
+            "response_total", "Total count of HTTP responses.", _RESPONSE_LABELS
+        )
+        self.response_latency_ms = r.histogram_family(
+            "response_latency_ms",
+            "Elapsed times between a request's headers being received and its response "
+            "stream completing",
+            _LATENCY_LABELS,
+            LATENCY_MS_BUCKETS,
+        )
+        self.tcp_open_total = r.counter_family(
+            "tcp_open_total", "Total count of opened connections", _TCP_LABELS
+        )
+        self.tcp_open_connections = r.gauge_family(
+            "tcp_open_connections", "Number of currently-open connections", _TCP_LABELS
+        )
+        self.tcp_read_bytes_total = r.counter_family(
+            "tcp_read_bytes_total", "Total count of bytes read from peers", _TCP_LABELS
+        )
+        self.tcp_write_bytes_total = r.counter_family(
+            "tcp_write_bytes_total", "Total count of bytes written to peers", _TCP_LABELS
+        )
+        self.tcp_close_total = r.counter_family(
+            "tcp_close_total", "Total count of closed connections", _TCP_CLOSE_LABELS
+        )
+        self._http: dict[tuple[TargetLabels, str], HttpTargetStats] = {}
+        self._tcp: dict[tuple[TargetLabels, str], TcpStats] = {}
+
+    def http(self, target: TargetLabels, authority: str) -> HttpTargetStats:
+        key = (target, authority if not target.inbound else "")
+        stats = self._http.get(key)
+        if stats is None:
+            stats = HttpTargetStats(self, target.values(key[1]))
+            self._http[key] = stats
+        return stats
+
+    def tcp(self, target: TargetLabels, peer: str) -> TcpStats:
+        """``peer`` is ``src`` for accepted connections and ``dst`` for opened ones."""
+        key = (target, peer)
+        stats = self._tcp.get(key)
+        if stats is None:
+            values = target.values("")
+            stats = TcpStats(self, (values[0], peer, *values[2:]))
+            self._tcp[key] = stats
+        return stats
