@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
 from gossamer_inject.webhook_config import WebhookTarget, render_webhook_config
 from gossamer_kube.client import KubeApiError, KubeClient
 from gossamer_kube.resources import MUTATINGWEBHOOKCONFIGURATIONS, NAMESPACES
@@ -51,9 +52,15 @@ def service_hosts(node_address: str) -> dict[str, str]:
 
 @dataclass
 class Process:
+    """One supervised component: restarted if it dies, as a Deployment's pod would be."""
+
     name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
     proc: asyncio.subprocess.Process
     log: Path
+    restarts: int = 0
+    supervisor: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -64,6 +71,7 @@ class ControlPlane:
     proxy_image: str = "gossamer/proxy:dev"
     init_image: str = "gossamer/proxy-init:dev"
     processes: list[Process] = field(default_factory=list)
+    stopping: bool = False
 
     @property
     def trust_anchors(self) -> Path:
@@ -147,15 +155,43 @@ class ControlPlane:
     ) -> None:
         log = self.state_dir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        proc = await self._exec(name, tuple(argv), env or {}, log)
+        process = Process(name, tuple(argv), env or {}, proc, log)
+        process.supervisor = asyncio.create_task(self._supervise(process))
+        self.processes.append(process)
+
+    async def _exec(
+        self, name: str, argv: tuple[str, ...], env: Mapping[str, str], log: Path
+    ) -> asyncio.subprocess.Process:
         with log.open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdout=out,
                 stderr=out,
-                env={**os.environ, **(env or {})},
+                env={**os.environ, **env},
                 start_new_session=True,
             )
-        self.processes.append(Process(name, proc, log))
+        # Tests kill components by this pid to check that traffic survives a restart.
+        (self.state_dir / f"{name}.pid").write_text(str(proc.pid))
+        return proc
+
+    async def _supervise(self, process: Process) -> None:
+        """Restart a component that exits, with a short backoff, until the plane stops."""
+        while True:
+            code = await process.proc.wait()
+            if self.stopping:
+                return
+            process.restarts += 1
+            structlog.get_logger("gossamer.dev").warning(
+                "control-plane component exited; restarting",
+                component=process.name,
+                code=code,
+                restarts=process.restarts,
+            )
+            await asyncio.sleep(min(2.0 ** min(process.restarts, 4) / 4, 5.0))
+            if self.stopping:
+                return
+            process.proc = await self._exec(process.name, process.argv, process.env, process.log)
 
     async def wait_ready(self, limit: float = 60.0) -> None:
         """Every component answers 200 on its admin /ready."""
@@ -194,6 +230,7 @@ class ControlPlane:
         await client.create(MUTATINGWEBHOOKCONFIGURATIONS, config)
 
     async def stop(self, grace: float = 10.0) -> None:
+        self.stopping = True
         for p in reversed(self.processes):
             if p.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -205,6 +242,11 @@ class ControlPlane:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.proc.pid, signal.SIGKILL)
                 await p.proc.wait()
+        for p in self.processes:
+            if p.supervisor is not None:
+                p.supervisor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await p.supervisor
         self.processes.clear()
 
 
