@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from localmesh import LocalMeshHandle, start_local_mesh
 
 REPO = Path(__file__).resolve().parents[2]
-PREFIX = "gsme2e"
+# Unique per test session, so two runs on one machine never share a namespace name.
+PREFIX = f"gse{os.getpid()}"
 
 
 @pytest.fixture(scope="session")
@@ -30,22 +31,22 @@ def local_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMeshHa
         if os.environ.get("GOSSAMER_REQUIRE_E2E") == "1":
             pytest.fail(f"GOSSAMER_REQUIRE_E2E=1 but {reason}")
         pytest.skip(reason)
-    state = Path("/var/tmp") / f"{PREFIX}-{os.getpid()}"
+    state = Path("/var/tmp") / f"{PREFIX}-state"
     handle = start_local_mesh(state, PREFIX, [REPO / "examples" / "demo" / "local-images.yaml"])
     try:
         yield handle
     finally:
         handle.stop()
-        leftovers = _leftovers()
+        leftovers = _leftovers(state)
         assert not leftovers, f"the local mesh left things behind: {leftovers}"
 
 
-def _leftovers() -> list[str]:
+def _leftovers(state: Path) -> list[str]:
     found = []
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     found += [line.split()[0] for line in namespaces.splitlines() if line.startswith(PREFIX)]
     if Path("/etc/netns").exists():
         found += [p.name for p in Path("/etc/netns").iterdir() if p.name.startswith(PREFIX)]
-    procs = subprocess.run(["pgrep", "-af", f"gsme2e|{PREFIX}-pod"], capture_output=True, text=True)
+    procs = subprocess.run(["pgrep", "-af", f"{state}|{PREFIX}-"], capture_output=True, text=True)
     found += [line for line in procs.stdout.splitlines() if "pgrep" not in line]
     return found
