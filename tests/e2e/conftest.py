@@ -8,6 +8,7 @@ mesh left no namespace, process or /etc/netns entry behind.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ def local_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMeshHa
     finally:
         handle.stop()
         leftovers = _leftovers(state)
+        shutil.rmtree(state, ignore_errors=True)
         assert not leftovers, f"the local mesh left things behind: {leftovers}"
 
 
