@@ -32,6 +32,17 @@ from gossamer_tls import (
 NOW = dt.datetime.now(dt.UTC)
 
 
+@pytest.fixture(autouse=True)
+def _now_is_when_the_test_runs() -> None:
+    """Certificates made by fixtures use the real clock; judge them at the test's own time.
+
+    A module-level "now" taken at import would be minutes older than certificates generated
+    later in a long run, and make them look not yet valid.
+    """
+    global NOW
+    NOW = dt.datetime.now(dt.UTC)
+
+
 def install(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, ["install", *args])
     return result.exit_code, result.output
