@@ -68,8 +68,10 @@ class ControlPlane:
     state_dir: Path
     kubeconfig: Path
     node_address: str
-    proxy_image: str = "gossamer/proxy:dev"
-    init_image: str = "gossamer/proxy-init:dev"
+    proxy_image: str = "gossamer/proxy"
+    init_image: str = "gossamer/proxy-init"
+    #: Local mode runs images from the runtime venv, so the tag only labels the pods.
+    proxy_version: str = "dev"
     processes: list[Process] = field(default_factory=list)
     stopping: bool = False
 
@@ -146,6 +148,7 @@ class ControlPlane:
                 "--trust-domain", TRUST_DOMAIN,
                 "--proxy-image", self.proxy_image,
                 "--init-image", self.init_image,
+                "--proxy-version", self.proxy_version,
                 "--control-plane-tls=false",
             ],
         )  # fmt: skip
