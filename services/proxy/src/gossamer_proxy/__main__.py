@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+
 from gossamer_common.logging import configure_logging
 from gossamer_common.runtime import freeze_startup_objects, run
 from gossamer_common.settings import load_or_exit, parse_log_level
 
 from .app import Proxy
 from .config import ProxySettings
+from .local_identity import IdentityConfigError
+from .mesh.authz import PolicyError
 
 
 async def _main(settings: ProxySettings) -> None:
-    proxy = Proxy(settings)
+    try:
+        proxy = Proxy(settings)
+    except (IdentityConfigError, PolicyError) as exc:
+        print(f"gossamer-proxy: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     await proxy.start()
     freeze_startup_objects()  # start-up objects live forever: keep them out of GC passes
     proxy.shutdown_control.install_signal_handlers()

@@ -5,6 +5,13 @@ connections that would loop back into the proxy are refused. Opaque ports skip d
 entirely, so server-speaks-first protocols (MySQL, SMTP) are connected at once. Otherwise
 the first bytes choose HTTP/2, HTTP/1 or opaque (:mod:`gossamer_proxy.detect`); a client that
 stays silent for the detect timeout is forwarded as opaque TCP.
+
+Inbound connections that arrive over mesh mTLS (:mod:`.inbound_tls`) carry the client's
+identity into the TLS metric labels, authorization and ``l5d-client-id``. When the client
+negotiated ALPN ``transport.l5d.io/v1`` a transport header comes first: it names the target
+port (and may fix the HTTP version, skipping detection). A direct connection to the inbound
+port itself is only served with such a header. Opaque connections are authorized once
+here; HTTP requests one by one in the HTTP servers.
 """
 
 from __future__ import annotations
@@ -15,6 +22,11 @@ import socket
 from typing import Final, cast
 
 import structlog
+from gossamer_api.transport_header import (
+    SessionProtocol,
+    TransportHeaderDecoder,
+    TransportHeaderError,
+)
 
 from .config import Endpoint
 from .connect import is_loop, original_destination, set_nodelay
@@ -23,7 +35,13 @@ from .detect import DETECT_BUFFER_LIMIT, Protocol, detect
 from .errors import ProxyError
 from .http1.server import Http1Server
 from .http2.bridge import H2Server
-from .metrics import TargetLabels, TcpStats
+from .inbound_authz import InboundPeer, client_ip
+from .inbound_tls import PLAINTEXT, InboundMode
+from .mesh.authz import ClientInfo
+from .mesh.tls_contexts import peer_identity
+from .mesh.tls_labels import inbound_tls_labels
+from .mesh.transport import ALPN_PROTOCOL, TransportError, inbound_forward
+from .metrics import TargetLabels, TcpStats, tls_values
 from .opaque import PausedProtocol, SpliceRelay, relay_transports
 
 __all__ = ["AcceptedConnection"]
@@ -37,18 +55,32 @@ class AcceptedConnection(asyncio.Protocol):
 
     __slots__ = (
         "_buffer",
+        "_connecting",
         "_done",
         "_eof",
+        "_header",
+        "_local",
         "_timer",
+        "client_id",
         "ctx",
         "labels",
+        "mode",
+        "peer",
         "target",
         "tcp",
+        "tls",
         "transport",
     )
 
-    def __init__(self, ctx: ListenerContext) -> None:
+    def __init__(self, ctx: ListenerContext, mode: InboundMode = PLAINTEXT) -> None:
         self.ctx = ctx
+        self.mode = mode
+        self.tls: tuple[str, ...] = ()
+        self.client_id: str | None = None
+        self.peer: InboundPeer | None = None
+        self._header: TransportHeaderDecoder | None = None
+        self._connecting = False
+        self._local = Endpoint("0.0.0.0", 0)  # noqa: S104 - placeholder until connection_made
         self.transport: asyncio.Transport | None = None
         self._buffer = b""
         self._timer: asyncio.TimerHandle | None = None
@@ -69,13 +101,35 @@ class AcceptedConnection(asyncio.Protocol):
             transport.abort()
             return
         sockname = transport.get_extra_info("sockname")
-        local = Endpoint(str(sockname[0]), int(sockname[1]))
+        self._local = Endpoint(str(sockname[0]), int(sockname[1]))
+        header_expected = False
+        if ctx.inbound and ctx.identity is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if self.mode.terminate and ssl_object is not None:
+                self.client_id = peer_identity(ssl_object)
+                labels = inbound_tls_labels(tls=True, client_id=self.client_id)
+                header_expected = ssl_object.selected_alpn_protocol() == ALPN_PROTOCOL
+            elif self.mode.passthrough_sni is not None:
+                labels = inbound_tls_labels(tls=False, passthrough_sni=self.mode.passthrough_sni)
+            else:
+                labels = inbound_tls_labels(tls=False)
+            self.tls = tls_values(labels)
+        elif not ctx.inbound:
+            self.tls = ctx.outbound_tls
+        if header_expected:
+            # The target port is in the transport header; nothing else is decided before it.
+            self._header = TransportHeaderDecoder()
+            self._timer = asyncio.get_running_loop().call_later(
+                ctx.detect_timeout, self._header_timed_out
+            )
+            return
         target = original_destination(transport)
         if ctx.fixed_target is not None:
             target = ctx.fixed_target
-        elif is_loop(target, ctx.listen, local):
+        elif is_loop(target, ctx.listen, self._local):
             # Either nobody redirected this connection (a client dialled the listener
-            # directly) or the target is the proxy itself: forwarding would loop.
+            # directly without a transport header) or the target is the proxy itself:
+            # forwarding would loop.
             _log.info("connection_refused_loop", direction=ctx.direction, target=str(target))
             transport.abort()
             return
@@ -84,27 +138,131 @@ class AcceptedConnection(asyncio.Protocol):
             _log.info("connection_refused_foreign_ip", target=str(target))
             transport.abort()
             return
+        self._serve(target)
+
+    def _serve(self, target: Endpoint, session: SessionProtocol | None = None) -> None:
+        """The target is known: set up metrics and policy, then detect (or skip it)."""
+        ctx = self.ctx
+        transport = self.transport
+        assert transport is not None
         self.target = target
-        self.labels = TargetLabels(ctx.direction, target.host, target.port, ctx.inbound)
+        opaque = target.port in ctx.opaque_ports or self.mode.passthrough_sni is not None
+        srv = None
+        if ctx.inbound and ctx.policies is not None:
+            policy = ctx.policies.policy(target.port)
+            srv = (policy.meta.group, policy.meta.kind, policy.meta.name)
+            opaque = opaque or policy.protocol in ("opaque", "tls")
+            client = ClientInfo(
+                ip=client_ip(transport.get_extra_info("peername")),
+                tls=self.mode.terminate,
+                identity=self.client_id,
+            )
+            self.peer = InboundPeer(
+                client=client,
+                policy=policy,
+                port=target.port,
+                target_addr=str(target),
+                metrics=ctx.authz_metrics,
+            )
+        if srv is None:
+            self.labels = TargetLabels(
+                ctx.direction, target.host, target.port, ctx.inbound, self.tls
+            )
+        else:
+            self.labels = TargetLabels(
+                ctx.direction, target.host, target.port, ctx.inbound, self.tls, srv
+            )
         self.tcp = ctx.metrics.tcp(self.labels, "src")
         self.tcp.open()
         ctx.connections.add(self)
-        if target.port in ctx.opaque_ports:
-            self._go_opaque()
+        if session is not None:
+            initial, self._buffer = self._buffer, b""
+            if initial and self.tcp is not None:
+                self.tcp.read.value += len(initial)
+            self._buffer = initial
+            protocol = Protocol.HTTP2 if session is SessionProtocol.HTTP2 else Protocol.HTTP1
+            self._decide(protocol)
+            return
+        if opaque:
+            self._go_opaque(self._take_buffer())
             return
         self._timer = asyncio.get_running_loop().call_later(ctx.detect_timeout, self._timed_out)
+        if self._buffer or self._eof:
+            if self.tcp is not None:
+                self.tcp.read.value += len(self._buffer)
+            self._decide(detect(self._buffer, eof=self._eof))
+
+    def _take_buffer(self) -> bytes:
+        initial, self._buffer = self._buffer, b""
+        if initial and self.tcp is not None:
+            self.tcp.read.value += len(initial)
+        return initial
+
+    def _header_timed_out(self) -> None:
+        self._timer = None
+        if self._header is not None and not self._done:
+            _log.info("transport_header_timeout")
+            self._refuse()
+
+    def _refuse(self) -> None:
+        self._done = True
+        self._cancel_timer()
+        self.ctx.connections.discard(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _header_data(self, data: bytes, *, eof: bool = False) -> None:
+        decoder = self._header
+        assert decoder is not None
+        try:
+            decoded = decoder.receive_data(data)
+            if decoded is None and eof:
+                decoder.receive_eof()
+            if decoded is None:
+                return
+            forward = inbound_forward(decoded.header, gateway_suffixes=self.ctx.gateway_suffixes)
+        except (TransportHeaderError, TransportError) as exc:
+            _log.info("transport_header_refused", error=str(exc))
+            self._refuse()
+            return
+        self._header = None
+        self._cancel_timer()
+        self._buffer = decoded.remainder
+        ctx = self.ctx
+        if ctx.fixed_target is not None:
+            target = ctx.fixed_target
+        else:
+            target = Endpoint(self._local.host, forward.port)
+            if is_loop(target, ctx.listen, self._local):
+                _log.info("transport_header_refused", error="header names the inbound port")
+                self._refuse()
+                return
+        self._serve(target, forward.session_protocol)
 
     def data_received(self, data: bytes) -> None:
         if self._done:
+            if self._connecting and self.transport is not None:
+                # uvloop may deliver bytes read before pause_reading() took effect (a
+                # pause inside connection_made): keep them for the upstream.
+                self._buffer += data
+                self.transport.pause_reading()
             return
-        if self.tcp is not None:
-            self.tcp.read.value += len(data)
+        if self._header is not None:
+            self._header_data(data)
+            return
+        if self.tcp is None:
+            self._buffer += data
+            return
+        self.tcp.read.value += len(data)
         self._buffer += data
         self._decide(detect(self._buffer))
 
     def eof_received(self) -> bool:
         self._eof = True
-        if not self._done:
+        if self._header is not None and not self._done:
+            self._header_data(b"", eof=True)
+            return True
+        if not self._done and self.tcp is not None:
             self._decide(detect(self._buffer, eof=True))
         return True  # the handler decides when to close
 
@@ -159,10 +317,10 @@ class AcceptedConnection(asyncio.Protocol):
         initial, self._buffer = self._buffer, b""
         self.tcp.read.value -= len(initial)
         if protocol is Protocol.HTTP1:
-            server = Http1Server(self.ctx, self.target, self.labels, self.tcp)
+            server = Http1Server(self.ctx, self.target, self.labels, self.tcp, self.peer)
             server.start(transport, initial, eof=self._eof)
         elif protocol is Protocol.HTTP2:
-            h2_server = H2Server(self.ctx, self.target, self.labels, self.tcp)
+            h2_server = H2Server(self.ctx, self.target, self.labels, self.tcp, self.peer)
             h2_server.start(transport, initial, eof=self._eof)
         else:
             self.tcp.read.value += len(initial)
@@ -183,6 +341,12 @@ class AcceptedConnection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         transport.pause_reading()
+        if self.peer is not None and not self.peer.allow_tcp():
+            if self.tcp is not None:
+                self.tcp.close(0)
+            transport.abort()  # an unauthorized TCP connection is refused
+            return
+        self._connecting = True
         self.ctx.spawn(self._opaque(transport, initial))
 
     async def _opaque(self, transport: asyncio.Transport, initial: bytes) -> None:
@@ -193,7 +357,13 @@ class AcceptedConnection(asyncio.Protocol):
         dst = ctx.metrics.tcp(self.labels, "dst")
         src = self.tcp
         sock = transport.get_extra_info("socket")
-        use_splice = ctx.splice and sock is not None and hasattr(os, "splice")
+        use_splice = (
+            ctx.splice
+            and sock is not None
+            and hasattr(os, "splice")
+            and transport.get_extra_info("ssl_object") is None
+            and ctx.connector.tls_plan(endpoint) is None
+        )
         try:
             if use_splice:
                 upstream_sock = await ctx.connector.open_socket(endpoint)
@@ -212,6 +382,11 @@ class AcceptedConnection(asyncio.Protocol):
             src.close(0)
             return
         dst.open()
+        self._connecting = False
+        if self._buffer:
+            late, self._buffer = self._buffer, b""
+            src.read.value += len(late)
+            initial += late
         if use_splice:
             await self._splice(transport, upstream_sock, initial, src, dst)
             return

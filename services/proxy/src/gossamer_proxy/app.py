@@ -4,12 +4,18 @@
 ``shutdown()`` stops accepting, tells every connection to drain (idle keep-alive connections
 close at once, in-flight requests finish and answer with ``connection: close``; HTTP/2 clients
 get GOAWAY) and waits until they are gone or the grace period ends.
+
+The mesh parts are wired here too: the proxy's identity (:mod:`.local_identity`; ``/ready``
+waits for its first certificate), the inbound policies and their authorization metrics
+(:mod:`.inbound_policy`), the meshed inbound listener that terminates mTLS
+(:mod:`.inbound_tls`), and, in static mode, the mTLS plan for the fixed outbound target.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 
 import structlog
 from gossamer_common.admin import AdminServer
@@ -17,9 +23,16 @@ from gossamer_common.process_metrics import register_process_metrics
 from gossamer_common.shutdown import Shutdown
 
 from .config import Endpoint, ProxySettings
-from .connect import Connector, DirectResolver, Resolver
+from .connect import Connector, DirectResolver, Resolver, UpstreamTls
 from .context import ListenerContext
-from .metrics import ProxyMetrics
+from .inbound_policy import InboundPolicies
+from .inbound_tls import InboundListener
+from .local_identity import IdentityConfigError, LocalIdentity, identity_from_settings
+from .mesh.authz_metrics import AuthzMetrics
+from .mesh.endpoints import Endpoint as MeshEndpoint
+from .mesh.tls_labels import outbound_tls_labels
+from .mesh.transport import plan_connect
+from .metrics import ProxyMetrics, tls_values
 from .pool import Pool
 
 __all__ = ["Proxy"]
@@ -42,6 +55,25 @@ class Proxy:
         if process_metrics:
             register_process_metrics(self.metrics.registry)
         self.resolver: Resolver = resolver if resolver is not None else DirectResolver()
+        #: ``None`` when identity is disabled (raises IdentityConfigError on bad settings).
+        self.identity: LocalIdentity | None = identity_from_settings(
+            settings, self.metrics.registry
+        )
+        if settings.outbound_fixed_identity and self.identity is None:
+            raise IdentityConfigError(
+                "GOSSAMER_PROXY_OUTBOUND_FIXED_IDENTITY needs the proxy's own identity "
+                "(LINKERD2_PROXY_IDENTITY_* or GOSSAMER_PROXY_IDENTITY_CERT_FILE/KEY_FILE)"
+            )
+        if settings.outbound_fixed_identity and settings.outbound_fixed_target is None:
+            raise IdentityConfigError(
+                "GOSSAMER_PROXY_OUTBOUND_FIXED_IDENTITY needs GOSSAMER_PROXY_OUTBOUND_FIXED_TARGET"
+            )
+        self.policies = InboundPolicies(
+            settings,
+            trust_anchors_pem=self.identity.trust_anchors_pem if self.identity else None,
+        )
+        self.authz_metrics = AuthzMetrics(self.metrics.registry)
+        self._inbound_listener: InboundListener | None = None
         self.pool = Pool(
             idle_timeout=settings.pool_idle_timeout,
             max_idle_per_endpoint=settings.pool_max_idle_per_endpoint,
@@ -51,16 +83,43 @@ class Proxy:
         self.shutdown_control = Shutdown(settings.shutdown_grace_period)
         self.admin = AdminServer(
             registry=self.metrics.registry,
-            ready=lambda: self._ready,
+            ready=lambda: self.ready,
             on_shutdown=lambda: self.shutdown_control.request("admin /shutdown"),
             shutdown_enabled=settings.shutdown_endpoint_enabled,
         )
         self._ready = False
         self._tick: asyncio.TimerHandle | None = None
 
+    @property
+    def ready(self) -> bool:
+        """Listening, and (with identity) holding a certificate."""
+        return self._ready and (self.identity is None or self.identity.ready)
+
+    def _outbound_connector(self) -> tuple[Connector, tuple[str, ...]]:
+        """The outbound connector and the TLS label values for the fixed target."""
+        s = self.settings
+        connector = Connector(s.outbound_connect_timeout, self.identity)
+        fixed, identity = s.outbound_fixed_target, s.outbound_fixed_identity
+        if fixed is None or identity is None:
+            return connector, ()
+        endpoint = MeshEndpoint(
+            ip=ipaddress.ip_address(fixed.host),
+            port=fixed.port,
+            identity=identity,
+            opaque_transport_port=s.outbound_fixed_opaque_transport_port,
+        )
+        plan = plan_connect(endpoint, session_protocol=None)
+        connector.tls_plans[fixed] = UpstreamTls.from_plan(plan)
+        return connector, tls_values(outbound_tls_labels(server_id=identity))
+
     def _context(self, direction: str, listen: Endpoint) -> ListenerContext:
         s = self.settings
         inbound = direction == "inbound"
+        outbound_tls: tuple[str, ...] = ()
+        if inbound:
+            connector = Connector(s.inbound_connect_timeout)
+        else:
+            connector, outbound_tls = self._outbound_connector()
         return ListenerContext(
             direction=direction,
             listen=listen,
@@ -68,9 +127,7 @@ class Proxy:
             opaque_ports=s.inbound_opaque_ports if inbound else s.outbound_opaque_ports,
             limits=s.http1,
             pool=self.pool,
-            connector=Connector(
-                s.inbound_connect_timeout if inbound else s.outbound_connect_timeout
-            ),
+            connector=connector,
             resolver=self.resolver,
             metrics=self.metrics,
             fixed_target=s.inbound_fixed_target if inbound else s.outbound_fixed_target,
@@ -78,6 +135,11 @@ class Proxy:
             ingress_mode=s.ingress_mode and not inbound,
             allowed_ips=frozenset(s.inbound_ips) if inbound else frozenset(),
             splice=s.splice,
+            identity=self.identity,
+            policies=self.policies if inbound else None,
+            authz_metrics=self.authz_metrics if inbound else None,
+            gateway_suffixes=s.inbound_gateway_suffixes,
+            outbound_tls=outbound_tls,
         )
 
     async def _listen(self, ctx: ListenerContext) -> Endpoint:
@@ -99,7 +161,16 @@ class Proxy:
 
     async def start(self) -> None:
         s = self.settings
-        await self._listen(self._context("inbound", s.inbound_listen))
+        if self.identity is not None:
+            self.identity.start()
+        self.policies.start((s.admin_listen.port,))
+        inbound = self._context("inbound", s.inbound_listen)
+        if self.identity is not None:
+            self._inbound_listener = InboundListener(inbound, self.identity)
+            await self._inbound_listener.start()
+            self.contexts.append(inbound)
+        else:
+            await self._listen(inbound)
         for addr in s.outbound_listeners:
             await self._listen(self._context("outbound", addr))
         await self.admin.start(s.admin_listen.host, s.admin_listen.port)
@@ -142,6 +213,8 @@ class Proxy:
         self._ready = False
         for server in self.servers:
             server.close()
+        if self._inbound_listener is not None:
+            self._inbound_listener.close()
         for ctx in self.contexts:
             ctx.draining = True
             for conn in list(ctx.connections):
@@ -161,6 +234,9 @@ class Proxy:
             self._tick.cancel()
         with contextlib.suppress(Exception):
             await self.admin.close(grace=1.0)
+        if self.identity is not None:
+            await self.identity.close()
+        await self.policies.close()
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)

@@ -21,6 +21,7 @@ from gossamer_common.settings import (
     parse_duration,
     parse_int,
     parse_socket_addr,
+    parse_str,
     setting,
     settings_class,
 )
@@ -240,6 +241,196 @@ class ProxySettings:
         default="true",
         parse=parse_bool,
         help="Copy plaintext opaque TCP with os.splice (zero-copy) where the kernel allows.",
+    )
+    identity_disabled: bool = setting(
+        env="LINKERD2_PROXY_IDENTITY_DISABLED",
+        default="false",
+        parse=parse_bool,
+        help="Run without mesh identity (no mTLS; /ready does not wait for a certificate).",
+    )
+    identity_local_name: str | None = setting(
+        env="LINKERD2_PROXY_IDENTITY_LOCAL_NAME",
+        default=None,
+        parse=optional(parse_str),
+        help="This pod's identity, e.g. default.ns.serviceaccount.identity.gossamer.cluster.local.",
+    )
+    identity_trust_anchors: str | None = setting(
+        env="LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS",
+        default=None,
+        parse=optional(parse_str),
+        help="The trust anchors as PEM text (not a path).",
+    )
+    identity_token_file: str = setting(
+        env="LINKERD2_PROXY_IDENTITY_TOKEN_FILE",
+        default="/var/run/secrets/tokens/linkerd-identity-token",
+        parse=parse_str,
+        help="Projected service-account token, re-read for every Certify call.",
+    )
+    identity_svc_addr: str | None = setting(
+        env="LINKERD2_PROXY_IDENTITY_SVC_ADDR",
+        default=None,
+        parse=optional(parse_str),
+        help="host:port of the identity service.",
+    )
+    identity_svc_name: str | None = setting(
+        env="LINKERD2_PROXY_IDENTITY_SVC_NAME",
+        default=None,
+        parse=optional(parse_str),
+        help="The identity service's mesh identity (TLS server name); unset = plaintext.",
+    )
+    identity_dir: str = setting(
+        env="LINKERD2_PROXY_IDENTITY_DIR",
+        default="/var/run/linkerd/identity/end-entity",
+        parse=parse_str,
+        help="Accepted for compatibility; the key never leaves memory, so nothing is written.",
+    )
+    identity_min_refresh: float = setting(
+        env="LINKERD2_PROXY_IDENTITY_MIN_REFRESH",
+        default="10s",
+        parse=parse_duration,
+        help="Shortest time between certificate refreshes, and the first retry delay.",
+    )
+    identity_max_refresh: float = setting(
+        env="LINKERD2_PROXY_IDENTITY_MAX_REFRESH",
+        default="24h",
+        parse=parse_duration,
+        help="Longest time between certificate refreshes.",
+    )
+    destination_svc_addr: str | None = setting(
+        env="LINKERD2_PROXY_DESTINATION_SVC_ADDR",
+        default=None,
+        parse=optional(parse_str),
+        help="host:port of the destination service.",
+    )
+    destination_svc_name: str | None = setting(
+        env="LINKERD2_PROXY_DESTINATION_SVC_NAME",
+        default=None,
+        parse=optional(parse_str),
+        help="The destination service's identity (TLS server name); unset = plaintext.",
+    )
+    destination_context: str = setting(
+        env="LINKERD2_PROXY_DESTINATION_CONTEXT",
+        default="",
+        parse=str,
+        help="Context token sent with every Get/GetProfile (JSON with ns, nodeName, pod).",
+    )
+    policy_svc_addr: str | None = setting(
+        env="LINKERD2_PROXY_POLICY_SVC_ADDR",
+        default=None,
+        parse=optional(parse_str),
+        help="host:port of the policy service.",
+    )
+    policy_svc_name: str | None = setting(
+        env="LINKERD2_PROXY_POLICY_SVC_NAME",
+        default=None,
+        parse=optional(parse_str),
+        help="The policy service's identity (TLS server name); unset = plaintext.",
+    )
+    policy_workload: str = setting(
+        env="LINKERD2_PROXY_POLICY_WORKLOAD",
+        default="",
+        parse=str,
+        help='Workload JSON for WatchPort, e.g. {"ns":"emojivoto","pod":"web-0"}.',
+    )
+    policy_cluster_networks: tuple[str, ...] = setting(
+        env="LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS",
+        default="10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16",
+        parse=list_of(parse_str),
+        help="Networks the cluster-* default inbound policies admit.",
+    )
+    inbound_default_policy: str = setting(
+        env="LINKERD2_PROXY_INBOUND_DEFAULT_POLICY",
+        default="all-unauthenticated",
+        parse=parse_str,
+        help="Inbound policy until the policy service answers for a port.",
+    )
+    outbound_discovery_idle_timeout: float = setting(
+        env="LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT",
+        default="5s",
+        parse=parse_duration,
+        help="Unused outbound discovery watches are dropped after this.",
+    )
+    inbound_discovery_idle_timeout: float = setting(
+        env="LINKERD2_PROXY_INBOUND_DISCOVERY_IDLE_TIMEOUT",
+        default="90s",
+        parse=parse_duration,
+        help="Unused inbound port policy watches are dropped after this.",
+    )
+    control_stream_initial_timeout: float = setting(
+        env="LINKERD2_PROXY_CONTROL_STREAM_INITIAL_TIMEOUT",
+        default="3s",
+        parse=parse_duration,
+        help="A control-plane stream with no first message by then is restarted.",
+    )
+    control_stream_idle_timeout: float = setting(
+        env="LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT",
+        default="5m",
+        parse=parse_duration,
+        help="A control-plane stream silent this long is restarted.",
+    )
+    control_stream_lifetime: float = setting(
+        env="LINKERD2_PROXY_CONTROL_STREAM_LIFETIME",
+        default="1h",
+        parse=parse_duration,
+        help="Control-plane streams are re-opened after this long.",
+    )
+    identity_cert_file: str | None = setting(
+        env="GOSSAMER_PROXY_IDENTITY_CERT_FILE",
+        default=None,
+        parse=optional(parse_str),
+        help="Static identity: PEM certificate chain (leaf first), read once at start instead "
+        "of calling Certify (benchmarks and tests without a control plane).",
+    )
+    identity_key_file: str | None = setting(
+        env="GOSSAMER_PROXY_IDENTITY_KEY_FILE",
+        default=None,
+        parse=optional(parse_str),
+        help="Static identity: the PEM private key for GOSSAMER_PROXY_IDENTITY_CERT_FILE.",
+    )
+    destination_profile_networks: tuple[str, ...] = setting(
+        env="LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS",
+        default="10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8",
+        parse=list_of(parse_str),
+        help="Original destinations inside these networks are looked up with the "
+        "destination service; others are forwarded as they are.",
+    )
+    destination_profile_suffixes: tuple[str, ...] = setting(
+        env="LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES",
+        default="svc.cluster.local.",
+        parse=list_of(parse_str),
+        help="Host names under these suffixes are looked up with the destination service.",
+    )
+    inbound_ports: frozenset[int] = setting(
+        env="LINKERD2_PROXY_INBOUND_PORTS",
+        default="",
+        parse=parse_ports,
+        help="The pod's container ports: their inbound policies are watched from the start.",
+    )
+    inbound_ports_require_identity: frozenset[int] = setting(
+        env="LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY",
+        default="",
+        parse=parse_ports,
+        help="Inbound ports whose default policy requires a meshed (mTLS) client.",
+    )
+    inbound_gateway_suffixes: tuple[str, ...] = setting(
+        env="LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES",
+        default="",
+        parse=list_of(parse_str),
+        help="Names a transport header may ask this proxy to forward to (gateway mode).",
+    )
+    outbound_fixed_identity: str | None = setting(
+        env="GOSSAMER_PROXY_OUTBOUND_FIXED_IDENTITY",
+        default=None,
+        parse=optional(parse_str),
+        help="With GOSSAMER_PROXY_OUTBOUND_FIXED_TARGET: connect with mTLS expecting this "
+        "server identity (also the SNI), as if discovery had sent it as the TLS hint.",
+    )
+    outbound_fixed_opaque_transport_port: int | None = setting(
+        env="GOSSAMER_PROXY_OUTBOUND_FIXED_OPAQUE_TRANSPORT_PORT",
+        default=None,
+        parse=optional(_positive_int),
+        help="With a fixed identity: connect to this port of the fixed target's host (the "
+        "peer proxy's inbound port) and name the real port in a transport header.",
     )
     log_level: str = setting(
         env="LINKERD2_PROXY_LOG",

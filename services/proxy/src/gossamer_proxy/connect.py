@@ -8,8 +8,14 @@ touching the protocol code:
 2. A :class:`Resolver` turns that target (and, for HTTP, the authority) into endpoints. Today
    the :class:`DirectResolver` returns the target itself; the Destination-backed resolver
    with P2C load balancing replaces it.
-3. A :class:`Connector` opens a transport to one endpoint (plain TCP here; the TLS connector
-   wraps the same call).
+3. A :class:`Connector` opens a transport to one endpoint. An endpoint with an
+   :class:`UpstreamTls` plan (from discovery's TLS hint, or the fixed identity of static
+   mode) is reached over mesh mTLS: TLS 1.3, SNI = the server name, the server's certificate
+   must name the expected identity, and with an opaque-transport port the connection goes to
+   the peer proxy's inbound port with ALPN ``transport.l5d.io/v1`` and a transport header
+   naming the real port (:func:`gossamer_proxy.mesh.transport.plan_connect`). Plans are
+   keyed by the logical endpoint, so the HTTP/1 pool keeps one set of connections per
+   target port even when they all go to the same ``<ip>:4143``.
 """
 
 from __future__ import annotations
@@ -18,17 +24,25 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import ssl
 import struct
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from .config import Endpoint
 from .errors import ProxyError, ProxyErrorKind
+from .mesh.tls_contexts import peer_identity
+from .mesh.transport import ConnectPlan
+
+if TYPE_CHECKING:
+    from .local_identity import LocalIdentity
 
 __all__ = [
     "Connector",
     "DirectResolver",
     "Resolver",
+    "UpstreamTls",
     "is_loop",
     "original_destination",
     "set_nodelay",
@@ -103,15 +117,47 @@ class DirectResolver:
         return (target,)
 
 
-class Connector:
-    """Opens plain TCP connections with a connect timeout and ``TCP_NODELAY``."""
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """How to reach one logical endpoint over mesh mTLS."""
 
-    def __init__(self, timeout: float) -> None:
+    connect_to: Endpoint
+    server_identity: str
+    sni: str
+    alpn: tuple[str, ...] = ()
+    preamble: bytes = b""
+    """Written right after the handshake (a framed transport header), before any request."""
+
+    @classmethod
+    def from_plan(cls, plan: ConnectPlan) -> UpstreamTls:
+        assert plan.server_identity is not None
+        return cls(
+            connect_to=Endpoint(plan.host, plan.port),
+            server_identity=plan.server_identity,
+            sni=plan.sni or plan.server_identity,
+            alpn=plan.alpn,
+            preamble=plan.preamble,
+        )
+
+
+class Connector:
+    """Opens connections with a connect timeout and ``TCP_NODELAY``; mTLS where planned."""
+
+    def __init__(self, timeout: float, identity: LocalIdentity | None = None) -> None:
         self.timeout = timeout
+        self.identity = identity
+        #: Logical endpoint → mTLS plan. Endpoints without a plan get plaintext TCP.
+        self.tls_plans: dict[Endpoint, UpstreamTls] = {}
+
+    def tls_plan(self, endpoint: Endpoint) -> UpstreamTls | None:
+        return self.tls_plans.get(endpoint) if self.identity is not None else None
 
     async def open(
         self, endpoint: Endpoint, factory: Callable[[], P]
     ) -> tuple[asyncio.Transport, P]:
+        plan = self.tls_plan(endpoint)
+        if plan is not None:
+            return await self._open_tls(endpoint, plan, factory)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.timeout):
@@ -127,6 +173,56 @@ class Connector:
                 ProxyErrorKind.CONNECT_FAILED, f"{endpoint}: {exc.strerror or exc}"
             ) from None
         set_nodelay(transport)
+        return transport, protocol
+
+    async def _open_tls(
+        self, endpoint: Endpoint, plan: UpstreamTls, factory: Callable[[], P]
+    ) -> tuple[asyncio.Transport, P]:
+        assert self.identity is not None
+        context = self.identity.client_context(plan.alpn)
+        if context is None:
+            raise ProxyError(ProxyErrorKind.CONNECT_FAILED, "no mesh certificate yet")
+        target = plan.connect_to
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.timeout):
+                transport, protocol = await loop.create_connection(
+                    factory,
+                    target.host,
+                    target.port,
+                    ssl=context,
+                    server_hostname=plan.sni,
+                    ssl_handshake_timeout=self.timeout,
+                )
+        except TimeoutError:
+            raise ProxyError(ProxyErrorKind.CONNECT_TIMEOUT, str(target)) from None
+        except ConnectionRefusedError:
+            raise ProxyError(ProxyErrorKind.CONNECT_REFUSED, str(target)) from None
+        except ssl.SSLError as exc:
+            raise ProxyError(
+                ProxyErrorKind.CONNECT_FAILED, f"{target}: TLS with {plan.sni}: {exc}"
+            ) from None
+        except OSError as exc:
+            raise ProxyError(
+                ProxyErrorKind.CONNECT_FAILED, f"{target}: {exc.strerror or exc}"
+            ) from None
+        ssl_object = transport.get_extra_info("ssl_object")
+        found = peer_identity(ssl_object) if ssl_object is not None else None
+        if found != plan.server_identity:
+            transport.abort()
+            raise ProxyError(
+                ProxyErrorKind.IDENTITY_MISMATCH,
+                f"{target} presented {found!r}, expected {plan.server_identity!r}",
+            )
+        if plan.alpn and ssl_object.selected_alpn_protocol() not in plan.alpn:
+            transport.abort()
+            raise ProxyError(
+                ProxyErrorKind.CONNECT_FAILED,
+                f"{target} did not accept ALPN {plan.alpn[0]} (not a mesh proxy's inbound port?)",
+            )
+        set_nodelay(transport)
+        if plan.preamble:
+            transport.write(plan.preamble)
         return transport, protocol
 
     async def open_socket(self, endpoint: Endpoint) -> socket.socket:

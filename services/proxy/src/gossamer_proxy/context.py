@@ -13,6 +13,9 @@ from .metrics import ProxyMetrics
 from .pool import Pool
 
 if TYPE_CHECKING:
+    from .inbound_policy import InboundPolicies
+    from .local_identity import LocalIdentity
+    from .mesh.authz_metrics import AuthzMetrics
     from .opaque import SpliceRelay
 
 __all__ = ["ClientConnection", "ListenerContext"]
@@ -47,6 +50,15 @@ class ListenerContext:
     #: Inbound only: original destinations must be one of these IPs (empty: any).
     allowed_ips: frozenset[str] = frozenset()
     splice: bool = True
+    #: The proxy's mesh identity (``None``: identity disabled, plaintext everywhere).
+    identity: LocalIdentity | None = None
+    #: Inbound only: the policy per port, and where its decisions are counted.
+    policies: InboundPolicies | None = None
+    authz_metrics: AuthzMetrics | None = None
+    #: Inbound only: names a transport header may ask us to forward to (gateway mode).
+    gateway_suffixes: tuple[str, ...] = ()
+    #: Outbound only: TLS label values for connections to the fixed target.
+    outbound_tls: tuple[str, ...] = ()
     draining: bool = False
     connections: set[ClientConnection] = field(default_factory=set)
     #: Zero-copy opaque relays in progress (they have no protocol object to drain).

@@ -86,6 +86,14 @@ class ProxyErrorKind(enum.Enum):
     SHUTTING_DOWN = _Spec(
         503, "Service Unavailable", GrpcStatus.UNAVAILABLE, "proxy is shutting down", True
     )
+    # Inbound policy (linkerd-wire.md §9 step 5, §9 item 10).
+    FORBIDDEN = _Spec(
+        403, "Forbidden", GrpcStatus.PERMISSION_DENIED, "unauthorized request on route", False
+    )
+    ROUTE_NOT_FOUND = _Spec(404, "Not Found", GrpcStatus.NOT_FOUND, "no route found", False)
+    IDENTITY_MISMATCH = _Spec(
+        502, "Bad Gateway", GrpcStatus.UNAVAILABLE, "server identity mismatch", False
+    )
     # Client-side faults: the request itself was unacceptable.
     BAD_REQUEST = _Spec(400, "Bad Request", GrpcStatus.INTERNAL, "invalid HTTP request", True)
     HEAD_TOO_LARGE = _Spec(

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 
 from gossamer_common.metrics import LATENCY_MS_BUCKETS, Counter, Gauge, Histogram, Registry
 
-__all__ = ["HttpTargetStats", "ProxyMetrics", "TargetLabels", "TcpStats"]
+__all__ = ["HttpTargetStats", "ProxyMetrics", "TargetLabels", "TcpStats", "tls_values"]
 
-#: TLS labels for plaintext traffic without discovery (outbound) / from a plain client (inbound).
-OUTBOUND_NO_TLS = (("tls", "no_identity"), ("no_tls_reason", "not_provided_by_service_discovery"))
-INBOUND_NO_TLS = (("tls", "no_identity"), ("no_tls_reason", "no_tls_from_remote"))
+#: ``(tls, no_tls_reason, client_id, server_id)`` for plaintext traffic without discovery
+#: (outbound) and from a plain client (inbound); :func:`tls_values` builds the others.
+OUTBOUND_NO_TLS = ("no_identity", "not_provided_by_service_discovery", "", "")
+INBOUND_NO_TLS = ("no_identity", "no_tls_from_remote", "", "")
+DEFAULT_SRV = ("", "default", "all-unauthenticated")
 
 _HTTP_TARGET_LABELS = (
     "direction",
@@ -29,6 +31,8 @@ _HTTP_TARGET_LABELS = (
     "target_port",
     "tls",
     "no_tls_reason",
+    "client_id",
+    "server_id",
     "srv_group",
     "srv_kind",
     "srv_name",
@@ -44,6 +48,8 @@ _TCP_LABELS = (
     "target_port",
     "tls",
     "no_tls_reason",
+    "client_id",
+    "server_id",
     "srv_group",
     "srv_kind",
     "srv_name",
@@ -52,33 +58,39 @@ _TCP_LABELS = (
 _TCP_CLOSE_LABELS = (*_TCP_LABELS, "classification", "errno")
 
 
+def tls_values(labels: dict[str, str]) -> tuple[str, str, str, str]:
+    """:mod:`.mesh.tls_labels` output as the ``(tls, no_tls_reason, client_id, server_id)``
+    values of the proxy's families (absent labels are empty, which Prometheus treats alike)."""
+    return (
+        labels.get("tls", ""),
+        labels.get("no_tls_reason", ""),
+        labels.get("client_id", ""),
+        labels.get("server_id", ""),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TargetLabels:
-    """The labels that identify where a connection or request is going."""
+    """The labels that identify where a connection or request is going, and how securely."""
 
     direction: str
     target_ip: str
     target_port: int
     inbound: bool
+    #: ``(tls, no_tls_reason, client_id, server_id)``; empty means plaintext defaults.
+    tls: tuple[str, ...] = ()
+    #: ``(srv_group, srv_kind, srv_name)`` of the inbound policy (inbound only).
+    srv: tuple[str, str, str] = DEFAULT_SRV
 
     def values(self, authority: str) -> tuple[str, ...]:
         ip = self.target_ip
         addr = f"[{ip}]:{self.target_port}" if ":" in ip else f"{ip}:{self.target_port}"
-        tls = INBOUND_NO_TLS if self.inbound else OUTBOUND_NO_TLS
+        tls = self.tls or (INBOUND_NO_TLS if self.inbound else OUTBOUND_NO_TLS)
         if self.inbound:
-            srv = ("", "default", "all-unauthenticated", str(self.target_port))
+            srv: tuple[str, ...] = (*self.srv, str(self.target_port))
         else:
             srv = ("", "", "", "")
-        return (
-            self.direction,
-            authority,
-            addr,
-            ip,
-            str(self.target_port),
-            tls[0][1],
-            tls[1][1],
-            *srv,
-        )
+        return (self.direction, authority, addr, ip, str(self.target_port), *tls, *srv)
 
 
 def classify(status: int, grpc_status: int | None, error: bool) -> str:

@@ -25,6 +25,7 @@ import structlog
 from ..config import Endpoint
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, http1_error_bytes, http1_error_response
+from ..inbound_authz import InboundPeer
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..opaque import relay_transports
 from ..timeouts import Phase, Verdict, verdict
@@ -64,6 +65,7 @@ class Exchange:
     __slots__ = (
         "body",
         "close_after",
+        "denied",
         "head",
         "info",
         "is_head",
@@ -103,6 +105,8 @@ class Exchange:
         self.status = 0
         self.retried = False
         self.tunnel_eof = False
+        #: Inbound policy refused this request: answer with this instead of forwarding.
+        self.denied: ProxyErrorKind | None = None
 
 
 class Http1Server(asyncio.Protocol):
@@ -114,8 +118,15 @@ class Http1Server(asyncio.Protocol):
         target: Endpoint,
         labels: TargetLabels,
         tcp: TcpStats,
+        peer: InboundPeer | None = None,
     ) -> None:
         self.ctx = ctx
+        self.peer = peer
+        client_id = peer.client_id if peer is not None else None
+        #: Inbound requests from a meshed client tell the app who called (``l5d-client-id``).
+        self._client_id_header: tuple[tuple[bytes, bytes], ...] = (
+            ((b"l5d-client-id", client_id.encode()),) if client_id else ()
+        )
         self.target = target
         self.labels = labels
         self.tcp = tcp
@@ -351,10 +362,15 @@ class Http1Server(asyncio.Protocol):
             ex.close_after = True
         # HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require it.
         extra = self._default_host if info.host is None else ()
-        ex.head = encode_request_head(ex.method, b"".join(self._url), info, extra=extra)
+        if self._client_id_header:
+            extra = (*extra, *self._client_id_header)
+        url = b"".join(self._url)
+        ex.head = encode_request_head(ex.method, url, info, extra=extra)
         ex.started_at = self.loop.time()
         ex.stats = self._stats_for(info.host)
         ex.stats.requests.value += 1
+        if self.peer is not None:
+            ex.denied = self.peer.check_http(ex.method, url, info.host, self._headers)
         if self._active is None:
             self._begin(ex)
         else:
@@ -363,7 +379,7 @@ class Http1Server(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         ex = self._cur
-        if ex is None or ex.response_done:
+        if ex is None or ex.response_done or ex.denied is not None:
             return  # the response already ended; the rest of the body is discarded
         up = ex.upstream
         if ex is self._active and up is not None:
@@ -381,6 +397,9 @@ class Http1Server(asyncio.Protocol):
         if ex is None:
             return
         ex.request_done = True
+        if ex.denied is not None and ex is self._active and not ex.response_done:
+            self._fail(ex, ex.denied, None)
+            return
         up = ex.upstream
         if ex is self._active and up is not None and not ex.response_done:
             if ex.info is not None and ex.info.chunked:
@@ -411,6 +430,10 @@ class Http1Server(asyncio.Protocol):
 
     def _begin(self, ex: Exchange) -> None:
         self._active = ex
+        if ex.denied is not None:
+            if ex.request_done:
+                self._fail(ex, ex.denied, None)
+            return  # answered once the (discarded) request body has been read
         endpoint = self._endpoint_for(ex)
         up = None if ex.retried else self.ctx.pool.acquire(endpoint)
         if isinstance(up, Http1Upstream):
@@ -464,6 +487,10 @@ class Http1Server(asyncio.Protocol):
             return
         ex.request_done = True
         ex.close_after = True  # unless a 101 turns the connection opaque, it cannot continue
+        if ex.denied is not None:
+            self._cur = None
+            self._fail(ex, ex.denied, None)
+            return
         self._cur = None
         # From here on the client's bytes (and its EOF) belong to the would-be tunnel.
         self._tunnel = ex

@@ -27,6 +27,7 @@ import structlog
 from ..config import Endpoint
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
+from ..inbound_authz import InboundPeer
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 
 __all__ = ["H2Server"]
@@ -110,9 +111,19 @@ class H2Server(asyncio.Protocol):
     """One client HTTP/2 connection, bridged to (normally) one upstream connection."""
 
     def __init__(
-        self, ctx: ListenerContext, target: Endpoint, labels: TargetLabels, tcp: TcpStats
+        self,
+        ctx: ListenerContext,
+        target: Endpoint,
+        labels: TargetLabels,
+        tcp: TcpStats,
+        peer: InboundPeer | None = None,
     ) -> None:
         self.ctx = ctx
+        self.peer = peer
+        client_id = peer.client_id if peer is not None else None
+        self._client_id_header: Headers = (
+            [(b"l5d-client-id", client_id.encode())] if client_id else []
+        )
         self.target = target
         self.labels = labels
         self.tcp = tcp
@@ -279,9 +290,14 @@ class H2Server(asyncio.Protocol):
         authority: bytes | None = None
         grpc = False
         strip = self._strip
+        method = path = b""
         for name, value in event.headers:
             if name in strip:
                 continue
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
             if name == b":authority":
                 authority = value
             elif name == b"content-type" and value.startswith(b"application/grpc"):
@@ -289,6 +305,7 @@ class H2Server(asyncio.Protocol):
             elif name == b"host" and authority is None:
                 authority = value
             headers.append((name, value))
+        headers += self._client_id_header
         pair = _Pair(sid, headers)
         pair.grpc = grpc
         pair.started_at = self.loop.time()
@@ -306,6 +323,11 @@ class H2Server(asyncio.Protocol):
         if self._goaway or self.ctx.draining:
             self.respond_error(pair, ProxyErrorKind.SHUTTING_DOWN)
             return
+        if self.peer is not None:
+            denied = self.peer.check_http(method, path, authority, headers)
+            if denied is not None:
+                self.respond_error(pair, denied)
+                return
         up = self.upstream
         if up is not None and up.usable():
             up.open_stream(pair)

@@ -1,0 +1,212 @@
+"""The proxy's own identity as the data path sees it: disabled, static, or certified.
+
+Three modes, chosen from the settings (:func:`identity_from_settings`):
+
+* **disabled** — ``LINKERD2_PROXY_IDENTITY_DISABLED=true``, or no identity environment at
+  all: no mTLS anywhere, ``/ready`` does not wait for a certificate, TLS labels say
+  ``tls="disabled"`` where Linkerd does.
+* **static** — ``GOSSAMER_PROXY_IDENTITY_CERT_FILE`` and ``…_KEY_FILE`` (PEM chain and key,
+  read once at start) with the trust anchors and local name: for benchmarks and tests that
+  run without a control plane. The chain is checked against the anchors and the local name
+  exactly as a Certify answer would be, so a wrong file fails at start, not at first use.
+* **certify** — the Linkerd way: :class:`~gossamer_proxy.mesh.identity.IdentityClient`
+  generates the key in memory, calls Certify and renews at ~70% of the lifetime.
+
+:class:`LocalIdentity` hands out ``ssl`` contexts built from the current certificate and
+caches them until the certificate changes: building a context costs a key load and a chain
+parse, far too much per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
+
+from gossamer_common.metrics import Registry
+from gossamer_tls import (
+    ChainError,
+    TlsError,
+    load_certificates,
+    load_private_key,
+    verify_chain,
+)
+
+from .config import ProxySettings
+from .mesh.identity import IdentityClient, IdentityConfig, IdentityConfigError, IdentityMetrics
+from .mesh.tls_contexts import Credentials, client_context, server_context
+from .mesh.transport import ALPN_PROTOCOL
+
+__all__ = ["IdentityConfigError", "LocalIdentity", "identity_from_settings", "load_static"]
+
+
+class LocalIdentity:
+    """This proxy's mesh identity and the TLS contexts made from it."""
+
+    def __init__(
+        self,
+        local_name: str,
+        trust_anchors_pem: str,
+        *,
+        client: IdentityClient | None = None,
+        static: Credentials | None = None,
+        metrics: IdentityMetrics | None = None,
+    ) -> None:
+        if (client is None) == (static is None):
+            raise ValueError("exactly one of client and static credentials is needed")
+        self.name = local_name
+        self.trust_anchors_pem = trust_anchors_pem
+        self._client = client
+        self._static = static
+        self._task: asyncio.Task[None] | None = None
+        self._cache_for: Credentials | None = None
+        self._server: ssl.SSLContext | None = None
+        self._clients: dict[tuple[str, ...], ssl.SSLContext] = {}
+        if static is not None and metrics is not None:
+            metrics.expiration.set(static.not_after)
+            metrics.refreshes.inc()
+
+    @property
+    def credentials(self) -> Credentials | None:
+        if self._static is not None:
+            return self._static
+        assert self._client is not None
+        return self._client.credentials
+
+    @property
+    def ready(self) -> bool:
+        """True once a certificate is installed (at once in static mode)."""
+        return self.credentials is not None
+
+    def start(self) -> None:
+        """Begin certifying (certify mode); call from the running loop."""
+        if self._client is not None and self._task is None:
+            self._task = asyncio.create_task(self._client.run(), name="identity-certify")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _fresh(self) -> Credentials | None:
+        credentials = self.credentials
+        if credentials is not self._cache_for:
+            self._cache_for = credentials
+            self._server = None
+            self._clients.clear()
+        return credentials
+
+    def server_context(self) -> ssl.SSLContext | None:
+        """Inbound mTLS (ALPN ``transport.l5d.io/v1`` accepted); ``None`` before a cert."""
+        credentials = self._fresh()
+        if credentials is None:
+            return None
+        if self._server is None:
+            self._server = server_context(
+                credentials, self.trust_anchors_pem, alpn_protocols=(ALPN_PROTOCOL,)
+            )
+        return self._server
+
+    def client_context(self, alpn: tuple[str, ...] = ()) -> ssl.SSLContext | None:
+        """Outbound mTLS; connect with ``server_hostname=<server identity>``."""
+        credentials = self._fresh()
+        if credentials is None:
+            return None
+        context = self._clients.get(alpn)
+        if context is None:
+            context = client_context(credentials, self.trust_anchors_pem, alpn_protocols=alpn)
+            self._clients[alpn] = context
+        return context
+
+
+def load_static(
+    local_name: str,
+    trust_anchors_pem: str,
+    cert_pem: bytes,
+    key_pem: bytes,
+    *,
+    now: dt.datetime,
+) -> Credentials:
+    """Check a static chain + key like a Certify answer; raises :class:`IdentityConfigError`."""
+    try:
+        anchors = load_certificates(trust_anchors_pem, what="LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS")
+        chain = load_certificates(cert_pem, what="GOSSAMER_PROXY_IDENTITY_CERT_FILE")
+        key = load_private_key(key_pem, what="GOSSAMER_PROXY_IDENTITY_KEY_FILE")
+    except TlsError as exc:
+        raise IdentityConfigError(str(exc)) from None
+    leaf, intermediates = chain[0], tuple(chain[1:])
+    if leaf.public_key() != key.public_key():
+        raise IdentityConfigError(
+            "GOSSAMER_PROXY_IDENTITY_KEY_FILE does not belong to the first certificate of "
+            "GOSSAMER_PROXY_IDENTITY_CERT_FILE"
+        )
+    try:
+        verify_chain(leaf, intermediates, anchors, now=now, dns_name=local_name)
+    except ChainError as exc:
+        raise IdentityConfigError(f"static identity certificate rejected: {exc}") from None
+    return Credentials(identity=local_name, private_key=key, leaf=leaf, intermediates=intermediates)
+
+
+def _enabled(settings: ProxySettings) -> bool:
+    if settings.identity_disabled:
+        return False
+    return any(
+        (
+            settings.identity_local_name,
+            settings.identity_trust_anchors,
+            settings.identity_svc_addr,
+            settings.identity_cert_file,
+        )
+    )
+
+
+def identity_from_settings(
+    settings: ProxySettings, registry: Registry, *, now: dt.datetime | None = None
+) -> LocalIdentity | None:
+    """The proxy's identity, or ``None`` when identity is disabled.
+
+    Raises :class:`IdentityConfigError` naming the variables that are missing or wrong.
+    """
+    if not _enabled(settings):
+        return None
+    metrics = IdentityMetrics(registry)
+    static_files: Sequence[str | None] = (settings.identity_cert_file, settings.identity_key_file)
+    if any(static_files):
+        if not all(static_files):
+            raise IdentityConfigError(
+                "GOSSAMER_PROXY_IDENTITY_CERT_FILE and GOSSAMER_PROXY_IDENTITY_KEY_FILE must "
+                "be set together"
+            )
+        if not settings.identity_local_name or not settings.identity_trust_anchors:
+            raise IdentityConfigError(
+                "a static identity needs LINKERD2_PROXY_IDENTITY_LOCAL_NAME and "
+                "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"
+            )
+        assert settings.identity_cert_file is not None
+        assert settings.identity_key_file is not None
+        try:
+            cert_pem = Path(settings.identity_cert_file).read_bytes()
+            key_pem = Path(settings.identity_key_file).read_bytes()
+        except OSError as exc:
+            raise IdentityConfigError(f"cannot read static identity: {exc}") from None
+        credentials = load_static(
+            settings.identity_local_name,
+            settings.identity_trust_anchors,
+            cert_pem,
+            key_pem,
+            now=now or dt.datetime.now(dt.UTC),
+        )
+        return LocalIdentity(
+            settings.identity_local_name,
+            settings.identity_trust_anchors,
+            static=credentials,
+            metrics=metrics,
+        )
+    config = IdentityConfig.from_settings(settings)
+    client = IdentityClient(config, metrics=metrics)
+    return LocalIdentity(config.local_name, config.trust_anchors_pem, client=client)
