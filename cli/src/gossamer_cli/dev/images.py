@@ -32,11 +32,19 @@ class LocalImage:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 def builtin_images(runtime_venv: Path) -> dict[str, LocalImage]:
     python = str(runtime_venv / "bin" / "python")
+    # The injector may name the command ("python -m gossamer_proxy_init"), so the venv comes
+    # first on PATH; proxy-init also needs iptables from /usr/sbin.
+    env = {"PATH": f"{runtime_venv / 'bin'}:{SYSTEM_PATH}"}
     return {
-        "gossamer/proxy": LocalImage(entrypoint=(python, "-m", "gossamer_proxy")),
-        "gossamer/proxy-init": LocalImage(entrypoint=(python, "-m", "gossamer_proxy_init")),
+        "gossamer/proxy": LocalImage(entrypoint=(python, "-m", "gossamer_proxy"), env=env),
+        "gossamer/proxy-init": LocalImage(
+            entrypoint=(python, "-m", "gossamer_proxy_init"), env=env
+        ),
     }
 
 
