@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-from gossamer_cli.dev import images, launch, layout, promtext, status, table
+from gossamer_cli.dev import images, launch, layout, promtext, status, table, volumes
 
 
 def test_pod_names_are_stable_short_and_owned() -> None:
@@ -158,3 +158,17 @@ def test_counter_reset_counts_from_zero() -> None:
     before = table.Counters(requests=100)
     after = table.Counters(requests=7)
     assert after.minus(before).requests == 7
+
+
+def test_downward_api_field_paths() -> None:
+    pod = {
+        "metadata": {"name": "web-1", "namespace": "demo", "labels": {"app": "web"}},
+        "spec": {"serviceAccountName": "web", "nodeName": "n"},
+        "status": {"podIP": "10.244.1.5", "podIPs": [{"ip": "10.244.1.5"}, {"ip": "fd00::5"}]},
+    }
+    assert volumes.field_value(pod, "status.podIPs") == "10.244.1.5,fd00::5"
+    assert volumes.field_value(pod, "spec.serviceAccountName") == "web"
+    assert volumes.field_value(pod, "metadata.labels['app']") == "web"
+    assert volumes.field_value(pod, "metadata.labels") == 'app="web"'
+    with pytest.raises(volumes.VolumeError, match="unsupported fieldPath"):
+        volumes.field_value(pod, "status.nothing")

@@ -150,6 +150,13 @@ def field_value(pod: Mapping[str, Any], field_path: str) -> str:
         "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
         "status.podIP": status.get("podIP", ""),
         "status.hostIP": status.get("hostIP", ""),
+        # As the kubelet renders them: every address, comma-separated.
+        "status.podIPs": ",".join(
+            str(i.get("ip")) for i in status.get("podIPs") or [{"ip": status.get("podIP", "")}]
+        ),
+        "status.hostIPs": ",".join(
+            str(i.get("ip")) for i in status.get("hostIPs") or [{"ip": status.get("hostIP", "")}]
+        ),
     }
     if field_path in simple:
         return str(simple[field_path])
