@@ -17,7 +17,7 @@ from .mesh.authz import PolicyError
 async def _main(settings: ProxySettings) -> None:
     try:
         proxy = Proxy(settings)
-    except (IdentityConfigError, PolicyError) as exc:
+    except (IdentityConfigError, PolicyError, ValueError) as exc:
         print(f"gossamer-proxy: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     await proxy.start()

@@ -12,6 +12,10 @@ negotiated ALPN ``transport.l5d.io/v1`` a transport header comes first: it names
 port (and may fix the HTTP version, skipping detection). A direct connection to the inbound
 port itself is only served with such a header. Opaque connections are authorized once
 here; HTTP requests one by one in the HTTP servers.
+
+Outbound opaque connections with discovery are balanced per connection: the pick is held
+for the connection's lifetime (so P2C sees it as pending load) and finished with the
+connect time as its latency sample; a connect failure counts against the endpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Callable
 from typing import Final, cast
 
 import structlog
@@ -38,11 +43,13 @@ from .http2.bridge import H2Server
 from .inbound_authz import InboundPeer, client_ip
 from .inbound_tls import PLAINTEXT, InboundMode
 from .mesh.authz import ClientInfo
+from .mesh.balancer import Outcome
 from .mesh.tls_contexts import peer_identity
 from .mesh.tls_labels import inbound_tls_labels
 from .mesh.transport import ALPN_PROTOCOL, TransportError, inbound_forward
 from .metrics import TargetLabels, TcpStats, tls_values
 from .opaque import PausedProtocol, SpliceRelay, relay_transports
+from .outbound.plan import Pick
 
 __all__ = ["AcceptedConnection"]
 
@@ -56,10 +63,12 @@ class AcceptedConnection(asyncio.Protocol):
     __slots__ = (
         "_buffer",
         "_connecting",
+        "_discovering",
         "_done",
         "_eof",
         "_header",
         "_local",
+        "_release",
         "_timer",
         "client_id",
         "ctx",
@@ -80,6 +89,7 @@ class AcceptedConnection(asyncio.Protocol):
         self.peer: InboundPeer | None = None
         self._header: TransportHeaderDecoder | None = None
         self._connecting = False
+        self._discovering = False
         self._local = Endpoint("0.0.0.0", 0)  # noqa: S104 - placeholder until connection_made
         self.transport: asyncio.Transport | None = None
         self._buffer = b""
@@ -89,6 +99,8 @@ class AcceptedConnection(asyncio.Protocol):
         self.target = Endpoint("0.0.0.0", 0)  # noqa: S104 - placeholder until connection_made
         self.labels: TargetLabels | None = None
         self.tcp: TcpStats | None = None
+        #: Outbound with discovery: ends the balancer pick when the relay closes.
+        self._release: Callable[[], None] | None = None
 
     # -- accept ------------------------------------------------------------------------------
 
@@ -186,6 +198,35 @@ class AcceptedConnection(asyncio.Protocol):
         if opaque:
             self._go_opaque(self._take_buffer())
             return
+        if not ctx.inbound and ctx.discovery is not None and ctx.discovery.covers(target):
+            # Discovery comes before detection: the profile may say the port is opaque
+            # (server-speaks-first protocols would otherwise wait out the detect timeout).
+            self._discovering = True
+            transport.pause_reading()
+            ctx.spawn(self._discover(target))
+            return
+        self._start_detect()
+
+    async def _discover(self, target: Endpoint) -> None:
+        ctx = self.ctx
+        assert ctx.discovery is not None
+        handle = ctx.discovery.target(target)
+        try:
+            profile = await handle.profile()
+        finally:
+            handle.close()  # the watch stays cached for the handler that comes next
+        self._discovering = False
+        transport = self.transport
+        if self._done or transport is None or transport.is_closing():
+            return
+        if profile is not None and profile.opaque_protocol:
+            self._go_opaque(self._take_buffer())
+            return
+        transport.resume_reading()
+        self._start_detect()
+
+    def _start_detect(self) -> None:
+        ctx = self.ctx
         self._timer = asyncio.get_running_loop().call_later(ctx.detect_timeout, self._timed_out)
         if self._buffer or self._eof:
             if self.tcp is not None:
@@ -250,7 +291,7 @@ class AcceptedConnection(asyncio.Protocol):
         if self._header is not None:
             self._header_data(data)
             return
-        if self.tcp is None:
+        if self.tcp is None or self._discovering:
             self._buffer += data
             return
         self.tcp.read.value += len(data)
@@ -262,7 +303,7 @@ class AcceptedConnection(asyncio.Protocol):
         if self._header is not None and not self._done:
             self._header_data(b"", eof=True)
             return True
-        if not self._done and self.tcp is not None:
+        if not self._done and self.tcp is not None and not self._discovering:
             self._decide(detect(self._buffer, eof=True))
         return True  # the handler decides when to close
 
@@ -349,12 +390,43 @@ class AcceptedConnection(asyncio.Protocol):
         self._connecting = True
         self.ctx.spawn(self._opaque(transport, initial))
 
+    async def _pick(self) -> Pick | None:
+        """Outbound with discovery: where this connection goes (``None``: refused, closed)."""
+        ctx = self.ctx
+        assert ctx.discovery is not None
+        assert self.tcp is not None
+        handle = ctx.discovery.target(self.target)
+        try:
+            profile = await handle.profile()
+            pick = await handle.pick(profile, handle.default_authority(profile), None)
+        except ProxyError as exc:
+            handle.close()
+            _log.info("opaque_dispatch_failed", target=str(self.target), error=str(exc))
+            self.tcp.close(0)
+            if self.transport is not None:
+                self.transport.abort()
+            return None
+        pick.on_release(handle.close)
+        return pick
+
     async def _opaque(self, transport: asyncio.Transport, initial: bytes) -> None:
         ctx = self.ctx
         assert self.labels is not None
         assert self.tcp is not None
-        endpoint = self._endpoint()
-        dst = ctx.metrics.tcp(self.labels, "dst")
+        pick: Pick | None = None
+        labels = self.labels
+        if ctx.discovery is not None and not ctx.inbound:
+            pick = await self._pick()
+            if pick is None:
+                return
+            endpoint, tls = pick.endpoint, pick.tls
+            labels = TargetLabels(
+                ctx.direction, endpoint.host, endpoint.port, False, pick.plan.tls_labels
+            )
+        else:
+            endpoint = self._endpoint()
+            tls = ctx.connector.tls_plan(endpoint)
+        dst = ctx.metrics.tcp(labels, "dst")
         src = self.tcp
         sock = transport.get_extra_info("socket")
         use_splice = (
@@ -362,25 +434,40 @@ class AcceptedConnection(asyncio.Protocol):
             and sock is not None
             and hasattr(os, "splice")
             and transport.get_extra_info("ssl_object") is None
-            and ctx.connector.tls_plan(endpoint) is None
+            and tls is None
         )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             if use_splice:
                 upstream_sock = await ctx.connector.open_socket(endpoint)
             else:
-                up_transport, _ = await ctx.connector.open(endpoint, PausedProtocol)
+                up_transport, _ = await ctx.connector.open(endpoint, PausedProtocol, tls=tls)
         except ProxyError as exc:
             _log.info("opaque_connect_failed", target=str(endpoint), error=str(exc))
+            if pick is not None:
+                pick.finish(Outcome.FAILURE, latency=loop.time() - started)
             src.close(0)
             transport.abort()
             return
+        except BaseException:
+            if pick is not None:
+                pick.finish(Outcome.CANCELLED)
+            raise
+        connect_time = loop.time() - started
         if transport.is_closing():
             if use_splice:
                 upstream_sock.close()
             else:
                 up_transport.abort()
+            if pick is not None:
+                pick.finish(Outcome.CANCELLED)
             src.close(0)
             return
+        if pick is not None:
+            # Held until the connection ends: an open connection is load on the endpoint.
+            finished = pick
+            self._release = lambda: finished.finish(Outcome.SUCCESS, latency=connect_time)
         dst.open()
         self._connecting = False
         if self._buffer:
@@ -396,7 +483,7 @@ class AcceptedConnection(asyncio.Protocol):
             to_upstream=initial,
             downstream_stats=src,
             upstream_stats=dst,
-            on_closed=lambda: _close_both(src, dst),
+            on_closed=lambda: self._relay_closed(src, dst),
         )
         if self._eof:
             down.eof_received()  # the client half-closed during detection
@@ -434,11 +521,22 @@ class AcceptedConnection(asyncio.Protocol):
                 errno_ = relay.error
                 src.close(errno_)
                 dst.close(errno_)
+                self._release_pick()
         except OSError:
             client.close()
             upstream.close()
             src.close(0)
             dst.close(0)
+            self._release_pick()
+
+    def _relay_closed(self, src: TcpStats, dst: TcpStats) -> None:
+        _close_both(src, dst)
+        self._release_pick()
+
+    def _release_pick(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 def _close_both(src: TcpStats, dst: TcpStats) -> None:

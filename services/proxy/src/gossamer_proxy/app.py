@@ -9,6 +9,9 @@ The mesh parts are wired here too: the proxy's identity (:mod:`.local_identity`;
 waits for its first certificate), the inbound policies and their authorization metrics
 (:mod:`.inbound_policy`), the meshed inbound listener that terminates mTLS
 (:mod:`.inbound_tls`), and, in static mode, the mTLS plan for the fixed outbound target.
+With a destination service (``LINKERD2_PROXY_DESTINATION_SVC_ADDR``) the outbound listeners
+resolve their targets through it (:mod:`.outbound.discovery`): profiles, balanced endpoints,
+mTLS to each endpoint's identity.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import ipaddress
 
+import grpc
 import structlog
 from gossamer_common.admin import AdminServer
 from gossamer_common.process_metrics import register_process_metrics
@@ -29,10 +33,14 @@ from .inbound_policy import InboundPolicies
 from .inbound_tls import InboundListener
 from .local_identity import IdentityConfigError, LocalIdentity, identity_from_settings
 from .mesh.authz_metrics import AuthzMetrics
+from .mesh.channels import control_channel
+from .mesh.control_stream import StreamConfig
+from .mesh.discovery import DestinationClient
 from .mesh.endpoints import Endpoint as MeshEndpoint
 from .mesh.tls_labels import outbound_tls_labels
 from .mesh.transport import plan_connect
 from .metrics import ProxyMetrics, tls_values
+from .outbound.discovery import OutboundDiscovery, parse_networks
 from .pool import Pool
 
 __all__ = ["Proxy"]
@@ -89,6 +97,38 @@ class Proxy:
         )
         self._ready = False
         self._tick: asyncio.TimerHandle | None = None
+        self._destination_channel: grpc.aio.Channel | None = None
+        #: Outbound discovery (``None`` without a destination service, or in static mode).
+        self.discovery: OutboundDiscovery | None = None
+        parse_networks(settings.destination_profile_networks)  # a typo must stop the start
+
+    def _start_discovery(self) -> None:
+        s = self.settings
+        if not s.destination_svc_addr or s.outbound_fixed_identity:
+            return
+        self._destination_channel = control_channel(
+            s.destination_svc_addr,
+            server_name=s.destination_svc_name,
+            trust_anchors_pem=self.identity.trust_anchors_pem if self.identity else None,
+            credentials=self.identity.credentials if self.identity else None,
+        )
+        client = DestinationClient(
+            self._destination_channel,
+            context_token=s.destination_context,
+            stream_config=StreamConfig(
+                initial_timeout=s.control_stream_initial_timeout,
+                idle_timeout=s.control_stream_idle_timeout,
+                lifetime=s.control_stream_lifetime,
+            ),
+            idle_timeout=s.outbound_discovery_idle_timeout,
+        )
+        self.discovery = OutboundDiscovery(
+            client,
+            networks=s.destination_profile_networks,
+            mesh_identity=self.identity is not None,
+            registry=self.metrics.registry,
+            idle_timeout=s.outbound_discovery_idle_timeout,
+        )
 
     @property
     def ready(self) -> bool:
@@ -140,6 +180,7 @@ class Proxy:
             authz_metrics=self.authz_metrics if inbound else None,
             gateway_suffixes=s.inbound_gateway_suffixes,
             outbound_tls=outbound_tls,
+            discovery=None if inbound else self.discovery,
         )
 
     async def _listen(self, ctx: ListenerContext) -> Endpoint:
@@ -164,6 +205,7 @@ class Proxy:
         if self.identity is not None:
             self.identity.start()
         self.policies.start((s.admin_listen.port,))
+        self._start_discovery()
         inbound = self._context("inbound", s.inbound_listen)
         if self.identity is not None:
             self._inbound_listener = InboundListener(inbound, self.identity)
@@ -203,6 +245,8 @@ class Proxy:
             for conn in list(ctx.connections):
                 conn.tick(now)
         self.pool.sweep(now)
+        if self.discovery is not None:
+            self.discovery.housekeeping(now)
         self._tick = loop.call_later(_TICK, self._housekeeping)
 
     def in_flight(self) -> int:
@@ -237,6 +281,10 @@ class Proxy:
         if self.identity is not None:
             await self.identity.close()
         await self.policies.close()
+        if self.discovery is not None:
+            await self.discovery.close()
+        if self._destination_channel is not None:
+            await self._destination_channel.close(None)
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)

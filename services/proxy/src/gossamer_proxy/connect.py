@@ -5,9 +5,10 @@ touching the protocol code:
 
 1. :func:`original_destination` recovers the address the client dialled (``SO_ORIGINAL_DST``
    behind proxy-init's iptables REDIRECT).
-2. A :class:`Resolver` turns that target (and, for HTTP, the authority) into endpoints. Today
-   the :class:`DirectResolver` returns the target itself; the Destination-backed resolver
-   with P2C load balancing replaces it.
+2. A :class:`Resolver` turns that target (and, for HTTP, the authority) into endpoints. The
+   :class:`DirectResolver` returns the target itself; with a destination service the
+   outbound side resolves through :mod:`.outbound.discovery` instead (per-request P2C
+   picks whose :class:`UpstreamTls` plan is passed to :meth:`Connector.open`).
 3. A :class:`Connector` opens a transport to one endpoint. An endpoint with an
    :class:`UpstreamTls` plan (from discovery's TLS hint, or the fixed identity of static
    mode) is reached over mesh mTLS: TLS 1.3, SNI = the server name, the server's certificate
@@ -153,9 +154,10 @@ class Connector:
         return self.tls_plans.get(endpoint) if self.identity is not None else None
 
     async def open(
-        self, endpoint: Endpoint, factory: Callable[[], P]
+        self, endpoint: Endpoint, factory: Callable[[], P], *, tls: UpstreamTls | None = None
     ) -> tuple[asyncio.Transport, P]:
-        plan = self.tls_plan(endpoint)
+        """Connect to ``endpoint``; ``tls`` (a discovered endpoint's plan) overrides the table."""
+        plan = tls if tls is not None and self.identity is not None else self.tls_plan(endpoint)
         if plan is not None:
             return await self._open_tls(endpoint, plan, factory)
         loop = asyncio.get_running_loop()

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .local_identity import LocalIdentity
     from .mesh.authz_metrics import AuthzMetrics
     from .opaque import SpliceRelay
+    from .outbound.discovery import OutboundDiscovery
 
 __all__ = ["ClientConnection", "ListenerContext"]
 
@@ -59,6 +60,8 @@ class ListenerContext:
     gateway_suffixes: tuple[str, ...] = ()
     #: Outbound only: TLS label values for connections to the fixed target.
     outbound_tls: tuple[str, ...] = ()
+    #: Outbound only: destination-service discovery and balancing (``None``: forward as is).
+    discovery: OutboundDiscovery | None = None
     draining: bool = False
     connections: set[ClientConnection] = field(default_factory=set)
     #: Zero-copy opaque relays in progress (they have no protocol object to drain).

@@ -11,6 +11,14 @@ responses keep their order. ``Upgrade`` requests (WebSocket) answered with 101 t
 connections into an opaque relay. Failures before a response head become Linkerd's
 synthesized responses (502/503/504 with ``l5d-proxy-error``); failures after it abort the
 client connection, since a truncated response must not look complete.
+
+Outbound, with discovery (:mod:`..outbound.discovery`), every request picks its endpoint
+(P2C peak-EWMA) and reports its outcome back to the balancer; its ServiceProfile route
+gives it a timeout (504 on expiry, retries included), a response classification and, on
+retryable routes, retries within the profile's retry budget for bodies kept whole in
+memory (≤ 64 KiB). A failed attempt's response is read and dropped, never shown to the
+client, and the request is sent again to a fresh pick. Connections between proxies stay
+HTTP/1.1, pooled per endpoint.
 """
 
 from __future__ import annotations
@@ -21,13 +29,23 @@ from typing import Final
 
 import httptools
 import structlog
+from gossamer_api.transport_header import SessionProtocol
 
 from ..config import Endpoint
+from ..connect import UpstreamTls
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, http1_error_bytes, http1_error_response
 from ..inbound_authz import InboundPeer
+from ..mesh.balancer import Outcome
+from ..mesh.classify import Classification, classify_for_accrual
+from ..mesh.profile import Profile, ProfileRoute
+from ..mesh.request import RequestView
+from ..mesh.retry import ReplayBody, RetryVerdict, decide_retry
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..opaque import relay_transports
+from ..outbound.discovery import TargetHandle
+from ..outbound.plan import Pick
+from ..outbound.route_metrics import RouteStats
 from ..timeouts import Phase, Verdict, verdict
 from .headers import (
     L5D_REQUEST_STRIP,
@@ -63,25 +81,35 @@ class Exchange:
     """One request/response pair on a client connection."""
 
     __slots__ = (
+        "attempt",
         "body",
         "close_after",
         "denied",
         "head",
+        "headers",
         "info",
         "is_head",
         "method",
+        "pick",
+        "profile",
+        "replay",
         "request_done",
         "response_chunked",
         "response_done",
         "response_started",
         "retried",
+        "route",
+        "route_stats",
         "started_at",
         "stats",
         "status",
+        "swallow",
+        "timer",
         "trailers",
         "tunnel_eof",
         "upgrade_leftover",
         "upstream",
+        "url",
         "version",
     )
 
@@ -107,6 +135,23 @@ class Exchange:
         self.tunnel_eof = False
         #: Inbound policy refused this request: answer with this instead of forwarding.
         self.denied: ProxyErrorKind | None = None
+        # Outbound discovery: the request as routing sees it, and where it went.
+        self.url = b""
+        self.headers: Headers = []
+        self.pick: Pick | None = None
+        self.profile: Profile | None = None
+        self.route: ProfileRoute | None = None
+        self.route_stats: RouteStats | None = None
+        self.replay: ReplayBody | None = None
+        self.attempt = 0
+        #: A failed attempt's response is being read and dropped before a retry.
+        self.swallow = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def finish_pick(self, outcome: Outcome) -> None:
+        pick, self.pick = self.pick, None
+        if pick is not None:
+            pick.finish(outcome)
 
 
 class Http1Server(asyncio.Protocol):
@@ -153,6 +198,7 @@ class Http1Server(asyncio.Protocol):
         self._stats_cache: dict[bytes | None, HttpTargetStats] = {}
         self._out: list[bytes] = []
         self._default_host = ((b"host", str(target).encode()),)
+        self._handle: TargetHandle | None = None
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -173,9 +219,14 @@ class Http1Server(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.ctx.connections.discard(self)
+        if self._handle is not None:
+            self._handle.close()
         if self._upgraded:
             return
         ex = self._active
+        if ex is not None:
+            ex.finish_pick(Outcome.CANCELLED)
+            _cancel_timer(ex)
         if ex is not None and ex.upstream is not None:
             ex.upstream.abort()
             ex.upstream = None
@@ -367,8 +418,13 @@ class Http1Server(asyncio.Protocol):
         url = b"".join(self._url)
         ex.head = encode_request_head(ex.method, url, info, extra=extra)
         ex.started_at = self.loop.time()
-        ex.stats = self._stats_for(info.host)
-        ex.stats.requests.value += 1
+        if self.ctx.discovery is not None and not self.ctx.inbound:
+            # Counted once the endpoint (and so its TLS and dst labels) is known.
+            ex.url = url
+            ex.headers = self._headers
+        else:
+            ex.stats = self._stats_for(info.host)
+            ex.stats.requests.value += 1
         if self.peer is not None:
             ex.denied = self.peer.check_http(ex.method, url, info.host, self._headers)
         if self._active is None:
@@ -381,6 +437,8 @@ class Http1Server(asyncio.Protocol):
         ex = self._cur
         if ex is None or ex.response_done or ex.denied is not None:
             return  # the response already ended; the rest of the body is discarded
+        if ex.replay is not None:
+            ex.replay.feed(body)
         up = ex.upstream
         if ex is self._active and up is not None:
             if ex.info is not None and ex.info.chunked:
@@ -397,6 +455,8 @@ class Http1Server(asyncio.Protocol):
         if ex is None:
             return
         ex.request_done = True
+        if ex.replay is not None:
+            ex.replay.end()
         if ex.denied is not None and ex is self._active and not ex.response_done:
             self._fail(ex, ex.denied, None)
             return
@@ -434,6 +494,11 @@ class Http1Server(asyncio.Protocol):
             if ex.request_done:
                 self._fail(ex, ex.denied, None)
             return  # answered once the (discarded) request body has been read
+        if self.ctx.discovery is not None and not self.ctx.inbound:
+            if not ex.request_done:
+                self._block(_BLOCK_WAIT_UPSTREAM)
+            self.ctx.spawn(self._dispatch(ex))
+            return
         endpoint = self._endpoint_for(ex)
         up = None if ex.retried else self.ctx.pool.acquire(endpoint)
         if isinstance(up, Http1Upstream):
@@ -442,20 +507,162 @@ class Http1Server(asyncio.Protocol):
             return
         if not ex.request_done:
             self._block(_BLOCK_WAIT_UPSTREAM)
-        self.ctx.spawn(self._connect(ex, endpoint))
+        self.ctx.spawn(self._connect(ex, endpoint, None, self.labels))
 
-    async def _connect(self, ex: Exchange, endpoint: Endpoint) -> None:
-        tcp = self.ctx.metrics.tcp(self.labels, "dst")
+    async def _connect(
+        self, ex: Exchange, endpoint: Endpoint, tls: UpstreamTls | None, labels: TargetLabels
+    ) -> None:
+        tcp = self.ctx.metrics.tcp(labels, "dst")
         try:
-            _, up = await self.ctx.connector.open(endpoint, lambda: Http1Upstream(endpoint, tcp))
+            _, up = await self.ctx.connector.open(
+                endpoint, lambda: Http1Upstream(endpoint, tcp), tls=tls
+            )
         except ProxyError as exc:
             if ex is self._active and not self._closed:
-                self._fail(ex, exc.kind, exc.detail)
+                ex.finish_pick(Outcome.FAILURE)
+                if not self._retry(ex, None, error=True):
+                    self._fail(ex, exc.kind, exc.detail)
             return
         if ex is not self._active or self._closed:
             up.close()
             return
         self._attach(ex, up)
+
+    # -- discovery: routing, balancing, timeouts and retries ---------------------------------
+
+    def _target_handle(self) -> TargetHandle:
+        handle = self._handle
+        if handle is None:
+            assert self.ctx.discovery is not None
+            handle = self._handle = self.ctx.discovery.target(self.target)
+        return handle
+
+    async def _dispatch(self, ex: Exchange) -> None:
+        """Route (first attempt), pick an endpoint, then send over a pooled or new connection."""
+        handle = self._target_handle()
+        discovery = self.ctx.discovery
+        assert discovery is not None
+        try:
+            if ex.attempt == 0:
+                ex.attempt = 1
+                await self._route(ex, handle)
+                if ex is not self._active or self._closed:
+                    return
+            override = ex.info.dst_override if ex.info is not None else None
+            if self.ctx.ingress_mode and override:
+                # Ingress mode routes by l5d-dst-override (a service name:port) when given.
+                authority: str | None = override.decode("latin-1")
+            else:
+                authority = handle.choose_authority(ex.profile)
+            pick = await handle.pick(ex.profile, authority, SessionProtocol.HTTP1)
+        except ProxyError as exc:
+            if ex is self._active and not self._closed:
+                self._fail(ex, exc.kind, exc.detail)
+            return
+        if ex is not self._active or self._closed:
+            pick.finish(Outcome.CANCELLED)
+            return
+        ex.pick = pick
+        if ex.route_stats is not None:
+            ex.route_stats.actual.value += 1
+        plan = pick.plan
+        labels = TargetLabels(
+            "outbound", plan.endpoint.host, plan.endpoint.port, False, plan.tls_labels
+        )
+        if ex.stats is None:
+            host = ex.info.host if ex.info is not None else None
+            authority_label = host.decode("latin-1") if host is not None else pick.authority
+            if ":" not in authority_label.rsplit("]", 1)[-1]:
+                authority_label = f"{authority_label}:{self.target.port}"
+            ex.stats = self.ctx.metrics.http(labels, authority_label)
+            ex.stats.requests.value += 1
+        up = None if ex.retried else self.ctx.pool.acquire(plan.endpoint)
+        if isinstance(up, Http1Upstream):
+            up.reused = True
+            self._attach(ex, up)
+            return
+        await self._connect(ex, plan.endpoint, plan.tls, labels)
+
+    async def _route(self, ex: Exchange, handle: TargetHandle) -> None:
+        """Find the request's ServiceProfile route; arm its timeout; prepare for retries."""
+        profile = await handle.profile()
+        ex.profile = profile
+        if profile is None or not profile.routes:
+            return
+        assert self.ctx.discovery is not None
+        host = ex.info.host if ex.info is not None and ex.info.host is not None else b""
+        view = RequestView.from_target(ex.method, ex.url, authority=host, headers=ex.headers)
+        route = ex.route = profile.route_for(view)
+        if route is None:
+            return
+        route_metrics = self.ctx.discovery.route_metrics
+        if route_metrics is not None:
+            dst = f"{profile.fully_qualified_name}:{self.target.port}"
+            ex.route_stats = route_metrics.stats(dst, route)
+            ex.route_stats.requests.value += 1
+        if route.timeout is not None:
+            ex.timer = self.loop.call_later(route.timeout, self._route_timeout, ex)
+        if profile.may_retry(route):
+            budget = self.ctx.discovery.budget(profile, self.loop.time())
+            if budget is not None:
+                budget.deposit(self.loop.time())
+            # Keep a copy of the body for replay (what arrived so far, then each piece).
+            replay = ex.replay = ReplayBody()
+            for piece in ex.body:
+                replay.feed(piece)
+            if ex.request_done:
+                replay.end()
+
+    def _retry(self, ex: Exchange, status: int | None, *, error: bool = False) -> bool:
+        """Whether this failed attempt may be retried (taking a budget token if so)."""
+        profile, route = ex.profile, ex.route
+        if profile is None or route is None or not profile.may_retry(route):
+            return False
+        if not ex.request_done or ex.response_started or self._closed:
+            return False
+        classification = route.classify(status, error=error)
+        if classification is not Classification.FAILURE:
+            return False
+        assert self.ctx.discovery is not None
+        now = self.loop.time()
+        verdict_ = decide_retry(
+            attempt=ex.attempt,
+            body=ex.replay,
+            now=now,
+            profile_failure=classification,
+            budget=self.ctx.discovery.budget(profile, now),
+            error=error,
+        )
+        if verdict_ is not RetryVerdict.RETRY:
+            _log.debug("retry_skipped", reason=verdict_.value, attempt=ex.attempt)
+            return False
+        if error:
+            self._resend(ex)
+        return True
+
+    def _resend(self, ex: Exchange) -> None:
+        """Send the request again, body from the replay copy, to a fresh pick."""
+        ex.attempt += 1
+        ex.swallow = False
+        ex.status = 0
+        ex.retried = False
+        ex.body = list(ex.replay.chunks()) if ex.replay is not None else []
+        self.ctx.spawn(self._dispatch(ex))
+
+    def _route_timeout(self, ex: Exchange) -> None:
+        ex.timer = None
+        if ex is not self._active or self._closed or ex.response_done:
+            return
+        ex.finish_pick(Outcome.FAILURE)
+        if ex.response_started and not ex.swallow:
+            self._abort_all()  # a response cut short must not look complete
+            return
+        up = ex.upstream
+        ex.upstream = None
+        if up is not None:
+            up.abort()
+        ex.close_after = ex.close_after or not ex.request_done
+        self._fail(ex, ProxyErrorKind.RESPONSE_TIMEOUT, None)
 
     def _attach(self, ex: Exchange, up: Http1Upstream) -> None:
         ex.upstream = up
@@ -516,7 +723,14 @@ class Http1Server(asyncio.Protocol):
                 self._write(encode_response_head(status, reason, info, framing=b"", close=False))
             return
         ex.status = status
+        if ex.route is not None and self._retry(ex, status):
+            ex.swallow = True  # read and drop this attempt's response, then send again
+            return
         ex.response_started = True
+        if ex.route_stats is not None and ex.route is not None:
+            ex.route_stats.response(
+                status, ex.route.classify(status), (self.loop.time() - ex.started_at) * 1000.0
+            )
         if ex.stats is not None:
             ex.stats.observe_latency(status, (self.loop.time() - ex.started_at) * 1000.0)
         if info.proxy_connection_close:
@@ -547,7 +761,7 @@ class Http1Server(asyncio.Protocol):
 
     def up_body(self, data: bytes) -> None:
         ex = self._active
-        if ex is None or self._closed:
+        if ex is None or self._closed or ex.swallow:
             return
         if ex.response_chunked:
             parts = chunk(data)
@@ -560,6 +774,21 @@ class Http1Server(asyncio.Protocol):
         ex = self._active
         if ex is None:
             return
+        if ex.swallow:
+            ex.finish_pick(Outcome.FAILURE)
+            up, ex.upstream = ex.upstream, None
+            if up is not None:
+                if up.is_usable() and not self.ctx.draining:
+                    up.owner = None
+                    self.ctx.pool.release(up, self.loop.time())
+                else:
+                    up.close()
+            if not self._closed:
+                self._resend(ex)
+            return
+        if ex.pick is not None:
+            failed = classify_for_accrual(ex.status, grpc=_grpc_status(trailers))
+            ex.finish_pick(Outcome.FAILURE if failed is Classification.FAILURE else Outcome.SUCCESS)
         if ex.response_chunked and not self._closed:
             self._write(last_chunk(trailers))
         ex.response_done = True
@@ -613,12 +842,20 @@ class Http1Server(asyncio.Protocol):
             return
         up = ex.upstream
         ex.upstream = None
+        if ex.swallow:
+            ex.finish_pick(Outcome.FAILURE)
+            self._resend(ex)
+            return
         if not ex.response_started:
             no_body = ex.info is None or (not ex.info.chunked and not ex.info.content_length)
             if up is not None and up.reused and not up.got_bytes and no_body and not ex.retried:
                 # A pooled connection the server had closed: safe to send again, once.
+                ex.finish_pick(Outcome.CANCELLED)
                 ex.retried = True
                 self._begin(ex)
+                return
+            ex.finish_pick(Outcome.FAILURE)
+            if self._retry(ex, None, error=True):
                 return
             kind = (
                 ProxyErrorKind.UPSTREAM_PROTOCOL
@@ -628,6 +865,7 @@ class Http1Server(asyncio.Protocol):
             self._fail(ex, kind, None)
             return
         # The response was cut short: make that visible to the client.
+        ex.finish_pick(Outcome.FAILURE)
         if ex.stats is not None:
             ex.stats.response(ex.status, None, "response body truncated")
         self._abort_all()
@@ -643,6 +881,7 @@ class Http1Server(asyncio.Protocol):
     def _finish(self, ex: Exchange) -> None:
         if ex is not self._active:
             return
+        _cancel_timer(ex)
         self._active = None
         if ex.close_after or self._closed:
             self._close()
@@ -659,6 +898,17 @@ class Http1Server(asyncio.Protocol):
     def _fail(self, ex: Exchange, kind: ProxyErrorKind, detail: str | None) -> None:
         """Answer ``ex`` with Linkerd's synthesized error response."""
         ex.status = kind.status
+        ex.finish_pick(Outcome.FAILURE)
+        if ex.route_stats is not None:
+            ex.route_stats.response(
+                kind.status,
+                Classification.FAILURE,
+                (self.loop.time() - ex.started_at) * 1000.0,
+            )
+        if ex.stats is None and self.ctx.discovery is not None and not self.ctx.inbound:
+            host = ex.info.host if ex.info is not None else None
+            ex.stats = self._stats_for(host)
+            ex.stats.requests.value += 1
         if ex.stats is not None:
             ex.stats.observe_latency(kind.status, (self.loop.time() - ex.started_at) * 1000.0)
             ex.stats.response(kind.status, None, kind.name.lower())
@@ -692,6 +942,12 @@ class Http1Server(asyncio.Protocol):
         self._abort_upstreams()
         if self.transport is not None:
             self.transport.abort()
+
+
+def _cancel_timer(ex: Exchange) -> None:
+    if ex.timer is not None:
+        ex.timer.cancel()
+        ex.timer = None
 
 
 def _grpc_status(trailers: Headers) -> int | None:

@@ -7,6 +7,9 @@ through, so the proxy buffers at most one window per stream and a slow reader th
 writer. Trailers (and so gRPC status) pass through unchanged; RST_STREAM on either side resets
 the paired stream; a GOAWAY from upstream refuses the streams it did not process
 (REFUSED_STREAM, which clients retry) and moves new streams to a fresh upstream connection.
+
+Outbound with discovery, each upstream connection is balanced (one P2C pick per upstream
+connection, its connect time the latency sample), not each stream.
 """
 
 from __future__ import annotations
@@ -23,12 +26,16 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import structlog
+from gossamer_api.transport_header import SessionProtocol
 
 from ..config import Endpoint
+from ..connect import UpstreamTls
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
 from ..inbound_authz import InboundPeer
+from ..mesh.balancer import Outcome
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
+from ..outbound.discovery import TargetHandle
 
 __all__ = ["H2Server"]
 
@@ -139,6 +146,7 @@ class H2Server(asyncio.Protocol):
         self._seen = 0
         self._quiet_since = self.loop.time()
         self._strip = _STRIP_INBOUND if ctx.inbound else _STRIP_REQUEST
+        self._handle: TargetHandle | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -181,6 +189,8 @@ class H2Server(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.ctx.connections.discard(self)
+        if self._handle is not None:
+            self._handle.close()
         for pair in list(self.pairs.values()):
             if pair.upstream is not None:
                 pair.upstream.reset(pair, h2.errors.ErrorCodes.CANCEL)
@@ -338,15 +348,38 @@ class H2Server(asyncio.Protocol):
 
     async def _connect(self) -> None:
         ctx = self.ctx
-        if ctx.fixed_target is not None:
-            endpoint = ctx.fixed_target
-        elif ctx.forward_host is not None:
-            endpoint = Endpoint(ctx.forward_host, self.target.port)
-        else:
-            endpoint = ctx.resolver.resolve(self.target, None)[0]
-        tcp = ctx.metrics.tcp(self.labels, "dst")
+        tls: UpstreamTls | None = None
+        labels = self.labels
         try:
-            _, up = await ctx.connector.open(endpoint, lambda: _H2Upstream(self, tcp))
+            if ctx.discovery is not None and not ctx.inbound:
+                if self._handle is None:
+                    self._handle = ctx.discovery.target(self.target)
+                handle = self._handle
+                profile = await handle.profile()
+                authority = handle.choose_authority(profile)
+                pick = await handle.pick(profile, authority, SessionProtocol.HTTP2)
+                endpoint, tls = pick.endpoint, pick.tls
+                labels = TargetLabels(
+                    ctx.direction, endpoint.host, endpoint.port, False, pick.plan.tls_labels
+                )
+                started = self.loop.time()
+                try:
+                    _, up = await ctx.connector.open(
+                        endpoint, lambda: _H2Upstream(self, ctx.metrics.tcp(labels, "dst")), tls=tls
+                    )
+                except ProxyError:
+                    pick.finish(Outcome.FAILURE, latency=self.loop.time() - started)
+                    raise
+                pick.finish(Outcome.SUCCESS, latency=self.loop.time() - started)
+            else:
+                if ctx.fixed_target is not None:
+                    endpoint = ctx.fixed_target
+                elif ctx.forward_host is not None:
+                    endpoint = Endpoint(ctx.forward_host, self.target.port)
+                else:
+                    endpoint = ctx.resolver.resolve(self.target, None)[0]
+                tcp = ctx.metrics.tcp(labels, "dst")
+                _, up = await ctx.connector.open(endpoint, lambda: _H2Upstream(self, tcp))
         except ProxyError as exc:
             waiting, self._connecting = self._connecting, []
             for pair in waiting:
