@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -567,9 +568,31 @@ async def test_target_outside_profile_networks_is_forwarded_without_lookup(
     assert control.plane.requests == []
 
 
-async def test_failing_endpoint_is_ejected_by_failure_accrual(
+async def test_unreachable_endpoint_is_ejected_by_failure_accrual(
     start_proxy: StartProxy, tcp_server: TcpServer, control: ControlPlane
 ) -> None:
+    good = await http_backend(tcp_server)
+    with socket.socket() as probe:  # a port nothing listens on: every connect is refused
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    serve_service(control, good.port, dead)
+    proxy = await discovery_proxy(start_proxy, control)
+
+    statuses = await run_requests(proxy, 200, clients=1)
+
+    assert statuses[200] == len(good.hits)
+    # 7 consecutive failures eject it; afterwards only the odd probe (backoff ≥ 1 s) fails.
+    assert 7 <= 200 - statuses[200] <= 12
+    assert proxy.discovery is not None
+    backend = proxy.discovery.backends()[AUTHORITY]
+    assert len(backend.balancer.ejected()) == 1
+
+
+async def test_endpoint_answering_5xx_is_not_ejected_by_default(
+    start_proxy: StartProxy, tcp_server: TcpServer, control: ControlPlane
+) -> None:
+    """Only transport failures eject by default; 5xx answers need the Service to opt in."""
+
     async def broken(path: str, body: bytes, n: int) -> tuple[int, bytes]:
         return 500, b"down"
 
@@ -579,12 +602,9 @@ async def test_failing_endpoint_is_ejected_by_failure_accrual(
 
     statuses = await run_requests(proxy, 200, clients=1)
 
-    assert statuses[200] == len(good.hits)
-    # 7 consecutive failures eject it; afterwards only the odd probe (backoff ≥ 1 s) gets through.
-    assert 7 <= len(bad.hits) <= 12
+    assert statuses[500] == len(bad.hits) > 20
     assert proxy.discovery is not None
-    backend = proxy.discovery.backends()[AUTHORITY]
-    assert len(backend.balancer.ejected()) == 1
+    assert not proxy.discovery.backends()[AUTHORITY].balancer.ejected()
 
 
 async def test_opaque_connections_are_balanced_per_connection(

@@ -154,6 +154,14 @@ class Exchange:
             pick.finish(outcome)
 
 
+#: Whether a complete 5xx (or failing gRPC) response counts toward failure accrual. Linkerd
+#: counts responses only when a Service opts in (``balancer.linkerd.io/failure-accrual``,
+#: delivered by the outbound policy API); by default only endpoints that fail at the transport
+#: level (refused, reset, timed out) are ejected. Counting responses unconditionally ejects a
+#: healthy front end whose own backends fail, and fail-fasts every caller of it.
+RESPONSE_FAILURES_EJECT = False
+
+
 class Http1Server(asyncio.Protocol):
     """Drives one client connection. Created after detection has chosen HTTP/1."""
 
@@ -788,7 +796,8 @@ class Http1Server(asyncio.Protocol):
             return
         if ex.pick is not None:
             failed = classify_for_accrual(ex.status, grpc=_grpc_status(trailers))
-            ex.finish_pick(Outcome.FAILURE if failed is Classification.FAILURE else Outcome.SUCCESS)
+            response_failed = RESPONSE_FAILURES_EJECT and failed is Classification.FAILURE
+            ex.finish_pick(Outcome.FAILURE if response_failed else Outcome.SUCCESS)
         if ex.response_chunked and not self._closed:
             self._write(last_chunk(trailers))
         ex.response_done = True
