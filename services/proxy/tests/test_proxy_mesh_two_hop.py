@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography import x509
 from gossamer_common.metrics import Registry
@@ -387,3 +388,111 @@ async def test_opaque_two_hop_relays_bytes_over_mtls(
     writer.close()
     assert got == payload
     assert _metric(inbound, "inbound_tcp_authz_allow_total", client_id=CLIENT) == 1
+
+
+async def _grpc_echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    client_id = dict(context.invocation_metadata() or ()).get("l5d-client-id", "")
+    return b"%s:%s" % (str(client_id).encode(), request)
+
+
+async def _grpc_chat(
+    requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+) -> AsyncIterator[bytes]:
+    async for message in requests:
+        yield b"re:" + message
+
+
+@pytest.fixture
+async def grpc_backend() -> AsyncIterator[tuple[str, int]]:
+    """A real grpcio server answering unary calls with the caller's ``l5d-client-id``."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "test.Echo",
+                {
+                    "Unary": grpc.unary_unary_rpc_method_handler(_grpc_echo),
+                    "Bidi": grpc.stream_stream_rpc_method_handler(_grpc_chat),
+                },
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield "127.0.0.1", port
+    await server.stop(0)
+
+
+async def _grpc_calls(outbound: Proxy) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{outbound.outbound_addr.port}") as channel:
+        unary = channel.unary_unary("/test.Echo/Unary", None, None)
+        for i in range(3):
+            assert await unary(b"m%d" % i, timeout=10) == f"{CLIENT}:m{i}".encode()
+        bidi = channel.stream_stream("/test.Echo/Bidi", None, None)(None, timeout=10)
+        for i in range(10):
+            await bidi.write(b"b%d" % i)
+            assert await bidi.read() == b"re:b%d" % i
+        await bidi.done_writing()
+        assert await bidi.code() is grpc.StatusCode.OK
+
+
+async def test_grpc_two_hop_with_fixed_identity(
+    start_proxy: StartProxy, grpc_backend: tuple[str, int], trust: TrustMaterial, tmp_path: Path
+) -> None:
+    """The bench's gRPC topology: HTTP/2 over the mTLS hop, identities in both proxies."""
+    inbound, outbound = await _two_hop(start_proxy, trust, tmp_path, grpc_backend)
+    await _grpc_calls(outbound)
+    assert (
+        _metric(
+            outbound,
+            "response_total",
+            direction="outbound",
+            tls="true",
+            server_id=SERVER,
+            grpc_status="0",
+        )
+        == 4
+    )
+    assert (
+        _metric(inbound, "response_total", direction="inbound", tls="true", client_id=CLIENT) == 4
+    )
+    assert _metric(outbound, "tcp_open_total", direction="outbound", peer="dst") == 1
+
+
+async def test_grpc_two_hop_with_fixed_identity_and_transport_header(
+    start_proxy: StartProxy, grpc_backend: tuple[str, int], trust: TrustMaterial, tmp_path: Path
+) -> None:
+    """HTTP/2 to the inbound port with ALPN and a transport header (written before h2's preface)."""
+    inbound = await start_proxy(
+        **_identity_env(trust, tmp_path, SERVER), GOSSAMER_PROXY_INBOUND_FORWARD_HOST="127.0.0.1"
+    )
+    outbound = await start_proxy(
+        grpc_backend,
+        **_identity_env(trust, tmp_path, CLIENT),
+        GOSSAMER_PROXY_OUTBOUND_FIXED_IDENTITY=SERVER,
+        GOSSAMER_PROXY_OUTBOUND_FIXED_OPAQUE_TRANSPORT_PORT=str(inbound.inbound_addr.port),
+    )
+    await _grpc_calls(outbound)
+    target_port = str(grpc_backend[1])
+    assert (
+        _metric(
+            outbound,
+            "response_total",
+            tls="true",
+            server_id=SERVER,
+            target_port=target_port,
+            grpc_status="0",
+        )
+        == 4
+    )
+    assert (
+        _metric(
+            inbound,
+            "response_total",
+            tls="true",
+            client_id=CLIENT,
+            target_port=target_port,
+            grpc_status="0",
+        )
+        == 4
+    )

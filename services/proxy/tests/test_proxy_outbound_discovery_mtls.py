@@ -238,3 +238,144 @@ async def test_endpoint_with_the_wrong_identity_is_refused(
     assert status == 502
     assert "l5d-proxy-error" in headers
     assert seen == []
+
+
+async def _unary(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    context.set_trailing_metadata((("x-trailer", "t1"),))
+    return b"echo:" + request
+
+
+async def _bidi(
+    requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+) -> AsyncIterator[bytes]:
+    async for message in requests:
+        yield b"re:" + message
+
+
+async def _many(
+    request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+) -> AsyncIterator[bytes]:
+    for _ in range(int(request)):
+        yield b"s" * 100_000
+
+
+@pytest.fixture
+async def grpc_backend() -> AsyncIterator[tuple[int, list[str]]]:
+    """A real grpcio server; returns its port and the ``l5d-client-id`` of each call."""
+    client_ids: list[str] = []
+
+    def seen(context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+        client_ids.append(dict(context.invocation_metadata() or ()).get("l5d-client-id", ""))
+
+    async def unary(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        seen(context)
+        return await _unary(request, context)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "test.Echo",
+                {
+                    "Unary": grpc.unary_unary_rpc_method_handler(unary),
+                    "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
+                    "Many": grpc.unary_stream_rpc_method_handler(_many),
+                },
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield port, client_ids
+    await server.stop(0)
+
+
+async def grpc_calls(port: int) -> None:
+    """Unary (with trailers), bidi and server-streaming calls through the client proxy."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        unary = channel.unary_unary("/test.Echo/Unary", None, None)
+        for i in range(3):
+            call = unary(b"m%d" % i, timeout=10)
+            assert await call == b"echo:m%d" % i
+            assert ("x-trailer", "t1") in tuple(await call.trailing_metadata())
+        bidi = channel.stream_stream("/test.Echo/Bidi", None, None)(None, timeout=10)
+        for i in range(20):
+            await bidi.write(b"b%d" % i)
+            assert await bidi.read() == b"re:b%d" % i
+        await bidi.done_writing()
+        assert await bidi.code() is grpc.StatusCode.OK
+        total = 0
+        async for message in channel.unary_stream("/test.Echo/Many", None, None)(b"30", timeout=10):
+            total += len(message)
+        assert total == 3_000_000  # several windows' worth: flow control turns over
+
+
+async def test_grpc_to_a_discovered_meshed_endpoint_goes_over_mtls(
+    start_proxy: StartProxy,
+    trust: TrustMaterial,
+    tmp_path: Path,
+    destination: tuple[Destination, str],
+    grpc_backend: tuple[int, list[str]],
+) -> None:
+    """The meshed gRPC path: HTTP/2 inside mTLS to the peer's inbound port, header first."""
+    servicer, addr = destination
+    backend_port, client_ids = grpc_backend
+    server = await start_proxy(**identity_env(trust, tmp_path, SERVER))
+    servicer.profiles[CLUSTER_IP] = profile()
+    servicer.endpoints[AUTHORITY] = endpoint(backend_port, SERVER, server.inbound_addr.port)
+    client = await client_proxy(start_proxy, trust, tmp_path, addr)
+
+    await grpc_calls(client.outbound_addr.port)
+
+    assert client_ids == [CLIENT] * 3
+    backend_addr = f"127.0.0.1:{backend_port}"
+    assert (
+        metric(
+            client,
+            "response_total",
+            direction="outbound",
+            tls="true",
+            server_id=SERVER,
+            target_addr=backend_addr,
+            grpc_status="0",
+            classification="success",
+        )
+        == 5
+    )
+    assert metric(client, "request_total", direction="outbound", tls="no_identity") == 0
+    assert metric(client, "tcp_open_total", peer="dst", server_id=SERVER) == 1
+    assert (
+        metric(
+            server,
+            "response_total",
+            direction="inbound",
+            tls="true",
+            client_id=CLIENT,
+            target_addr=backend_addr,
+            grpc_status="0",
+        )
+        == 5
+    )
+    assert metric(server, "tcp_open_total", peer="src", tls="true", client_id=CLIENT) == 1
+
+
+async def test_grpc_to_a_discovered_endpoint_with_the_wrong_identity_is_unavailable(
+    start_proxy: StartProxy,
+    trust: TrustMaterial,
+    tmp_path: Path,
+    destination: tuple[Destination, str],
+    grpc_backend: tuple[int, list[str]],
+) -> None:
+    servicer, addr = destination
+    backend_port, client_ids = grpc_backend
+    server = await start_proxy(**identity_env(trust, tmp_path, SERVER))
+    servicer.profiles[CLUSTER_IP] = profile()
+    servicer.endpoints[AUTHORITY] = endpoint(backend_port, OTHER, server.inbound_addr.port)
+    client = await client_proxy(start_proxy, trust, tmp_path, addr)
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{client.outbound_addr.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await channel.unary_unary("/test.Echo/Unary", None, None)(b"x", timeout=10)
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert client_ids == []
+    assert metric(client, "response_total", direction="outbound", classification="failure") == 1

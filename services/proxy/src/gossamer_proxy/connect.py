@@ -17,6 +17,12 @@ touching the protocol code:
    naming the real port (:func:`gossamer_proxy.mesh.transport.plan_connect`). Plans are
    keyed by the logical endpoint, so the HTTP/1 pool keeps one set of connections per
    target port even when they all go to the same ``<ip>:4143``.
+
+An mTLS connection is first held by a :class:`_Handshake` placeholder: the caller's
+protocol is only created and attached once the peer's identity and ALPN are checked and the
+transport header is written. Protocols that speak first in ``connection_made`` (an HTTP/2
+client sends its preface there) would otherwise put their bytes ahead of the header, and
+would speak to a peer whose identity is not yet known.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import ssl
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from .config import Endpoint
 from .errors import ProxyError, ProxyErrorKind
@@ -141,6 +147,45 @@ class UpstreamTls:
         )
 
 
+class _Handshake(asyncio.Protocol):
+    """Holds a fresh mTLS connection, reading paused, until it is verified and handed over.
+
+    Anything that still arrives (a peer that speaks first) is kept and replayed to the real
+    protocol, so nothing is lost; a connection lost meanwhile is reported as a failed connect.
+    """
+
+    def __init__(self) -> None:
+        self.held: list[bytes] = []
+        self.eof = False
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.held.append(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True  # the real protocol decides when to close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+    def hand_over(self, transport: asyncio.Transport, protocol: P) -> P:
+        """Attach ``protocol`` as if it had been there from the start; replay what was held."""
+        transport.set_protocol(protocol)
+        transport.resume_reading()  # before connection_made, which may pause it again
+        protocol.connection_made(transport)
+        if isinstance(protocol, asyncio.Protocol):
+            for data in self.held:
+                protocol.data_received(data)
+            if self.eof and not protocol.eof_received():
+                transport.close()
+        self.held = []
+        return protocol
+
+
 class Connector:
     """Opens connections with a connect timeout and ``TCP_NODELAY``; mTLS where planned."""
 
@@ -188,8 +233,8 @@ class Connector:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.timeout):
-                transport, protocol = await loop.create_connection(
-                    factory,
+                transport, holder = await loop.create_connection(
+                    _Handshake,
                     target.host,
                     target.port,
                     ssl=context,
@@ -222,10 +267,14 @@ class Connector:
                 ProxyErrorKind.CONNECT_FAILED,
                 f"{target} did not accept ALPN {plan.alpn[0]} (not a mesh proxy's inbound port?)",
             )
+        if holder.lost:
+            raise ProxyError(
+                ProxyErrorKind.CONNECT_FAILED, f"{target}: closed right after the TLS handshake"
+            )
         set_nodelay(transport)
         if plan.preamble:
             transport.write(plan.preamble)
-        return transport, protocol
+        return transport, holder.hand_over(transport, factory())
 
     async def open_socket(self, endpoint: Endpoint) -> socket.socket:
         """A connected non-blocking socket, for the zero-copy opaque path."""

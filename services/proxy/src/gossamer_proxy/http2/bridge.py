@@ -9,7 +9,10 @@ the paired stream; a GOAWAY from upstream refuses the streams it did not process
 (REFUSED_STREAM, which clients retry) and moves new streams to a fresh upstream connection.
 
 Outbound with discovery, each upstream connection is balanced (one P2C pick per upstream
-connection, its connect time the latency sample), not each stream.
+connection, its connect time the latency sample), not each stream. Such a stream is counted
+in the request metrics once it is bound to an upstream connection, under that endpoint's
+labels (``target_addr``, ``tls="true"``, ``server_id``), as HTTP/1 requests are; a stream
+answered by the proxy itself before that is counted under the listener's labels.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class _Flow:
 
 class _Pair:
     __slots__ = (
+        "authority",
         "down_id",
         "grpc",
         "grpc_status",
@@ -94,6 +98,8 @@ class _Pair:
         self.status = 0
         self.started_at = 0.0
         self.stats: HttpTargetStats | None = None
+        #: The ``authority`` metric label, kept until the stream is counted.
+        self.authority = ""
 
 
 def _config(client_side: bool) -> h2.config.H2Configuration:
@@ -147,6 +153,8 @@ class H2Server(asyncio.Protocol):
         self._quiet_since = self.loop.time()
         self._strip = _STRIP_INBOUND if ctx.inbound else _STRIP_REQUEST
         self._handle: TargetHandle | None = None
+        #: Outbound with discovery: streams are counted once their endpoint is known.
+        self._count_on_upstream = ctx.discovery is not None and not ctx.inbound
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -322,8 +330,9 @@ class H2Server(asyncio.Protocol):
         authority_text = authority.decode("latin-1") if authority else ""
         if authority_text and ":" not in authority_text.rsplit("]", 1)[-1]:
             authority_text = f"{authority_text}:{self.target.port}"
-        pair.stats = self.ctx.metrics.http(self.labels, authority_text)
-        pair.stats.requests.value += 1
+        pair.authority = authority_text
+        if not self._count_on_upstream:
+            self.count(pair, self.labels)
         if event.stream_ended is not None:
             # END_STREAM came on HEADERS; h2 reports it again as StreamEnded, ignored below.
             pair.to_up.ended = True
@@ -346,6 +355,12 @@ class H2Server(asyncio.Protocol):
         if len(self._connecting) == 1:
             self.ctx.spawn(self._connect())
 
+    def count(self, pair: _Pair, labels: TargetLabels) -> None:
+        """Count ``pair`` as a request to ``labels`` (once)."""
+        if pair.stats is None:
+            pair.stats = self.ctx.metrics.http(labels, pair.authority)
+            pair.stats.requests.value += 1
+
     async def _connect(self) -> None:
         ctx = self.ctx
         tls: UpstreamTls | None = None
@@ -365,7 +380,9 @@ class H2Server(asyncio.Protocol):
                 started = self.loop.time()
                 try:
                     _, up = await ctx.connector.open(
-                        endpoint, lambda: _H2Upstream(self, ctx.metrics.tcp(labels, "dst")), tls=tls
+                        endpoint,
+                        lambda: _H2Upstream(self, ctx.metrics.tcp(labels, "dst"), labels),
+                        tls=tls,
                     )
                 except ProxyError:
                     pick.finish(Outcome.FAILURE, latency=self.loop.time() - started)
@@ -379,7 +396,7 @@ class H2Server(asyncio.Protocol):
                 else:
                     endpoint = ctx.resolver.resolve(self.target, None)[0]
                 tcp = ctx.metrics.tcp(labels, "dst")
-                _, up = await ctx.connector.open(endpoint, lambda: _H2Upstream(self, tcp))
+                _, up = await ctx.connector.open(endpoint, lambda: _H2Upstream(self, tcp, labels))
         except ProxyError as exc:
             waiting, self._connecting = self._connecting, []
             for pair in waiting:
@@ -455,6 +472,7 @@ class H2Server(asyncio.Protocol):
         if not pair.response_started and not refused:
             self.respond_error(pair, ProxyErrorKind.UPSTREAM_RESET)
             return
+        self.count(pair, pair.upstream.labels if pair.upstream is not None else self.labels)
         if pair.stats is not None:
             pair.stats.response(pair.status, pair.grpc_status, "stream reset")
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
@@ -464,6 +482,7 @@ class H2Server(asyncio.Protocol):
     def respond_error(self, pair: _Pair, kind: ProxyErrorKind, detail: str | None = None) -> None:
         """Answer a stream with Linkerd's synthesized error (gRPC status for gRPC)."""
         self.pairs.pop(pair.down_id, None)
+        self.count(pair, self.labels)
         if pair.grpc:
             headers = grpc_error_headers(kind, detail)
             status, grpc_status = 200, int(kind.grpc_status)
@@ -528,9 +547,11 @@ def _pump(
 class _H2Upstream(asyncio.Protocol):
     """The proxy's HTTP/2 client connection to the upstream server."""
 
-    def __init__(self, server: H2Server, tcp: TcpStats) -> None:
+    def __init__(self, server: H2Server, tcp: TcpStats, labels: TargetLabels) -> None:
         self.server = server
         self.tcp = tcp
+        #: The endpoint's metric labels, for the streams sent over this connection.
+        self.labels = labels
         self.conn = h2.connection.H2Connection(_config(client_side=True))
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Pair] = {}
@@ -563,6 +584,7 @@ class _H2Upstream(asyncio.Protocol):
         pair.up_id = sid
         pair.upstream = self
         self.streams[sid] = pair
+        self.server.count(pair, self.labels)
         end = pair.to_up.ended and not pair.to_up.pending and pair.to_up.trailers is None
         self.conn.send_headers(sid, pair.request_headers, end_stream=end)
         if end:
