@@ -2,14 +2,15 @@
 
 Without iptables the outbound listener forwards to a fixed target
 (``GOSSAMER_PROXY_OUTBOUND_FIXED_TARGET``), as an ingress-style hop; everything else is the
-production proxy.
+production proxy. The two-hop topologies add the mesh: static identities from the bench PKI,
+mTLS between the proxies, the inbound proxy forwarding to a fixed backend.
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench.certs import MeshCerts
+from bench.certs import MeshCerts, TlsFiles
 from bench.procs import ProcGroup, free_port, wait_for_port
 
 
@@ -34,6 +35,43 @@ def start_proxy(group: ProcGroup, name: str, upstream_port: int, *, opaque: bool
     return port
 
 
+def _static_identity(side: TlsFiles) -> dict[str, str]:
+    """The proxy's static identity mode: a fixed chain and key instead of calling Certify."""
+    return {
+        "GOSSAMER_PROXY_IDENTITY_CERT_FILE": str(side.cert),
+        "GOSSAMER_PROXY_IDENTITY_KEY_FILE": str(side.key),
+        "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS": side.ca.read_text(),
+        "LINKERD2_PROXY_IDENTITY_LOCAL_NAME": side.identity,
+    }
+
+
 def start_pair(group: ProcGroup, backend_port: int, certs: MeshCerts) -> int:
-    """Outbound proxy → mTLS → inbound proxy → backend; returns the outbound proxy's port."""
-    raise NotImplementedError("the two-hop mTLS pair needs the proxy's mesh mode (Proxy II)")
+    """Outbound proxy → mTLS → inbound proxy → backend; returns the outbound proxy's port.
+
+    The two proxies play a client pod's and a server pod's sidecars without iptables or a
+    control plane: the outbound one sends everything to the inbound one's listener with mTLS,
+    expecting the server's identity (as a discovery TLS hint would); the inbound one
+    terminates mTLS with the server's certificate and forwards plaintext to the backend.
+    """
+    inbound = free_port()
+    server_env = {
+        "LINKERD2_PROXY_INBOUND_LISTEN_ADDR": f"127.0.0.1:{inbound}",
+        "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+        "LINKERD2_PROXY_ADMIN_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+        "LINKERD2_PROXY_LOG": "warn",
+        "GOSSAMER_PROXY_INBOUND_FIXED_TARGET": f"127.0.0.1:{backend_port}",
+        **_static_identity(certs.server),
+    }
+    group.start("gossamer-inbound", [sys.executable, "-m", "gossamer_proxy"], env=server_env)
+    wait_for_port(inbound)
+
+    outbound = free_port()
+    client_env = _base_env(outbound)
+    client_env |= {
+        "GOSSAMER_PROXY_OUTBOUND_FIXED_TARGET": f"127.0.0.1:{inbound}",
+        "GOSSAMER_PROXY_OUTBOUND_FIXED_IDENTITY": certs.server.identity,
+        **_static_identity(certs.client),
+    }
+    group.start("gossamer-outbound", [sys.executable, "-m", "gossamer_proxy"], env=client_env)
+    wait_for_port(outbound)
+    return outbound

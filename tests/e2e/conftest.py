@@ -3,6 +3,10 @@
 Needs root (network namespaces, iptables, uid switching). Without it the tests skip with the
 reason; under GOSSAMER_REQUIRE_E2E=1 they fail. After the session a check asserts that the
 mesh left no namespace, process or /etc/netns entry behind.
+
+While writing tests, ``GOSSAMER_E2E_ATTACH=<prefix>:<state dir>`` attaches to a mesh started
+by hand (``gossamer dev up --headless --prefix P --state-dir D --images ...``) instead of
+starting one, and leaves it running.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from localmesh import LocalMeshHandle, start_local_mesh
+from localmesh import LocalMeshHandle, attach_local_mesh, start_local_mesh
 
 REPO = Path(__file__).resolve().parents[2]
 # Unique per test session, so two runs on one machine never share a namespace name.
@@ -32,8 +36,17 @@ def local_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMeshHa
         if os.environ.get("GOSSAMER_REQUIRE_E2E") == "1":
             pytest.fail(f"GOSSAMER_REQUIRE_E2E=1 but {reason}")
         pytest.skip(reason)
+    attach = os.environ.get("GOSSAMER_E2E_ATTACH")
+    if attach:
+        prefix, _, state_dir = attach.partition(":")
+        yield attach_local_mesh(Path(state_dir), prefix)
+        return
     state = Path("/var/tmp") / f"{PREFIX}-state"
-    handle = start_local_mesh(state, PREFIX, [REPO / "examples" / "demo" / "local-images.yaml"])
+    image_maps = [
+        REPO / "examples" / "demo" / "local-images.yaml",
+        Path(__file__).parent / "local-images.yaml",  # gossamer/e2e-app: tests/e2e/apps
+    ]
+    handle = start_local_mesh(state, PREFIX, image_maps)
     try:
         yield handle
     finally:
