@@ -11,7 +11,8 @@ waits for its first certificate), the inbound policies and their authorization m
 (:mod:`.inbound_tls`), and, in static mode, the mTLS plan for the fixed outbound target.
 With a destination service (``LINKERD2_PROXY_DESTINATION_SVC_ADDR``) the outbound listeners
 resolve their targets through it (:mod:`.outbound.discovery`): profiles, balanced endpoints,
-mTLS to each endpoint's identity.
+mTLS to each endpoint's identity. With a policy service (``LINKERD2_PROXY_POLICY_SVC_ADDR``)
+they also watch each target's ``OutboundPolicies`` and route HTTP by its ``HTTPRoute`` rules.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from .mesh.channels import control_channel
 from .mesh.control_stream import StreamConfig
 from .mesh.discovery import DestinationClient
 from .mesh.endpoints import Endpoint as MeshEndpoint
+from .mesh.policy_router import source_workload
+from .mesh.policy_watch import OutboundPolicyClient
 from .mesh.tls_labels import outbound_tls_labels
 from .mesh.transport import plan_connect
 from .metrics import ProxyMetrics, tls_values
@@ -98,6 +101,7 @@ class Proxy:
         self._ready = False
         self._tick: asyncio.TimerHandle | None = None
         self._destination_channel: grpc.aio.Channel | None = None
+        self._policy_channel: grpc.aio.Channel | None = None
         #: Outbound discovery (``None`` without a destination service, or in static mode).
         self.discovery: OutboundDiscovery | None = None
         parse_networks(settings.destination_profile_networks)  # a typo must stop the start
@@ -112,22 +116,37 @@ class Proxy:
             trust_anchors_pem=self.identity.trust_anchors_pem if self.identity else None,
             credentials=self.identity.credentials if self.identity else None,
         )
+        stream_config = StreamConfig(
+            initial_timeout=s.control_stream_initial_timeout,
+            idle_timeout=s.control_stream_idle_timeout,
+            lifetime=s.control_stream_lifetime,
+        )
         client = DestinationClient(
             self._destination_channel,
             context_token=s.destination_context,
-            stream_config=StreamConfig(
-                initial_timeout=s.control_stream_initial_timeout,
-                idle_timeout=s.control_stream_idle_timeout,
-                lifetime=s.control_stream_lifetime,
-            ),
+            stream_config=stream_config,
             idle_timeout=s.outbound_discovery_idle_timeout,
         )
+        policies = None
+        if s.policy_svc_addr:
+            self._policy_channel = control_channel(
+                s.policy_svc_addr,
+                server_name=s.policy_svc_name,
+                trust_anchors_pem=self.identity.trust_anchors_pem if self.identity else None,
+                credentials=self.identity.credentials if self.identity else None,
+            )
+            policies = OutboundPolicyClient(
+                self._policy_channel,
+                workload=source_workload(s.policy_workload, s.destination_context),
+                stream_config=stream_config,
+            )
         self.discovery = OutboundDiscovery(
             client,
             networks=s.destination_profile_networks,
             mesh_identity=self.identity is not None,
             registry=self.metrics.registry,
             idle_timeout=s.outbound_discovery_idle_timeout,
+            policies=policies,
         )
 
     @property
@@ -285,6 +304,8 @@ class Proxy:
             await self.discovery.close()
         if self._destination_channel is not None:
             await self._destination_channel.close(None)
+        if self._policy_channel is not None:
+            await self._policy_channel.close(None)
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)

@@ -91,6 +91,11 @@ class ProxyErrorKind(enum.Enum):
         403, "Forbidden", GrpcStatus.PERMISSION_DENIED, "unauthorized request on route", False
     )
     ROUTE_NOT_FOUND = _Spec(404, "Not Found", GrpcStatus.NOT_FOUND, "no route found", False)
+    # Outbound policy: the matching HTTPRoute rule has no backend with a non-zero weight
+    # (Gateway API requires a 500 then).
+    NO_BACKENDS = _Spec(
+        500, "Internal Server Error", GrpcStatus.UNAVAILABLE, "no backends available", False
+    )
     IDENTITY_MISMATCH = _Spec(
         502, "Bad Gateway", GrpcStatus.UNAVAILABLE, "server identity mismatch", False
     )

@@ -38,6 +38,7 @@ from ..errors import ProxyError, ProxyErrorKind, http1_error_bytes, http1_error_
 from ..inbound_authz import InboundPeer
 from ..mesh.balancer import Outcome
 from ..mesh.classify import Classification, classify_for_accrual
+from ..mesh.policy_router import PolicyRoute
 from ..mesh.profile import Profile, ProfileRoute
 from ..mesh.request import RequestView
 from ..mesh.retry import ReplayBody, RetryVerdict, decide_retry
@@ -91,6 +92,7 @@ class Exchange:
         "is_head",
         "method",
         "pick",
+        "policy_route",
         "profile",
         "replay",
         "request_done",
@@ -141,6 +143,8 @@ class Exchange:
         self.pick: Pick | None = None
         self.profile: Profile | None = None
         self.route: ProfileRoute | None = None
+        #: The outbound policy's HTTPRoute decision (``None``: routed by the profile).
+        self.policy_route: PolicyRoute | None = None
         self.route_stats: RouteStats | None = None
         self.replay: ReplayBody | None = None
         self.attempt = 0
@@ -557,12 +561,25 @@ class Http1Server(asyncio.Protocol):
                 if ex is not self._active or self._closed:
                     return
             override = ex.info.dst_override if ex.info is not None else None
+            decision = ex.policy_route
             if self.ctx.ingress_mode and override:
                 # Ingress mode routes by l5d-dst-override (a service name:port) when given.
                 authority: str | None = override.decode("latin-1")
+                pick = await handle.pick(ex.profile, authority, SessionProtocol.HTTP1)
+            elif decision is not None:
+                if decision.backend is None:
+                    kind = (
+                        ProxyErrorKind.ROUTE_NOT_FOUND
+                        if decision.verdict == "no_route"
+                        else ProxyErrorKind.NO_BACKENDS
+                    )
+                    raise ProxyError(kind)
+                pick = await handle.pick_backend(
+                    decision.backend, decision.accrual, SessionProtocol.HTTP1
+                )
             else:
                 authority = handle.choose_authority(ex.profile)
-            pick = await handle.pick(ex.profile, authority, SessionProtocol.HTTP1)
+                pick = await handle.pick(ex.profile, authority, SessionProtocol.HTTP1)
         except ProxyError as exc:
             if ex is self._active and not self._closed:
                 self._fail(ex, exc.kind, exc.detail)
@@ -595,10 +612,19 @@ class Http1Server(asyncio.Protocol):
         """Find the request's ServiceProfile route; arm its timeout; prepare for retries."""
         profile = await handle.profile()
         ex.profile = profile
+        host = ex.info.host if ex.info is not None and ex.info.host is not None else b""
         if profile is None or not profile.routes:
+
+            def request_view() -> RequestView:
+                return RequestView.from_target(
+                    ex.method, ex.url, authority=host, headers=ex.headers
+                )
+
+            decision = ex.policy_route = await handle.policy_route(profile, request_view)
+            if decision is not None and decision.timeout is not None:
+                ex.timer = self.loop.call_later(decision.timeout, self._route_timeout, ex)
             return
         assert self.ctx.discovery is not None
-        host = ex.info.host if ex.info is not None and ex.info.host is not None else b""
         view = RequestView.from_target(ex.method, ex.url, authority=host, headers=ex.headers)
         route = ex.route = profile.route_for(view)
         if route is None:
@@ -796,7 +822,8 @@ class Http1Server(asyncio.Protocol):
             return
         if ex.pick is not None:
             failed = classify_for_accrual(ex.status, grpc=_grpc_status(trailers))
-            response_failed = RESPONSE_FAILURES_EJECT and failed is Classification.FAILURE
+            counts = RESPONSE_FAILURES_EJECT or ex.pick.responses_eject
+            response_failed = counts and failed is Classification.FAILURE
             ex.finish_pick(Outcome.FAILURE if response_failed else Outcome.SUCCESS)
         if ex.response_chunked and not self._closed:
             self._write(last_chunk(trailers))

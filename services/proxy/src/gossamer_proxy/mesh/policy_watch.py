@@ -202,6 +202,10 @@ class OutboundPolicyClient:
             self._entries[key] = entry
         return entry[0]
 
+    def watching(self) -> list[tuple[str, int]]:
+        """``(ip, port)`` of every live watch (diagnostics, tests)."""
+        return sorted(self._entries)
+
     def forget(self, ip: str, port: int) -> None:
         entry = self._entries.pop((str(ipaddress.ip_address(ip)), port), None)
         if entry is not None:

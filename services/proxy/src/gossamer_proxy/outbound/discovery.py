@@ -10,7 +10,11 @@ watches of :class:`~gossamer_proxy.mesh.discovery.DestinationClient`:
   ``Get(<fqn>:<port>)`` and a balanced :class:`~.backend.Backend` of its endpoints, which is
   how ClusterIP traffic works without kube-proxy; a profile for a pod IP carries the
   ``endpoint`` itself (identity, hints), used without balancing;
-* ``dst_overrides`` split requests between authorities, each resolved with its own ``Get``.
+* ``dst_overrides`` split requests between authorities, each resolved with its own ``Get``;
+* with a policy service, ``OutboundPolicies.Watch`` per covered target: when the Service
+  has ``HTTPRoute`` resources (and the profile has neither routes nor ``dst_overrides``),
+  HTTP requests are routed by them (:mod:`..mesh.policy_router`) to weighted backends,
+  each again a balanced :class:`~.backend.Backend` (with the policy's failure accrual).
 
 Watches keep their last known state across control-plane outages, so traffic keeps
 flowing to the last known endpoints. Backends are shared by every connection to the same
@@ -23,7 +27,7 @@ import asyncio
 import contextlib
 import ipaddress
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import structlog
@@ -35,7 +39,12 @@ from ..mesh.backoff import UniformSource
 from ..mesh.balancer import Outcome
 from ..mesh.discovery import DestinationClient, service_authority
 from ..mesh.endpoints import Endpoint as MeshEndpoint
+from ..mesh.idle import IdleTracker
+from ..mesh.outbound_policy import BackendSpec, FailureAccrualSpec, OutboundPolicyModel
+from ..mesh.policy_router import PolicyRoute, route_request, routes_from_resources
+from ..mesh.policy_watch import OutboundPolicyClient
 from ..mesh.profile import Profile
+from ..mesh.request import RequestView
 from ..mesh.retry_budget import RetryBudget
 from ..mesh.watch_state import WatchState
 from .backend import Backend
@@ -48,6 +57,9 @@ _log = structlog.get_logger("gossamer.proxy.outbound")
 _PLAN_CACHE_LIMIT: Final = 10_000
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Backends are shared per authority *and* failure-accrual settings: a Service that opts in
+#: to response-based accrual must not change how other parents' traffic ejects endpoints.
+BackendKey = tuple[str, FailureAccrualSpec | None]
 
 
 def parse_networks(cidrs: Sequence[str]) -> tuple[Network, ...]:
@@ -88,8 +100,12 @@ class OutboundDiscovery:
         failfast_timeout: float = 3.0,
         queue_capacity: int = 100,
         idle_timeout: float = 5.0,
+        policies: OutboundPolicyClient | None = None,
     ) -> None:
         self.client = client
+        #: ``OutboundPolicies.Watch`` per target (``None``: no policy service configured).
+        self.policies = policies
+        self._policy_users: IdleTracker[tuple[str, int]] = IdleTracker(idle_timeout)
         self.networks = parse_networks(networks)
         self.mesh_identity = mesh_identity
         self.rng: UniformSource = rng if rng is not None else random.Random()  # noqa: S311
@@ -97,7 +113,7 @@ class OutboundDiscovery:
         self.failfast_timeout = failfast_timeout
         self.queue_capacity = queue_capacity
         self.idle_timeout = idle_timeout
-        self._backends: dict[str, _BackendEntry] = {}
+        self._backends: dict[BackendKey, _BackendEntry] = {}
         self._plans: dict[tuple[MeshEndpoint, SessionProtocol | None], EndpointPlan] = {}
         #: Retry budgets per ServiceProfile (by fully qualified name), shared by its routes.
         self._budgets: dict[str, RetryBudget] = {}
@@ -122,12 +138,30 @@ class OutboundDiscovery:
         """A handle for one client connection's original destination; :meth:`close` it."""
         if not self.covers(target):
             return TargetHandle(self, target, None)
-        return TargetHandle(self, target, self.client.acquire_profile(str(target)))
+        policy = None
+        if self.policies is not None:
+            now = asyncio.get_running_loop().time()
+            self._policy_users.acquire((target.host, target.port), now)
+            policy = self.policies.watch(target.host, target.port)
+        return TargetHandle(self, target, self.client.acquire_profile(str(target)), policy)
+
+    def release_policy(self, target: Endpoint, now: float) -> None:
+        if self.policies is not None:
+            self._policy_users.release((target.host, target.port), now)
 
     # -- backends ----------------------------------------------------------------------------
 
-    def acquire_backend(self, authority: str) -> Backend:
-        entry = self._backends.get(authority)
+    def acquire_backend(
+        self,
+        authority: str,
+        accrual: FailureAccrualSpec | None = None,
+        *,
+        capacity: int | None = None,
+        failfast_timeout: float | None = None,
+    ) -> Backend:
+        """The shared backend of ``authority`` (with ``accrual``, else Linkerd's default)."""
+        key = (authority, accrual)
+        entry = self._backends.get(key)
         if entry is None:
             state = self.client.acquire_endpoints(authority)
             entry = _BackendEntry(
@@ -135,23 +169,29 @@ class OutboundDiscovery:
                     authority,
                     state,
                     rng=self.rng,
-                    capacity=self.queue_capacity,
-                    failfast_timeout=self.failfast_timeout,
+                    capacity=self.queue_capacity if capacity is None else capacity,
+                    failfast_timeout=(
+                        self.failfast_timeout if failfast_timeout is None else failfast_timeout
+                    ),
+                    **({"accrual": accrual.new} if accrual is not None else {}),
                 )
             )
-            self._backends[authority] = entry
+            self._backends[key] = entry
         entry.users += 1
         return entry.backend
 
-    def release_backend(self, authority: str, now: float) -> None:
-        entry = self._backends.get(authority)
+    def release_backend(
+        self, authority: str, now: float, accrual: FailureAccrualSpec | None = None
+    ) -> None:
+        entry = self._backends.get((authority, accrual))
         if entry is not None:
             entry.users -= 1
             if entry.users <= 0:
                 entry.idle_since = now
 
-    def backends(self) -> dict[str, Backend]:
-        return {a: e.backend for a, e in self._backends.items()}
+    def backends(self, accrual: FailureAccrualSpec | None = None) -> dict[str, Backend]:
+        """The live backends by authority (those with ``accrual``; default: Linkerd's)."""
+        return {a: e.backend for (a, spec), e in self._backends.items() if spec == accrual}
 
     def budget(self, profile: Profile, now: float) -> RetryBudget | None:
         if profile.retry_budget is None:
@@ -173,18 +213,29 @@ class OutboundDiscovery:
         return plan
 
     def housekeeping(self, now: float) -> None:
-        """Drop backends unused for the idle timeout; refresh the endpoint gauges."""
-        for authority, entry in list(self._backends.items()):
+        """Drop backends and policy watches unused for the idle timeout; refresh gauges."""
+        if self.policies is not None:
+            for host, port in self._policy_users.expired(now):
+                self.policies.forget(host, port)
+        counts: dict[str, tuple[int, int]] = {}
+        for key, entry in list(self._backends.items()):
+            authority = key[0]
             if entry.users <= 0 and now - entry.idle_since >= self.idle_timeout:
-                del self._backends[authority]
+                del self._backends[key]
                 self.client.release_endpoints(authority)
                 asyncio.ensure_future(entry.backend.close())  # noqa: RUF006 - close is bounded
-                if self._gauge is not None:
+                counts.setdefault(authority, (0, 0))
+                continue
+            ready, pending = entry.backend.counts()
+            # The same endpoints under two accrual settings: report the freshest view.
+            counts[authority] = max(counts.get(authority, (0, 0)), (ready, pending))
+        if self._gauge is not None:
+            live = {key[0] for key in self._backends}
+            for authority, (ready, pending) in counts.items():
+                if authority not in live:
                     self._gauge.remove(authority, "ready")
                     self._gauge.remove(authority, "pending")
-                continue
-            if self._gauge is not None:
-                ready, pending = entry.backend.counts()
+                    continue
                 self._gauge.labels(authority, "ready").set(ready)
                 self._gauge.labels(authority, "pending").set(pending)
 
@@ -194,23 +245,37 @@ class OutboundDiscovery:
         for entry in entries:
             await entry.backend.close()
         await self.client.close()
+        if self.policies is not None:
+            await self.policies.close()
 
 
 class TargetHandle:
     """One client connection's view of its original destination."""
 
-    __slots__ = ("_authorities", "_closed", "_owner", "_profile", "target")
+    __slots__ = (
+        "_authorities",
+        "_closed",
+        "_owner",
+        "_policy",
+        "_policy_waited",
+        "_profile",
+        "target",
+    )
 
     def __init__(
         self,
         owner: OutboundDiscovery,
         target: Endpoint,
         profile: WatchState[Profile | None] | None,
+        policy: WatchState[OutboundPolicyModel | None] | None = None,
     ) -> None:
         self._owner = owner
         self.target = target
         self._profile = profile
-        self._authorities: dict[str, Backend] = {}
+        self._policy = policy
+        #: Waited once for a silent policy service: later requests do not wait again.
+        self._policy_waited = False
+        self._authorities: dict[BackendKey, Backend] = {}
         self._closed = False
 
     async def profile(self) -> Profile | None:
@@ -225,6 +290,68 @@ class TargetHandle:
             if state.version == 0:
                 _log.info("profile_unresolved_forwarding", target=str(self.target))
         return state.value
+
+    async def policy(self) -> OutboundPolicyModel | None:
+        """The target's outbound policy, waiting (boundedly) for the first answer.
+
+        ``None``: no policy service, no policy for this target (``NOT_FOUND``), or no answer
+        in time; the last known policy is kept while the control plane is away.
+        """
+        state = self._policy
+        if state is None:
+            return None
+        if state.version == 0 and state.final is None and not self._policy_waited:
+            self._policy_waited = True
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._owner.profile_wait):
+                    await state.wait_changed(0)
+            if state.version == 0:
+                _log.info("outbound_policy_unresolved", target=str(self.target))
+        return state.value
+
+    async def policy_route(
+        self, profile: Profile | None, request: Callable[[], RequestView]
+    ) -> PolicyRoute | None:
+        """Route a request by the policy's ``HTTPRoute`` rules, or ``None`` to use the profile.
+
+        ``request`` builds the request's view, only needed when the policy routes it.
+
+        A ServiceProfile with routes or ``dst_overrides`` takes precedence, as in Linkerd;
+        so does a policy without ``HTTPRoute`` resources (its default route is the service).
+        """
+        if profile is not None and (profile.routes or len(profile.dst_overrides) > 0):
+            return None
+        policy = await self.policy()
+        if not routes_from_resources(policy):
+            return None
+        assert policy is not None
+        return route_request(policy, request(), self._owner.rng)
+
+    async def pick_backend(
+        self,
+        spec: BackendSpec,
+        accrual: FailureAccrualSpec | None,
+        session: SessionProtocol | None,
+    ) -> Pick:
+        """Pick an endpoint of a policy backend: its ``forward`` address, or its balancer."""
+        owner = self._owner
+        if spec.discovery_path is None:
+            forward = spec.forward
+            assert forward is not None  # compile_outbound_policy guarantees one of the two
+            if forward.identity is not None or forward.opaque_transport_port is not None:
+                return Pick(owner.plan(forward, session), str(self.target), None)
+            endpoint = Endpoint(str(forward.ip), forward.port)
+            return forward_pick(endpoint, mesh_identity=owner.mesh_identity)
+        pick = await self._balanced(
+            spec.discovery_path,
+            accrual,
+            session,
+            capacity=spec.queue_capacity or None,
+            failfast_timeout=spec.failfast_timeout or None,
+        )
+        # A Service that configured failure accrual counts failed responses too.
+        pick.responses_eject = accrual is not None
+        return pick
 
     def default_authority(self, profile: Profile | None) -> str | None:
         return service_authority(profile, self.target.port)
@@ -250,11 +377,26 @@ class TargetHandle:
                 plan = owner.plan(profile.endpoint, session)
                 return Pick(plan, str(self.target), None)
             return forward_pick(self.target, mesh_identity=owner.mesh_identity)
-        backend = self._authorities.get(authority)
+        return await self._balanced(authority, None, session)
+
+    async def _balanced(
+        self,
+        authority: str,
+        accrual: FailureAccrualSpec | None,
+        session: SessionProtocol | None,
+        *,
+        capacity: int | None = None,
+        failfast_timeout: float | None = None,
+    ) -> Pick:
+        owner = self._owner
+        key = (authority, accrual)
+        backend = self._authorities.get(key)
         if backend is None:
             if self._closed:
                 return forward_pick(self.target, mesh_identity=owner.mesh_identity)
-            backend = self._authorities[authority] = owner.acquire_backend(authority)
+            backend = self._authorities[key] = owner.acquire_backend(
+                authority, accrual, capacity=capacity, failfast_timeout=failfast_timeout
+            )
         dispatch = await backend.acquire()
         plan = owner.plan(dispatch.meta, session)
 
@@ -268,9 +410,11 @@ class TargetHandle:
             return
         self._closed = True
         owner = self._owner
+        now = asyncio.get_running_loop().time()
         if self._profile is not None:
             owner.client.release_profile(str(self.target))
-        now = asyncio.get_running_loop().time()
-        for authority in self._authorities:
-            owner.release_backend(authority, now)
+        if self._policy is not None:
+            owner.release_policy(self.target, now)
+        for authority, accrual in self._authorities:
+            owner.release_backend(authority, now, accrual)
         self._authorities.clear()

@@ -63,7 +63,7 @@ def endpoint_plan(
 class Pick:
     """One endpoint chosen for one request or connection; call :meth:`finish` exactly once."""
 
-    __slots__ = ("_done", "_finish", "_on_release", "authority", "plan")
+    __slots__ = ("_done", "_finish", "_on_release", "authority", "plan", "responses_eject")
 
     def __init__(self, plan: EndpointPlan, authority: str, finish: Finish | None) -> None:
         self.plan = plan
@@ -71,6 +71,9 @@ class Pick:
         self._finish = finish
         self._done = False
         self._on_release: Callable[[], None] | None = None
+        #: Whether failed responses (5xx) count toward failure accrual, not only transport
+        #: errors: set when the Service configured accrual through its outbound policy.
+        self.responses_eject = False
 
     def on_release(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once this pick is finished (e.g. release the target handle)."""

@@ -1,0 +1,129 @@
+"""Routing one outbound HTTP request by its target's ``OutboundPolicy`` (sans-io).
+
+Linkerd routes outbound HTTP by the ServiceProfile when the profile has routes or
+``dst_overrides``, and otherwise by the policy's routes (linkerd-wire.md §9 outbound step 3).
+When the policy only carries the routes the controller synthesizes itself (metadata
+``default``: ``http``, ``egress-fallback``…) they send everything to the target's own
+service or address, which is exactly what profile-based discovery already does; the policy
+takes over only when an ``HTTPRoute`` resource is attached to the Service
+(:func:`routes_from_resources`).
+
+:func:`route_request` then picks the most specific rule (Gateway API precedence, see
+:mod:`.routes`) and one backendRef by weight, and says how long the request may take.
+Nothing here does I/O or reads a clock; randomness comes in as an argument.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from gossamer_proxy.mesh.backoff import UniformSource
+from gossamer_proxy.mesh.outbound_policy import (
+    BackendSpec,
+    FailureAccrualSpec,
+    OutboundPolicyModel,
+    RouteAction,
+)
+from gossamer_proxy.mesh.request import RequestView
+from gossamer_proxy.mesh.routes import HttpRoute, find_route
+
+__all__ = [
+    "PolicyRoute",
+    "http_routes",
+    "route_request",
+    "routes_from_resources",
+    "source_workload",
+]
+
+Verdict = Literal["backend", "no_route", "no_backend"]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRoute:
+    """Where one request goes under the policy, and within what time.
+
+    ``verdict`` is ``backend`` (send to :attr:`backend`), ``no_route`` (no rule matches:
+    Linkerd answers 404) or ``no_backend`` (the rule's distribution is empty or every
+    weight is 0: nothing may serve it, 503).
+    """
+
+    verdict: Verdict
+    action: RouteAction | None = None
+    backend: BackendSpec | None = None
+    #: Seconds until the proxy gives up with 504 (the shorter of request/response timeouts).
+    timeout: float | None = None
+    #: The policy's failure accrual; when set, 5xx responses also count as failures.
+    accrual: FailureAccrualSpec | None = None
+
+
+def http_routes(policy: OutboundPolicyModel) -> tuple[HttpRoute[RouteAction], ...]:
+    """The routes that apply to an HTTP/1 request under ``policy``.
+
+    ``detect`` and ``http1`` carry HTTP/1 routes; an ``http2``-only policy's routes still
+    describe the same Service, so an HTTP/1 client is routed by them rather than not at all.
+    Opaque and TLS policies have no HTTP routes.
+    """
+    if policy.protocol in ("detect", "http1"):
+        return policy.http1_routes
+    if policy.protocol == "http2":
+        return policy.http2_routes
+    return ()
+
+
+def routes_from_resources(policy: OutboundPolicyModel | None) -> bool:
+    """Whether ``policy`` has HTTP routes from a resource (an ``HTTPRoute``), not defaults."""
+    if policy is None:
+        return False
+    for route in http_routes(policy):
+        for rule in route.rules:
+            if rule.action.meta.kind != "default":
+                return True
+            break
+    return False
+
+
+def _timeout(action: RouteAction) -> float | None:
+    # Without policy retries an attempt is the whole request, so ``request`` (whole
+    # exchange) and ``response`` (one backend attempt) bound the same span; the shorter wins.
+    # A zero duration means "no timeout", as in Gateway API.
+    limits = [t for t in (action.request_timeout, action.response_timeout) if t]
+    return min(limits) if limits else None
+
+
+def route_request(
+    policy: OutboundPolicyModel, request: RequestView, rng: UniformSource
+) -> PolicyRoute:
+    """Route ``request``: the matching rule, a backend chosen by weight, its timeout."""
+    found = find_route(http_routes(policy), request)
+    if found is None:
+        return PolicyRoute("no_route")
+    action = found[1].action
+    timeout = _timeout(action)
+    backend = action.backends.choose(rng)
+    if backend is None:
+        return PolicyRoute("no_backend", action, timeout=timeout)
+    return PolicyRoute("backend", action, backend, timeout, policy.failure_accrual)
+
+
+def source_workload(policy_workload: str, destination_context: str) -> str:
+    """The ``TrafficSpec.source_workload`` this proxy sends.
+
+    ``LINKERD2_PROXY_POLICY_WORKLOAD`` (``{"ns":…,"pod":…}``) when set, as Linkerd's proxy
+    does; otherwise it is derived from the destination context token (``{"ns":…,"pod":…,
+    "nodeName":…}``), so routes scoped to the client's namespace still apply. Neither set
+    (or unparsable) gives ``""``, which the controller treats as an unknown client.
+    """
+    if policy_workload:
+        return policy_workload
+    try:
+        context = json.loads(destination_context) if destination_context else None
+    except ValueError:
+        return ""
+    if not isinstance(context, dict) or not isinstance(context.get("ns"), str):
+        return ""
+    workload = {"ns": context["ns"]}
+    if isinstance(context.get("pod"), str):
+        workload["pod"] = context["pod"]
+    return json.dumps(workload, separators=(",", ":"))
