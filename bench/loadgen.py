@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +156,15 @@ def iperf3(port: int, duration: float) -> float:
         f"{duration:.0f}",
         "-J",
     ]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=True)
-    data = json.loads(out.stdout)
-    return float(data["end"]["sum_received"]["bits_per_second"]) / 8 / 1e9
+    for attempt in (1, 2):
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+        data = json.loads(out.stdout or "{}")
+        received = (data.get("end") or {}).get("sum_received")
+        if received is not None:
+            return float(received["bits_per_second"]) / 8 / 1e9
+        # iperf3 reports e.g. "the server is busy running a test" as JSON; try once more.
+        error = data.get("error") or out.stderr.strip() or "no result"
+        if attempt == 2:
+            raise RuntimeError(f"iperf3: {error}")
+        time.sleep(1)
+    raise AssertionError("unreachable")
