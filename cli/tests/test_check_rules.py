@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +14,8 @@ import yaml
 from click.testing import CliRunner
 from gossamer_cli import __version__
 from gossamer_cli import check_rules as rules
-from gossamer_cli.check import render_table
+from gossamer_cli.check import probe_ready, render_table
+from gossamer_cli.dev.controlplane import ControlPlane
 from gossamer_cli.main import cli
 from gossamer_tls import certificates_to_pem, create_issuer, generate_trust_anchor_and_issuer
 
@@ -35,7 +39,7 @@ def rendered() -> dict[tuple[str, str], dict[str, Any]]:
     return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.output) if d}
 
 
-def running_pod(deployment: dict[str, Any], index: int) -> dict[str, Any]:
+def running_pod(deployment: Mapping[str, Any], index: int) -> dict[str, Any]:
     template = deployment["spec"]["template"]
     return {
         "metadata": {**template["metadata"], "name": f"{deployment['metadata']['name']}-{index}"},
@@ -234,3 +238,138 @@ def test_check_command_without_a_cluster(tmp_path: Any) -> None:
     assert result.exit_code == 1
     assert "\u00d7 can initialize the client" in result.output
     assert str(tmp_path / "missing") in result.output
+
+
+# --- local mode (gossamer dev: the control plane runs as processes) ---------------------------
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> rules.Snapshot:
+    """What check reads from a local-mode plane: objects from ControlPlane's own registration."""
+    plane = ControlPlane(tmp_path, tmp_path / "kubeconfig", "10.0.0.1")
+    plane.write_pki(NOW)
+    objs = {(o["kind"], o["metadata"]["name"]): o for o in plane.configuration()}
+    assert not {k for k, _ in objs} & {"Deployment", "Service", "PodDisruptionBudget"}
+    crds = ("servers.policy.linkerd.io",)
+    return rules.Snapshot(
+        namespace="gossamer",
+        cli_version=__version__,
+        server_version="v1.30.14",
+        namespace_object=objs["Namespace", "gossamer"],
+        config_map=objs["ConfigMap", "gossamer-config"],
+        trust_roots=objs["ConfigMap", "gossamer-identity-trust-roots"],
+        issuer_secret=objs["Secret", "gossamer-identity-issuer"],
+        injector_secret=objs["Secret", "gossamer-proxy-injector-k8s-tls"],
+        webhook=plane.webhook_configuration(),
+        crd_names=frozenset(crds),
+        expected_crds=crds,
+        cluster_roles=frozenset(n for k, n in objs if k == "ClusterRole"),
+        cluster_role_bindings=frozenset(n for k, n in objs if k == "ClusterRoleBinding"),
+        service_accounts=frozenset(n for k, n in objs if k == "ServiceAccount"),
+        admin_ready={"identity": None, "destination": None, "proxy-injector": None},
+    )
+
+
+def test_local_mode_records_its_admin_addresses(local: rules.Snapshot) -> None:
+    assert local.local_mode
+    assert rules.local_admin_addresses(local.config_map) == {
+        "identity": "127.0.0.1:9990",
+        "destination": "127.0.0.1:9996",
+        "proxy-injector": "127.0.0.1:9995",
+    }
+
+
+def test_a_healthy_local_mode_plane_passes(local: rules.Snapshot) -> None:
+    results = rules.run(local, NOW)
+    assert failures(results) == []
+    assert [r.description for r in results if not r.ok] == []  # not even a warning
+    described = [r.description for r in results]
+    assert "gossamer-proxy-injector answers /ready on its admin address (local mode)" in described
+    assert "proxy-injector caBundle verifies the serving certificate" in described
+    assert "proxy-injector webhook URL is an https URL with a host" in described
+    assert "control plane pods are ready" not in described
+    assert rules.CP_PROXY not in {r.category for r in results}
+
+
+def test_local_mode_names_the_component_that_is_not_ready(local: rules.Snapshot) -> None:
+    local.admin_ready["destination"] = "cannot connect to 127.0.0.1:9996: Connection refused"
+    results = rules.run(local, NOW)
+    assert failures(results) == [
+        "gossamer-destination answers /ready on its admin address (local mode)"
+    ]
+    table = render_table(results)
+    assert "gossamer-destination is not ready: cannot connect to 127.0.0.1:9996" in table
+    assert "control-plane/logs/destination.log" in table
+
+
+def test_local_mode_without_an_admin_address(local: rules.Snapshot) -> None:
+    assert local.config_map is not None
+    annotations = local.config_map["metadata"]["annotations"]
+    del annotations[rules.admin_address_annotation("identity")]
+    del local.admin_ready["identity"]
+    results = rules.run(local, NOW)
+    assert failures(results) == [
+        "gossamer-identity answers /ready on its admin address (local mode)"
+    ]
+    assert "gossamer-config records no admin address for gossamer-identity" in render_table(results)
+
+
+def test_local_mode_webhook_cert_must_name_the_url_host(local: rules.Snapshot) -> None:
+    assert local.webhook is not None
+    local.webhook["webhooks"][0]["clientConfig"]["url"] = "https://injector.example:8443/"
+    assert failures(rules.run(local, NOW)) == [
+        "proxy-injector caBundle verifies the serving certificate"
+    ]
+
+
+def test_local_mode_webhook_url_must_be_https(local: rules.Snapshot) -> None:
+    assert local.webhook is not None
+    local.webhook["webhooks"][0]["clientConfig"]["url"] = "http://localhost:8443/"
+    assert failures(rules.run(local, NOW)) == [
+        "proxy-injector webhook URL is an https URL with a host"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1:9990", ("127.0.0.1", 9990)), ("[::1]:9995", ("::1", 9995))],
+)
+def test_parse_admin_address(text: str, expected: tuple[str, int]) -> None:
+    assert rules.parse_admin_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9990", ":9990", "localhost:http", "127.0.0.1:70000"])
+def test_parse_admin_address_rejects_garbage(text: str) -> None:
+    with pytest.raises(ValueError, match="admin address"):
+        rules.parse_admin_address(text)
+
+
+async def test_probe_ready_over_loopback() -> None:
+    """The probe's answers from a real listener: 200, 503, not HTTP, and nobody listening."""
+    answers = {
+        b"ok": b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+        b"busy": b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
+        b"junk": b"SSH-2.0-nope\r\n",
+    }
+    current = [b"ok"]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answers[current[0]])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        assert await probe_ready(f"127.0.0.1:{port}") is None
+        current[0] = b"busy"
+        assert await probe_ready(f"127.0.0.1:{port}") == (
+            f"127.0.0.1:{port}/ready answered HTTP/1.1 503 Service Unavailable"
+        )
+        current[0] = b"junk"
+        assert "not HTTP" in (await probe_ready(f"127.0.0.1:{port}") or "")
+    closed = await probe_ready(f"127.0.0.1:{port}")
+    assert closed is not None
+    assert closed.startswith(f"cannot connect to 127.0.0.1:{port}")
+    assert await probe_ready("nonsense") == "admin address 'nonsense' is not host:port"

@@ -127,6 +127,10 @@ async def snapshot(
             return s
         ns = namespace
         s.config_map = await get("config", lambda: client.get(CONFIGMAPS, m.CONFIG_MAP, ns))
+        addresses = rules.local_admin_addresses(s.config_map) or {}
+        for component, address in addresses.items():
+            if address:
+                s.admin_ready[component] = await probe_ready(address)
         s.trust_roots = await get(
             "trust-roots", lambda: client.get(CONFIGMAPS, m.TRUST_ROOTS_CONFIG_MAP, ns)
         )
@@ -163,6 +167,34 @@ async def snapshot(
             )
             s.data_plane_pods = tuple(meshed[0] if meshed else [])
     return s
+
+
+async def probe_ready(address: str, limit: float = 3.0) -> str | None:
+    """GET /ready on a local-mode admin address: None when it answers 200, else why not."""
+    try:
+        host, port = rules.parse_admin_address(address)
+    except ValueError as exc:
+        return str(exc)
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), limit)
+    except TimeoutError:
+        return f"no connection to {address} within {limit:g}s"
+    except OSError as exc:
+        return f"cannot connect to {address}: {exc.strerror or exc}"
+    try:
+        request = f"GET /ready HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        writer.write(request.encode())
+        line = await asyncio.wait_for(reader.readline(), limit)
+    except (OSError, TimeoutError) as exc:
+        return f"no answer from {address}/ready: {exc or type(exc).__name__}"
+    finally:
+        writer.close()
+    parts = line.split()
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+        return f"{address}/ready answered {line[:60]!r}, not HTTP"
+    if parts[1] != b"200":
+        return f"{address}/ready answered {line.decode(errors='replace').strip()}"
+    return None
 
 
 async def _can(client: Any, verb: str, resource: str, namespace: str) -> bool:

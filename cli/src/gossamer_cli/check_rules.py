@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from gossamer_tls import TlsError, load_certificates, verify_chain
@@ -20,6 +21,9 @@ from gossamer_tls.pem import trust_root_sha256
 from gossamer_cli import manifests as m
 
 MIN_KUBERNETES = (1, 29)
+#: On ``gossamer-config`` (and the namespace) when ``gossamer dev`` runs the control plane as
+#: local processes: there are no Deployments or pods, so check asks each admin server instead.
+LOCAL_MODE_ANNOTATION = "gossamer.dev/local-mode"
 RENEW_WARNING = dt.timedelta(days=60)
 Obj = Mapping[str, Any]
 
@@ -68,7 +72,40 @@ class Snapshot:
     data_plane_namespace_exists: bool = True
     #: --pre: "verb resource" → allowed, from SelfSubjectAccessReviews.
     access: dict[str, bool] = field(default_factory=dict)
+    #: Local mode: component name → None when its admin ``/ready`` answered 200, else why not.
+    admin_ready: dict[str, str | None] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def local_mode(self) -> bool:
+        return local_admin_addresses(self.config_map) is not None
+
+
+def admin_address_annotation(component: str) -> str:
+    """Where local mode records a component's admin address (``host:port``)."""
+    return f"gossamer.dev/{component}-admin-address"
+
+
+def local_admin_addresses(config_map: Obj | None) -> dict[str, str] | None:
+    """Component → admin address ("" if not recorded) in local mode; None on a cluster."""
+    annotations = ((config_map or {}).get("metadata") or {}).get("annotations") or {}
+    if annotations.get(LOCAL_MODE_ANNOTATION) != "true":
+        return None
+    return {
+        c.name: str(annotations.get(admin_address_annotation(c.name), "")) for c in m.COMPONENTS
+    }
+
+
+def parse_admin_address(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → (host, port); ValueError says what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"admin address {text!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"admin address {text!r} has no valid port")
+    return host, int(port)
 
 
 Check = Callable[[Snapshot, dt.datetime], Result]
@@ -206,6 +243,9 @@ def config_checks(s: Snapshot) -> Iterator[Result]:
         f"ConfigMap {m.CONFIG_MAP} not found in {s.namespace}",
         "re-apply the control plane: gossamer upgrade | kubectl apply -f -",
     )
+    if s.local_mode:
+        yield from _local_process_checks(s)
+        return
     by_name = {d["metadata"]["name"]: d for d in s.deployments}
     for c in m.COMPONENTS:
         d = by_name.get(c.object_name)
@@ -222,6 +262,24 @@ def config_checks(s: Snapshot) -> Iterator[Result]:
         f"pods not ready: {', '.join(not_ready)}" if not_ready else "no control plane pods",
         f"kubectl -n {s.namespace} get pods; kubectl -n {s.namespace} describe pod <name>",
     )
+
+
+def _local_process_checks(s: Snapshot) -> Iterator[Result]:
+    """Local mode's stand-in for the Deployment and pod checks: each process's /ready."""
+    addresses = local_admin_addresses(s.config_map) or {}
+    for c in m.COMPONENTS:
+        address = addresses.get(c.name, "")
+        why: str | None
+        if not address:
+            why = f"{m.CONFIG_MAP} records no admin address for {c.object_name}"
+        else:
+            why = s.admin_ready.get(c.name, "not probed")
+        yield _r(CONFIG, f"{c.object_name} answers /ready on its admin address (local mode)")(
+            address != "" and why is None,
+            f"{c.object_name} is not ready: {why}",
+            "local mode runs it as a process inside the node namespace (run check there); "
+            f"see its log: <dev state dir>/control-plane/logs/{c.name}.log",
+        )
 
 
 def _deployment_available(d: Obj | None, name: str) -> tuple[bool, str]:
@@ -358,7 +416,11 @@ def webhook_checks(s: Snapshot, now: dt.datetime) -> Iterator[Result]:
     if s.webhook is None:
         return
     hooks = s.webhook.get("webhooks") or [{}]
-    bundle = base64.b64decode((hooks[0].get("clientConfig") or {}).get("caBundle", "") or "")
+    client_config = hooks[0].get("clientConfig") or {}
+    bundle = base64.b64decode(client_config.get("caBundle", "") or "")
+    url = client_config.get("url")
+    # A URL clientConfig (local mode) is called by that host name; a Service by its DNS name.
+    host = urlsplit(str(url)).hostname if url else None
     error = None
     try:
         verify_chain(
@@ -366,7 +428,7 @@ def webhook_checks(s: Snapshot, now: dt.datetime) -> Iterator[Result]:
             [],
             load_certificates(bundle, what="caBundle"),
             now=now,
-            dns_name=m.PROXY_INJECTOR.object_name + f".{s.namespace}.svc",
+            dns_name=host or m.PROXY_INJECTOR.object_name + f".{s.namespace}.svc",
         )
     except TlsError as exc:
         error = str(exc)
@@ -375,7 +437,14 @@ def webhook_checks(s: Snapshot, now: dt.datetime) -> Iterator[Result]:
         f"the apiserver will refuse the injector's certificate: {error}",
         "re-apply the webhook configuration and its Secret together (gossamer upgrade)",
     )
-    service = ((hooks[0].get("clientConfig") or {}).get("service") or {}).get("name")
+    if url:
+        yield _r(WEBHOOKS, "proxy-injector webhook URL is an https URL with a host")(
+            str(url).startswith("https://") and bool(host),
+            f"the webhook calls {url!r}, which the apiserver will not call",
+            "re-apply the webhook configuration (gossamer dev up registers it)",
+        )
+        return
+    service = (client_config.get("service") or {}).get("name")
     yield _r(WEBHOOKS, "proxy-injector webhook points at an existing Service")(
         service in s.services,
         f"the webhook calls Service {service!r}, which does not exist in {s.namespace}",
@@ -481,7 +550,8 @@ def run(s: Snapshot, now: dt.datetime, *, pre: bool = False, proxy: bool = False
     results += identity_checks(s, now)
     results += webhook_checks(s, now)
     results += version_checks(s)
-    results += proxy_checks(s, s.control_plane_pods, CP_PROXY, "control plane", s.namespace)
+    if not s.local_mode:  # local mode's control plane runs as processes, without proxies
+        results += proxy_checks(s, s.control_plane_pods, CP_PROXY, "control plane", s.namespace)
     if proxy:
         if not s.data_plane_namespace_exists:
             results.append(

@@ -23,7 +23,14 @@ from typing import Any
 import structlog
 from gossamer_inject.webhook_config import WebhookTarget, render_webhook_config
 from gossamer_kube.client import KubeApiError, KubeClient
-from gossamer_kube.resources import MUTATINGWEBHOOKCONFIGURATIONS, NAMESPACES
+from gossamer_kube.resources import (
+    CONFIGMAPS,
+    MUTATINGWEBHOOKCONFIGURATIONS,
+    NAMESPACES,
+    SECRETS,
+    SERVICEACCOUNTS,
+    ResourceRef,
+)
 from gossamer_tls import (
     Issuer,
     certificates_to_pem,
@@ -33,6 +40,11 @@ from gossamer_tls import (
     private_key_to_pem,
 )
 
+from gossamer_cli import manifests as m
+from gossamer_cli.check_rules import LOCAL_MODE_ANNOTATION, admin_address_annotation
+from gossamer_cli.manifests_certs import WEBHOOK_CERT_LIFETIME
+from gossamer_cli.manifests_values import ChartValues, chart_app_version, chart_values
+
 CONTROL_PLANE_NAMESPACE = "gossamer"
 TRUST_DOMAIN = "cluster.local"
 IDENTITY_PORT = 8080
@@ -40,8 +52,26 @@ DESTINATION_PORT = 8086
 POLICY_PORT = 8090
 INJECTOR_PORT = 8443
 WEBHOOK_HOST = "localhost"
-WEBHOOK_LIFETIME = dt.timedelta(days=7)
+#: As long as an install's webhook certificate, so ``gossamer check`` judges both alike.
+WEBHOOK_LIFETIME = WEBHOOK_CERT_LIFETIME
 ADMIN_PORTS = {"identity": 9990, "destination": 9996, "injector": 9995}
+#: ``gossamer_cli.manifests`` component name of each local process.
+COMPONENT_OF = {"identity": "identity", "destination": "destination", "injector": "proxy-injector"}
+CLUSTERROLES = ResourceRef("rbac.authorization.k8s.io", "v1", "clusterroles", False, "ClusterRole")
+CLUSTERROLEBINDINGS = ResourceRef(
+    "rbac.authorization.k8s.io", "v1", "clusterrolebindings", False, "ClusterRoleBinding"
+)
+#: What an install renders that local mode registers too: configuration, identity material and
+#: RBAC. Deployments, Services and PDBs are left out (the components run as processes), and
+#: so is the webhook configuration (local mode's calls a URL; see :meth:`ControlPlane.register`).
+CONFIGURATION_KINDS: dict[str, ResourceRef] = {
+    "Namespace": NAMESPACES,
+    "ConfigMap": CONFIGMAPS,
+    "Secret": SECRETS,
+    "ServiceAccount": SERVICEACCOUNTS,
+    "ClusterRole": CLUSTERROLES,
+    "ClusterRoleBinding": CLUSTERROLEBINDINGS,
+}
 
 
 def service_hosts(node_address: str) -> dict[str, str]:
@@ -212,21 +242,73 @@ class ControlPlane:
                 raise TimeoutError(f"control plane not ready after {limit}s: {sorted(pending)}")
             await asyncio.sleep(0.2)
 
-    async def register(self, client: KubeClient) -> None:
-        """The control-plane namespace and the MutatingWebhookConfiguration."""
-        with contextlib.suppress(KubeApiError):
-            await client.create(
-                NAMESPACES,
-                {"metadata": {"name": CONTROL_PLANE_NAMESPACE, "labels": {
-                    "linkerd.io/is-control-plane": "true",
-                    "config.linkerd.io/admission-webhooks": "disabled",
-                }}},
-            )  # fmt: skip
-        config = render_webhook_config(
+    def configuration(self) -> list[dict[str, Any]]:
+        """The objects ``gossamer install`` would render for this control plane's certificates.
+
+        Rendered by the install renderer itself, so ``gossamer check`` judges local mode by the
+        same objects as a cluster; the namespace and ``gossamer-config`` say it is local mode
+        and where each component's admin server answers (there are no pods to ask about).
+        """
+        injector = self.state_dir / "injector"
+        certs = {
+            "identityTrustAnchorsPEM": self.trust_anchors.read_text(),
+            "identityTrustDomain": TRUST_DOMAIN,
+            "identity": {
+                "issuer": {
+                    "tls": {
+                        "crtPEM": (self.state_dir / "identity" / "issuer" / "crt.pem").read_text(),
+                        "keyPEM": (self.state_dir / "identity" / "issuer" / "key.pem").read_text(),
+                    }
+                }
+            },
+            "proxyInjector": {
+                "crtPEM": (injector / "crt.pem").read_text(),
+                "keyPEM": (injector / "key.pem").read_text(),
+                "caBundle": (injector / "ca.crt").read_text(),
+            },
+        }
+        values = ChartValues.parse(
+            chart_values(overrides=[{"installNamespace": True}, certs]),
+            namespace=CONTROL_PLANE_NAMESPACE,
+            app_version=chart_app_version(),
+        )
+        local = {LOCAL_MODE_ANNOTATION: "true"}
+        for process, port in ADMIN_PORTS.items():
+            local[admin_address_annotation(COMPONENT_OF[process])] = f"127.0.0.1:{port}"
+        objects = []
+        for obj in m.control_plane(values):
+            if obj["kind"] not in CONFIGURATION_KINDS:
+                continue
+            if obj["kind"] == "Namespace" or obj["metadata"]["name"] == m.CONFIG_MAP:
+                meta = obj["metadata"]
+                meta["annotations"] = {**meta.get("annotations", {}), **local}
+            objects.append(obj)
+        return objects
+
+    def webhook_configuration(self) -> dict[str, Any]:
+        """As an install's, but calling the injector's URL on the node's loopback."""
+        return render_webhook_config(
             ca_bundle_pem=(self.state_dir / "injector" / "ca.crt").read_bytes(),
             control_plane_namespace=CONTROL_PLANE_NAMESPACE,
             target=WebhookTarget(url=f"https://{WEBHOOK_HOST}:{INJECTOR_PORT}/", service_name=None),
         )
+
+    async def register(self, client: KubeClient) -> None:
+        """What an install registers (see :meth:`configuration`) and the webhook configuration.
+
+        Replaces objects left by an earlier run, so they always match this run's certificates.
+        """
+        for obj in self.configuration():
+            ref = CONFIGURATION_KINDS[obj["kind"]]
+            namespace = obj["metadata"].get("namespace") if ref.namespaced else None
+            name = obj["metadata"]["name"]
+            try:
+                await client.create(ref, obj, namespace=namespace)
+            except KubeApiError as exc:
+                if exc.status != 409:
+                    raise
+                await client.patch(ref, name, obj, namespace=namespace)
+        config = self.webhook_configuration()
         name = config["metadata"]["name"]
         with contextlib.suppress(KubeApiError):
             await client.delete(MUTATINGWEBHOOKCONFIGURATIONS, name)
