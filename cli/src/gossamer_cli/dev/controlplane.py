@@ -40,6 +40,7 @@ from gossamer_tls import (
     private_key_to_pem,
 )
 
+from gossamer_cli import __version__
 from gossamer_cli import manifests as m
 from gossamer_cli.check_rules import LOCAL_MODE_ANNOTATION, admin_address_annotation
 from gossamer_cli.manifests_certs import WEBHOOK_CERT_LIFETIME
@@ -100,8 +101,9 @@ class ControlPlane:
     node_address: str
     proxy_image: str = "gossamer/proxy"
     init_image: str = "gossamer/proxy-init"
-    #: Local mode runs images from the runtime venv, so the tag only labels the pods.
-    proxy_version: str = "dev"
+    #: Local mode runs images from the runtime venv, so the tag only labels the pods; it is
+    #: the installed version, so `gossamer check --proxy` finds the proxies current.
+    proxy_version: str = __version__
     processes: list[Process] = field(default_factory=list)
     stopping: bool = False
 
