@@ -172,3 +172,19 @@ def test_downward_api_field_paths() -> None:
     assert volumes.field_value(pod, "metadata.labels") == 'app="web"'
     with pytest.raises(volumes.VolumeError, match="unsupported fieldPath"):
         volumes.field_value(pod, "status.nothing")
+
+
+def test_a_native_sidecar_that_is_not_ready_keeps_the_pod_unready() -> None:
+    proxy = status.ContainerState("proxy", "gossamer/proxy", started_at=100.0, sidecar=True)
+    init = status.ContainerState("init", "gossamer/proxy-init", started_at=99.0, exit_code=0)
+    app = status.ContainerState("app", "demo", started_at=101.0, ready=True)
+    pod = status.PodState(init_containers=[init, proxy], containers=[app], initialized=True)
+    pod.phase = status.phase_for(pod, "Always")
+
+    def ready() -> str:
+        patch = status.pod_status_patch(pod, 102.0, [])["status"]
+        return next(c["status"] for c in patch["conditions"] if c["type"] == "Ready")
+
+    assert ready() == "False"  # the app answers but its proxy does not: no endpoint yet
+    proxy.ready = True
+    assert ready() == "True"  # a finished (non-sidecar) init container does not gate

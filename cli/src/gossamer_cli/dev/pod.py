@@ -82,11 +82,12 @@ class LocalPod:
         self._status_task: asyncio.Task[None] | None = None
 
     def _container(self, spec: Mapping[str, Any], init: bool = False) -> Container:
+        sidecar = init and spec.get("restartPolicy") == "Always"
         c = Container(
             spec,
-            status.ContainerState(spec["name"], spec.get("image", "")),
+            status.ContainerState(spec["name"], spec.get("image", ""), sidecar=sidecar),
             is_init=init,
-            sidecar=init and spec.get("restartPolicy") == "Always",
+            sidecar=sidecar,
         )
         ports = spec.get("ports") or []
         if "readinessProbe" in spec:
@@ -210,7 +211,8 @@ class LocalPod:
         c.state.exit_code = None
         c.state.finished_at = None
         c.state.pid = c.process.pid
-        c.state.ready = c.readiness is None and not c.is_init
+        # Without a readiness probe a running container (or native sidecar) counts as ready.
+        c.state.ready = c.readiness is None and (c.sidecar or not c.is_init)
         log.info("container started", pod=self.key, container=spec["name"], pid=c.process.pid)
         self._changed()
         c.tasks.append(asyncio.create_task(self._supervise(c)))

@@ -25,6 +25,10 @@ class ContainerState:
     restart_count: int = 0
     waiting_reason: str = "ContainerCreating"
     pid: int | None = None
+    #: A native sidecar (init container with ``restartPolicy: Always``): like a main
+    #: container, its readiness gates the pod's, so a pod whose proxy cannot serve is
+    #: never added to endpoints.
+    sidecar: bool = False
 
     @property
     def running(self) -> bool:
@@ -80,7 +84,8 @@ def pod_status_patch(
     state: PodState, now: float, previous: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
     """The body of a merge patch to ``pods/<name>/status``."""
-    containers_ready = bool(state.containers) and all(c.ready for c in state.containers)
+    gating = state.containers + [c for c in state.init_containers if c.sidecar]
+    containers_ready = bool(state.containers) and all(c.ready for c in gating)
     return {
         "status": {
             "phase": state.phase,
