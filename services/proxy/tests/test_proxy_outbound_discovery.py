@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import re
 import socket
 from collections import Counter, defaultdict
@@ -568,24 +569,76 @@ async def test_target_outside_profile_networks_is_forwarded_without_lookup(
     assert control.plane.requests == []
 
 
-async def test_unreachable_endpoint_is_ejected_by_failure_accrual(
+def dead_port() -> int:
+    """A loopback port nothing listens on: every connect to it is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_refused_endpoint_is_redispatched_and_ejected_without_failing_requests(
     start_proxy: StartProxy, tcp_server: TcpServer, control: ControlPlane
 ) -> None:
+    """An endpoint gone between discovery and the connect (a rolling update) costs nothing.
+
+    Each refused connect is finished as a failure (7 in a row eject the endpoint) and the
+    request is re-dispatched to the live endpoint: the client never sees an error.
+    """
     good = await http_backend(tcp_server)
-    with socket.socket() as probe:  # a port nothing listens on: every connect is refused
-        probe.bind(("127.0.0.1", 0))
-        dead = probe.getsockname()[1]
+    dead = dead_port()
     serve_service(control, good.port, dead)
     proxy = await discovery_proxy(start_proxy, control)
 
-    statuses = await run_requests(proxy, 200, clients=1)
+    statuses = await run_requests(proxy, 200, clients=4)
 
-    assert statuses[200] == len(good.hits)
-    # 7 consecutive failures eject it; afterwards only the odd probe (backoff ≥ 1 s) fails.
-    assert 7 <= 200 - statuses[200] <= 12
+    assert statuses == Counter({200: 200})
+    assert len(good.hits) == 200
     assert proxy.discovery is not None
     backend = proxy.discovery.backends()[AUTHORITY]
-    assert len(backend.balancer.ejected()) == 1
+    assert backend.balancer.ejected() == [(ipaddress.ip_address("127.0.0.1"), dead)]
+
+
+async def test_request_with_body_is_redispatched_whole(
+    start_proxy: StartProxy, tcp_server: TcpServer, control: ControlPlane
+) -> None:
+    """Nothing of the request was sent on a failed connect, so a POST body arrives intact."""
+    bodies: list[bytes] = []
+
+    async def echo(path: str, body: bytes, n: int) -> tuple[int, bytes]:
+        bodies.append(body)
+        return 200, body
+
+    good = await http_backend(tcp_server, echo)
+    serve_service(control, good.port, dead_port(), dead_port())
+    proxy = await discovery_proxy(start_proxy, control)
+    client = await Client.open(proxy)
+    try:
+        for i in range(30):
+            payload = b"payload-%d" % i * 100
+            status, _, answer = await client.request("/up", method="POST", body=payload)
+            assert (status, answer) == (200, payload)
+    finally:
+        await client.close()
+    assert len(bodies) == 30
+
+
+async def test_only_dead_endpoints_fail_after_three_connects(
+    start_proxy: StartProxy, control: ControlPlane
+) -> None:
+    """With no live endpoint the client gets the 502 once the three connects are used up."""
+    serve_service(control, dead_port(), dead_port(), dead_port(), dead_port())
+    proxy = await discovery_proxy(start_proxy, control)
+    client = await Client.open(proxy)
+    try:
+        status, headers, _ = await client.request()
+    finally:
+        await client.close()
+    assert status == 502
+    assert headers["l5d-proxy-error"].startswith("connection refused")
+    assert proxy.discovery is not None
+    backend = proxy.discovery.backends()[AUTHORITY]
+    failures = sum(s.accrual.consecutive_failures for s in backend.balancer.slots())
+    assert failures == 3  # one request, three connects, each counted by failure accrual
 
 
 async def test_endpoint_answering_5xx_is_not_ejected_by_default(
@@ -710,5 +763,40 @@ async def test_grpc_over_http2_reaches_a_discovered_endpoint(
             call.cancel()
         assert first.fully_qualified_name == "answered.by.backend"
         assert backend_plane.requests == [("profile", "answer")]
+    finally:
+        await backend.stop(None)
+
+
+async def test_grpc_connect_to_a_refused_endpoint_is_redispatched(
+    start_proxy: StartProxy, control: ControlPlane
+) -> None:
+    """HTTP/2 balances per upstream connection; a refused connect picks again before any
+    stream fails, until failure accrual ejects the dead endpoint."""
+    backend_plane = Plane()
+    backend_plane.send("profile:answer", profile("answered.by.backend"))
+    backend = grpc.aio.server()
+    destination_pb2_grpc.add_DestinationServicer_to_server(FakeDestination(backend_plane), backend)
+    port = backend.add_insecure_port("127.0.0.1:0")
+    await backend.start()
+    dead = dead_port()
+    try:
+        serve_service(control, port, dead)
+        proxy = await discovery_proxy(start_proxy, control)
+        assert proxy.discovery is not None
+        addr = proxy.outbound_addr
+        calls = 0
+        for _ in range(60):  # each channel is a new client connection, so a new pick
+            async with grpc.aio.insecure_channel(f"{addr.host}:{addr.port}") as channel:
+                stub = destination_pb2_grpc.DestinationStub(channel)
+                call = stub.GetProfile(destination_pb2.GetDestination(path="answer"))
+                first: Any = await asyncio.wait_for(call.read(), 10)
+                call.cancel()
+            assert first.fully_qualified_name == "answered.by.backend"
+            calls += 1
+            balancer = proxy.discovery.backends()[AUTHORITY].balancer
+            if balancer.ejected():
+                break
+        assert balancer.ejected() == [(ipaddress.ip_address("127.0.0.1"), dead)]
+        assert len(backend_plane.requests) == calls
     finally:
         await backend.stop(None)

@@ -17,14 +17,16 @@ Outbound, with discovery (:mod:`..outbound.discovery`), every request picks its 
 gives it a timeout (504 on expiry, retries included), a response classification and, on
 retryable routes, retries within the profile's retry budget for bodies kept whole in
 memory (≤ 64 KiB). A failed attempt's response is read and dropped, never shown to the
-client, and the request is sent again to a fresh pick. Connections between proxies stay
-HTTP/1.1, pooled per endpoint.
+client, and the request is sent again to a fresh pick. A connect that fails sent nothing,
+so it is re-dispatched to another pick (up to three connects) before any error is shown.
+Connections between proxies stay HTTP/1.1, pooled per endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 from typing import Final
 
 import httptools
@@ -46,6 +48,7 @@ from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..opaque import relay_transports
 from ..outbound.discovery import TargetHandle
 from ..outbound.plan import Pick
+from ..outbound.redispatch import may_redispatch
 from ..outbound.route_metrics import RouteStats
 from ..timeouts import Phase, Verdict, verdict
 from .headers import (
@@ -587,26 +590,84 @@ class Http1Server(asyncio.Protocol):
         if ex is not self._active or self._closed:
             pick.finish(Outcome.CANCELLED)
             return
-        ex.pick = pick
         if ex.route_stats is not None:
             ex.route_stats.actual.value += 1
-        plan = pick.plan
-        labels = TargetLabels(
-            "outbound", plan.endpoint.host, plan.endpoint.port, False, plan.tls_labels
-        )
-        if ex.stats is None:
-            host = ex.info.host if ex.info is not None else None
-            authority_label = host.decode("latin-1") if host is not None else pick.authority
-            if ":" not in authority_label.rsplit("]", 1)[-1]:
-                authority_label = f"{authority_label}:{self.target.port}"
-            ex.stats = self.ctx.metrics.http(labels, authority_label)
-            ex.stats.requests.value += 1
-        up = None if ex.retried else self.ctx.pool.acquire(plan.endpoint)
-        if isinstance(up, Http1Upstream):
-            up.reused = True
+        await self._send_to(ex, pick)
+
+    async def _send_to(self, ex: Exchange, pick: Pick) -> None:
+        """Send ``ex`` to the picked endpoint over a pooled or new connection.
+
+        A failed connect sent nothing, so it is re-dispatched (:mod:`..outbound.redispatch`):
+        the pick is finished as a failure (feeding failure accrual) and the backend picks
+        again, another endpoint when there is one, up to three connects in all. The route
+        timeout keeps running meanwhile and answers 504 when it expires first.
+        """
+        connects = 0
+        while True:
+            ex.pick = pick
+            plan = pick.plan
+            labels = TargetLabels(
+                "outbound", plan.endpoint.host, plan.endpoint.port, False, plan.tls_labels
+            )
+            up = None if ex.retried else self.ctx.pool.acquire(plan.endpoint)
+            if isinstance(up, Http1Upstream):
+                self._count_outbound(ex, pick, labels)
+                up.reused = True
+                self._attach(ex, up)
+                return
+            connects += 1
+            tcp = self.ctx.metrics.tcp(labels, "dst")
+            endpoint = plan.endpoint
+            try:
+                _, up = await self.ctx.connector.open(
+                    endpoint, functools.partial(Http1Upstream, endpoint, tcp), tls=plan.tls
+                )
+            except ProxyError as exc:
+                if ex is not self._active or self._closed:
+                    return  # answered (route timeout) or gone; its pick was finished then
+                ex.finish_pick(Outcome.FAILURE)
+                if pick.can_redispatch and may_redispatch(exc.kind, connects):
+                    _log.debug(
+                        "connect_failed_redispatching",
+                        endpoint=str(endpoint),
+                        error=str(exc),
+                        attempt=connects,
+                    )
+                    try:
+                        pick = await pick.redispatch()
+                    except ProxyError as no_pick:
+                        if ex is self._active and not self._closed:
+                            self._count_outbound(ex, None, labels)
+                            self._fail(ex, no_pick.kind, no_pick.detail)
+                        return
+                    if ex is not self._active or self._closed:
+                        pick.finish(Outcome.CANCELLED)
+                        return
+                    continue
+                self._count_outbound(ex, pick, labels)
+                if not self._retry(ex, None, error=True):
+                    self._fail(ex, exc.kind, exc.detail)
+                return
+            if ex is not self._active or self._closed:
+                up.close()
+                return
+            self._count_outbound(ex, pick, labels)
             self._attach(ex, up)
             return
-        await self._connect(ex, plan.endpoint, plan.tls, labels)
+
+    def _count_outbound(self, ex: Exchange, pick: Pick | None, labels: TargetLabels) -> None:
+        """Count ``ex`` once, under the endpoint that took it (or was last tried)."""
+        if ex.stats is not None:
+            return
+        host = ex.info.host if ex.info is not None else None
+        if host is not None:
+            authority_label = host.decode("latin-1")
+        else:
+            authority_label = pick.authority if pick is not None else str(self.target)
+        if ":" not in authority_label.rsplit("]", 1)[-1]:
+            authority_label = f"{authority_label}:{self.target.port}"
+        ex.stats = self.ctx.metrics.http(labels, authority_label)
+        ex.stats.requests.value += 1
 
     async def _route(self, ex: Exchange, handle: TargetHandle) -> None:
         """Find the request's ServiceProfile route; arm its timeout; prepare for retries."""

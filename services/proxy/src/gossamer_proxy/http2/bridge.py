@@ -9,7 +9,9 @@ the paired stream; a GOAWAY from upstream refuses the streams it did not process
 (REFUSED_STREAM, which clients retry) and moves new streams to a fresh upstream connection.
 
 Outbound with discovery, each upstream connection is balanced (one P2C pick per upstream
-connection, its connect time the latency sample), not each stream. Such a stream is counted
+connection, its connect time the latency sample), not each stream. A failed connect sent no
+stream, so it is re-dispatched to another pick (up to three connects) before the waiting
+streams get an error. Such a stream is counted
 in the request metrics once it is bound to an upstream connection, under that endpoint's
 labels (``target_addr``, ``tls="true"``, ``server_id``), as HTTP/1 requests are; a stream
 answered by the proxy itself before that is counted under the listener's labels.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
 import h2.config
@@ -32,13 +35,14 @@ import structlog
 from gossamer_api.transport_header import SessionProtocol
 
 from ..config import Endpoint
-from ..connect import UpstreamTls
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
 from ..inbound_authz import InboundPeer
 from ..mesh.balancer import Outcome
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..outbound.discovery import TargetHandle
+from ..outbound.plan import Pick
+from ..outbound.redispatch import may_redispatch
 
 __all__ = ["H2Server"]
 
@@ -363,7 +367,6 @@ class H2Server(asyncio.Protocol):
 
     async def _connect(self) -> None:
         ctx = self.ctx
-        tls: UpstreamTls | None = None
         labels = self.labels
         try:
             if ctx.discovery is not None and not ctx.inbound:
@@ -373,21 +376,10 @@ class H2Server(asyncio.Protocol):
                 profile = await handle.profile()
                 authority = handle.choose_authority(profile)
                 pick = await handle.pick(profile, authority, SessionProtocol.HTTP2)
-                endpoint, tls = pick.endpoint, pick.tls
-                labels = TargetLabels(
-                    ctx.direction, endpoint.host, endpoint.port, False, pick.plan.tls_labels
-                )
-                started = self.loop.time()
-                try:
-                    _, up = await ctx.connector.open(
-                        endpoint,
-                        lambda: _H2Upstream(self, ctx.metrics.tcp(labels, "dst"), labels),
-                        tls=tls,
-                    )
-                except ProxyError:
-                    pick.finish(Outcome.FAILURE, latency=self.loop.time() - started)
-                    raise
-                pick.finish(Outcome.SUCCESS, latency=self.loop.time() - started)
+                up = await self._connect_picked(pick)
+                if up is None:
+                    self._connecting = []
+                    return
             else:
                 if ctx.fixed_target is not None:
                     endpoint = ctx.fixed_target
@@ -417,6 +409,53 @@ class H2Server(asyncio.Protocol):
                 up.open_stream(pair)
         up.flush_out()
         self._flush_out()
+
+    def _upstream_for(self, labels: TargetLabels) -> Callable[[], _H2Upstream]:
+        """A protocol factory for a connection to the endpoint ``labels`` describe."""
+        return lambda: _H2Upstream(self, self.ctx.metrics.tcp(labels, "dst"), labels)
+
+    def _waiting(self) -> bool:
+        """Whether any stream still waits for the connection being made."""
+        return any(self.pairs.get(pair.down_id) is pair for pair in self._connecting)
+
+    async def _connect_picked(self, pick: Pick) -> _H2Upstream | None:
+        """Connect to the picked endpoint, re-dispatching failed connects.
+
+        No stream has been sent when a connect fails, so the pick is finished as a failure
+        (feeding failure accrual) and the backend picks again, another endpoint when there
+        is one, up to three connects in all (:mod:`..outbound.redispatch`). Raises the
+        last :class:`ProxyError`; ``None`` if the client went away meanwhile.
+        """
+        ctx = self.ctx
+        connects = 0
+        while True:
+            connects += 1
+            endpoint, tls = pick.endpoint, pick.tls
+            labels = TargetLabels(
+                ctx.direction, endpoint.host, endpoint.port, False, pick.plan.tls_labels
+            )
+            started = self.loop.time()
+            try:
+                _, up = await ctx.connector.open(endpoint, self._upstream_for(labels), tls=tls)
+            except ProxyError as exc:
+                pick.finish(Outcome.FAILURE, latency=self.loop.time() - started)
+                if self._closed or not self._waiting():
+                    return None
+                if not (pick.can_redispatch and may_redispatch(exc.kind, connects)):
+                    raise
+                _log.debug(
+                    "connect_failed_redispatching",
+                    endpoint=str(endpoint),
+                    error=str(exc),
+                    attempt=connects,
+                )
+                pick = await pick.redispatch()
+                if self._closed:
+                    pick.finish(Outcome.CANCELLED)
+                    return None
+                continue
+            pick.finish(Outcome.SUCCESS, latency=self.loop.time() - started)
+            return up
 
     # -- proxy → client ----------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ ones start from ``default_rtt``.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -148,11 +148,21 @@ class P2cBalancer(Generic[K, M]):
     def ejected(self) -> list[K]:
         return [k for k, s in self._slots.items() if s.accrual.state is not AccrualState.AVAILABLE]
 
-    def pick(self, now: float, rng: UniformSource) -> Dispatch[K, M] | None:
-        """Choose an endpoint for one request/connection, or ``None`` if none can take it."""
+    def pick(
+        self, now: float, rng: UniformSource, *, avoid: Collection[K] = ()
+    ) -> Dispatch[K, M] | None:
+        """Choose an endpoint for one request/connection, or ``None`` if none can take it.
+
+        ``avoid``: endpoints this request already failed to connect to; they are passed over
+        while another endpoint can take the request (a re-dispatch after a failed connect).
+        """
         candidates = [s for s in self._slots.values() if s.available(now)]
         if not candidates:
             return None
+        if avoid:
+            others = [s for s in candidates if s.key not in avoid]
+            if others:
+                candidates = others
         if len(candidates) == 1:
             chosen = candidates[0]
         else:

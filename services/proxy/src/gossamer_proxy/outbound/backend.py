@@ -11,7 +11,9 @@ fails fast); this module only drives them from asyncio:
   then 503 load-shed) for up to ``failfast_timeout`` (then 504 fail-fast), and is woken
   when endpoints arrive or an ejected endpoint's backoff ends;
 * every pick is finished with its outcome, feeding latency and failure accrual (Linkerd's
-  consecutive-failures default: 7 failures, 1 s..60 s backoff with 0.5 jitter).
+  consecutive-failures default: 7 failures, 1 s..60 s backoff with 0.5 jitter);
+* a request re-dispatched after a failed connect passes its failed endpoints as ``avoid``,
+  so the new pick goes elsewhere whenever another endpoint is available.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import structlog
 
@@ -94,16 +96,18 @@ class Backend:
 
     # -- picking -----------------------------------------------------------------------------
 
-    async def acquire(self) -> Dispatch[Address, MeshEndpoint]:
+    async def acquire(self, avoid: Collection[Address] = ()) -> Dispatch[Address, MeshEndpoint]:
         """Pick an endpoint, waiting in the queue while none is available.
 
-        Raises :class:`ProxyError` ``LOAD_SHED`` (queue full) or ``FAIL_FAST``.
+        ``avoid``: endpoints to pass over while others are available (a re-dispatch after
+        failed connects). Raises :class:`ProxyError` ``LOAD_SHED`` (queue full) or
+        ``FAIL_FAST``.
         """
         loop = self._loop
         while True:
             now = loop.time()
             self._sync(now)
-            dispatch = self.balancer.pick(now, self.rng)
+            dispatch = self.balancer.pick(now, self.rng, avoid=avoid)
             if dispatch is not None:
                 self._apply(self.queue.set_ready(True, now))
                 return dispatch

@@ -11,6 +11,8 @@ watches of :class:`~gossamer_proxy.mesh.discovery.DestinationClient`:
   how ClusterIP traffic works without kube-proxy; a profile for a pod IP carries the
   ``endpoint`` itself (identity, hints), used without balancing;
 * ``dst_overrides`` split requests between authorities, each resolved with its own ``Get``;
+* a balanced pick whose connect fails can be re-dispatched (:meth:`.plan.Pick.redispatch`):
+  the same backend picks again, passing over the endpoints that already failed;
 * with a policy service, ``OutboundPolicies.Watch`` per covered target: when the Service
   has ``HTTPRoute`` resources (and the profile has neither routes nor ``dst_overrides``),
   HTTP requests are routed by them (:mod:`..mesh.policy_router`) to weighted backends,
@@ -27,7 +29,7 @@ import asyncio
 import contextlib
 import ipaddress
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import structlog
@@ -38,6 +40,7 @@ from ..config import Endpoint
 from ..mesh.backoff import UniformSource
 from ..mesh.balancer import Outcome
 from ..mesh.discovery import DestinationClient, service_authority
+from ..mesh.endpoints import Address
 from ..mesh.endpoints import Endpoint as MeshEndpoint
 from ..mesh.idle import IdleTracker
 from ..mesh.outbound_policy import BackendSpec, FailureAccrualSpec, OutboundPolicyModel
@@ -349,7 +352,8 @@ class TargetHandle:
             capacity=spec.queue_capacity or None,
             failfast_timeout=spec.failfast_timeout or None,
         )
-        # A Service that configured failure accrual counts failed responses too.
+        # A Service that configured failure accrual counts failed responses too (and so do
+        # the picks that re-dispatch this one: Pick.redispatch carries the flag over).
         pick.responses_eject = accrual is not None
         return pick
 
@@ -397,13 +401,26 @@ class TargetHandle:
             backend = self._authorities[key] = owner.acquire_backend(
                 authority, accrual, capacity=capacity, failfast_timeout=failfast_timeout
             )
-        dispatch = await backend.acquire()
-        plan = owner.plan(dispatch.meta, session)
+        return await self._dispatch(backend, authority, session, ())
+
+    async def _dispatch(
+        self,
+        backend: Backend,
+        authority: str,
+        session: SessionProtocol | None,
+        failed: tuple[Address, ...],
+    ) -> Pick:
+        """One pick from ``backend``, passing over the ``failed`` endpoints if it can."""
+        dispatch = await backend.acquire(failed)
+        plan = self._owner.plan(dispatch.meta, session)
 
         def finish(outcome: Outcome, latency: float | None) -> None:
             backend.finish(dispatch, outcome, latency)
 
-        return Pick(plan, authority, finish)
+        def repick() -> Awaitable[Pick]:
+            return self._dispatch(backend, authority, session, (*failed, dispatch.key))
+
+        return Pick(plan, authority, finish, repick)
 
     def close(self) -> None:
         if self._closed:

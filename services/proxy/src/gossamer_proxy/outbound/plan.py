@@ -7,12 +7,14 @@ identity, identity check, and for ``opaque_transport`` the peer proxy's inbound 
 ALPN ``transport.l5d.io/v1`` and a transport header), the outbound TLS metric labels
 (``tls="true",server_id=…`` or ``no_identity``) and the endpoint's ``dst_*`` labels. The
 caller reports how the request ended with :meth:`Pick.finish`, which feeds the balancer's
-latency estimate and failure accrual.
+latency estimate and failure accrual. A balanced pick whose connect failed can be
+:meth:`Pick.redispatch`-ed: the same backend picks again, passing over the endpoints that
+already failed this request (see :mod:`.redispatch` for when that is allowed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gossamer_api.transport_header import SessionProtocol
@@ -28,6 +30,7 @@ from ..metrics import tls_values
 __all__ = ["EndpointPlan", "Pick", "endpoint_plan", "forward_pick"]
 
 Finish = Callable[[Outcome, float | None], None]
+Repick = Callable[[], Awaitable["Pick"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +66,27 @@ def endpoint_plan(
 class Pick:
     """One endpoint chosen for one request or connection; call :meth:`finish` exactly once."""
 
-    __slots__ = ("_done", "_finish", "_on_release", "authority", "plan", "responses_eject")
+    __slots__ = (
+        "_done",
+        "_finish",
+        "_on_release",
+        "_repick",
+        "authority",
+        "plan",
+        "responses_eject",
+    )
 
-    def __init__(self, plan: EndpointPlan, authority: str, finish: Finish | None) -> None:
+    def __init__(
+        self,
+        plan: EndpointPlan,
+        authority: str,
+        finish: Finish | None,
+        repick: Repick | None = None,
+    ) -> None:
         self.plan = plan
         self.authority = authority
         self._finish = finish
+        self._repick = repick
         self._done = False
         self._on_release: Callable[[], None] | None = None
         #: Whether failed responses (5xx) count toward failure accrual, not only transport
@@ -90,6 +108,26 @@ class Pick:
     @property
     def balanced(self) -> bool:
         return self._finish is not None
+
+    @property
+    def can_redispatch(self) -> bool:
+        """Whether another endpoint may be picked for this request (balanced picks only)."""
+        return self._repick is not None
+
+    async def redispatch(self) -> Pick:
+        """Pick again from the same backend, passing over the endpoints that failed.
+
+        Call after :meth:`finish` (with the failure, so that accrual counts it). Raises
+        :class:`ProxyError` like the first pick (``FAIL_FAST`` / ``LOAD_SHED`` when no
+        endpoint becomes available in time).
+        """
+        if self._repick is None:
+            raise RuntimeError("this pick has a single endpoint: it cannot be re-dispatched")
+        if not self._done:
+            raise RuntimeError("finish the failed pick before re-dispatching it")
+        pick = await self._repick()
+        pick.responses_eject = self.responses_eject
+        return pick
 
     def finish(self, outcome: Outcome, *, latency: float | None = None) -> None:
         """Report the outcome (later calls are ignored, so every error path may call it)."""
