@@ -42,6 +42,7 @@ from gossamer_tls import (
 
 from gossamer_cli import __version__
 from gossamer_cli import manifests as m
+from gossamer_cli.check import probe_ready
 from gossamer_cli.check_rules import LOCAL_MODE_ANNOTATION, admin_address_annotation
 from gossamer_cli.manifests_certs import WEBHOOK_CERT_LIFETIME
 from gossamer_cli.manifests_values import ChartValues, chart_app_version, chart_values
@@ -238,7 +239,7 @@ class ControlPlane:
                     tail = p.log.read_text(errors="replace")[-1500:]
                     raise RuntimeError(f"{p.name} exited ({p.proc.returncode}):\n{tail}")
             for name, port in list(pending.items()):
-                if await _http_ok(port, "/ready"):
+                if await probe_ready(f"127.0.0.1:{port}", limit=2.0) is None:
                     del pending[name]
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"control plane not ready after {limit}s: {sorted(pending)}")
@@ -343,20 +344,3 @@ def _write_secret(directory: Path, certificate: Any, key: Any) -> None:
     key_path = directory / "key.pem"
     key_path.write_bytes(private_key_to_pem(key))
     os.chmod(key_path, 0o600)
-
-
-async def _http_ok(port: int, path: str) -> bool:
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
-    except (OSError, TimeoutError):
-        return False
-    try:
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
-        )
-        line = await asyncio.wait_for(reader.readline(), 2)
-        return line.split()[1:2] == [b"200"]
-    except (OSError, TimeoutError):
-        return False
-    finally:
-        writer.close()
