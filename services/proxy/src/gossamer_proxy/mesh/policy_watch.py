@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import ipaddress
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 import structlog
@@ -42,27 +42,47 @@ log = structlog.get_logger("gossamer.proxy.policy")
 
 NO_POLICY = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED)
 
+M = TypeVar("M")
+V = TypeVar("V")
 
-class _ServerHandler:
-    def __init__(self, state: WatchState[ServerPolicy]) -> None:
+
+class _CompilingHandler(Generic[M, V]):
+    """Compiles each watched message into the state; one that does not compile is logged
+    and leaves the previous value in force."""
+
+    event = ""
+    target_key = "target"  # the log field naming what is watched
+    errors: tuple[type[Exception], ...] = ()
+
+    def __init__(self, state: WatchState[V], compile_message: Callable[[M], V]) -> None:
         self.state = state
+        self._compile = compile_message
 
-    def on_message(self, message: inbound_pb2.Server) -> None:
+    def on_message(self, message: M) -> None:
         try:
-            policy = compile_server(message)
-        except PolicyError as exc:
+            value = self._compile(message)
+        except self.errors as exc:
             self.state.last_error = str(exc)
-            log.warning("inbound_policy_rejected", port=self.state.target, error=str(exc))
+            log.warning(self.event, **{self.target_key: self.state.target}, error=str(exc))
             return
         self.state.last_error = None
-        if policy != self.state.value:
-            self.state.set(policy)
+        if value != self.state.value:
+            self.state.set(value)
 
     def on_reconnect(self) -> None:
         pass
 
     def on_final(self, code: grpc.StatusCode, details: str) -> None:
         self.state.final = f"{code.name}: {details}"
+
+
+class _ServerHandler(_CompilingHandler[inbound_pb2.Server, ServerPolicy]):
+    event = "inbound_policy_rejected"
+    target_key = "port"
+    errors = (PolicyError,)
+
+    def __init__(self, state: WatchState[ServerPolicy]) -> None:
+        super().__init__(state, compile_server)
 
 
 class InboundPolicyClient:
@@ -142,27 +162,16 @@ class InboundPolicyClient:
         self._states.clear()
 
 
-class _OutboundHandler:
+class _OutboundHandler(_CompilingHandler[outbound_pb2.OutboundPolicy, OutboundPolicyModel | None]):
+    event = "outbound_policy_rejected"
+    errors = (OutboundPolicyError,)
+
     def __init__(self, state: WatchState[OutboundPolicyModel | None]) -> None:
-        self.state = state
-
-    def on_message(self, message: outbound_pb2.OutboundPolicy) -> None:
-        try:
-            policy = compile_outbound_policy(message)
-        except OutboundPolicyError as exc:
-            self.state.last_error = str(exc)
-            log.warning("outbound_policy_rejected", target=self.state.target, error=str(exc))
-            return
-        self.state.last_error = None
-        if policy != self.state.value:
-            self.state.set(policy)
-
-    def on_reconnect(self) -> None:
-        pass
+        super().__init__(state, compile_outbound_policy)
 
     def on_final(self, code: grpc.StatusCode, details: str) -> None:
-        self.state.final = f"{code.name}: {details}"
-        self.state.set(None)
+        super().on_final(code, details)
+        self.state.set(None)  # NOT_FOUND / UNIMPLEMENTED: there is no policy
 
 
 class OutboundPolicyClient:
