@@ -446,7 +446,7 @@ class AcceptedConnection(asyncio.Protocol):
         except ProxyError as exc:
             _log.info("opaque_connect_failed", target=str(endpoint), error=str(exc))
             if pick is not None:
-                pick.finish(Outcome.FAILURE, latency=loop.time() - started)
+                pick.finish(Outcome.CONNECT_FAILURE, latency=loop.time() - started)
             src.close(0)
             transport.abort()
             return

@@ -534,7 +534,7 @@ class Http1Server(asyncio.Protocol):
             )
         except ProxyError as exc:
             if ex is self._active and not self._closed:
-                ex.finish_pick(Outcome.FAILURE)
+                ex.finish_pick(Outcome.CONNECT_FAILURE)
                 if not self._retry(ex, None, error=True):
                     self._fail(ex, exc.kind, exc.detail)
             return
@@ -625,7 +625,7 @@ class Http1Server(asyncio.Protocol):
             except ProxyError as exc:
                 if ex is not self._active or self._closed:
                     return  # answered (route timeout) or gone; its pick was finished then
-                ex.finish_pick(Outcome.FAILURE)
+                ex.finish_pick(Outcome.CONNECT_FAILURE)
                 if pick.can_redispatch and may_redispatch(exc.kind, connects):
                     _log.debug(
                         "connect_failed_redispatching",

@@ -438,7 +438,7 @@ class H2Server(asyncio.Protocol):
             try:
                 _, up = await ctx.connector.open(endpoint, self._upstream_for(labels), tls=tls)
             except ProxyError as exc:
-                pick.finish(Outcome.FAILURE, latency=self.loop.time() - started)
+                pick.finish(Outcome.CONNECT_FAILURE, latency=self.loop.time() - started)
                 if self._closed or not self._waiting():
                     return None
                 if not (pick.can_redispatch and may_redispatch(exc.kind, connects)):

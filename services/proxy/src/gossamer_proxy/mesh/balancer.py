@@ -34,6 +34,8 @@ class Outcome(enum.Enum):
     SUCCESS = "success"
     FAILURE = "failure"
     """Failed response class, transport error or timeout: counts towards accrual."""
+    CONNECT_FAILURE = "connect_failure"
+    """No connection could be made: no byte was sent. Counts towards accrual like FAILURE."""
     CANCELLED = "cancelled"
     """Ended without a verdict (caller went away); no latency sample, no accrual change."""
 
