@@ -7,6 +7,11 @@ the backoff ends, exactly one request is let through as a probe. Its success res
 endpoint (and resets the backoff); its failure ejects it again for the next, doubled,
 backoff. ``max_failures = 0`` disables accrual.
 
+:class:`UnifiedAccrual` is Linkerd's ``FailureAccrual.unified``: the same consecutive-failure
+rule, plus a success rate (outcome counts that decay exponentially over ``decay`` seconds)
+that ejects the endpoint once at least ``min_requests`` outcomes were seen and the rate
+falls below ``success_rate_threshold``. A successful probe starts the average afresh.
+
 Rules of this file: the three states and their transitions live in
 :class:`ConsecutiveFailures`; time and randomness come in as arguments; outcomes of requests
 that were dispatched before an ejection and finish during it are ignored, because only the
@@ -16,6 +21,8 @@ probe may decide whether the endpoint comes back.
 from __future__ import annotations
 
 import enum
+import math
+from dataclasses import dataclass
 
 from gossamer_proxy.mesh.backoff import Backoff, UniformSource
 
@@ -24,6 +31,8 @@ __all__ = [
     "DEFAULT_MAX_FAILURES",
     "AccrualState",
     "ConsecutiveFailures",
+    "SuccessRate",
+    "UnifiedAccrual",
 ]
 
 DEFAULT_MAX_FAILURES = 7
@@ -115,3 +124,82 @@ class ConsecutiveFailures:
         self.state = AccrualState.EJECTED
         self.reopen_at = now + self._backoff.delay(self._attempt, rng)
         self._failures = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SuccessRate:
+    """The success-rate half of unified accrual: eject below ``threshold`` (0..1)."""
+
+    threshold: float
+    decay: float
+    min_requests: int
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"success rate threshold must be in [0, 1], got {self.threshold}")
+        if self.decay <= 0.0:
+            raise ValueError(f"success rate decay must be positive, got {self.decay}")
+        if self.min_requests < 0:
+            raise ValueError(f"min_requests must not be negative, got {self.min_requests}")
+
+
+class UnifiedAccrual(ConsecutiveFailures):
+    """Consecutive failures *or* a success rate below the threshold eject the endpoint."""
+
+    __slots__ = ("_rate", "_rate_at", "_seen", "_spec", "_successes", "_total")
+
+    def __init__(
+        self,
+        success_rate: SuccessRate,
+        max_failures: int = DEFAULT_MAX_FAILURES,
+        backoff: Backoff = DEFAULT_BACKOFF,
+    ) -> None:
+        super().__init__(max_failures, backoff)
+        self._spec = success_rate
+        self._rate = 1.0
+        self._successes = 0.0
+        self._total = 0.0
+        self._rate_at: float | None = None
+        self._seen = 0
+
+    @property
+    def success_rate(self) -> float:
+        return self._rate
+
+    def on_success(self, *, probe: bool = False, now: float | None = None) -> None:
+        was_probing = self.state is AccrualState.PROBING and probe
+        super().on_success(probe=probe)
+        if was_probing:
+            self._restart()
+        elif self.state is AccrualState.AVAILABLE and now is not None:
+            self._observe(1.0, now)
+
+    def on_failure(self, now: float, rng: UniformSource, *, probe: bool = False) -> None:
+        if self.state is AccrualState.AVAILABLE and not probe:
+            self._observe(0.0, now)
+            if self._seen >= self._spec.min_requests and self._rate < self._spec.threshold:
+                self._attempt = 0
+                self._eject(now, rng)
+                self._restart()
+                return
+        super().on_failure(now, rng, probe=probe)
+
+    def _observe(self, sample: float, now: float) -> None:
+        # Decayed counts rather than a per-sample EWMA: outcomes that arrive together weigh
+        # the same as outcomes spread out, and older ones fade with ``decay``.
+        if self._rate_at is not None:
+            weight = math.exp(-max(0.0, now - self._rate_at) / self._spec.decay)
+            self._successes *= weight
+            self._total *= weight
+        self._successes += sample
+        self._total += 1.0
+        self._rate = self._successes / self._total
+        self._rate_at = now
+        self._seen += 1
+
+    def _restart(self) -> None:
+        self._rate = 1.0
+        self._successes = 0.0
+        self._total = 0.0
+        self._rate_at = None
+        self._seen = 0
