@@ -334,3 +334,69 @@ def test_egress_fallback_forwards_to_the_original_destination() -> None:
     assert out.metadata.default == "egress-fallback"
     fwd = out.protocol.detect.opaque.routes[0].rules[0].backends.first_available.backends[0]
     assert fwd.backend.forward.addr.port == 443
+
+
+def _accrual_service(**annotations: str) -> dict[str, Any]:
+    svc = t.service("web")
+    svc["metadata"]["annotations"] = annotations
+    return svc
+
+
+def test_consecutive_failure_accrual_from_annotations() -> None:
+    svc = _accrual_service(
+        **{
+            "balancer.linkerd.io/failure-accrual": "consecutive",
+            "balancer.linkerd.io/failure-accrual-consecutive-max-failures": "3",
+            "balancer.linkerd.io/failure-accrual-consecutive-min-penalty": "500ms",
+        }
+    )
+    issues = Issues()
+    out = service_policy(svc, 80, lookups(), lambda ns, n: True, SETTINGS, issues)
+    accrual = out.protocol.detect.http1.failure_accrual
+    assert accrual.consecutive_failures.max_failures == 3
+    assert accrual.consecutive_failures.backoff.min_backoff.ToMilliseconds() == 500
+    assert accrual.consecutive_failures.backoff.max_backoff.seconds == 60
+    assert out.protocol.detect.http2.failure_accrual == accrual
+    assert issues.messages == []
+
+
+def test_unified_failure_accrual_carries_the_success_rate() -> None:
+    svc = _accrual_service(
+        **{
+            "balancer.linkerd.io/failure-accrual": "unified",
+            "balancer.alpha.linkerd.io/failure-accrual-success-rate-threshold": "0.9",
+            "balancer.alpha.linkerd.io/failure-accrual-success-rate-window": "1m",
+        }
+    )
+    out = service_policy(svc, 80, lookups(), lambda ns, n: True, SETTINGS, Issues())
+    unified = out.protocol.detect.http1.failure_accrual.unified
+    assert unified.success_rate_threshold == 0.9
+    assert unified.decay.seconds == 60
+    assert unified.min_requests == 20
+    assert unified.max_consecutive_failures == 7
+    assert unified.backoff.jitter_ratio == 0.5
+
+
+def test_invalid_failure_accrual_annotations_are_reported_and_disable_accrual() -> None:
+    for given in (
+        {"balancer.linkerd.io/failure-accrual": "sometimes"},
+        {
+            "balancer.linkerd.io/failure-accrual": "consecutive",
+            "balancer.linkerd.io/failure-accrual-consecutive-max-failures": "many",
+        },
+        {
+            "balancer.linkerd.io/failure-accrual": "unified",
+            "balancer.alpha.linkerd.io/failure-accrual-success-rate-threshold": "1.5",
+        },
+        {
+            "balancer.linkerd.io/failure-accrual": "consecutive",
+            "balancer.linkerd.io/failure-accrual-consecutive-min-penalty": "2m",
+        },
+    ):
+        issues = Issues()
+        out = service_policy(
+            _accrual_service(**given), 80, lookups(), lambda ns, n: True, SETTINGS, issues
+        )
+        assert not out.protocol.detect.http1.HasField("failure_accrual"), given
+        assert len(issues.messages) == 1, given
+        assert "Service ns/web" in issues.messages[0]

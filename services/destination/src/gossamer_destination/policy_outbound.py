@@ -67,23 +67,64 @@ def balancer_backend(
     return backend
 
 
-def _failure_accrual(service: Mapping[str, Any]) -> outbound_pb2.FailureAccrual | None:
+_ACCRUAL = "balancer.linkerd.io/failure-accrual"
+_CONSECUTIVE = "balancer.linkerd.io/failure-accrual-consecutive-"
+_SUCCESS_RATE = "balancer.alpha.linkerd.io/failure-accrual-success-rate-"
+#: Defaults for the alpha success-rate annotations of ``unified`` accrual (Gossamer's own:
+#: eject an endpoint whose success rate over about 30 s falls below 80%, once 20 responses
+#: were seen).
+SUCCESS_RATE_THRESHOLD = 0.8
+SUCCESS_RATE_WINDOW = "30s"
+SUCCESS_RATE_MIN_REQUESTS = 20
+
+
+def _failure_accrual(
+    service: Mapping[str, Any], issues: Issues
+) -> outbound_pb2.FailureAccrual | None:
+    """The Service's ``balancer.linkerd.io/failure-accrual`` (``consecutive`` or ``unified``).
+
+    A malformed setting is reported in ``issues`` and leaves the Service without accrual,
+    rather than half-configured.
+    """
     annotations = annotations_of(service)
-    if annotations.get("balancer.linkerd.io/failure-accrual") != "consecutive":
+    kind = annotations.get(_ACCRUAL)
+    if kind is None:
         return None
-    prefix = "balancer.linkerd.io/failure-accrual-consecutive-"
+    m = meta(service)
+    where = f"Service {m.get('namespace')}/{m.get('name')}"
+    if kind not in ("consecutive", "unified"):
+        issues.add(f"{where}: {_ACCRUAL}={kind!r} is not consecutive or unified; ignored")
+        return None
     try:
-        max_failures = int(annotations.get(prefix + "max-failures", "7"))
-        min_penalty = parse_duration(annotations.get(prefix + "min-penalty", "1s"))
-        max_penalty = parse_duration(annotations.get(prefix + "max-penalty", "60s"))
-        jitter = float(annotations.get(prefix + "jitter-ratio", "0.5"))
-    except ValueError:
+        max_failures = int(annotations.get(_CONSECUTIVE + "max-failures", "7"))
+        min_penalty = parse_duration(annotations.get(_CONSECUTIVE + "min-penalty", "1s"))
+        max_penalty = parse_duration(annotations.get(_CONSECUTIVE + "max-penalty", "60s"))
+        jitter = float(annotations.get(_CONSECUTIVE + "jitter-ratio", "0.5"))
+        threshold = float(annotations.get(_SUCCESS_RATE + "threshold", str(SUCCESS_RATE_THRESHOLD)))
+        window = parse_duration(annotations.get(_SUCCESS_RATE + "window", SUCCESS_RATE_WINDOW))
+        min_requests = int(
+            annotations.get(_SUCCESS_RATE + "min-requests", str(SUCCESS_RATE_MIN_REQUESTS))
+        )
+        if max_failures < 0 or min_requests < 0 or not 0.0 <= threshold <= 1.0:
+            raise ValueError("counts must not be negative and the threshold is within [0, 1]")
+        if min_penalty > max_penalty or window <= 0 or jitter < 0:
+            raise ValueError("min-penalty <= max-penalty, a positive window and jitter >= 0")
+    except ValueError as exc:
+        issues.add(f"{where}: invalid failure-accrual annotations ({exc}); accrual disabled")
         return None
     fa = outbound_pb2.FailureAccrual()
-    fa.consecutive_failures.max_failures = max_failures
-    fa.consecutive_failures.backoff.min_backoff.CopyFrom(_duration(min_penalty))
-    fa.consecutive_failures.backoff.max_backoff.CopyFrom(_duration(max_penalty))
-    fa.consecutive_failures.backoff.jitter_ratio = jitter
+    if kind == "consecutive":
+        fa.consecutive_failures.max_failures = max_failures
+        backoff = fa.consecutive_failures.backoff
+    else:
+        fa.unified.success_rate_threshold = threshold
+        fa.unified.decay.CopyFrom(_duration(window))
+        fa.unified.min_requests = min_requests
+        fa.unified.max_consecutive_failures = max_failures
+        backoff = fa.unified.backoff
+    backoff.min_backoff.CopyFrom(_duration(min_penalty))
+    backoff.max_backoff.CopyFrom(_duration(max_penalty))
+    backoff.jitter_ratio = jitter
     return fa
 
 
@@ -256,7 +297,7 @@ def service_policy(
             issues.add(f"HTTPRoute {ns}/{meta(route).get('name')} skipped: {exc}")
     if not routes:
         routes = [_default_http_route(backend)]
-    accrual = _failure_accrual(service)
+    accrual = _failure_accrual(service, issues)
     if app == "http":
         policy.protocol.http1.routes.extend(routes)
         if accrual:
