@@ -300,14 +300,14 @@ def test_decisions_are_counted_in_linkerd_metrics() -> None:
     )
     text = registry.render().decode()
     assert (
-        'inbound_tcp_authz_allow_total{srv_group="",srv_kind="default",srv_name="all-authenticated",srv_port="8080"'
+        'inbound_tcp_authz_allow_total{srv_kind="default",srv_name="all-authenticated",srv_port="8080"'
         in text
     )
     assert f'client_id="{ID}"' in text
     assert (
-        'inbound_tcp_authz_deny_total{srv_group="",srv_kind="default",'
+        'inbound_tcp_authz_deny_total{srv_kind="default",'
         'srv_name="all-authenticated",srv_port="8080",target_addr="10.1.0.9:8080",'
-        'tls="no_identity",no_tls_reason="no_tls_from_remote",client_id=""} 1' in text
+        'tls="no_identity",no_tls_reason="no_tls_from_remote"} 1' in text
     )
     assert "inbound_http_authz_allow_total{" in text
     assert 'route_name="default"' in text

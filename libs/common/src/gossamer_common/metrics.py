@@ -12,7 +12,13 @@ increment on an object the caller already holds:
 There are no locks because everything runs on one asyncio event loop thread.
 The work of formatting (label escaping, sorting, cumulative buckets) happens at
 scrape time in :meth:`Registry.render`, which produces text exposition format
-0.0.4. Idle series are expired explicitly with :meth:`Registry.expire_idle`,
+0.0.4. Labels whose value is empty are left out of the exposition, as Linkerd does:
+Prometheus reads ``l=""`` and no ``l`` alike, and omitting them keeps scrapes small.
+
+A family's label names are fixed, but some series carry labels that only the data knows
+(the proxy's ``dst_*`` labels come from service discovery): :meth:`Family.labels_extra`
+adds such ``(name, value)`` pairs after the fixed labels of one child. Idle series are
+expired explicitly with :meth:`Registry.expire_idle`,
 which takes ``now`` so that the policy is testable without sleeping.
 """
 
@@ -82,9 +88,12 @@ def format_value(value: float) -> str:
     return repr(value)
 
 
-def _render_labels(names: Sequence[str], values: Sequence[str]) -> str:
-    """Pre-render ``a="x",b="y"`` (without braces) once per child."""
-    return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=True))
+def _render_labels(
+    names: Sequence[str], values: Sequence[str], extra: Sequence[tuple[str, str]] = ()
+) -> str:
+    """Pre-render ``a="x",b="y"`` (without braces) once per child; empty values are omitted."""
+    pairs = [*zip(names, values, strict=True), *extra]
+    return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in pairs if v)
 
 
 def _check_metric_name(name: str) -> None:
@@ -233,6 +242,35 @@ class Family(Generic[C]):
             self._children[values] = child
         return child
 
+    def labels_extra(self, values: Sequence[str], extra: Sequence[tuple[str, str]]) -> C:
+        """Like :meth:`labels`, plus ``extra`` ``(name, value)`` pairs rendered after them.
+
+        ``extra`` names must be valid, distinct from the family's label names and from each
+        other; the same ``(values, extra)`` always returns the same child. Without ``extra``
+        this is :meth:`labels`.
+        """
+        if not extra:
+            return self.labels(*values)
+        key = (*values, *(f"{n}={v}" for n, v in extra))
+        child = self._children.get(key)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(
+                    f"{self.name}: expected {len(self.labelnames)} label values "
+                    f"{self.labelnames!r}, got {len(values)}: {tuple(values)!r}"
+                )
+            names = [n for n, _ in extra]
+            _check_label_names(names)
+            clash = set(names) & {*self.labelnames, *(("le",) if self.type == "histogram" else ())}
+            if clash:
+                raise ValueError(f"{self.name}: extra labels {sorted(clash)} are reserved")
+            for v in (*values, *(v for _, v in extra)):
+                if not isinstance(v, str):
+                    raise TypeError(f"{self.name}: label values must be str, got {v!r}")
+            child = self._factory(_render_labels(self.labelnames, values, extra))
+            self._children[key] = child
+        return child
+
     def remove(self, *values: str) -> bool:
         """Drop one series; returns whether it existed."""
         return self._children.pop(values, None) is not None
@@ -321,8 +359,8 @@ class MetricSnapshot:
         out.append(f"# HELP {self.name} {escape_help(self.help)}\n")
         out.append(f"# TYPE {self.name} {self.type}\n")
         for s in self.samples:
-            if s.labels:
-                labels = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in s.labels)
+            labels = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in s.labels if v)
+            if labels:
                 out.append(f"{self.name}{s.suffix}{{{labels}}} {format_value(s.value)}\n")
             else:
                 out.append(f"{self.name}{s.suffix} {format_value(s.value)}\n")

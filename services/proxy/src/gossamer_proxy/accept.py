@@ -421,7 +421,12 @@ class AcceptedConnection(asyncio.Protocol):
                 return
             endpoint, tls = pick.endpoint, pick.tls
             labels = TargetLabels(
-                ctx.direction, endpoint.host, endpoint.port, False, pick.plan.tls_labels
+                ctx.direction,
+                endpoint.host,
+                endpoint.port,
+                False,
+                pick.plan.tls_labels,
+                dst=pick.plan.dst_labels,
             )
         else:
             endpoint = self._endpoint()

@@ -4,6 +4,12 @@ HTTP: ``request_total``, ``response_total`` and ``response_latency_ms`` (time to
 head, in milliseconds). Transport: ``tcp_open_total``, ``tcp_open_connections``,
 ``tcp_read_bytes_total``, ``tcp_write_bytes_total`` and ``tcp_close_total``.
 
+Outbound traffic to a discovered endpoint also carries that endpoint's ``metric_labels``
+from the Destination service, each prefixed ``dst_`` (``dst_namespace``, ``dst_service``,
+``dst_pod``…). They differ per endpoint, so they are rendered after each family's fixed
+labels (:meth:`~gossamer_common.metrics.Family.labels_extra`), resolved once per
+:class:`TargetLabels`.
+
 The hot path never touches a family: a connection resolves its :class:`HttpTargetStats` /
 :class:`TcpStats` once, and those cache the per-status children, so one request costs a few
 integer increments, one bisect and two dict lookups keyed by small ints.
@@ -11,11 +17,19 @@ integer increments, one bisect and two dict lookups keyed by small ints.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from gossamer_common.metrics import LATENCY_MS_BUCKETS, Counter, Gauge, Histogram, Registry
 
-__all__ = ["HttpTargetStats", "ProxyMetrics", "TargetLabels", "TcpStats", "tls_values"]
+__all__ = [
+    "HttpTargetStats",
+    "ProxyMetrics",
+    "TargetLabels",
+    "TcpStats",
+    "dst_label_pairs",
+    "tls_values",
+]
 
 #: ``(tls, no_tls_reason, client_id, server_id)`` for plaintext traffic without discovery
 #: (outbound) and from a plain client (inbound); :func:`tls_values` builds the others.
@@ -81,6 +95,13 @@ class TargetLabels:
     tls: tuple[str, ...] = ()
     #: ``(srv_group, srv_kind, srv_name)`` of the inbound policy (inbound only).
     srv: tuple[str, str, str] = DEFAULT_SRV
+    #: The endpoint's Destination ``metric_labels`` (``EndpointPlan.dst_labels``: sorted
+    #: ``(name, value)`` pairs, ``dst_``-prefixed; outbound only).
+    dst: tuple[tuple[str, str], ...] = ()
+
+    def dst_extra(self) -> tuple[tuple[str, str], ...]:
+        """:attr:`dst` as ``dst_*`` label pairs (names made valid; empty values dropped)."""
+        return dst_label_pairs(self.dst)
 
     def values(self, authority: str) -> tuple[str, ...]:
         ip = self.target_ip
@@ -91,6 +112,24 @@ class TargetLabels:
         else:
             srv = ("", "", "", "")
         return (self.direction, authority, addr, ip, str(self.target_port), *tls, *srv)
+
+
+_INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def dst_label_pairs(labels: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """Endpoint labels as ``dst_*`` label pairs, as Linkerd labels outbound traffic.
+
+    ``EndpointPlan.dst_labels`` arrive prefixed already; a name without the prefix gets it.
+    Characters a Prometheus label name cannot hold become ``_``, empty values are dropped
+    and a name seen twice keeps its first value.
+    """
+    out: dict[str, str] = {}
+    for name, value in labels:
+        if value:
+            clean = _INVALID_LABEL_CHARS.sub("_", name)
+            out.setdefault(clean if clean.startswith("dst_") else "dst_" + clean, value)
+    return tuple(sorted(out.items()))
 
 
 def classify(status: int, grpc_status: int | None, error: bool) -> str:
@@ -105,12 +144,26 @@ def classify(status: int, grpc_status: int | None, error: bool) -> str:
 class HttpTargetStats:
     """HTTP counters for one (direction, authority, target); held by connections."""
 
-    __slots__ = ("_last", "_last_key", "_metrics", "_responses", "_values", "requests")
+    __slots__ = (
+        "_extra",
+        "_last",
+        "_last_key",
+        "_metrics",
+        "_responses",
+        "_values",
+        "requests",
+    )
 
-    def __init__(self, metrics: ProxyMetrics, values: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        metrics: ProxyMetrics,
+        values: tuple[str, ...],
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self._metrics = metrics
         self._values = values
-        self.requests: Counter = metrics.request_total.labels(*values)
+        self._extra = extra
+        self.requests: Counter = metrics.request_total.labels_extra(values, extra)
         self._responses: dict[tuple[int, int | None, str], tuple[Counter, Histogram]] = {}
         self._last_key: tuple[int, int | None, str] | None = None
         self._last: tuple[Counter, Histogram] = (self.requests, Histogram(()))  # placeholder
@@ -126,10 +179,12 @@ class HttpTargetStats:
             status_text = str(status) if status else ""
             grpc_text = "" if grpc_status is None else str(grpc_status)
             classification = classify(status, grpc_status, bool(error))
-            counter = self._metrics.response_total.labels(
-                *self._values, status_text, classification, grpc_text, error
+            counter = self._metrics.response_total.labels_extra(
+                (*self._values, status_text, classification, grpc_text, error), self._extra
             )
-            latency = self._metrics.response_latency_ms.labels(*self._values, status_text)
+            latency = self._metrics.response_latency_ms.labels_extra(
+                (*self._values, status_text), self._extra
+            )
             children = (counter, latency)
             self._responses[key] = children
         self._last_key = key
@@ -146,15 +201,30 @@ class HttpTargetStats:
 class TcpStats:
     """Transport counters for one (direction, peer, target)."""
 
-    __slots__ = ("_close", "_metrics", "_values", "open_connections", "opened", "read", "written")
+    __slots__ = (
+        "_close",
+        "_extra",
+        "_metrics",
+        "_values",
+        "open_connections",
+        "opened",
+        "read",
+        "written",
+    )
 
-    def __init__(self, metrics: ProxyMetrics, values: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        metrics: ProxyMetrics,
+        values: tuple[str, ...],
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self._metrics = metrics
         self._values = values
-        self.opened: Counter = metrics.tcp_open_total.labels(*values)
-        self.open_connections: Gauge = metrics.tcp_open_connections.labels(*values)
-        self.read: Counter = metrics.tcp_read_bytes_total.labels(*values)
-        self.written: Counter = metrics.tcp_write_bytes_total.labels(*values)
+        self._extra = extra
+        self.opened: Counter = metrics.tcp_open_total.labels_extra(values, extra)
+        self.open_connections: Gauge = metrics.tcp_open_connections.labels_extra(values, extra)
+        self.read: Counter = metrics.tcp_read_bytes_total.labels_extra(values, extra)
+        self.written: Counter = metrics.tcp_write_bytes_total.labels_extra(values, extra)
         self._close: dict[int, Counter] = {}
 
     def open(self) -> None:
@@ -165,8 +235,9 @@ class TcpStats:
         self.open_connections.value -= 1
         counter = self._close.get(errno)
         if counter is None:
-            counter = self._metrics.tcp_close_total.labels(
-                *self._values, "failure" if errno else "success", str(errno) if errno else ""
+            counter = self._metrics.tcp_close_total.labels_extra(
+                (*self._values, "failure" if errno else "success", str(errno) if errno else ""),
+                self._extra,
             )
             self._close[errno] = counter
         counter.value += 1
@@ -213,7 +284,7 @@ class ProxyMetrics:
         key = (target, authority if not target.inbound else "")
         stats = self._http.get(key)
         if stats is None:
-            stats = HttpTargetStats(self, target.values(key[1]))
+            stats = HttpTargetStats(self, target.values(key[1]), target.dst_extra())
             self._http[key] = stats
         return stats
 
@@ -223,6 +294,6 @@ class ProxyMetrics:
         stats = self._tcp.get(key)
         if stats is None:
             values = target.values("")
-            stats = TcpStats(self, (values[0], peer, *values[2:]))
+            stats = TcpStats(self, (values[0], peer, *values[2:]), target.dst_extra())
             self._tcp[key] = stats
         return stats

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import functools
+import http
 from typing import Final
 
 import httptools
@@ -38,12 +40,31 @@ from ..connect import UpstreamTls
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, http1_error_bytes, http1_error_response
 from ..inbound_authz import InboundPeer
+from ..mesh.backoff import Backoff
 from ..mesh.balancer import Outcome
 from ..mesh.classify import Classification, classify_for_accrual
+from ..mesh.l5d_headers import (
+    REQUEST_TIMEOUT,
+    RESPONSE_TIMEOUT,
+    RETRY_GRPC,
+    RETRY_HTTP,
+    RETRY_LIMIT,
+    RETRY_TIMEOUT,
+    TIMEOUT,
+    OutboundDirectives,
+    outbound_request_headers,
+)
 from ..mesh.policy_router import PolicyRoute
 from ..mesh.profile import Profile, ProfileRoute
 from ..mesh.request import RequestView
-from ..mesh.retry import ReplayBody, RetryVerdict, decide_retry
+from ..mesh.retry import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    ReplayBody,
+    RetryCondition,
+    RetryVerdict,
+    decide_retry,
+)
+from ..mesh.route_filters import RequestTarget, RouteFilters, SyntheticResponse
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..opaque import relay_transports
 from ..outbound.discovery import TargetHandle
@@ -74,6 +95,17 @@ _BLOCK_WAIT_UPSTREAM: Final = 2  # body is arriving before an upstream is attach
 _BLOCK_PIPELINE: Final = 4  # a pipelined request waits behind the one in flight
 
 _INBOUND_STRIP = L5D_REQUEST_STRIP | {b"l5d-client-id"}
+#: Outbound, the ``l5d-retry-*``/``l5d-*-timeout`` directives are consumed (honoured only on
+#: routes that allow them) and never forwarded (linkerd-wire.md §9 outbound step 9).
+_OUTBOUND_STRIP = L5D_REQUEST_STRIP | {
+    RETRY_HTTP,
+    RETRY_GRPC,
+    RETRY_LIMIT,
+    RETRY_TIMEOUT,
+    TIMEOUT,
+    REQUEST_TIMEOUT,
+    RESPONSE_TIMEOUT,
+}
 _CHUNKED: Final = b"transfer-encoding: chunked\r\n"
 
 
@@ -86,6 +118,8 @@ class Exchange:
 
     __slots__ = (
         "attempt",
+        "attempt_timeout",
+        "attempt_timer",
         "body",
         "close_after",
         "denied",
@@ -101,8 +135,11 @@ class Exchange:
         "request_done",
         "response_chunked",
         "response_done",
+        "response_filters",
         "response_started",
         "retried",
+        "retry_backoff",
+        "retry_condition",
         "route",
         "route_stats",
         "started_at",
@@ -154,6 +191,12 @@ class Exchange:
         #: A failed attempt's response is being read and dropped before a retry.
         self.swallow = False
         self.timer: asyncio.TimerHandle | None = None
+        # Policy routes: per-attempt timeout, retry condition and backoff, response filters.
+        self.attempt_timeout: float | None = None
+        self.attempt_timer: asyncio.TimerHandle | None = None
+        self.retry_condition: RetryCondition | None = None
+        self.retry_backoff: Backoff | None = None
+        self.response_filters: tuple[RouteFilters, ...] = ()
 
     def finish_pick(self, outcome: Outcome) -> None:
         pick, self.pick = self.pick, None
@@ -194,7 +237,7 @@ class Http1Server(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.limits = ctx.limits
-        self.strip = _INBOUND_STRIP if ctx.inbound else L5D_REQUEST_STRIP
+        self.strip = _INBOUND_STRIP if ctx.inbound else _OUTBOUND_STRIP
         self._cur: Exchange | None = None  # being parsed
         self._active: Exchange | None = None  # being forwarded
         self._queue: collections.deque[Exchange] = collections.deque()
@@ -560,9 +603,18 @@ class Http1Server(asyncio.Protocol):
         try:
             if ex.attempt == 0:
                 ex.attempt = 1
-                await self._route(ex, handle)
+                answer = await self._route(ex, handle)
                 if ex is not self._active or self._closed:
                     return
+                if answer is not None:
+                    self._synthesize(ex, answer)
+                    return
+            attempt = ex.attempt
+            if ex.attempt_timeout is not None:
+                _cancel_attempt_timer(ex)
+                ex.attempt_timer = self.loop.call_later(
+                    ex.attempt_timeout, self._attempt_timed_out, ex, attempt
+                )
             override = ex.info.dst_override if ex.info is not None else None
             decision = ex.policy_route
             if self.ctx.ingress_mode and override:
@@ -584,10 +636,10 @@ class Http1Server(asyncio.Protocol):
                 authority = handle.choose_authority(ex.profile)
                 pick = await handle.pick(ex.profile, authority, SessionProtocol.HTTP1)
         except ProxyError as exc:
-            if ex is self._active and not self._closed:
+            if ex is self._active and not self._closed and ex.attempt == attempt:
                 self._fail(ex, exc.kind, exc.detail)
             return
-        if ex is not self._active or self._closed:
+        if ex is not self._active or self._closed or ex.attempt != attempt:
             pick.finish(Outcome.CANCELLED)
             return
         if ex.route_stats is not None:
@@ -603,11 +655,17 @@ class Http1Server(asyncio.Protocol):
         timeout keeps running meanwhile and answers 504 when it expires first.
         """
         connects = 0
+        attempt = ex.attempt
         while True:
             ex.pick = pick
             plan = pick.plan
             labels = TargetLabels(
-                "outbound", plan.endpoint.host, plan.endpoint.port, False, plan.tls_labels
+                "outbound",
+                plan.endpoint.host,
+                plan.endpoint.port,
+                False,
+                plan.tls_labels,
+                dst=plan.dst_labels,
             )
             up = None if ex.retried else self.ctx.pool.acquire(plan.endpoint)
             if isinstance(up, Http1Upstream):
@@ -623,8 +681,9 @@ class Http1Server(asyncio.Protocol):
                     endpoint, functools.partial(Http1Upstream, endpoint, tcp), tls=plan.tls
                 )
             except ProxyError as exc:
-                if ex is not self._active or self._closed:
-                    return  # answered (route timeout) or gone; its pick was finished then
+                if ex is not self._active or self._closed or ex.attempt != attempt:
+                    pick.finish(Outcome.CONNECT_FAILURE)
+                    return  # answered (timeout) or gone, or a newer attempt runs
                 ex.finish_pick(Outcome.CONNECT_FAILURE)
                 if pick.can_redispatch and may_redispatch(exc.kind, connects):
                     _log.debug(
@@ -640,7 +699,7 @@ class Http1Server(asyncio.Protocol):
                             self._count_outbound(ex, None, labels)
                             self._fail(ex, no_pick.kind, no_pick.detail)
                         return
-                    if ex is not self._active or self._closed:
+                    if ex is not self._active or self._closed or ex.attempt != attempt:
                         pick.finish(Outcome.CANCELLED)
                         return
                     continue
@@ -648,7 +707,9 @@ class Http1Server(asyncio.Protocol):
                 if not self._retry(ex, None, error=True):
                     self._fail(ex, exc.kind, exc.detail)
                 return
-            if ex is not self._active or self._closed:
+            if ex is not self._active or self._closed or ex.attempt != attempt:
+                if ex.pick is pick:
+                    ex.finish_pick(Outcome.CANCELLED)
                 up.close()
                 return
             self._count_outbound(ex, pick, labels)
@@ -669,27 +730,33 @@ class Http1Server(asyncio.Protocol):
         ex.stats = self.ctx.metrics.http(labels, authority_label)
         ex.stats.requests.value += 1
 
-    async def _route(self, ex: Exchange, handle: TargetHandle) -> None:
-        """Find the request's ServiceProfile route; arm its timeout; prepare for retries."""
+    async def _route(self, ex: Exchange, handle: TargetHandle) -> SyntheticResponse | None:
+        """Find the request's route; arm its timeouts; prepare for retries; apply filters.
+
+        Returns the response to answer with instead of forwarding (a policy filter's
+        redirect or injected failure), else ``None``.
+        """
         profile = await handle.profile()
         ex.profile = profile
         host = ex.info.host if ex.info is not None and ex.info.host is not None else b""
         if profile is None or not profile.routes:
+            views: list[RequestView] = []
 
             def request_view() -> RequestView:
-                return RequestView.from_target(
-                    ex.method, ex.url, authority=host, headers=ex.headers
+                views.append(
+                    RequestView.from_target(ex.method, ex.url, authority=host, headers=ex.headers)
                 )
+                return views[0]
 
             decision = ex.policy_route = await handle.policy_route(profile, request_view)
-            if decision is not None and decision.timeout is not None:
-                ex.timer = self.loop.call_later(decision.timeout, self._route_timeout, ex)
-            return
+            if decision is not None and decision.action is not None and views:
+                return self._apply_policy(ex, decision, views[0])
+            return None
         assert self.ctx.discovery is not None
         view = RequestView.from_target(ex.method, ex.url, authority=host, headers=ex.headers)
         route = ex.route = profile.route_for(view)
         if route is None:
-            return
+            return None
         route_metrics = self.ctx.discovery.route_metrics
         if route_metrics is not None:
             dst = f"{profile.fully_qualified_name}:{self.target.port}"
@@ -707,9 +774,109 @@ class Http1Server(asyncio.Protocol):
                 replay.feed(piece)
             if ex.request_done:
                 replay.end()
+        return None
 
-    def _retry(self, ex: Exchange, status: int | None, *, error: bool = False) -> bool:
+    def _apply_policy(
+        self, ex: Exchange, decision: PolicyRoute, view: RequestView
+    ) -> SyntheticResponse | None:
+        """Set up a policy-routed request: timeouts, retries, then the request filters.
+
+        ``l5d-*`` directives (stripped from the forwarded head already) override the
+        route's timeouts and retry only where the route allows them. The request filters
+        rewrite the head the upstream gets, or answer in its place.
+        """
+        action = decision.action
+        assert action is not None
+        directives = OutboundDirectives()
+        if action.allow_l5d_request_headers:
+            _, directives = outbound_request_headers(ex.headers, allow_overrides=True)
+            for problem in directives.errors:
+                _log.info("l5d_header_ignored", problem=problem)
+        request_timeout = directives.request_timeout or decision.request_timeout
+        if request_timeout is None and decision.attempt_timeout is None and decision.timeout:
+            request_timeout = decision.timeout
+        condition = _retry_condition(action.retry, directives)
+        attempt_timeout = decision.attempt_timeout
+        for limit in (directives.response_timeout, condition and condition.timeout):
+            if limit:
+                attempt_timeout = min(attempt_timeout or limit, limit)
+        if request_timeout:
+            ex.timer = self.loop.call_later(request_timeout, self._route_timeout, ex)
+        ex.attempt_timeout = attempt_timeout or None
+        if condition is not None and condition.max_retries > 0:
+            ex.retry_condition = condition
+            ex.retry_backoff = action.retry_backoff
+            replay = ex.replay = ReplayBody(action.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES)
+            for piece in ex.body:
+                replay.feed(piece)
+            if ex.request_done:
+                replay.end()
+        backend = decision.backend
+        chain = [f for f in (action.filters, backend and backend.filters) if f and not f.empty]
+        if not chain:
+            return None
+        info = ex.info
+        assert info is not None
+        assert self.ctx.discovery is not None
+        rng = self.ctx.discovery.rng
+        target = RequestTarget(
+            "http", view.authority, view.path, view.query, decision.matched_prefix
+        )
+        headers = info.forward
+        for filters in chain:
+            result = filters.apply_request(headers, rng, target)
+            if isinstance(result, SyntheticResponse):
+                return result
+            headers = result
+        if headers != info.forward:
+            info = ex.info = dataclasses.replace(info, forward=headers)
+            has_host = any(name.lower() == b"host" for name, _ in headers)
+            ex.head = encode_request_head(
+                ex.method, ex.url, info, extra=() if has_host else self._default_host
+            )
+        ex.response_filters = tuple(f for f in chain if f.response_modifiers)
+        return None
+
+    def _synthesize(self, ex: Exchange, answer: SyntheticResponse) -> None:
+        """Answer ``ex`` with a response a route filter made (redirect, injected failure)."""
+        ex.status = answer.status
+        if ex.stats is None and self.ctx.discovery is not None and not self.ctx.inbound:
+            host = ex.info.host if ex.info is not None else None
+            ex.stats = self._stats_for(host)
+            ex.stats.requests.value += 1
+        if ex.stats is not None:
+            ex.stats.observe_latency(answer.status, (self.loop.time() - ex.started_at) * 1000.0)
+            ex.stats.response(answer.status, answer.grpc_status)
+        close = ex.close_after or not ex.request_done
+        self._write(_synthetic_bytes(answer, close=close))
+        ex.response_started = ex.response_done = True
+        ex.close_after = close
+        self._finish(ex)
+        self.up_flush()
+
+    def _attempt_timed_out(self, ex: Exchange, attempt: int) -> None:
+        """One attempt ran past its time (``timeouts.response``/retry ``timeout``)."""
+        ex.attempt_timer = None
+        if ex is not self._active or self._closed or ex.response_done or ex.attempt != attempt:
+            return
+        if ex.response_started and not ex.swallow:
+            return  # the head is through; the request timeout still bounds the rest
+        up, ex.upstream = ex.upstream, None
+        if up is not None:
+            up.abort()
+        ex.finish_pick(Outcome.FAILURE)
+        ex.swallow = False
+        if self._retry(ex, None, error=True):
+            return
+        ex.close_after = ex.close_after or not ex.request_done
+        self._fail(ex, ProxyErrorKind.RESPONSE_TIMEOUT, None)
+
+    def _retry(
+        self, ex: Exchange, status: int | None, *, error: bool = False, grpc: int | None = None
+    ) -> bool:
         """Whether this failed attempt may be retried (taking a budget token if so)."""
+        if ex.retry_condition is not None:
+            return self._policy_retry(ex, ex.retry_condition, status, grpc, error)
         profile, route = ex.profile, ex.route
         if profile is None or route is None or not profile.may_retry(route):
             return False
@@ -735,14 +902,60 @@ class Http1Server(asyncio.Protocol):
             self._resend(ex)
         return True
 
+    def _policy_retry(
+        self,
+        ex: Exchange,
+        condition: RetryCondition,
+        status: int | None,
+        grpc: int | None,
+        error: bool,
+    ) -> bool:
+        """A policy route's ``Retry``: its conditions and ``max_retries``, no budget."""
+        if not ex.request_done or ex.response_started or self._closed:
+            return False
+        verdict_ = decide_retry(
+            attempt=ex.attempt,
+            body=ex.replay,
+            now=self.loop.time(),
+            condition=condition,
+            status=status,
+            grpc=grpc,
+            error=error,
+        )
+        if verdict_ is not RetryVerdict.RETRY:
+            _log.debug("retry_skipped", reason=verdict_.value, attempt=ex.attempt)
+            return False
+        if error:
+            self._resend(ex)
+        return True
+
     def _resend(self, ex: Exchange) -> None:
-        """Send the request again, body from the replay copy, to a fresh pick."""
+        """Send the request again, body from the replay copy, to a fresh pick.
+
+        Policy retries wait out the route's backoff first (when it has one).
+        """
+        _cancel_attempt_timer(ex)
         ex.attempt += 1
         ex.swallow = False
         ex.status = 0
         ex.retried = False
         ex.body = list(ex.replay.chunks()) if ex.replay is not None else []
+        backoff = ex.retry_backoff
+        if backoff is not None and self.ctx.discovery is not None:
+            delay = backoff.delay(ex.attempt - 2, self.ctx.discovery.rng)
+            if delay > 0:
+                self.loop.call_later(delay, self._resend_now, ex, ex.attempt)
+                return
         self.ctx.spawn(self._dispatch(ex))
+
+    def _resend_now(self, ex: Exchange, attempt: int) -> None:
+        if (
+            ex is self._active
+            and not self._closed
+            and not ex.response_done
+            and ex.attempt == attempt
+        ):
+            self.ctx.spawn(self._dispatch(ex))
 
     def _route_timeout(self, ex: Exchange) -> None:
         ex.timer = None
@@ -818,10 +1031,15 @@ class Http1Server(asyncio.Protocol):
                 self._write(encode_response_head(status, reason, info, framing=b"", close=False))
             return
         ex.status = status
-        if ex.route is not None and self._retry(ex, status):
+        if (ex.route is not None or ex.retry_condition is not None) and self._retry(
+            ex, status, grpc=_grpc_code(info.grpc_status)
+        ):
             ex.swallow = True  # read and drop this attempt's response, then send again
             return
         ex.response_started = True
+        _cancel_attempt_timer(ex)
+        for filters in ex.response_filters:
+            info.forward = filters.apply_response(info.forward)
         if ex.route_stats is not None and ex.route is not None:
             ex.route_stats.response(
                 status, ex.route.classify(status), (self.loop.time() - ex.started_at) * 1000.0
@@ -1045,6 +1263,64 @@ def _cancel_timer(ex: Exchange) -> None:
     if ex.timer is not None:
         ex.timer.cancel()
         ex.timer = None
+    _cancel_attempt_timer(ex)
+
+
+def _cancel_attempt_timer(ex: Exchange) -> None:
+    if ex.attempt_timer is not None:
+        ex.attempt_timer.cancel()
+        ex.attempt_timer = None
+
+
+def _retry_condition(
+    route: RetryCondition | None, directives: OutboundDirectives
+) -> RetryCondition | None:
+    """The route's ``Retry`` with any ``l5d-retry-*`` overrides the request carried."""
+    d = directives
+    overrides = (d.retry_http, d.retry_grpc, d.retry_limit, d.retry_timeout)
+    if all(o is None for o in overrides) or (route is None and overrides[:3] == (None,) * 3):
+        return route
+    condition = route or RetryCondition()
+    changes: dict[str, object] = {}
+    if d.retry_http is not None:
+        changes["status_ranges"] = d.retry_http
+    if d.retry_grpc is not None:
+        changes["grpc_codes"] = d.retry_grpc
+    if d.retry_limit is not None:
+        changes["max_retries"] = d.retry_limit
+    if d.retry_timeout is not None:
+        changes["timeout"] = d.retry_timeout
+    return dataclasses.replace(condition, **changes)  # type: ignore[arg-type]
+
+
+def _grpc_code(value: bytes | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _synthetic_bytes(answer: SyntheticResponse, *, close: bool) -> bytes:
+    """An HTTP/1.1 response with no body for a filter's :class:`SyntheticResponse`."""
+    try:
+        reason = http.HTTPStatus(answer.status).phrase
+    except ValueError:
+        reason = ""
+    parts = [b"HTTP/1.1 %d %s\r\n" % (answer.status, reason.encode("ascii"))]
+    for name, value in answer.headers:
+        parts += (name, b": ", value, b"\r\n")
+    if answer.grpc_status is not None:
+        parts.append(b"content-type: application/grpc\r\ngrpc-status: %d\r\n" % answer.grpc_status)
+        if answer.grpc_message:
+            message = answer.grpc_message.encode("ascii", "replace")
+            parts += (b"grpc-message: ", message, b"\r\n")
+    parts.append(b"content-length: 0\r\n")
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def _grpc_status(trailers: Headers) -> int | None:

@@ -8,7 +8,9 @@ An ``OutboundPolicy`` (linkerd-wire.md §1.8, §3.3) becomes an :class:`Outbound
   :class:`RouteAction`: the backend distribution (``random_available`` weighted backendRefs
   as a :class:`~.split.WeightedSplit`, ``first_available``, or ``empty``), timeouts
   (request, response, idle), the ``Retry`` condition, whether ``l5d-*`` request headers are
-  honoured, and the filters (applied by the data path);
+  honoured, and the filters, compiled by :func:`~.route_filters.compile_filters` (rule
+  filters on the action, ``RouteBackend`` filters on each :class:`BackendSpec`; an
+  unusable filter makes its route answer 500 rather than failing the whole policy);
 * gRPC routes become HTTP routes on ``POST /<service>/<method>``;
 * opaque and TLS policies keep the backends of their first rule.
 
@@ -21,9 +23,10 @@ watcher keeps the previous policy.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import structlog
 from google.protobuf.duration_pb2 import Duration
 from gossamer_api.addresses import AddressError
 from gossamer_api.proxy import outbound_pb2
@@ -34,6 +37,7 @@ from gossamer_proxy.mesh.backoff import Backoff
 from gossamer_proxy.mesh.endpoints import Endpoint, endpoint_from_proto
 from gossamer_proxy.mesh.ewma import DEFAULT_DECAY, DEFAULT_RTT
 from gossamer_proxy.mesh.retry import RetryCondition, status_ranges
+from gossamer_proxy.mesh.route_filters import NO_FILTERS, RouteFilters, compile_filters
 from gossamer_proxy.mesh.routes import (
     HttpRoute,
     RouteError,
@@ -51,6 +55,8 @@ __all__ = [
     "RouteAction",
     "compile_outbound_policy",
 ]
+
+_log = structlog.get_logger("gossamer.proxy.policy")
 
 Distribution = Literal["empty", "first_available", "random_available"]
 
@@ -72,6 +78,8 @@ class BackendSpec:
     decay: float = DEFAULT_DECAY
     queue_capacity: int = 100
     failfast_timeout: float = 3.0
+    #: The ``RouteBackend``'s own filters, applied after the rule's.
+    filters: RouteFilters = field(default=NO_FILTERS, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +95,9 @@ class RouteAction:
     retry_backoff: Backoff | None = None
     max_request_bytes: int | None = None
     allow_l5d_request_headers: bool = False
-    filters: tuple[Any, ...] = field(default=(), compare=False)
+    filters: RouteFilters = field(default=NO_FILTERS, compare=False)
+    #: The raw ``opaque_route``/``tls_route`` filters of an opaque action (not compiled).
+    opaque_filters: tuple[Any, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,17 +169,25 @@ def _backend(message: outbound_pb2.Backend) -> BackendSpec:
     raise OutboundPolicyError(f"backend {meta.name!r} is neither forward nor balancer")
 
 
+def _route_backend(message: Any, grpc: bool | None) -> BackendSpec:
+    """A ``RouteBackend``; ``grpc`` None means an opaque/TLS route (filters not compiled)."""
+    spec = _backend(message.backend)
+    if grpc is None or not message.filters:
+        return spec
+    return replace(spec, filters=compile_filters(message.filters, grpc=grpc))
+
+
 def _distribution(
-    message: Any,
+    message: Any, grpc: bool | None = None
 ) -> tuple[Distribution, WeightedSplit[BackendSpec], tuple[BackendSpec, ...]]:
     kind = message.WhichOneof("kind")
     if kind == "random_available":
         weighted = [
-            (_backend(b.backend.backend), b.weight) for b in message.random_available.backends
+            (_route_backend(b.backend, grpc), b.weight) for b in message.random_available.backends
         ]
         return "random_available", WeightedSplit(weighted), tuple(b for b, _ in weighted)
     if kind == "first_available":
-        ordered = tuple(_backend(b.backend) for b in message.first_available.backends)
+        ordered = tuple(_route_backend(b, grpc) for b in message.first_available.backends)
         return "first_available", WeightedSplit((b, 1) for b in ordered[:1]), ordered
     return "empty", WeightedSplit(()), ()
 
@@ -208,7 +226,7 @@ def _http_retry(message: Any) -> RetryCondition:
 
 
 def _action(route_meta: MetaLabels, rule: Any, grpc: bool) -> RouteAction:
-    distribution, split, ordered = _distribution(rule.backends)
+    distribution, split, ordered = _distribution(rule.backends, grpc)
     request = response = idle = None
     if rule.HasField("timeouts"):
         t = rule.timeouts
@@ -235,7 +253,7 @@ def _action(route_meta: MetaLabels, rule: Any, grpc: bool) -> RouteAction:
         retry_backoff=backoff,
         max_request_bytes=max_bytes,
         allow_l5d_request_headers=rule.allow_l5d_request_headers,
-        filters=tuple(rule.filters),
+        filters=compile_filters(rule.filters, grpc=grpc),
     )
 
 
@@ -247,6 +265,11 @@ def _routes(messages: Sequence[Any], grpc: bool) -> tuple[HttpRoute[RouteAction]
             rules = []
             for rule in message.rules:
                 action = _action(meta, rule, grpc)
+                for filters in (action.filters, *(b.filters for b in action.ordered_backends)):
+                    if filters.error is not None:
+                        # The route stays, answering 500 with this reason (Linkerd's
+                        # ``invalid`` filter); the rest of the policy is unaffected.
+                        _log.warning("route_filter_invalid", route=meta.name, error=filters.error)
                 if grpc:
                     matches = tuple(grpc_route_match(m) for m in rule.matches)
                 else:
@@ -317,5 +340,7 @@ def _opaque(routes: Sequence[Any]) -> RouteAction | None:
         meta = MetaLabels.from_proto(route.metadata if route.HasField("metadata") else None)
         for rule in route.rules:
             distribution, split, ordered = _distribution(rule.backends)
-            return RouteAction(meta, distribution, split, ordered, filters=tuple(rule.filters))
+            return RouteAction(
+                meta, distribution, split, ordered, opaque_filters=tuple(rule.filters)
+            )
     return None

@@ -27,7 +27,7 @@ from gossamer_proxy.mesh.outbound_policy import (
     RouteAction,
 )
 from gossamer_proxy.mesh.request import RequestView
-from gossamer_proxy.mesh.routes import HttpRoute, find_route
+from gossamer_proxy.mesh.routes import HttpRoute, RouteRule, find_route
 
 __all__ = [
     "PolicyRoute",
@@ -56,6 +56,13 @@ class PolicyRoute:
     timeout: float | None = None
     #: The policy's failure accrual; when set, 5xx responses also count as failures.
     accrual: FailureAccrualSpec | None = None
+    #: ``timeouts.request``: the whole exchange, retries included.
+    request_timeout: float | None = None
+    #: Per attempt: ``timeouts.response``, or the retry's own ``timeout`` when shorter.
+    attempt_timeout: float | None = None
+    #: The ``PathPrefix`` the rule matched by (``"/"`` without a path match; ``None`` for
+    #: exact/regex), for redirects that replace the matched prefix.
+    matched_prefix: str | None = "/"
 
 
 def http_routes(policy: OutboundPolicyModel) -> tuple[HttpRoute[RouteAction], ...]:
@@ -92,19 +99,45 @@ def _timeout(action: RouteAction) -> float | None:
     return min(limits) if limits else None
 
 
+def _attempt_timeout(action: RouteAction) -> float | None:
+    limits = [t for t in (action.response_timeout, action.retry and action.retry.timeout) if t]
+    return min(limits) if limits else None
+
+
+def _matched_prefix(rule: RouteRule[RouteAction], request: RequestView) -> str | None:
+    best: tuple[tuple[int, ...], str | None] | None = None
+    for match in rule.matches:
+        rank = match.rank(request)
+        if rank is None:
+            continue
+        path = match.path
+        prefix = "/" if path is None else (path.value if path.kind == "prefix" else None)
+        if best is None or rank > best[0]:
+            best = (rank, prefix)
+    return "/" if best is None else best[1]
+
+
 def route_request(
     policy: OutboundPolicyModel, request: RequestView, rng: UniformSource
 ) -> PolicyRoute:
-    """Route ``request``: the matching rule, a backend chosen by weight, its timeout."""
+    """Route ``request``: the matching rule, a backend chosen by weight, its timeouts."""
     found = find_route(http_routes(policy), request)
     if found is None:
         return PolicyRoute("no_route")
     action = found[1].action
-    timeout = _timeout(action)
+    timeout, request_timeout = _timeout(action), action.request_timeout or None
+    attempt_timeout, prefix = _attempt_timeout(action), _matched_prefix(found[1], request)
     backend = action.backends.choose(rng)
-    if backend is None:
-        return PolicyRoute("no_backend", action, timeout=timeout)
-    return PolicyRoute("backend", action, backend, timeout, policy.failure_accrual)
+    return PolicyRoute(
+        "no_backend" if backend is None else "backend",
+        action,
+        backend,
+        timeout,
+        policy.failure_accrual if backend is not None else None,
+        request_timeout,
+        attempt_timeout,
+        prefix,
+    )
 
 
 def source_workload(policy_workload: str, destination_context: str) -> str:
