@@ -15,6 +15,7 @@ from gossamer_api.proxy import (
     meta_pb2,
     outbound_pb2,
 )
+from gossamer_proxy.mesh.accrual import SuccessRate, UnifiedAccrual
 from gossamer_proxy.mesh.classify import Classification
 from gossamer_proxy.mesh.outbound_policy import OutboundPolicyError, compile_outbound_policy
 from gossamer_proxy.mesh.queue import Admission, FailFastQueue, QueueState
@@ -314,3 +315,39 @@ def test_bad_outbound_policies_are_rejected() -> None:
     retry.conditions.status_ranges[0].start = 42
     with pytest.raises(OutboundPolicyError, match="status range"):
         compile_outbound_policy(bad_range)
+
+
+def _with_accrual(accrual: outbound_pb2.FailureAccrual) -> outbound_pb2.OutboundPolicy:
+    message = canary_policy()
+    message.protocol.detect.http1.failure_accrual.CopyFrom(accrual)
+    return message
+
+
+def test_unified_failure_accrual_compiles_to_a_success_rate_accrual() -> None:
+    unified = outbound_pb2.FailureAccrual(
+        unified=outbound_pb2.FailureAccrual.Unified(
+            success_rate_threshold=0.9,
+            decay=Duration(seconds=30),
+            min_requests=20,
+            max_consecutive_failures=5,
+        )
+    )
+    spec = compile_outbound_policy(_with_accrual(unified)).failure_accrual
+    assert spec is not None
+    assert spec.max_failures == 5
+    assert spec.success_rate == SuccessRate(threshold=0.9, decay=30.0, min_requests=20)
+    assert isinstance(spec.new(), UnifiedAccrual)
+
+
+def test_an_invalid_success_rate_keeps_only_the_consecutive_half() -> None:
+    unified = outbound_pb2.FailureAccrual(
+        unified=outbound_pb2.FailureAccrual.Unified(
+            success_rate_threshold=1.5, decay=Duration(seconds=30), max_consecutive_failures=5
+        )
+    )
+    spec = compile_outbound_policy(_with_accrual(unified)).failure_accrual
+    assert spec is not None
+    assert spec.success_rate is None
+    accrual = spec.new()
+    assert not isinstance(accrual, UnifiedAccrual)
+    assert accrual.consecutive_failures == 0

@@ -31,7 +31,12 @@ from google.protobuf.duration_pb2 import Duration
 from gossamer_api.addresses import AddressError
 from gossamer_api.proxy import outbound_pb2
 
-from gossamer_proxy.mesh.accrual import DEFAULT_BACKOFF, ConsecutiveFailures
+from gossamer_proxy.mesh.accrual import (
+    DEFAULT_BACKOFF,
+    ConsecutiveFailures,
+    SuccessRate,
+    UnifiedAccrual,
+)
 from gossamer_proxy.mesh.authz import MetaLabels, grpc_route_match
 from gossamer_proxy.mesh.backoff import Backoff
 from gossamer_proxy.mesh.endpoints import Endpoint, endpoint_from_proto
@@ -104,8 +109,12 @@ class RouteAction:
 class FailureAccrualSpec:
     max_failures: int
     backoff: Backoff
+    #: Unified accrual's success-rate threshold (``None``: consecutive failures only).
+    success_rate: SuccessRate | None = None
 
     def new(self) -> ConsecutiveFailures:
+        if self.success_rate is not None:
+            return UnifiedAccrual(self.success_rate, self.max_failures, self.backoff)
         return ConsecutiveFailures(self.max_failures, self.backoff)
 
 
@@ -294,9 +303,17 @@ def _accrual(message: Any) -> FailureAccrualSpec | None:
     if kind == "unified":
         u = accrual.unified
         backoff = _backoff(u.backoff) if u.HasField("backoff") else DEFAULT_BACKOFF
-        # The success-rate half of unified accrual is not implemented; its consecutive
-        # failure limit still applies.
-        return FailureAccrualSpec(u.max_consecutive_failures, backoff)
+        try:
+            rate = SuccessRate(
+                threshold=u.success_rate_threshold,
+                decay=_seconds(u.decay),
+                min_requests=u.min_requests,
+            )
+        except ValueError as exc:
+            # The consecutive-failure half still protects the backend.
+            _log.warning("failure_accrual_success_rate_invalid", error=str(exc))
+            return FailureAccrualSpec(u.max_consecutive_failures, backoff)
+        return FailureAccrualSpec(u.max_consecutive_failures, backoff, rate)
     return None
 
 
