@@ -39,6 +39,7 @@ from .context import ListenerContext
 from .detect import DETECT_BUFFER_LIMIT, Protocol, detect
 from .errors import ProxyError
 from .http1.server import Http1Server
+from .http2.balanced import BalancedH2Server
 from .http2.bridge import H2Server
 from .inbound_authz import InboundPeer, client_ip
 from .inbound_tls import PLAINTEXT, InboundMode
@@ -361,7 +362,13 @@ class AcceptedConnection(asyncio.Protocol):
             server = Http1Server(self.ctx, self.target, self.labels, self.tcp, self.peer)
             server.start(transport, initial, eof=self._eof)
         elif protocol is Protocol.HTTP2:
-            h2_server = H2Server(self.ctx, self.target, self.labels, self.tcp, self.peer)
+            # Outbound with discovery, each stream is routed and balanced on its own.
+            h2_class = (
+                BalancedH2Server
+                if self.ctx.discovery is not None and not self.ctx.inbound
+                else H2Server
+            )
+            h2_server = h2_class(self.ctx, self.target, self.labels, self.tcp, self.peer)
             h2_server.start(transport, initial, eof=self._eof)
         else:
             self.tcp.read.value += len(initial)

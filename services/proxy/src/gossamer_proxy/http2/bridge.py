@@ -8,13 +8,12 @@ writer. Trailers (and so gRPC status) pass through unchanged; RST_STREAM on eith
 the paired stream; a GOAWAY from upstream refuses the streams it did not process
 (REFUSED_STREAM, which clients retry) and moves new streams to a fresh upstream connection.
 
-Outbound with discovery, each upstream connection is balanced (one P2C pick per upstream
-connection, its connect time the latency sample), not each stream. A failed connect sent no
-stream, so it is re-dispatched to another pick (up to three connects) before the waiting
-streams get an error. Such a stream is counted
-in the request metrics once it is bound to an upstream connection, under that endpoint's
-labels (``target_addr``, ``tls="true"``, ``server_id``), as HTTP/1 requests are; a stream
-answered by the proxy itself before that is counted under the listener's labels.
+Outbound with discovery, every stream is routed, balanced, timed out and retried on its own
+(:mod:`.balanced`, a subclass of :class:`H2Server` that the listener gets for those
+connections), over upstream connections pooled per endpoint (:mod:`.upstream_pool`).
+Inbound and fixed-target outbound connections keep this module's single-upstream path,
+where every stream rides one upstream connection; a stream is counted in the request
+metrics under the listener's labels there.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import h2.config
 import h2.connection
@@ -32,17 +31,16 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import structlog
-from gossamer_api.transport_header import SessionProtocol
 
 from ..config import Endpoint
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
 from ..inbound_authz import InboundPeer
-from ..mesh.balancer import Outcome
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..outbound.discovery import TargetHandle
-from ..outbound.plan import Pick
-from ..outbound.redispatch import may_redispatch
+
+if TYPE_CHECKING:
+    from ..mesh.stream_retry import StreamRetry
 
 __all__ = ["H2Server"]
 
@@ -79,6 +77,7 @@ class _Pair:
         "request_ended",
         "request_headers",
         "response_started",
+        "retry",
         "started_at",
         "stats",
         "status",
@@ -104,6 +103,8 @@ class _Pair:
         self.stats: HttpTargetStats | None = None
         #: The ``authority`` metric label, kept until the stream is counted.
         self.authority = ""
+        #: Outbound routes that retry keep the request for replay here.
+        self.retry: StreamRetry | None = None
 
 
 def _config(client_side: bool) -> h2.config.H2Configuration:
@@ -125,7 +126,14 @@ def _set_windows(conn: h2.connection.H2Connection) -> None:
 
 
 class H2Server(asyncio.Protocol):
-    """One client HTTP/2 connection, bridged to (normally) one upstream connection."""
+    """One client HTTP/2 connection, bridged to (normally) one upstream connection.
+
+    Outbound with discovery, the listener gets a
+    :class:`~gossamer_proxy.http2.balanced.BalancedH2Server` instead, which routes, balances,
+    times out and retries each stream; everything else keeps this single-upstream path.
+    """
+
+    _pair_class: type[_Pair] = _Pair
 
     def __init__(
         self,
@@ -185,11 +193,7 @@ class H2Server(asyncio.Protocol):
         for pair in list(self.pairs.values()):
             if not pair.request_ended:
                 self.pairs.pop(pair.down_id, None)
-                if pair.upstream is not None:
-                    pair.upstream.reset(pair, h2.errors.ErrorCodes.CANCEL)
-                    pair.upstream.flush_out()
-                elif pair in self._connecting:
-                    self._connecting.remove(pair)
+                self._client_reset(pair, h2.errors.ErrorCodes.CANCEL)
         self._maybe_finish()
         return True
 
@@ -264,6 +268,9 @@ class H2Server(asyncio.Protocol):
                         pair.upstream.reset(pair, h2.errors.ErrorCodes.CANCEL)
                     self.reset_stream(pair, h2.errors.ErrorCodes.INTERNAL_ERROR, refused=True)
         self._flush_out()
+        self._flush_upstreams()
+
+    def _flush_upstreams(self) -> None:
         if self.upstream is not None:
             self.upstream.flush_out()
 
@@ -276,23 +283,29 @@ class H2Server(asyncio.Protocol):
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 return
             pair.to_up.pending.append((event.data, event.flow_controlled_length))
+            if pair.retry is not None:
+                pair.retry.body.feed(event.data)
             if pair.upstream is not None:
                 pair.upstream.pump(pair)
         elif isinstance(event, h2.events.TrailersReceived):
             pair = self.pairs.get(event.stream_id)
             if pair is not None:
                 pair.to_up.trailers = [(n, v) for n, v in event.headers]
+                if pair.retry is not None:
+                    pair.retry.trailers = pair.to_up.trailers
         elif isinstance(event, h2.events.StreamEnded):
             pair = self.pairs.get(event.stream_id)
             if pair is not None and not pair.to_up.ended_on_headers:
                 pair.to_up.ended = True
                 pair.request_ended = True
+                if pair.retry is not None:
+                    pair.retry.body.end()
                 if pair.upstream is not None:
                     pair.upstream.pump(pair)
         elif isinstance(event, h2.events.StreamReset):
             pair = self.pairs.pop(event.stream_id, None)
-            if pair is not None and pair.upstream is not None:
-                pair.upstream.reset(pair, event.error_code or h2.errors.ErrorCodes.CANCEL)
+            if pair is not None:
+                self._client_reset(pair, event.error_code or h2.errors.ErrorCodes.CANCEL)
         elif isinstance(event, h2.events.WindowUpdated):
             targets = (
                 list(self.pairs.values())
@@ -328,7 +341,7 @@ class H2Server(asyncio.Protocol):
                 authority = value
             headers.append((name, value))
         headers += self._client_id_header
-        pair = _Pair(sid, headers)
+        pair = self._pair_class(sid, headers)
         pair.grpc = grpc
         pair.started_at = self.loop.time()
         authority_text = authority.decode("latin-1") if authority else ""
@@ -351,6 +364,18 @@ class H2Server(asyncio.Protocol):
             if denied is not None:
                 self.respond_error(pair, denied)
                 return
+        self._forward(pair)
+
+    def _client_reset(self, pair: _Pair, code: int) -> None:
+        """The client gave up on ``pair`` (already forgotten): cancel its upstream stream."""
+        if pair.upstream is not None:
+            pair.upstream.reset(pair, code)
+            pair.upstream.flush_out()
+        elif pair in self._connecting:
+            self._connecting.remove(pair)
+
+    def _forward(self, pair: _Pair) -> None:
+        """Send a new stream upstream: over the connection, or once it is made."""
         up = self.upstream
         if up is not None and up.usable():
             up.open_stream(pair)
@@ -369,26 +394,14 @@ class H2Server(asyncio.Protocol):
         ctx = self.ctx
         labels = self.labels
         try:
-            if ctx.discovery is not None and not ctx.inbound:
-                if self._handle is None:
-                    self._handle = ctx.discovery.target(self.target)
-                handle = self._handle
-                profile = await handle.profile()
-                authority = handle.choose_authority(profile)
-                pick = await handle.pick(profile, authority, SessionProtocol.HTTP2)
-                up = await self._connect_picked(pick)
-                if up is None:
-                    self._connecting = []
-                    return
+            if ctx.fixed_target is not None:
+                endpoint = ctx.fixed_target
+            elif ctx.forward_host is not None:
+                endpoint = Endpoint(ctx.forward_host, self.target.port)
             else:
-                if ctx.fixed_target is not None:
-                    endpoint = ctx.fixed_target
-                elif ctx.forward_host is not None:
-                    endpoint = Endpoint(ctx.forward_host, self.target.port)
-                else:
-                    endpoint = ctx.resolver.resolve(self.target, None)[0]
-                tcp = ctx.metrics.tcp(labels, "dst")
-                _, up = await ctx.connector.open(endpoint, lambda: _H2Upstream(self, tcp, labels))
+                endpoint = ctx.resolver.resolve(self.target, None)[0]
+            tcp = ctx.metrics.tcp(labels, "dst")
+            _, up = await ctx.connector.open(endpoint, lambda: _H2Upstream(self, tcp, labels))
         except ProxyError as exc:
             waiting, self._connecting = self._connecting, []
             for pair in waiting:
@@ -414,49 +427,6 @@ class H2Server(asyncio.Protocol):
         """A protocol factory for a connection to the endpoint ``labels`` describe."""
         return lambda: _H2Upstream(self, self.ctx.metrics.tcp(labels, "dst"), labels)
 
-    def _waiting(self) -> bool:
-        """Whether any stream still waits for the connection being made."""
-        return any(self.pairs.get(pair.down_id) is pair for pair in self._connecting)
-
-    async def _connect_picked(self, pick: Pick) -> _H2Upstream | None:
-        """Connect to the picked endpoint, re-dispatching failed connects.
-
-        No stream has been sent when a connect fails, so the pick is finished as a failure
-        (feeding failure accrual) and the backend picks again, another endpoint when there
-        is one, up to three connects in all (:mod:`..outbound.redispatch`). Raises the
-        last :class:`ProxyError`; ``None`` if the client went away meanwhile.
-        """
-        ctx = self.ctx
-        connects = 0
-        while True:
-            connects += 1
-            endpoint, tls = pick.endpoint, pick.tls
-            labels = TargetLabels(
-                ctx.direction, endpoint.host, endpoint.port, False, pick.plan.tls_labels
-            )
-            started = self.loop.time()
-            try:
-                _, up = await ctx.connector.open(endpoint, self._upstream_for(labels), tls=tls)
-            except ProxyError as exc:
-                pick.finish(Outcome.CONNECT_FAILURE, latency=self.loop.time() - started)
-                if self._closed or not self._waiting():
-                    return None
-                if not (pick.can_redispatch and may_redispatch(exc.kind, connects)):
-                    raise
-                _log.debug(
-                    "connect_failed_redispatching",
-                    endpoint=str(endpoint),
-                    error=str(exc),
-                    attempt=connects,
-                )
-                pick = await pick.redispatch()
-                if self._closed:
-                    pick.finish(Outcome.CANCELLED)
-                    return None
-                continue
-            pick.finish(Outcome.SUCCESS, latency=self.loop.time() - started)
-            return up
-
     # -- proxy → client ----------------------------------------------------------------------
 
     def pump(self, pair: _Pair) -> None:
@@ -466,8 +436,7 @@ class H2Server(asyncio.Protocol):
             done = _pump(self.conn, pair.down_id, pair.to_down, up.conn if up else None, pair.up_id)
         except h2.exceptions.StreamClosedError:
             self.pairs.pop(pair.down_id, None)
-            if up is not None:
-                up.reset(pair, h2.errors.ErrorCodes.CANCEL)
+            self._client_reset(pair, h2.errors.ErrorCodes.CANCEL)
             return
         if done:
             self._complete(pair)
@@ -495,8 +464,7 @@ class H2Server(asyncio.Protocol):
             self.conn.send_headers(pair.down_id, headers, end_stream=end_stream)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self.pairs.pop(pair.down_id, None)
-            if pair.upstream is not None:
-                pair.upstream.reset(pair, h2.errors.ErrorCodes.CANCEL)
+            self._client_reset(pair, h2.errors.ErrorCodes.CANCEL)
 
     def _complete(self, pair: _Pair) -> None:
         if self.pairs.pop(pair.down_id, None) is None:
@@ -504,6 +472,19 @@ class H2Server(asyncio.Protocol):
         if pair.stats is not None:
             pair.stats.response(pair.status, pair.grpc_status)
         self._maybe_finish()
+
+    def upstream_lost(self, up: _H2Upstream, pairs: list[_Pair]) -> None:
+        """``up`` closed with ``pairs`` in flight: error or reset each toward the client."""
+        for pair in pairs:
+            if pair.response_started:
+                self.reset_stream(pair, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            else:
+                self.pairs.pop(pair.down_id, None)
+                self.pairs[pair.down_id] = pair
+                self.respond_error(pair, ProxyErrorKind.UPSTREAM_CLOSED)
+        if self.upstream is up:
+            self.upstream = None
+        self._flush_out()
 
     def reset_stream(self, pair: _Pair, code: int, *, refused: bool = False) -> None:
         if self.pairs.pop(pair.down_id, None) is None:
@@ -604,6 +585,11 @@ class _H2Upstream(asyncio.Protocol):
         self.conn.initiate_connection()
         _set_windows(self.conn)
         self.flush_out()
+
+    @property
+    def busy(self) -> bool:
+        """Whether any stream is open on this connection."""
+        return bool(self.streams)
 
     def usable(self) -> bool:
         return (
@@ -741,16 +727,7 @@ class _H2Upstream(asyncio.Protocol):
         self._closed = True
         self.tcp.close(getattr(exc, "errno", 0) or 0 if exc else 0)
         streams, self.streams = self.streams, {}
-        for pair in streams.values():
-            if pair.response_started:
-                self.server.reset_stream(pair, h2.errors.ErrorCodes.INTERNAL_ERROR)
-            else:
-                self.server.pairs.pop(pair.down_id, None)
-                self.server.pairs[pair.down_id] = pair
-                self.server.respond_error(pair, ProxyErrorKind.UPSTREAM_CLOSED)
-        if self.server.upstream is self:
-            self.server.upstream = None
-        self.server._flush_out()
+        self.server.upstream_lost(self, list(streams.values()))
 
     def pause_writing(self) -> None:
         pass  # h2 flow control bounds what we queue

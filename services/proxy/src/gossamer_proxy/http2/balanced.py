@@ -1,0 +1,576 @@
+"""Outbound HTTP/2 and gRPC with discovery: every stream routed, balanced, timed and retried.
+
+Linkerd's outbound HTTP stack works per request whatever the protocol (linkerd-wire.md §9
+outbound steps 3-8), so a gRPC client's one long-lived connection is spread over every
+endpoint of the service. :class:`BalancedH2Server` does that on top of
+:class:`~.bridge.H2Server`'s stream bridging:
+
+* **route** (first attempt): a ServiceProfile with routes routes by them (timeout, retries,
+  ``route_*`` metrics); otherwise an ``OutboundPolicy`` with ``HTTPRoute``/``GRPCRoute``
+  resources picks a rule and a weighted backend (:mod:`..mesh.h2_policy_router`), its
+  timeouts and ``Retry``; otherwise the profile's ``dst_overrides`` or the service itself;
+* **pick** an endpoint per attempt (P2C peak-EWMA behind the fail-fast queue), and open a
+  stream on a pooled connection to it (:mod:`.upstream_pool`), connecting when none is
+  usable; a failed connect sent nothing, so it is re-dispatched to another pick (up to three
+  connects) before the stream gets an error;
+* **finish** the pick when the stream ends: its latency is the time to the response head,
+  its outcome the response's classification (transport failures always; failed responses
+  when the Service opted in to response-based failure accrual, as for HTTP/1), CANCELLED
+  when the client reset the stream;
+* **time out** by the route's timeout (retries included): 504 / ``DEADLINE_EXCEEDED``
+  before the response started, RST_STREAM toward the client after; the upstream stream is
+  reset with CANCEL either way;
+* **retry** a failed attempt on retryable routes when nothing reached the client yet: a
+  failed head that ends the stream (a trailers-only gRPC error, a bare 5xx), or a stream
+  reset, refused or lost before any response byte (:mod:`..mesh.stream_retry`). The request
+  body is kept for replay up to 64 KiB (a policy route's ``max_request_bytes``); a larger
+  one streams through and is not retried. Profile routes retry within the profile's retry
+  budget, policy routes up to their ``max_retries``.
+
+Streams are counted in the request metrics once, under the first endpoint they were sent to
+(or the listener's labels when the proxy answered them itself); ``route_request_total`` per
+request and ``route_actual_request_total`` per attempt, as for HTTP/1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import cast
+
+import h2.errors
+import h2.exceptions
+import structlog
+from gossamer_api.transport_header import SessionProtocol
+
+from ..config import Endpoint
+from ..context import ListenerContext
+from ..errors import ProxyError, ProxyErrorKind
+from ..http1.server import RESPONSE_FAILURES_EJECT
+from ..inbound_authz import InboundPeer
+from ..mesh.balancer import Outcome
+from ..mesh.classify import Classification, classify_for_accrual
+from ..mesh.h2_policy_router import attempt_timeout, policy_applies, route_h2_request
+from ..mesh.outbound_policy import OutboundPolicyModel
+from ..mesh.policy_router import PolicyRoute
+from ..mesh.profile import Profile, ProfileRoute
+from ..mesh.request import RequestView
+from ..mesh.retry import DEFAULT_MAX_REQUEST_BYTES, RetryVerdict
+from ..mesh.stream_retry import StreamRetry, response_head_status
+from ..metrics import TargetLabels, TcpStats
+from ..outbound.discovery import TargetHandle
+from ..outbound.plan import EndpointPlan, Pick
+from ..outbound.redispatch import may_redispatch
+from ..outbound.route_metrics import RouteStats
+from .bridge import H2Server, Headers, _Flow, _H2Upstream, _Pair
+from .upstream_pool import PoolKey, UpstreamPool
+
+__all__ = ["BalancedH2Server"]
+
+_log = structlog.get_logger("gossamer.proxy")
+
+_MAX_CONNECTS = 3
+"""Connections tried for one attempt before its stream gets the last error."""
+
+
+class _RoutedPair(_Pair):
+    """A client stream with its route, its current pick and its retry state."""
+
+    __slots__ = (
+        "attempt",
+        "attempt_started",
+        "attempt_timeout",
+        "attempt_timer",
+        "head_latency",
+        "pick",
+        "policy_route",
+        "profile",
+        "route",
+        "route_stats",
+        "timer",
+    )
+
+    def __init__(self, down_id: int, headers: Headers) -> None:
+        super().__init__(down_id, headers)
+        #: Attempts sent so far (1 = the original request); 0 until routed.
+        self.attempt = 0
+        self.attempt_started = 0.0
+        self.attempt_timeout: float | None = None
+        self.attempt_timer: asyncio.TimerHandle | None = None
+        self.head_latency: float | None = None
+        self.pick: Pick | None = None
+        self.profile: Profile | None = None
+        self.route: ProfileRoute | None = None
+        self.policy_route: PolicyRoute | None = None
+        self.route_stats: RouteStats | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def finish_pick(self, outcome: Outcome, latency: float | None = None) -> None:
+        pick, self.pick = self.pick, None
+        if pick is not None:
+            pick.finish(outcome, latency=latency)
+
+    def cancel_timers(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.attempt_timer is not None:
+            self.attempt_timer.cancel()
+            self.attempt_timer = None
+
+
+def _routed(pair: _Pair) -> _RoutedPair:
+    return cast(_RoutedPair, pair)
+
+
+class BalancedH2Server(H2Server):
+    """A client HTTP/2 connection whose streams are each routed and balanced."""
+
+    _pair_class = _RoutedPair
+
+    def __init__(
+        self,
+        ctx: ListenerContext,
+        target: Endpoint,
+        labels: TargetLabels,
+        tcp: TcpStats,
+        peer: InboundPeer | None = None,
+    ) -> None:
+        super().__init__(ctx, target, labels, tcp, peer)
+        self.pool: UpstreamPool[_H2Upstream] = UpstreamPool()
+        #: The first wait for the target's policy, shared by the streams that arrive meanwhile.
+        self._first_policy: asyncio.Task[OutboundPolicyModel | None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for pair in self.pairs.values():
+            routed = _routed(pair)
+            routed.cancel_timers()
+            routed.finish_pick(Outcome.CANCELLED)
+        super().connection_lost(exc)
+        if self._first_policy is not None and not self._first_policy.done():
+            self._first_policy.cancel()
+        for up in self.pool.connections():
+            up.flush_out()
+        self.pool.close_all()
+
+    def tick(self, now: float) -> None:
+        super().tick(now)
+        self.pool.sweep(now, self.ctx.limits.idle_timeout)
+
+    def _flush_upstreams(self) -> None:
+        for up in self.pool.connections():
+            up.flush_out()
+
+    def _client_reset(self, pair: _Pair, code: int) -> None:
+        routed = _routed(pair)
+        routed.cancel_timers()
+        routed.finish_pick(Outcome.CANCELLED)
+        super()._client_reset(pair, code)
+
+    def _alive(self, pair: _Pair) -> bool:
+        return not self._closed and self.pairs.get(pair.down_id) is pair
+
+    def _target_handle(self) -> TargetHandle:
+        handle = self._handle
+        if handle is None:
+            assert self.ctx.discovery is not None
+            handle = self._handle = self.ctx.discovery.target(self.target)
+        return handle
+
+    # -- routing and picking -----------------------------------------------------------------
+
+    def _forward(self, pair: _Pair) -> None:
+        self.ctx.spawn(self._dispatch(_routed(pair)))
+
+    async def _dispatch(self, pair: _RoutedPair) -> None:
+        """Route (first attempt), pick an endpoint, then open the stream on a connection."""
+        handle = self._target_handle()
+        try:
+            if pair.attempt == 0:
+                pair.attempt = 1
+                await self._route(pair, handle)
+                if not self._alive(pair):
+                    return
+            pick = await self._pick(pair, handle)
+        except ProxyError as exc:
+            if self._alive(pair):
+                self.respond_error(pair, exc.kind, exc.detail)
+                self._flush_out()
+            return
+        if not self._alive(pair):
+            pick.finish(Outcome.CANCELLED)
+            return
+        if pair.route_stats is not None:
+            pair.route_stats.actual.value += 1
+        await self._send(pair, pick)
+
+    async def _route(self, pair: _RoutedPair, handle: TargetHandle) -> None:
+        """Find the stream's route; arm its timeout; keep its body when it may be retried."""
+        discovery = self.ctx.discovery
+        assert discovery is not None
+        profile = pair.profile = await handle.profile()
+        if profile is None or not profile.routes:
+            if profile is not None and len(profile.dst_overrides) > 0:
+                return
+            policy = await self._policy(handle)
+            if not self._alive(pair) or not policy_applies(profile, policy):
+                return
+            assert policy is not None
+            decision = pair.policy_route = route_h2_request(
+                policy, _request_view(pair), discovery.rng
+            )
+            if decision.timeout is not None:
+                pair.timer = self.loop.call_later(decision.timeout, self._route_timeout, pair)
+            action = decision.action
+            if action is not None and action.retry is not None and decision.backend is not None:
+                pair.attempt_timeout = attempt_timeout(action)
+                limit = action.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES
+                self._keep_for_replay(pair, StreamRetry(condition=action.retry, limit=limit))
+            return
+        route = pair.route = profile.route_for(_request_view(pair))
+        if route is None:
+            return
+        if discovery.route_metrics is not None:
+            dst = f"{profile.fully_qualified_name}:{self.target.port}"
+            pair.route_stats = discovery.route_metrics.stats(dst, route)
+            pair.route_stats.requests.value += 1
+        if route.timeout is not None:
+            pair.timer = self.loop.call_later(route.timeout, self._route_timeout, pair)
+        if profile.may_retry(route):
+            now = self.loop.time()
+            budget = discovery.budget(profile, now)
+            if budget is not None:
+                budget.deposit(now)
+            self._keep_for_replay(pair, StreamRetry(route=route, budget=budget))
+
+    async def _policy(self, handle: TargetHandle) -> OutboundPolicyModel | None:
+        """The target's policy; every stream waits for the first answer, not only the first.
+
+        :meth:`TargetHandle.policy` waits (boundedly) once per handle and answers later
+        callers with what it has, which is right for HTTP/1's one request at a time but
+        would route an HTTP/2 connection's first burst of streams without the policy.
+        """
+        first = self._first_policy
+        if first is None:
+            first = self._first_policy = asyncio.ensure_future(handle.policy())
+        if not first.done():
+            await asyncio.shield(first)
+        return await handle.policy()
+
+    @staticmethod
+    def _keep_for_replay(pair: _RoutedPair, retry: StreamRetry) -> None:
+        """Start the replay copy with what arrived before routing; the bridge feeds the rest."""
+        for data, _ in pair.to_up.pending:
+            retry.body.feed(data)
+        if pair.to_up.trailers is not None:
+            retry.trailers = pair.to_up.trailers
+        if pair.request_ended:
+            retry.body.end()
+        pair.retry = retry
+
+    async def _pick(self, pair: _RoutedPair, handle: TargetHandle) -> Pick:
+        decision = pair.policy_route
+        if decision is not None:
+            if decision.backend is None:
+                raise ProxyError(
+                    ProxyErrorKind.ROUTE_NOT_FOUND
+                    if decision.verdict == "no_route"
+                    else ProxyErrorKind.NO_BACKENDS
+                )
+            return await handle.pick_backend(
+                decision.backend, decision.accrual, SessionProtocol.HTTP2
+            )
+        authority = handle.choose_authority(pair.profile)
+        return await handle.pick(pair.profile, authority, SessionProtocol.HTTP2)
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _labels(self, plan: EndpointPlan) -> TargetLabels:
+        endpoint = plan.endpoint
+        return TargetLabels(
+            self.ctx.direction, endpoint.host, endpoint.port, False, plan.tls_labels
+        )
+
+    async def _send(self, pair: _RoutedPair, pick: Pick) -> None:
+        """Open ``pair``'s stream to the picked endpoint, re-dispatching failed connects.
+
+        The route timeout keeps running meanwhile and answers the client when it expires
+        first (finishing the pick then).
+        """
+        connects = 0
+        while True:
+            pair.pick = pick
+            key: PoolKey = (pick.plan.endpoint, pick.plan.tls)
+            up = self.pool.usable(key)
+            if up is None:
+                connects += 1
+                started = self.loop.time()
+                try:
+                    up = await self._connection(key, pick.plan)
+                except ProxyError as exc:
+                    if not self._alive(pair):
+                        return
+                    pick.finish(Outcome.CONNECT_FAILURE, latency=self.loop.time() - started)
+                    if pick.can_redispatch and may_redispatch(exc.kind, connects):
+                        _log.debug(
+                            "connect_failed_redispatching",
+                            endpoint=str(key[0]),
+                            error=str(exc),
+                            attempt=connects,
+                        )
+                        try:
+                            pick = await pick.redispatch()
+                        except ProxyError as no_pick:
+                            if self._alive(pair):
+                                self.respond_error(pair, no_pick.kind, no_pick.detail)
+                                self._flush_out()
+                            return
+                        if not self._alive(pair):
+                            pick.finish(Outcome.CANCELLED)
+                            return
+                        continue
+                    self.count(pair, self._labels(pick.plan))
+                    if not self._retry_after_error(pair):
+                        self.respond_error(pair, exc.kind, exc.detail)
+                    self._flush_out()
+                    return
+                if not self._alive(pair):
+                    pick.finish(Outcome.CANCELLED)
+                    return
+                if not up.usable():
+                    # Full (another stream took the last slot) or already going away.
+                    if connects < _MAX_CONNECTS:
+                        continue
+                    pick.finish(Outcome.FAILURE)
+                    self.respond_error(pair, ProxyErrorKind.UPSTREAM_CLOSED)
+                    self._flush_out()
+                    return
+            self._open(pair, up)
+            return
+
+    async def _connection(self, key: PoolKey, plan: EndpointPlan) -> _H2Upstream:
+        """A new connection to ``key``, shared with the streams that need it meanwhile."""
+        pending = self.pool.connecting.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[_H2Upstream] = self.loop.create_future()
+        self.pool.connecting[key] = future
+        try:
+            _, up = await self.ctx.connector.open(
+                plan.endpoint, self._upstream_for(self._labels(plan)), tls=plan.tls
+            )
+        except ProxyError as exc:
+            future.set_exception(exc)
+            future.exception()  # the waiters (if any) see it; none may be left
+            raise
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:  # a bug of ours must cost this connect only
+            error = ProxyError(ProxyErrorKind.CONNECT_FAILED, str(exc))
+            future.set_exception(error)
+            future.exception()
+            raise error from exc
+        finally:
+            self.pool.connecting.pop(key, None)
+        if self._closed:
+            up.close_when_idle()
+        else:
+            self.pool.add(key, up)
+        future.set_result(up)
+        return up
+
+    def _open(self, pair: _RoutedPair, up: _H2Upstream) -> None:
+        pair.attempt_started = self.loop.time()
+        up.open_stream(pair)
+        if pair.attempt_timeout is not None:
+            pair.attempt_timer = self.loop.call_later(
+                pair.attempt_timeout, self._attempt_timeout, pair
+            )
+        up.flush_out()
+        self._flush_out()
+
+    # -- responses ---------------------------------------------------------------------------
+
+    def response_headers(self, pair: _Pair, headers: Headers, end: bool) -> None:
+        routed = _routed(pair)
+        status, grpc = response_head_status(headers)
+        if 100 <= status < 200:
+            super().response_headers(pair, headers, end)
+            return
+        now = self.loop.time()
+        latency = now - routed.attempt_started
+        retry = routed.retry
+        if retry is not None and not routed.response_started and not self._closed:
+            verdict = retry.on_head(
+                attempt=routed.attempt, status=status, grpc=grpc, end_stream=end, now=now
+            )
+            if verdict is RetryVerdict.RETRY:
+                routed.finish_pick(self._response_outcome(routed, status, grpc), latency)
+                self._resend(routed)
+                return
+            if end and verdict is not RetryVerdict.NOT_RETRYABLE:
+                _log.debug("retry_skipped", reason=verdict.value, attempt=routed.attempt)
+        routed.head_latency = latency
+        if routed.attempt_timer is not None:
+            routed.attempt_timer.cancel()
+            routed.attempt_timer = None
+        if routed.route_stats is not None and routed.route is not None:
+            routed.route_stats.response(
+                status,
+                routed.route.classify(status, grpc=grpc),
+                (now - routed.started_at) * 1000.0,
+            )
+        super().response_headers(pair, headers, end)
+
+    def _complete(self, pair: _Pair) -> None:
+        routed = _routed(pair)
+        if self.pairs.get(pair.down_id) is pair:
+            routed.cancel_timers()
+            outcome = self._response_outcome(routed, routed.status, routed.grpc_status)
+            routed.finish_pick(outcome, routed.head_latency)
+        super()._complete(pair)
+
+    @staticmethod
+    def _response_outcome(pair: _RoutedPair, status: int, grpc: int | None) -> Outcome:
+        """How a complete response counts for the endpoint (failure accrual, as HTTP/1).
+
+        The endpoint answered, so it succeeded, unless the Service opted in to counting
+        failed responses (5xx, gRPC codes that mean the server is unwell).
+        """
+        pick = pair.pick
+        if pick is None or not (RESPONSE_FAILURES_EJECT or pick.responses_eject):
+            return Outcome.SUCCESS
+        failed = classify_for_accrual(status, grpc=grpc) is Classification.FAILURE
+        return Outcome.FAILURE if failed else Outcome.SUCCESS
+
+    def respond_error(self, pair: _Pair, kind: ProxyErrorKind, detail: str | None = None) -> None:
+        routed = _routed(pair)
+        routed.cancel_timers()
+        routed.finish_pick(Outcome.FAILURE)
+        if routed.route_stats is not None and not routed.response_started:
+            routed.route_stats.response(
+                kind.status,
+                Classification.FAILURE,
+                (self.loop.time() - routed.started_at) * 1000.0,
+            )
+        super().respond_error(pair, kind, detail)
+
+    def reset_stream(self, pair: _Pair, code: int, *, refused: bool = False) -> None:
+        """The upstream reset (or refused) the stream: retry it when nothing was shown yet."""
+        if self.pairs.get(pair.down_id) is not pair:
+            return
+        routed = _routed(pair)
+        routed.finish_pick(Outcome.CANCELLED if refused else Outcome.FAILURE)
+        if not routed.response_started and self._retry_after_error(routed):
+            return
+        routed.cancel_timers()
+        super().reset_stream(pair, code, refused=refused)
+
+    def upstream_lost(self, up: _H2Upstream, pairs: list[_Pair]) -> None:
+        self.pool.discard(up)
+        for pair in pairs:
+            if self.pairs.get(pair.down_id) is not pair:
+                continue
+            routed = _routed(pair)
+            if routed.response_started:
+                self.reset_stream(pair, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                continue
+            routed.finish_pick(Outcome.FAILURE)
+            if not self._retry_after_error(routed):
+                self.respond_error(pair, ProxyErrorKind.UPSTREAM_CLOSED)
+        self._flush_out()
+
+    # -- timeouts and retries ----------------------------------------------------------------
+
+    def _route_timeout(self, pair: _RoutedPair) -> None:
+        """The route's time is up: answer 504 / DEADLINE_EXCEEDED, or cut a started response."""
+        pair.timer = None
+        if not self._alive(pair):
+            return
+        pair.finish_pick(Outcome.FAILURE)
+        self._cancel_upstream(pair)
+        if pair.response_started:
+            # A response cut short must not look complete: reset it toward the client.
+            pair.cancel_timers()
+            self.pairs.pop(pair.down_id, None)
+            if pair.stats is not None:
+                pair.stats.response(pair.status, pair.grpc_status, "response timed out")
+            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                self.conn.reset_stream(pair.down_id, h2.errors.ErrorCodes.CANCEL)
+            self._maybe_finish()
+        else:
+            self.respond_error(pair, ProxyErrorKind.RESPONSE_TIMEOUT)
+        self._flush_out()
+
+    def _attempt_timeout(self, pair: _RoutedPair) -> None:
+        """One attempt waited too long for its response head: try again, or give up with 504."""
+        pair.attempt_timer = None
+        if not self._alive(pair) or pair.response_started:
+            return
+        pair.finish_pick(Outcome.FAILURE)
+        self._cancel_upstream(pair)
+        if not self._retry_after_error(pair):
+            self.respond_error(pair, ProxyErrorKind.RESPONSE_TIMEOUT)
+        self._flush_out()
+
+    def _cancel_upstream(self, pair: _RoutedPair) -> None:
+        up = pair.upstream
+        if up is not None:
+            up.reset(pair, h2.errors.ErrorCodes.CANCEL)
+            up.flush_out()
+
+    def _retry_after_error(self, pair: _RoutedPair) -> bool:
+        """Send ``pair`` again after a failure before any response byte, if its route may."""
+        retry = pair.retry
+        if retry is None or pair.response_started or self._closed:
+            return False
+        verdict = retry.on_error(attempt=pair.attempt, now=self.loop.time())
+        if verdict is not RetryVerdict.RETRY:
+            _log.debug("retry_skipped", reason=verdict.value, attempt=pair.attempt)
+            return False
+        self._resend(pair)
+        return True
+
+    def _resend(self, pair: _RoutedPair) -> None:
+        """Send the request again, from the replay copy, to a fresh pick."""
+        retry = pair.retry
+        assert retry is not None
+        pair.attempt += 1
+        if pair.attempt_timer is not None:
+            pair.attempt_timer.cancel()
+            pair.attempt_timer = None
+        old = pair.upstream
+        if old is not None and old.streams.get(pair.up_id) is pair:
+            old.reset(pair, h2.errors.ErrorCodes.CANCEL)
+            old.flush_out()
+        pair.upstream = None
+        pair.up_id = 0
+        flow = pair.to_up
+        # What the last attempt had not sent yet was never acknowledged to the client.
+        unacked = sum(length for _, length in flow.pending)
+        if unacked:
+            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                self.conn.acknowledge_received_data(unacked, pair.down_id)
+        flow.pending = deque((chunk, 0) for chunk in retry.body.chunks())
+        flow.trailers = list(retry.trailers) if retry.trailers is not None else None
+        flow.ended = flow.trailers is None
+        pair.to_down = _Flow()
+        pair.status = 0
+        pair.grpc_status = None
+        self.ctx.spawn(self._dispatch(pair))
+
+
+def _request_view(pair: _Pair) -> RequestView:
+    method = path = authority = b""
+    for name, value in pair.request_headers:
+        if name == b":method":
+            method = value
+        elif name == b":path":
+            path = value
+        elif name == b":authority" or (name == b"host" and not authority):
+            authority = value
+    return RequestView.from_target(method, path, authority=authority, headers=pair.request_headers)
