@@ -576,13 +576,14 @@ def dead_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def test_refused_endpoint_is_redispatched_and_ejected_without_failing_requests(
+async def test_refused_endpoint_is_redispatched_and_backed_off_without_failing_requests(
     start_proxy: StartProxy, tcp_server: TcpServer, control: ControlPlane
 ) -> None:
     """An endpoint gone between discovery and the connect (a rolling update) costs nothing.
 
-    Each refused connect is finished as a failure (7 in a row eject the endpoint) and the
-    request is re-dispatched to the live endpoint: the client never sees an error.
+    A refused connect puts the endpoint in its reconnect backoff (pending, not picked) and
+    the request is re-dispatched to the live endpoint: the client never sees an error.
+    Failure accrual, which judges responses, is left alone.
     """
     good = await http_backend(tcp_server)
     dead = dead_port()
@@ -595,7 +596,11 @@ async def test_refused_endpoint_is_redispatched_and_ejected_without_failing_requ
     assert len(good.hits) == 200
     assert proxy.discovery is not None
     backend = proxy.discovery.backends()[AUTHORITY]
-    assert backend.balancer.ejected() == [(ipaddress.ip_address("127.0.0.1"), dead)]
+    assert backend.balancer.slot((ipaddress.ip_address("127.0.0.1"), dead)).reconnect.failures
+    assert not backend.balancer.slot(
+        (ipaddress.ip_address("127.0.0.1"), good.port)
+    ).reconnect.failures
+    assert backend.balancer.ejected() == []
 
 
 async def test_request_with_body_is_redispatched_whole(
@@ -637,8 +642,9 @@ async def test_only_dead_endpoints_fail_after_three_connects(
     assert headers["l5d-proxy-error"].startswith("connection refused")
     assert proxy.discovery is not None
     backend = proxy.discovery.backends()[AUTHORITY]
-    failures = sum(s.accrual.consecutive_failures for s in backend.balancer.slots())
-    assert failures == 3  # one request, three connects, each counted by failure accrual
+    backing_off = [s for s in backend.balancer.slots() if s.reconnect.failures]
+    assert len(backing_off) == 3  # one request, three connects, three endpoints backing off
+    assert sum(s.accrual.consecutive_failures for s in backend.balancer.slots()) == 0
 
 
 async def test_endpoint_answering_5xx_is_not_ejected_by_default(
@@ -771,7 +777,7 @@ async def test_grpc_connect_to_a_refused_endpoint_is_redispatched(
     start_proxy: StartProxy, control: ControlPlane
 ) -> None:
     """HTTP/2 balances per upstream connection; a refused connect picks again before any
-    stream fails, until failure accrual ejects the dead endpoint."""
+    stream fails, and the dead endpoint backs off."""
     backend_plane = Plane()
     backend_plane.send("profile:answer", profile("answered.by.backend"))
     backend = grpc.aio.server()
@@ -794,9 +800,9 @@ async def test_grpc_connect_to_a_refused_endpoint_is_redispatched(
             assert first.fully_qualified_name == "answered.by.backend"
             calls += 1
             balancer = proxy.discovery.backends()[AUTHORITY].balancer
-            if balancer.ejected():
+            if balancer.slot((ipaddress.ip_address("127.0.0.1"), dead)).reconnect.failures:
                 break
-        assert balancer.ejected() == [(ipaddress.ip_address("127.0.0.1"), dead)]
+        assert balancer.slot((ipaddress.ip_address("127.0.0.1"), dead)).reconnect.failures
         assert len(backend_plane.requests) == calls
     finally:
         await backend.stop(None)

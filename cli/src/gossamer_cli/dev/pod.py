@@ -26,12 +26,14 @@ import structlog
 from gossamer_kube.client import KubeClient
 from gossamer_kube.resources import PODS
 
-from gossamer_cli.dev import images, launch, probes, status, volumes
+from gossamer_cli.dev import garp, images, launch, probes, status, volumes
 from gossamer_cli.dev.layout import NodeLayout, render_resolv_conf
 
 log = structlog.get_logger("gossamer.dev.pod")
 
 RESTART_BACKOFF_MAX = 30.0
+#: While a readiness probe keeps failing, its reason is logged again every this many attempts.
+READINESS_LOG_EVERY = 10
 NETNS_ETC = Path("/etc/netns")
 
 
@@ -80,6 +82,7 @@ class LocalPod:
         self._status_dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._status_task: asyncio.Task[None] | None = None
+        self._announce_task: asyncio.Task[None] | None = None
 
     def _container(self, spec: Mapping[str, Any], init: bool = False) -> Container:
         sidecar = init and spec.get("restartPolicy") == "Always"
@@ -153,8 +156,32 @@ class LocalPod:
         )  # fmt: skip
         await _run("ip", "-n", self.netns, "link", "set", "eth0", "up")
         await _run("ip", "-n", self.netns, "route", "add", "default", "via", layout.node_address)
+        # kwok recycles pod IPs: forget the previous owner's MAC here (the node, where probes
+        # come from) at once, and tell every other pod on the bridge (see garp).
+        await _run("ip", "neigh", "flush", "to", self.pod_ip, "dev", layout.bridge, check=False)
+        self._announce_task = asyncio.create_task(self._announce(), name=f"garp {self.key}")
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "logs").mkdir(exist_ok=True)
+
+    async def _announce(self) -> None:
+        try:
+            announced = await garp.announce(self.netns, self.pod_ip)
+            if announced.conflict is not None and not self.stopping:
+                log.warning(
+                    "another host answers for this pod's IP: probes and connections may "
+                    "reach it instead (a leftover pod namespace?)",
+                    pod=self.key,
+                    ip=self.pod_ip,
+                    other_mac=announced.conflict,
+                )
+        except (OSError, RuntimeError, ValueError) as exc:
+            if not self.stopping:
+                log.warning(
+                    "gratuitous ARP failed: neighbours may reach this IP's previous pod",
+                    pod=self.key,
+                    ip=self.pod_ip,
+                    error=str(exc),
+                )
 
     def update_hosts(self, text: str) -> None:
         path = NETNS_ETC / self.netns / "hosts"
@@ -329,21 +356,68 @@ class LocalPod:
         process = c.process
         await asyncio.sleep(spec.initial_delay)
         successes = failures = 0
+        where = probes.target(spec, self.pod_ip)
+        name = c.spec["name"]
         while not self.stopping and c.process is process and c.state.running:
-            ok = await probes.check(spec, self.pod_ip, lambda cmd, t: self._exec(c, cmd, t))
-            successes, failures = (successes + 1, 0) if ok else (0, failures + 1)
+            result = await probes.check(spec, self.pod_ip, lambda cmd, t: self._exec(c, cmd, t))
+            if self.stopping or c.process is not process:
+                return  # the answer of a container being stopped means nothing
+            successes, failures = (successes + 1, 0) if result.ok else (0, failures + 1)
             if liveness:
+                if not result.ok:
+                    log.warning(
+                        "liveness probe failed",
+                        pod=self.key,
+                        container=name,
+                        probe=where,
+                        reason=result.reason,
+                        failures=failures,
+                        threshold=spec.failure_threshold,
+                    )
                 if failures >= spec.failure_threshold and c.process is not None:
-                    log.warning("liveness probe failed", pod=self.key, container=c.spec["name"])
+                    log.warning(
+                        "liveness probe failed too often: restarting the container",
+                        pod=self.key,
+                        container=name,
+                        reason=result.reason,
+                        network=await self._network_state(),
+                    )
                     _kill_group(c.process.pid, signal.SIGTERM)
                     return
-            elif ok and successes >= spec.success_threshold and not c.state.ready:
+            elif result.ok and successes >= spec.success_threshold and not c.state.ready:
                 c.state.ready = True
+                log.info("readiness probe passed", pod=self.key, container=name, probe=where)
                 self._changed()
-            elif not ok and failures >= spec.failure_threshold and c.state.ready:
-                c.state.ready = False
-                self._changed()
+            elif not result.ok:
+                becomes_unready = failures >= spec.failure_threshold and c.state.ready
+                if failures == 1 or becomes_unready or failures % READINESS_LOG_EVERY == 0:
+                    log.warning(
+                        "readiness probe failed",
+                        pod=self.key,
+                        container=name,
+                        probe=where,
+                        reason=result.reason,
+                        failures=failures,
+                        ready=c.state.ready and not becomes_unready,
+                    )
+                if becomes_unready:
+                    c.state.ready = False
+                    self._changed()
             await asyncio.sleep(spec.period if c.state.ready or liveness else min(spec.period, 1.0))
+
+    async def _network_state(self) -> dict[str, str]:
+        """The pod's interfaces and addresses and the node's ARP entry for its IP, for a
+        log line when a probe from the node keeps failing (whose fault: app or network?)."""
+        layout = self.ctx.layout
+        commands = {
+            "pod_addr": ("ip", "-n", self.netns, "-br", "addr"),
+            "pod_link": ("ip", "-n", self.netns, "-br", "link"),
+            "node_neigh": ("ip", "neigh", "show", "to", self.pod_ip, "dev", layout.bridge),
+        }
+        state = {}
+        for key, argv in commands.items():
+            state[key] = await _output(*argv)
+        return state
 
     # -- status ----------------------------------------------------------------------------
 
@@ -420,8 +494,12 @@ class LocalPod:
             if c.process is not None and c.process.returncode is None:
                 _kill_group(c.process.pid, signal.SIGKILL)
                 await c.process.wait()
+        if self._announce_task is not None:
+            self._announce_task.cancel()
         await _run("ip", "netns", "delete", self.netns, check=False)
         await _run("ip", "link", "delete", self.veth, check=False)
+        if self.pod_ip:  # the node must not keep sending to this pod's MAC once the IP moves
+            await _run("ip", "neigh", "flush", "to", self.pod_ip, check=False)
         shutil.rmtree(NETNS_ETC / self.netns, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -443,6 +521,23 @@ def _resource_value(spec: Mapping[str, Any], ref: Mapping[str, Any]) -> str:
     kind, _, name = str(ref.get("resource", "")).partition(".")
     value = ((spec.get("resources") or {}).get(kind) or {}).get(name)
     return str(value) if value is not None else "0"
+
+
+async def _output(*argv: str, limit: float = 5.0) -> str:
+    """A diagnostic command's output (or what went wrong), never raising."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+    except OSError as exc:
+        return f"{argv[0]}: {exc}"
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), limit)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return f"timed out after {limit:g}s"
+    return out.decode(errors="replace").strip()
 
 
 async def _run(*argv: str, check: bool = True) -> None:

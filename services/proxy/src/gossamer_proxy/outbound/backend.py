@@ -9,8 +9,12 @@ fails fast); this module only drives them from asyncio:
   is away);
 * a request that finds no available endpoint waits in the queue (at most ``capacity``,
   then 503 load-shed) for up to ``failfast_timeout`` (then 504 fail-fast), and is woken
-  when endpoints arrive or an ejected endpoint's backoff ends;
-* every pick is finished with its outcome, feeding latency and failure accrual (Linkerd's
+  when endpoints arrive or an endpoint's backoff ends (its reconnect backoff after a failed
+  connect, or its failure-accrual ejection): a timer on the loop fires at the balancer's
+  :meth:`~gossamer_proxy.mesh.balancer.P2cBalancer.next_available_at`;
+* every pick is finished with its outcome, feeding latency, the endpoint's reconnect
+  backoff (a failed connect makes it pending for 100 ms..500 ms, see
+  :mod:`~gossamer_proxy.mesh.reconnect`) and failure accrual of responses (Linkerd's
   consecutive-failures default: 7 failures, 1 s..60 s backoff with 0.5 jitter);
 * a request re-dispatched after a failed connect passes its failed endpoints as ``avoid``,
   so the new pick goes elsewhere whenever another endpoint is available.
@@ -27,11 +31,12 @@ import structlog
 
 from ..errors import ProxyError, ProxyErrorKind
 from ..mesh.accrual import ConsecutiveFailures
-from ..mesh.backoff import UniformSource
+from ..mesh.backoff import Backoff, UniformSource
 from ..mesh.balancer import Dispatch, Outcome, P2cBalancer
 from ..mesh.endpoints import Address, EndpointTable
 from ..mesh.endpoints import Endpoint as MeshEndpoint
 from ..mesh.queue import Admission, FailFastQueue, QueueUpdate
+from ..mesh.reconnect import CONNECT_BACKOFF
 from ..mesh.watch_state import WatchState
 
 __all__ = ["Backend"]
@@ -53,11 +58,14 @@ class Backend:
         capacity: int = 100,
         failfast_timeout: float = 3.0,
         accrual: Callable[[], ConsecutiveFailures] = ConsecutiveFailures,
+        connect_backoff: Backoff = CONNECT_BACKOFF,
     ) -> None:
         self.authority = authority
         self.state = state
         self.rng: UniformSource = rng if rng is not None else random.Random()  # noqa: S311
-        self.balancer: P2cBalancer[Address, MeshEndpoint] = P2cBalancer(accrual=accrual)
+        self.balancer: P2cBalancer[Address, MeshEndpoint] = P2cBalancer(
+            accrual=accrual, connect_backoff=connect_backoff
+        )
         self.queue: FailFastQueue[Waiter] = FailFastQueue(
             capacity=capacity, failfast_timeout=failfast_timeout
         )
@@ -137,15 +145,17 @@ class Backend:
     ) -> None:
         now = self._loop.time()
         self.balancer.finish(dispatch, outcome, now, self.rng, latency=latency)
-        if outcome is not Outcome.SUCCESS and len(self.queue):
-            self._arm()  # a failed probe may have re-ejected: recompute the wake-up time
-        elif len(self.queue):
+        if len(self.queue):
+            # Any outcome can change who is available: a success or a failed response ends
+            # a reconnect backoff, a failed connect or probe starts one (new wake-up time).
             self._wake()
 
     # -- waking the queue --------------------------------------------------------------------
 
     def _wake(self) -> None:
-        self._timer = None
+        if self._timer is not None:
+            self._timer.cancel()  # re-armed below for the (possibly new) next deadline
+            self._timer = None
         now = self._loop.time()
         self._sync(now)
         ready = self.balancer.counts(now)[0] > 0
@@ -164,11 +174,13 @@ class Backend:
                 )
 
     def _arm(self) -> None:
-        """Wake up at the fail-fast deadline or when an ejected endpoint may be probed."""
-        deadlines = [s.accrual.reopen_at for s in self.balancer.slots() if not s.removed]
-        failfast = self.queue.next_deadline()
+        """Wake up at the fail-fast deadline or when an endpoint's backoff ends."""
         now = self._loop.time()
-        candidates = [d for d in deadlines if d > now]
+        candidates: list[float] = []
+        comeback = self.balancer.next_available_at(now)
+        if comeback is not None:
+            candidates.append(comeback)
+        failfast = self.queue.next_deadline()
         if failfast is not None:
             candidates.append(failfast)
         if not candidates:

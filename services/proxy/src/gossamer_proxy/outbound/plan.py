@@ -7,9 +7,12 @@ identity, identity check, and for ``opaque_transport`` the peer proxy's inbound 
 ALPN ``transport.l5d.io/v1`` and a transport header), the outbound TLS metric labels
 (``tls="true",server_id=…`` or ``no_identity``) and the endpoint's ``dst_*`` labels. The
 caller reports how the request ended with :meth:`Pick.finish`, which feeds the balancer's
-latency estimate and failure accrual. A balanced pick whose connect failed can be
-:meth:`Pick.redispatch`-ed: the same backend picks again, passing over the endpoints that
-already failed this request (see :mod:`.redispatch` for when that is allowed).
+latency estimate, the endpoint's reconnect backoff (``Outcome.CONNECT_FAILURE`` makes it
+pending for a while) and failure accrual (failed responses). A balanced pick whose connect
+failed can be :meth:`Pick.redispatch`-ed: the same backend picks again, passing over the
+endpoints that already failed this request, which are in their reconnect backoff anyway
+(see :mod:`.redispatch` for when that is allowed). When every endpoint is backing off the
+re-dispatch waits in the backend's queue until one may be dialled again.
 """
 
 from __future__ import annotations
@@ -117,7 +120,8 @@ class Pick:
     async def redispatch(self) -> Pick:
         """Pick again from the same backend, passing over the endpoints that failed.
 
-        Call after :meth:`finish` (with the failure, so that accrual counts it). Raises
+        Call after :meth:`finish` (with ``CONNECT_FAILURE``, so that the failed endpoint
+        backs off and the new pick goes elsewhere). Raises
         :class:`ProxyError` like the first pick (``FAIL_FAST`` / ``LOAD_SHED`` when no
         endpoint becomes available in time).
         """
