@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from gossamer_proxy.mesh.accrual import AccrualState, SuccessRate, UnifiedAccrual
 from gossamer_proxy.mesh.backoff import Backoff
+from gossamer_proxy.mesh.balancer import Outcome, P2cBalancer
 
 
 class Fixed:
@@ -105,3 +108,25 @@ def test_invalid_success_rate_settings_are_rejected(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         SuccessRate(threshold=threshold, decay=decay, min_requests=min_requests)
+
+
+def test_the_balancer_stops_picking_an_endpoint_whose_success_rate_fell() -> None:
+    balancer: P2cBalancer[str, None] = P2cBalancer(accrual=lambda: unified(min_requests=10))
+    balancer.update({"good": None, "bad": None}, 0.0)
+    rng = random.Random(7)
+    now = 0.0
+    sent = {"good": 0, "bad": 0}
+    ejected_at: float | None = None
+    for _ in range(100):
+        now += 0.001
+        dispatch = balancer.pick(now, rng)
+        assert dispatch is not None
+        sent[dispatch.key] += 1
+        # "bad" fails every other request: never 7 in a row, but a 50% success rate.
+        failed = dispatch.key == "bad" and sent["bad"] % 2 == 0
+        balancer.finish(dispatch, Outcome.FAILURE if failed else Outcome.SUCCESS, now, rng)
+        if ejected_at is None and balancer.ejected():
+            ejected_at = now
+    assert balancer.ejected() == ["bad"]  # within the 1 s backoff: all of it went to "good"
+    assert ejected_at is not None
+    assert sent["bad"] < 30

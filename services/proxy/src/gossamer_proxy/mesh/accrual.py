@@ -91,8 +91,11 @@ class ConsecutiveFailures:
             return True
         raise RuntimeError(f"request dispatched to an endpoint that is {self.state.value}")
 
-    def on_success(self, *, probe: bool = False) -> None:
-        """A request sent here succeeded (``probe`` as returned by :meth:`on_dispatch`)."""
+    def on_success(self, *, probe: bool = False, now: float | None = None) -> None:
+        """A request sent here succeeded (``probe`` as returned by :meth:`on_dispatch`).
+
+        ``now`` matters only to accruals that weigh outcomes over time (:class:`UnifiedAccrual`).
+        """
         if self.state is AccrualState.PROBING and probe:
             self.state = AccrualState.AVAILABLE
             self._attempt = 0

@@ -256,6 +256,6 @@ class P2cBalancer(Generic[K, M]):
             return
         slot.reconnect.on_connected(dispatch.generation)
         if outcome is Outcome.SUCCESS:
-            slot.accrual.on_success(probe=dispatch.probe)
+            slot.accrual.on_success(probe=dispatch.probe, now=now)
         else:
             slot.accrual.on_failure(now, rng, probe=dispatch.probe)
