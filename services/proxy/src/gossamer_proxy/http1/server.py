@@ -650,8 +650,8 @@ class Http1Server(asyncio.Protocol):
         """Send ``ex`` to the picked endpoint over a pooled or new connection.
 
         A failed connect sent nothing, so it is re-dispatched (:mod:`..outbound.redispatch`):
-        the pick is finished as a failure (feeding failure accrual) and the backend picks
-        again, another endpoint when there is one, up to three connects in all. The route
+        the pick is finished as a connect failure (the endpoint's reconnect backoff starts)
+        and the backend picks again, another endpoint when there is one, up to three connects in all. The route
         timeout keeps running meanwhile and answers 504 when it expires first.
         """
         connects = 0
