@@ -651,8 +651,9 @@ class Http1Server(asyncio.Protocol):
 
         A failed connect sent nothing, so it is re-dispatched (:mod:`..outbound.redispatch`):
         the pick is finished as a connect failure (the endpoint's reconnect backoff starts)
-        and the backend picks again, another endpoint when there is one, up to three connects in all. The route
-        timeout keeps running meanwhile and answers 504 when it expires first.
+        and the backend picks again, another endpoint when there is one, up to three
+        connects in all. The route timeout keeps running meanwhile and answers 504 when it
+        expires first.
         """
         connects = 0
         attempt = ex.attempt
