@@ -220,8 +220,8 @@ def test_timeouts_bound_the_request_and_with_retries_each_attempt() -> None:
     route = _http_route(("a:80", 1))
     route.rules[0].timeouts.CopyFrom(rule.timeouts)
     action = compile_outbound_policy(_detect(route, route)).http2_routes[0].rules[0].action
-    assert request_timeout(action) == 1.0  # one attempt: the shorter bound
-    assert attempt_timeout(action) is None
+    assert request_timeout(action) == 5.0  # the whole exchange
+    assert attempt_timeout(action) == 1.0  # each attempt, until its response head
     route.rules[0].retry.max_retries = 2
     route.rules[0].retry.conditions.status_ranges.add(start=500, end=599)
     route.rules[0].retry.timeout.CopyFrom(_seconds(0.5))

@@ -832,3 +832,252 @@ async def test_unmatched_grpc_call_gets_not_found_from_the_proxy(
     assert results[0].code is grpc.StatusCode.NOT_FOUND
     assert "no route found" in results[0].details
     assert v1.hits == []
+
+
+# -- route filters, dst labels and l5d directives ------------------------------------------
+
+
+def grpc_rule(message: outbound_pb2.OutboundPolicy) -> Any:
+    """The one rule of :func:`grpc_policy`'s ``GRPCRoute``, to add filters or settings to."""
+    return message.protocol.grpc.routes[0].rules[0]
+
+
+def recording(seen: list[dict[str, str]], behaviour: Behaviour = echo) -> Behaviour:
+    """A behaviour that records each call's request metadata, then does ``behaviour``."""
+
+    async def record(request: bytes, context: Any, n: int) -> bytes:
+        seen.append({m.key: m.value for m in context.invocation_metadata()})
+        return await behaviour(request, context, n)
+
+    return record
+
+
+async def call_with(
+    proxy: Proxy, metadata: tuple[tuple[str, str], ...], request: bytes = b"x"
+) -> Outcome:
+    """One unary call through the proxy with ``metadata`` (request headers)."""
+    addr = proxy.outbound_addr
+    async with grpc.aio.insecure_channel(f"{addr.host}:{addr.port}") as channel:
+        unary = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+        try:
+            await unary(request, metadata=metadata, timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            return Outcome(exc.code(), exc.details() or "")
+        return Outcome(grpc.StatusCode.OK)
+
+
+async def test_grpc_request_header_modifier_reaches_the_server(
+    start_proxy: StartProxy, control: ControlPlane, grpc_backends: Any
+) -> None:
+    seen: list[dict[str, str]] = []
+    backend = await grpc_backends(recording(seen))
+    policy = grpc_policy((V1, 1))
+    modifier = grpc_rule(policy).filters.add().request_header_modifier
+    modifier.set.headers.add(name="x-canary", value=b"yes")
+    modifier.add.headers.add(name="x-added", value=b"1")
+    modifier.remove.append("x-secret")
+    control.plane.send(f"profile:{TARGET}", profile())
+    control.plane.send(f"get:{V1}", endpoints(backend.port))
+    control.plane.send(f"policy:{TARGET}", policy)
+    proxy = await proxy_for(start_proxy, control, policy=True)
+
+    result = await call_with(proxy, (("x-canary", "no"), ("x-secret", "s3cret")))
+
+    assert result.code is grpc.StatusCode.OK
+    assert seen[0]["x-canary"] == "yes"
+    assert seen[0]["x-added"] == "1"
+    assert "x-secret" not in seen[0]
+
+
+async def test_grpc_failure_injector_answers_with_its_status_and_counts_it(
+    start_proxy: StartProxy, control: ControlPlane, grpc_backends: Any
+) -> None:
+    backend = await grpc_backends()
+    policy = grpc_policy((V1, 1))
+    injector = grpc_rule(policy).filters.add().failure_injector
+    injector.code = grpc.StatusCode.UNAVAILABLE.value[0]
+    injector.message = "chaos monkey"
+    injector.ratio.numerator = 1
+    injector.ratio.denominator = 1
+    control.plane.send(f"profile:{TARGET}", profile())
+    control.plane.send(f"get:{V1}", endpoints(backend.port))
+    control.plane.send(f"policy:{TARGET}", policy)
+    proxy = await proxy_for(start_proxy, control, policy=True)
+
+    results = await call_all(proxy, [b"x"] * 5, concurrency=5)
+
+    assert [(r.code, r.details) for r in results] == [
+        (grpc.StatusCode.UNAVAILABLE, "chaos monkey")
+    ] * 5
+    assert backend.hits == []
+    assert metric(proxy, "response_total", direction="outbound", grpc_status="14") == 5
+
+
+async def test_invalid_grpc_filter_answers_internal(
+    start_proxy: StartProxy, control: ControlPlane, grpc_backends: Any
+) -> None:
+    backend = await grpc_backends()
+    policy = grpc_policy((V1, 1))
+    injector = grpc_rule(policy).filters.add().failure_injector
+    injector.code = 14
+    injector.ratio.numerator = 1  # denominator 0: the filter is unusable
+    control.plane.send(f"profile:{TARGET}", profile())
+    control.plane.send(f"get:{V1}", endpoints(backend.port))
+    control.plane.send(f"policy:{TARGET}", policy)
+    proxy = await proxy_for(start_proxy, control, policy=True)
+
+    result = await call_with(proxy, ())
+
+    assert result.code is grpc.StatusCode.INTERNAL
+    assert "invalid route filter" in result.details
+    assert "denominator" in result.details
+    assert backend.hits == []
+
+
+async def test_redirect_filter_answers_plain_http2_with_a_location(
+    start_proxy: StartProxy, control: ControlPlane, raw_h2: RawH2Server
+) -> None:
+    rule = http_rule((V1, 1), path_prefix="/old")
+    redirect = rule.filters.add().redirect
+    redirect.status = 301
+    redirect.host = "new.example.com"
+    redirect.port = 8080
+    redirect.path.prefix = "/new"
+    control.plane.send(f"profile:{TARGET}", profile())
+    control.plane.send(f"get:{V1}", endpoints(raw_h2.port))
+    control.plane.send(f"policy:{TARGET}", http_policy(rule))
+    proxy = await proxy_for(start_proxy, control, policy=True)
+    addr = proxy.outbound_addr
+
+    async with httpx.AsyncClient(http1=False, http2=True, timeout=15) as client:
+        response = await client.get(f"http://{addr.host}:{addr.port}/old/page?q=1")
+
+    assert response.status_code == 301
+    assert response.headers["location"] == "http://new.example.com:8080/new/page?q=1"
+    assert raw_h2.requests == []
+    assert metric(proxy, "response_total", direction="outbound", status_code="301") == 1
+
+
+async def test_response_header_modifier_rewrites_the_http2_response_head(
+    start_proxy: StartProxy, control: ControlPlane, raw_h2: RawH2Server
+) -> None:
+    rule = http_rule((V1, 1))
+    modifier = rule.filters.add().response_header_modifier
+    modifier.add.headers.add(name="x-served-by", value=b"gossamer")
+    control.plane.send(f"profile:{TARGET}", profile())
+    control.plane.send(f"get:{V1}", endpoints(raw_h2.port))
+    control.plane.send(f"policy:{TARGET}", http_policy(rule))
+    proxy = await proxy_for(start_proxy, control, policy=True)
+    addr = proxy.outbound_addr
+
+    async with httpx.AsyncClient(http1=False, http2=True, timeout=15) as client:
+        response = await client.get(f"http://{addr.host}:{addr.port}/ok")
+
+    assert response.status_code == 200
+    assert response.headers["x-served-by"] == "gossamer"
+    assert raw_h2.requests == ["/ok"]
+
+
+async def test_http2_outbound_metrics_carry_the_endpoints_dst_labels(
+    start_proxy: StartProxy, control: ControlPlane, grpc_backends: Any
+) -> None:
+    one, two = await grpc_backends(), await grpc_backends()
+    control.plane.send(f"profile:{TARGET}", profile())
+    control.plane.send(f"get:{AUTHORITY}", endpoints(one.port, two.port))
+    proxy = await proxy_for(start_proxy, control)
+
+    results = await call_all(proxy, [b"x"] * 40)
+
+    assert codes(results) == {grpc.StatusCode.OK: 40}
+    for backend in (one, two):
+        labels = {"target_addr": f"127.0.0.1:{backend.port}", "dst_pod": f"web-{backend.port}"}
+        assert metric(proxy, "request_total", **labels) == len(backend.hits)
+        assert metric(proxy, "response_total", **labels) == len(backend.hits)
+    # The exposition the admin server serves carries them too.
+    rendered = proxy.metrics.registry.render().decode()
+    assert f'dst_pod="web-{one.port}"' in rendered
+
+
+async def test_l5d_timeout_on_an_allowing_route_gives_deadline_exceeded(
+    start_proxy: StartProxy, control: ControlPlane, grpc_backends: Any
+) -> None:
+    async def stuck(request: bytes, context: Any, n: int) -> bytes:
+        await asyncio.sleep(30)
+        return b"too late"
+
+    seen: list[dict[str, str]] = []
+    backend = await grpc_backends(recording(seen, stuck))
+    policy = grpc_policy((V1, 1))
+    grpc_rule(policy).allow_l5d_request_headers = True
+    control.plane.send(f"profile:{TARGET}", profile())
+    control.plane.send(f"get:{V1}", endpoints(backend.port))
+    control.plane.send(f"policy:{TARGET}", policy)
+    proxy = await proxy_for(start_proxy, control, policy=True)
+
+    result = await call_with(proxy, (("l5d-timeout", "300ms"),))
+
+    assert result.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "response timed out" in result.details
+    assert "l5d-timeout" not in seen[0]  # consumed, not forwarded
+    await wait_until(lambda: backend.cancelled == [b"x"])
+
+
+async def test_l5d_directives_are_stripped_and_ignored_on_a_route_that_does_not_allow_them(
+    start_proxy: StartProxy, control: ControlPlane, grpc_backends: Any
+) -> None:
+    async def slow(request: bytes, context: Any, n: int) -> bytes:
+        await asyncio.sleep(0.5)
+        return b"slow but fine"
+
+    seen: list[dict[str, str]] = []
+    backend = await grpc_backends(recording(seen, slow))
+    control.plane.send(f"profile:{TARGET}", profile())
+    control.plane.send(f"get:{V1}", endpoints(backend.port))
+    control.plane.send(f"policy:{TARGET}", grpc_policy((V1, 1)))
+    proxy = await proxy_for(start_proxy, control, policy=True)
+    directives = (
+        ("l5d-timeout", "50ms"),
+        ("l5d-request-timeout", "50ms"),
+        ("l5d-response-timeout", "50ms"),
+        ("l5d-retry-limit", "3"),
+        ("l5d-retry-grpc", "unavailable"),
+        ("l5d-retry-http", "5xx"),
+        ("l5d-retry-timeout", "50ms"),
+        ("x-kept", "1"),
+    )
+
+    result = await call_with(proxy, directives)
+
+    assert result.code is grpc.StatusCode.OK  # the 50ms timeouts were not honoured
+    assert len(backend.hits) == 1
+    assert seen[0]["x-kept"] == "1"
+    assert [name for name in seen[0] if name.startswith("l5d-")] == []
+
+
+async def test_policy_retries_back_off_between_attempts(
+    start_proxy: StartProxy, control: ControlPlane, grpc_backends: Any
+) -> None:
+    stamps: list[float] = []
+
+    async def flaky_first(request: bytes, context: Any, n: int) -> bytes:
+        stamps.append(asyncio.get_running_loop().time())
+        if n == 1:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "first attempt")
+        return b"second attempt"
+
+    backend = await grpc_backends(flaky_first)
+    policy = grpc_policy((V1, 1), retry_codes=("unavailable",), max_retries=1)
+    backoff = grpc_rule(policy).retry.backoff
+    backoff.min_backoff.CopyFrom(seconds(0.4))
+    backoff.max_backoff.CopyFrom(seconds(1))
+    control.plane.send(f"profile:{TARGET}", profile())
+    control.plane.send(f"get:{V1}", endpoints(backend.port))
+    control.plane.send(f"policy:{TARGET}", policy)
+    proxy = await proxy_for(start_proxy, control, policy=True)
+
+    result = await call_with(proxy, ())
+
+    assert result.code is grpc.StatusCode.OK
+    assert len(backend.hits) == 2
+    # The retry waited out at least the minimum backoff (a lower bound, not a latency claim).
+    assert stamps[1] - stamps[0] >= 0.4

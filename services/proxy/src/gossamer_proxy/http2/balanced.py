@@ -8,7 +8,12 @@ endpoint of the service. :class:`BalancedH2Server` does that on top of
 * **route** (first attempt): a ServiceProfile with routes routes by them (timeout, retries,
   ``route_*`` metrics); otherwise an ``OutboundPolicy`` with ``HTTPRoute``/``GRPCRoute``
   resources picks a rule and a weighted backend (:mod:`..mesh.h2_policy_router`), its
-  timeouts and ``Retry``; otherwise the profile's ``dst_overrides`` or the service itself;
+  timeouts, ``Retry`` and backoff, and its filters (:mod:`..mesh.route_filters`: request
+  and response header modifiers rewrite the heads, redirects and injected failures are
+  answered by the proxy — trailers-only for gRPC); otherwise the profile's
+  ``dst_overrides`` or the service itself. The ``l5d-retry-*``/``l5d-*-timeout`` request
+  directives are never forwarded, and override the policy route's settings only where the
+  route allows them (``allow_l5d_request_headers``), as for HTTP/1;
 * **pick** an endpoint per attempt (P2C peak-EWMA behind the fail-fast queue), and open a
   stream on a pooled connection to it (:mod:`.upstream_pool`), connecting when none is
   usable; a failed connect sent nothing, so it is re-dispatched to another pick (up to three
@@ -17,19 +22,21 @@ endpoint of the service. :class:`BalancedH2Server` does that on top of
   its outcome the response's classification (transport failures always; failed responses
   when the Service opted in to response-based failure accrual, as for HTTP/1), CANCELLED
   when the client reset the stream;
-* **time out** by the route's timeout (retries included): 504 / ``DEADLINE_EXCEEDED``
-  before the response started, RST_STREAM toward the client after; the upstream stream is
-  reset with CANCEL either way;
+* **time out** by the route's request timeout (retries included): 504 /
+  ``DEADLINE_EXCEEDED`` before the response started, RST_STREAM toward the client after;
+  and each attempt by the attempt timeout until its response head (then retried, or 504);
+  the upstream stream is reset with CANCEL either way;
 * **retry** a failed attempt on retryable routes when nothing reached the client yet: a
   failed head that ends the stream (a trailers-only gRPC error, a bare 5xx), or a stream
   reset, refused or lost before any response byte (:mod:`..mesh.stream_retry`). The request
   body is kept for replay up to 64 KiB (a policy route's ``max_request_bytes``); a larger
   one streams through and is not retried. Profile routes retry within the profile's retry
-  budget, policy routes up to their ``max_retries``.
+  budget, policy routes up to their ``max_retries``, after their backoff.
 
 Streams are counted in the request metrics once, under the first endpoint they were sent to
-(or the listener's labels when the proxy answered them itself); ``route_request_total`` per
-request and ``route_actual_request_total`` per attempt, as for HTTP/1.
+(with its ``dst_*`` labels), or the listener's labels when the proxy answered them itself;
+``route_request_total`` per request and ``route_actual_request_total`` per attempt, as for
+HTTP/1.
 """
 
 from __future__ import annotations
@@ -51,12 +58,13 @@ from ..http1.server import RESPONSE_FAILURES_EJECT
 from ..inbound_authz import InboundPeer
 from ..mesh.balancer import Outcome
 from ..mesh.classify import Classification, classify_for_accrual
-from ..mesh.h2_policy_router import attempt_timeout, policy_applies, route_h2_request
-from ..mesh.outbound_policy import OutboundPolicyModel
+from ..mesh.h2_policy_router import direct, policy_applies, route_h2_request
+from ..mesh.l5d_headers import OutboundDirectives, outbound_request_headers
 from ..mesh.policy_router import PolicyRoute
 from ..mesh.profile import Profile, ProfileRoute
 from ..mesh.request import RequestView
 from ..mesh.retry import DEFAULT_MAX_REQUEST_BYTES, RetryVerdict
+from ..mesh.route_filters import RequestTarget, RouteFilters, SyntheticResponse
 from ..mesh.stream_retry import StreamRetry, response_head_status
 from ..metrics import TargetLabels, TcpStats
 from ..outbound.discovery import TargetHandle
@@ -86,6 +94,8 @@ class _RoutedPair(_Pair):
         "pick",
         "policy_route",
         "profile",
+        "response_filters",
+        "retry_timer",
         "route",
         "route_stats",
         "timer",
@@ -104,7 +114,12 @@ class _RoutedPair(_Pair):
         self.route: ProfileRoute | None = None
         self.policy_route: PolicyRoute | None = None
         self.route_stats: RouteStats | None = None
+        #: The request timeout (the whole exchange).
         self.timer: asyncio.TimerHandle | None = None
+        #: A retry waiting out its backoff.
+        self.retry_timer: asyncio.TimerHandle | None = None
+        #: The policy route's filters that rewrite the response head.
+        self.response_filters: tuple[RouteFilters, ...] = ()
 
     def finish_pick(self, outcome: Outcome, latency: float | None = None) -> None:
         pick, self.pick = self.pick, None
@@ -118,6 +133,9 @@ class _RoutedPair(_Pair):
         if self.attempt_timer is not None:
             self.attempt_timer.cancel()
             self.attempt_timer = None
+        if self.retry_timer is not None:
+            self.retry_timer.cancel()
+            self.retry_timer = None
 
 
 def _routed(pair: _Pair) -> _RoutedPair:
@@ -139,8 +157,6 @@ class BalancedH2Server(H2Server):
     ) -> None:
         super().__init__(ctx, target, labels, tcp, peer)
         self.pool: UpstreamPool[_H2Upstream] = UpstreamPool()
-        #: The first wait for the target's policy, shared by the streams that arrive meanwhile.
-        self._first_policy: asyncio.Task[OutboundPolicyModel | None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -150,8 +166,6 @@ class BalancedH2Server(H2Server):
             routed.cancel_timers()
             routed.finish_pick(Outcome.CANCELLED)
         super().connection_lost(exc)
-        if self._first_policy is not None and not self._first_policy.done():
-            self._first_policy.cancel()
         for up in self.pool.connections():
             up.flush_out()
         self.pool.close_all()
@@ -191,8 +205,12 @@ class BalancedH2Server(H2Server):
         try:
             if pair.attempt == 0:
                 pair.attempt = 1
-                await self._route(pair, handle)
+                answer = await self._route(pair, handle)
                 if not self._alive(pair):
+                    return
+                if answer is not None:
+                    self._synthesize(pair, answer)
+                    self._flush_out()
                     return
             pick = await self._pick(pair, handle)
         except ProxyError as exc:
@@ -207,32 +225,32 @@ class BalancedH2Server(H2Server):
             pair.route_stats.actual.value += 1
         await self._send(pair, pick)
 
-    async def _route(self, pair: _RoutedPair, handle: TargetHandle) -> None:
-        """Find the stream's route; arm its timeout; keep its body when it may be retried."""
+    async def _route(self, pair: _RoutedPair, handle: TargetHandle) -> SyntheticResponse | None:
+        """Find the stream's route; arm its timeout; keep its body when it may be retried.
+
+        The ``l5d-*`` directives leave the forwarded head here, whatever the route. Returns
+        the response a policy filter answers with instead of forwarding, else ``None``.
+        """
         discovery = self.ctx.discovery
         assert discovery is not None
+        original = pair.request_headers
+        pair.request_headers, directives = outbound_request_headers(original, allow_overrides=True)
         profile = pair.profile = await handle.profile()
         if profile is None or not profile.routes:
             if profile is not None and len(profile.dst_overrides) > 0:
-                return
-            policy = await self._policy(handle)
+                return None
+            policy = await handle.policy()
             if not self._alive(pair) or not policy_applies(profile, policy):
-                return
+                return None
             assert policy is not None
-            decision = pair.policy_route = route_h2_request(
-                policy, _request_view(pair), discovery.rng
-            )
-            if decision.timeout is not None:
-                pair.timer = self.loop.call_later(decision.timeout, self._route_timeout, pair)
-            action = decision.action
-            if action is not None and action.retry is not None and decision.backend is not None:
-                pair.attempt_timeout = attempt_timeout(action)
-                limit = action.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES
-                self._keep_for_replay(pair, StreamRetry(condition=action.retry, limit=limit))
-            return
-        route = pair.route = profile.route_for(_request_view(pair))
+            view = _request_view(original)
+            decision = pair.policy_route = route_h2_request(policy, view, discovery.rng)
+            if decision.action is None:
+                return None
+            return self._apply_policy(pair, decision, view, directives)
+        route = pair.route = profile.route_for(_request_view(original))
         if route is None:
-            return
+            return None
         if discovery.route_metrics is not None:
             dst = f"{profile.fully_qualified_name}:{self.target.port}"
             pair.route_stats = discovery.route_metrics.stats(dst, route)
@@ -245,20 +263,87 @@ class BalancedH2Server(H2Server):
             if budget is not None:
                 budget.deposit(now)
             self._keep_for_replay(pair, StreamRetry(route=route, budget=budget))
+        return None
 
-    async def _policy(self, handle: TargetHandle) -> OutboundPolicyModel | None:
-        """The target's policy; every stream waits for the first answer, not only the first.
+    def _apply_policy(
+        self,
+        pair: _RoutedPair,
+        decision: PolicyRoute,
+        view: RequestView,
+        directives: OutboundDirectives,
+    ) -> SyntheticResponse | None:
+        """Set up a policy-routed stream: timeouts, retry and backoff, then the filters.
 
-        :meth:`TargetHandle.policy` waits (boundedly) once per handle and answers later
-        callers with what it has, which is right for HTTP/1's one request at a time but
-        would route an HTTP/2 connection's first burst of streams without the policy.
+        The request's ``l5d-*`` directives count only where the route allows them. The
+        request filters (the rule's, then the backend's) rewrite the head sent upstream, or
+        answer in its place.
         """
-        first = self._first_policy
-        if first is None:
-            first = self._first_policy = asyncio.ensure_future(handle.policy())
-        if not first.done():
-            await asyncio.shield(first)
-        return await handle.policy()
+        action = decision.action
+        assert action is not None
+        allowed = action.allow_l5d_request_headers
+        if allowed:
+            for problem in directives.errors:
+                _log.info("l5d_header_ignored", problem=problem)
+        directed = direct(decision, directives if allowed else None)
+        if directed.request_timeout is not None:
+            pair.timer = self.loop.call_later(directed.request_timeout, self._route_timeout, pair)
+        pair.attempt_timeout = directed.attempt_timeout
+        backend = decision.backend
+        if directed.retry is not None and backend is not None:
+            limit = action.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES
+            retry = StreamRetry(condition=directed.retry, limit=limit, backoff=directed.backoff)
+            self._keep_for_replay(pair, retry)
+        chain = [f for f in (action.filters, backend and backend.filters) if f and not f.empty]
+        if not chain:
+            return None
+        assert self.ctx.discovery is not None
+        rng = self.ctx.discovery.rng
+        target = RequestTarget(
+            _scheme(pair.request_headers),
+            view.authority,
+            view.path,
+            view.query,
+            decision.matched_prefix,
+        )
+        # Filters cannot name a pseudo-header (not a token), and what they add or set goes
+        # after the others, so the pseudo-headers stay first and untouched.
+        headers = pair.request_headers
+        for filters in chain:
+            result = filters.apply_request(headers, rng, target)
+            if isinstance(result, SyntheticResponse):
+                return result
+            headers = result
+        pair.request_headers = headers
+        pair.response_filters = tuple(f for f in chain if f.response_modifiers)
+        return None
+
+    def _synthesize(self, pair: _RoutedPair, answer: SyntheticResponse) -> None:
+        """Answer ``pair`` with a response a route filter made (redirect, injected failure).
+
+        gRPC routes answer trailers-only (``:status 200`` and the filter's gRPC status), as
+        a gRPC server failing a call would; HTTP routes with the filter's status and headers.
+        Counted under the listener's labels, like the proxy's other answers.
+        """
+        pair.cancel_timers()
+        self.pairs.pop(pair.down_id, None)
+        self.count(pair, self.labels)
+        headers: Headers = [(b":status", b"%d" % answer.status)]
+        if answer.grpc_status is not None:
+            headers += [
+                (b"content-type", b"application/grpc"),
+                (b"grpc-status", b"%d" % answer.grpc_status),
+                (b"grpc-message", _grpc_message(answer.grpc_message or "")),
+            ]
+        headers += answer.headers
+        if answer.grpc_status is None:
+            headers.append((b"content-length", b"0"))
+        if pair.stats is not None:
+            elapsed = (self.loop.time() - pair.started_at) * 1000.0
+            pair.stats.observe_latency(answer.status, elapsed)
+            pair.stats.response(answer.status, answer.grpc_status)
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.conn.send_headers(pair.down_id, headers, end_stream=True)
+        self._maybe_finish()
 
     @staticmethod
     def _keep_for_replay(pair: _RoutedPair, retry: StreamRetry) -> None:
@@ -291,7 +376,12 @@ class BalancedH2Server(H2Server):
     def _labels(self, plan: EndpointPlan) -> TargetLabels:
         endpoint = plan.endpoint
         return TargetLabels(
-            self.ctx.direction, endpoint.host, endpoint.port, False, plan.tls_labels
+            self.ctx.direction,
+            endpoint.host,
+            endpoint.port,
+            False,
+            plan.tls_labels,
+            dst=plan.dst_labels,
         )
 
     async def _send(self, pair: _RoutedPair, pick: Pick) -> None:
@@ -418,6 +508,8 @@ class BalancedH2Server(H2Server):
         if routed.attempt_timer is not None:
             routed.attempt_timer.cancel()
             routed.attempt_timer = None
+        for filters in routed.response_filters:
+            headers = filters.apply_response(headers)
         if routed.route_stats is not None and routed.route is not None:
             routed.route_stats.response(
                 status,
@@ -561,16 +653,45 @@ class BalancedH2Server(H2Server):
         pair.to_down = _Flow()
         pair.status = 0
         pair.grpc_status = None
+        assert self.ctx.discovery is not None
+        delay = retry.delay(pair.attempt, self.ctx.discovery.rng)
+        if delay > 0:
+            pair.retry_timer = self.loop.call_later(delay, self._resend_now, pair, pair.attempt)
+            return
         self.ctx.spawn(self._dispatch(pair))
 
+    def _resend_now(self, pair: _RoutedPair, attempt: int) -> None:
+        """The backoff is over: send attempt ``attempt`` unless the stream ended meanwhile."""
+        pair.retry_timer = None
+        if self._alive(pair) and pair.attempt == attempt and not pair.response_started:
+            self.ctx.spawn(self._dispatch(pair))
 
-def _request_view(pair: _Pair) -> RequestView:
+
+def _request_view(headers: Headers) -> RequestView:
     method = path = authority = b""
-    for name, value in pair.request_headers:
+    for name, value in headers:
         if name == b":method":
             method = value
         elif name == b":path":
             path = value
         elif name == b":authority" or (name == b"host" and not authority):
             authority = value
-    return RequestView.from_target(method, path, authority=authority, headers=pair.request_headers)
+    return RequestView.from_target(method, path, authority=authority, headers=headers)
+
+
+def _scheme(headers: Headers) -> str:
+    for name, value in headers:
+        if name == b":scheme":
+            return value.decode("latin-1").lower() or "http"
+    return "http"
+
+
+def _grpc_message(text: str) -> bytes:
+    """``grpc-message``: percent-encoded outside printable ASCII (and ``%``), per gRPC."""
+    out = bytearray()
+    for byte in text.encode("utf-8"):
+        if 0x20 <= byte < 0x7F and byte != 0x25:
+            out.append(byte)
+        else:
+            out += b"%%%02X" % byte
+    return bytes(out)

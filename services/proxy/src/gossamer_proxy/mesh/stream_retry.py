@@ -10,7 +10,8 @@ would have to buffer whole responses to do otherwise, which Linkerd does not do 
 :class:`StreamRetry` is the per-request state that decides it: the route's retry rule
 (a ServiceProfile route with the profile's budget, or a policy route's ``Retry``), the
 replay copy of the request body, and :meth:`StreamRetry.on_head` / :meth:`on_error`
-answering "send again?" for each failed attempt. The verdict itself is
+answering "send again?" for each failed attempt, and :meth:`StreamRetry.delay` saying how
+long to wait first (a policy ``Retry``'s exponential backoff). The verdict itself is
 :func:`~.retry.decide_retry`, the same rule HTTP/1 uses.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from gossamer_proxy.mesh.backoff import Backoff, UniformSource
 from gossamer_proxy.mesh.classify import Classification, classify_for_metrics, grpc_status
 from gossamer_proxy.mesh.profile import ProfileRoute
 from gossamer_proxy.mesh.retry import (
@@ -51,10 +53,10 @@ class StreamRetry:
     """The retry state of one request: its rule, its replayable body, and the verdicts.
 
     Exactly one of ``route`` (a retryable ServiceProfile route, with the profile's
-    ``budget``) or ``condition`` (a policy route's ``Retry``) is given.
+    ``budget``) or ``condition`` (a policy route's ``Retry``, with its ``backoff``) is given.
     """
 
-    __slots__ = ("body", "budget", "condition", "route", "trailers")
+    __slots__ = ("backoff", "body", "budget", "condition", "route", "trailers")
 
     def __init__(
         self,
@@ -63,9 +65,13 @@ class StreamRetry:
         budget: RetryBudget | None = None,
         condition: RetryCondition | None = None,
         limit: int = DEFAULT_MAX_REQUEST_BYTES,
+        backoff: Backoff | None = None,
     ) -> None:
         if (route is None) == (condition is None):
             raise ValueError("a stream retries by a profile route or a policy condition")
+        if backoff is not None and condition is None:
+            raise ValueError("only policy retries back off (profile retries use a budget)")
+        self.backoff = backoff
         self.route = route
         self.budget = budget
         self.condition = condition
@@ -89,6 +95,12 @@ class StreamRetry:
         if not end_stream or 100 <= status < 200:
             return RetryVerdict.NOT_RETRYABLE
         return self._decide(attempt, status, grpc, error=False, now=now)
+
+    def delay(self, attempt: int, rng: UniformSource) -> float:
+        """Seconds to wait before sending attempt number ``attempt`` (2 = the first retry)."""
+        if self.backoff is None or attempt < 2:
+            return 0.0
+        return self.backoff.delay(attempt - 2, rng)
 
     def on_error(self, *, attempt: int, now: float) -> RetryVerdict:
         """The attempt failed before any response byte (reset, refused, connection lost)."""

@@ -37,6 +37,7 @@ from gossamer_api.transport_header import SessionProtocol
 from gossamer_common.metrics import Family, Gauge, Registry
 
 from ..config import Endpoint
+from ..mesh.accrual import ConsecutiveFailures
 from ..mesh.backoff import UniformSource
 from ..mesh.balancer import Outcome
 from ..mesh.discovery import DestinationClient, service_authority
@@ -176,7 +177,7 @@ class OutboundDiscovery:
                     failfast_timeout=(
                         self.failfast_timeout if failfast_timeout is None else failfast_timeout
                     ),
-                    **({"accrual": accrual.new} if accrual is not None else {}),
+                    accrual=accrual.new if accrual is not None else ConsecutiveFailures,
                 )
             )
             self._backends[key] = entry
@@ -260,7 +261,7 @@ class TargetHandle:
         "_closed",
         "_owner",
         "_policy",
-        "_policy_waited",
+        "_policy_wait",
         "_profile",
         "target",
     )
@@ -276,8 +277,10 @@ class TargetHandle:
         self.target = target
         self._profile = profile
         self._policy = policy
-        #: Waited once for a silent policy service: later requests do not wait again.
-        self._policy_waited = False
+        #: The one bounded wait for the first policy answer, shared by every caller that
+        #: arrives meanwhile (an HTTP/2 connection's first burst of streams); once it is
+        #: over, callers get what is known without waiting again.
+        self._policy_wait: asyncio.Task[None] | None = None
         self._authorities: dict[BackendKey, Backend] = {}
         self._closed = False
 
@@ -297,20 +300,32 @@ class TargetHandle:
     async def policy(self) -> OutboundPolicyModel | None:
         """The target's outbound policy, waiting (boundedly) for the first answer.
 
-        ``None``: no policy service, no policy for this target (``NOT_FOUND``), or no answer
-        in time; the last known policy is kept while the control plane is away.
+        Every caller until the first answer (or the wait's end) waits for it, however many
+        arrive concurrently; after that nobody waits again. ``None``: no policy service, no
+        policy for this target (``NOT_FOUND``), or no answer in time; the last known policy
+        is kept while the control plane is away.
         """
         state = self._policy
         if state is None:
             return None
-        if state.version == 0 and state.final is None and not self._policy_waited:
-            self._policy_waited = True
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._owner.profile_wait):
-                    await state.wait_changed(0)
-            if state.version == 0:
-                _log.info("outbound_policy_unresolved", target=str(self.target))
+        if state.version == 0 and state.final is None:
+            wait = self._policy_wait
+            if wait is None:
+                if self._closed:
+                    return state.value
+                wait = self._policy_wait = asyncio.ensure_future(self._first_policy(state))
+            if not wait.done():
+                # Not shield(): a cancelled caller must not cancel the others' wait, and a
+                # wait cancelled by close() must not raise in its callers.
+                await asyncio.wait((wait,))
         return state.value
+
+    async def _first_policy(self, state: WatchState[OutboundPolicyModel | None]) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._owner.profile_wait):
+                await state.wait_changed(0)
+        if state.version == 0:
+            _log.info("outbound_policy_unresolved", target=str(self.target))
 
     async def policy_route(
         self, profile: Profile | None, request: Callable[[], RequestView]
@@ -426,6 +441,8 @@ class TargetHandle:
         if self._closed:
             return
         self._closed = True
+        if self._policy_wait is not None:
+            self._policy_wait.cancel()
         owner = self._owner
         now = asyncio.get_running_loop().time()
         if self._profile is not None:
