@@ -34,6 +34,10 @@ async def _unary(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     return b"echo:" + request
 
 
+async def _metadata_names(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    return ",".join(sorted(k for k, _ in context.invocation_metadata() or ())).encode()
+
+
 async def _bidi(
     requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
 ) -> AsyncIterator[bytes]:
@@ -62,6 +66,7 @@ async def grpc_backend() -> AsyncIterator[tuple[str, int]]:
                     "Unary": grpc.unary_unary_rpc_method_handler(_unary),
                     "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
                     "Many": grpc.unary_stream_rpc_method_handler(_server_stream),
+                    "Meta": grpc.unary_unary_rpc_method_handler(_metadata_names),
                 },
             )
         ]
@@ -241,3 +246,23 @@ async def test_upstream_goaway_refuses_unprocessed_streams(
     assert outcome[3] == ("reset", h2.errors.ErrorCodes.REFUSED_STREAM)
     # Later streams on the same client connection go to a fresh upstream connection.
     assert outcome[5] == ("data", b"conn2")
+
+
+async def test_outbound_never_forwards_l5d_request_directives(
+    start_proxy: StartProxy, grpc_backend: tuple[str, int]
+) -> None:
+    proxy = await start_proxy(grpc_backend)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.outbound_addr.port}") as channel:
+        meta = channel.unary_unary("/test.Echo/Meta", None, None)
+        names = await meta(
+            b"",
+            metadata=(
+                ("l5d-retry-http", "5xx"),
+                ("l5d-timeout", "1s"),
+                ("l5d-response-timeout", "1s"),
+                ("x-app", "kept"),
+            ),
+        )
+    forwarded = set(names.decode().split(","))
+    assert "x-app" in forwarded
+    assert not {n for n in forwarded if n.startswith("l5d-")}

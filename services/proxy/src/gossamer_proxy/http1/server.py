@@ -44,13 +44,7 @@ from ..mesh.backoff import Backoff
 from ..mesh.balancer import Outcome
 from ..mesh.classify import Classification, classify_for_accrual
 from ..mesh.l5d_headers import (
-    REQUEST_TIMEOUT,
-    RESPONSE_TIMEOUT,
-    RETRY_GRPC,
-    RETRY_HTTP,
-    RETRY_LIMIT,
-    RETRY_TIMEOUT,
-    TIMEOUT,
+    DIRECTIVES,
     OutboundDirectives,
     outbound_request_headers,
 )
@@ -97,15 +91,7 @@ _BLOCK_PIPELINE: Final = 4  # a pipelined request waits behind the one in flight
 _INBOUND_STRIP = L5D_REQUEST_STRIP | {b"l5d-client-id"}
 #: Outbound, the ``l5d-retry-*``/``l5d-*-timeout`` directives are consumed (honoured only on
 #: routes that allow them) and never forwarded (linkerd-wire.md §9 outbound step 9).
-_OUTBOUND_STRIP = L5D_REQUEST_STRIP | {
-    RETRY_HTTP,
-    RETRY_GRPC,
-    RETRY_LIMIT,
-    RETRY_TIMEOUT,
-    TIMEOUT,
-    REQUEST_TIMEOUT,
-    RESPONSE_TIMEOUT,
-}
+_OUTBOUND_STRIP = L5D_REQUEST_STRIP | DIRECTIVES
 _CHUNKED: Final = b"transfer-encoding: chunked\r\n"
 
 

@@ -71,7 +71,7 @@ from ..outbound.discovery import TargetHandle
 from ..outbound.plan import EndpointPlan, Pick
 from ..outbound.redispatch import may_redispatch
 from ..outbound.route_metrics import RouteStats
-from .bridge import H2Server, Headers, _Flow, _H2Upstream, _Pair
+from .bridge import _STRIP_REQUEST, H2Server, Headers, _Flow, _H2Upstream, _Pair
 from .upstream_pool import PoolKey, UpstreamPool
 
 __all__ = ["BalancedH2Server"]
@@ -146,6 +146,8 @@ class BalancedH2Server(H2Server):
     """A client HTTP/2 connection whose streams are each routed and balanced."""
 
     _pair_class = _RoutedPair
+    #: The ``l5d-*`` directives stay in the head until :meth:`_route` has read them.
+    _outbound_strip = _STRIP_REQUEST
 
     def __init__(
         self,

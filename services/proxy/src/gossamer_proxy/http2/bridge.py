@@ -36,6 +36,7 @@ from ..config import Endpoint
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
 from ..inbound_authz import InboundPeer
+from ..mesh.l5d_headers import DIRECTIVES
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..outbound.discovery import TargetHandle
 
@@ -53,6 +54,9 @@ _STRIP_REQUEST = frozenset(
      b"l5d-dst-override", b"l5d-require-id"}
 )  # fmt: skip
 _STRIP_INBOUND = _STRIP_REQUEST | {b"l5d-client-id"}
+#: Outbound, the ``l5d-*`` request directives are never forwarded (a route without discovery
+#: has no settings for them to override).
+_STRIP_OUTBOUND = _STRIP_REQUEST | DIRECTIVES
 _WINDOW = 1 << 20  # per-stream receive window we advertise
 
 
@@ -134,6 +138,8 @@ class H2Server(asyncio.Protocol):
     """
 
     _pair_class: type[_Pair] = _Pair
+    #: Request headers an outbound connection never forwards.
+    _outbound_strip: frozenset[bytes] = _STRIP_OUTBOUND
 
     def __init__(
         self,
@@ -163,7 +169,7 @@ class H2Server(asyncio.Protocol):
         self._reads = 0
         self._seen = 0
         self._quiet_since = self.loop.time()
-        self._strip = _STRIP_INBOUND if ctx.inbound else _STRIP_REQUEST
+        self._strip = _STRIP_INBOUND if ctx.inbound else self._outbound_strip
         self._handle: TargetHandle | None = None
         #: Outbound with discovery: streams are counted once their endpoint is known.
         self._count_on_upstream = ctx.discovery is not None and not ctx.inbound

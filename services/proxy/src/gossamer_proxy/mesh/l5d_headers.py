@@ -34,6 +34,7 @@ from gossamer_proxy.mesh.classify import GrpcStatus
 
 __all__ = [
     "CLIENT_ID",
+    "DIRECTIVES",
     "ORIG_PROTO",
     "OrigProto",
     "OutboundDirectives",
@@ -63,9 +64,12 @@ TIMEOUT = b"l5d-timeout"
 REQUEST_TIMEOUT = b"l5d-request-timeout"
 RESPONSE_TIMEOUT = b"l5d-response-timeout"
 
-_OVERRIDES = frozenset(
+#: The request directives (``l5d-retry-*``, ``l5d-*-timeout``): honoured outbound only on
+#: routes that allow them, and never forwarded by an outbound proxy.
+DIRECTIVES = frozenset(
     {RETRY_HTTP, RETRY_GRPC, RETRY_LIMIT, RETRY_TIMEOUT, TIMEOUT, REQUEST_TIMEOUT, RESPONSE_TIMEOUT}
 )
+_OVERRIDES = DIRECTIVES
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)\s*$")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
