@@ -17,10 +17,10 @@ from google.protobuf.duration_pb2 import Duration
 from gossamer_api.proxy import http_route_pb2, outbound_pb2
 from gossamer_proxy.config import Endpoint
 from gossamer_proxy.mesh.backoff import Backoff
-from gossamer_proxy.mesh.h2_policy_router import direct, directed_retry, route_h2_request
+from gossamer_proxy.mesh.h2_policy_router import route_h2_request
 from gossamer_proxy.mesh.l5d_headers import OutboundDirectives, outbound_request_headers
 from gossamer_proxy.mesh.outbound_policy import OutboundPolicyModel, compile_outbound_policy
-from gossamer_proxy.mesh.policy_router import PolicyRoute
+from gossamer_proxy.mesh.policy_router import PolicyRoute, direct, directed_retry
 from gossamer_proxy.mesh.request import RequestView
 from gossamer_proxy.mesh.retry import RetryCondition
 from gossamer_proxy.mesh.stream_retry import StreamRetry

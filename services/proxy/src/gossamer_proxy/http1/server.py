@@ -48,7 +48,7 @@ from ..mesh.l5d_headers import (
     OutboundDirectives,
     outbound_request_headers,
 )
-from ..mesh.policy_router import PolicyRoute
+from ..mesh.policy_router import PolicyRoute, direct
 from ..mesh.profile import Profile, ProfileRoute
 from ..mesh.request import RequestView
 from ..mesh.retry import (
@@ -774,25 +774,21 @@ class Http1Server(asyncio.Protocol):
         """
         action = decision.action
         assert action is not None
-        directives = OutboundDirectives()
+        directives: OutboundDirectives | None = None
         if action.allow_l5d_request_headers:
             _, directives = outbound_request_headers(ex.headers, allow_overrides=True)
             for problem in directives.errors:
                 _log.info("l5d_header_ignored", problem=problem)
-        request_timeout = directives.request_timeout or decision.request_timeout
+        directed = direct(decision, directives)
+        request_timeout = directed.request_timeout
         if request_timeout is None and decision.attempt_timeout is None and decision.timeout:
             request_timeout = decision.timeout
-        condition = _retry_condition(action.retry, directives)
-        attempt_timeout = decision.attempt_timeout
-        for limit in (directives.response_timeout, condition and condition.timeout):
-            if limit:
-                attempt_timeout = min(attempt_timeout or limit, limit)
         if request_timeout:
             ex.timer = self.loop.call_later(request_timeout, self._route_timeout, ex)
-        ex.attempt_timeout = attempt_timeout or None
-        if condition is not None and condition.max_retries > 0:
-            ex.retry_condition = condition
-            ex.retry_backoff = action.retry_backoff
+        ex.attempt_timeout = directed.attempt_timeout
+        if directed.retry is not None:
+            ex.retry_condition = directed.retry
+            ex.retry_backoff = directed.backoff
             replay = ex.replay = ReplayBody(action.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES)
             for piece in ex.body:
                 replay.feed(piece)
@@ -1257,27 +1253,6 @@ def _cancel_attempt_timer(ex: Exchange) -> None:
     if ex.attempt_timer is not None:
         ex.attempt_timer.cancel()
         ex.attempt_timer = None
-
-
-def _retry_condition(
-    route: RetryCondition | None, directives: OutboundDirectives
-) -> RetryCondition | None:
-    """The route's ``Retry`` with any ``l5d-retry-*`` overrides the request carried."""
-    d = directives
-    overrides = (d.retry_http, d.retry_grpc, d.retry_limit, d.retry_timeout)
-    if all(o is None for o in overrides) or (route is None and overrides[:3] == (None,) * 3):
-        return route
-    condition = route or RetryCondition()
-    changes: dict[str, object] = {}
-    if d.retry_http is not None:
-        changes["status_ranges"] = d.retry_http
-    if d.retry_grpc is not None:
-        changes["grpc_codes"] = d.retry_grpc
-    if d.retry_limit is not None:
-        changes["max_retries"] = d.retry_limit
-    if d.retry_timeout is not None:
-        changes["timeout"] = d.retry_timeout
-    return dataclasses.replace(condition, **changes)  # type: ignore[arg-type]
 
 
 def _grpc_code(value: bytes | None) -> int | None:

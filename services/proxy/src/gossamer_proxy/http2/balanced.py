@@ -58,9 +58,9 @@ from ..http1.server import RESPONSE_FAILURES_EJECT
 from ..inbound_authz import InboundPeer
 from ..mesh.balancer import Outcome
 from ..mesh.classify import Classification, classify_for_accrual
-from ..mesh.h2_policy_router import direct, policy_applies, route_h2_request
+from ..mesh.h2_policy_router import policy_applies, route_h2_request
 from ..mesh.l5d_headers import OutboundDirectives, outbound_request_headers
-from ..mesh.policy_router import PolicyRoute
+from ..mesh.policy_router import PolicyRoute, direct
 from ..mesh.profile import Profile, ProfileRoute
 from ..mesh.request import RequestView
 from ..mesh.retry import DEFAULT_MAX_REQUEST_BYTES, RetryVerdict
