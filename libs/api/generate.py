@@ -1,5 +1,10 @@
 """Generate Gossamer's Python protobuf/gRPC modules from libs/api/proto.
 
+Two gRPC flavours are generated side by side from the same protos: ``<name>_pb2_grpc.py``
+(grpcio, used by the control-plane servers and the tests' fake servers) and
+``<name>_grpc.py`` (grpclib, pure asyncio on ``h2``, used by the proxy's control-plane
+clients because importing grpcio's C core would add 15-23 MB to every sidecar).
+
 The generated code is committed so that services import it without a build
 step; CI runs ``--check`` so the committed modules can never drift from the
 ``.proto`` files. Generation always happens in a scratch directory first, which
@@ -26,7 +31,7 @@ PROTO_ROOT = API_DIR / "proto"
 PROTO_PACKAGE = Path("gossamer_api") / "proxy"
 DEFAULT_OUTPUT_ROOT = API_DIR / "src"
 
-GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi", "_grpc.py")
 
 INIT_TEXT = '''"""Generated protobuf and gRPC modules for the Linkerd proxy API.
 
@@ -62,7 +67,7 @@ def _plugin(name: str) -> Path:
 
 
 def generate_into(output_root: Path) -> None:
-    """Run protoc with the Python, gRPC and mypy-protobuf outputs into output_root."""
+    """Run protoc with the Python, grpcio, grpclib and mypy-protobuf outputs into output_root."""
     out = str(output_root)
     command = [
         sys.executable,
@@ -71,10 +76,12 @@ def generate_into(output_root: Path) -> None:
         f"--proto_path={PROTO_ROOT}",
         f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
         f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+        f"--plugin=protoc-gen-grpclib_python={_plugin('protoc-gen-grpclib_python')}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
         f"--mypy_grpc_out={out}",
+        f"--grpclib_python_out={out}",
         *(str(p) for p in proto_files()),
     ]
     result = subprocess.run(command, cwd=PROTO_ROOT, capture_output=True, text=True, check=False)

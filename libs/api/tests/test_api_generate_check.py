@@ -38,7 +38,7 @@ def test_generation_is_deterministic_and_matches_committed(tmp_path: Path) -> No
     )
     for name in names:
         assert (generated / name).read_bytes() == (COMMITTED / name).read_bytes(), name
-    for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi"):
+    for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi", "_grpc.py"):
         assert f"destination{suffix}" in names
 
 

@@ -1,5 +1,8 @@
 """Destination and policy watches against real in-process gRPC servers on 127.0.0.1.
 
+The servers are grpcio (like the real control plane); the clients under test are the
+proxy's own, on grpclib, over a channel from :func:`control_channel`.
+
 The servicers are peers the tests drive: each stream reads the messages to send from a
 queue per target, so a test decides exactly what the control plane says and when.
 """
@@ -26,10 +29,12 @@ from gossamer_api.proxy import (
 )
 from gossamer_proxy.mesh.authz import ClientInfo, authorize_tcp, default_policy
 from gossamer_proxy.mesh.backoff import Backoff
+from gossamer_proxy.mesh.channels import control_channel
 from gossamer_proxy.mesh.control_stream import StreamConfig
 from gossamer_proxy.mesh.discovery import DestinationClient, service_authority
 from gossamer_proxy.mesh.policy_watch import InboundPolicyClient, OutboundPolicyClient
 from gossamer_proxy.mesh.watch_state import WatchState
+from grpclib.client import Channel
 
 FAST = StreamConfig(
     initial_timeout=5.0, idle_timeout=30.0, lifetime=60.0, backoff=Backoff(0.02, 0.1, 0.5)
@@ -155,9 +160,10 @@ async def control_plane() -> AsyncIterator[ControlPlane]:
 
 
 @pytest.fixture
-async def channel(control_plane: ControlPlane) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(control_plane.addr) as chan:
-        yield chan
+async def channel(control_plane: ControlPlane) -> AsyncIterator[Channel]:
+    chan = control_channel(control_plane.addr, server_name=None, trust_anchors_pem=None)
+    yield chan
+    chan.close()
 
 
 def add(*ips: str, port: int = 8080) -> destination_pb2.Update:
@@ -192,7 +198,7 @@ async def wait_until(predicate: Callable[[], bool], seconds: float = 10.0) -> No
 
 
 async def test_get_applies_updates_and_sends_the_context_token(
-    control_plane: ControlPlane, channel: grpc.aio.Channel
+    control_plane: ControlPlane, channel: Channel
 ) -> None:
     client = DestinationClient(channel, context_token=CONTEXT, stream_config=FAST)
     try:
@@ -210,7 +216,7 @@ async def test_get_applies_updates_and_sends_the_context_token(
 
 
 async def test_reconnect_keeps_last_state_then_resyncs(
-    control_plane: ControlPlane, channel: grpc.aio.Channel
+    control_plane: ControlPlane, channel: Channel
 ) -> None:
     client = DestinationClient(channel, stream_config=FAST)
     target = f"get:{SVC}:8080"
@@ -232,7 +238,7 @@ async def test_reconnect_keeps_last_state_then_resyncs(
 
 
 async def test_server_error_reconnects_with_backoff(
-    control_plane: ControlPlane, channel: grpc.aio.Channel
+    control_plane: ControlPlane, channel: Channel
 ) -> None:
     client = DestinationClient(channel, stream_config=FAST)
     target = f"get:{SVC}:8080"
@@ -247,7 +253,7 @@ async def test_server_error_reconnects_with_backoff(
 
 
 async def test_no_first_message_times_out_and_resubscribes(
-    control_plane: ControlPlane, channel: grpc.aio.Channel
+    control_plane: ControlPlane, channel: Channel
 ) -> None:
     config = StreamConfig(initial_timeout=0.1, backoff=Backoff(0.01, 0.02))
     client = DestinationClient(channel, stream_config=config)
@@ -262,7 +268,7 @@ async def test_no_first_message_times_out_and_resubscribes(
 
 
 async def test_cluster_ip_resolves_through_profile_then_get(
-    control_plane: ControlPlane, channel: grpc.aio.Channel
+    control_plane: ControlPlane, channel: Channel
 ) -> None:
     client = DestinationClient(channel, stream_config=FAST)
     try:
@@ -282,7 +288,7 @@ async def test_cluster_ip_resolves_through_profile_then_get(
 
 
 async def test_rejected_discovery_is_final_and_bad_profiles_keep_the_last_good(
-    control_plane: ControlPlane, channel: grpc.aio.Channel
+    control_plane: ControlPlane, channel: Channel
 ) -> None:
     client = DestinationClient(channel, stream_config=FAST)
     try:
@@ -316,7 +322,7 @@ async def test_rejected_discovery_is_final_and_bad_profiles_keep_the_last_good(
 
 
 async def test_unused_watches_are_evicted_after_the_idle_timeout(
-    control_plane: ControlPlane, channel: grpc.aio.Channel
+    control_plane: ControlPlane, channel: Channel
 ) -> None:
     client = DestinationClient(channel, stream_config=FAST, idle_timeout=0.2)
     target = f"get:{SVC}:8080"
@@ -349,7 +355,7 @@ def server_message(name: str) -> inbound_pb2.Server:
 
 
 async def test_inbound_policy_starts_from_default_and_survives_outages(
-    control_plane: ControlPlane, channel: grpc.aio.Channel
+    control_plane: ControlPlane, channel: Channel
 ) -> None:
     client = InboundPolicyClient(
         channel,
@@ -381,7 +387,7 @@ async def test_inbound_policy_starts_from_default_and_survives_outages(
 
 
 async def test_outbound_policy_not_found_means_no_policy(
-    control_plane: ControlPlane, channel: grpc.aio.Channel
+    control_plane: ControlPlane, channel: Channel
 ) -> None:
     client = OutboundPolicyClient(channel, workload="{}", stream_config=FAST)
     try:

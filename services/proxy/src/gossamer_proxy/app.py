@@ -21,11 +21,11 @@ import asyncio
 import contextlib
 import ipaddress
 
-import grpc
 import structlog
 from gossamer_common.admin import AdminServer
 from gossamer_common.process_metrics import register_process_metrics
 from gossamer_common.shutdown import Shutdown
+from grpclib.client import Channel
 
 from .config import Endpoint, ProxySettings
 from .connect import Connector, DirectResolver, Resolver, UpstreamTls
@@ -100,8 +100,8 @@ class Proxy:
         )
         self._ready = False
         self._tick: asyncio.TimerHandle | None = None
-        self._destination_channel: grpc.aio.Channel | None = None
-        self._policy_channel: grpc.aio.Channel | None = None
+        self._destination_channel: Channel | None = None
+        self._policy_channel: Channel | None = None
         #: Outbound discovery (``None`` without a destination service, or in static mode).
         self.discovery: OutboundDiscovery | None = None
         parse_networks(settings.destination_profile_networks)  # a typo must stop the start
@@ -303,9 +303,11 @@ class Proxy:
         if self.discovery is not None:
             await self.discovery.close()
         if self._destination_channel is not None:
-            await self._destination_channel.close(None)
+            self._destination_channel.close()
+            self._destination_channel = None
         if self._policy_channel is not None:
-            await self._policy_channel.close(None)
+            self._policy_channel.close()
+            self._policy_channel = None
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)

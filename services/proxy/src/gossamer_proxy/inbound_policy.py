@@ -11,7 +11,7 @@ asks :meth:`InboundPolicies.policy` once per connection; the answer is a cached 
 
 from __future__ import annotations
 
-import grpc
+from grpclib.client import Channel
 
 from .config import ProxySettings
 from .mesh.authz import ServerPolicy, default_policy
@@ -40,7 +40,7 @@ class InboundPolicies:
             name, cluster_networks=names, opaque=True, require_identity=True, detect_timeout=timeout
         )
         self._trust = trust_anchors_pem
-        self._channel: grpc.aio.Channel | None = None
+        self._channel: Channel | None = None
         self._client: InboundPolicyClient | None = None
 
     def default(self, port: int) -> ServerPolicy:
@@ -81,4 +81,5 @@ class InboundPolicies:
         if self._client is not None:
             await self._client.close()
         if self._channel is not None:
-            await self._channel.close(None)
+            self._channel.close()
+            self._channel = None

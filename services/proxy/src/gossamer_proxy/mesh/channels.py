@@ -1,28 +1,63 @@
-"""gRPC channels to the control plane (destination, policy).
+"""gRPC channels to the control plane (identity, destination, policy), on grpclib.
 
 Plaintext when the service has no ``*_SVC_NAME`` (local mode, or a loopback address, where
-Linkerd skips TLS too); otherwise TLS with the trust anchors as roots, the service identity
-as the expected server name, and the proxy's own certificate as client certificate once it
-has one. See :mod:`.identity` for the ALPN caveat.
+Linkerd skips TLS too); otherwise TLS 1.3 with the trust anchors as roots and the service
+identity as both SNI and the name the server certificate must carry, plus the proxy's own
+certificate as client certificate once it has one (:func:`.tls_contexts.client_context`).
+
+ALPN ``h2`` is offered but, unlike grpcio, not required: a control plane that terminates TLS
+without ALPN (Linkerd's control plane behind its own sidecar, linkerd-wire.md §10 item 10)
+is still spoken to in HTTP/2 by prior knowledge.
+
+HTTP/2 keepalive: while a watch is open the channel sends a PING every
+:data:`KEEPALIVE_INTERVAL` and drops the connection when no ACK comes within
+:data:`KEEPALIVE_TIMEOUT`, so a silently dead control-plane connection is noticed and the
+next call reconnects. The interval stays at the 5-minute minimum that grpc servers (grpcio
+and grpc-go alike) enforce for pings on a stream without data; pinging more often makes
+them answer GOAWAY ``too_many_pings``.
 """
 
 from __future__ import annotations
 
-import grpc
-from gossamer_tls import private_key_to_pem
-from gossamer_tls.pem import certificates_to_pem
+from grpclib.client import Channel
+from grpclib.config import Configuration
 
-from gossamer_proxy.mesh.tls_contexts import Credentials
+from gossamer_proxy.mesh.tls_contexts import Credentials, client_context
 
-__all__ = ["control_channel", "grpc_target"]
+__all__ = [
+    "KEEPALIVE_INTERVAL",
+    "KEEPALIVE_TIMEOUT",
+    "ControlAddressError",
+    "control_channel",
+    "split_host_port",
+]
+
+KEEPALIVE_INTERVAL = 300.0
+KEEPALIVE_TIMEOUT = 20.0
 
 
-def grpc_target(addr: str) -> str:
-    """Drop the root dot of ``name.ns.svc.cluster.local.:8086``, which gRPC's resolver rejects."""
-    host, sep, port = addr.rpartition(":")
-    if sep and host.endswith(".") and not host.endswith(".."):
-        return f"{host[:-1]}:{port}"
-    return addr
+class ControlAddressError(ValueError):
+    """A ``*_SVC_ADDR`` that is not ``host:port``."""
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) to ``(host, port)``.
+
+    The root dot of ``name.ns.svc.cluster.local.:8086`` is dropped: it is valid DNS but
+    would end up in ``:authority`` and in the SNI comparison otherwise.
+    """
+    host, sep, port_text = addr.rpartition(":")
+    if not sep or not host:
+        raise ControlAddressError(f"control-plane address {addr!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ControlAddressError(f"IPv6 control-plane address {addr!r} needs [brackets]")
+    if host.endswith(".") and not host.endswith(".."):
+        host = host[:-1]
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ControlAddressError(f"control-plane address {addr!r} has no valid host and port")
+    return host, int(port_text)
 
 
 def control_channel(
@@ -31,20 +66,20 @@ def control_channel(
     server_name: str | None,
     trust_anchors_pem: str | None,
     credentials: Credentials | None = None,
-) -> grpc.aio.Channel:
-    target = grpc_target(addr)
+) -> Channel:
+    """A channel to ``addr``; it connects lazily on the first call and reconnects on the next.
+
+    Close it with ``channel.close()`` (synchronous) when the owner stops.
+    """
+    host, port = split_host_port(addr)
+    config = Configuration(
+        _keepalive_time=KEEPALIVE_INTERVAL,
+        _keepalive_timeout=KEEPALIVE_TIMEOUT,
+        ssl_target_name_override=server_name,
+    )
     if server_name is None:
-        return grpc.aio.insecure_channel(target)
+        return Channel(host, port, config=config)
     if not trust_anchors_pem:
         raise ValueError(f"TLS to {server_name} needs trust anchors")
-    if credentials is not None:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=trust_anchors_pem.encode(),
-            private_key=private_key_to_pem(credentials.private_key),
-            certificate_chain=certificates_to_pem((credentials.leaf, *credentials.intermediates)),
-        )
-    else:
-        creds = grpc.ssl_channel_credentials(root_certificates=trust_anchors_pem.encode())
-    return grpc.aio.secure_channel(
-        target, creds, options=(("grpc.ssl_target_name_override", server_name),)
-    )
+    context = client_context(credentials, trust_anchors_pem, alpn_protocols=("h2",))
+    return Channel(host, port, ssl=context, config=config)

@@ -12,21 +12,27 @@ Every discovery watch (``Destination.Get``/``GetProfile``, ``InboundServerPolici
   then reports them and stops;
 * while disconnected the handler keeps its last state: the proxy serves from it.
 
-The handler owns the state; this module only drives the call.
+The handler owns the state; this module only drives the call. A call is a
+:class:`~.rpc.ServerStream` (grpclib): every transport or server failure arrives as one
+:class:`~.rpc.RpcError` with a :class:`grpclib.const.Status`, and leaving a stream early
+resets it (RST_STREAM) so the control plane drops the watch at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from types import TracebackType
+from typing import Generic, Protocol, TypeVar
 
-import grpc
 import structlog
+from grpclib.const import Status
 
 from gossamer_proxy.mesh.backoff import Backoff, UniformSource
+from gossamer_proxy.mesh.rpc import RpcError
 
 __all__ = ["StreamConfig", "StreamHandler", "StreamWatch"]
 
@@ -34,6 +40,7 @@ log = structlog.get_logger("gossamer.proxy.discovery")
 
 M = TypeVar("M")
 M_contra = TypeVar("M_contra", contravariant=True)
+M_co = TypeVar("M_co", covariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +58,25 @@ class StreamHandler(Protocol[M_contra]):
     def on_reconnect(self) -> None:
         """A new stream is starting after a previous one ended; state is still valid."""
 
-    def on_final(self, code: grpc.StatusCode, details: str) -> None:
+    def on_final(self, code: Status, details: str) -> None:
         """The server said the target is not servable; the watch has stopped."""
 
 
-class _StreamTimeout(Exception):  # noqa: N818 - internal signal
-    pass
+class ServerStreamCall(Protocol[M_co]):
+    """One opened server-streaming call (:class:`~.rpc.ServerStream` in production)."""
+
+    async def __aenter__(self) -> ServerStreamCall[M_co]: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> None: ...
+
+    async def next(self) -> M_co | None:
+        """The next message; ``None`` after a clean end; :class:`RpcError` otherwise."""
 
 
 class StreamWatch(Generic[M]):
@@ -65,11 +85,11 @@ class StreamWatch(Generic[M]):
     def __init__(
         self,
         name: str,
-        open_call: Callable[[], grpc.aio.UnaryStreamCall[Any, M]],
+        open_call: Callable[[], ServerStreamCall[M]],
         handler: StreamHandler[M],
         *,
         config: StreamConfig,
-        final_codes: Collection[grpc.StatusCode] = (),
+        final_codes: Collection[Status] = (),
         rng: UniformSource | None = None,
     ) -> None:
         self.name = name
@@ -100,48 +120,67 @@ class StreamWatch(Generic[M]):
             await asyncio.sleep(delay)
 
     async def _one_stream(self) -> tuple[bool, bool]:
-        """Run one call to its end; returns (received any message, final status)."""
+        """Run one call to its end; returns (received any message, final status).
+
+        The initial timeout covers connecting and sending the request as well as the first
+        message, so a control plane that black-holes connections is retried on schedule.
+        """
         loop = asyncio.get_running_loop()
-        call = self._open()
-        messages = aiter(call)
+        first_deadline = loop.time() + self._config.initial_timeout
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    async with asyncio.timeout_at(first_deadline):
+                        call = await stack.enter_async_context(self._open())
+                except TimeoutError:
+                    self._log_timeout(self._config.initial_timeout, first_message=True)
+                    return False, False
+                return await self._receive(call, first_deadline)
+        except RpcError as exc:
+            if exc.status in self._final:
+                log.info("control_stream_final", watch=self.name, code=exc.status.name)
+                self._handler.on_final(exc.status, exc.details)
+                return False, True
+            log.info(
+                "control_stream_error", watch=self.name, code=exc.status.name, details=exc.details
+            )
+            # ``connected`` is False when a stream starts and set by its first message.
+            return self.connected, False
+
+    async def _receive(self, call: ServerStreamCall[M], first_deadline: float) -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
         received = False
         ends_at = loop.time() + self._config.lifetime
-        try:
-            while True:
-                timeout = self._config.idle_timeout if received else self._config.initial_timeout
-                remaining = ends_at - loop.time()
-                if remaining <= 0:
+        while True:
+            if loop.time() >= ends_at:
+                log.debug("control_stream_lifetime", watch=self.name)
+                return received, False
+            if received:
+                timeout = self._config.idle_timeout
+                deadline = min(loop.time() + timeout, ends_at)
+            else:
+                timeout = self._config.initial_timeout
+                deadline = min(first_deadline, ends_at)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await call.next()
+            except TimeoutError:
+                if loop.time() >= ends_at:
                     log.debug("control_stream_lifetime", watch=self.name)
                     return received, False
-                try:
-                    async with asyncio.timeout(min(timeout, remaining)):
-                        message = await anext(messages)
-                except StopAsyncIteration:
-                    log.info("control_stream_ended", watch=self.name)
-                    return received, False
-                except TimeoutError:
-                    if loop.time() >= ends_at:
-                        return received, False
-                    log.info(
-                        "control_stream_timeout",
-                        watch=self.name,
-                        waited=timeout,
-                        first_message=not received,
-                    )
-                    return received, False
-                received = True
-                self.connected = True
-                try:
-                    self._handler.on_message(message)
-                except Exception:  # a bad message must not end the watch
-                    log.exception("control_stream_message_failed", watch=self.name)
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if code in self._final:
-                log.info("control_stream_final", watch=self.name, code=code.name)
-                self._handler.on_final(code, exc.details() or "")
-                return received, True
-            log.info("control_stream_error", watch=self.name, code=code.name, details=exc.details())
-            return received, False
-        finally:
-            call.cancel()
+                self._log_timeout(timeout, first_message=not received)
+                return received, False
+            if message is None:
+                log.info("control_stream_ended", watch=self.name)
+                return received, False
+            received = True
+            self.connected = True
+            try:
+                self._handler.on_message(message)
+            except Exception:  # a bad message must not end the watch
+                log.exception("control_stream_message_failed", watch=self.name)
+
+    def _log_timeout(self, waited: float, *, first_message: bool) -> None:
+        log.info(
+            "control_stream_timeout", watch=self.name, waited=waited, first_message=first_message
+        )

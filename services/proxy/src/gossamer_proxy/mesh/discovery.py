@@ -21,22 +21,24 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-import grpc
 import structlog
-from gossamer_api.proxy import destination_pb2, destination_pb2_grpc
+from gossamer_api.proxy import destination_grpc, destination_pb2
+from grpclib.client import Channel, UnaryStreamMethod
+from grpclib.const import Status
 
 from gossamer_proxy.mesh.backoff import UniformSource
 from gossamer_proxy.mesh.control_stream import StreamConfig, StreamWatch
 from gossamer_proxy.mesh.endpoints import EndpointTable
 from gossamer_proxy.mesh.idle import IdleTracker
 from gossamer_proxy.mesh.profile import Profile, ProfileError, compile_profile
+from gossamer_proxy.mesh.rpc import ServerStream
 from gossamer_proxy.mesh.watch_state import WatchState
 
 __all__ = ["DestinationClient", "service_authority"]
 
 log = structlog.get_logger("gossamer.proxy.discovery")
 
-REJECTED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+REJECTED = (Status.INVALID_ARGUMENT, Status.FAILED_PRECONDITION)
 
 S = TypeVar("S")
 
@@ -64,7 +66,7 @@ class _EndpointsHandler:
     def on_reconnect(self) -> None:
         self.state.value.begin_resync()
 
-    def on_final(self, code: grpc.StatusCode, details: str) -> None:
+    def on_final(self, code: Status, details: str) -> None:
         self.state.final = f"{code.name}: {details}"
         self.state.changed()
 
@@ -87,7 +89,7 @@ class _ProfileHandler:
     def on_reconnect(self) -> None:
         pass
 
-    def on_final(self, code: grpc.StatusCode, details: str) -> None:
+    def on_final(self, code: Status, details: str) -> None:
         # Discovery rejected: the target has no profile (the proxy forwards as is).
         self.state.final = f"{code.name}: {details}"
         self.state.set(None)
@@ -105,14 +107,14 @@ class DestinationClient:
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        channel: Channel,
         *,
         context_token: str = "",
         stream_config: StreamConfig | None = None,
         idle_timeout: float = 5.0,
         rng: UniformSource | None = None,
     ) -> None:
-        self._stub = destination_pb2_grpc.DestinationStub(channel)
+        self._stub = destination_grpc.DestinationStub(channel)
         self._context = context_token
         self._config = stream_config or StreamConfig()
         self._rng = rng
@@ -132,14 +134,14 @@ class DestinationClient:
         key: tuple[str, str],
         initial: Callable[[], Any],
         handler: Callable[[WatchState[Any]], Any],
-        rpc: Callable[[destination_pb2.GetDestination], grpc.aio.UnaryStreamCall[Any, Any]],
+        rpc: UnaryStreamMethod[destination_pb2.GetDestination, Any],
     ) -> WatchState[Any]:
         if self._idle.acquire(key, self._now()) or key not in self._entries:
             state: WatchState[Any] = WatchState(key[1], initial())
             request = self._request(key[1])
             watch: StreamWatch[Any] = StreamWatch(
                 f"{key[0]}:{key[1]}",
-                lambda: rpc(request),
+                lambda: ServerStream(rpc, request),
                 handler(state),
                 config=self._config,
                 final_codes=REJECTED,

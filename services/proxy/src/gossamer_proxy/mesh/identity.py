@@ -11,9 +11,8 @@ down the current certificate stays in use until it expires.
 The identity service is reached in plaintext when ``LINKERD2_PROXY_IDENTITY_SVC_NAME`` is
 unset (local mode, or a loopback address: Linkerd skips TLS for ``localhost``), otherwise
 over TLS with the trust anchors as roots and the service's identity as the expected server
-name. gRPC's TLS insists on ALPN ``h2``, which gRPC servers negotiate; a control plane that
-terminates TLS *without* ALPN (as behind Linkerd's own sidecar, §10 item 10) must be reached
-in plaintext through a sidecar instead.
+name (:mod:`.channels`). The call is made with grpclib; a fresh channel per Certify carries
+the current certificate, if any, as client certificate.
 
 Unlike Linkerd's ``linkerd2-proxy-identity`` bootstrap, nothing is written to
 ``LINKERD2_PROXY_IDENTITY_DIR``: that bootstrap exists only because Linkerd generates the
@@ -32,10 +31,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import structlog
 from cryptography import x509
-from gossamer_api.proxy import identity_pb2, identity_pb2_grpc
+from gossamer_api.proxy import identity_grpc, identity_pb2
 from gossamer_common.metrics import Counter, Gauge, Registry
 from gossamer_tls import TlsError, generate_private_key, load_certificates
 from gossamer_tls.pem import looks_like_pem
@@ -46,7 +44,8 @@ from gossamer_proxy.mesh.certify import (
     build_certify_request,
     validate_certify_response,
 )
-from gossamer_proxy.mesh.channels import control_channel
+from gossamer_proxy.mesh.channels import ControlAddressError, control_channel, split_host_port
+from gossamer_proxy.mesh.rpc import RpcError, unary_call
 from gossamer_proxy.mesh.schedule import CertState, RenewalSchedule
 from gossamer_proxy.mesh.settings import MeshSettings
 from gossamer_proxy.mesh.tls_contexts import (
@@ -140,6 +139,10 @@ class IdentityClient:
             )
         except TlsError as exc:
             raise IdentityConfigError(str(exc)) from None
+        try:
+            split_host_port(config.svc_addr)
+        except ControlAddressError as exc:
+            raise IdentityConfigError(f"LINKERD2_PROXY_IDENTITY_SVC_ADDR: {exc}") from None
         self._key = generate_private_key()
         self._metrics = metrics
         self._rng = rng or random.Random()  # noqa: S311 - retry jitter, not cryptography
@@ -171,8 +174,8 @@ class IdentityClient:
         """One Certify attempt; installs the result and returns the delay to the next one."""
         try:
             credentials = await self._certify()
-        except (grpc.aio.AioRpcError, CertifyResponseError, OSError) as exc:
-            self.last_error = _describe(exc)
+        except (RpcError, CertifyResponseError, OSError) as exc:
+            self.last_error = str(exc)
             delay = self._schedule.on_failure(self._clock(), self._rng)
             log.warning(
                 "identity_certify_failed",
@@ -203,25 +206,25 @@ class IdentityClient:
     async def _certify(self) -> Credentials:
         token = await asyncio.to_thread(self.config.token_file.read_bytes)
         request = build_certify_request(self._key, self.config.local_name, token)
-        async with self._channel() as channel:
-            stub = identity_pb2_grpc.IdentityStub(channel)
-            response: identity_pb2.CertifyResponse = await stub.Certify(
-                request, timeout=CERTIFY_TIMEOUT
+        channel = control_channel(
+            self.config.svc_addr,
+            server_name=self.config.svc_name,
+            trust_anchors_pem=self.config.trust_anchors_pem,
+            credentials=self.credentials,
+        )
+        try:
+            stub = identity_grpc.IdentityStub(channel)
+            response: identity_pb2.CertifyResponse = await unary_call(
+                stub.Certify, request, deadline=CERTIFY_TIMEOUT
             )
+        finally:
+            channel.close()
         return validate_certify_response(
             response,
             key=self._key,
             local_name=self.config.local_name,
             trust_anchors=self._anchors,
             now=dt.datetime.fromtimestamp(self._clock(), dt.UTC),
-        )
-
-    def _channel(self) -> grpc.aio.Channel:
-        return control_channel(
-            self.config.svc_addr,
-            server_name=self.config.svc_name,
-            trust_anchors_pem=self.config.trust_anchors_pem,
-            credentials=self.credentials,
         )
 
     def _require(self) -> Credentials:
@@ -242,9 +245,3 @@ class IdentityClient:
         return client_context(
             self._require(), self.config.trust_anchors_pem, alpn_protocols=alpn_protocols
         )
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    return str(exc)

@@ -20,10 +20,11 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-import grpc
 import structlog
 from gossamer_api.addresses import tcp_address_to_proto
-from gossamer_api.proxy import inbound_pb2, inbound_pb2_grpc, outbound_pb2, outbound_pb2_grpc
+from gossamer_api.proxy import inbound_grpc, inbound_pb2, outbound_grpc, outbound_pb2
+from grpclib.client import Channel
+from grpclib.const import Status
 
 from gossamer_proxy.mesh.authz import PolicyError, ServerPolicy, compile_server
 from gossamer_proxy.mesh.backoff import UniformSource
@@ -34,13 +35,14 @@ from gossamer_proxy.mesh.outbound_policy import (
     OutboundPolicyModel,
     compile_outbound_policy,
 )
+from gossamer_proxy.mesh.rpc import ServerStream
 from gossamer_proxy.mesh.watch_state import WatchState
 
 __all__ = ["InboundPolicyClient", "OutboundPolicyClient"]
 
 log = structlog.get_logger("gossamer.proxy.policy")
 
-NO_POLICY = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED)
+NO_POLICY = (Status.NOT_FOUND, Status.UNIMPLEMENTED)
 
 M = TypeVar("M")
 V = TypeVar("V")
@@ -72,7 +74,7 @@ class _CompilingHandler(Generic[M, V]):
     def on_reconnect(self) -> None:
         pass
 
-    def on_final(self, code: grpc.StatusCode, details: str) -> None:
+    def on_final(self, code: Status, details: str) -> None:
         self.state.final = f"{code.name}: {details}"
 
 
@@ -90,7 +92,7 @@ class InboundPolicyClient:
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        channel: Channel,
         *,
         workload: str,
         default: Callable[[int], ServerPolicy],
@@ -99,7 +101,7 @@ class InboundPolicyClient:
         idle_timeout: float = 90.0,
         rng: UniformSource | None = None,
     ) -> None:
-        self._stub = inbound_pb2_grpc.InboundServerPoliciesStub(channel)
+        self._stub = inbound_grpc.InboundServerPoliciesStub(channel)
         self._workload = workload
         self._default = default
         self._config = stream_config or StreamConfig()
@@ -123,7 +125,7 @@ class InboundPolicyClient:
             spec = inbound_pb2.PortSpec(workload=self._workload, port=port)
             watch: StreamWatch[inbound_pb2.Server] = StreamWatch(
                 f"inbound:{port}",
-                lambda: self._stub.WatchPort(spec),
+                lambda: ServerStream(self._stub.WatchPort, spec),
                 _ServerHandler(state),
                 config=self._config,
                 rng=self._rng,
@@ -169,7 +171,7 @@ class _OutboundHandler(_CompilingHandler[outbound_pb2.OutboundPolicy, OutboundPo
     def __init__(self, state: WatchState[OutboundPolicyModel | None]) -> None:
         super().__init__(state, compile_outbound_policy)
 
-    def on_final(self, code: grpc.StatusCode, details: str) -> None:
+    def on_final(self, code: Status, details: str) -> None:
         super().on_final(code, details)
         self.state.set(None)  # NOT_FOUND / UNIMPLEMENTED: there is no policy
 
@@ -179,13 +181,13 @@ class OutboundPolicyClient:
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        channel: Channel,
         *,
         workload: str,
         stream_config: StreamConfig | None = None,
         rng: UniformSource | None = None,
     ) -> None:
-        self._stub = outbound_pb2_grpc.OutboundPoliciesStub(channel)
+        self._stub = outbound_grpc.OutboundPoliciesStub(channel)
         self._workload = workload
         self._config = stream_config or StreamConfig()
         self._rng = rng
@@ -201,7 +203,7 @@ class OutboundPolicyClient:
             )
             watch: StreamWatch[outbound_pb2.OutboundPolicy] = StreamWatch(
                 f"outbound:{key[0]}:{port}",
-                lambda: self._stub.Watch(spec),
+                lambda: ServerStream(self._stub.Watch, spec),
                 _OutboundHandler(state),
                 config=self._config,
                 final_codes=NO_POLICY,
