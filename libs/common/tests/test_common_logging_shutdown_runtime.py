@@ -180,3 +180,22 @@ def test_runtime_run_uses_uvloop_and_tunes_gc() -> None:
         gc.unfreeze()
         gc.set_threshold(*before)
         asyncio.set_event_loop_policy(None)
+
+
+def test_default_stream_is_the_stderr_of_the_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    configure_logging("info", component="test")
+    try:
+        log = structlog.get_logger("swap")
+        log.info("before")
+        first.close()  # e.g. a test runner's capture ending
+        second = io.StringIO()
+        monkeypatch.setattr("sys.stderr", second)
+        log.info("after")
+        logging.getLogger("stdlib").warning("stdlib after")
+        lines = [json.loads(line)["event"] for line in second.getvalue().splitlines()]
+        assert lines == ["after", "stdlib after"]
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()

@@ -11,14 +11,35 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["REDACTED", "configure_logging", "is_secret_key", "redact_secrets"]
+__all__ = ["REDACTED", "configure_logging", "current_stderr", "is_secret_key", "redact_secrets"]
 
 REDACTED = "[REDACTED]"
+
+
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was configured.
+
+    Loggers outlive the stream object they were configured with when the process swaps
+    ``sys.stderr`` (a test runner capturing output, a daemon redirecting it); writing to
+    the object at hand keeps them from failing on a closed file.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def current_stderr() -> TextIO:
+    """A stream that writes to the ``sys.stderr`` of the moment (see :class:`_CurrentStderr`)."""
+    return cast(TextIO, _CurrentStderr())
+
 
 _SECRET_WORDS = frozenset(
     {"token", "secret", "key", "password", "passwd", "credential", "credentials", "authorization"}
@@ -88,7 +109,7 @@ def configure_logging(level: str = "info", *, component: str, stream: TextIO | N
     except KeyError:
         known = ", ".join(sorted(_LEVELS))
         raise ValueError(f"unknown log level {level!r}; expected one of {known}") from None
-    out = sys.stderr if stream is None else stream
+    out = current_stderr() if stream is None else stream
     shared = _shared_processors(component)
     structlog.configure(
         processors=[

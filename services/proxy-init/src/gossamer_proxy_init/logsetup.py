@@ -9,11 +9,11 @@ event line instead of escaping their newlines.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from gossamer_common.logging import current_stderr
 
 from gossamer_proxy_init.config import LogFormat
 
@@ -60,7 +60,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream or current_stderr()),
         cache_logger_on_first_use=False,
     )
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("proxy-init")
