@@ -1,6 +1,6 @@
 """HTTP/2 policy routes under ``l5d-*`` directives, retry backoff, and the shared policy wait.
 
-Pure logic (:func:`~gossamer_proxy.mesh.h2_policy_router.direct`,
+Pure logic (:func:`~gossamer_proxy.mesh.policy_router.direct`,
 :meth:`~gossamer_proxy.mesh.stream_retry.StreamRetry.delay`) plus
 :meth:`~gossamer_proxy.outbound.discovery.TargetHandle.policy` with concurrent callers on
 a real event loop (the owner is a stand-in: the handle only reads its wait bound).
@@ -17,10 +17,9 @@ from google.protobuf.duration_pb2 import Duration
 from gossamer_api.proxy import http_route_pb2, outbound_pb2
 from gossamer_proxy.config import Endpoint
 from gossamer_proxy.mesh.backoff import Backoff
-from gossamer_proxy.mesh.h2_policy_router import route_h2_request
 from gossamer_proxy.mesh.l5d_headers import OutboundDirectives, outbound_request_headers
 from gossamer_proxy.mesh.outbound_policy import OutboundPolicyModel, compile_outbound_policy
-from gossamer_proxy.mesh.policy_router import PolicyRoute, direct, directed_retry
+from gossamer_proxy.mesh.policy_router import PolicyRoute, direct, directed_retry, route_request
 from gossamer_proxy.mesh.request import RequestView
 from gossamer_proxy.mesh.retry import RetryCondition
 from gossamer_proxy.mesh.stream_retry import StreamRetry
@@ -70,7 +69,7 @@ def _policy(
 
 def _route(policy: OutboundPolicyModel, path: str = "/api/users") -> PolicyRoute:
     view = RequestView.from_target("GET", path, authority="web:80")
-    return route_h2_request(policy, view, random.Random(1))
+    return route_request(policy, view, random.Random(1), http2=True)
 
 
 def _directives(*headers: tuple[bytes, bytes]) -> OutboundDirectives:

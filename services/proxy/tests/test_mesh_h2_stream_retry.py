@@ -11,14 +11,13 @@ from gossamer_api.proxy import destination_pb2, grpc_route_pb2, http_route_pb2, 
 from gossamer_proxy.config import Endpoint
 from gossamer_proxy.http2.upstream_pool import UpstreamPool
 from gossamer_proxy.mesh.classify import GrpcStatus
-from gossamer_proxy.mesh.h2_policy_router import (
+from gossamer_proxy.mesh.outbound_policy import compile_outbound_policy
+from gossamer_proxy.mesh.policy_router import (
     attempt_timeout,
     h2_routes,
     policy_applies,
-    request_timeout,
-    route_h2_request,
+    route_request,
 )
-from gossamer_proxy.mesh.outbound_policy import compile_outbound_policy
 from gossamer_proxy.mesh.profile import compile_profile
 from gossamer_proxy.mesh.request import RequestView
 from gossamer_proxy.mesh.retry import RetryCondition, RetryVerdict
@@ -168,8 +167,8 @@ def test_detect_policy_routes_http2_by_its_http2_routes() -> None:
     policy = compile_outbound_policy(
         _detect(_http_route(("one:80", 1)), _http_route(("two:80", 1)))
     )
-    assert policy_applies(None, policy)
-    decision = route_h2_request(policy, _view(), random.Random(1))
+    assert policy_applies(None, policy, http2=True)
+    decision = route_request(policy, _view(), random.Random(1), http2=True)
     assert decision.verdict == "backend"
     assert decision.backend is not None
     assert decision.backend.discovery_path == "two:80"
@@ -188,16 +187,19 @@ def test_grpc_policy_routes_by_grpc_routes() -> None:
     entry.backend.backend.balancer.discovery.dst.path = "echo:80"
     policy = compile_outbound_policy(message)
     assert len(h2_routes(policy)) == 1
-    assert route_h2_request(policy, _view(), random.Random(1)).verdict == "backend"
-    assert route_h2_request(policy, _view("/other.Svc/M"), random.Random(1)).verdict == "no_route"
+    assert route_request(policy, _view(), random.Random(1), http2=True).verdict == "backend"
+    assert (
+        route_request(policy, _view("/other.Svc/M"), random.Random(1), http2=True).verdict
+        == "no_route"
+    )
 
 
 def test_profile_routes_and_default_routes_leave_routing_to_the_profile() -> None:
     defaults = compile_outbound_policy(
         _detect(_http_route(("a:80", 1), default=True), _http_route(("a:80", 1), default=True))
     )
-    assert not policy_applies(None, defaults)
-    assert not policy_applies(None, None)
+    assert not policy_applies(None, defaults, http2=True)
+    assert not policy_applies(None, None, http2=True)
     resources = compile_outbound_policy(_detect(_http_route(("a:80", 1)), _http_route(("b:80", 1))))
     with_overrides = compile_profile(
         destination_pb2.DestinationProfile(
@@ -205,12 +207,12 @@ def test_profile_routes_and_default_routes_leave_routing_to_the_profile() -> Non
             dst_overrides=[destination_pb2.WeightedDst(authority="c:80", weight=1)],
         )
     )
-    assert not policy_applies(with_overrides, resources)
+    assert not policy_applies(with_overrides, resources, http2=True)
 
 
 def test_zero_weights_give_no_backend() -> None:
     policy = compile_outbound_policy(_detect(_http_route(("a:80", 0)), _http_route(("a:80", 0))))
-    assert route_h2_request(policy, _view(), random.Random(1)).verdict == "no_backend"
+    assert route_request(policy, _view(), random.Random(1), http2=True).verdict == "no_backend"
 
 
 def test_timeouts_bound_the_request_and_with_retries_each_attempt() -> None:
@@ -220,13 +222,13 @@ def test_timeouts_bound_the_request_and_with_retries_each_attempt() -> None:
     route = _http_route(("a:80", 1))
     route.rules[0].timeouts.CopyFrom(rule.timeouts)
     action = compile_outbound_policy(_detect(route, route)).http2_routes[0].rules[0].action
-    assert request_timeout(action) == 5.0  # the whole exchange
+    assert action.request_timeout == 5.0  # the whole exchange
     assert attempt_timeout(action) == 1.0  # each attempt, until its response head
     route.rules[0].retry.max_retries = 2
     route.rules[0].retry.conditions.status_ranges.add(start=500, end=599)
     route.rules[0].retry.timeout.CopyFrom(_seconds(0.5))
     action = compile_outbound_policy(_detect(route, route)).http2_routes[0].rules[0].action
-    assert request_timeout(action) == 5.0
+    assert action.request_timeout == 5.0
     assert attempt_timeout(action) == 0.5
 
 

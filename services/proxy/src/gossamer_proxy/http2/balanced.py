@@ -7,7 +7,7 @@ endpoint of the service. :class:`BalancedH2Server` does that on top of
 
 * **route** (first attempt): a ServiceProfile with routes routes by them (timeout, retries,
   ``route_*`` metrics); otherwise an ``OutboundPolicy`` with ``HTTPRoute``/``GRPCRoute``
-  resources picks a rule and a weighted backend (:mod:`..mesh.h2_policy_router`), its
+  resources picks a rule and a weighted backend (:mod:`..mesh.policy_router`), its
   timeouts, ``Retry`` and backoff, and its filters (:mod:`..mesh.route_filters`: request
   and response header modifiers rewrite the heads, redirects and injected failures are
   answered by the proxy — trailers-only for gRPC); otherwise the profile's
@@ -58,9 +58,8 @@ from ..http1.server import RESPONSE_FAILURES_EJECT
 from ..inbound_authz import InboundPeer
 from ..mesh.balancer import Outcome
 from ..mesh.classify import Classification, classify_for_accrual
-from ..mesh.h2_policy_router import policy_applies, route_h2_request
 from ..mesh.l5d_headers import OutboundDirectives, outbound_request_headers
-from ..mesh.policy_router import PolicyRoute, direct
+from ..mesh.policy_router import PolicyRoute, direct, policy_applies, route_request
 from ..mesh.profile import Profile, ProfileRoute
 from ..mesh.request import RequestView
 from ..mesh.retry import DEFAULT_MAX_REQUEST_BYTES, RetryVerdict
@@ -242,11 +241,11 @@ class BalancedH2Server(H2Server):
             if profile is not None and len(profile.dst_overrides) > 0:
                 return None
             policy = await handle.policy()
-            if not self._alive(pair) or not policy_applies(profile, policy):
+            if not self._alive(pair) or not policy_applies(profile, policy, http2=True):
                 return None
             assert policy is not None
             view = _request_view(original)
-            decision = pair.policy_route = route_h2_request(policy, view, discovery.rng)
+            decision = pair.policy_route = route_request(policy, view, discovery.rng, http2=True)
             if decision.action is None:
                 return None
             return self._apply_policy(pair, decision, view, directives)

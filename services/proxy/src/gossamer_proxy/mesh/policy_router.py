@@ -8,9 +8,19 @@ service or address, which is exactly what profile-based discovery already does; 
 takes over only when an ``HTTPRoute`` resource is attached to the Service
 (:func:`routes_from_resources`).
 
+Which of the policy's routes apply depends on the protocol, as in Linkerd's outbound stack
+once the protocol is known: HTTP/1 requests use the ``http1`` routes (:func:`http_routes`),
+HTTP/2 and gRPC streams the ``http2`` routes of a ``detect``/``http2`` policy and the
+``grpc`` routes (``GRPCRoute``, matched on ``POST /<service>/<method>``) of a ``grpc`` one
+(:func:`h2_routes`); a policy for the other protocol still describes the same Service, so
+its routes apply rather than none.
+
 :func:`route_request` then picks the most specific rule (Gateway API precedence, see
-:mod:`.routes`) and one backendRef by weight, and says how long the request may take.
-Nothing here does I/O or reads a clock; randomness comes in as an argument.
+:mod:`.routes`) and one backendRef by weight, and says how long the request may take:
+``timeouts.request`` bounds the whole exchange (retries included), ``timeouts.response`` (or
+the ``Retry``'s own timeout, when shorter) each attempt until its response head.
+:func:`direct` folds in what the app asked through ``l5d-*`` request headers, on routes
+that allow it. Nothing here does I/O or reads a clock; randomness comes in as an argument.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from gossamer_proxy.mesh.outbound_policy import (
     OutboundPolicyModel,
     RouteAction,
 )
+from gossamer_proxy.mesh.profile import Profile
 from gossamer_proxy.mesh.request import RequestView
 from gossamer_proxy.mesh.retry import RetryCondition
 from gossamer_proxy.mesh.routes import HttpRoute, RouteRule, find_route
@@ -35,9 +46,12 @@ from gossamer_proxy.mesh.routes import HttpRoute, RouteRule, find_route
 __all__ = [
     "DirectedRoute",
     "PolicyRoute",
+    "attempt_timeout",
     "direct",
     "directed_retry",
+    "h2_routes",
     "http_routes",
+    "policy_applies",
     "route_request",
     "routes_from_resources",
     "source_workload",
@@ -85,16 +99,36 @@ def http_routes(policy: OutboundPolicyModel) -> tuple[HttpRoute[RouteAction], ..
     return ()
 
 
-def routes_from_resources(policy: OutboundPolicyModel | None) -> bool:
+def h2_routes(policy: OutboundPolicyModel) -> tuple[HttpRoute[RouteAction], ...]:
+    """The routes that apply to an HTTP/2 (or gRPC) request under ``policy``."""
+    if policy.protocol in ("detect", "http2"):
+        return policy.http2_routes
+    if policy.protocol == "grpc":
+        return policy.grpc_routes
+    if policy.protocol == "http1":
+        return policy.http1_routes
+    return ()
+
+
+def routes_from_resources(policy: OutboundPolicyModel | None, *, http2: bool = False) -> bool:
     """Whether ``policy`` has HTTP routes from a resource (an ``HTTPRoute``), not defaults."""
     if policy is None:
         return False
-    for route in http_routes(policy):
+    for route in h2_routes(policy) if http2 else http_routes(policy):
         for rule in route.rules:
             if rule.action.meta.kind != "default":
                 return True
             break
     return False
+
+
+def policy_applies(
+    profile: Profile | None, policy: OutboundPolicyModel | None, *, http2: bool = False
+) -> bool:
+    """Whether ``policy`` routes this target's requests (rather than the ServiceProfile)."""
+    if profile is not None and (profile.routes or len(profile.dst_overrides) > 0):
+        return False
+    return routes_from_resources(policy, http2=http2)
 
 
 def _timeout(action: RouteAction) -> float | None:
@@ -105,7 +139,9 @@ def _timeout(action: RouteAction) -> float | None:
     return min(limits) if limits else None
 
 
-def _attempt_timeout(action: RouteAction) -> float | None:
+def attempt_timeout(action: RouteAction) -> float | None:
+    """How long one attempt may wait for its response head (``timeouts.response``, or the
+    ``Retry``'s own ``timeout`` when shorter); ``None``: unbounded."""
     limits = [t for t in (action.response_timeout, action.retry and action.retry.timeout) if t]
     return min(limits) if limits else None
 
@@ -124,15 +160,15 @@ def _matched_prefix(rule: RouteRule[RouteAction], request: RequestView) -> str |
 
 
 def route_request(
-    policy: OutboundPolicyModel, request: RequestView, rng: UniformSource
+    policy: OutboundPolicyModel, request: RequestView, rng: UniformSource, *, http2: bool = False
 ) -> PolicyRoute:
     """Route ``request``: the matching rule, a backend chosen by weight, its timeouts."""
-    found = find_route(http_routes(policy), request)
+    found = find_route(h2_routes(policy) if http2 else http_routes(policy), request)
     if found is None:
         return PolicyRoute("no_route")
     action = found[1].action
     timeout, request_timeout = _timeout(action), action.request_timeout or None
-    attempt_timeout, prefix = _attempt_timeout(action), _matched_prefix(found[1], request)
+    attempt_limit, prefix = attempt_timeout(action), _matched_prefix(found[1], request)
     backend = action.backends.choose(rng)
     return PolicyRoute(
         "no_backend" if backend is None else "backend",
@@ -141,7 +177,7 @@ def route_request(
         timeout,
         policy.failure_accrual if backend is not None else None,
         request_timeout,
-        attempt_timeout,
+        attempt_limit,
         prefix,
     )
 
