@@ -16,6 +16,7 @@ class FakeConn:
     idle_since: float = 0.0
     usable: bool = True
     closed: bool = False
+    meshed: bool = False
 
     def is_usable(self) -> bool:
         return self.usable and not self.closed

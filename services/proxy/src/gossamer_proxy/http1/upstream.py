@@ -49,6 +49,7 @@ class Http1Upstream(asyncio.Protocol):
         "got_bytes",
         "idle_since",
         "keep_alive",
+        "meshed",
         "owner",
         "parser",
         "reused",
@@ -66,6 +67,8 @@ class Http1Upstream(asyncio.Protocol):
         self.keep_alive = True
         self.reused = False
         self.got_bytes = False
+        #: Set once connected: mTLS to a peer proxy (the pool keeps these idle for longer).
+        self.meshed = False
         self._closed = False
         self._headers: Headers = []
         self._trailers: Headers = []
@@ -79,6 +82,7 @@ class Http1Upstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
+        self.meshed = transport.get_extra_info("ssl_object") is not None
         if self.stats is not None:
             self.stats.open()
 
