@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvloop
 from gossamer_proxy.app import Proxy
 from gossamer_proxy.config import load_settings
+
+# Shared test helpers beside this file (``fake_control_plane``) import by module name.
+sys.path.insert(0, str(Path(__file__).parent))
 
 StartProxy = Callable[..., Awaitable[Proxy]]
 Response = tuple[int, dict[str, str], bytes]

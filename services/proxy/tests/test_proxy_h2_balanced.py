@@ -27,15 +27,14 @@ import h2.connection
 import h2.events
 import httpx
 import pytest
+from fake_control_plane import ControlPlane, serve_control_plane
 from google.protobuf.duration_pb2 import Duration
 from gossamer_api.addresses import tcp_address_to_proto
 from gossamer_api.proxy import (
     destination_pb2,
-    destination_pb2_grpc,
     grpc_route_pb2,
     http_route_pb2,
     outbound_pb2,
-    outbound_pb2_grpc,
 )
 from gossamer_proxy.app import Proxy
 
@@ -55,73 +54,10 @@ METHOD = "/test.Echo/Unary"
 # -- a control plane the test drives -----------------------------------------------------
 
 
-@dataclass
-class Plane:
-    """Per-key message history; every stream replays it, then follows new messages."""
-
-    history: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
-    waiters: dict[str, list[asyncio.Queue[Any]]] = field(default_factory=lambda: defaultdict(list))
-
-    def send(self, key: str, message: Any) -> None:
-        self.history[key].append(message)
-        for queue in self.waiters[key]:
-            queue.put_nowait(message)
-
-    async def stream(self, key: str) -> AsyncIterator[Any]:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        for message in self.history[key]:
-            queue.put_nowait(message)
-        self.waiters[key].append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self.waiters[key].remove(queue)
-
-
-class FakeDestination(destination_pb2_grpc.DestinationServicer):
-    def __init__(self, plane: Plane) -> None:
-        self.plane = plane
-
-    async def Get(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for item in self.plane.stream("get:" + request.path):
-            yield item
-
-    async def GetProfile(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for item in self.plane.stream("profile:" + request.path):
-            yield item
-
-
-class FakeOutboundPolicies(outbound_pb2_grpc.OutboundPoliciesServicer):
-    def __init__(self, plane: Plane) -> None:
-        self.plane = plane
-
-    async def Get(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the proxy only watches")
-
-    async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        addr = request.addr
-        ip = ".".join(str((addr.ip.ipv4 >> s) & 0xFF) for s in (24, 16, 8, 0))
-        async for item in self.plane.stream(f"policy:{ip}:{addr.port}"):
-            yield item
-
-
-@dataclass
-class ControlPlane:
-    plane: Plane
-    port: int
-
-
 @pytest.fixture
 async def control() -> AsyncIterator[ControlPlane]:
-    plane = Plane()
-    server = grpc.aio.server()
-    destination_pb2_grpc.add_DestinationServicer_to_server(FakeDestination(plane), server)
-    outbound_pb2_grpc.add_OutboundPoliciesServicer_to_server(FakeOutboundPolicies(plane), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield ControlPlane(plane, port)
-    await server.stop(None)
+    async with serve_control_plane() as running:
+        yield running
 
 
 def seconds(value: float) -> Duration:

@@ -13,20 +13,17 @@ import contextlib
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-import grpc
 import pytest
+from fake_control_plane import Plane, serve_control_plane
 from google.protobuf.duration_pb2 import Duration
 from gossamer_api.addresses import tcp_address_to_proto
 from gossamer_api.proxy import (
     destination_pb2,
-    destination_pb2_grpc,
     http_route_pb2,
     http_types_pb2,
     outbound_pb2,
-    outbound_pb2_grpc,
 )
 from gossamer_proxy.app import Proxy
 
@@ -45,56 +42,10 @@ Filter = outbound_pb2.HttpRoute.Filter
 # -- a control plane the test drives -----------------------------------------------------
 
 
-@dataclass
-class Plane:
-    history: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
-
-    def send(self, key: str, message: Any) -> None:
-        self.history[key].append(message)
-
-    async def stream(self, key: str) -> AsyncIterator[Any]:
-        for message in self.history[key]:
-            yield message
-        await asyncio.Event().wait()  # keep the stream open, as a control plane does
-
-
-class FakeDestination(destination_pb2_grpc.DestinationServicer):
-    def __init__(self, plane: Plane) -> None:
-        self.plane = plane
-
-    async def Get(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for item in self.plane.stream("get:" + request.path):
-            yield item
-
-    async def GetProfile(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        async for item in self.plane.stream("profile:" + request.path):
-            yield item
-
-
-class FakeOutboundPolicies(outbound_pb2_grpc.OutboundPoliciesServicer):
-    def __init__(self, plane: Plane) -> None:
-        self.plane = plane
-
-    async def Get(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the proxy only watches")
-
-    async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        addr = request.addr
-        ip = ".".join(str((addr.ip.ipv4 >> s) & 0xFF) for s in (24, 16, 8, 0))
-        async for item in self.plane.stream(f"policy:{ip}:{addr.port}"):
-            yield item
-
-
 @pytest.fixture
 async def plane() -> AsyncIterator[tuple[Plane, str]]:
-    state = Plane()
-    server = grpc.aio.server()
-    destination_pb2_grpc.add_DestinationServicer_to_server(FakeDestination(state), server)
-    outbound_pb2_grpc.add_OutboundPoliciesServicer_to_server(FakeOutboundPolicies(state), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield state, f"127.0.0.1:{port}"
-    await server.stop(None)
+    async with serve_control_plane() as running:
+        yield running.plane, running.addr
 
 
 # -- messages ----------------------------------------------------------------------------

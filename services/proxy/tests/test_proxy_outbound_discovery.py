@@ -14,13 +14,14 @@ import contextlib
 import ipaddress
 import re
 import socket
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
+from fake_control_plane import ControlPlane, FakeDestination, Plane, serve_control_plane
 from google.protobuf.duration_pb2 import Duration
 from gossamer_api.addresses import tcp_address_to_proto
 from gossamer_api.proxy import destination_pb2, destination_pb2_grpc
@@ -37,69 +38,10 @@ AUTHORITY = f"{SVC}:80"
 # -- a Destination service the test drives -------------------------------------------------
 
 
-@dataclass
-class Plane:
-    """Per-path message history; every stream replays it, then follows new messages."""
-
-    history: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
-    waiters: dict[str, list[asyncio.Queue[Any]]] = field(default_factory=lambda: defaultdict(list))
-    requests: list[tuple[str, str]] = field(default_factory=list)
-
-    def send(self, path: str, message: Any) -> None:
-        self.history[path].append(message)
-        for queue in self.waiters[path]:
-            queue.put_nowait(message)
-
-    async def stream(self, path: str, context: Any) -> AsyncIterator[Any]:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        for message in self.history[path]:
-            queue.put_nowait(message)
-        self.waiters[path].append(queue)
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, grpc.StatusCode):
-                    await context.abort(item, "rejected by the test")
-                yield item
-        finally:
-            self.waiters[path].remove(queue)
-
-
-class FakeDestination(destination_pb2_grpc.DestinationServicer):
-    def __init__(self, plane: Plane) -> None:
-        self.plane = plane
-
-    async def Get(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        self.plane.requests.append(("get", request.path))
-        async for item in self.plane.stream("get:" + request.path, context):
-            yield item
-
-    async def GetProfile(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        self.plane.requests.append(("profile", request.path))
-        async for item in self.plane.stream("profile:" + request.path, context):
-            yield item
-
-
-@dataclass
-class ControlPlane:
-    plane: Plane
-    server: grpc.aio.Server
-    port: int
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-
 @pytest.fixture
 async def control() -> AsyncIterator[ControlPlane]:
-    plane = Plane()
-    server = grpc.aio.server()
-    destination_pb2_grpc.add_DestinationServicer_to_server(FakeDestination(plane), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield ControlPlane(plane, server, port)
-    await server.stop(None)
+    async with serve_control_plane(policies=False) as running:
+        yield running
 
 
 def weighted(port: int, **extra: Any) -> destination_pb2.WeightedAddr:
