@@ -19,7 +19,9 @@ __all__ = [
     "chunk",
     "encode_request_head",
     "encode_response_head",
+    "filter_trailers",
     "last_chunk",
+    "transfer_encoding_line",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -35,8 +37,13 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
         b"content-length",  # re-emitted by the encoder from the parsed framing
         b"l5d-proxy-connection",
+        b"http2-settings",  # only meaningful on an h2c upgrade, which is never forwarded
     }
 )
+
+#: Fields a trailer section must not carry on to the next hop (RFC 9110 §6.5.1): framing,
+#: routing and connection fields. ``l5d-*`` names (the proxy's own) are dropped as well.
+TRAILER_FORBIDDEN = HOP_BY_HOP | {b"host", b"content-length", b"content-encoding"}
 
 #: ``l5d-*`` request headers the proxy consumes and never forwards.
 L5D_REQUEST_STRIP = frozenset({b"l5d-dst-override", b"l5d-require-id"})
@@ -58,6 +65,13 @@ class MessageInfo:
     upgrade: bytes | None = None
     expect_continue: bool = False
     host: bytes | None = None
+    #: How many ``Host`` fields the block had (a request with more than one gets a 400).
+    host_count: int = 0
+    #: Transfer codings applied before ``chunked`` (``gzip`` of ``gzip, chunked``), kept so
+    #: that the re-framed message carries the same coding list.
+    codings: tuple[bytes, ...] = ()
+    #: An ``Upgrade: h2c`` offer was removed (the request goes on as HTTP/1.1).
+    h2c_stripped: bool = False
     dst_override: bytes | None = None
     content_type: bytes | None = None
     proxy_connection_close: bool = False
@@ -112,11 +126,8 @@ def analyze(headers: Headers, *, strip: frozenset[bytes] = frozenset()) -> Messa
                     raise HeaderError("conflicting content-length values")
                 info.content_length = length
             elif lname == b"transfer-encoding":
-                codings = _tokens(value)
-                if codings:
-                    if codings[-1] != b"chunked":
-                        raise HeaderError(f"unsupported transfer-encoding {value!r}")
-                    info.chunked = True
+                # Several fields form one list, in order (RFC 9110 §5.3); checked below.
+                info.codings += tuple(_tokens(value))
             elif lname == b"connection":
                 for token in _tokens(value):
                     if token == b"close":
@@ -128,9 +139,16 @@ def analyze(headers: Headers, *, strip: frozenset[bytes] = frozenset()) -> Messa
                             connection_named = set()
                         connection_named.add(token)
             elif lname == b"upgrade":
-                info.upgrade = value.strip()
+                offered = [p.strip() for p in value.split(b",") if p.strip()]
+                kept = [p for p in offered if p.lower() != b"h2c"]
+                if len(kept) != len(offered):
+                    # h2c is never tunnelled: the request goes on as HTTP/1.1 (as Linkerd).
+                    info.h2c_stripped = True
+                info.upgrade = b", ".join(kept) if kept else None
             elif lname == b"host":
-                info.host = value.strip()
+                info.host_count += 1
+                if info.host is None:
+                    info.host = value.strip()
             elif lname == b"expect":
                 info.expect_continue = value.strip().lower() == b"100-continue"
             elif lname == b"l5d-dst-override":
@@ -143,6 +161,14 @@ def analyze(headers: Headers, *, strip: frozenset[bytes] = frozenset()) -> Messa
                 info.grpc_status = value.strip()
         if lname not in drop:
             forward.append((name, value))
+    if info.codings:
+        # chunked must be the final coding, applied once (RFC 9112 §6.1, §6.3).
+        if info.codings[-1] != b"chunked":
+            raise HeaderError(f"unsupported transfer-encoding {b', '.join(info.codings)!r}")
+        info.codings = info.codings[:-1]
+        if b"chunked" in info.codings:
+            raise HeaderError("chunked transfer coding applied more than once")
+        info.chunked = True
     if info.chunked:
         # RFC 9112 §6.3: transfer-encoding overrides content-length; never forward both.
         info.content_length = None
@@ -166,7 +192,7 @@ def encode_request_head(
     for name, value in extra:
         parts += (name, b": ", value, b"\r\n")
     if info.chunked:
-        parts.append(b"transfer-encoding: chunked\r\n")
+        parts.append(transfer_encoding_line(info))
     elif info.content_length is not None:
         parts += (b"content-length: ", str(info.content_length).encode(), b"\r\n")
     if info.upgrade is not None:
@@ -203,13 +229,36 @@ def encode_response_head(
     return b"".join(parts)
 
 
+def transfer_encoding_line(info: MessageInfo) -> bytes:
+    """The ``transfer-encoding`` line for a chunked message, with its other codings kept."""
+    if not info.codings:
+        return b"transfer-encoding: chunked\r\n"
+    return b"transfer-encoding: " + b", ".join((*info.codings, b"chunked")) + b"\r\n"
+
+
+def filter_trailers(trailers: Headers) -> Headers:
+    """``trailers`` without the fields a trailer section must not pass on.
+
+    Hop-by-hop, framing and routing names (:data:`TRAILER_FORBIDDEN`) and every ``l5d-*``
+    name: the proxy owns those (``l5d-client-id`` above all) and never reads them from a
+    trailer, so one arriving there is a forgery.
+    """
+    kept = [
+        (name, value)
+        for name, value in trailers
+        if (lname := name.lower()) not in TRAILER_FORBIDDEN and not lname.startswith(b"l5d-")
+    ]
+    return kept if len(kept) != len(trailers) else trailers
+
+
 def chunk(data: bytes) -> list[bytes]:
     """Frame ``data`` as one chunk of a chunked body (for ``writelines``)."""
     return [b"%x\r\n" % len(data), data, b"\r\n"]
 
 
 def last_chunk(trailers: Headers) -> bytes:
-    """The terminating zero-size chunk, carrying ``trailers`` if any."""
+    """The terminating zero-size chunk, carrying ``trailers`` (filtered) if any."""
+    trailers = filter_trailers(trailers)
     if not trailers:
         return b"0\r\n\r\n"
     parts = [b"0\r\n"]

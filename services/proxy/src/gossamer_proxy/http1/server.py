@@ -66,6 +66,7 @@ from ..outbound.plan import Pick
 from ..outbound.redispatch import may_redispatch
 from ..outbound.route_metrics import RouteStats
 from ..timeouts import Phase, Verdict, verdict
+from .h2c import body_only_head, has_body
 from .headers import (
     L5D_REQUEST_STRIP,
     HeaderError,
@@ -76,7 +77,9 @@ from .headers import (
     encode_request_head,
     encode_response_head,
     last_chunk,
+    transfer_encoding_line,
 )
+from .request_target import apply_request_authority
 from .upstream import Http1Upstream
 
 __all__ = ["Http1Server"]
@@ -243,6 +246,10 @@ class Http1Server(asyncio.Protocol):
         self._out: list[bytes] = []
         self._default_host = ((b"host", str(target).encode()),)
         self._handle: TargetHandle | None = None
+        #: A request whose ``Upgrade: h2c`` was stripped, which llhttp took for an upgrade.
+        self._h2c_upgrade: Exchange | None = None
+        #: Feeding a framing-only head to a fresh parser (callbacks ignore it).
+        self._priming = False
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -375,23 +382,47 @@ class Http1Server(asyncio.Protocol):
                 self._reject(ProxyErrorKind.HEAD_TOO_LARGE)
                 return
             self._head_bytes += len(data)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            offset = int(upgrade.args[0]) if upgrade.args else len(data)
-            self._on_request_upgrade(data[offset:])
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _TooLargeError):
-                self._reject(ProxyErrorKind.HEAD_TOO_LARGE)
-            elif isinstance(cause, HeaderError):
-                self._reject(ProxyErrorKind.BAD_REQUEST, str(cause))
-            else:
-                # A bug of ours must cost one connection, never the proxy.
-                _log.error("http1_server_error", error=repr(cause))
-                self._reject(ProxyErrorKind.BAD_REQUEST, "internal proxy error")
-        except httptools.HttpParserError as exc:
-            self._reject(ProxyErrorKind.BAD_REQUEST, str(exc))
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        while True:
+            try:
+                self.parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                offset = int(upgrade.args[0]) if upgrade.args else len(data)
+                ex, self._h2c_upgrade = self._h2c_upgrade, None
+                if ex is None:
+                    self._on_request_upgrade(data[offset:])
+                    return
+                # An h2c offer we stripped: go on parsing HTTP/1.1 (see :mod:`.h2c`).
+                if ex is self._cur and ex.info is not None:
+                    self.parser = httptools.HttpRequestParser(self)
+                    self._priming = True
+                    try:
+                        self.parser.feed_data(body_only_head(ex.info))
+                    finally:
+                        self._priming = False
+                data = data[offset:]
+                if not data:
+                    return
+            except httptools.HttpParserCallbackError as exc:
+                self._parse_failed(exc)
+                return
+            except httptools.HttpParserError as exc:
+                self._reject(ProxyErrorKind.BAD_REQUEST, str(exc))
+                return
+
+    def _parse_failed(self, exc: httptools.HttpParserCallbackError) -> None:
+        cause = exc.__context__
+        if isinstance(cause, _TooLargeError):
+            self._reject(ProxyErrorKind.HEAD_TOO_LARGE)
+        elif isinstance(cause, HeaderError):
+            self._reject(ProxyErrorKind.BAD_REQUEST, str(cause))
+        else:
+            # A bug of ours must cost one connection, never the proxy.
+            _log.error("http1_server_error", error=repr(cause))
+            self._reject(ProxyErrorKind.BAD_REQUEST, "internal proxy error")
 
     def _head_ends_in(self, data: bytes) -> bool:
         room = self.limits.max_head_bytes - self._head_bytes
@@ -421,6 +452,8 @@ class Http1Server(asyncio.Protocol):
         return True
 
     def on_message_begin(self) -> None:
+        if self._priming:
+            return
         self._cur = Exchange()
         self._headers = []
         self._url = []
@@ -428,9 +461,12 @@ class Http1Server(asyncio.Protocol):
         self._head_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
-        self._url.append(url)
+        if not self._priming:
+            self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._priming:
+            return
         if self._in_head:
             self._headers.append((name, value))
             if len(self._headers) > self.limits.max_headers:
@@ -442,6 +478,8 @@ class Http1Server(asyncio.Protocol):
                 raise _TooLargeError
 
     def on_headers_complete(self) -> None:
+        if self._priming:
+            return
         self._in_head = False
         self._head_bytes = 0
         ex = self._cur
@@ -450,6 +488,11 @@ class Http1Server(asyncio.Protocol):
         parser = self.parser
         ex.method = parser.get_method()
         ex.version = parser.get_http_version()
+        url = b"".join(self._url)
+        # One authority for routing, policy, metrics and the upstream (HeaderError -> 400).
+        apply_request_authority(info, url, http10=ex.version == "1.0")
+        if info.h2c_stripped and info.upgrade is None and parser.should_upgrade():
+            self._h2c_upgrade = ex  # llhttp stops after this head; :meth:`_parse` resumes
         ex.info = info
         ex.is_head = ex.method == b"HEAD"
         ex.close_after = not parser.should_keep_alive() or self.ctx.draining
@@ -459,7 +502,6 @@ class Http1Server(asyncio.Protocol):
         extra = self._default_host if info.host is None else ()
         if self._client_id_header:
             extra = (*extra, *self._client_id_header)
-        url = b"".join(self._url)
         ex.head = encode_request_head(ex.method, url, info, extra=extra)
         ex.started_at = self.loop.time()
         if self.ctx.discovery is not None and not self.ctx.inbound:
@@ -495,6 +537,8 @@ class Http1Server(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         ex = self._cur
+        if ex is not None and ex is self._h2c_upgrade and ex.info and has_body(ex.info):
+            return  # llhttp skipped the body of a stripped h2c offer; it is read next
         self._cur = None
         if ex is None:
             return
@@ -1046,7 +1090,7 @@ class Http1Server(asyncio.Protocol):
         elif info.content_length is not None:
             framing = b"content-length: %d\r\n" % info.content_length
         elif ex.version != "1.0":
-            framing = _CHUNKED
+            framing = transfer_encoding_line(info) if info.codings else _CHUNKED
             ex.response_chunked = True
         else:
             framing = b""  # close-delimited to an HTTP/1.0 client

@@ -64,7 +64,8 @@ class RequestView:
         if "://" in target.split("?", 1)[0]:
             parts = urlsplit(target)
             path, query = parts.path or "/", parts.query
-            authority = authority or parts.netloc
+            # An absolute-form target names the authority; it wins over Host (RFC 9112 §3.2.2).
+            authority = parts.netloc or authority
         else:
             path, _, query = target.partition("?")
         return cls(
