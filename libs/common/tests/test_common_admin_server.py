@@ -254,3 +254,40 @@ async def test_close_lets_in_flight_request_finish() -> None:
     assert r.headers["connection"] == "close"
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_chunk_size_line_with_endless_extension_gets_400(
+    admin: tuple[AdminServer, State, str],
+) -> None:
+    server, _state, _base = admin
+    response = await raw_exchange(
+        server.port,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;"
+        + b"e" * 4096
+        + b"\r\nx\r\n0\r\n\r\n",
+    )
+    assert response.startswith(b"HTTP/1.1 400 ")
+    assert response.endswith(b"chunk size line too long\n")
+
+
+@pytest.mark.timeout(120)
+async def test_half_a_megabyte_of_one_byte_chunks_is_served() -> None:
+    """The 1-byte-chunk body that used to cost ~18 s of loop time is parsed in one pass."""
+    server = AdminServer(request_timeout=60.0)
+
+    async def size(req: AdminRequest) -> AdminResponse:
+        return text_response(200, f"{len(req.body)}\n")
+
+    server.add_route("/size", size, methods=("POST",))
+    await server.start("127.0.0.1", 0)
+    try:
+        count = 512 * 1024
+        response = await raw_exchange(
+            server.port,
+            b"POST /size HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + b"1\r\nx\r\n" * count + b"0\r\n\r\n",
+        )
+    finally:
+        await server.close(grace=1.0)
+    assert response.startswith(b"HTTP/1.1 200 ")
+    assert response.endswith(b"%d\n" % count)

@@ -120,3 +120,125 @@ def test_header_and_body_limits() -> None:
     with pytest.raises(BadRequest) as info:
         p.next_request()
     assert info.value.status == 413
+
+
+# -- linear, bounded parsing (issue 16) ------------------------------------------------------
+
+
+def _one_byte_chunks(count: int) -> bytes:
+    return (
+        b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"1\r\nx\r\n" * count
+        + b"0\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096])
+def test_chunked_parsing_work_is_linear_in_the_input(piece: int) -> None:
+    """Work grows with the input, not with its square, however the input is split."""
+    scanned = []
+    for count in (1_000, 4_000):
+        data = _one_byte_chunks(count)
+        p = RequestParser()
+        requests = []
+        for i in range(0, len(data), piece):
+            p.feed(data[i : i + piece])
+            if (req := p.next_request()) is not None:
+                requests.append(req)
+        assert [len(r.body) for r in requests] == [count]
+        assert p.scanned <= 2 * len(data)
+        scanned.append(p.scanned)
+    assert scanned[1] <= 4 * scanned[0] + 64  # 4x the input: ~4x the work
+
+
+@pytest.mark.timeout(60)
+def test_half_a_megabyte_of_one_byte_chunks_is_parsed() -> None:
+    data = _one_byte_chunks(512 * 1024)
+    p = RequestParser()
+    got = None
+    for i in range(0, len(data), 65536):
+        p.feed(data[i : i + 65536])
+        got = p.next_request() or got
+    assert got is not None
+    assert got.body == b"x" * 512 * 1024
+    assert p.scanned <= len(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "reason"),
+    [
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414, "request line too long"),
+        (b"GET /" + b"a" * 9000, 414, "request line too long"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 9000 + b"\r\n\r\n", 431, "line too long"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 9000, 431, "line too long"),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\n"
+            + b"X: "
+            + b"a" * 5000
+            + b"\r\n" * 1
+            + b"Y: "
+            + b"b" * 5000
+            + b"\r\n"
+            + b"Z: "
+            + b"c" * 7000
+            + b"\r\n\r\n",
+            431,
+            "header section too large",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: 1\r\n" * 101 + b"\r\n",
+            431,
+            "too many header fields",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            400,
+            "more than one Host",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;"
+            + b"e" * 2000
+            + b"\r\nx\r\n0\r\n\r\n",
+            400,
+            "chunk size line too long",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1" + b" " * 2000,
+            400,
+            "chunk size line too long",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
+            + b"X: 1\r\n" * 4000,
+            431,
+            "trailer section too large",
+        ),
+    ],
+)
+def test_every_line_and_section_is_bounded(data: bytes, status: int, reason: str) -> None:
+    p = RequestParser()
+    p.feed(data)
+    with pytest.raises(BadRequest, match=reason) as info:
+        p.next_request()
+    assert info.value.status == status
+
+
+def test_body_limit_applies_to_the_decoded_body_across_chunks() -> None:
+    p = RequestParser(max_body_bytes=10)
+    p.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    p.feed(b"6\r\nabcdef\r\n")
+    assert p.next_request() is None
+    p.feed(b"6\r\n")
+    with pytest.raises(BadRequest, match="exceeds") as info:
+        p.next_request()
+    assert info.value.status == 413
+
+
+def test_buffered_reports_a_request_in_progress() -> None:
+    p = RequestParser()
+    p.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n")
+    assert p.next_request() is None
+    assert p.buffered > 0
+    p.feed(b"\r\n")
+    assert p.next_request() is not None
+    assert p.buffered == 0
