@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import math
 
 import structlog
 from gossamer_common.admin import AdminServer
@@ -52,6 +53,11 @@ _log = structlog.get_logger("gossamer.proxy")
 _TICK = 1.0
 
 
+def _metrics_sweep_interval(retain_idle: float) -> float:
+    """How often idle series are looked for: a few times per retention, 1-60 s apart."""
+    return min(max(retain_idle / 4, _TICK), 60.0)
+
+
 class Proxy:
     def __init__(
         self,
@@ -62,7 +68,15 @@ class Proxy:
         process_metrics: bool = True,
     ) -> None:
         self.settings = settings
-        self.metrics = metrics if metrics is not None else ProxyMetrics()
+        self.metrics = (
+            metrics
+            if metrics is not None
+            else ProxyMetrics(
+                retain_idle=settings.metrics_retain_idle,
+                max_authorities=settings.metrics_max_authorities,
+            )
+        )
+        self._metrics_swept = -math.inf
         if process_metrics:
             register_process_metrics(self.metrics.registry)
         self.resolver: Resolver = resolver if resolver is not None else DirectResolver()
@@ -266,6 +280,9 @@ class Proxy:
         self.pool.sweep(now)
         if self.discovery is not None:
             self.discovery.housekeeping(now)
+        if now - self._metrics_swept >= _metrics_sweep_interval(self.metrics.retain_idle):
+            self._metrics_swept = now
+            self.metrics.expire_idle(now)
         self._tick = loop.call_later(_TICK, self._housekeeping)
 
     def in_flight(self) -> int:

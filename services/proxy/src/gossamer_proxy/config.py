@@ -432,6 +432,19 @@ class ProxySettings:
         help="With a fixed identity: connect to this port of the fixed target's host (the "
         "peer proxy's inbound port) and name the real port in a transport header.",
     )
+    metrics_retain_idle: float = setting(
+        env="LINKERD2_PROXY_METRICS_RETAIN_IDLE",
+        default="10m",
+        parse=parse_duration,
+        help="Metric series unchanged for this long (and unused) are dropped.",
+    )
+    metrics_max_authorities: int = setting(
+        env="GOSSAMER_PROXY_METRICS_MAX_AUTHORITIES",
+        default="256",
+        parse=_positive_int,
+        help="Most distinct authority label values at a time; further ones are counted "
+        'under authority="_overflow" (clients choose Host freely).',
+    )
     log_level: str = setting(
         env="LINKERD2_PROXY_LOG",
         default="warn",

@@ -13,16 +13,37 @@ labels (:meth:`~gossamer_common.metrics.Family.labels_extra`), resolved once per
 The hot path never touches a family: a connection resolves its :class:`HttpTargetStats` /
 :class:`TcpStats` once, and those cache the per-status children, so one request costs a few
 integer increments, one bisect and two dict lookups keyed by small ints.
+
+Bounded series. Labels that untrusted input chooses must not grow memory or scrapes without
+limit (issue 16: 5,000 distinct ``Host`` values kept 14 MB and a 37 MB ``/metrics``):
+
+- Idle series expire, as with Linkerd's ``LINKERD2_PROXY_METRICS_RETAIN_IDLE`` (default
+  10 minutes): :meth:`ProxyMetrics.expire_idle` (time passed in) forgets cached stats that
+  no connection holds any more, then drops every series unchanged for ``retain_idle``
+  seconds and held by nobody (:meth:`gossamer_common.metrics.Registry.expire_idle`).
+- The ``authority`` label (the request's ``Host``/``:authority``, which a client picks
+  freely) takes at most ``max_authorities`` distinct values at a time (default 256,
+  ``GOSSAMER_PROXY_METRICS_MAX_AUTHORITIES``). Beyond that, new authorities are counted
+  under the single value :data:`OVERFLOW_AUTHORITY` (``_overflow``: never a real authority
+  label, which always carries a port) until expiry frees room. So totals stay right and
+  the number of series stays bounded by ``max_authorities + 1`` per target and status.
+- ``grpc_status`` label values outside gRPC's codes (0-16) count as 2 (UNKNOWN), as the
+  gRPC spec says of codes a client does not know.
 """
 
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from gossamer_common.metrics import LATENCY_MS_BUCKETS, Counter, Gauge, Histogram, Registry
 
 __all__ = [
+    "OVERFLOW_AUTHORITY",
+    "BoundedValues",
     "HttpTargetStats",
     "ProxyMetrics",
     "TargetLabels",
@@ -36,6 +57,10 @@ __all__ = [
 OUTBOUND_NO_TLS = ("no_identity", "not_provided_by_service_discovery", "", "")
 INBOUND_NO_TLS = ("no_identity", "no_tls_from_remote", "", "")
 DEFAULT_SRV = ("", "default", "all-unauthenticated")
+
+#: The ``authority`` label of requests beyond :attr:`ProxyMetrics.max_authorities`.
+OVERFLOW_AUTHORITY = "_overflow"
+_GRPC_UNKNOWN = 2
 
 _HTTP_TARGET_LABELS = (
     "direction",
@@ -171,6 +196,8 @@ class HttpTargetStats:
     def _children(
         self, status: int, grpc_status: int | None, error: str
     ) -> tuple[Counter, Histogram]:
+        if grpc_status is not None and not 0 <= grpc_status <= 16:
+            grpc_status = _GRPC_UNKNOWN  # the peer chose it: keep the label set bounded
         key = (status, grpc_status, error)
         if key == self._last_key:  # nearly every response repeats the previous status
             return self._last
@@ -243,11 +270,55 @@ class TcpStats:
         counter.value += 1
 
 
+class BoundedValues:
+    """Admits at most ``limit`` distinct label values; the rest become ``overflow`` (sans-io)."""
+
+    def __init__(self, limit: int, overflow: str) -> None:
+        if limit < 0:
+            raise ValueError(f"limit must not be negative: {limit}")
+        self.limit = limit
+        self.overflow = overflow
+        self._admitted: set[str] = set()
+
+    def admit(self, value: str) -> str:
+        """``value`` if it is (or may become) one of the admitted values, else ``overflow``."""
+        admitted = self._admitted
+        if value in admitted:
+            return value
+        if len(admitted) < self.limit:
+            admitted.add(value)
+            return value
+        return self.overflow
+
+    def retain(self, live: Iterable[str]) -> None:
+        """Keep only the admitted values still in ``live`` (after series expired)."""
+        self._admitted.intersection_update(live)
+
+    def __len__(self) -> int:
+        return len(self._admitted)
+
+
+def _refcount_in_cache(cache: Mapping[Any, object], key: object) -> int:
+    return sys.getrefcount(cache[key])
+
+
+# References while _refcount_in_cache runs when only the cache holds the value.
+_CACHE_ONLY_REFS = _refcount_in_cache({("k",): object()}, ("k",))
+
+
 class ProxyMetrics:
     """All proxy families in one registry, plus caches of per-target stats."""
 
-    def __init__(self, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry | None = None,
+        *,
+        retain_idle: float = 600.0,
+        max_authorities: int = 256,
+    ) -> None:
         self.registry = registry if registry is not None else Registry()
+        self.retain_idle = retain_idle
+        self.authorities = BoundedValues(max_authorities, OVERFLOW_AUTHORITY)
         r = self.registry
         self.request_total = r.counter_family(
             "request_total", "Total count of HTTP requests.", _HTTP_TARGET_LABELS
@@ -284,9 +355,34 @@ class ProxyMetrics:
         key = (target, authority if not target.inbound else "")
         stats = self._http.get(key)
         if stats is None:
-            stats = HttpTargetStats(self, target.values(key[1]), target.dst_extra())
-            self._http[key] = stats
+            # Overflowing authorities share one cache entry, not one each.
+            label = self.authorities.admit(key[1]) if key[1] else ""
+            label_key = (target, label)
+            stats = self._http.get(label_key)
+            if stats is None:
+                stats = HttpTargetStats(self, target.values(label), target.dst_extra())
+                self._http[label_key] = stats
         return stats
+
+    def expire_idle(self, now: float) -> int:
+        """Drop series idle for :attr:`retain_idle` seconds that no connection holds.
+
+        Returns how many series went. Call it periodically (the proxy's housekeeping does);
+        the first call only starts the idle clocks.
+        """
+        for cache in (self._http, self._tcp):
+            for key in list(cache):
+                if _refcount_in_cache(cache, key) <= _CACHE_ONLY_REFS:
+                    del cache[key]
+        expired = self.registry.expire_idle(now, self.retain_idle)
+        if expired:
+            live = {
+                values[1]
+                for family in (self.request_total, self.response_total, self.response_latency_ms)
+                for values, _ in family.children()
+            }
+            self.authorities.retain(live)
+        return expired
 
     def tcp(self, target: TargetLabels, peer: str) -> TcpStats:
         """``peer`` is ``src`` for accepted connections and ``dst`` for opened ones."""

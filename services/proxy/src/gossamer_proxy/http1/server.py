@@ -562,6 +562,8 @@ class Http1Server(asyncio.Protocol):
             if authority and ":" not in authority.rsplit("]", 1)[-1]:
                 authority = f"{authority}:{self.target.port}"
             stats = self.ctx.metrics.http(self.labels, authority)
+            if len(self._stats_cache) >= 16:
+                self._stats_cache.clear()  # one client can send any number of authorities
             self._stats_cache[host] = stats
         return stats
 
