@@ -70,6 +70,7 @@ from ..outbound.discovery import TargetHandle
 from ..outbound.plan import EndpointPlan, Pick
 from ..outbound.redispatch import may_redispatch
 from ..outbound.route_metrics import RouteStats
+from .authority import AuthorityError, settle_authority
 from .bridge import _STRIP_REQUEST, H2Server, Headers, _Flow, _H2Upstream, _Pair
 from .upstream_pool import PoolKey, UpstreamPool
 
@@ -669,15 +670,22 @@ class BalancedH2Server(H2Server):
 
 
 def _request_view(headers: Headers) -> RequestView:
-    method = path = authority = b""
+    method = path = b""
     for name, value in headers:
         if name == b":method":
             method = value
         elif name == b":path":
             path = value
-        elif name == b":authority" or (name == b"host" and not authority):
-            authority = value
-    return RequestView.from_target(method, path, authority=authority, headers=headers)
+    # The bridge settled the authority already (:mod:`.authority`); this reads it the same way.
+    authority = _authority_of(headers)
+    return RequestView.from_target(method, path, authority=authority or b"", headers=headers)
+
+
+def _authority_of(headers: Headers) -> bytes | None:
+    try:
+        return settle_authority(headers)[0]
+    except AuthorityError:
+        return None
 
 
 def _scheme(headers: Headers) -> str:

@@ -35,10 +35,12 @@ import structlog
 from ..config import Endpoint
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
+from ..http1.headers import filter_trailers
 from ..inbound_authz import InboundPeer
 from ..mesh.l5d_headers import DIRECTIVES
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..outbound.discovery import TargetHandle
+from .authority import AuthorityError, settle_authority
 
 if TYPE_CHECKING:
     from ..mesh.stream_retry import StreamRetry
@@ -296,7 +298,7 @@ class H2Server(asyncio.Protocol):
         elif isinstance(event, h2.events.TrailersReceived):
             pair = self.pairs.get(event.stream_id)
             if pair is not None:
-                pair.to_up.trailers = [(n, v) for n, v in event.headers]
+                pair.to_up.trailers = filter_trailers(list(event.headers))
                 if pair.retry is not None:
                     pair.retry.trailers = pair.to_up.trailers
         elif isinstance(event, h2.events.StreamEnded):
@@ -328,7 +330,6 @@ class H2Server(asyncio.Protocol):
     def _on_request(self, event: h2.events.RequestReceived) -> None:
         sid = event.stream_id
         headers: Headers = []
-        authority: bytes | None = None
         grpc = False
         strip = self._strip
         method = path = b""
@@ -339,13 +340,14 @@ class H2Server(asyncio.Protocol):
                 method = value
             elif name == b":path":
                 path = value
-            if name == b":authority":
-                authority = value
-            elif name == b"content-type" and value.startswith(b"application/grpc"):
+            if name == b"content-type" and value.startswith(b"application/grpc"):
                 grpc = True
-            elif name == b"host" and authority is None:
-                authority = value
             headers.append((name, value))
+        malformed = False
+        try:
+            authority, headers = settle_authority(headers)  # :authority wins over host
+        except AuthorityError:
+            malformed = True  # answered with 400 below, once the stream is tracked
         headers += self._client_id_header
         pair = self._pair_class(sid, headers)
         pair.grpc = grpc
@@ -364,6 +366,9 @@ class H2Server(asyncio.Protocol):
         self.pairs[sid] = pair
         if self._goaway or self.ctx.draining:
             self.respond_error(pair, ProxyErrorKind.SHUTTING_DOWN)
+            return
+        if malformed:
+            self.respond_error(pair, ProxyErrorKind.BAD_REQUEST, "conflicting host fields")
             return
         if self.peer is not None:
             denied = self.peer.check_http(method, path, authority, headers)
@@ -696,7 +701,7 @@ class _H2Upstream(asyncio.Protocol):
         elif isinstance(event, h2.events.TrailersReceived):
             pair = self.streams.get(event.stream_id)
             if pair is not None:
-                trailers = list(event.headers)
+                trailers = filter_trailers(list(event.headers))
                 for name, value in trailers:
                     if name == b"grpc-status":
                         pair.grpc_status = _int_or_none(value)
