@@ -214,3 +214,18 @@ def test_settings_from_env() -> None:
     ):
         with pytest.raises(SettingsError):
             DestinationSettings.from_env(env)
+
+
+def test_route_regexes_the_proxy_cannot_run_in_linear_time_are_rejected() -> None:
+    from gossamer_destination.httproutes import InvalidRouteError, route_match
+
+    for regex in (r"/(a)\1", r"/(?=a)a", r"/a++"):
+        with pytest.raises(InvalidRouteError, match="invalid regex"):
+            route_match({"path": {"type": "RegularExpression", "value": regex}})
+        issues = Issues()
+        profile = sp({"routes": [{"name": "bad", "condition": {"pathRegex": regex}}]})
+        out = service_profile(t.service("web"), 80, profile, SETTINGS, issues)
+        assert out.routes == []
+        assert "pathRegex" in issues.messages[0]
+    match = route_match({"path": {"type": "RegularExpression", "value": "/(a+)+$"}})
+    assert match.path.regex == "/(a+)+$"  # fine for RE2: linear whatever the input

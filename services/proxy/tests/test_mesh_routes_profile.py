@@ -313,3 +313,38 @@ def test_classification_rules() -> None:
     assert grpc_status(headers) == 14
     assert grpc_status([(b"grpc-status", b"garbage")]) == 2
     assert grpc_status([]) is None
+
+
+# -- linear-time regexes (issue 16) ----------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_pathological_route_regex_cannot_stall_matching() -> None:
+    routes = [route("r", path("regex", "/(a+)+$"))]
+    assert chosen(routes, req("/" + "a" * 50_000 + "!")) is None
+    header_route = http_route_pb2.HttpRouteMatch(
+        headers=[http_route_pb2.HeaderMatch(name="x", regex="(x|x)*y")]
+    )
+    compiled = compile_route_match(header_route)
+    assert compiled.rank(req("/", x="x" * 50_000)) is None
+
+
+@pytest.mark.parametrize("regex", [r"/(a)\1", r"/(?=a)a", r"/a++", "/(unclosed"])
+def test_route_regex_needing_backtracking_is_a_route_error(regex: str) -> None:
+    with pytest.raises(RouteError, match="invalid path regex"):
+        compile_route_match(
+            http_route_pb2.HttpRouteMatch(path=http_route_pb2.PathMatch(regex=regex))
+        )
+    with pytest.raises(RouteError, match="invalid header regex"):
+        compile_route_match(
+            http_route_pb2.HttpRouteMatch(
+                headers=[http_route_pb2.HeaderMatch(name="h", regex=regex)]
+            )
+        )
+    profile_route = destination_pb2.RequestMatch(path=destination_pb2.PathMatch(regex=regex))
+    with pytest.raises(ProfileError, match="invalid path regex"):
+        compile_profile(
+            destination_pb2.DestinationProfile(
+                routes=[destination_pb2.Route(condition=profile_route)]
+            )
+        )

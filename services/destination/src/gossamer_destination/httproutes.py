@@ -7,11 +7,11 @@ Shared by the inbound and outbound policy translations. Anything the proxy could
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from gossamer_api.proxy import http_route_pb2, http_types_pb2
+from gossamer_common.linear_regex import RegexError, compile_linear
 
 from gossamer_destination.profiles import http_method
 
@@ -25,8 +25,8 @@ class InvalidRouteError(ValueError):
 
 def _regex(value: str) -> str:
     try:
-        re.compile(value)
-    except re.error as exc:
+        compile_linear(value)
+    except RegexError as exc:
         raise InvalidRouteError(f"invalid regex {value!r}: {exc}") from exc
     return value
 

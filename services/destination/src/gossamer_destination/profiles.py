@@ -7,12 +7,12 @@ out, so one typo never takes a service's routing down.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gossamer_api.proxy import destination_pb2, http_types_pb2, meta_pb2
+from gossamer_common.linear_regex import RegexError, compile_linear
 
 from gossamer_destination.endpoints import Endpoint, annotations_of, meta
 from gossamer_destination.ports import OPAQUE_PORTS_ANNOTATION_SERVICE, PortSet, lenient_port_set
@@ -158,8 +158,8 @@ def request_match(cond: Mapping[str, Any]) -> destination_pb2.RequestMatch:
     if "pathRegex" in cond:
         regex = str(cond["pathRegex"])
         try:
-            re.compile(regex)
-        except re.error as exc:
+            compile_linear(regex)
+        except RegexError as exc:
             raise InvalidProfileError(f"invalid pathRegex {regex!r}: {exc}") from exc
         parts.append(destination_pb2.RequestMatch(path=destination_pb2.PathMatch(regex=regex)))
     if "method" in cond:

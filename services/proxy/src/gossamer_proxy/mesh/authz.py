@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from gossamer_api.addresses import AddressError, IPAddress, IPNetwork, ip_network_from_proto
 from gossamer_api.proxy import grpc_route_pb2, inbound_pb2, meta_pb2
+from gossamer_common.linear_regex import compile_linear
 
 from gossamer_proxy.mesh.request import RequestView
 from gossamer_proxy.mesh.routes import (
@@ -309,7 +310,7 @@ def grpc_route_match(message: grpc_route_pb2.GrpcRouteMatch) -> RouteMatch:
     elif service:
         path = PathMatch("prefix", f"/{service}")
     elif method:
-        path = PathMatch("regex", f"/[^/]+/{method}", re.compile(f"/[^/]+/{re.escape(method)}"))
+        path = PathMatch("regex", f"/[^/]+/{method}", compile_linear(f"/[^/]+/{re.escape(method)}"))
     headers = tuple(compile_header_match(h) for h in message.headers)
     return RouteMatch(path=path, headers=headers, method="POST")
 

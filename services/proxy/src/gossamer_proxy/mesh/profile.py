@@ -20,12 +20,12 @@ good one.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gossamer_api.addresses import AddressError
 from gossamer_api.proxy import destination_pb2
+from gossamer_common.linear_regex import LinearRegex, RegexError, compile_linear
 
 from gossamer_proxy.mesh.classify import Classification, classify_for_metrics
 from gossamer_proxy.mesh.endpoints import Endpoint, endpoint_from_proto
@@ -56,7 +56,7 @@ class RequestMatch:
 
     kind: str  # "all" | "any" | "not" | "path" | "method"
     children: tuple[RequestMatch, ...] = ()
-    path: re.Pattern[str] | None = None
+    path: LinearRegex[str] | None = None
     method: str | None = None
 
     def matches(self, request: RequestView) -> bool:
@@ -100,8 +100,8 @@ def _request_match(message: destination_pb2.RequestMatch, depth: int = 0) -> Req
         return RequestMatch("not", (_request_match(getattr(message, "not"), depth + 1),))
     if kind == "path":
         try:
-            return RequestMatch("path", path=re.compile(message.path.regex))
-        except re.error as exc:
+            return RequestMatch("path", path=compile_linear(message.path.regex))
+        except RegexError as exc:
             raise ProfileError(f"invalid path regex {message.path.regex!r}: {exc}") from None
     if kind == "method":
         try:

@@ -19,12 +19,12 @@ the last good policy.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import AnyStr, Generic, Literal, TypeVar
 
 from gossamer_api.proxy import http_route_pb2, http_types_pb2
+from gossamer_common.linear_regex import LinearRegex, RegexError, compile_linear
 
 from gossamer_proxy.mesh.request import RequestView
 
@@ -54,10 +54,11 @@ class RouteError(ValueError):
     """A route from the control plane cannot be used (the previous policy stays in force)."""
 
 
-def _compile(pattern: str, what: str) -> re.Pattern[str]:
+def _compile(pattern: AnyStr, what: str) -> LinearRegex[AnyStr]:
+    """RE2 (linear time: a route cannot stall the loop); unsupported patterns are errors."""
     try:
-        return re.compile(pattern)
-    except re.error as exc:
+        return compile_linear(pattern)
+    except RegexError as exc:
         raise RouteError(f"invalid {what} regex {pattern!r}: {exc}") from None
 
 
@@ -77,7 +78,7 @@ def method_from_proto(message: http_types_pb2.HttpMethod) -> str:
 class PathMatch:
     kind: Literal["exact", "prefix", "regex"]
     value: str
-    regex: re.Pattern[str] | None = None
+    regex: LinearRegex[str] | None = None
 
     def matches(self, path: str) -> bool:
         if self.kind == "exact":
@@ -99,7 +100,7 @@ class PathMatch:
 class HeaderMatch:
     name: bytes
     exact: bytes | None = None
-    regex: re.Pattern[bytes] | None = None
+    regex: LinearRegex[bytes] | None = None
 
     def matches(self, request: RequestView) -> bool:
         for value in request.header_values(self.name):
@@ -114,7 +115,7 @@ class HeaderMatch:
 class QueryParamMatch:
     name: str
     exact: str | None = None
-    regex: re.Pattern[str] | None = None
+    regex: LinearRegex[str] | None = None
 
     def matches(self, request: RequestView) -> bool:
         for value in request.query_values(self.name):
@@ -198,11 +199,7 @@ def compile_header_match(message: http_route_pb2.HeaderMatch) -> HeaderMatch:
     if kind == "exact":
         return HeaderMatch(name, exact=message.exact)
     if kind == "regex":
-        try:
-            pattern = re.compile(message.regex.encode("utf-8"))
-        except re.error as exc:
-            raise RouteError(f"invalid header regex {message.regex!r}: {exc}") from None
-        return HeaderMatch(name, regex=pattern)
+        return HeaderMatch(name, regex=_compile(message.regex.encode("utf-8"), "header"))
     raise RouteError(f"HeaderMatch for {message.name!r} has no value set")
 
 
