@@ -328,3 +328,33 @@ def test_tls_labels_follow_linkerd() -> None:
         "not_provided_by_service_discovery"
     )
     assert outbound_tls_labels(server_id=ID, identity_disabled=True) == {"tls": "disabled"}
+
+
+def test_absolute_form_target_is_authorized_by_its_own_authority() -> None:
+    """``GET http://admin.internal/x`` with ``Host: public.example`` is not public (issue 16)."""
+    import ipaddress as _ip
+
+    from gossamer_proxy.errors import ProxyErrorKind
+    from gossamer_proxy.inbound_authz import InboundPeer
+
+    unauth = inbound_pb2.Authz(
+        networks=[network("0.0.0.0/0")],
+        authentication=inbound_pb2.Authn(unauthenticated=inbound_pb2.Authn.PermitUnauthenticated()),
+        metadata=meta("authorizationpolicy", "public"),
+    )
+    public = inbound_pb2.HttpRoute(
+        metadata=meta("httproute", "public"),
+        hosts=[http_route_pb2.HostMatch(exact="public.example")],
+        rules=[inbound_pb2.HttpRoute.Rule(matches=[http_route_pb2.HttpRouteMatch()])],
+        authorizations=[unauth],
+    )
+    peer = InboundPeer(
+        ClientInfo(_ip.ip_address("10.1.0.5")),
+        compile_server(server(routes=[public])),
+        8080,
+        "10.1.0.9:8080",
+        None,
+    )
+    assert peer.check_http(b"GET", b"/x", b"public.example", []) is None
+    denied = peer.check_http(b"GET", b"http://admin.internal/x", b"public.example", [])
+    assert denied is ProxyErrorKind.ROUTE_NOT_FOUND
