@@ -251,3 +251,17 @@ async def test_response_trailers_are_filtered(
     assert b"grpc-status: 0" in tail
     assert b"l5d-proxy-error" not in tail
     assert b"keep-alive" not in tail
+
+
+async def test_coded_response_is_not_handed_to_an_http10_client_as_plain(
+    start_proxy: StartProxy, tcp_server: TcpServer
+) -> None:
+    response = b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nGZ1\r\n0\r\n\r\n"
+    backend, _ = await _raw_app(tcp_server, response)
+    proxy = await start_proxy(backend)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound_addr.port)
+    writer.write(b"GET /x HTTP/1.0\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 502 ")
+    assert b"GZ1" not in data

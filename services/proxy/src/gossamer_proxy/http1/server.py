@@ -1065,6 +1065,15 @@ class Http1Server(asyncio.Protocol):
         ):
             ex.swallow = True  # read and drop this attempt's response, then send again
             return
+        if info.codings and ex.version == "1.0" and not ex.is_head and status not in (204, 304):
+            # A coding beyond chunked cannot reach an HTTP/1.0 client (RFC 9112 §6.1), and
+            # dropping it would hand the client an undecodable body as if it were plain.
+            up, ex.upstream = ex.upstream, None
+            if up is not None:
+                up.abort()
+            ex.close_after = True
+            self._fail(ex, ProxyErrorKind.UPSTREAM_PROTOCOL, "transfer coding for HTTP/1.0")
+            return
         ex.response_started = True
         _cancel_attempt_timer(ex)
         for filters in ex.response_filters:
