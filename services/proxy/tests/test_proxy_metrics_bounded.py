@@ -135,3 +135,37 @@ async def test_many_hosts_through_the_proxy_fold_into_overflow(
     assert len(totals) == 5
     assert totals[OVERFLOW_AUTHORITY] == 196
     assert sum(totals.values()) == 200
+
+
+@pytest.mark.timeout(60)
+async def test_series_of_closed_connections_expire_in_the_running_proxy(
+    start_proxy: StartProxy, tcp_server: TcpServer
+) -> None:
+    async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    backend = await tcp_server(app)
+    proxy = await start_proxy(backend, LINKERD2_PROXY_METRICS_RETAIN_IDLE="10m")
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound_addr.port)
+    for i in range(3):
+        writer.write(b"GET / HTTP/1.1\r\nHost: h%d.example\r\n\r\n" % i)
+        await reader.readuntil(b"content-length: 0\r\n\r\n")
+    metrics = proxy.metrics
+    now = asyncio.get_running_loop().time()
+    metrics.expire_idle(now)
+    # Held by the open connection: nothing expires, however long it idles.
+    assert metrics.expire_idle(now + 3600) == 0
+    assert len(_authorities(metrics.registry.render().decode())) == 3
+    writer.close()
+    await writer.wait_closed()
+    async with asyncio.timeout(10):
+        while proxy.in_flight():  # noqa: ASYNC110 - bounded poll; no close event to await
+            await asyncio.sleep(0.01)  # the proxy notices the close
+    # Unchanged for an hour and now released: the request series go at once.
+    assert metrics.expire_idle(now + 3600) > 0
+    assert _authorities(metrics.registry.render().decode()) == {}

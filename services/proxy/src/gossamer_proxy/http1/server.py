@@ -270,6 +270,9 @@ class Http1Server(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.ctx.connections.discard(self)
+        # The parser and this protocol form a cycle; let the stats go now, not at the next
+        # cyclic GC, so that their series can expire (metrics.ProxyMetrics.expire_idle).
+        self._stats_cache.clear()
         if self._handle is not None:
             self._handle.close()
         if self._upgraded:
