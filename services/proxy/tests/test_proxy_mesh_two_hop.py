@@ -234,9 +234,7 @@ async def test_transport_header_mode_reaches_the_named_port(
 ) -> None:
     seen: list[dict[str, str]] = []
     backend = await _echo_backend(tcp_server, seen)
-    inbound = await start_proxy(
-        **_identity_env(trust, tmp_path, SERVER), GOSSAMER_PROXY_INBOUND_FORWARD_HOST="127.0.0.1"
-    )
+    inbound = await start_proxy(**_identity_env(trust, tmp_path, SERVER))
     outbound = await start_proxy(
         backend,  # the app's address; the connection goes to the proxy port with a header
         **_identity_env(trust, tmp_path, CLIENT),
@@ -368,9 +366,7 @@ async def test_opaque_two_hop_relays_bytes_over_mtls(
         writer.close()
 
     backend = await tcp_server(echo)
-    inbound = await start_proxy(
-        **_identity_env(trust, tmp_path, SERVER), GOSSAMER_PROXY_INBOUND_FORWARD_HOST="127.0.0.1"
-    )
+    inbound = await start_proxy(**_identity_env(trust, tmp_path, SERVER))
     outbound = await start_proxy(
         backend,
         **_identity_env(trust, tmp_path, CLIENT),
@@ -463,9 +459,7 @@ async def test_grpc_two_hop_with_fixed_identity_and_transport_header(
     start_proxy: StartProxy, grpc_backend: tuple[str, int], trust: TrustMaterial, tmp_path: Path
 ) -> None:
     """HTTP/2 to the inbound port with ALPN and a transport header (written before h2's preface)."""
-    inbound = await start_proxy(
-        **_identity_env(trust, tmp_path, SERVER), GOSSAMER_PROXY_INBOUND_FORWARD_HOST="127.0.0.1"
-    )
+    inbound = await start_proxy(**_identity_env(trust, tmp_path, SERVER))
     outbound = await start_proxy(
         grpc_backend,
         **_identity_env(trust, tmp_path, CLIENT),

@@ -9,8 +9,10 @@ stays silent for the detect timeout is forwarded as opaque TCP.
 Inbound connections that arrive over mesh mTLS (:mod:`.inbound_tls`) carry the client's
 identity into the TLS metric labels, authorization and ``l5d-client-id``. When the client
 negotiated ALPN ``transport.l5d.io/v1`` a transport header comes first: it names the target
-port (and may fix the HTTP version, skipping detection). A direct connection to the inbound
-port itself is only served with such a header. Opaque connections are authorized once
+port (and may fix the HTTP version, skipping detection); such connections are only served
+for a client that presented a certificate from the mesh trust roots. A direct connection to
+the inbound port itself is only served with such a header. Inbound targets are the pod's own
+addresses, never loopback and never the proxy's own listeners (:mod:`.inbound_target`). Opaque connections are authorized once
 here; HTTP requests one by one in the HTTP servers.
 
 Outbound opaque connections with discovery are balanced per connection: the pick is held
@@ -42,6 +44,7 @@ from .http1.server import Http1Server
 from .http2.balanced import BalancedH2Server
 from .http2.bridge import H2Server
 from .inbound_authz import InboundPeer, client_ip
+from .inbound_target import canonical_host, header_target, refuse_target
 from .inbound_tls import PLAINTEXT, InboundMode
 from .mesh.authz import ClientInfo
 from .mesh.balancer import Outcome
@@ -130,6 +133,12 @@ class AcceptedConnection(asyncio.Protocol):
         elif not ctx.inbound:
             self.tls = ctx.outbound_tls
         if header_expected:
+            if self.client_id is None:
+                # A transport header lets the client choose the port: only a mutually
+                # authenticated peer (a certificate from the mesh trust roots) may send one.
+                _log.info("transport_header_refused", error="client presented no identity")
+                transport.abort()
+                return
             # The target port is in the transport header; nothing else is decided before it.
             self._header = TransportHeaderDecoder()
             self._timer = asyncio.get_running_loop().call_later(
@@ -146,11 +155,15 @@ class AcceptedConnection(asyncio.Protocol):
             _log.info("connection_refused_loop", direction=ctx.direction, target=str(target))
             transport.abort()
             return
-        elif ctx.allowed_ips and target.host not in ctx.allowed_ips:
-            # LINKERD2_PROXY_INBOUND_IPS: only the pod's own addresses are served.
-            _log.info("connection_refused_foreign_ip", target=str(target))
-            transport.abort()
-            return
+        elif ctx.inbound:
+            target = Endpoint(canonical_host(target.host), target.port)
+            refusal = refuse_target(
+                target, redirected=True, own_ports=ctx.own_ports, pod_ips=ctx.allowed_ips
+            )
+            if refusal is not None:
+                _log.info("connection_refused_target", target=str(target), error=refusal)
+                transport.abort()
+                return
         self._serve(target)
 
     def _serve(self, target: Endpoint, session: SessionProtocol | None = None) -> None:
@@ -274,9 +287,12 @@ class AcceptedConnection(asyncio.Protocol):
         if ctx.fixed_target is not None:
             target = ctx.fixed_target
         else:
-            target = Endpoint(self._local.host, forward.port)
-            if is_loop(target, ctx.listen, self._local):
-                _log.info("transport_header_refused", error="header names the inbound port")
+            target = header_target(self._local, forward.port)
+            refusal = refuse_target(
+                target, redirected=False, own_ports=ctx.own_ports, pod_ips=ctx.allowed_ips
+            )
+            if refusal is not None:
+                _log.info("transport_header_refused", target=str(target), error=refusal)
                 self._refuse()
                 return
         self._serve(target, forward.session_protocol)
@@ -378,8 +394,8 @@ class AcceptedConnection(asyncio.Protocol):
         ctx = self.ctx
         if ctx.fixed_target is not None:
             return ctx.fixed_target
-        if ctx.forward_host is not None:
-            return Endpoint(ctx.forward_host, self.target.port)
+        if ctx.inbound:
+            return self.target  # the pod address checked in connection_made
         return ctx.resolver.resolve(self.target, None)[0]
 
     def _go_opaque(self, initial: bytes = b"") -> None:

@@ -32,6 +32,7 @@ from .config import Endpoint, ProxySettings
 from .connect import Connector, DirectResolver, Resolver, UpstreamTls
 from .context import ListenerContext
 from .inbound_policy import InboundPolicies
+from .inbound_target import canonical_host
 from .inbound_tls import InboundListener
 from .local_identity import IdentityConfigError, LocalIdentity, identity_from_settings
 from .mesh.authz_metrics import AuthzMetrics
@@ -204,9 +205,8 @@ class Proxy:
             resolver=self.resolver,
             metrics=self.metrics,
             fixed_target=s.inbound_fixed_target if inbound else s.outbound_fixed_target,
-            forward_host=s.inbound_forward_host if inbound else None,
             ingress_mode=s.ingress_mode and not inbound,
-            allowed_ips=frozenset(s.inbound_ips) if inbound else frozenset(),
+            allowed_ips=frozenset(map(canonical_host, s.inbound_ips)) if inbound else frozenset(),
             splice=s.splice,
             identity=self.identity,
             policies=self.policies if inbound else None,
@@ -239,16 +239,21 @@ class Proxy:
             self.identity.start()
         self.policies.start((s.admin_listen.port,))
         self._start_discovery()
+        # Outbound and admin first: the inbound side must know every port the proxy itself
+        # listens on before it accepts a connection (it never forwards to them).
+        for addr in s.outbound_listeners:
+            await self._listen(self._context("outbound", addr))
+        await self.admin.start(s.admin_listen.host, s.admin_listen.port)
+        own_ports = {self.admin.port, *(c.listen.port for c in self.contexts)}
         inbound = self._context("inbound", s.inbound_listen)
+        inbound.own_ports = frozenset(own_ports | {s.inbound_listen.port} - {0})
         if self.identity is not None:
             self._inbound_listener = InboundListener(inbound, self.identity)
             await self._inbound_listener.start()
             self.contexts.append(inbound)
         else:
             await self._listen(inbound)
-        for addr in s.outbound_listeners:
-            await self._listen(self._context("outbound", addr))
-        await self.admin.start(s.admin_listen.host, s.admin_listen.port)
+        inbound.own_ports = frozenset(own_ports | {inbound.listen.port})
         self._ready = True
         loop = asyncio.get_running_loop()
         self._tick = loop.call_later(_TICK, self._housekeeping)

@@ -228,13 +228,8 @@ class ProxySettings:
         env="GOSSAMER_PROXY_INBOUND_FIXED_TARGET",
         default=None,
         parse=optional(parse_socket_addr),
-        help="Send every inbound connection here instead of 127.0.0.1:<original port>.",
-    )
-    inbound_forward_host: str = setting(
-        env="GOSSAMER_PROXY_INBOUND_FORWARD_HOST",
-        default="127.0.0.1",
-        parse=str,
-        help="Host the app listens on; inbound traffic goes to this host at the original port.",
+        help="Send every inbound connection here instead of its original destination (the "
+        "pod address) or the port its transport header names (benchmarks, tests).",
     )
     splice: bool = setting(
         env="GOSSAMER_PROXY_SPLICE",

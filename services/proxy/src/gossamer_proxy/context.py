@@ -45,11 +45,11 @@ class ListenerContext:
     resolver: Resolver
     metrics: ProxyMetrics
     fixed_target: Endpoint | None = None
-    #: Inbound forwards to this host (the pod's loopback) at the original port.
-    forward_host: str | None = None
     ingress_mode: bool = False
-    #: Inbound only: original destinations must be one of these IPs (empty: any).
+    #: Inbound only: targets must be one of these IPs, in canonical form (empty: any).
     allowed_ips: frozenset[str] = frozenset()
+    #: Inbound only: the ports the proxy itself listens on; never a forwarding target.
+    own_ports: frozenset[int] = frozenset()
     splice: bool = True
     #: The proxy's mesh identity (``None``: identity disabled, plaintext everywhere).
     identity: LocalIdentity | None = None

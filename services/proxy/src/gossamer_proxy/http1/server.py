@@ -576,8 +576,8 @@ class Http1Server(asyncio.Protocol):
         ctx = self.ctx
         if ctx.fixed_target is not None:
             return ctx.fixed_target
-        if ctx.forward_host is not None:
-            return Endpoint(ctx.forward_host, self.target.port)
+        if ctx.inbound:
+            return self.target  # the pod address the accept step checked
         authority = ex.info.dst_override if ex.info is not None and ctx.ingress_mode else None
         return ctx.resolver.resolve(self.target, authority)[0]
 

@@ -407,8 +407,8 @@ class H2Server(asyncio.Protocol):
         try:
             if ctx.fixed_target is not None:
                 endpoint = ctx.fixed_target
-            elif ctx.forward_host is not None:
-                endpoint = Endpoint(ctx.forward_host, self.target.port)
+            elif ctx.inbound:
+                endpoint = self.target  # the pod address the accept step checked
             else:
                 endpoint = ctx.resolver.resolve(self.target, None)[0]
             tcp = ctx.metrics.tcp(labels, "dst")

@@ -4,7 +4,8 @@
   certificate and verifies it against the trust anchors when one is sent, but admits
   clients without one (``CERT_OPTIONAL``) so that policy, not the handshake, decides
   whether unauthenticated TLS is allowed. ALPN ``transport.l5d.io/v1`` is accepted when a
-  client offers it (a transport header follows).
+  client offers it (a transport header follows); the accept step refuses such a connection
+  unless the client presented a verified certificate, since the header chooses the port.
 * Client side: TLS 1.3 only, verifies the server chain against the trust anchors and the
   server's identity as a DNS SAN; the caller passes the identity as ``server_hostname``, so
   it is also the SNI, as Linkerd does. The proxy's own certificate is presented as the
