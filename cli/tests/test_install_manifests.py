@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,35 @@ def test_write_identity_dir(tmp_path: Path) -> None:
         == written
     )
     assert (tmp_path / "dev" / "issuer.key").stat().st_mode & 0o077 == 0
+
+
+def test_write_identity_dir_replaces_a_readable_issuer_key_with_a_private_one(
+    tmp_path: Path,
+) -> None:
+    """An existing issuer.key keeps neither its mode nor its inode: a new 0600 file replaces it."""
+    directory = tmp_path / "dev"
+    directory.mkdir()
+    old_key = directory / "issuer.key"
+    old_key.write_text("old key\n")
+    old_key.chmod(0o644)
+    old_inode = old_key.stat().st_ino
+    code, out = install("--write-identity-dir", str(directory))
+    assert code == 0, out
+    key = directory / "issuer.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.stat().st_ino != old_inode  # renamed into place, not rewritten in place
+    assert "PRIVATE KEY" in key.read_text()
+    assert sorted(p.name for p in directory.iterdir()) == ["ca.crt", "issuer.crt", "issuer.key"]
+
+
+def test_write_private_file_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
+    from gossamer_cli.install import write_private_file
+
+    target = tmp_path / "issuer.key"
+    target.mkdir()  # a directory: the final rename fails
+    with pytest.raises(IsADirectoryError):
+        write_private_file(target, b"secret")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["issuer.key"]
 
 
 def test_partial_certificates_are_refused(tmp_path: Path) -> None:

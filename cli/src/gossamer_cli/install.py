@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import json
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -205,11 +208,29 @@ def _write_identity(directory: Path, pems: IdentityPems) -> None:
         (directory / "ca.crt").write_text(pems.trust_anchors_pem)
         if pems.issuer_crt_pem:
             (directory / "issuer.crt").write_text(pems.issuer_crt_pem)
-            key = directory / "issuer.key"
-            key.touch(mode=0o600)
-            key.write_text(pems.issuer_key_pem)
+            write_private_file(directory / "issuer.key", pems.issuer_key_pem.encode())
     except OSError as exc:
         raise click.UsageError(f"cannot write to {directory}: {exc.strerror}") from exc
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with a file only its owner can read (mode 0600).
+
+    The data goes to a temporary file that is created 0600 in the same directory (so no
+    other user can ever open it, whatever the umask or the mode of a file already at
+    ``path``), is flushed to disk, and is then renamed over ``path``.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _peek_trust_domain(ha: bool, value_files: Sequence[Path], sets: Sequence[str]) -> str:
