@@ -219,6 +219,17 @@ def test_inbound_forward_refuses_gateway_names_unless_allowed() -> None:
     assert inbound_forward(named, gateway_suffixes=("svc.cluster.local.",)).port == 80
 
 
+@pytest.mark.parametrize("empty", ["", ".", ".."])
+def test_an_empty_gateway_suffix_matches_no_name(empty: str) -> None:
+    named = TransportHeader(80, "anything.example.com")
+    with pytest.raises(TransportError, match="not a gateway"):
+        inbound_forward(named, gateway_suffixes=(empty,))
+    with pytest.raises(TransportError, match="not a gateway"):
+        inbound_forward(named, gateway_suffixes=(empty, "svc.cluster.local."))
+    local = TransportHeader(80, "web.ns.svc.cluster.local")
+    assert inbound_forward(local, gateway_suffixes=(empty, "svc.cluster.local.")).port == 80
+
+
 # --- endpoint updates ------------------------------------------------------------------------
 
 

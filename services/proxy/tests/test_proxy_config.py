@@ -59,6 +59,8 @@ def test_single_outbound_address_form() -> None:
         ("LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION", "70000"),
         ("LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED", "maybe"),
         ("GOSSAMER_PROXY_HTTP1_MAX_HEAD_BYTES", "0"),
+        ("LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES", "svc.cluster.local.,."),
+        ("LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES", ".."),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
@@ -77,3 +79,9 @@ def test_http1_limits_come_from_settings() -> None:
     assert s.http1.max_head_bytes == 1024
     assert s.http1.head_timeout == 2.0
     assert s.http1.idle_timeout == 5.0
+
+
+def test_gateway_suffixes_skip_empty_entries() -> None:
+    s = load_settings({"LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES": ",svc.cluster.local.,, "})
+    assert s.inbound_gateway_suffixes == ("svc.cluster.local.",)
+    assert load_settings({}).inbound_gateway_suffixes == ()

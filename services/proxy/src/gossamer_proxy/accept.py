@@ -12,8 +12,8 @@ negotiated ALPN ``transport.l5d.io/v1`` a transport header comes first: it names
 port (and may fix the HTTP version, skipping detection); such connections are only served
 for a client that presented a certificate from the mesh trust roots. A direct connection to
 the inbound port itself is only served with such a header. Inbound targets are the pod's own
-addresses, never loopback and never the proxy's own listeners (:mod:`.inbound_target`). Opaque connections are authorized once
-here; HTTP requests one by one in the HTTP servers.
+addresses, never loopback and never the proxy's own listeners (:mod:`.inbound_target`).
+Opaque connections are authorized once here; HTTP requests one by one in the HTTP servers.
 
 Outbound opaque connections with discovery are balanced per connection: the pick is held
 for the connection's lifetime (so P2C sees it as pending load) and finished with the

@@ -71,6 +71,17 @@ def _positive_int(text: str) -> int:
 _positive_int.expected = "a positive integer"  # type: ignore[attr-defined]
 
 
+def parse_dns_suffix(text: str) -> str:
+    """A DNS suffix such as ``svc.cluster.local.``; one without any label is refused."""
+    suffix = text.strip()
+    if not suffix.strip("."):
+        raise ValueError(text)
+    return suffix
+
+
+parse_dns_suffix.expected = "a DNS suffix with at least one label, e.g. svc.cluster.local."  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True, slots=True)
 class Http1Limits:
     """Size limits and timers for one HTTP/1 server side."""
@@ -410,7 +421,7 @@ class ProxySettings:
     inbound_gateway_suffixes: tuple[str, ...] = setting(
         env="LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES",
         default="",
-        parse=list_of(parse_str),
+        parse=list_of(parse_dns_suffix),
         help="Names a transport header may ask this proxy to forward to (gateway mode).",
     )
     outbound_fixed_identity: str | None = setting(

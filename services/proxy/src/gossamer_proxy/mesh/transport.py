@@ -100,9 +100,12 @@ class InboundForward:
 
 
 def _under(name: str, suffix: str) -> bool:
+    """Whether ``name`` is ``suffix`` or below it; an empty suffix matches nothing."""
     name = name.lower().rstrip(".")
     suffix = suffix.lower().strip(".")
-    return not suffix or name == suffix or name.endswith("." + suffix)
+    if not suffix:
+        return False
+    return name == suffix or name.endswith("." + suffix)
 
 
 def inbound_forward(
