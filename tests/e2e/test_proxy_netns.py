@@ -109,6 +109,24 @@ async def main(host):
 asyncio.run(main(sys.argv[1]))
 """
 
+#: A service the pod keeps to itself: bound to 127.0.0.1 only.
+LOOPBACK_ONLY_PORT = 9099
+LOOPBACK_ONLY_SERVER = rf"""
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Secret(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"localhost-only secret"
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+server = HTTPServer(("127.0.0.1", {LOOPBACK_ONLY_PORT}), Secret)
+print("ready", flush=True)
+server.serve_forever()
+"""
+
 GRPC_CLIENT = r"""
 import asyncio, sys, grpc
 async def main(target):
@@ -253,6 +271,13 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
             )
             procs.append(app)
             _wait_ready(app, "pod app")
+            secret = pod.popen(
+                _as_user(APP_UID, [PYTHON, "-c", LOOPBACK_ONLY_SERVER]),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            procs.append(secret)
+            _wait_ready(secret, "pod's loopback-only service")
             init = subprocess.run(
                 [
                     PYTHON, "-m", "gossamer_proxy_init", "--netns", pod.path,
@@ -396,6 +421,35 @@ def test_inbound_forwards_to_the_app_and_strips_client_id(sidecar: Sidecar) -> N
     text = sidecar.metrics()
     assert _sum(text, "request_total", 'direction="inbound"', 'srv_port="8080"') >= 1
     assert _sum(text, "tcp_open_total", 'direction="inbound"', 'peer="src"') >= 1
+
+
+def test_inbound_never_reaches_a_loopback_only_service(sidecar: Sidecar) -> None:
+    """The proxy forwards to the pod IP, so a service bound to 127.0.0.1 stays private."""
+    assert (
+        sidecar.app(["curl", "-sS", f"http://127.0.0.1:{LOOPBACK_ONLY_PORT}/"])
+        == "localhost-only secret"
+    )  # it is there, for the pod itself
+    done = subprocess.run(
+        sidecar.peer.exec_argv(
+            [
+                "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                f"http://{POD_IP}:{LOOPBACK_ONLY_PORT}/",
+            ]
+        ),
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.stdout == "502", (done.stdout, done.stderr)
+    text = sidecar.metrics()
+    assert (
+        _sum(
+            text,
+            "response_total",
+            'direction="inbound"',
+            f'target_addr="{POD_IP}:{LOOPBACK_ONLY_PORT}"',
+            'status_code="502"',
+        )
+        >= 1
+    )
 
 
 def test_zz_sigterm_drains_and_exits(sidecar: Sidecar) -> None:
