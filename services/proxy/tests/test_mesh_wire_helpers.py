@@ -23,6 +23,7 @@ from gossamer_proxy.mesh.l5d_headers import (
     outbound_request_headers,
     parse_duration,
     proxy_error_headers,
+    required_identity_error,
 )
 from gossamer_proxy.mesh.tls_detect import ClientHello, NeedMore, NotTls, detect_client_hello
 from gossamer_proxy.mesh.transport import (
@@ -86,6 +87,19 @@ def test_require_id_and_dst_override() -> None:
     )
     assert directives.dst_override == "web.ns.svc.cluster.local:80"
     assert forwarded == []  # canonical dst stripped on authority override
+
+
+def test_required_identity_needs_mtls_with_exactly_that_identity() -> None:
+    assert required_identity_error(ID, ID) is None
+    plaintext = required_identity_error(ID, None)
+    assert plaintext is not None
+    assert "not meshed" in plaintext
+    other = required_identity_error(ID, "db.ns.serviceaccount.identity.gossamer.cluster.local")
+    assert other is not None
+    assert "db.ns" in other
+    # No normalisation: a case or trailing-dot variant is another name.
+    assert required_identity_error(ID, ID.upper()) is not None
+    assert required_identity_error(ID + ".", ID) is not None
 
 
 def test_inbound_client_id_is_replaced_never_trusted() -> None:

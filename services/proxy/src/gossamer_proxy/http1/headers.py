@@ -73,6 +73,8 @@ class MessageInfo:
     #: An ``Upgrade: h2c`` offer was removed (the request goes on as HTTP/1.1).
     h2c_stripped: bool = False
     dst_override: bytes | None = None
+    #: ``l5d-require-id``: the identity the outbound connection's server must prove.
+    require_id: bytes | None = None
     content_type: bytes | None = None
     proxy_connection_close: bool = False
     grpc_status: bytes | None = None
@@ -93,6 +95,7 @@ _SPECIAL = frozenset(
         b"host",
         b"expect",
         b"l5d-dst-override",
+        b"l5d-require-id",
         b"content-type",
         b"l5d-proxy-connection",
         b"grpc-status",
@@ -153,6 +156,8 @@ def analyze(headers: Headers, *, strip: frozenset[bytes] = frozenset()) -> Messa
                 info.expect_continue = value.strip().lower() == b"100-continue"
             elif lname == b"l5d-dst-override":
                 info.dst_override = value.strip()
+            elif lname == b"l5d-require-id":
+                info.require_id = value.strip()
             elif lname == b"content-type":
                 info.content_type = value
             elif lname == b"l5d-proxy-connection":

@@ -47,6 +47,7 @@ from ..mesh.l5d_headers import (
     DIRECTIVES,
     OutboundDirectives,
     outbound_request_headers,
+    required_identity_error,
 )
 from ..mesh.policy_router import PolicyRoute, direct
 from ..mesh.profile import Profile, ProfileRoute
@@ -59,6 +60,7 @@ from ..mesh.retry import (
     decide_retry,
 )
 from ..mesh.route_filters import RequestTarget, RouteFilters, SyntheticResponse
+from ..mesh.tls_contexts import verified_server_identity
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..opaque import relay_transports
 from ..outbound.discovery import TargetHandle
@@ -1005,6 +1007,17 @@ class Http1Server(asyncio.Protocol):
         self._fail(ex, ProxyErrorKind.RESPONSE_TIMEOUT, None)
 
     def _attach(self, ex: Exchange, up: Http1Upstream) -> None:
+        required = ex.info.require_id if ex.info is not None else None
+        if required is not None and not self.ctx.inbound:
+            problem = required_identity_error(
+                required.decode("latin-1"), verified_server_identity(up.transport)
+            )
+            if problem is not None:
+                # Nothing was sent: the endpoint did no wrong, the request just cannot go there.
+                ex.finish_pick(Outcome.CANCELLED)
+                up.close()
+                self._fail(ex, ProxyErrorKind.IDENTITY_MISMATCH, problem)
+                return
         ex.upstream = up
         up.begin(self, no_body=ex.is_head)
         chunked = ex.info is not None and ex.info.chunked

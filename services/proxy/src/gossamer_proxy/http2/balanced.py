@@ -477,7 +477,10 @@ class BalancedH2Server(H2Server):
 
     def _open(self, pair: _RoutedPair, up: _H2Upstream) -> None:
         pair.attempt_started = self.loop.time()
-        up.open_stream(pair)
+        if not up.open_stream(pair):
+            up.flush_out()
+            self._flush_out()
+            return
         if pair.attempt_timeout is not None:
             pair.attempt_timer = self.loop.call_later(
                 pair.attempt_timeout, self._attempt_timeout, pair
@@ -540,6 +543,11 @@ class BalancedH2Server(H2Server):
             return Outcome.SUCCESS
         failed = classify_for_accrual(status, grpc=grpc) is Classification.FAILURE
         return Outcome.FAILURE if failed else Outcome.SUCCESS
+
+    def identity_refused(self, pair: _Pair, detail: str) -> None:
+        # Nothing was sent: the endpoint did no wrong, the request just cannot go there.
+        _routed(pair).finish_pick(Outcome.CANCELLED)
+        super().identity_refused(pair, detail)
 
     def respond_error(self, pair: _Pair, kind: ProxyErrorKind, detail: str | None = None) -> None:
         routed = _routed(pair)

@@ -37,7 +37,8 @@ from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
 from ..http1.headers import filter_trailers
 from ..inbound_authz import InboundPeer
-from ..mesh.l5d_headers import DIRECTIVES
+from ..mesh.l5d_headers import DIRECTIVES, REQUIRE_ID, required_identity_error
+from ..mesh.tls_contexts import verified_server_identity
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..outbound.discovery import TargetHandle
 from .authority import AuthorityError, settle_authority
@@ -82,6 +83,7 @@ class _Pair:
         "grpc_status",
         "request_ended",
         "request_headers",
+        "require_id",
         "response_started",
         "retry",
         "started_at",
@@ -98,6 +100,8 @@ class _Pair:
         self.up_id = 0
         self.upstream: _H2Upstream | None = None
         self.request_headers = headers
+        #: Outbound ``l5d-require-id``: the server identity the connection must have.
+        self.require_id: str | None = None
         self.request_ended = False
         self.to_up = _Flow()
         self.to_down = _Flow()
@@ -333,8 +337,11 @@ class H2Server(asyncio.Protocol):
         grpc = False
         strip = self._strip
         method = path = b""
+        require_id: bytes | None = None
         for name, value in event.headers:
             if name in strip:
+                if name == REQUIRE_ID:
+                    require_id = value
                 continue
             if name == b":method":
                 method = value
@@ -350,6 +357,8 @@ class H2Server(asyncio.Protocol):
             malformed = True  # answered with 400 below, once the stream is tracked
         headers += self._client_id_header
         pair = self._pair_class(sid, headers)
+        if require_id is not None and not self.ctx.inbound:
+            pair.require_id = require_id.decode("latin-1").strip()
         pair.grpc = grpc
         pair.started_at = self.loop.time()
         authority_text = authority.decode("latin-1") if authority else ""
@@ -510,6 +519,10 @@ class H2Server(asyncio.Protocol):
             self.conn.reset_stream(pair.down_id, code)
         self._maybe_finish()
 
+    def identity_refused(self, pair: _Pair, detail: str) -> None:
+        """``pair`` requires a server identity its upstream connection does not have."""
+        self.respond_error(pair, ProxyErrorKind.IDENTITY_MISMATCH, detail)
+
     def respond_error(self, pair: _Pair, kind: ProxyErrorKind, detail: str | None = None) -> None:
         """Answer a stream with Linkerd's synthesized error (gRPC status for gRPC)."""
         self.pairs.pop(pair.down_id, None)
@@ -589,6 +602,15 @@ class _H2Upstream(asyncio.Protocol):
         self._closed = False
         self._goaway = False
         self._idle_close = False
+        self._server_identity: str | None = None
+        self._identity_known = False
+
+    def server_identity(self) -> str | None:
+        """The mesh identity the server proved on this connection (``None``: plaintext)."""
+        if not self._identity_known:
+            self._server_identity = verified_server_identity(self.transport)
+            self._identity_known = True
+        return self._server_identity
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
@@ -615,7 +637,14 @@ class _H2Upstream(asyncio.Protocol):
             self.tcp.written.value += len(data)
             self.transport.write(data)
 
-    def open_stream(self, pair: _Pair) -> None:
+    def open_stream(self, pair: _Pair) -> bool:
+        """Send ``pair``'s request on this connection (``False``: refused and answered)."""
+        if pair.require_id is not None:
+            problem = required_identity_error(pair.require_id, self.server_identity())
+            if problem is not None:
+                self.server.count(pair, self.labels)
+                self.server.identity_refused(pair, problem)
+                return False
         sid = self.conn.get_next_available_stream_id()
         pair.up_id = sid
         pair.upstream = self
@@ -627,6 +656,7 @@ class _H2Upstream(asyncio.Protocol):
             pair.to_up.ended = False
         else:
             self.pump(pair)
+        return True
 
     def pump(self, pair: _Pair) -> None:
         try:

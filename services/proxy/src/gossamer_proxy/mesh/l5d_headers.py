@@ -36,6 +36,7 @@ __all__ = [
     "CLIENT_ID",
     "DIRECTIVES",
     "ORIG_PROTO",
+    "REQUIRE_ID",
     "OrigProto",
     "OutboundDirectives",
     "decode_orig_proto",
@@ -44,6 +45,7 @@ __all__ = [
     "outbound_request_headers",
     "parse_duration",
     "proxy_error_headers",
+    "required_identity_error",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -179,6 +181,19 @@ def outbound_request_headers(
     if directives.dst_override is not None:
         forwarded = [(n, v) for n, v in forwarded if n.lower() != DST_CANONICAL]
     return forwarded, directives
+
+
+def required_identity_error(required: str, server_identity: str | None) -> str | None:
+    """Why a request with ``l5d-require-id: required`` must not go to this server, or ``None``.
+
+    The connection must be mesh mTLS and the server's verified identity exactly ``required``
+    (linkerd-wire.md §9 outbound step 9; a mismatch is answered 502).
+    """
+    if server_identity is None:
+        return f"l5d-require-id {required!r}: the endpoint is not meshed (no mTLS)"
+    if server_identity != required:
+        return f"l5d-require-id {required!r}: the endpoint's identity is {server_identity!r}"
+    return None
 
 
 def inbound_request_headers(

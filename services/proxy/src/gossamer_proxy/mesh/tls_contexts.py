@@ -18,6 +18,7 @@ system and never leaves the process, matching "keys never leave the proxy's memo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import ssl
@@ -34,6 +35,7 @@ __all__ = [
     "client_context",
     "peer_identity",
     "server_context",
+    "verified_server_identity",
 ]
 
 
@@ -121,6 +123,18 @@ def client_context(
     if alpn_protocols:
         context.set_alpn_protocols(list(alpn_protocols))
     return context
+
+
+def verified_server_identity(transport: asyncio.BaseTransport | None) -> str | None:
+    """The mesh identity a client connection's server proved (``None``: no mesh mTLS).
+
+    Client contexts verify the chain and the expected name before the connection is
+    handed over, so a certificate here is a verified one.
+    """
+    if transport is None:
+        return None
+    ssl_object = transport.get_extra_info("ssl_object")
+    return peer_identity(ssl_object) if ssl_object is not None else None
 
 
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
