@@ -102,7 +102,10 @@ async def test_http1_fixed_plaintext_target_fails_a_required_identity(
     assert seen == []
     status, _ = await get(proxy)  # without the header the same target is fine
     assert status == 200
-    assert len(seen) == 1
+    status, _ = await get(proxy, ("l5d-require-id", " "))  # an empty value requires nothing
+    assert status == 200
+    assert len(seen) == 2
+    assert all("l5d-require-id" not in headers for headers in seen)
 
 
 async def test_http1_fixed_identity_target_enforces_the_exact_identity(
@@ -190,6 +193,8 @@ async def test_grpc_fixed_targets_enforce_the_required_identity(
     assert client_ids == []
     assert await unary(plaintext, None) is grpc.StatusCode.OK
     assert client_ids == [""]
+    assert await unary(plaintext, "") is grpc.StatusCode.OK  # an empty value requires nothing
+    client_ids.clear()
 
     server = await start_proxy(
         **identity_env(trust, tmp_path, SERVER),
@@ -202,7 +207,7 @@ async def test_grpc_fixed_targets_enforce_the_required_identity(
     )
     assert await unary(meshed, SERVER) is grpc.StatusCode.OK
     assert await unary(meshed, OTHER) is grpc.StatusCode.UNAVAILABLE
-    assert client_ids == ["", CLIENT]
+    assert client_ids == [CLIENT]
     assert await unary(meshed, None) is grpc.StatusCode.OK
 
 

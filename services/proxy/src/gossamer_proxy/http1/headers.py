@@ -157,7 +157,7 @@ def analyze(headers: Headers, *, strip: frozenset[bytes] = frozenset()) -> Messa
             elif lname == b"l5d-dst-override":
                 info.dst_override = value.strip()
             elif lname == b"l5d-require-id":
-                info.require_id = value.strip()
+                info.require_id = value.strip() or None  # empty: nothing required
             elif lname == b"content-type":
                 info.content_type = value
             elif lname == b"l5d-proxy-connection":

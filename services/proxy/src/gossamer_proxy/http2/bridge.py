@@ -358,7 +358,7 @@ class H2Server(asyncio.Protocol):
         headers += self._client_id_header
         pair = self._pair_class(sid, headers)
         if require_id is not None and not self.ctx.inbound:
-            pair.require_id = require_id.decode("latin-1").strip()
+            pair.require_id = require_id.decode("latin-1").strip() or None  # empty: none
         pair.grpc = grpc
         pair.started_at = self.loop.time()
         authority_text = authority.decode("latin-1") if authority else ""
