@@ -63,16 +63,20 @@ class Container:
 
 
 class LocalPod:
-    def __init__(self, pod: Mapping[str, Any], ctx: RuntimeContext) -> None:
+    def __init__(self, pod: Mapping[str, Any], ctx: RuntimeContext, ip: str) -> None:
         self.pod = pod
         self.ctx = ctx
         meta = pod["metadata"]
         self.key = f"{meta['namespace']}/{meta['name']}"
         self.uid: str = meta["uid"]
+        #: The pod's address, fixed for its life: on its eth0, probed, reported as podIP.
+        self.ip = ip
         self.netns = ctx.layout.pod_netns(self.uid)
         self.veth = ctx.layout.pod_veth(self.uid)
         self.dir = ctx.state_dir / "pods" / self.uid
-        self.state = status.PodState()
+        self.state = status.PodState(
+            pod_ip=ip, host_ip=ctx.layout.node_address, started_at=ctx.now()
+        )
         self.init = [self._container(c, init=True) for c in pod["spec"].get("initContainers") or []]
         self.main = [self._container(c) for c in pod["spec"]["containers"]]
         self.state.init_containers = [c.state for c in self.init]
@@ -101,7 +105,33 @@ class LocalPod:
 
     @property
     def pod_ip(self) -> str:
-        return str((self.pod.get("status") or {}).get("podIP", ""))
+        return self.ip
+
+    def observe(self, obj: Mapping[str, Any]) -> None:
+        """A newer version of the pod object; a podIP that is not the runtime's is put right."""
+        self.pod = obj
+        reported = (obj.get("status") or {}).get("podIP")
+        if reported and reported != self.ip and not self.stopping:
+            log.warning(
+                "the pod's status names another IP than its namespace has: reporting the "
+                "namespace's again",
+                pod=self.key,
+                status_ip=reported,
+                ip=self.ip,
+            )
+            self._changed()
+
+    @property
+    def view(self) -> Mapping[str, Any]:
+        """The pod object with the status this runtime reports (for the downward API)."""
+        state = self.state
+        own = {
+            "podIP": state.pod_ip,
+            "podIPs": [{"ip": state.pod_ip}],
+            "hostIP": state.host_ip,
+            "hostIPs": [{"ip": state.host_ip}],
+        }
+        return {**self.pod, "status": {**(self.pod.get("status") or {}), **own}}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"pod {self.key}")
@@ -109,10 +139,12 @@ class LocalPod:
     async def _run(self) -> None:
         try:
             await self._sandbox()
-            self.volumes = await volumes.materialize(
-                self.ctx.client, self.pod, self.dir / "volumes", self.ctx.now()
-            )
+            # The namespace has its address: from now on the status says so.
             self._status_task = asyncio.create_task(self._report_status())
+            self._changed()
+            self.volumes = await volumes.materialize(
+                self.ctx.client, self.view, self.dir / "volumes", self.ctx.now()
+            )
             for c in self.init:
                 if self.stopping:
                     return
@@ -267,7 +299,7 @@ class LocalPod:
                 continue
             source = item.get("valueFrom") or {}
             if "fieldRef" in source:
-                env[name] = volumes.field_value(self.pod, source["fieldRef"]["fieldPath"])
+                env[name] = volumes.field_value(self.view, source["fieldRef"]["fieldPath"])
             elif "resourceFieldRef" in source:
                 env[name] = _resource_value(spec, source["resourceFieldRef"])
             else:
@@ -450,7 +482,7 @@ class LocalPod:
             await asyncio.sleep(30)
             with contextlib.suppress(Exception):
                 await volumes.refresh_tokens(
-                    self.ctx.client, self.pod, self.volumes, self.ctx.now()
+                    self.ctx.client, self.view, self.volumes, self.ctx.now()
                 )
 
     # -- termination -----------------------------------------------------------------------

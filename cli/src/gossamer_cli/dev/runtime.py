@@ -1,8 +1,9 @@
 """The local kubelet: runs the pods placed on the local node, keeps their /etc/hosts current.
 
-Pods and Services come from informers. A pod is started once kwok has given it an IP; when it
-gets a deletionTimestamp it is drained (preStop, SIGTERM, grace period) and its namespace
-removed, and only then is the object deleted for good, as a kubelet does.
+Pods and Services come from informers. A pod scheduled to the node gets its IP from the
+runtime (:mod:`.addresses`, the one source of a pod's address) and is started; when it gets a
+deletionTimestamp it is drained (preStop, SIGTERM, grace period) and its namespace removed,
+and only then is its address free again and the object deleted for good, as a kubelet does.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gossamer_kube.resources import PODS, SERVICES
 from gossamer_kube.sources import ClientSource
 from gossamer_kube.store import StoreEvent
 
+from gossamer_cli.dev.addresses import PodAddresses
 from gossamer_cli.dev.layout import ServiceAddress, render_hosts
 from gossamer_cli.dev.pod import LocalPod, RuntimeContext
 
@@ -30,6 +32,7 @@ class NodeRuntime:
         self.ctx = ctx
         self.fixed_hosts = dict(fixed_hosts)
         self.pods: dict[str, LocalPod] = {}
+        self.addresses = PodAddresses(ctx.layout.pod_cidr, reserved=[ctx.layout.node_address])
         self._pod_informer = Informer(ClientSource(ctx.client, PODS))
         self._svc_informer = Informer(ClientSource(ctx.client, SERVICES))
         self._pending: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -76,14 +79,15 @@ class NodeRuntime:
                 await self._finalize(obj)
             return
         if running is not None:
-            running.pod = obj
+            running.observe(obj)
             return
         if spec.get("hostNetwork"):
             log.warning("hostNetwork pods are not supported in local mode", pod=_key(obj))
             return
-        if not status.get("podIP") or status.get("phase") in ("Succeeded", "Failed"):
+        if status.get("phase") in ("Succeeded", "Failed"):
             return
-        pod = LocalPod(obj, self.ctx)
+        ip = self.addresses.claim(uid, preferred=str(status.get("podIP") or ""))
+        pod = LocalPod(obj, self.ctx, ip)
         self.pods[uid] = pod
         log.info("starting pod", pod=pod.key, ip=pod.pod_ip, netns=pod.netns)
         pod.start()
@@ -92,6 +96,7 @@ class NodeRuntime:
         async def run() -> None:
             await pod.terminate(grace)
             self.pods.pop(pod.uid, None)
+            self.addresses.release(pod.uid)  # its namespace is gone
             log.info("pod stopped", pod=pod.key)
             if delete:
                 await self._finalize(pod.pod)

@@ -68,6 +68,11 @@ class PodState:
     containers: list[ContainerState] = field(default_factory=list)
     initialized: bool = False
     phase: str = "Pending"
+    #: The address on the pod's eth0 and the node's: the runtime owns both, as a kubelet does.
+    pod_ip: str = ""
+    host_ip: str = ""
+    #: When the runtime took the pod on (``status.startTime``).
+    started_at: float | None = None
 
 
 def _condition(
@@ -86,8 +91,18 @@ def pod_status_patch(
     """The body of a merge patch to ``pods/<name>/status``."""
     gating = state.containers + [c for c in state.init_containers if c.sidecar]
     containers_ready = bool(state.containers) and all(c.ready for c in gating)
+    addresses: dict[str, Any] = {}
+    if state.host_ip:
+        addresses["hostIP"] = state.host_ip
+        addresses["hostIPs"] = [{"ip": state.host_ip}]
+    if state.pod_ip:
+        addresses["podIP"] = state.pod_ip
+        addresses["podIPs"] = [{"ip": state.pod_ip}]
+    if state.started_at is not None:
+        addresses["startTime"] = timestamp(state.started_at)
     return {
         "status": {
+            **addresses,
             "phase": state.phase,
             "conditions": [
                 _condition("PodScheduled", True, now, previous),
