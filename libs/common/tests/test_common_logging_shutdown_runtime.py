@@ -62,6 +62,20 @@ def test_stdlib_loggers_are_json_too(log_stream: io.StringIO) -> None:
     assert event["secret"] == REDACTED
 
 
+def test_library_loggers_can_be_quieter_than_our_own() -> None:
+    """``warn,linkerd=info``: the proxy's own start-up line shows, asyncio's info does not."""
+    stream = io.StringIO()
+    configure_logging("info", component="proxy", stream=stream, library_level="warn")
+    try:
+        structlog.get_logger("gossamer.proxy").info("proxy_started")
+        logging.getLogger("asyncio").info("library chatter")
+        logging.getLogger("asyncio").warning("library trouble")
+        assert [e["event"] for e in events(stream)] == ["proxy_started", "library trouble"]
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+
+
 def test_bad_level() -> None:
     with pytest.raises(ValueError, match="unknown log level 'loud'"):
         configure_logging("loud", component="x")

@@ -6,6 +6,7 @@ import math
 import os
 import time
 import timeit
+from pathlib import Path
 
 import pytest
 from gossamer_common.metrics import (
@@ -18,6 +19,7 @@ from gossamer_common.metrics import (
 )
 from gossamer_common.process_metrics import (
     parse_stat,
+    process_age_seconds,
     read_process_stats,
     register_process_metrics,
 )
@@ -215,6 +217,16 @@ def test_process_metrics_from_proc() -> None:
     assert "# TYPE process_cpu_seconds_total counter" in text
     assert "process_start_time_seconds " in text
     assert f"process_max_fds {os.sysconf('SC_OPEN_MAX')}" in text
+
+
+def test_process_age_counts_from_the_process_start(tmp_path: Path) -> None:
+    (tmp_path / "self").mkdir()
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = ["S"] + ["0"] * 18 + [str(50 * ticks)] + ["0"] * 10  # starttime: 50 s after boot
+    (tmp_path / "self" / "stat").write_text("7 (python3 -m x) " + " ".join(fields))
+    assert process_age_seconds(tmp_path, now_since_boot=62.5) == 12.5
+    assert process_age_seconds(tmp_path, now_since_boot=10.0) == 0.0  # never negative
+    assert 0 <= process_age_seconds() < 86400 * 365  # this very process
 
 
 def test_increment_cost_is_reported() -> None:

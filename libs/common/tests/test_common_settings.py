@@ -10,6 +10,7 @@ import pytest
 from gossamer_common.settings import (
     REQUIRED,
     HelpRequested,
+    LogFilter,
     SettingsError,
     SocketAddr,
     describe,
@@ -23,6 +24,7 @@ from gossamer_common.settings import (
     parse_duration,
     parse_existing_file,
     parse_int,
+    parse_log_filter,
     parse_log_level,
     parse_path,
     parse_port,
@@ -171,6 +173,15 @@ def test_scalar_parsers() -> None:
     with pytest.raises(ValueError):  # noqa: PT011
         parse_cidr("10.0.0.1/8")  # host bits set
     assert parse_log_level("warn,linkerd=info") == "warn"
+    linkerd_default = "warn,linkerd=info,hickory=error,[{headers}]=off,[{request}]=off"
+    assert parse_log_filter(linkerd_default) == LogFilter(own="info", libraries="warn")
+    assert parse_log_filter("debug") == LogFilter(own="debug", libraries="debug")
+    assert parse_log_filter("linkerd=trace") == LogFilter(own="debug", libraries="warn")
+    assert parse_log_filter("error,gossamer=WARNING") == LogFilter(own="warn", libraries="error")
+    assert parse_log_filter("off") == LogFilter(own="critical", libraries="critical")
+    for bad in ("loud", "hickory=error", ""):
+        with pytest.raises(ValueError):  # noqa: PT011
+            parse_log_filter(bad)
     assert parse_log_level("WARNING") == "warn"
     with pytest.raises(ValueError):  # noqa: PT011
         parse_log_level("loud")

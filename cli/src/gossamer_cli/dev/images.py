@@ -38,8 +38,13 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 def builtin_images(runtime_venv: Path) -> dict[str, LocalImage]:
     python = str(runtime_venv / "bin" / "python")
     # The injector may name the command ("python -m gossamer_proxy_init"), so the venv comes
-    # first on PATH; proxy-init also needs iptables from /usr/sbin.
-    env = {"PATH": f"{runtime_venv / 'bin'}:{SYSTEM_PATH}"}
+    # first on PATH; proxy-init also needs iptables from /usr/sbin. The rest is the images'
+    # ENV: output unbuffered, so a container's log shows what it wrote as it wrote it.
+    env = {
+        "PATH": f"{runtime_venv / 'bin'}:{SYSTEM_PATH}",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     return {
         "gossamer/proxy": LocalImage(entrypoint=(python, "-m", "gossamer_proxy"), env=env),
         "gossamer/proxy-init": LocalImage(

@@ -102,13 +102,21 @@ def _shared_processors(component: str) -> list[Processor]:
     ]
 
 
-def configure_logging(level: str = "info", *, component: str, stream: TextIO | None = None) -> None:
-    """Configure structlog (and the stdlib root logger) to write JSON lines to ``stream``."""
-    try:
-        numeric = _LEVELS[level.lower()]
-    except KeyError:
-        known = ", ".join(sorted(_LEVELS))
-        raise ValueError(f"unknown log level {level!r}; expected one of {known}") from None
+def configure_logging(
+    level: str = "info",
+    *,
+    component: str,
+    stream: TextIO | None = None,
+    library_level: str | None = None,
+) -> None:
+    """Configure structlog (and the stdlib root logger) to write JSON lines to ``stream``.
+
+    ``level`` filters our own (structlog) events; ``library_level`` (default: ``level``) the
+    standard library loggers of asyncio, grpclib and other libraries, as a Linkerd filter
+    such as ``warn,linkerd=info`` keeps the proxy's own events at info and others at warn.
+    """
+    numeric = _numeric_level(level)
+    library_numeric = numeric if library_level is None else _numeric_level(library_level)
     out = current_stderr() if stream is None else stream
     shared = _shared_processors(component)
     structlog.configure(
@@ -135,4 +143,12 @@ def configure_logging(level: str = "info", *, component: str, stream: TextIO | N
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(numeric)
+    root.setLevel(library_numeric)
+
+
+def _numeric_level(level: str) -> int:
+    try:
+        return _LEVELS[level.lower()]
+    except KeyError:
+        known = ", ".join(sorted(_LEVELS))
+        raise ValueError(f"unknown log level {level!r}; expected one of {known}") from None

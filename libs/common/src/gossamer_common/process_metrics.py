@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from pathlib import Path
 
 from gossamer_common.metrics import MetricSnapshot, Registry, Sample
 
-__all__ = ["ProcessStats", "read_process_stats", "register_process_metrics"]
+__all__ = ["ProcessStats", "process_age_seconds", "read_process_stats", "register_process_metrics"]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -83,6 +84,18 @@ def read_process_stats(proc: Path = Path("/proc")) -> ProcessStats:
         start_time_seconds=_boot_time(proc) + start_ticks / _CLK_TCK,
         threads=threads,
     )
+
+
+def process_age_seconds(proc: Path = Path("/proc"), now_since_boot: float | None = None) -> float:
+    """How long ago this process was started (to the clock tick), for a start-up log line.
+
+    ``starttime`` in ``/proc/self/stat`` counts ticks since boot, so it is compared with the
+    boot-time clock (which, unlike ``btime``, is not rounded to whole seconds).
+    """
+    fields = parse_stat((proc / "self" / "stat").read_text())
+    started = int(fields[19]) / _CLK_TCK
+    now = time.clock_gettime(time.CLOCK_BOOTTIME) if now_since_boot is None else now_since_boot
+    return max(0.0, now - started)
 
 
 def _snapshots() -> list[MetricSnapshot]:

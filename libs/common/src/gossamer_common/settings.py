@@ -32,6 +32,7 @@ from typing import Any, NamedTuple, NoReturn, TypeVar, dataclass_transform
 __all__ = [
     "REQUIRED",
     "HelpRequested",
+    "LogFilter",
     "SettingsError",
     "SocketAddr",
     "describe",
@@ -46,6 +47,7 @@ __all__ = [
     "parse_duration",
     "parse_existing_file",
     "parse_int",
+    "parse_log_filter",
     "parse_log_level",
     "parse_path",
     "parse_port",
@@ -225,6 +227,49 @@ def parse_log_level(text: str) -> str:
         if part in _LEVELS:
             return {"warning": "warn", "trace": "debug"}.get(part, part)
     raise ValueError
+
+
+#: Targets of a Linkerd log filter that name the proxy's own code (``linkerd=info``).
+_OWN_TARGETS = frozenset({"linkerd", "linkerd2_proxy", "gossamer", "gossamer_proxy"})
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """A Linkerd-style filter split in two: the proxy's own loggers, and everything else."""
+
+    own: str
+    libraries: str
+
+
+def parse_log_filter(text: str) -> LogFilter:
+    """``warn,linkerd=info,hickory=error``: the bare level is the default; ``linkerd=`` (or
+    ``gossamer=``) sets the level of the proxy's own log events. Other targets name crates of
+    Linkerd's and are ignored. Without a bare level the default is ``warn``, as Linkerd's."""
+    default: str | None = None
+    own: str | None = None
+    for part in text.split(","):
+        part = part.strip().lower()
+        target, sep, level = part.rpartition("=")
+        if not sep:
+            target, level = "", part
+        level = {"warning": "warn", "trace": "debug"}.get(level, level)
+        if level not in _LEVELS and level != "off":
+            if not target:
+                raise ValueError(f"unknown log level {part!r}")
+            continue  # a directive for some other target of Linkerd's
+        if not target:
+            default = level
+        elif target in _OWN_TARGETS:
+            own = level
+    if default is None and own is None:
+        raise ValueError(f"no log level in {text!r}")
+    base = default or "warn"
+    return LogFilter(own=_loggable(own or base), libraries=_loggable(base))
+
+
+def _loggable(level: str) -> str:
+    """``off`` as the levels :func:`configure_logging` knows: only critical events."""
+    return "critical" if level == "off" else level
 
 
 def list_of(item: Callable[[str], T], sep: str = ",") -> Callable[[str], tuple[T, ...]]:

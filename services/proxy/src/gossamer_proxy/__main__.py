@@ -6,7 +6,7 @@ import sys
 
 from gossamer_common.logging import configure_logging
 from gossamer_common.runtime import freeze_startup_objects, run
-from gossamer_common.settings import load_or_exit, parse_log_level
+from gossamer_common.settings import LogFilter, load_or_exit, parse_log_filter
 
 from .app import Proxy
 from .config import ProxySettings
@@ -20,9 +20,11 @@ async def _main(settings: ProxySettings) -> None:
     except (IdentityConfigError, PolicyError, ValueError) as exc:
         print(f"gossamer-proxy: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    # Before start(): a SIGTERM that comes while the proxy starts (a kubelet's liveness
+    # restart, a pod deleted at once) drains it like any other, instead of killing it.
+    proxy.shutdown_control.install_signal_handlers()
     await proxy.start()
     freeze_startup_objects()  # start-up objects live forever: keep them out of GC passes
-    proxy.shutdown_control.install_signal_handlers()
     await proxy.shutdown_control.wait()
     await proxy.shutdown()
 
@@ -34,10 +36,12 @@ def main() -> None:
         description="Gossamer transparent sidecar proxy: inbound 4143, outbound 4140, admin 4191.",
     )
     try:
-        level = parse_log_level(settings.log_level)
+        levels = parse_log_filter(settings.log_level)
     except ValueError:
-        level = "warn"
-    configure_logging(level, component="proxy")
+        levels = LogFilter(own="warn", libraries="warn")
+    # Linkerd's default filter (warn,linkerd=info) keeps the proxy's own events at info: its
+    # start-up line says in the pod's log when it began to serve.
+    configure_logging(levels.own, component="proxy", library_level=levels.libraries)
     run(_main(settings))
 
 

@@ -24,7 +24,7 @@ import math
 
 import structlog
 from gossamer_common.admin import AdminServer
-from gossamer_common.process_metrics import register_process_metrics
+from gossamer_common.process_metrics import process_age_seconds, register_process_metrics
 from gossamer_common.shutdown import Shutdown
 from grpclib.client import Channel
 
@@ -262,6 +262,7 @@ class Proxy:
             inbound=str(self.inbound_addr),
             outbound=[str(c.listen) for c in self.contexts if not c.inbound],
             admin=f"{s.admin_listen.host}:{self.admin.port}",
+            seconds_since_exec=_seconds_since_exec(),
         )
 
     @property
@@ -342,3 +343,10 @@ class Proxy:
         self.shutdown_control.install_signal_handlers()
         await self.shutdown_control.wait()
         await self.shutdown()
+
+
+def _seconds_since_exec() -> float | None:
+    try:
+        return round(process_age_seconds(), 2)
+    except (OSError, ValueError, IndexError):
+        return None
