@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,10 +18,12 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from gossamer_api.transport_header import TransportHeader, encode_transport_header
 from gossamer_common.metrics import Registry
 from gossamer_proxy.app import Proxy
 from gossamer_proxy.config import load_settings
 from gossamer_proxy.local_identity import IdentityConfigError, identity_from_settings
+from gossamer_proxy.mesh.transport import ALPN_PROTOCOL
 from gossamer_tls import (
     Issuer,
     TrustMaterial,
@@ -384,6 +387,97 @@ async def test_opaque_two_hop_relays_bytes_over_mtls(
     writer.close()
     assert got == payload
     assert _metric(inbound, "inbound_tcp_authz_allow_total", client_id=CLIENT) == 1
+
+
+SSL_EOF_WARNING = "has no effect when using ssl"
+
+
+@pytest.mark.parametrize("size", [100, 1 << 20], ids=["with-the-header", "relayed"])
+async def test_opaque_half_close_over_mtls_delivers_everything_then_closes(
+    start_proxy: StartProxy,
+    tcp_server: Backend,
+    trust: TrustMaterial,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    size: int,
+) -> None:
+    """A client that sends and half-closes: over mTLS its EOF becomes the TLS close_notify,
+    which closes the connection (TLS transports cannot stay half-open). Everything it sent
+    still reaches the backend, followed by the EOF, and the client sees the connection end
+    instead of waiting forever; no proxy returns True from eof_received over TLS."""
+    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def collect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read()  # until EOF
+        if not received.done():
+            received.set_result(data)
+        writer.close()
+
+    backend = await tcp_server(collect)
+    inbound = await start_proxy(
+        **_identity_env(trust, tmp_path, SERVER), GOSSAMER_PROXY_INBOUND_FORWARD_HOST="127.0.0.1"
+    )
+    outbound = await start_proxy(
+        backend,
+        **_identity_env(trust, tmp_path, CLIENT),
+        GOSSAMER_PROXY_OUTBOUND_FIXED_IDENTITY=SERVER,
+        GOSSAMER_PROXY_OUTBOUND_FIXED_OPAQUE_TRANSPORT_PORT=str(inbound.inbound_addr.port),
+        GOSSAMER_PROXY_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION=str(backend[1]),
+        LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION=str(backend[1]),
+    )
+    payload = bytes(range(256)) * (size // 256 + 1)
+    payload = payload[:size]
+    host, port = outbound.outbound_addr
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(payload)
+        writer.write_eof()
+        got = await asyncio.wait_for(received, 10)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # the end reached the client
+        writer.close()
+    assert len(got) == len(payload)
+    assert got == payload
+    assert not [r for r in caplog.records if SSL_EOF_WARNING in r.getMessage()]
+
+
+async def test_a_mesh_client_that_sends_and_closes_at_once_is_still_delivered(
+    start_proxy: StartProxy,
+    tcp_server: Backend,
+    trust: TrustMaterial,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Transport header, payload and close_notify in one flight: the inbound proxy sees the
+    client's EOF before it has connected upstream, and its TLS transport is closing by then.
+    What the client sent must still reach the backend, followed by the EOF."""
+    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def collect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read()  # until EOF
+        if not received.done():
+            received.set_result(data)
+        writer.close()
+
+    backend = await tcp_server(collect)
+    inbound = await start_proxy(
+        **_identity_env(trust, tmp_path, SERVER), GOSSAMER_PROXY_INBOUND_FORWARD_HOST="127.0.0.1"
+    )
+    client = await start_proxy(**_identity_env(trust, tmp_path, CLIENT))  # for its certificate
+    assert client.identity is not None
+    context = client.identity.client_context((ALPN_PROTOCOL,))
+    assert context is not None
+    header = encode_transport_header(TransportHeader(port=backend[1]))
+    payload = b"one message, then goodbye" * 40
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        _reader, writer = await asyncio.open_connection(
+            *inbound.inbound_addr, ssl=context, server_hostname=SERVER
+        )
+        writer.write(header + payload)
+        writer.close()  # close_notify right behind the data
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        assert await asyncio.wait_for(received, 10) == payload
+    assert not [r for r in caplog.records if SSL_EOF_WARNING in r.getMessage()]
 
 
 async def _grpc_echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:

@@ -40,6 +40,7 @@ from .connect import is_loop, original_destination, set_nodelay
 from .context import ListenerContext
 from .detect import DETECT_BUFFER_LIMIT, Protocol, detect
 from .errors import ProxyError
+from .halfclose import can_stay_half_open
 from .http1.server import Http1Server
 from .http2.balanced import BalancedH2Server
 from .http2.bridge import H2Server
@@ -319,10 +320,11 @@ class AcceptedConnection(asyncio.Protocol):
         self._eof = True
         if self._header is not None and not self._done:
             self._header_data(b"", eof=True)
-            return True
-        if not self._done and self.tcp is not None and not self._discovering:
+        elif not self._done and self.tcp is not None and not self._discovering:
             self._decide(detect(self._buffer, eof=True))
-        return True  # the handler decides when to close
+        # Plain TCP: the handler decides when to close. TLS closes now (see halfclose); what
+        # the client sent still goes upstream (see _opaque).
+        return can_stay_half_open(self.transport)
 
     # -- housekeeping (while detecting) -----------------------------------------------------------
 
@@ -484,12 +486,19 @@ class AcceptedConnection(asyncio.Protocol):
             raise
         connect_time = loop.time() - started
         if transport.is_closing():
+            # A TLS client that sent everything and closed while we connected (it cannot
+            # stay half-open) still has what it sent delivered, then its end; no answer can
+            # go back. Any other client that went away is given up.
+            delivered = self._eof and not use_splice
             if use_splice:
                 upstream_sock.close()
+            elif delivered:
+                self._deliver_and_close(up_transport, initial, src, dst)
             else:
                 up_transport.abort()
             if pick is not None:
-                pick.finish(Outcome.CANCELLED)
+                outcome = Outcome.SUCCESS if delivered else Outcome.CANCELLED
+                pick.finish(outcome, latency=connect_time)
             src.close(0)
             return
         if pick is not None:
@@ -517,6 +526,19 @@ class AcceptedConnection(asyncio.Protocol):
             down.eof_received()  # the client half-closed during detection
         if initial:
             dst.written.value += len(initial)
+
+    def _deliver_and_close(
+        self, upstream: asyncio.Transport, initial: bytes, src: TcpStats, dst: TcpStats
+    ) -> None:
+        late, self._buffer = self._buffer, b""
+        src.read.value += len(late)
+        data = initial + late
+        dst.open()
+        if data:
+            upstream.write(data)
+            dst.written.value += len(data)
+        upstream.close()  # after the write buffer is flushed: the upstream reads, then EOF
+        dst.close(0)
 
     async def _splice(
         self,

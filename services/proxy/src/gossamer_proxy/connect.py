@@ -166,8 +166,10 @@ class _Handshake(asyncio.Protocol):
         self.held.append(data)
 
     def eof_received(self) -> bool:
+        # The server sent all it will before the hand-over: replayed to the real protocol.
+        # The transport is TLS, so it closes itself now whatever is returned (see halfclose).
         self.eof = True
-        return True  # the real protocol decides when to close
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

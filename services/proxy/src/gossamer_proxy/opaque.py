@@ -22,6 +22,7 @@ import struct
 from collections.abc import Callable
 from typing import cast
 
+from .halfclose import can_stay_half_open
 from .metrics import TcpStats
 
 __all__ = ["PausedProtocol", "RelayProtocol", "SpliceRelay", "relay_transports"]
@@ -68,8 +69,10 @@ class RelayProtocol(asyncio.Protocol):
             if peer.can_write_eof():
                 peer.write_eof()
             else:
-                peer.close()
-        return True
+                peer.close()  # a TLS peer cannot be half-closed: closing is its EOF
+        # Plain TCP stays half-open for the other direction. TLS closes now (see halfclose);
+        # connection_lost then closes the peer once what it was given is flushed.
+        return can_stay_half_open(self.transport)
 
     def mark_eof(self) -> None:
         """Record an EOF from this side that was already passed on before the relay began."""

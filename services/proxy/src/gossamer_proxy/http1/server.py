@@ -39,6 +39,7 @@ from ..config import Endpoint
 from ..connect import UpstreamTls
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, http1_error_bytes, http1_error_response
+from ..halfclose import can_stay_half_open
 from ..inbound_authz import InboundPeer
 from ..mesh.backoff import Backoff
 from ..mesh.balancer import Outcome
@@ -438,12 +439,16 @@ class Http1Server(asyncio.Protocol):
 
         A request still missing part of its head or body can never complete: abort it
         (and its upstream). Complete requests still get their responses, then the
-        connection closes.
+        connection closes. Over TLS the connection closes now (see halfclose): no response
+        can reach the client any more, so the requests in flight are given up upstream.
         """
         if self._in_head or (self._cur is not None and not self._cur.request_done):
             self._abort_all()
             return False
         if self._active is None and not self._queue:
+            return False
+        if not can_stay_half_open(self.transport):
+            self._abort_upstreams()
             return False
         tunnel = self._tunnel
         if tunnel is not None:

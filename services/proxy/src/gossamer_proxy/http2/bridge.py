@@ -35,6 +35,7 @@ import structlog
 from ..config import Endpoint
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
+from ..halfclose import can_stay_half_open
 from ..http1.headers import filter_trailers
 from ..inbound_authz import InboundPeer
 from ..mesh.l5d_headers import DIRECTIVES, REQUIRE_ID, required_identity_error
@@ -199,15 +200,18 @@ class H2Server(asyncio.Protocol):
     def eof_received(self) -> bool:
         """The client sent everything it will: finish the streams in flight, then close.
 
-        Streams whose request never ended cannot complete; they are cancelled upstream.
+        Streams whose request never ended cannot complete; they are cancelled upstream. Over
+        TLS the connection closes now (see halfclose), so no stream can be answered: all of
+        them are cancelled.
         """
         self._goaway = True
+        half_open = can_stay_half_open(self.transport)
         for pair in list(self.pairs.values()):
-            if not pair.request_ended:
+            if not half_open or not pair.request_ended:
                 self.pairs.pop(pair.down_id, None)
                 self._client_reset(pair, h2.errors.ErrorCodes.CANCEL)
         self._maybe_finish()
-        return True
+        return half_open
 
     def _maybe_finish(self) -> None:
         if self._goaway and not self.pairs:
