@@ -1,8 +1,9 @@
 """Gratuitous ARP for a pod's new address, so neighbours forget a recycled IP's old owner.
 
-kwok hands out pod IPs from a small pool and reuses an IP as soon as its pod is gone. The
-node and every other pod on the bridge may still hold a neighbour (ARP) entry for that IP
-with the *old* pod's MAC address: the kernel keeps a stale entry and, when it is used
+Pod IPs are reused: the runtime hands them out round-robin from the node's pod CIDR (see
+``addresses``), so an address comes back once the CIDR has gone round. The node and every
+other pod on the bridge may still hold a neighbour (ARP) entry for that IP with the *old*
+pod's MAC address: the kernel keeps a stale entry and, when it is used
 again, sends to the old MAC for ``delay_first_probe_time`` (5 s) plus three unicast probes
 (1 s each) before it asks the whole bridge. Meanwhile every connect to the new pod times
 out. During a rolling update that made client proxies fail requests with 504 for several

@@ -188,7 +188,7 @@ class LocalPod:
         )  # fmt: skip
         await _run("ip", "-n", self.netns, "link", "set", "eth0", "up")
         await _run("ip", "-n", self.netns, "route", "add", "default", "via", layout.node_address)
-        # kwok recycles pod IPs: forget the previous owner's MAC here (the node, where probes
+        # Pod IPs are reused: forget the previous owner's MAC here (the node, where probes
         # come from) at once, and tell every other pod on the bridge (see garp).
         await _run("ip", "neigh", "flush", "to", self.pod_ip, "dev", layout.bridge, check=False)
         self._announce_task = asyncio.create_task(self._announce(), name=f"garp {self.key}")
