@@ -549,6 +549,28 @@ async def test_grpc_two_hop_with_fixed_identity(
     assert _metric(outbound, "tcp_open_total", direction="outbound", peer="dst") == 1
 
 
+async def test_grpc_client_proxy_going_away_closes_the_mtls_hop_without_warnings(
+    start_proxy: StartProxy,
+    grpc_backend: tuple[str, int],
+    trust: TrustMaterial,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The client proxy's shutdown ends its HTTP/2 connection with close_notify: the inbound
+    proxy takes that EOF as the end of the connection (TLS cannot stay half-open)."""
+    inbound, outbound = await _two_hop(start_proxy, trust, tmp_path, grpc_backend)
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        await _grpc_calls(outbound)
+        assert inbound.in_flight() == 1
+        assert await outbound.shutdown()
+        for _ in range(500):  # bounded: the inbound side notices within a few loop turns
+            if not inbound.in_flight():
+                break
+            await asyncio.sleep(0.01)
+        assert inbound.in_flight() == 0
+    assert not [r for r in caplog.records if SSL_EOF_WARNING in r.getMessage()]
+
+
 async def test_grpc_two_hop_with_fixed_identity_and_transport_header(
     start_proxy: StartProxy, grpc_backend: tuple[str, int], trust: TrustMaterial, tmp_path: Path
 ) -> None:
