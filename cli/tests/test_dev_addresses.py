@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import yaml
 from gossamer_cli.dev import stages, status
 from gossamer_cli.dev.addresses import NoFreeAddressError, PodAddresses
+from gossamer_cli.dev.layout import NodeLayout
+from gossamer_cli.dev.pod import LocalPod, RuntimeContext
 
 
 def test_a_pod_keeps_its_address_and_no_two_pods_share_one() -> None:
@@ -61,3 +66,45 @@ def test_kwok_plays_no_pod_stage_in_local_mode() -> None:
         {"key": ".metadata.uid", "operator": "DoesNotExist"}
     ]
     assert "podIP" not in stages.local_mode_stages()
+
+
+def _pod(status_ip: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "web-0", "namespace": "shop", "uid": "u-1"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "linkerd-proxy",
+                    "image": "gossamer/proxy",
+                    "env": [
+                        {"name": "IPS", "valueFrom": {"fieldRef": {"fieldPath": "status.podIPs"}}},
+                        {"name": "HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+                    ],
+                }
+            ]
+        },
+        "status": {"podIP": status_ip, "podIPs": [{"ip": status_ip}]} if status_ip else {},
+    }
+
+
+async def test_a_pod_sees_and_reports_its_own_address_whatever_the_status_says(
+    tmp_path: Path,
+) -> None:
+    ctx = RuntimeContext(
+        client=None,  # type: ignore[arg-type]
+        layout=NodeLayout(),
+        images={},
+        state_dir=tmp_path,
+        now=lambda: 100.0,
+    )
+    pod = LocalPod(_pod(""), ctx, "10.244.1.7")
+    spec = pod.pod["spec"]["containers"][0]
+    assert await pod._env(spec) == {"IPS": "10.244.1.7", "HOST": "10.244.0.1"}
+    # Someone rewrites the status (as kwok's second stage play did): the runtime's address
+    # stays what the environment, the probes and the next status report use.
+    pod.observe(_pod("10.244.1.254"))
+    assert pod.pod_ip == "10.244.1.7"
+    assert await pod._env(spec) == {"IPS": "10.244.1.7", "HOST": "10.244.0.1"}
+    assert pod._status_dirty.is_set()  # the runtime's status goes out again
+    report = status.pod_status_patch(pod.state, 101.0, [])["status"]
+    assert report["podIP"] == "10.244.1.7"
