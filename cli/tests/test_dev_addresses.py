@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from gossamer_cli.dev import stages, status
+from gossamer_cli.dev import images, stages, status
 from gossamer_cli.dev.addresses import NoFreeAddressError, PodAddresses
 from gossamer_cli.dev.layout import NodeLayout
 from gossamer_cli.dev.pod import LocalPod, RuntimeContext
@@ -108,3 +108,13 @@ async def test_a_pod_sees_and_reports_its_own_address_whatever_the_status_says(
     assert pod._status_dirty.is_set()  # the runtime's status goes out again
     report = status.pod_status_patch(pod.state, 101.0, [])["status"]
     assert report["podIP"] == "10.244.1.7"
+
+
+def test_a_runtime_venv_without_bytecode_is_noticed(tmp_path: Path) -> None:
+    package = tmp_path / "lib" / "python3.11" / "site-packages" / "gossamer_proxy"
+    package.mkdir(parents=True)
+    (package / "app.py").write_text("")
+    assert not images.runtime_venv_compiled(tmp_path)
+    (package / "__pycache__").mkdir()
+    (package / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"")
+    assert images.runtime_venv_compiled(tmp_path)

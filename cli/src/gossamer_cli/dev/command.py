@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from gossamer_cli.dev import node
+from gossamer_cli.dev import images, node
 from gossamer_cli.dev.layout import NodeLayout
 
 DEFAULT_STATE = Path("/var/lib/gossamer/local")
@@ -60,6 +60,12 @@ def up(
     if not (runtime_venv / "bin" / "python").exists():
         raise click.ClickException(
             f"no runtime venv at {runtime_venv}: run `make runtime` (make demo does it)"
+        )
+    if not images.runtime_venv_compiled(runtime_venv):
+        click.echo(
+            f"warning: {runtime_venv} has no bytecode: every proxy start compiles all it "
+            "imports, slowly on a busy machine; `make runtime` compiles it",
+            err=True,
         )
     layout = NodeLayout(prefix=prefix)
     node.create(layout)

@@ -53,6 +53,13 @@ def builtin_images(runtime_venv: Path) -> dict[str, LocalImage]:
     }
 
 
+def runtime_venv_compiled(runtime_venv: Path) -> bool:
+    """Whether the proxy's modules in the runtime venv come with bytecode (``make runtime``
+    compiles it). The proxy's uid cannot write ``__pycache__`` there, so without bytecode
+    every proxy start compiles everything it imports again."""
+    return any(runtime_venv.glob("lib/python3*/site-packages/gossamer_proxy/__pycache__/*.pyc"))
+
+
 def image_repository(image: str) -> str:
     """``registry/gossamer/proxy:v1@sha256:…`` → ``gossamer/proxy`` (registry host dropped)."""
     name = image.split("@", 1)[0]

@@ -1,10 +1,11 @@
 """Names and addresses of the local node and its pods (pure).
 
 The node namespace holds a bridge with the node's address. Pods take the addresses the runtime
-gives them from the node's pod CIDR (see ``addresses``), which sits inside the bridge's subnet, so every pod reaches
-every other pod and the node across the bridge and nothing else. ClusterIPs are never routed
-anywhere: the pod's default route points at the node, and iptables in the pod hands every
-outbound connection to the proxy, which resolves ClusterIPs itself.
+gives them from the node's pod CIDR (see ``addresses``), which sits inside the bridge's
+subnet, so every pod reaches every other pod and the node across the bridge and nothing
+else. ClusterIPs are never routed anywhere: the pod's default route points at the node, and
+iptables in the pod hands every outbound connection to the proxy, which resolves ClusterIPs
+itself.
 """
 
 from __future__ import annotations
