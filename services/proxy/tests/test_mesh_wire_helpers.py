@@ -13,6 +13,8 @@ from gossamer_api.transport_header import (
     TransportHeader,
     decode_transport_header,
 )
+from gossamer_proxy.http1.headers import HeaderError, analyze
+from gossamer_proxy.http2.orig_proto import downgrade_request, upgraded_response_headers
 from gossamer_proxy.mesh.endpoints import Endpoint, EndpointTable
 from gossamer_proxy.mesh.idle import IdleTracker
 from gossamer_proxy.mesh.l5d_headers import (
@@ -339,3 +341,46 @@ def test_idle_tracker_refcounts_pins_and_expires() -> None:
     assert idle.expired(1000.0) == []
     with pytest.raises(KeyError, match="without a matching acquire"):
         idle.release("zzz", 0.0)
+
+
+def test_downgraded_request_head_from_h2_headers() -> None:
+    headers = [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":authority", b"web.ns:8080"),
+        (b":path", b"/p?q=1"),
+        (b"l5d-orig-proto", b"HTTP/1.1"),
+        (b"x-a", b"1"),
+    ]
+    streamed = downgrade_request(
+        headers, OrigProto("HTTP/1.1"), ended=False, default_host=b"10.0.0.1:80"
+    )
+    assert streamed.head == (
+        b"POST /p?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: web.ns:8080\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    assert (streamed.chunked, streamed.has_body, streamed.is_head) == (True, True, False)
+    sized = downgrade_request(
+        [*headers, (b"content-length", b"3")], OrigProto("HTTP/1.1"), ended=False, default_host=b""
+    )
+    assert sized.head.endswith(b"content-length: 3\r\n\r\n")
+    assert not sized.chunked
+    absolute = downgrade_request(
+        headers, OrigProto("HTTP/1.1", absolute_form=True), ended=True, default_host=b""
+    )
+    assert absolute.head.startswith(b"POST http://web.ns:8080/p?q=1 HTTP/1.1\r\n")
+    assert b"transfer-encoding" not in absolute.head
+    with pytest.raises(HeaderError):
+        downgrade_request(
+            [(b":method", b"CONNECT")], OrigProto("HTTP/1.1"), ended=True, default_host=b""
+        )
+
+
+def test_upgraded_response_headers_echo_orig_proto() -> None:
+    info = analyze([(b"Content-Length", b"2"), (b"Connection", b"close"), (b"X-App", b"1")])
+    assert upgraded_response_headers(200, info, "1.0") == [
+        (b":status", b"200"),
+        (b"x-app", b"1"),
+        (b"content-length", b"2"),
+        (b"l5d-orig-proto", b"HTTP/1.0"),
+    ]
+    assert upgraded_response_headers(100, analyze([]), "1.1") == [(b":status", b"100")]

@@ -14,6 +14,10 @@ connections), over upstream connections pooled per endpoint (:mod:`.upstream_poo
 Inbound and fixed-target outbound connections keep this module's single-upstream path,
 where every stream rides one upstream connection; a stream is counted in the request
 metrics under the listener's labels there.
+
+Inbound, a stream marked ``l5d-orig-proto`` is an HTTP/1 request that a client proxy
+upgraded to HTTP/2: it goes to the app over HTTP/1.1 instead (:mod:`.downgrade`), while the
+connection's other streams keep the HTTP/2 upstream.
 """
 
 from __future__ import annotations
@@ -36,13 +40,22 @@ from ..config import Endpoint
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
 from ..halfclose import can_stay_half_open
-from ..http1.headers import filter_trailers
+from ..http1.headers import HeaderError, filter_trailers
 from ..inbound_authz import InboundPeer
-from ..mesh.l5d_headers import DIRECTIVES, REQUIRE_ID, required_identity_error
+from ..mesh.l5d_headers import (
+    DIRECTIVES,
+    ORIG_PROTO,
+    REQUIRE_ID,
+    OrigProto,
+    parse_orig_proto,
+    required_identity_error,
+)
 from ..mesh.tls_contexts import verified_server_identity
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..outbound.discovery import TargetHandle
 from .authority import AuthorityError, settle_authority
+from .downgrade import H1Downgrade
+from .orig_proto import downgrade_request
 
 if TYPE_CHECKING:
     from ..mesh.stream_retry import StreamRetry
@@ -80,6 +93,7 @@ class _Pair:
     __slots__ = (
         "authority",
         "down_id",
+        "downgrade",
         "grpc",
         "grpc_status",
         "request_ended",
@@ -116,6 +130,8 @@ class _Pair:
         self.authority = ""
         #: Outbound routes that retry keep the request for replay here.
         self.retry: StreamRetry | None = None
+        #: Inbound ``l5d-orig-proto`` streams go to the app over HTTP/1.1 through this.
+        self.downgrade: H1Downgrade | None = None
 
 
 def _config(client_side: bool) -> h2.config.H2Configuration:
@@ -226,6 +242,8 @@ class H2Server(asyncio.Protocol):
         for pair in list(self.pairs.values()):
             if pair.upstream is not None:
                 pair.upstream.reset(pair, h2.errors.ErrorCodes.CANCEL)
+            if pair.downgrade is not None:
+                pair.downgrade.cancel()
         self.pairs.clear()
         if self.upstream is not None:
             self.upstream.flush_out()
@@ -282,6 +300,8 @@ class H2Server(asyncio.Protocol):
                 if pair is not None:
                     if pair.upstream is not None:
                         pair.upstream.reset(pair, h2.errors.ErrorCodes.CANCEL)
+                    if pair.downgrade is not None:
+                        pair.downgrade.cancel()
                     self.reset_stream(pair, h2.errors.ErrorCodes.INTERNAL_ERROR, refused=True)
         self._flush_out()
         self._flush_upstreams()
@@ -303,12 +323,16 @@ class H2Server(asyncio.Protocol):
                 pair.retry.body.feed(event.data)
             if pair.upstream is not None:
                 pair.upstream.pump(pair)
+            elif pair.downgrade is not None:
+                pair.downgrade.pump()
         elif isinstance(event, h2.events.TrailersReceived):
             pair = self.pairs.get(event.stream_id)
             if pair is not None:
                 pair.to_up.trailers = filter_trailers(list(event.headers))
                 if pair.retry is not None:
                     pair.retry.trailers = pair.to_up.trailers
+                if pair.downgrade is not None:
+                    pair.downgrade.pump()
         elif isinstance(event, h2.events.StreamEnded):
             pair = self.pairs.get(event.stream_id)
             if pair is not None and not pair.to_up.ended_on_headers:
@@ -318,6 +342,8 @@ class H2Server(asyncio.Protocol):
                     pair.retry.body.end()
                 if pair.upstream is not None:
                     pair.upstream.pump(pair)
+                elif pair.downgrade is not None:
+                    pair.downgrade.pump()
         elif isinstance(event, h2.events.StreamReset):
             pair = self.pairs.pop(event.stream_id, None)
             if pair is not None:
@@ -342,10 +368,14 @@ class H2Server(asyncio.Protocol):
         strip = self._strip
         method = path = b""
         require_id: bytes | None = None
+        orig_proto: bytes | None = None
         for name, value in event.headers:
             if name in strip:
                 if name == REQUIRE_ID:
                     require_id = value
+                continue
+            if name == ORIG_PROTO and self.ctx.inbound:
+                orig_proto = value
                 continue
             if name == b":method":
                 method = value
@@ -388,11 +418,39 @@ class H2Server(asyncio.Protocol):
             if denied is not None:
                 self.respond_error(pair, denied)
                 return
+        if orig_proto is not None:
+            orig = parse_orig_proto(orig_proto)
+            if orig is not None:
+                self._downgrade(pair, orig)
+                return
+            _log.info("orig_proto_unknown", value=orig_proto.decode("latin-1"))
         self._forward(pair)
+
+    def _downgrade(self, pair: _Pair, orig: OrigProto) -> None:
+        """An HTTP/1 request a client proxy upgraded: send it to the app as HTTP/1.1."""
+        try:
+            request = downgrade_request(
+                pair.request_headers,
+                orig,
+                ended=pair.request_ended,
+                default_host=str(self.target).encode(),
+            )
+        except HeaderError as exc:
+            self.respond_error(pair, ProxyErrorKind.BAD_REQUEST, str(exc))
+            return
+        try:
+            endpoint = self._app_endpoint()
+        except ProxyError as exc:
+            self.respond_error(pair, exc.kind, exc.detail)
+            return
+        pair.downgrade = H1Downgrade(self, pair, request, endpoint)
+        pair.downgrade.start()
 
     def _client_reset(self, pair: _Pair, code: int) -> None:
         """The client gave up on ``pair`` (already forgotten): cancel its upstream stream."""
-        if pair.upstream is not None:
+        if pair.downgrade is not None:
+            pair.downgrade.cancel()
+        elif pair.upstream is not None:
             pair.upstream.reset(pair, code)
             pair.upstream.flush_out()
         elif pair in self._connecting:
@@ -418,12 +476,7 @@ class H2Server(asyncio.Protocol):
         ctx = self.ctx
         labels = self.labels
         try:
-            if ctx.fixed_target is not None:
-                endpoint = ctx.fixed_target
-            elif ctx.inbound:
-                endpoint = self.target  # the pod address the accept step checked
-            else:
-                endpoint = ctx.resolver.resolve(self.target, None)[0]
+            endpoint = self._app_endpoint()
             tcp = ctx.metrics.tcp(labels, "dst")
             _, up = await ctx.connector.open(endpoint, lambda: _H2Upstream(self, tcp, labels))
         except ProxyError as exc:
@@ -447,6 +500,15 @@ class H2Server(asyncio.Protocol):
         up.flush_out()
         self._flush_out()
 
+    def _app_endpoint(self) -> Endpoint:
+        """Where this connection's requests go without discovery (may raise ProxyError)."""
+        ctx = self.ctx
+        if ctx.fixed_target is not None:
+            return ctx.fixed_target
+        if ctx.inbound:
+            return self.target  # the pod address the accept step checked
+        return ctx.resolver.resolve(self.target, None)[0]
+
     def _upstream_for(self, labels: TargetLabels) -> Callable[[], _H2Upstream]:
         """A protocol factory for a connection to the endpoint ``labels`` describe."""
         return lambda: _H2Upstream(self, self.ctx.metrics.tcp(labels, "dst"), labels)
@@ -464,6 +526,8 @@ class H2Server(asyncio.Protocol):
             return
         if done:
             self._complete(pair)
+        elif pair.downgrade is not None:
+            pair.downgrade.response_drained()
 
     def response_headers(self, pair: _Pair, headers: Headers, end: bool) -> None:
         status = 0

@@ -44,6 +44,7 @@ __all__ = [
     "inbound_request_headers",
     "outbound_request_headers",
     "parse_duration",
+    "parse_orig_proto",
     "proxy_error_headers",
     "required_identity_error",
 ]
@@ -229,10 +230,16 @@ def decode_orig_proto(
         if name.lower() != ORIG_PROTO:
             rest.append((name, value))
             continue
-        parts = [p.strip() for p in _text(value).split(";")]
-        if parts[0] in ("HTTP/1.1", "HTTP/1.0"):
-            found = OrigProto(parts[0], absolute_form="absolute-form" in parts[1:])
+        found = parse_orig_proto(value)
     return found, rest
+
+
+def parse_orig_proto(value: bytes) -> OrigProto | None:
+    """The HTTP/1 version an ``l5d-orig-proto`` value names, or ``None`` if unknown."""
+    parts = [p.strip() for p in _text(value).split(";")]
+    if parts[0] not in ("HTTP/1.1", "HTTP/1.0"):
+        return None
+    return OrigProto(parts[0], absolute_form="absolute-form" in parts[1:])
 
 
 def proxy_error_headers(message: str, *, close: bool = False) -> Headers:
