@@ -1,7 +1,8 @@
 """A fake Linkerd control plane that loopback proxy tests drive message by message.
 
 One real grpcio server on 127.0.0.1 serves ``Destination`` (``Get``, ``GetProfile``) and,
-unless asked not to, ``OutboundPolicies`` (``Watch``). What each stream answers comes from
+unless asked not to, ``OutboundPolicies`` (``Watch``) and ``InboundServerPolicies``
+(``WatchPort``). What each stream answers comes from
 the test: ``plane.send(key, message)`` appends to that key's history, every stream opened
 for the key replays the history and then follows new messages, and the stream stays open
 afterwards, as a real control plane's watch does. Sending a :class:`grpc.StatusCode`
@@ -12,7 +13,8 @@ Keys, as the proxy's requests name them:
 
 * ``get:<path>`` for ``Destination.Get`` (``path`` is the authority, ``host:port``);
 * ``profile:<path>`` for ``Destination.GetProfile``;
-* ``policy:<ip>:<port>`` for ``OutboundPolicies.Watch`` of a ``TrafficSpec`` address.
+* ``policy:<ip>:<port>`` for ``OutboundPolicies.Watch`` of a ``TrafficSpec`` address;
+* ``inbound:<port>`` for ``InboundServerPolicies.WatchPort`` (any workload).
 
 The plane also records what was asked (``requests`` and ``specs``), so tests can assert
 which lookups the proxy made.
@@ -29,11 +31,18 @@ from typing import Any
 
 import grpc
 from gossamer_api.addresses import AddressError, tcp_address_from_proto
-from gossamer_api.proxy import destination_pb2_grpc, outbound_pb2, outbound_pb2_grpc
+from gossamer_api.proxy import (
+    destination_pb2_grpc,
+    inbound_pb2,
+    inbound_pb2_grpc,
+    outbound_pb2,
+    outbound_pb2_grpc,
+)
 
 __all__ = [
     "ControlPlane",
     "FakeDestination",
+    "FakeInboundPolicies",
     "FakeOutboundPolicies",
     "Plane",
     "serve_control_plane",
@@ -50,6 +59,8 @@ class Plane:
     requests: list[tuple[str, str]] = field(default_factory=list)
     #: Every ``OutboundPolicies.Watch`` request, in order.
     specs: list[outbound_pb2.TrafficSpec] = field(default_factory=list)
+    #: Every ``InboundServerPolicies.WatchPort`` request, in order.
+    port_specs: list[inbound_pb2.PortSpec] = field(default_factory=list)
 
     def send(self, key: str, message: Any) -> None:
         """Answer ``key``: open streams get ``message`` now, later streams on replay."""
@@ -113,6 +124,21 @@ class FakeOutboundPolicies(outbound_pb2_grpc.OutboundPoliciesServicer):
             yield item
 
 
+class FakeInboundPolicies(inbound_pb2_grpc.InboundServerPoliciesServicer):
+    """``InboundServerPolicies`` answered from a :class:`Plane` (key ``inbound:<port>``)."""
+
+    def __init__(self, plane: Plane) -> None:
+        self.plane = plane
+
+    async def GetPort(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the proxy only watches")
+
+    async def WatchPort(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        self.plane.port_specs.append(request)
+        async for item in self.plane.stream(f"inbound:{request.port}", context):
+            yield item
+
+
 @dataclass
 class ControlPlane:
     """A running fake control plane: the plane the test drives and where it listens."""
@@ -140,6 +166,9 @@ async def serve_control_plane(*, policies: bool = True) -> AsyncIterator[Control
     if policies:
         outbound_pb2_grpc.add_OutboundPoliciesServicer_to_server(
             FakeOutboundPolicies(plane), server
+        )
+        inbound_pb2_grpc.add_InboundServerPoliciesServicer_to_server(
+            FakeInboundPolicies(plane), server
         )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

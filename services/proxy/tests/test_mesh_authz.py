@@ -355,6 +355,7 @@ def test_absolute_form_target_is_authorized_by_its_own_authority() -> None:
         "10.1.0.9:8080",
         None,
     )
-    assert peer.check_http(b"GET", b"/x", b"public.example", []) is None
-    denied = peer.check_http(b"GET", b"http://admin.internal/x", b"public.example", [])
-    assert denied is ProxyErrorKind.ROUTE_NOT_FOUND
+    assert peer.check_http(b"GET", b"/x", b"public.example", [], 0.0) is None
+    denied = peer.check_http(b"GET", b"http://admin.internal/x", b"public.example", [], 0.0)
+    assert denied is not None
+    assert denied.kind is ProxyErrorKind.ROUTE_NOT_FOUND

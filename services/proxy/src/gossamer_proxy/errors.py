@@ -73,6 +73,10 @@ class ProxyErrorKind(enum.Enum):
         403, "Forbidden", GrpcStatus.PERMISSION_DENIED, "unauthorized request on route", False
     )
     ROUTE_NOT_FOUND = _Spec(404, "Not Found", GrpcStatus.NOT_FOUND, "no route found", False)
+    # HTTPLocalRateLimitPolicy refused the request (the detail says which limit).
+    RATE_LIMITED = _Spec(
+        429, "Too Many Requests", GrpcStatus.RESOURCE_EXHAUSTED, "rate limited", False
+    )
     # Outbound policy: the matching HTTPRoute rule has no backend with a non-zero weight
     # (Gateway API requires a 500 then).
     NO_BACKENDS = _Spec(

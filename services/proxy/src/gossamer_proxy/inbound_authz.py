@@ -4,7 +4,9 @@ An accepted inbound connection resolves its :class:`InboundPeer` once — who th
 (address, mTLS identity) and which :class:`~.mesh.authz.ServerPolicy` governs the target
 port. Opaque connections are decided once (:meth:`InboundPeer.allow_tcp`: refused ⇒ the
 connection is closed); HTTP requests one by one (:meth:`InboundPeer.check_http`: denied ⇒
-403, no route ⇒ 404), both counted in ``inbound_{tcp,http}_authz_*_total``.
+403, no route ⇒ 404), both counted in ``inbound_{tcp,http}_authz_*_total``. An authorized
+request is then checked against the Server's local rate limit (refused ⇒ 429, counted in
+``inbound_http_local_ratelimit_total``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from .errors import ProxyErrorKind
+from .errors import ProxyError, ProxyErrorKind
 from .mesh.authz import (
     ClientInfo,
     Decision,
@@ -73,15 +75,34 @@ class InboundPeer:
         target: bytes,
         authority: bytes | None,
         headers: Sequence[tuple[bytes, bytes]],
-    ) -> ProxyErrorKind | None:
-        """``None`` if the request may go on, else the error to answer it with."""
+        now: float,
+    ) -> ProxyError | None:
+        """``None`` if the request may go on, else the error to answer it with.
+
+        ``now`` is a monotonic clock reading, for the rate limit's buckets.
+        """
         view = RequestView.from_target(method, target, authority=authority or b"", headers=headers)
         decision = authorize_http(self.policy, self.client, view)
         self._record(decision, http=True)
         if decision.verdict is Verdict.ALLOW:
-            return None
+            limiter = self.policy.rate_limit
+            if limiter is None:
+                return None
+            refusal = limiter.check(self.client.identity, now)
+            if refusal is None:
+                return None
+            if self.metrics is not None:
+                self.metrics.record_rate_limited(
+                    refusal,
+                    decision.server,
+                    port=self.port,
+                    target_addr=self.target_addr,
+                    tls=self.client.tls,
+                    client_id=self.client.identity,
+                )
+            return ProxyError(ProxyErrorKind.RATE_LIMITED, refusal.message)
         if decision.verdict is Verdict.ROUTE_NOT_FOUND:
-            return ProxyErrorKind.ROUTE_NOT_FOUND
+            return ProxyError(ProxyErrorKind.ROUTE_NOT_FOUND)
         _log.info(
             "inbound_http_unauthorized",
             port=self.port,
@@ -90,7 +111,7 @@ class InboundPeer:
             client_id=self.client.identity,
             server=self.policy.meta.name,
         )
-        return ProxyErrorKind.FORBIDDEN
+        return ProxyError(ProxyErrorKind.FORBIDDEN)
 
     def _record(self, decision: Decision, *, http: bool) -> None:
         if self.metrics is None:

@@ -168,7 +168,7 @@ class Exchange:
         self.retried = False
         self.tunnel_eof = False
         #: Inbound policy refused this request: answer with this instead of forwarding.
-        self.denied: ProxyErrorKind | None = None
+        self.denied: ProxyError | None = None
         # Outbound discovery: the request as routing sees it, and where it went.
         self.url = b""
         self.headers: Headers = []
@@ -522,7 +522,9 @@ class Http1Server(asyncio.Protocol):
             ex.stats = self._stats_for(info.host)
             ex.stats.requests.value += 1
         if self.peer is not None:
-            ex.denied = self.peer.check_http(ex.method, url, info.host, self._headers)
+            ex.denied = self.peer.check_http(
+                ex.method, url, info.host, self._headers, ex.started_at
+            )
         if self._active is None:
             self._begin(ex)
         else:
@@ -556,7 +558,7 @@ class Http1Server(asyncio.Protocol):
         if ex.replay is not None:
             ex.replay.end()
         if ex.denied is not None and ex is self._active and not ex.response_done:
-            self._fail(ex, ex.denied, None)
+            self._fail(ex, ex.denied.kind, ex.denied.detail)
             return
         up = ex.upstream
         if ex is self._active and up is not None and not ex.response_done:
@@ -592,7 +594,7 @@ class Http1Server(asyncio.Protocol):
         self._active = ex
         if ex.denied is not None:
             if ex.request_done:
-                self._fail(ex, ex.denied, None)
+                self._fail(ex, ex.denied.kind, ex.denied.detail)
             return  # answered once the (discarded) request body has been read
         if self.ctx.discovery is not None and not self.ctx.inbound:
             if not ex.request_done:
@@ -1054,7 +1056,7 @@ class Http1Server(asyncio.Protocol):
         ex.close_after = True  # unless a 101 turns the connection opaque, it cannot continue
         if ex.denied is not None:
             self._cur = None
-            self._fail(ex, ex.denied, None)
+            self._fail(ex, ex.denied.kind, ex.denied.detail)
             return
         self._cur = None
         # From here on the client's bytes (and its EOF) belong to the would-be tunnel.

@@ -414,9 +414,9 @@ class H2Server(asyncio.Protocol):
             self.respond_error(pair, ProxyErrorKind.BAD_REQUEST, "conflicting host fields")
             return
         if self.peer is not None:
-            denied = self.peer.check_http(method, path, authority, headers)
+            denied = self.peer.check_http(method, path, authority, headers, pair.started_at)
             if denied is not None:
-                self.respond_error(pair, denied)
+                self.respond_error(pair, denied.kind, denied.detail)
                 return
         if orig_proto is not None:
             orig = parse_orig_proto(orig_proto)

@@ -18,7 +18,9 @@ Semantics:
   are first routed (:mod:`.routes`) and checked against the *route's* authorizations — no
   matching route is a 404, not a 403. A server with no routes gets Linkerd's catch-all
   ``default`` route carrying the server's authorizations;
-* ``audit`` allows what would have been denied, marking the decision so it can be logged.
+* ``audit`` allows what would have been denied, marking the decision so it can be logged;
+* an HTTP protocol's ``HttpLocalRateLimit`` becomes the policy's
+  :class:`~.ratelimit.LocalRateLimiter`, checked after authorization.
 
 A decision carries the ``srv_*``, ``route_*`` and ``authz_*`` labels for the
 ``inbound_{http,tcp}_authz_{allow,deny}_total`` metrics.
@@ -30,12 +32,13 @@ import enum
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gossamer_api.addresses import AddressError, IPAddress, IPNetwork, ip_network_from_proto
 from gossamer_api.proxy import grpc_route_pb2, inbound_pb2, meta_pb2
 from gossamer_common.linear_regex import compile_linear
 
+from gossamer_proxy.mesh.ratelimit import LocalRateLimiter, RateLimitSpec
 from gossamer_proxy.mesh.request import RequestView
 from gossamer_proxy.mesh.routes import (
     HttpRoute,
@@ -63,6 +66,7 @@ __all__ = [
     "Verdict",
     "authorize_http",
     "authorize_tcp",
+    "compile_rate_limit",
     "compile_server",
     "default_policy",
     "grpc_route_match",
@@ -170,6 +174,8 @@ class ServerPolicy:
     http_routes: tuple[HttpRoute[InboundRoute], ...]
     detect_timeout: float = DEFAULT_DETECT_TIMEOUT
     audit: bool = False
+    #: The Server's ``HTTPLocalRateLimitPolicy`` with its buckets (state, not compared).
+    rate_limit: LocalRateLimiter | None = field(default=None, compare=False)
 
     @property
     def is_http(self) -> bool:
@@ -334,6 +340,26 @@ def _http_route(
     return HttpRoute(tuple(compile_host_match(h) for h in message.hosts), tuple(rules))
 
 
+def _limit(message: inbound_pb2.HttpLocalRateLimit.Limit) -> int | None:
+    return message.requestsPerSecond or None  # zero means "no limit", as in Linkerd
+
+
+def compile_rate_limit(message: inbound_pb2.HttpLocalRateLimit) -> RateLimitSpec | None:
+    """The spec of an ``HttpLocalRateLimit``; ``None`` when it limits nothing."""
+    meta = MetaLabels.from_proto(message.metadata if message.HasField("metadata") else None)
+    total = _limit(message.total) if message.HasField("total") else None
+    identity = _limit(message.identity) if message.HasField("identity") else None
+    overrides: list[tuple[int, frozenset[str]]] = []
+    for override in message.overrides:
+        rps = _limit(override.limit) if override.HasField("limit") else None
+        names = frozenset(i.name for i in override.clients.identities if i.name)
+        if rps is not None and names:
+            overrides.append((rps, names))
+    if total is None and identity is None and not overrides:
+        return None
+    return RateLimitSpec(meta, total, identity, tuple(overrides))
+
+
 def _default_route(authorizations: tuple[Authorization, ...]) -> HttpRoute[InboundRoute]:
     action = InboundRoute(MetaLabels("", "default", "default"), authorizations)
     return HttpRoute((), (RouteRule((), action),))
@@ -348,15 +374,20 @@ def compile_server(message: inbound_pb2.Server) -> ServerPolicy:
         raise PolicyError("Server has no protocol set")
     timeout = DEFAULT_DETECT_TIMEOUT
     routes: list[HttpRoute[InboundRoute]] = []
+    limit: RateLimitSpec | None = None
     try:
         if protocol == "detect":
             detect = message.protocol.detect
             if detect.HasField("timeout"):
                 timeout = detect.timeout.seconds + detect.timeout.nanos / 1e9 or timeout
             routes = [_http_route(r, False) for r in detect.http_routes]
+            if detect.HasField("http_local_rate_limit"):
+                limit = compile_rate_limit(detect.http_local_rate_limit)
         elif protocol in ("http1", "http2"):
             proto = getattr(message.protocol, protocol)
             routes = [_http_route(r, False) for r in proto.routes]
+            if proto.HasField("local_rate_limit"):
+                limit = compile_rate_limit(proto.local_rate_limit)
         elif protocol == "grpc":
             routes = [_http_route(r, True) for r in message.protocol.grpc.routes]
     except RouteError as exc:
@@ -370,6 +401,7 @@ def compile_server(message: inbound_pb2.Server) -> ServerPolicy:
         http_routes=tuple(routes),
         detect_timeout=timeout,
         audit=meta.kind == "default" and meta.name == "audit",
+        rate_limit=LocalRateLimiter(limit) if limit is not None else None,
     )
 
 

@@ -4,14 +4,18 @@
 ``inbound_http_route_not_found_total``, ``inbound_tcp_authz_allow_total`` and
 ``inbound_tcp_authz_deny_total``, labelled with the server (``srv_*``), the route
 (``route_*``, HTTP only), the authorization that allowed it (``authz_*``, allows only), the
-target address and the client's TLS state (:mod:`.tls_labels`).
+target address and the client's TLS state (:mod:`.tls_labels`); and
+``inbound_http_local_ratelimit_total`` for requests a local rate limit refused, labelled
+with the server, the rate-limit policy (``ratelimit_group/kind/name``) and which of its
+limits refused (``ratelimit_scope``: ``total``, ``identity`` or ``override``).
 """
 
 from __future__ import annotations
 
 from gossamer_common.metrics import Counter, Family, Registry
 
-from gossamer_proxy.mesh.authz import Decision, Verdict
+from gossamer_proxy.mesh.authz import Decision, MetaLabels, Verdict
+from gossamer_proxy.mesh.ratelimit import RateLimitRefusal
 from gossamer_proxy.mesh.tls_labels import inbound_tls_labels
 
 __all__ = ["AuthzMetrics"]
@@ -20,6 +24,7 @@ _SRV = ("srv_group", "srv_kind", "srv_name", "srv_port")
 _ROUTE = ("route_group", "route_kind", "route_name")
 _AUTHZ = ("authz_group", "authz_kind", "authz_name")
 _TARGET = ("target_addr", "tls", "no_tls_reason", "client_id")
+_RATELIMIT = ("ratelimit_group", "ratelimit_kind", "ratelimit_name", "ratelimit_scope")
 
 
 def _tls_values(tls: bool, client_id: str | None) -> tuple[str, str, str]:
@@ -54,6 +59,26 @@ class AuthzMetrics:
             "TCP connections refused by inbound policy.",
             (*_SRV, *_TARGET),
         )
+        self.http_local_ratelimit: Family[Counter] = registry.counter_family(
+            "inbound_http_local_ratelimit_total",
+            "HTTP requests refused by a local rate limit (429).",
+            (*_SRV, *_RATELIMIT, *_TARGET),
+        )
+
+    def record_rate_limited(
+        self,
+        refusal: RateLimitRefusal,
+        server: MetaLabels,
+        *,
+        port: int,
+        target_addr: str,
+        tls: bool,
+        client_id: str | None,
+    ) -> None:
+        srv = (server.group, server.kind, server.name, str(port))
+        limit = (refusal.meta.group, refusal.meta.kind, refusal.meta.name, refusal.scope)
+        target = (target_addr, *_tls_values(tls, client_id))
+        self.http_local_ratelimit.labels(*srv, *limit, *target).inc()
 
     def record(
         self,
