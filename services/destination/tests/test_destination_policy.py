@@ -32,6 +32,9 @@ def lookups(*objs: dict[str, Any]) -> PolicyLookups:
         meshtls_authentication=lambda ns, n: named("MeshTLSAuthentication", ns, n),
         network_authentication=lambda ns, n: named("NetworkAuthentication", ns, n),
         http_routes=lambda ns: [o for o in of("HTTPRoute") if o["metadata"]["namespace"] == ns],
+        server_authorizations=lambda ns: [
+            o for o in of("ServerAuthorization") if o["metadata"]["namespace"] == ns
+        ],
     )
 
 
@@ -205,6 +208,90 @@ def test_policy_with_missing_ref_or_unknown_kind_is_skipped() -> None:
     )
     assert not out.authorizations
     assert len(issues.messages) == 2
+
+
+def test_server_authorizations_by_name_and_selector() -> None:
+    """A Server protected only by legacy ServerAuthorizations gets their authorizations."""
+    labelled = server()
+    labelled["metadata"]["labels"] = {"tier": "front"}
+    by_name = res(
+        "ServerAuthorization",
+        "a-by-name",
+        {
+            "server": {"name": "web-http"},
+            "client": {
+                "meshTLS": {
+                    "identities": ["x.y.serviceaccount.identity.gossamer.cluster.local", "*"],
+                    "serviceAccounts": [{"name": "client"}, {"name": "ing", "namespace": "edge"}],
+                }
+            },
+        },
+    )
+    by_selector = res(
+        "ServerAuthorization",
+        "b-by-selector",
+        {
+            "server": {"selector": {"matchLabels": {"tier": "front"}}},
+            "client": {
+                "unauthenticated": True,
+                "networks": [{"cidr": "10.0.0.0/8", "except": ["10.9.0.0/16"]}],
+            },
+        },
+    )
+    bootstrap = res(
+        "ServerAuthorization",
+        "c-tls",
+        {"server": {"name": "web-http"}, "client": {"meshTLS": {"unauthenticatedTLS": True}}},
+    )
+    elsewhere = res(
+        "ServerAuthorization",
+        "d-other",
+        {"server": {"name": "other"}, "client": {"unauthenticated": True}},
+    )
+    other_ns = res(
+        "ServerAuthorization",
+        "e-other-ns",
+        {"server": {"name": "web-http"}, "client": {"unauthenticated": True}},
+        ns="elsewhere",
+    )
+    invalid = res(
+        "ServerAuthorization",
+        "f-invalid",
+        {"server": {"name": "web-http"}, "client": {"meshTLS": {}}},
+    )
+    issues = Issues()
+    out = inbound_server(
+        POD,
+        8080,
+        lookups(labelled, by_name, by_selector, bootstrap, elsewhere, other_ns, invalid),
+        SETTINGS,
+        issues,
+    )
+    assert [dict(a.labels) for a in out.authorizations] == [
+        {"group": "policy.linkerd.io", "kind": "serverauthorization", "name": n}
+        for n in ("a-by-name", "b-by-selector", "c-tls")
+    ]
+    mesh, open_net, tls = out.authorizations
+    assert mesh.metadata.resource.kind == "serverauthorization"
+    assert mesh.metadata.resource.namespace == "ns"
+    ids = mesh.authentication.meshTLS.identities
+    assert [i.name for i in ids.identities] == [
+        "x.y.serviceaccount.identity.gossamer.cluster.local",
+        "client.ns.serviceaccount.identity.gossamer.cluster.local",
+        "ing.edge.serviceaccount.identity.gossamer.cluster.local",
+    ]
+    assert [list(s.parts) for s in ids.suffixes] == [[]]
+    # Without networks, the cluster networks are sent (an Authz without any is ignored).
+    assert len(mesh.networks) == len(SETTINGS.cluster_networks)
+    assert open_net.authentication.HasField("unauthenticated")
+    (network,) = open_net.networks
+    assert network.net.prefix_len == 8
+    assert getattr(network, "except")[0].prefix_len == 16
+    assert tls.authentication.meshTLS.HasField("unauthenticated")
+    assert [m for m in issues.messages if "f-invalid" in m]
+    # The default route of the Server carries them as well.
+    route_authzs = out.protocol.detect.http_routes[0].authorizations
+    assert [a.labels["name"] for a in route_authzs] == ["a-by-name", "b-by-selector", "c-tls"]
 
 
 def test_namespace_targeted_policy_and_unauthenticated_access_policy() -> None:

@@ -30,6 +30,7 @@ REFS = {
     "nodes": resources.NODES,
     "serviceprofiles": resources.SERVICEPROFILES,
     "servers": resources.SERVERS,
+    "serverauthorizations": resources.SERVERAUTHORIZATIONS,
     "authorizationpolicies": resources.AUTHORIZATIONPOLICIES,
     "meshtlsauthentications": resources.MESHTLSAUTHENTICATIONS,
     "networkauthentications": resources.NETWORKAUTHENTICATIONS,

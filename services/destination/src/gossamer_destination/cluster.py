@@ -39,13 +39,20 @@ KINDS = (
     "nodes",
     "serviceprofiles",
     "servers",
+    "serverauthorizations",
     "authorizationpolicies",
     "meshtlsauthentications",
     "networkauthentications",
     "httproutes",
 )
 POLICY_KINDS = frozenset(
-    {"authorizationpolicies", "meshtlsauthentications", "networkauthentications", "httproutes"}
+    {
+        "serverauthorizations",
+        "authorizationpolicies",
+        "meshtlsauthentications",
+        "networkauthentications",
+        "httproutes",
+    }
 )
 ALL: Key = ("all",)
 POLICY: Key = ("policy",)
@@ -176,6 +183,7 @@ class Cluster:
             meshtls_authentication=lambda ns, n: self.get("meshtlsauthentications", ns, n),
             network_authentication=lambda ns, n: self.get("networkauthentications", ns, n),
             http_routes=lambda ns: self.objects("httproutes", ns),
+            server_authorizations=lambda ns: self.objects("serverauthorizations", ns),
         )
 
     def report(self, kind: str, issues: Issues) -> None:

@@ -4,7 +4,9 @@ Resolution follows Linkerd's policy controller (linkerd-wire.md §3.4, §7): the
 ``Server`` that selects the pod and port wins; otherwise the default policy from the pod
 annotation, the namespace annotation or the cluster flag applies. ``AuthorizationPolicy``
 objects targeting the Server, its namespace or one of its HTTPRoutes become ``Authz``
-entries once all their authentication refs resolve. Invalid objects are skipped and reported.
+entries once all their authentication refs resolve; so do the legacy ``ServerAuthorization``
+objects (``policy.linkerd.io/v1beta1``) that select the Server by name or label selector.
+Invalid objects are skipped and reported.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class PolicyLookups:
     meshtls_authentication: Callable[[str, str], KubeObject | None]
     network_authentication: Callable[[str, str], KubeObject | None]
     http_routes: Callable[[str], list[KubeObject]]
+    server_authorizations: Callable[[str], list[KubeObject]]
 
 
 # -- networks and authentications -----------------------------------------------------------
@@ -420,6 +423,107 @@ def _authzs_for(
     return out
 
 
+# -- ServerAuthorization (legacy) ----------------------------------------------------------------
+
+
+def server_authorization_selects(saz: Mapping[str, Any], server: Mapping[str, Any]) -> bool:
+    """Whether ``saz`` (same namespace) applies to ``server``: by name or label selector.
+
+    Raises :class:`InvalidSelectorError` for a malformed selector or a ``server`` that
+    names neither.
+    """
+    target = (saz.get("spec") or {}).get("server") or {}
+    if target.get("name"):
+        return bool(target.get("name") == meta(server).get("name"))
+    if "selector" in target:
+        return selector_matches(target.get("selector"), labels_of(server))
+    raise InvalidSelectorError("spec.server has neither name nor selector")
+
+
+def _identity_match(text: str) -> tuple[str | None, list[str] | None]:
+    """``"*"`` → any identity, ``"*.a.b"`` → suffix ``[a, b]``, else one exact identity."""
+    if text == "*":
+        return None, []
+    if text.startswith("*."):
+        return None, text[2:].split(".")
+    return text, None
+
+
+def server_authorization_authz(
+    saz: Mapping[str, Any], settings: DestinationSettings
+) -> inbound_pb2.Authz:
+    """One ServerAuthorization as an Authz; raises ValueError for an invalid ``client``."""
+    sm = meta(saz)
+    ns, name = str(sm.get("namespace")), str(sm.get("name"))
+    client = (saz.get("spec") or {}).get("client") or {}
+    if client.get("networks"):
+        networks = [
+            _network_with_except(
+                ipaddress.ip_network(str(entry.get("cidr")), strict=False),
+                entry.get("except") or (),
+            )
+            for entry in client["networks"]
+        ]
+    else:
+        networks = networks_proto(settings.cluster_networks)
+    mtls = client.get("meshTLS")
+    if client.get("unauthenticated") is True:
+        authn = unauthenticated()
+    elif isinstance(mtls, Mapping):
+        if mtls.get("unauthenticatedTLS") is True:
+            if mtls.get("identities") or mtls.get("serviceAccounts"):
+                raise ValueError("meshTLS.unauthenticatedTLS excludes identities/serviceAccounts")
+            authn = inbound_pb2.Authn()
+            authn.meshTLS.unauthenticated.SetInParent()
+        else:
+            identities: list[str] = []
+            suffixes: list[list[str]] = []
+            for text in mtls.get("identities") or ():
+                exact, suffix = _identity_match(str(text))
+                if exact is not None:
+                    identities.append(exact)
+                if suffix is not None:
+                    suffixes.append(suffix)
+            for sa in mtls.get("serviceAccounts") or ():
+                if not sa.get("name"):
+                    raise ValueError("a meshTLS.serviceAccounts entry has no name")
+                sa_ns = str(sa.get("namespace") or ns)
+                identities.append(sa_identity(str(sa["name"]), sa_ns, settings))
+            if not identities and not suffixes:
+                raise ValueError("meshTLS authorizes no identity or service account")
+            authn = mesh_tls(identities, suffixes)
+    else:
+        raise ValueError("client must set unauthenticated: true or meshTLS")
+    return _authz(
+        networks,
+        authn,
+        group=httproutes.POLICY_GROUP,
+        kind="serverauthorization",
+        name=name,
+        namespace=ns,
+    )
+
+
+def server_authorization_authzs(
+    server: Mapping[str, Any],
+    lookups: PolicyLookups,
+    settings: DestinationSettings,
+    issues: Issues,
+) -> list[inbound_pb2.Authz]:
+    """The Authz of every valid ServerAuthorization that applies to ``server``."""
+    ns = str(meta(server).get("namespace"))
+    out: list[inbound_pb2.Authz] = []
+    for saz in sorted(lookups.server_authorizations(ns), key=httproutes.route_sort_key):
+        where = f"ServerAuthorization {ns}/{meta(saz).get('name')}"
+        try:
+            if not server_authorization_selects(saz, server):
+                continue
+            out.append(server_authorization_authz(saz, settings))
+        except (InvalidSelectorError, ValueError, TypeError, AttributeError) as exc:
+            issues.add(f"{where}: {exc}; skipped")
+    return out
+
+
 def inbound_route(
     route: Mapping[str, Any], authzs: list[inbound_pb2.Authz]
 ) -> inbound_pb2.HttpRoute:
@@ -523,7 +627,8 @@ def inbound_server(
         return out
     sm = meta(server)
     name = str(sm.get("name"))
-    authzs = _authzs_for("server", name, ns, lookups, settings, issues)
+    authzs = server_authorization_authzs(server, lookups, settings, issues)
+    authzs += _authzs_for("server", name, ns, lookups, settings, issues)
     access = (server.get("spec") or {}).get("accessPolicy")
     if access and access != "deny":
         if access in DEFAULT_POLICIES:

@@ -70,6 +70,7 @@ def memory_sources(*objects: KubeObject) -> dict[str, MemorySource]:
         "Node": "nodes",
         "ServiceProfile": "serviceprofiles",
         "Server": "servers",
+        "ServerAuthorization": "serverauthorizations",
         "AuthorizationPolicy": "authorizationpolicies",
         "MeshTLSAuthentication": "meshtlsauthentications",
         "NetworkAuthentication": "networkauthentications",
