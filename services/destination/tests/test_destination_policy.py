@@ -35,6 +35,9 @@ def lookups(*objs: dict[str, Any]) -> PolicyLookups:
         server_authorizations=lambda ns: [
             o for o in of("ServerAuthorization") if o["metadata"]["namespace"] == ns
         ],
+        rate_limit_policies=lambda ns: [
+            o for o in of("HTTPLocalRateLimitPolicy") if o["metadata"]["namespace"] == ns
+        ],
     )
 
 
@@ -292,6 +295,70 @@ def test_server_authorizations_by_name_and_selector() -> None:
     # The default route of the Server carries them as well.
     route_authzs = out.protocol.detect.http_routes[0].authorizations
     assert [a.labels["name"] for a in route_authzs] == ["a-by-name", "b-by-selector", "c-tls"]
+
+
+def test_rate_limit_policy_is_served_on_the_servers_http_protocol() -> None:
+    older = res(
+        "HTTPLocalRateLimitPolicy",
+        "web-rl",
+        {
+            "targetRef": {"group": "policy.linkerd.io", "kind": "Server", "name": "web-http"},
+            "total": {"requestsPerSecond": 100},
+            "identity": {"requestsPerSecond": 20},
+            "overrides": [
+                {
+                    "requestsPerSecond": 50,
+                    "clientRefs": [
+                        {"kind": "ServiceAccount", "name": "batch"},
+                        {"kind": "ServiceAccount", "name": "ops", "namespace": "tools"},
+                    ],
+                }
+            ],
+        },
+        ts="2020-01-01T00:00:00Z",
+    )
+    newer = res(
+        "HTTPLocalRateLimitPolicy",
+        "web-rl-2",
+        {"targetRef": {"kind": "Server", "name": "web-http"}, "total": {"requestsPerSecond": 1}},
+        ts="2021-01-01T00:00:00Z",
+    )
+    issues = Issues()
+    out = inbound_server(POD, 8080, lookups(server(), newer, older), SETTINGS, issues)
+    limit = out.protocol.detect.http_local_rate_limit
+    assert limit.metadata.resource.kind == "HTTPLocalRateLimitPolicy"
+    assert limit.metadata.resource.name == "web-rl"
+    assert limit.total.requestsPerSecond == 100
+    assert limit.identity.requestsPerSecond == 20
+    (override,) = limit.overrides
+    assert override.limit.requestsPerSecond == 50
+    assert [i.name for i in override.clients.identities] == [
+        "batch.ns.serviceaccount.identity.gossamer.cluster.local",
+        "ops.tools.serviceaccount.identity.gossamer.cluster.local",
+    ]
+    assert any("web-rl-2" in m for m in issues.messages)
+
+    http1 = inbound_server(
+        POD, 8080, lookups(server(proxyProtocol="HTTP/1"), older), SETTINGS, Issues()
+    )
+    assert http1.protocol.http1.local_rate_limit.total.requestsPerSecond == 100
+    # An invalid policy (identity above total) is skipped and reported.
+    bad = res(
+        "HTTPLocalRateLimitPolicy",
+        "bad",
+        {
+            "targetRef": {"kind": "Server", "name": "web-http"},
+            "total": {"requestsPerSecond": 1},
+            "identity": {"requestsPerSecond": 2},
+        },
+    )
+    issues = Issues()
+    out = inbound_server(POD, 8080, lookups(server(), bad), SETTINGS, issues)
+    assert not out.protocol.detect.HasField("http_local_rate_limit")
+    assert any("bad" in m for m in issues.messages)
+    # No Server, no rate limit.
+    default = inbound_server(POD, 8080, lookups(older), SETTINGS, Issues())
+    assert not default.protocol.detect.HasField("http_local_rate_limit")
 
 
 def test_namespace_targeted_policy_and_unauthenticated_access_policy() -> None:

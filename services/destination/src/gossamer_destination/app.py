@@ -31,6 +31,7 @@ REFS = {
     "serviceprofiles": resources.SERVICEPROFILES,
     "servers": resources.SERVERS,
     "serverauthorizations": resources.SERVERAUTHORIZATIONS,
+    "httplocalratelimitpolicies": resources.HTTPLOCALRATELIMITPOLICIES,
     "authorizationpolicies": resources.AUTHORIZATIONPOLICIES,
     "meshtlsauthentications": resources.MESHTLSAUTHENTICATIONS,
     "networkauthentications": resources.NETWORKAUTHENTICATIONS,

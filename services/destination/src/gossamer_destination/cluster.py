@@ -40,6 +40,7 @@ KINDS = (
     "serviceprofiles",
     "servers",
     "serverauthorizations",
+    "httplocalratelimitpolicies",
     "authorizationpolicies",
     "meshtlsauthentications",
     "networkauthentications",
@@ -48,6 +49,7 @@ KINDS = (
 POLICY_KINDS = frozenset(
     {
         "serverauthorizations",
+        "httplocalratelimitpolicies",
         "authorizationpolicies",
         "meshtlsauthentications",
         "networkauthentications",
@@ -184,6 +186,7 @@ class Cluster:
             network_authentication=lambda ns, n: self.get("networkauthentications", ns, n),
             http_routes=lambda ns: self.objects("httproutes", ns),
             server_authorizations=lambda ns: self.objects("serverauthorizations", ns),
+            rate_limit_policies=lambda ns: self.objects("httplocalratelimitpolicies", ns),
         )
 
     def report(self, kind: str, issues: Issues) -> None:

@@ -6,7 +6,8 @@ annotation, the namespace annotation or the cluster flag applies. ``Authorizatio
 objects targeting the Server, its namespace or one of its HTTPRoutes become ``Authz``
 entries once all their authentication refs resolve; so do the legacy ``ServerAuthorization``
 objects (``policy.linkerd.io/v1beta1``) that select the Server by name or label selector.
-Invalid objects are skipped and reported.
+The oldest ``HTTPLocalRateLimitPolicy`` targeting the Server becomes the ``HttpLocalRateLimit``
+of its HTTP protocol (detect, HTTP/1, HTTP/2). Invalid objects are skipped and reported.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class PolicyLookups:
     network_authentication: Callable[[str, str], KubeObject | None]
     http_routes: Callable[[str], list[KubeObject]]
     server_authorizations: Callable[[str], list[KubeObject]]
+    rate_limit_policies: Callable[[str], list[KubeObject]]
 
 
 # -- networks and authentications -----------------------------------------------------------
@@ -524,6 +526,90 @@ def server_authorization_authzs(
     return out
 
 
+# -- HTTPLocalRateLimitPolicy -------------------------------------------------------------------
+
+
+def _rps(limit: Any, where: str) -> int:
+    value = limit.get("requestsPerSecond") if isinstance(limit, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
+        raise ValueError(f"{where}.requestsPerSecond must be a positive integer, got {value!r}")
+    return value
+
+
+def rate_limit_proto(
+    policy: Mapping[str, Any], settings: DestinationSettings
+) -> inbound_pb2.HttpLocalRateLimit:
+    """One HTTPLocalRateLimitPolicy as ``HttpLocalRateLimit``; raises ValueError if invalid."""
+    pm = meta(policy)
+    ns, name = str(pm.get("namespace")), str(pm.get("name"))
+    spec = policy.get("spec") or {}
+    out = inbound_pb2.HttpLocalRateLimit()
+    out.metadata.resource.CopyFrom(
+        meta_pb2.Resource(
+            group=httproutes.POLICY_GROUP, kind="HTTPLocalRateLimitPolicy", name=name, namespace=ns
+        )
+    )
+    total = _rps(spec["total"], "total") if spec.get("total") is not None else None
+    if total is not None:
+        out.total.requestsPerSecond = total
+    if spec.get("identity") is not None:
+        identity = _rps(spec["identity"], "identity")
+        if total is not None and identity > total:
+            raise ValueError("identity.requestsPerSecond exceeds total.requestsPerSecond")
+        out.identity.requestsPerSecond = identity
+    for index, entry in enumerate(spec.get("overrides") or ()):
+        where = f"overrides[{index}]"
+        rps = _rps(entry, where)
+        if total is not None and rps > total:
+            raise ValueError(f"{where}.requestsPerSecond exceeds total.requestsPerSecond")
+        override = out.overrides.add()
+        override.limit.requestsPerSecond = rps
+        refs = entry.get("clientRefs") or ()
+        if not refs:
+            raise ValueError(f"{where} has no clientRefs")
+        for ref in refs:
+            if ref.get("kind") != "ServiceAccount" or not ref.get("name"):
+                raise ValueError(f"{where}: only named ServiceAccount clientRefs are supported")
+            sa_ns = str(ref.get("namespace") or ns)
+            identity_name = sa_identity(str(ref["name"]), sa_ns, settings)
+            override.clients.identities.append(inbound_pb2.Identity(name=identity_name))
+    return out
+
+
+def server_rate_limit(
+    server: Mapping[str, Any],
+    lookups: PolicyLookups,
+    settings: DestinationSettings,
+    issues: Issues,
+) -> inbound_pb2.HttpLocalRateLimit | None:
+    """The rate limit of the oldest valid HTTPLocalRateLimitPolicy targeting ``server``.
+
+    A Server takes one rate-limit policy (as in Linkerd); later ones are reported.
+    """
+    sm = meta(server)
+    ns, name = str(sm.get("namespace")), str(sm.get("name"))
+    chosen: inbound_pb2.HttpLocalRateLimit | None = None
+    chosen_name = ""
+    for policy in sorted(lookups.rate_limit_policies(ns), key=httproutes.route_sort_key):
+        ref = (policy.get("spec") or {}).get("targetRef") or {}
+        group = ref.get("group") or httproutes.POLICY_GROUP
+        if ref.get("kind") != "Server" or group != httproutes.POLICY_GROUP:
+            continue
+        if ref.get("name") != name:
+            continue
+        where = f"HTTPLocalRateLimitPolicy {ns}/{meta(policy).get('name')}"
+        if chosen is not None:
+            issues.add(f"{where}: Server {name} is already limited by {chosen_name}; ignored")
+            continue
+        try:
+            chosen = rate_limit_proto(policy, settings)
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            issues.add(f"{where}: {exc}; skipped")
+            continue
+        chosen_name = str(meta(policy).get("name"))
+    return chosen
+
+
 def inbound_route(
     route: Mapping[str, Any], authzs: list[inbound_pb2.Authz]
 ) -> inbound_pb2.HttpRoute:
@@ -642,14 +728,25 @@ def inbound_server(
     if kind in ("opaque", "tls"):
         getattr(out.protocol, kind).SetInParent()
         return out
+    limit = server_rate_limit(server, lookups, settings, issues)
     if kind == "grpc":
+        if limit is not None:
+            issues.add(
+                f"Server {ns}/{name}: HTTPLocalRateLimitPolicy is not enforced for gRPC "
+                "Servers (the inbound policy API has no rate limit for them)"
+            )
         out.protocol.grpc.SetInParent()
         return out
     routes = _server_routes(server, pod, port, authzs, lookups, settings, issues)
     if kind in ("http1", "http2"):
-        getattr(out.protocol, kind).routes.extend(routes)
+        http = getattr(out.protocol, kind)
+        http.routes.extend(routes)
+        if limit is not None:
+            http.local_rate_limit.CopyFrom(limit)
     else:
         if proto != "unknown":
             issues.add(f"Server {ns}/{name}: unknown proxyProtocol {proto!r}; detecting")
         out.protocol.CopyFrom(_detect(routes))
+        if limit is not None:
+            out.protocol.detect.http_local_rate_limit.CopyFrom(limit)
     return out

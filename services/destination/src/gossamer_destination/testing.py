@@ -71,6 +71,7 @@ def memory_sources(*objects: KubeObject) -> dict[str, MemorySource]:
         "ServiceProfile": "serviceprofiles",
         "Server": "servers",
         "ServerAuthorization": "serverauthorizations",
+        "HTTPLocalRateLimitPolicy": "httplocalratelimitpolicies",
         "AuthorizationPolicy": "authorizationpolicies",
         "MeshTLSAuthentication": "meshtlsauthentications",
         "NetworkAuthentication": "networkauthentications",
