@@ -22,8 +22,10 @@ from gossamer_kube.client import KubeClient
 from gossamer_kube.resources import (
     AUTHORIZATIONPOLICIES,
     DEPLOYMENTS,
+    HTTPLOCALRATELIMITPOLICIES,
     MESHTLSAUTHENTICATIONS,
     PODS,
+    SERVERAUTHORIZATIONS,
     SERVERS,
     SERVICEPROFILES,
     SERVICES,
@@ -314,4 +316,97 @@ async def test_policy_change_reaches_open_inbound_stream(
     assert [i.name for i in ids] == [f"client.{ns}.serviceaccount.identity.gossamer.cluster.local"]
     assert allowed.protocol.http1.routes[0].authorizations[0].labels["name"] == "allow-clients"
     assert 'kind="policy"' in destination.metrics()
+    call.cancel()
+
+
+async def test_server_authorizations_and_rate_limits_reach_open_inbound_stream(
+    destination: DestinationProcess,
+    channel: grpc.aio.Channel,
+    kube_client: KubeClient,
+    kube_namespace: str,
+) -> None:
+    """A Server protected only by legacy ServerAuthorizations (v1beta1) is not deny-all."""
+    ns = kube_namespace
+    labels = {"app": "legacy"}
+    await kube_client.create(DEPLOYMENTS, deployment("legacy", 1, labels), ns)
+    await until("1 pod", lambda: running_pod_ips(kube_client, ns, "app=legacy", 1))
+    pods, _ = await kube_client.list(PODS, ns, label_selector="app=legacy")
+    pod = pods[0]["metadata"]["name"]
+    server = {
+        "metadata": {"name": "legacy-http", "labels": {"tier": "legacy"}},
+        "spec": {"podSelector": {"matchLabels": labels}, "port": 8080},
+    }
+    await kube_client.create(SERVERS, server, ns)
+    stub = inbound_pb2_grpc.InboundServerPoliciesStub(channel)
+    spec = inbound_pb2.PortSpec(workload=f'{{"ns":"{ns}","pod":"{pod}"}}', port=8080)
+
+    async def server_seen() -> Any:
+        call, first = await first_message(lambda: stub.WatchPort(spec))
+        if first.labels["name"] == "legacy-http":
+            return call, first
+        call.cancel()
+        return None
+
+    call, first = await until("the Server", server_seen)
+    assert not first.authorizations
+
+    by_selector = {
+        "metadata": {"name": "legacy-clients"},
+        "spec": {
+            "server": {"selector": {"matchLabels": {"tier": "legacy"}}},
+            "client": {"meshTLS": {"serviceAccounts": [{"name": "client"}]}},
+        },
+    }
+    await kube_client.create(SERVERAUTHORIZATIONS, by_selector, ns)
+    allowed = await asyncio.wait_for(call.read(), WAIT)
+    (authz,) = allowed.authorizations
+    assert dict(authz.labels) == {
+        "group": "policy.linkerd.io",
+        "kind": "serverauthorization",
+        "name": "legacy-clients",
+    }
+    ids = authz.authentication.meshTLS.identities.identities
+    assert [i.name for i in ids] == [f"client.{ns}.serviceaccount.identity.gossamer.cluster.local"]
+    assert authz.networks  # the cluster networks: an Authz without networks is ignored
+    route = allowed.protocol.detect.http_routes[0]
+    assert [a.labels["name"] for a in route.authorizations] == ["legacy-clients"]
+
+    by_name = {
+        "metadata": {"name": "legacy-probes"},
+        "spec": {
+            "server": {"name": "legacy-http"},
+            "client": {"unauthenticated": True, "networks": [{"cidr": "10.0.0.0/8"}]},
+        },
+    }
+    await kube_client.create(SERVERAUTHORIZATIONS, by_name, ns)
+    both = await asyncio.wait_for(call.read(), WAIT)
+    names = sorted(a.labels["name"] for a in both.authorizations)
+    assert names == ["legacy-clients", "legacy-probes"]
+    probes = next(a for a in both.authorizations if a.labels["name"] == "legacy-probes")
+    assert probes.authentication.HasField("unauthenticated")
+    assert [n.net.prefix_len for n in probes.networks] == [8]
+
+    await kube_client.delete(SERVERAUTHORIZATIONS, "legacy-clients", ns)
+    after = await asyncio.wait_for(call.read(), WAIT)
+    assert [a.labels["name"] for a in after.authorizations] == ["legacy-probes"]
+
+    # An HTTPLocalRateLimitPolicy on the Server reaches the stream as its rate limit.
+    rate_limit = {
+        "metadata": {"name": "legacy-rl"},
+        "spec": {
+            "targetRef": {"group": "policy.linkerd.io", "kind": "Server", "name": "legacy-http"},
+            "total": {"requestsPerSecond": 100},
+            "identity": {"requestsPerSecond": 10},
+            "overrides": [
+                {"requestsPerSecond": 50, "clientRefs": [{"kind": "ServiceAccount", "name": "b"}]}
+            ],
+        },
+    }
+    await kube_client.create(HTTPLOCALRATELIMITPOLICIES, rate_limit, ns)
+    limited = await asyncio.wait_for(call.read(), WAIT)
+    limit = limited.protocol.detect.http_local_rate_limit
+    assert limit.metadata.resource.name == "legacy-rl"
+    assert (limit.total.requestsPerSecond, limit.identity.requestsPerSecond) == (100, 10)
+    identities = [i.name for i in limit.overrides[0].clients.identities]
+    assert identities == [f"b.{ns}.serviceaccount.identity.gossamer.cluster.local"]
     call.cancel()
