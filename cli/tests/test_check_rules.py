@@ -197,6 +197,53 @@ def test_missing_rbac_and_crds(healthy: rules.Snapshot) -> None:
     assert "gossamer install --crds" in result["control plane CustomResourceDefinitions exist"].hint
 
 
+def test_objects_of_unenforced_crds_are_named_as_warnings(healthy: rules.Snapshot) -> None:
+    assert all(r.ok for r in rules.run(healthy, NOW) if "Gossamer ignores" in r.description)
+    healthy.unenforced_objects = {
+        "egressnetworks.policy.linkerd.io": 2,
+        "externalworkloads.workload.linkerd.io": 0,
+    }
+    results = rules.run(healthy, NOW)
+    flagged = [r for r in results if not r.ok]
+    assert [r.description for r in flagged] == ["no EgressNetwork objects that Gossamer ignores"]
+    assert flagged[0].warning
+    assert "2 EgressNetwork object(s) exist" in flagged[0].message
+    assert "does not enforce EgressNetwork" in flagged[0].message
+    assert not rules.failed(results)  # a warning, not a failure
+
+
+def test_unenforced_crds_are_installed_by_the_chart() -> None:
+    """Every CRD the rule watches for is one the chart installs (else the rule is dead)."""
+    from gossamer_cli.check import expected_crds
+
+    assert set(rules.UNENFORCED_CRDS) <= set(expected_crds())
+
+
+async def test_count_objects_of_a_crd() -> None:
+    from gossamer_cli.check import _count_objects
+
+    asked: list[tuple[str, dict[str, str]]] = []
+
+    class Client:
+        async def request(self, method: str, path: str, *, params: dict[str, str]) -> Any:
+            asked.append((path, params))
+            return {"items": [{}], "metadata": {"remainingItemCount": 4}}
+
+    async def get(key: str, call: Any) -> Any:
+        return await call()
+
+    crd = {
+        "metadata": {"name": "egressnetworks.policy.linkerd.io"},
+        "spec": {
+            "group": "policy.linkerd.io",
+            "names": {"plural": "egressnetworks"},
+            "versions": [{"name": "v1alpha1", "served": True, "storage": True}],
+        },
+    }
+    assert await _count_objects(Client(), crd, get) == 5
+    assert asked == [("/apis/policy.linkerd.io/v1alpha1/egressnetworks", {"limit": "1"})]
+
+
 def test_version_skew_is_a_warning(healthy: rules.Snapshot) -> None:
     healthy.cli_version = "9.9.9"
     results = rules.run(healthy, NOW)

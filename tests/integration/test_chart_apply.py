@@ -216,6 +216,31 @@ def test_check_names_an_expired_issuer(installed: Install) -> None:
     assert installed.check().exit_code == 0
 
 
+def test_check_warns_about_objects_of_an_unenforced_crd(installed: Install) -> None:
+    """An EgressNetwork is accepted by the apiserver but not enforced: check says so."""
+    wait_until_check_passes(installed)
+    egress = {
+        "apiVersion": "policy.linkerd.io/v1alpha1",
+        "kind": "EgressNetwork",
+        "metadata": {"name": "internet", "namespace": installed.namespace},
+        "spec": {"trafficPolicy": "Deny"},
+    }
+    kubectl(installed.cluster, "apply", "-f", "-", stdin=json.dumps(egress))
+    try:
+        result = installed.check()
+        assert result.exit_code == 0, failed_checks(result)  # a warning, not a failure
+        body = json.loads(result.output)
+        (warned,) = [r for r in body["results"] if not r["ok"]]
+        assert warned["warning"]
+        assert warned["description"] == "no EgressNetwork objects that Gossamer ignores"
+        assert "1 EgressNetwork object(s) exist" in warned["message"]
+    finally:
+        kubectl(installed.cluster, "-n", installed.namespace, "delete", "egressnetwork",
+                "internet", "--ignore-not-found")  # fmt: skip
+    body = json.loads(installed.check().output)
+    assert all(r["ok"] for r in body["results"] if "Gossamer ignores" in r["description"])
+
+
 def test_upgrade_keeps_the_installed_certificates(installed: Install) -> None:
     result = invoke(
         "upgrade", "-L", installed.namespace, "--kubeconfig", str(installed.cluster.kubeconfig),

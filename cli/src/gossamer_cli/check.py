@@ -96,6 +96,10 @@ async def snapshot(
         s.expected_crds = expected_crds()
         crds = await get("crds", lambda: client.list(CUSTOMRESOURCEDEFINITIONS))
         s.crd_names = frozenset(c["metadata"]["name"] for c in (crds[0] if crds else []))
+        for crd in (
+            c for c in (crds[0] if crds else []) if c["metadata"]["name"] in rules.UNENFORCED_CRDS
+        ):
+            s.unenforced_objects[crd["metadata"]["name"]] = await _count_objects(client, crd, get)
         s.webhook = await get(
             "webhook",
             lambda: client.get(
@@ -167,6 +171,26 @@ async def snapshot(
             )
             s.data_plane_pods = tuple(meshed[0] if meshed else [])
     return s
+
+
+async def _count_objects(
+    client: Any,
+    crd: dict[str, Any],
+    get: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]],
+) -> int:
+    """How many objects of ``crd`` exist in all namespaces (0 when they cannot be listed)."""
+    spec = crd.get("spec") or {}
+    versions = [v for v in spec.get("versions") or () if v.get("served")]
+    if not versions:
+        return 0
+    version = next((v for v in versions if v.get("storage")), versions[-1])["name"]
+    name = crd["metadata"]["name"]
+    path = f"/apis/{spec.get('group')}/{version}/{spec['names']['plural']}"
+    listed = await get(name, lambda: client.request("GET", path, params={"limit": "1"}))
+    if not listed:
+        return 0
+    remaining = (listed.get("metadata") or {}).get("remainingItemCount") or 0
+    return len(listed.get("items") or ()) + int(remaining)
 
 
 async def probe_ready(address: str, limit: float = 3.0) -> str | None:

@@ -61,6 +61,8 @@ class Snapshot:
     webhook: Obj | None = None
     crd_names: frozenset[str] = frozenset()
     expected_crds: tuple[str, ...] = ()
+    #: Installed CRDs that Gossamer does not enforce → how many objects of each exist.
+    unenforced_objects: dict[str, int] = field(default_factory=dict)
     cluster_roles: frozenset[str] = frozenset()
     cluster_role_bindings: frozenset[str] = frozenset()
     service_accounts: frozenset[str] = frozenset()
@@ -120,6 +122,14 @@ WEBHOOKS = "linkerd-webhooks-and-apisvc-tls"
 VERSION = "control-plane-version"
 CP_PROXY = "linkerd-control-plane-proxy"
 DATA_PLANE = "linkerd-data-plane"
+
+#: CRDs the chart installs (for Linkerd compatibility: objects written for Linkerd apply
+#: cleanly) whose objects Gossamer does not act on yet → their kind. ``gossamer check`` warns
+#: about each one that has objects, so nothing is silently accepted and ignored.
+UNENFORCED_CRDS: Mapping[str, str] = {
+    "egressnetworks.policy.linkerd.io": "EgressNetwork",
+    "externalworkloads.workload.linkerd.io": "ExternalWorkload",
+}
 
 PRE_ACCESS = (
     ("create", "namespaces"),
@@ -229,6 +239,15 @@ def existence_checks(s: Snapshot) -> Iterator[Result]:
         f"missing CRDs: {', '.join(missing_crds)}",
         "install the CRDs: gossamer install --crds | kubectl apply -f -",
     )
+    for crd, kind in UNENFORCED_CRDS.items():
+        count = s.unenforced_objects.get(crd, 0)
+        yield _r(EXISTENCE, f"no {kind} objects that Gossamer ignores")(
+            count == 0,
+            f"{count} {kind} object(s) exist, but Gossamer does not enforce {kind} "
+            "(they have no effect)",
+            f"delete them (kubectl get {crd} -A), or enforce what they mean another way",
+            warning=True,
+        )
     yield _r(EXISTENCE, "proxy-injector MutatingWebhookConfiguration exists")(
         s.webhook is not None,
         f"MutatingWebhookConfiguration {s.namespace}-proxy-injector-webhook-config not found: "
