@@ -82,7 +82,28 @@ async def _serve_http1(
         ]
         body = await _read_http1_body(reader, headers)
         app.http1.append(AppRequest(lines[0], headers, body))
-        path = lines[0].split(b" ")[1]
+        method, path = lines[0].split(b" ")[:2]
+        if path == b"/big":
+            # More than the client's windows: the proxy must pace it, not buffer it all.
+            size = 3 * 1024 * 1024 + 7
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            for offset in range(0, size, 65536):
+                piece = b"b" * min(65536, size - offset)
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            pending = await reader.read(1)
+            if not pending:
+                return
+            continue
+        if method == b"HEAD":
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n")
+            await writer.drain()
+            pending = await reader.read(1)
+            if not pending:
+                return
+            continue
         if path == b"/close":
             # Close-delimited: no length, the body ends with the connection.
             writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\nx-app: h1\r\n\r\nbye")
@@ -297,6 +318,12 @@ async def test_upgraded_http1_reaches_an_http1_app_intact(
 
         after = await client.request(_request(b"GET", b"/after"))
         assert after.body == b"you sent "
+
+        head = await client.request(_request(b"HEAD", b"/head"))
+        assert (head.headers[b"content-length"], head.body) == (b"1234", b"")
+        big = await client.request(_request(b"GET", b"/big"))
+        assert big.body == b"b" * (3 * 1024 * 1024 + 7)
+        assert b"transfer-encoding" not in big.headers
     finally:
         client.close()
 
@@ -309,6 +336,8 @@ async def test_upgraded_http1_reaches_an_http1_app_intact(
         b"GET http://api.emojivoto.svc.cluster.local:8080/abs HTTP/1.1",
         b"GET /close HTTP/1.1",
         b"GET /after HTTP/1.1",
+        b"HEAD /head HTTP/1.1",
+        b"GET /big HTTP/1.1",
     ]
     first = _fields(app.http1[0])
     assert first[b"host"] == b"api.emojivoto.svc.cluster.local:8080"
