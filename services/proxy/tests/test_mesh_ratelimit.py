@@ -94,3 +94,18 @@ def test_compile_rate_limit_and_server() -> None:
     plain = inbound_pb2.Server()
     plain.protocol.detect.SetInParent()
     assert compile_server(plain).rate_limit is None
+
+
+def test_a_rate_limit_change_is_a_policy_change() -> None:
+    """The watch keeps the policy in force when an update compares equal: a new or changed
+    rate limit must not compare equal, while the same limit keeps its buckets."""
+    plain = inbound_pb2.Server()
+    plain.protocol.http1.SetInParent()
+    limited = inbound_pb2.Server()
+    limited.protocol.http1.local_rate_limit.CopyFrom(_rate_limit_message())
+    assert compile_server(plain) != compile_server(limited)
+    assert compile_server(limited) == compile_server(limited)
+    other = inbound_pb2.Server()
+    other.CopyFrom(limited)
+    other.protocol.http1.local_rate_limit.total.requestsPerSecond = 7
+    assert compile_server(other) != compile_server(limited)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -168,3 +169,53 @@ async def test_local_rate_limit_answers_429_and_counts(
         == 2
     )
     assert _metric(inbound, "response_total", status_code="429") == 2
+
+
+async def test_policy_changes_apply_to_open_connections(
+    start_proxy: StartProxy, tcp_server: Backend, plane: ControlPlane
+) -> None:
+    """A rate limit (or a revoked authorization) reaches requests on a kept-alive connection."""
+    backend = await _backend(tcp_server)
+    port = backend[1]
+    key = f"inbound:{port}"
+    open_server = _server(rps=1)
+    open_server.protocol.detect.ClearField("http_local_rate_limit")
+    plane.plane.send(key, open_server)
+    inbound = await start_proxy(
+        GOSSAMER_PROXY_INBOUND_FIXED_TARGET=f"{backend[0]}:{port}",
+        LINKERD2_PROXY_POLICY_SVC_ADDR=plane.addr,
+        LINKERD2_PROXY_POLICY_WORKLOAD='{"ns":"ns","pod":"web-0"}',
+        LINKERD2_PROXY_INBOUND_PORTS=str(port),
+    )
+
+    async def policy_is(check: Callable[[Any], bool]) -> None:
+        for _ in range(500):  # the watch answers within a few event-loop turns
+            if check(inbound.policies.policy(port)):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the policy update did not arrive")
+
+    await policy_is(lambda p: p.meta.name == "web-http")
+    reader, writer = await asyncio.open_connection(
+        inbound.inbound_addr.host, inbound.inbound_addr.port
+    )
+    request = b"GET / HTTP/1.1\r\nhost: web:80\r\n\r\n"
+    try:
+        for _ in range(3):
+            writer.write(request)
+            assert (await asyncio.wait_for(_read_response(reader), 10))[0] == 200
+        plane.plane.send(key, _server(rps=1))
+        await policy_is(lambda p: p.rate_limit is not None)
+        statuses = []
+        for _ in range(2):
+            writer.write(request)
+            statuses.append((await asyncio.wait_for(_read_response(reader), 10))[0])
+        assert statuses == [200, 429]
+        denied = _server(rps=1)
+        denied.ClearField("authorizations")
+        plane.plane.send(key, denied)
+        await policy_is(lambda p: not p.authorizations)
+        writer.write(request)
+        assert (await asyncio.wait_for(_read_response(reader), 10))[0] == 403
+    finally:
+        writer.close()

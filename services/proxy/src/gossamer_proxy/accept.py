@@ -190,6 +190,7 @@ class AcceptedConnection(asyncio.Protocol):
                 port=target.port,
                 target_addr=str(target),
                 metrics=ctx.authz_metrics,
+                current=ctx.policies.policy,
             )
         if srv is None:
             self.labels = TargetLabels(

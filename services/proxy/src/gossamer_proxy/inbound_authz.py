@@ -4,15 +4,17 @@ An accepted inbound connection resolves its :class:`InboundPeer` once — who th
 (address, mTLS identity) and which :class:`~.mesh.authz.ServerPolicy` governs the target
 port. Opaque connections are decided once (:meth:`InboundPeer.allow_tcp`: refused ⇒ the
 connection is closed); HTTP requests one by one (:meth:`InboundPeer.check_http`: denied ⇒
-403, no route ⇒ 404), both counted in ``inbound_{tcp,http}_authz_*_total``. An authorized
-request is then checked against the Server's local rate limit (refused ⇒ 429, counted in
-``inbound_http_local_ratelimit_total``).
+403, no route ⇒ 404), both counted in ``inbound_{tcp,http}_authz_*_total``. Each HTTP
+request is decided against the port's policy in force when it arrives, so a policy update
+reaches kept-alive connections: a revoked authorization or a new rate limit applies to
+their next request, as in Linkerd. An authorized request is then checked against the
+Server's local rate limit (refused ⇒ 429, counted in ``inbound_http_local_ratelimit_total``).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -51,6 +53,8 @@ class InboundPeer:
     port: int
     target_addr: str
     metrics: AuthzMetrics | None
+    #: The port's policy in force now (``None``: ``policy`` stays the one in force).
+    current: Callable[[int], ServerPolicy] | None = None
 
     @property
     def client_id(self) -> str | None:
@@ -81,11 +85,12 @@ class InboundPeer:
 
         ``now`` is a monotonic clock reading, for the rate limit's buckets.
         """
+        policy = self.policy if self.current is None else self.current(self.port)
         view = RequestView.from_target(method, target, authority=authority or b"", headers=headers)
-        decision = authorize_http(self.policy, self.client, view)
+        decision = authorize_http(policy, self.client, view)
         self._record(decision, http=True)
         if decision.verdict is Verdict.ALLOW:
-            limiter = self.policy.rate_limit
+            limiter = policy.rate_limit
             if limiter is None:
                 return None
             refusal = limiter.check(self.client.identity, now)
@@ -109,7 +114,7 @@ class InboundPeer:
             path=view.path,
             client=str(self.client.ip),
             client_id=self.client.identity,
-            server=self.policy.meta.name,
+            server=policy.meta.name,
         )
         return ProxyError(ProxyErrorKind.FORBIDDEN)
 

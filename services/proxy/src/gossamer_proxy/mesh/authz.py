@@ -32,7 +32,7 @@ import enum
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gossamer_api.addresses import AddressError, IPAddress, IPNetwork, ip_network_from_proto
 from gossamer_api.proxy import grpc_route_pb2, inbound_pb2, meta_pb2
@@ -174,8 +174,8 @@ class ServerPolicy:
     http_routes: tuple[HttpRoute[InboundRoute], ...]
     detect_timeout: float = DEFAULT_DETECT_TIMEOUT
     audit: bool = False
-    #: The Server's ``HTTPLocalRateLimitPolicy`` with its buckets (state, not compared).
-    rate_limit: LocalRateLimiter | None = field(default=None, compare=False)
+    #: The Server's ``HTTPLocalRateLimitPolicy`` with its buckets (compared by its spec).
+    rate_limit: LocalRateLimiter | None = None
 
     @property
     def is_http(self) -> bool:

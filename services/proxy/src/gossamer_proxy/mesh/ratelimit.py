@@ -108,6 +108,14 @@ class LocalRateLimiter:
             for identity in identities:
                 self._overrides.setdefault(identity, (rps, shared))
 
+    def __eq__(self, other: object) -> bool:
+        """Limiters are equal when their specs are (a policy update that keeps the same
+        limit keeps the policy, and so the buckets, already in force)."""
+        return isinstance(other, LocalRateLimiter) and other.spec == self.spec
+
+    def __hash__(self) -> int:
+        return hash(self.spec)
+
     def check(self, identity: str | None, now: float) -> RateLimitRefusal | None:
         """``None`` if the request may go on, else the limit that refused it."""
         spec = self.spec
