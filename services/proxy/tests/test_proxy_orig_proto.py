@@ -240,6 +240,34 @@ class LinkerdStyleClient:
                     return Response(response, received)
             self.writer.write(self.conn.data_to_send())
 
+    async def request_many(self, requests: list[Headers]) -> dict[int, Response]:
+        """Send every request (no bodies) at once; the responses by stream id."""
+        sids = []
+        for headers in requests:
+            sid = self.conn.get_next_available_stream_id()
+            self.conn.send_headers(sid, headers, end_stream=True)
+            sids.append(sid)
+        self.writer.write(self.conn.data_to_send())
+        heads: dict[int, dict[bytes, bytes]] = {}
+        bodies: dict[int, bytes] = dict.fromkeys(sids, b"")
+        done: dict[int, Response] = {}
+        while len(done) < len(sids):
+            data = await asyncio.wait_for(self.reader.read(65536), 10)
+            assert data, "the proxy closed the connection"
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    heads[event.stream_id] = dict(event.headers)
+                elif isinstance(event, h2.events.DataReceived):
+                    bodies[event.stream_id] += event.data
+                    self.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                elif isinstance(event, h2.events.StreamEnded):
+                    sid = event.stream_id
+                    done[sid] = Response(heads[sid], bodies[sid])
+            self.writer.write(self.conn.data_to_send())
+        return done
+
     def close(self) -> None:
         self.writer.close()
 
@@ -376,3 +404,37 @@ async def test_unknown_orig_proto_stays_http2(
     assert got.body == b"h2 answer"
     assert not app.http1
     assert b"l5d-orig-proto" not in dict(app.h2_streams[0])
+
+
+async def test_concurrent_downgraded_streams_on_one_connection(
+    start_proxy: StartProxy,
+    tcp_server: Backend,
+    trust: TrustMaterial,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    app = App()
+    app_addr = await _start_app(tcp_server, app)
+    inbound = await start_proxy(
+        **_identity_env(trust, tmp_path, SERVER),
+        GOSSAMER_PROXY_INBOUND_FORWARD_HOST="127.0.0.1",
+    )
+    client = await LinkerdStyleClient.connect(
+        (inbound.inbound_addr.host, inbound.inbound_addr.port),
+        _identity_env(trust, tmp_path, CLIENT),
+        transport_port=app_addr[1],
+    )
+    try:
+        paths = [f"/r{i}".encode() for i in range(8)]
+        native = _request(b"GET", b"/native", orig=None)
+        responses = await client.request_many(
+            [_request(b"GET", p) for p in paths[:4]]
+            + [native]
+            + [_request(b"GET", p) for p in paths[4:]]
+        )
+    finally:
+        client.close()
+    assert len(responses) == 9
+    bodies = sorted(r.body for r in responses.values())
+    assert bodies == sorted([b"you sent "] * 8 + [b"h2 answer"])
+    assert sorted(r.line.split(b" ")[1] for r in app.http1) == sorted(paths)
+    assert [dict(h)[b":path"] for h in app.h2_streams] == [b"/native"]
