@@ -97,6 +97,16 @@ async def _serve_http1(
             if not pending:
                 return
             continue
+        if path == b"/trailers":
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n"
+                b"4\r\nbody\r\n0\r\nx-checksum: abc\r\nl5d-client-id: forged\r\n\r\n"
+            )
+            await writer.drain()
+            pending = await reader.read(1)
+            if not pending:
+                return
+            continue
         if method == b"HEAD":
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n")
             await writer.drain()
@@ -167,6 +177,7 @@ async def _start_app(tcp_server: Backend, app: App) -> tuple[str, int]:
 class Response:
     headers: dict[bytes, bytes]
     body: bytes
+    trailers: dict[bytes, bytes] = field(default_factory=dict)
 
 
 class LinkerdStyleClient:
@@ -212,6 +223,7 @@ class LinkerdStyleClient:
         sid = self.conn.get_next_available_stream_id()
         self.conn.send_headers(sid, headers, end_stream=not body)
         response: dict[bytes, bytes] = {}
+        trailers: dict[bytes, bytes] = {}
         received = b""
         while True:
             while body:  # within the proxy's flow-control windows
@@ -233,11 +245,13 @@ class LinkerdStyleClient:
                 elif isinstance(event, h2.events.DataReceived):
                     received += event.data
                     self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                elif isinstance(event, h2.events.TrailersReceived):
+                    trailers = dict(event.headers)
                 elif isinstance(event, h2.events.StreamReset):
                     raise AssertionError(f"stream reset: {event.error_code}")
                 elif isinstance(event, h2.events.StreamEnded):
                     self.writer.write(self.conn.data_to_send())
-                    return Response(response, received)
+                    return Response(response, received, trailers)
             self.writer.write(self.conn.data_to_send())
 
     async def request_many(self, requests: list[Headers]) -> dict[int, Response]:
@@ -351,6 +365,9 @@ async def test_upgraded_http1_reaches_an_http1_app_intact(
 
         head = await client.request(_request(b"HEAD", b"/head"))
         assert (head.headers[b"content-length"], head.body) == (b"1234", b"")
+        with_trailers = await client.request(_request(b"GET", b"/trailers"))
+        assert with_trailers.body == b"body"
+        assert with_trailers.trailers == {b"x-checksum": b"abc"}  # l5d-* never from a trailer
         big = await client.request(_request(b"GET", b"/big"))
         assert big.body == b"b" * (3 * 1024 * 1024 + 7)
         assert b"transfer-encoding" not in big.headers
@@ -367,6 +384,7 @@ async def test_upgraded_http1_reaches_an_http1_app_intact(
         b"GET /close HTTP/1.1",
         b"GET /after HTTP/1.1",
         b"HEAD /head HTTP/1.1",
+        b"GET /trailers HTTP/1.1",
         b"GET /big HTTP/1.1",
     ]
     first = _fields(app.http1[0])

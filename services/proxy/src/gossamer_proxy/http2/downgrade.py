@@ -23,7 +23,7 @@ import structlog
 
 from ..config import Endpoint
 from ..errors import ProxyError, ProxyErrorKind
-from ..http1.headers import Headers, MessageInfo, chunk, last_chunk
+from ..http1.headers import Headers, MessageInfo, chunk, filter_trailers, last_chunk
 from ..http1.upstream import Http1Upstream
 from .orig_proto import DowngradedRequest, upgraded_response_headers
 
@@ -186,8 +186,9 @@ class H1Downgrade:
         if not self._alive():
             return
         flow = self.pair.to_down
-        if trailers:
-            flow.trailers = [(name.lower(), value) for name, value in trailers]
+        kept = filter_trailers([(name.lower(), value) for name, value in trailers])
+        if kept:
+            flow.trailers = kept
         else:
             flow.ended = True
         request_open = not self.request_done
