@@ -80,6 +80,12 @@ async def _serve_http1(
             (n.strip(), v.strip())
             for n, _, v in (line.partition(b":") for line in lines[1:] if line)
         ]
+        if lines[0].startswith(b"POST /early "):
+            # Answer before reading the body, then close: the rest is not wanted.
+            app.http1.append(AppRequest(lines[0], headers, b""))
+            writer.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+            return
         body = await _read_http1_body(reader, headers)
         app.http1.append(AppRequest(lines[0], headers, body))
         method, path = lines[0].split(b" ")[:2]
@@ -455,3 +461,46 @@ async def test_concurrent_downgraded_streams_on_one_connection(
     assert bodies == sorted([b"you sent "] * 8 + [b"h2 answer"])
     assert sorted(r.line.split(b" ")[1] for r in app.http1) == sorted(paths)
     assert [dict(h)[b":path"] for h in app.h2_streams] == [b"/native"]
+
+
+async def test_an_early_answer_ends_the_stream_and_the_connection_carries_on(
+    start_proxy: StartProxy,
+    tcp_server: Backend,
+    trust: TrustMaterial,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The app answers before the request body ends: the client gets the answer, its stream
+    is reset with NO_ERROR (the rest is not wanted), and the connection stays usable."""
+    app = App()
+    app_addr = await _start_app(tcp_server, app)
+    inbound = await start_proxy(**_identity_env(trust, tmp_path, SERVER))
+    client = await LinkerdStyleClient.connect(
+        (inbound.inbound_addr.host, inbound.inbound_addr.port),
+        _identity_env(trust, tmp_path, CLIENT),
+        transport_port=app_addr[1],
+    )
+    conn = client.conn
+    try:
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, _request(b"POST", b"/early"), end_stream=False)
+        conn.send_data(sid, b"partial", end_stream=False)
+        client.writer.write(conn.data_to_send())
+        status = b""
+        ended = reset = False
+        while not (ended and reset):
+            data = await asyncio.wait_for(client.reader.read(65536), 10)
+            assert data
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers)[b":status"]
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended = True
+                elif isinstance(event, h2.events.StreamReset):
+                    assert event.error_code == 0
+                    reset = True
+            client.writer.write(conn.data_to_send())
+        assert status == b"413"
+        after = await client.request(_request(b"GET", b"/after"))
+        assert after.body == b"you sent "
+    finally:
+        client.close()
