@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,10 @@ SERVICES = sorted(p.parent.name for p in ROOT.glob("services/*/Dockerfile"))
 
 
 @pytest.fixture(scope="module")
-def schema(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    if not Path(go).exists():
-        if os.environ.get("GOSSAMER_REQUIRE_E2E") == "1":
-            pytest.fail("Go is needed to fetch the skaffold schema")
-        pytest.skip("Go is needed to fetch the skaffold schema")
+def schema(
+    tmp_path_factory: pytest.TempPathFactory, require_program: Callable[..., str]
+) -> dict[str, Any]:
+    go = require_program("go", also=("/usr/local/go/bin/go",))
     # Outside any module, so the download does not touch a go.mod of ours.
     workdir = tmp_path_factory.mktemp("skaffold-schema")
     result = subprocess.run(

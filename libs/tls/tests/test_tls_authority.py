@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -196,15 +196,17 @@ def test_leaf_verifies_with_webpki_style_verifier(trust: TrustMaterial) -> None:
     )
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-def test_leaf_verifies_with_openssl(trust: TrustMaterial, tmp_path: Path) -> None:
+def test_leaf_verifies_with_openssl(
+    trust: TrustMaterial, tmp_path: Path, require_program: Callable[[str], str]
+) -> None:
+    openssl = require_program("openssl")
     leaf = issue(trust, now=dt.datetime.now(dt.UTC))
     (tmp_path / "anchor.pem").write_bytes(certificates_to_pem([trust.trust_anchor.certificate]))
     (tmp_path / "issuer.pem").write_bytes(certificates_to_pem([trust.issuer.certificate]))
     (tmp_path / "leaf.pem").write_bytes(certificates_to_pem([leaf]))
     result = subprocess.run(
         [
-            "openssl", "verify", "-x509_strict", "-purpose", "sslserver",
+            openssl, "verify", "-x509_strict", "-purpose", "sslserver",
             "-verify_hostname", IDENTITY,
             "-CAfile", str(tmp_path / "anchor.pem"), "-untrusted", str(tmp_path / "issuer.pem"),
             str(tmp_path / "leaf.pem"),
