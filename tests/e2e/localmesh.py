@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import yaml
 from gossamer_cli.dev import promtext
 from gossamer_cli.dev.layout import NodeLayout
+from gossamer_kube.testing.binaries import locate_kubectl
 
 T = TypeVar("T")
 
@@ -44,7 +45,7 @@ class LocalMeshHandle:
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
         argv = [
             "ip", "netns", "exec", self.layout.node_netns,
-            "kubectl", "--kubeconfig", self.kubeconfig, *args,
+            str(locate_kubectl()), "--kubeconfig", self.kubeconfig, *args,
         ]  # fmt: skip
         out = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120)
         if check and out.returncode != 0:

@@ -33,6 +33,7 @@ from gossamer_kube.resources import (
     SERVICES,
 )
 from gossamer_kube.testing import KubeTestCluster
+from gossamer_kube.testing.binaries import locate_kubectl
 from gossamer_kube.testing.pki import issue_cert, make_ca
 from gossamer_kube.testing.pytest_plugin import locate_binaries_or_skip
 
@@ -387,6 +388,7 @@ def test_start_failure_reports_the_component_log(tmp_path: Path) -> None:
 def test_local_mode_up_status_down(tmp_path: Path) -> None:
     """`make kube-up` / `make kube-down`: a detached cluster that a later process stops."""
     locate_binaries_or_skip()
+    kubectl = str(locate_kubectl())
     state = tmp_path / "kube-local"
     env = {**os.environ, "GOSSAMER_KUBE_STATE": str(state)}
 
@@ -414,7 +416,7 @@ def test_local_mode_up_status_down(tmp_path: Path) -> None:
         again = run("up")
         assert "already running" in again.stdout
         nodes = subprocess.run(
-            ["kubectl", "--kubeconfig", str(state / "kubeconfig"), "get", "nodes", "-o", "name"],
+            [kubectl, "--kubeconfig", str(state / "kubeconfig"), "get", "nodes", "-o", "name"],
             capture_output=True,
             text=True,
             timeout=60,

@@ -2,18 +2,26 @@
 
 kube-apiserver, kube-controller-manager, kube-scheduler and kwok are built from the wrapper Go
 modules under ``tools/`` by ``scripts/kube-bins.sh`` into a per-version cache outside the
-clone; etcd and kubectl come from Debian. Nothing is downloaded from release pages.
+clone, and kubectl (at the same version) by ``scripts/kubectl-bin.sh``; etcd comes from
+Debian. Nothing is downloaded from release pages.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["KUBE_BINARIES", "KubeBinaries", "KubeBinariesMissingError", "find_repo_root"]
+__all__ = [
+    "KUBE_BINARIES",
+    "KubeBinaries",
+    "KubeBinariesMissingError",
+    "find_repo_root",
+    "locate_kubectl",
+]
 
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -86,6 +94,35 @@ class KubeBinaries:
         bin_dir = Path(lines[-1])
         _check(bin_dir)
         return cls(bin_dir, Path(etcd))
+
+
+@functools.cache
+def locate_kubectl() -> Path:
+    """kubectl at the test cluster's version: ``$GOSSAMER_KUBECTL``, else the one
+    ``scripts/kubectl-bin.sh`` builds into the cache (building it on first use if Go is here).
+    """
+    env = os.environ.get("GOSSAMER_KUBECTL")
+    if env:
+        path = Path(env)
+    else:
+        root = find_repo_root()
+        if root is None:
+            raise KubeBinariesMissingError(
+                "cannot find scripts/kubectl-bin.sh; set GOSSAMER_KUBECTL or GOSSAMER_REPO"
+            )
+        proc = subprocess.run(
+            ["bash", str(root / "scripts" / "kubectl-bin.sh")],
+            capture_output=True, text=True, check=False, cwd=root, timeout=3600,
+        )  # fmt: skip
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            raise KubeBinariesMissingError(
+                f"scripts/kubectl-bin.sh failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}"
+            )
+        path = Path(lines[-1])
+    if not os.access(path, os.X_OK):
+        raise KubeBinariesMissingError(f"kubectl is not an executable at {path}")
+    return path
 
 
 def _cached_dir(root: Path) -> Path | None:
