@@ -7,7 +7,7 @@ export UV_PYTHON := $(PYTHON_BIN)
 export UV_LINK_MODE := copy
 UV ?= uv
 RUN := $(UV) run --frozen
-DEB_PACKAGES := python3.11 iptables iproute2 etcd-server curl nghttp2-client wrk tcpdump procps psmisc util-linux
+DEB_PACKAGES := python3.11 iptables iproute2 etcd-server curl nghttp2-client wrk tcpdump procps psmisc util-linux nginx openssl
 BENCH_DEB_PACKAGES := nginx-light iperf3 wrk nghttp2-client util-linux
 REGISTRY ?= gossamer
 TAG ?= dev
@@ -61,6 +61,7 @@ setup: sync runtime kube-bins
 kube-bins: deb
 	@bash scripts/kube-bins.sh >/dev/null
 	@bash scripts/helm-bin.sh >/dev/null
+	@bash scripts/kubectl-bin.sh >/dev/null
 
 kube-up: setup
 	@$(RUN) python -m gossamer_kube.testing up
