@@ -317,7 +317,25 @@ def codes(results: list[Outcome]) -> dict[grpc.StatusCode, int]:
 async def test_calls_on_one_connection_are_spread_over_both_endpoints(
     start_proxy: StartProxy, control: ControlPlane, grpc_backends: Any
 ) -> None:
-    a, b = await grpc_backends(), await grpc_backends()
+    """Balancing is per stream: while one endpoint holds a stream, the next goes elsewhere.
+
+    Each endpoint holds its first call until both have one. Balancing per connection (or
+    not at all) would send every stream of the one client connection to the first endpoint,
+    whose held call would then never be released. No share of calls is asserted: latency
+    (so the share) is the machine's, not the proxy's.
+    """
+    both_called = asyncio.Event()
+    pair: list[GrpcBackend] = []
+
+    async def hold_the_first(request: bytes, context: Any, n: int) -> bytes:
+        if all(backend.hits for backend in pair):
+            both_called.set()
+        if n == 1:
+            await asyncio.wait_for(both_called.wait(), 30)
+        return await echo(request, context, n)
+
+    a, b = await grpc_backends(hold_the_first), await grpc_backends(hold_the_first)
+    pair += [a, b]
     control.plane.send(f"profile:{TARGET}", profile())
     control.plane.send(f"get:{AUTHORITY}", endpoints(a.port, b.port))
     proxy = await proxy_for(start_proxy, control)
@@ -325,9 +343,8 @@ async def test_calls_on_one_connection_are_spread_over_both_endpoints(
     results = await call_all(proxy, [b"x%d" % i for i in range(200)])
 
     assert codes(results) == {grpc.StatusCode.OK: 200}
+    assert both_called.is_set()
     assert len(a.hits) + len(b.hits) == 200
-    assert len(a.hits) >= 50, (len(a.hits), len(b.hits))
-    assert len(b.hits) >= 50, (len(a.hits), len(b.hits))
     # Streams are multiplexed over one pooled connection per endpoint, not one per call.
     assert len(a.peers) == 1
     assert len(b.peers) == 1
