@@ -591,9 +591,10 @@ async def test_grpc_route_response_timeout_bounds_each_attempt_and_retries(
     backend = await grpc_backends(first_stuck)
     control.plane.send(f"profile:{TARGET}", profile())
     control.plane.send(f"get:{V1}", endpoints(backend.port))
+    # The retry must answer within the per-attempt timeout: 2 s, which a busy machine keeps.
     control.plane.send(
         f"policy:{TARGET}",
-        grpc_policy((V1, 1), retry_codes=("unavailable",), max_retries=1, response_timeout=0.3),
+        grpc_policy((V1, 1), retry_codes=("unavailable",), max_retries=1, response_timeout=2.0),
     )
     proxy = await proxy_for(start_proxy, control, policy=True)
 
