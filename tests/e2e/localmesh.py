@@ -97,6 +97,19 @@ class LocalMeshHandle:
             parts.append(f"--- {pod['metadata']['name']}/{log.stem}:\n{text}\n")
         return "".join(parts)
 
+    def proxy_log_events(self, pod: dict[str, Any]) -> list[dict[str, Any]]:
+        """The JSON events of the pod's proxy log (lines that are not JSON are left out)."""
+        log = self.state_dir / "node" / "pods" / pod["metadata"]["uid"] / "logs"
+        events = []
+        for line in (log / "linkerd-proxy.log").read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
     def _mesh_log_lines(self) -> list[str]:
         try:
             return self.log.read_text(errors="replace").splitlines()
@@ -313,10 +326,12 @@ def echo_app(
     labels: dict[str, str] | None = None,
     service: bool = True,
     service_account: str | None = None,
+    annotations: dict[str, str] | None = None,
 ) -> str:
     """A ServiceAccount, a Deployment of echo.py (port ``http`` 8080) and its Service.
 
-    Pods carry ``app: <name>`` plus ``labels``; the Service selects ``app: <name>``.
+    Pods carry ``app: <name>`` plus ``labels`` and ``annotations`` (such as
+    ``config.linkerd.io/proxy-log-level``); the Service selects ``app: <name>``.
     """
     sa = service_account or name
     pod_labels = {"app": name, **(labels or {})}
@@ -338,7 +353,7 @@ def echo_app(
                 "replicas": replicas,
                 "selector": {"matchLabels": {"app": name}},
                 "template": {
-                    "metadata": {"labels": pod_labels},
+                    "metadata": {"labels": pod_labels, "annotations": dict(annotations or {})},
                     "spec": {
                         "serviceAccountName": sa,
                         "terminationGracePeriodSeconds": 10,
