@@ -242,18 +242,37 @@ def test_check_warns_about_objects_of_an_unenforced_crd(installed: Install) -> N
 
 
 def test_upgrade_keeps_the_installed_certificates(installed: Install) -> None:
+    """The README's promise: an upgrade never rotates the mesh identity by accident.
+
+    The trust roots, the issuer's certificate and key, the injector's webhook certificate and
+    key, and the caBundle the apiserver trusts the webhook with all come back unchanged.
+    """
     result = invoke(
         "upgrade", "-L", installed.namespace, "--kubeconfig", str(installed.cluster.kubeconfig),
         "--set", "controllerReplicas=2",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     objects = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(result.output)}
-    current = kubectl(installed.cluster, "-n", installed.namespace, "get", "configmap",
-                      "gossamer-identity-trust-roots", "-o", "json")  # fmt: skip
-    assert (
-        objects["ConfigMap", "gossamer-identity-trust-roots"]["data"]
-        == json.loads(current.stdout)["data"]
-    )
+
+    def current(*what: str) -> dict[str, Any]:
+        got = kubectl(installed.cluster, "-n", installed.namespace, "get", *what, "-o", "json")
+        return dict(json.loads(got.stdout))
+
+    for kind, name in [
+        ("ConfigMap", "gossamer-identity-trust-roots"),
+        ("Secret", "gossamer-identity-issuer"),
+        ("Secret", "gossamer-proxy-injector-k8s-tls"),
+    ]:
+        rendered = objects[kind, name]["data"]
+        assert rendered == current(kind.lower(), name)["data"], f"{kind} {name} changed"
+        assert all(rendered.values()), f"{kind} {name} has an empty key"
+    webhook = f"{installed.namespace}-proxy-injector-webhook-config"
+    installed_hook = current("mutatingwebhookconfiguration", webhook)
+    ca_bundles = [w["clientConfig"]["caBundle"] for w in installed_hook["webhooks"]]
+    assert ca_bundles
+    assert all(ca_bundles)
+    upgraded = objects["MutatingWebhookConfiguration", webhook]["webhooks"]
+    assert [w["clientConfig"]["caBundle"] for w in upgraded] == ca_bundles
     assert objects["Deployment", "gossamer-destination"]["spec"]["replicas"] == 2
     kubectl(installed.cluster, "apply", "--dry-run=server", "-f", "-", stdin=result.output)
 
