@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 from gossamer_api.proxy import identity_pb2, identity_pb2_grpc
 from gossamer_kube.client import BoundPod, KubeClient
+from gossamer_kube.errors import KubeApiError
 from gossamer_kube.resources import PODS, SERVICEACCOUNTS
 from gossamer_kube.testing.cluster import SA_ISSUER, KubeTestCluster
 from gossamer_tls import (
@@ -158,8 +159,11 @@ async def stub(
 
 
 async def make_pod(client: KubeClient, namespace: str, sa: str, node: str) -> BoundPod:
-    with contextlib.suppress(Exception):
+    try:
         await client.create(SERVICEACCOUNTS, {"metadata": {"name": sa}}, namespace)
+    except KubeApiError as exc:
+        if not exc.conflict:  # 409: an earlier pod of the test made it already
+            raise
     pod = await client.create(
         PODS,
         {

@@ -156,8 +156,7 @@ async def test_proxy_identity_client_certifies_against_the_real_identity_service
     tmp_path: Path,
 ) -> None:
     ns = kube_namespace
-    with contextlib.suppress(Exception):
-        await kube_client.create(SERVICEACCOUNTS, {"metadata": {"name": "web"}}, ns)
+    await kube_client.create(SERVICEACCOUNTS, {"metadata": {"name": "web"}}, ns)  # a fresh ns
     pod = await kube_client.create(
         PODS,
         {
