@@ -479,8 +479,18 @@ def test_inbound_never_reaches_a_loopback_only_service(sidecar: Sidecar) -> None
     )
 
 
+def _app_bytes_read(sidecar: Sidecar) -> float:
+    """Bytes the proxy has read from app connections it accepted on its outbound side."""
+    return _sum(sidecar.metrics(), "tcp_read_bytes_total", 'direction="outbound"', 'peer="src"')
+
+
 def test_zz_sigterm_drains_and_exits(sidecar: Sidecar) -> None:
-    """Runs last in this module: stops the shared proxy."""
+    """Runs last in this module: stops the shared proxy.
+
+    SIGTERM is sent once the proxy has read a megabyte of the upload (so it is in flight,
+    whatever the machine's speed) and long before its 20 MB at 10 MB/s can have finished.
+    """
+    before = _app_bytes_read(sidecar)
     slow = subprocess.Popen(
         sidecar.pod.exec_argv(
             _as_user(
@@ -494,7 +504,12 @@ def test_zz_sigterm_drains_and_exits(sidecar: Sidecar) -> None:
         ),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while _app_bytes_read(sidecar) - before < 1_000_000:
+        assert slow.poll() is None, slow.communicate(timeout=10)
+        assert time.monotonic() < deadline, "the upload never reached the proxy"
+        time.sleep(0.05)
+    assert slow.poll() is None, "the upload finished before SIGTERM"
     sidecar.proxy.send_signal(signal.SIGTERM)
     out, err = slow.communicate(timeout=60)
     assert slow.returncode == 0, err
