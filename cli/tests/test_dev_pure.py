@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import click
 import pytest
 from gossamer_cli.dev import images, launch, layout, promtext, status, table, volumes
 
@@ -188,3 +189,30 @@ def test_a_native_sidecar_that_is_not_ready_keeps_the_pod_unready() -> None:
     assert ready() == "False"  # the app answers but its proxy does not: no endpoint yet
     proxy.ready = True
     assert ready() == "True"  # a finished (non-sidecar) init container does not gate
+
+
+def test_dev_kubectl_prefers_the_kube_bins_kubectl_then_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gossamer_cli.dev.command import kubectl_path
+    from gossamer_kube.testing.binaries import locate_kubectl
+
+    built = tmp_path / "kube-bins" / "kubectl"
+    on_path = tmp_path / "path" / "kubectl"
+    for program in (built, on_path):
+        program.parent.mkdir()
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    monkeypatch.setenv("GOSSAMER_KUBECTL", str(built))
+    locate_kubectl.cache_clear()
+    try:
+        assert kubectl_path() == str(built)
+        monkeypatch.setenv("GOSSAMER_KUBECTL", str(tmp_path / "absent"))
+        locate_kubectl.cache_clear()
+        assert kubectl_path() == str(on_path)
+        monkeypatch.setenv("PATH", str(tmp_path))
+        with pytest.raises(click.ClickException, match="make kube-bins"):
+            kubectl_path()
+    finally:
+        locate_kubectl.cache_clear()

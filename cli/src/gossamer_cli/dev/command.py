@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,11 +165,24 @@ def kubectl(args: tuple[str, ...], state_dir: Path, prefix: str) -> None:
         "netns",
         "exec",
         info["node_netns"],
-        "kubectl",
+        kubectl_path(),
         "--kubeconfig",
         info["kubeconfig"],
     ]
     sys.exit(subprocess.call([*argv, *args]))
+
+
+def kubectl_path() -> str:
+    """The kubectl that ``make kube-bins`` builds at the cluster's version, else the PATH's."""
+    from gossamer_kube.testing.binaries import KubeBinariesMissingError, locate_kubectl
+
+    try:
+        return str(locate_kubectl())
+    except KubeBinariesMissingError as exc:
+        found = shutil.which("kubectl")
+        if found is None:
+            raise click.ClickException(f"no kubectl: {exc} (`make kube-bins` builds one)") from exc
+        return found
 
 
 def register(cli: click.Group) -> None:
