@@ -55,6 +55,7 @@ from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..outbound.discovery import TargetHandle
 from .authority import AuthorityError, settle_authority
 from .downgrade import H1Downgrade
+from .flood import FloodGuard
 from .orig_proto import downgrade_request
 
 if TYPE_CHECKING:
@@ -187,6 +188,17 @@ class H2Server(asyncio.Protocol):
         self.pairs: dict[int, _Pair] = {}
         self.upstream: _H2Upstream | None = None
         self._connecting: list[_Pair] = []
+        #: Whether a connect for ``_connecting`` is under way (one at a time, however many
+        #: streams wait or are reset meanwhile).
+        self._connect_pending = False
+        #: Streams that arrived in the read being handled; they start once the whole read
+        #: is handled, so a stream reset in the same read never reaches the upstream.
+        #: (With the ``l5d-orig-proto`` an upgraded HTTP/1 request carries, to go to the app
+        #: as HTTP/1.1.)
+        self._starting: list[tuple[_Pair, OrigProto | None]] = []
+        #: Control frames and client resets counted against the flood limits.
+        self._guard = FloodGuard()
+        self._calm = False
         self._closed = False
         self._goaway = False
         self._reads = 0
@@ -211,7 +223,8 @@ class H2Server(asyncio.Protocol):
         if eof:
             self.eof_received()
             return
-        transport.resume_reading()
+        if not self._guard.writes_backed_up and not self._calm:
+            transport.resume_reading()
 
     def eof_received(self) -> bool:
         """The client sent everything it will: finish the streams in flight, then close.
@@ -293,18 +306,91 @@ class H2Server(asyncio.Protocol):
             try:
                 self._on_event(event)
             except h2.exceptions.ProtocolError as exc:
-                # A bridging step the peer's state no longer allows: drop that stream only.
-                sid = getattr(event, "stream_id", 0)
-                _log.debug("h2_stream_error", stream_id=sid, error=str(exc))
-                pair = self.pairs.get(sid) if sid else None
-                if pair is not None:
-                    if pair.upstream is not None:
-                        pair.upstream.reset(pair, h2.errors.ErrorCodes.CANCEL)
-                    if pair.downgrade is not None:
-                        pair.downgrade.cancel()
-                    self.reset_stream(pair, h2.errors.ErrorCodes.INTERNAL_ERROR, refused=True)
+                self._stream_error(getattr(event, "stream_id", 0), exc)
+            if self._calm:
+                self._enhance_your_calm()
+                return
+        if self._starting:
+            self._start_streams()
         self._flush_out()
         self._flush_upstreams()
+
+    def _stream_error(self, sid: int, exc: h2.exceptions.ProtocolError) -> None:
+        """A bridging step the peer's state no longer allows: drop that stream only."""
+        _log.debug("h2_stream_error", stream_id=sid, error=str(exc))
+        pair = self.pairs.get(sid) if sid else None
+        if pair is not None:
+            if pair.upstream is not None:
+                pair.upstream.reset(pair, h2.errors.ErrorCodes.CANCEL)
+            if pair.downgrade is not None:
+                pair.downgrade.cancel()
+            self.reset_stream(pair, h2.errors.ErrorCodes.INTERNAL_ERROR, refused=True)
+
+    def _start_streams(self) -> None:
+        """Forward the streams of the read just handled that are still open."""
+        starting, self._starting = self._starting, []
+        pairs = self.pairs
+        for pair, orig in starting:
+            if pairs.get(pair.down_id) is pair:
+                try:
+                    if orig is not None:
+                        self._downgrade(pair, orig)
+                    else:
+                        self._forward(pair)
+                except h2.exceptions.ProtocolError as exc:
+                    self._stream_error(pair.down_id, exc)
+
+    def _enhance_your_calm(self) -> None:
+        """The client passed a flood limit: GOAWAY(ENHANCE_YOUR_CALM), cancel its streams, close.
+
+        A client that does not read (writes backed up) would never take the GOAWAY, so its
+        connection is aborted rather than left to drain.
+        """
+        self._goaway = True
+        self._starting = []
+        for pair in list(self.pairs.values()):
+            self.pairs.pop(pair.down_id, None)
+            self._client_reset(pair, h2.errors.ErrorCodes.CANCEL)
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.conn.close_connection(
+                error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
+                last_stream_id=self.conn.highest_inbound_stream_id,
+            )
+        self._flush_out()
+        self._flush_upstreams()
+        transport = self.transport
+        if transport is None:
+            return
+        if self._guard.writes_backed_up:
+            transport.abort()
+        else:
+            transport.close()
+
+    # -- backpressure toward the client ------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        """The client is not reading: stop reading it, and stop moving response data.
+
+        Response DATA then waits in its stream's flow (unacknowledged upstream, so the
+        upstream's window throttles it), and no new frame from the client can make the
+        proxy owe it anything more.
+        """
+        self._guard.backed_up()
+        if self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._guard.drained()
+        if self._closed or self._calm:
+            return
+        for pair in list(self.pairs.values()):
+            flow = pair.to_down
+            if flow.pending or flow.ended or flow.trailers is not None:
+                self.pump(pair)
+        self._flush_out()
+        self._flush_upstreams()
+        if self.transport is not None and not self._guard.writes_backed_up:
+            self.transport.resume_reading()
 
     def _flush_upstreams(self) -> None:
         if self.upstream is not None:
@@ -348,6 +434,13 @@ class H2Server(asyncio.Protocol):
             pair = self.pairs.pop(event.stream_id, None)
             if pair is not None:
                 self._client_reset(pair, event.error_code or h2.errors.ErrorCodes.CANCEL)
+                if self._guard.client_reset(self.loop.time()):
+                    _log.info("h2_reset_flood", streams=event.stream_id)
+                    self._calm = True
+        elif isinstance(event, (h2.events.PingReceived, h2.events.RemoteSettingsChanged)):
+            if self._guard.control_frame():
+                _log.info("h2_control_frame_flood", pending=self._guard.pending_control_frames)
+                self._calm = True
         elif isinstance(event, h2.events.WindowUpdated):
             targets = (
                 list(self.pairs.values())
@@ -408,23 +501,29 @@ class H2Server(asyncio.Protocol):
             pair.request_ended = True
         self.pairs[sid] = pair
         if self._goaway or self.ctx.draining:
-            self.respond_error(pair, ProxyErrorKind.SHUTTING_DOWN)
+            self._answer_now(pair, ProxyErrorKind.SHUTTING_DOWN)
             return
         if malformed:
-            self.respond_error(pair, ProxyErrorKind.BAD_REQUEST, "conflicting host fields")
+            self._answer_now(pair, ProxyErrorKind.BAD_REQUEST, "conflicting host fields")
             return
         if self.peer is not None:
             denied = self.peer.check_http(method, path, authority, headers, pair.started_at)
             if denied is not None:
-                self.respond_error(pair, denied.kind, denied.detail)
+                self._answer_now(pair, denied.kind, denied.detail)
                 return
+        orig: OrigProto | None = None
         if orig_proto is not None:
             orig = parse_orig_proto(orig_proto)
-            if orig is not None:
-                self._downgrade(pair, orig)
-                return
-            _log.info("orig_proto_unknown", value=orig_proto.decode("latin-1"))
-        self._forward(pair)
+            if orig is None:
+                _log.info("orig_proto_unknown", value=orig_proto.decode("latin-1"))
+        self._starting.append((pair, orig))
+
+    def _answer_now(self, pair: _Pair, kind: ProxyErrorKind, detail: str | None = None) -> None:
+        """Answer a new stream without forwarding it; the answer counts as a frame owed."""
+        self.respond_error(pair, kind, detail)
+        if self._guard.control_frame():
+            _log.info("h2_answer_flood", pending=self._guard.pending_control_frames)
+            self._calm = True
 
     def _downgrade(self, pair: _Pair, orig: OrigProto) -> None:
         """An HTTP/1 request a client proxy upgraded: send it to the app as HTTP/1.1."""
@@ -432,7 +531,9 @@ class H2Server(asyncio.Protocol):
             request = downgrade_request(
                 pair.request_headers,
                 orig,
-                ended=pair.request_ended,
+                # Whether it ended with its headers: DATA and END_STREAM of the same read
+                # (the stream starts once the read is handled) still make a body.
+                ended=pair.to_up.ended_on_headers,
                 default_host=str(self.target).encode(),
             )
         except HeaderError as exc:
@@ -463,7 +564,8 @@ class H2Server(asyncio.Protocol):
             up.open_stream(pair)
             return
         self._connecting.append(pair)
-        if len(self._connecting) == 1:
+        if not self._connect_pending:
+            self._connect_pending = True
             self.ctx.spawn(self._connect())
 
     def count(self, pair: _Pair, labels: TargetLabels) -> None:
@@ -473,6 +575,12 @@ class H2Server(asyncio.Protocol):
             pair.stats.requests.value += 1
 
     async def _connect(self) -> None:
+        try:
+            await self._connect_upstream()
+        finally:
+            self._connect_pending = False
+
+    async def _connect_upstream(self) -> None:
         ctx = self.ctx
         labels = self.labels
         try:
@@ -516,7 +624,12 @@ class H2Server(asyncio.Protocol):
     # -- proxy → client ----------------------------------------------------------------------
 
     def pump(self, pair: _Pair) -> None:
-        """Send what the client's window allows of ``pair``'s response."""
+        """Send what the client's window allows of ``pair``'s response.
+
+        Nothing moves while the client's writes are backed up; :meth:`resume_writing` pumps.
+        """
+        if self._guard.writes_backed_up:
+            return
         up = pair.upstream
         try:
             done = _pump(self.conn, pair.down_id, pair.to_down, up.conn if up else None, pair.up_id)
@@ -672,6 +785,8 @@ class _H2Upstream(asyncio.Protocol):
         self._idle_close = False
         self._server_identity: str | None = None
         self._identity_known = False
+        self._guard = FloodGuard()
+        self._calm = False
 
     def server_identity(self) -> str | None:
         """The mesh identity the server proved on this connection (``None``: plaintext)."""
@@ -727,6 +842,8 @@ class _H2Upstream(asyncio.Protocol):
         return True
 
     def pump(self, pair: _Pair) -> None:
+        if self._guard.writes_backed_up:
+            return  # the request waits (unacknowledged to the client) for resume_writing
         try:
             _pump(self.conn, pair.up_id, pair.to_up, self.server.conn, pair.down_id)
         except h2.exceptions.StreamClosedError:
@@ -762,6 +879,8 @@ class _H2Upstream(asyncio.Protocol):
             return
         server = self.server
         for event in events:
+            if self._calm:
+                break
             try:
                 self._on_event(event)
             except h2.exceptions.ProtocolError as exc:
@@ -772,9 +891,22 @@ class _H2Upstream(asyncio.Protocol):
                     with contextlib.suppress(h2.exceptions.ProtocolError):
                         self.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
                     server.reset_stream(pair, h2.errors.ErrorCodes.INTERNAL_ERROR, refused=True)
+        if self._calm:
+            self._enhance_your_calm()
         self.flush_out()
         server._flush_out()
         self._maybe_close()
+
+    def _enhance_your_calm(self) -> None:
+        """The upstream passed a flood limit: GOAWAY(ENHANCE_YOUR_CALM) and abort.
+
+        Its streams fail toward the client as for any lost connection.
+        """
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.conn.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        self.flush_out()
+        if self.transport is not None:
+            self.transport.abort()
 
     def _on_event(self, event: h2.events.Event) -> None:
         server = self.server
@@ -824,6 +956,12 @@ class _H2Upstream(asyncio.Protocol):
                 self.pump(pair)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._on_goaway(event.last_stream_id or 0)
+        elif (
+            isinstance(event, (h2.events.PingReceived, h2.events.RemoteSettingsChanged))
+            and self._guard.control_frame()
+        ):
+            _log.info("h2_upstream_control_frame_flood")
+            self._calm = True
 
     def _on_goaway(self, last_stream_id: int) -> None:
         self._goaway = True
@@ -839,7 +977,20 @@ class _H2Upstream(asyncio.Protocol):
         self.server.upstream_lost(self, list(streams.values()))
 
     def pause_writing(self) -> None:
-        pass  # h2 flow control bounds what we queue
+        """The upstream is not reading: stop reading it, and stop moving request data."""
+        self._guard.backed_up()
+        if self.transport is not None and not self._closed:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        pass
+        self._guard.drained()
+        if self._closed or self._calm:
+            return
+        for pair in list(self.streams.values()):
+            flow = pair.to_up
+            if flow.pending or flow.ended or flow.trailers is not None:
+                self.pump(pair)
+        self.flush_out()
+        self.server._flush_out()
+        if self.transport is not None and not self._guard.writes_backed_up:
+            self.transport.resume_reading()

@@ -1,0 +1,304 @@
+"""HTTP/2 flood defences of a real proxy on loopback (RFC 9113 §10.5, CVE-2023-44487).
+
+Raw sockets speak the frames an abusive client sends; the assertions look at what the
+proxy buffered, how many streams and connections reached the backend, and what the client
+was told (GOAWAY with ENHANCE_YOUR_CALM), never at how long anything took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import pytest
+from gossamer_proxy.app import Proxy
+from gossamer_proxy.context import ListenerContext
+from gossamer_proxy.http2.bridge import H2Server
+
+StartProxy = Callable[..., Awaitable[Proxy]]
+TcpServer = Callable[..., Awaitable[tuple[str, int]]]
+
+pytestmark = pytest.mark.timeout(90)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+REQUEST = [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "app")]
+
+
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(payload))[1:]
+        + bytes((kind, flags))
+        + struct.pack(">I", stream_id)
+        + payload
+    )
+
+
+PING = _frame(0x6, 0, 0, b"12345678")
+EMPTY_SETTINGS = _frame(0x4, 0, 0, b"")
+
+
+async def _until(predicate: Callable[[], bool], what: str, *, limit: float = 20.0) -> None:
+    """Poll ``predicate`` (the proxy runs on this loop) until true; fail after ``limit``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def _outbound(proxy: Proxy) -> ListenerContext:
+    return next(ctx for ctx in proxy.contexts if ctx.direction == "outbound")
+
+
+async def _h2_server_of(proxy: Proxy) -> H2Server:
+    ctx = _outbound(proxy)
+    await _until(lambda: any(isinstance(c, H2Server) for c in ctx.connections), "the h2 server")
+    return next(c for c in ctx.connections if isinstance(c, H2Server))
+
+
+def _dead_port() -> tuple[str, int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        host, port = s.getsockname()
+    return str(host), int(port)
+
+
+async def _silent_client(port: int) -> socket.socket:
+    """A client socket with a tiny receive buffer that it never reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return sock
+
+
+class _CountingH2Backend:
+    """An h2 server that answers every stream with 200 and counts streams and connections."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.streams = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        with contextlib.suppress(ConnectionError, h2.exceptions.ProtocolError):
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        self.streams += 1
+                        with contextlib.suppress(h2.exceptions.StreamClosedError):
+                            conn.send_headers(event.stream_id, [(":status", "200")])
+                            conn.send_data(event.stream_id, b"ok", end_stream=True)
+                writer.write(conn.data_to_send())
+                await writer.drain()
+        writer.close()
+
+
+class _Client:
+    """A raw h2 client that keeps reading, recording the GOAWAY it gets."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
+        self.goaway: h2.events.ConnectionTerminated | None = None
+        self.responses: dict[int, int] = {}
+        self.closed = False
+        self.conn.initiate_connection()
+        writer.write(self.conn.data_to_send())
+        self._task = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def connect(cls, port: int) -> _Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def _read(self) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await self.reader.read(65536):
+                with contextlib.suppress(h2.exceptions.ProtocolError):
+                    for event in self.conn.receive_data(data):
+                        if isinstance(event, h2.events.ConnectionTerminated):
+                            self.goaway = event
+                        elif isinstance(event, h2.events.ResponseReceived):
+                            status = dict(event.headers)[":status"]
+                            self.responses[event.stream_id] = int(status)
+        self.closed = True
+
+    async def send(self, data: bytes) -> bool:
+        """Send ``data``; False if the proxy had closed the connection."""
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except ConnectionError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._task.cancel()
+        self.writer.close()
+
+
+async def _flood_without_reading(proxy: Proxy, frame: bytes) -> tuple[H2Server, int, int]:
+    """Send up to 16 MB of ``frame`` and never read; returns the server, bytes sent, peak.
+
+    Stops sending once the proxy stops reading (or closes); the peak is the largest write
+    buffer the proxy held for this client at any check.
+    """
+    loop = asyncio.get_running_loop()
+    sock = await _silent_client(proxy.outbound_addr.port)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    await loop.sock_sendall(sock, conn.data_to_send())
+    server = await _h2_server_of(proxy)
+    transport: Any = server.transport
+    assert transport is not None
+    chunk = frame * (65536 // len(frame))
+    sent = peak = 0
+
+    def stalled() -> bool:
+        return transport.is_closing() or not transport.is_reading()
+
+    try:
+        for _ in range(16 * 1024 * 1024 // len(chunk)):
+            send = asyncio.ensure_future(loop.sock_sendall(sock, chunk))
+            while not send.done():
+                await asyncio.wait({send}, timeout=0.05)
+                peak = max(peak, transport.get_write_buffer_size())
+                if not send.done() and stalled():
+                    send.cancel()
+                    break
+            if not send.done() or send.cancelled() or send.exception() is not None:
+                break
+            sent += len(chunk)
+            peak = max(peak, transport.get_write_buffer_size())
+        # Let the proxy take in whatever it is still willing to read.
+        await _until(lambda: stalled() or server.tcp.read.value >= sent, "the proxy to read")
+        peak = max(peak, transport.get_write_buffer_size())
+    finally:
+        sock.close()
+    return server, sent, peak
+
+
+@pytest.mark.parametrize("frame", [PING, EMPTY_SETTINGS], ids=["ping", "settings"])
+async def test_control_frame_flood_from_a_client_that_never_reads_is_bounded(
+    start_proxy: StartProxy, frame: bytes
+) -> None:
+    proxy = await start_proxy(_dead_port())
+    server, sent, peak = await _flood_without_reading(proxy, frame)
+    # The proxy stopped reading frames it would owe ACKs for (closing the connection
+    # if the ACKs owed by then passed the limit), holding well under a megabyte for it.
+    transport = server.transport
+    assert transport is not None
+    assert transport.is_closing() or not transport.is_reading()
+    assert sent < 16 * 1024 * 1024
+    assert peak < 1024 * 1024, peak
+    print(f"flood: sent={sent} peak_buffered={peak} closed={transport.is_closing()}")
+
+
+async def test_rapid_reset_gets_goaway_enhance_your_calm_and_no_upstream_work(
+    start_proxy: StartProxy, tcp_server: TcpServer
+) -> None:
+    backend = _CountingH2Backend()
+    proxy = await start_proxy(await tcp_server(backend.handle))
+    client = await _Client.connect(proxy.outbound_addr.port)
+    try:
+        pairs = 0
+        for _ in range(40):  # up to 20,000 HEADERS + RST_STREAM pairs, 500 per write
+            for _ in range(500):
+                sid = client.conn.get_next_available_stream_id()
+                client.conn.send_headers(sid, REQUEST, end_stream=True)
+                client.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+                pairs += 1
+            if not await client.send(client.conn.data_to_send()) or client.goaway:
+                break
+        await _until(lambda: client.closed, "the proxy to close the connection")
+    finally:
+        client.close()
+    assert client.goaway is not None
+    assert client.goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    # A stream reset in the read that opened it never reaches the backend; only a pair
+    # split across two reads can, so the backend sees next to nothing.
+    assert backend.streams <= 10, backend.streams
+    assert backend.connections <= 1
+
+
+async def test_occasional_resets_keep_the_connection(
+    start_proxy: StartProxy, tcp_server: TcpServer
+) -> None:
+    backend = _CountingH2Backend()
+    proxy = await start_proxy(await tcp_server(backend.handle))
+    client = await _Client.connect(proxy.outbound_addr.port)
+    try:
+        for _ in range(100):  # a client cancelling one call in two (well under the burst)
+            sid = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(sid, REQUEST, end_stream=True)
+            client.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+            await client.send(client.conn.data_to_send())
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, REQUEST, end_stream=True)
+        await client.send(client.conn.data_to_send())
+        await _until(lambda: sid in client.responses, "the last response")
+    finally:
+        client.close()
+    assert client.goaway is None
+    assert client.responses[sid] == 200
+
+
+async def test_resets_while_connecting_share_one_upstream_connect(
+    start_proxy: StartProxy, tcp_server: TcpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = _CountingH2Backend()
+    proxy = await start_proxy(await tcp_server(backend.handle))
+    connector = _outbound(proxy).connector
+    original = connector.open
+    attempts = 0
+    release = asyncio.Event()
+
+    async def gated_open(*args: Any, **kwargs: Any) -> Any:
+        nonlocal attempts
+        attempts += 1
+        await release.wait()  # the connect is still under way while streams come and go
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(connector, "open", gated_open)
+    client = await _Client.connect(proxy.outbound_addr.port)
+    server = await _h2_server_of(proxy)
+    try:
+        for _ in range(10):  # 10 rounds: 10 streams open (waiting for the connect), then reset
+            sids = []
+            for _ in range(10):
+                sid = client.conn.get_next_available_stream_id()
+                client.conn.send_headers(sid, REQUEST, end_stream=True)
+                sids.append(sid)
+            await client.send(client.conn.data_to_send())
+            await _until(lambda: len(server.pairs) == 10, "the streams to wait for a connection")
+            for sid in sids:
+                client.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+            await client.send(client.conn.data_to_send())
+            await _until(lambda: not server.pairs, "the resets")
+        release.set()
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, REQUEST, end_stream=True)
+        await client.send(client.conn.data_to_send())
+        await _until(lambda: sid in client.responses, "a response over the one connection")
+    finally:
+        client.close()
+    assert attempts == 1
+    assert backend.connections == 1
+    assert backend.streams == 1  # the reset streams never reached the app
+    assert client.goaway is None
