@@ -93,6 +93,8 @@ _log = structlog.get_logger("gossamer.proxy")
 _BLOCK_UPSTREAM_FULL: Final = 1  # the upstream write buffer is over its high-water mark
 _BLOCK_WAIT_UPSTREAM: Final = 2  # body is arriving before an upstream is attached
 _BLOCK_PIPELINE: Final = 4  # a pipelined request waits behind the one in flight
+_BLOCK_CLIENT_FULL: Final = 8  # the client's write buffer is over its high-water mark
+_HEAD_END: Final = b"\r\n\r\n"
 
 _INBOUND_STRIP = L5D_REQUEST_STRIP | {b"l5d-client-id"}
 #: Outbound, the ``l5d-retry-*``/``l5d-*-timeout`` directives are consumed (honoured only on
@@ -247,6 +249,11 @@ class Http1Server(asyncio.Protocol):
         self._tunnel: Exchange | None = None
         self._stats_cache: dict[bytes | None, HttpTargetStats] = {}
         self._out: list[bytes] = []
+        #: The client is not reading what we write (its write buffer is over the mark).
+        self._client_backed_up = False
+        #: Read but not parsed: the requests wait while the client's writes are backed up.
+        self._unparsed = b""
+        self._eof_after_unparsed = False
         self._default_host = ((b"host", str(target).encode()),)
         self._handle: TargetHandle | None = None
         #: A request whose ``Upgrade: h2c`` was stripped, which llhttp took for an upgrade.
@@ -294,14 +301,44 @@ class Http1Server(asyncio.Protocol):
         self.tcp.close(getattr(exc, "errno", 0) or 0 if exc else 0)
 
     def pause_writing(self) -> None:
+        """The client is not reading: stop reading the response and parsing new requests.
+
+        A request whose body is arriving keeps arriving (the upstream's own backpressure
+        governs it); the next request is not parsed, so answers the proxy makes itself
+        (403, 502, ...) cannot pile up either.
+        """
+        self._client_backed_up = True
         ex = self._active
         if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
             ex.upstream.transport.pause_reading()
+        if self._cur is None and not self._upgraded:
+            self._block(_BLOCK_CLIENT_FULL)
 
     def resume_writing(self) -> None:
+        self._client_backed_up = False
         ex = self._active
         if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
             ex.upstream.transport.resume_reading()
+        if self._unparsed:
+            self.loop.call_soon(self._parse_unparsed)
+        else:
+            self._unblock(_BLOCK_CLIENT_FULL)
+
+    def _parse_unparsed(self) -> None:
+        """Writes flow again: parse what was read meanwhile, then read on."""
+        if self._closed or self._client_backed_up:
+            return
+        data, self._unparsed = self._unparsed, b""
+        if data:
+            self._parse(data)
+        if self._unparsed or self._client_backed_up or self._closed:
+            return
+        if self._eof_after_unparsed:
+            self._eof_after_unparsed = False
+            if not self.eof_received():
+                self._close()
+            return
+        self._unblock(_BLOCK_CLIENT_FULL)
 
     def _block(self, reason: int) -> None:
         if not self._blocked and self.transport is not None and not self._closed:
@@ -381,26 +418,50 @@ class Http1Server(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel_data(self._tunnel, data)
             return
-        if self._in_head or self._cur is None:
-            if self._head_bytes + len(data) > self.limits.max_head_bytes and not self._head_ends_in(
-                data
-            ):
-                self._reject(ProxyErrorKind.HEAD_TOO_LARGE)
-                return
-            self._head_bytes += len(data)
+        if self._unparsed:
+            self._unparsed += data  # keeps the order; reading is paused meanwhile
+            return
         self._parse(data)
 
     def _parse(self, data: bytes) -> None:
+        """Feed ``data`` to the parser, stopping between requests while writes are backed up.
+
+        The data goes in pieces that each end with a head (or chunked body) terminator, so
+        that between any two requests the proxy can see that the client stopped reading and
+        keep the rest for later. A read with one request is one piece.
+        """
+        size = len(data)
+        start = 0
+        while start < size:
+            if self._client_backed_up and self._cur is None:
+                self._unparsed = data[start:]
+                self._block(_BLOCK_CLIENT_FULL)
+                return
+            cut = data.find(_HEAD_END, start)
+            stop = size if cut < 0 else cut + 4
+            if self._in_head or self._cur is None:
+                room = self.limits.max_head_bytes - self._head_bytes
+                if stop - start > room and data.find(_HEAD_END, start, start + max(room, 0)) < 0:
+                    self._reject(ProxyErrorKind.HEAD_TOO_LARGE)
+                    return
+                self._head_bytes += stop - start
+            piece = data if start == 0 and stop == size else memoryview(data)[start:stop]
+            if not self._feed(piece, data, stop) or self._closed:
+                return
+            start = stop
+
+    def _feed(self, piece: bytes | memoryview, data: bytes, stop: int) -> bool:
+        """Parse ``piece`` (which ends at ``stop`` in ``data``); False when parsing is over."""
         while True:
             try:
-                self.parser.feed_data(data)
-                return
+                self.parser.feed_data(piece)
+                return True
             except httptools.HttpParserUpgrade as upgrade:
-                offset = int(upgrade.args[0]) if upgrade.args else len(data)
+                offset = int(upgrade.args[0]) if upgrade.args else len(piece)
                 ex, self._h2c_upgrade = self._h2c_upgrade, None
                 if ex is None:
-                    self._on_request_upgrade(data[offset:])
-                    return
+                    self._on_request_upgrade(bytes(piece[offset:]) + data[stop:])
+                    return False
                 # An h2c offer we stripped: go on parsing HTTP/1.1 (see :mod:`.h2c`).
                 if ex is self._cur and ex.info is not None:
                     self.parser = httptools.HttpRequestParser(self)
@@ -409,15 +470,15 @@ class Http1Server(asyncio.Protocol):
                         self.parser.feed_data(body_only_head(ex.info))
                     finally:
                         self._priming = False
-                data = data[offset:]
-                if not data:
-                    return
+                piece = piece[offset:]
+                if not piece:
+                    return True
             except httptools.HttpParserCallbackError as exc:
                 self._parse_failed(exc)
-                return
+                return False
             except httptools.HttpParserError as exc:
                 self._reject(ProxyErrorKind.BAD_REQUEST, str(exc))
-                return
+                return False
 
     def _parse_failed(self, exc: httptools.HttpParserCallbackError) -> None:
         cause = exc.__context__
@@ -430,10 +491,6 @@ class Http1Server(asyncio.Protocol):
             _log.error("http1_server_error", error=repr(cause))
             self._reject(ProxyErrorKind.BAD_REQUEST, "internal proxy error")
 
-    def _head_ends_in(self, data: bytes) -> bool:
-        room = self.limits.max_head_bytes - self._head_bytes
-        return 0 <= data.find(b"\r\n\r\n", 0, max(room, 0)) < room
-
     def eof_received(self) -> bool:
         """The client half-closed.
 
@@ -442,6 +499,9 @@ class Http1Server(asyncio.Protocol):
         connection closes. Over TLS the connection closes now (see halfclose): no response
         can reach the client any more, so the requests in flight are given up upstream.
         """
+        if self._unparsed:
+            self._eof_after_unparsed = True  # handled once the requests read before it are
+            return True
         if self._in_head or (self._cur is not None and not self._cur.request_done):
             self._abort_all()
             return False
