@@ -153,14 +153,15 @@ class _Client:
         self.writer.close()
 
 
-async def _flood_without_reading(proxy: Proxy, frame: bytes) -> tuple[H2Server, int, int]:
+async def _flood_without_reading(
+    proxy: Proxy, sock: socket.socket, frame: bytes
+) -> tuple[H2Server, int, int]:
     """Send up to 16 MB of ``frame`` and never read; returns the server, bytes sent, peak.
 
     Stops sending once the proxy stops reading (or closes); the peak is the largest write
     buffer the proxy held for this client at any check.
     """
     loop = asyncio.get_running_loop()
-    sock = await _silent_client(proxy.outbound_addr.port)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     await loop.sock_sendall(sock, conn.data_to_send())
@@ -173,24 +174,21 @@ async def _flood_without_reading(proxy: Proxy, frame: bytes) -> tuple[H2Server, 
     def stalled() -> bool:
         return transport.is_closing() or not transport.is_reading()
 
-    try:
-        for _ in range(16 * 1024 * 1024 // len(chunk)):
-            send = asyncio.ensure_future(loop.sock_sendall(sock, chunk))
-            while not send.done():
-                await asyncio.wait({send}, timeout=0.05)
-                peak = max(peak, transport.get_write_buffer_size())
-                if not send.done() and stalled():
-                    send.cancel()
-                    break
-            if not send.done() or send.cancelled() or send.exception() is not None:
-                break
-            sent += len(chunk)
+    for _ in range(16 * 1024 * 1024 // len(chunk)):
+        send = asyncio.ensure_future(loop.sock_sendall(sock, chunk))
+        while not send.done():
+            await asyncio.wait({send}, timeout=0.05)
             peak = max(peak, transport.get_write_buffer_size())
-        # Let the proxy take in whatever it is still willing to read.
-        await _until(lambda: stalled() or server.tcp.read.value >= sent, "the proxy to read")
+            if not send.done() and stalled():
+                send.cancel()
+                break
+        if not send.done() or send.cancelled() or send.exception() is not None:
+            break
+        sent += len(chunk)
         peak = max(peak, transport.get_write_buffer_size())
-    finally:
-        sock.close()
+    # Let the proxy take in whatever it is still willing to read.
+    await _until(lambda: stalled() or server.tcp.read.value >= sent, "the proxy to read")
+    peak = max(peak, transport.get_write_buffer_size())
     return server, sent, peak
 
 
@@ -199,15 +197,25 @@ async def test_control_frame_flood_from_a_client_that_never_reads_is_bounded(
     start_proxy: StartProxy, frame: bytes
 ) -> None:
     proxy = await start_proxy(_dead_port())
-    server, sent, peak = await _flood_without_reading(proxy, frame)
-    # The proxy stopped reading frames it would owe ACKs for (closing the connection
-    # if the ACKs owed by then passed the limit), holding well under a megabyte for it.
-    transport = server.transport
-    assert transport is not None
-    assert transport.is_closing() or not transport.is_reading()
-    assert sent < 16 * 1024 * 1024
-    assert peak < 1024 * 1024, peak
-    print(f"flood: sent={sent} peak_buffered={peak} closed={transport.is_closing()}")
+    sock = await _silent_client(proxy.outbound_addr.port)
+    try:
+        server, sent, peak = await _flood_without_reading(proxy, sock, frame)
+        # The proxy stopped reading frames it would owe ACKs for (closing the connection
+        # if the ACKs owed by then passed the limit), holding well under a megabyte for it.
+        transport = server.transport
+        assert transport is not None
+        assert transport.is_closing() or not transport.is_reading()
+        assert sent < 16 * 1024 * 1024
+        assert peak < 1024 * 1024, peak
+        # Left idle, the connection is aborted: a GOAWAY the client never reads would keep
+        # it (and its buffer) forever.
+        now = asyncio.get_running_loop().time()
+        server.tick(now)
+        server.tick(now + _outbound(proxy).limits.idle_timeout)
+        server.tick(now + _outbound(proxy).limits.idle_timeout + 1)
+        await _until(lambda: server not in _outbound(proxy).connections, "the abort")
+    finally:
+        sock.close()
 
 
 async def test_rapid_reset_gets_goaway_enhance_your_calm_and_no_upstream_work(

@@ -404,7 +404,11 @@ class Http1Server(asyncio.Protocol):
             limits=self.limits,
         )
         if result is Verdict.CLOSE_IDLE:
-            self._close()
+            transport = self.transport
+            if self._client_backed_up or (transport is not None and transport.is_closing()):
+                self._abort_all()  # the client reads nothing: a graceful close never ends
+            else:
+                self._close()
         elif result is Verdict.HEAD_TIMEOUT:
             self._reject(ProxyErrorKind.HEAD_TIMEOUT)
         elif result is Verdict.BODY_STALLED:

@@ -279,7 +279,13 @@ class H2Server(asyncio.Protocol):
             self._seen = self._reads
             self._quiet_since = now
         elif not self.pairs and now - self._quiet_since >= self.ctx.limits.idle_timeout:
-            self.drain()
+            transport = self.transport
+            if transport is not None and (self._guard.writes_backed_up or transport.is_closing()):
+                # The client reads nothing (or not the GOAWAY of a tick ago): a graceful
+                # close would never end.
+                transport.abort()
+            else:
+                self.drain()
 
     def _close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
