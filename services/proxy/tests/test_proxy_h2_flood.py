@@ -18,6 +18,8 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.exceptions
+import h2.settings
 import pytest
 from gossamer_proxy.app import Proxy
 from gossamer_proxy.context import ListenerContext
@@ -310,3 +312,156 @@ async def test_resets_while_connecting_share_one_upstream_connect(
     assert backend.connections == 1
     assert backend.streams == 1  # the reset streams never reached the app
     assert client.goaway is None
+
+
+# -- DATA toward a peer that does not read ------------------------------------------------
+
+BIG = 32 * 1024 * 1024
+HUGE_WINDOW = 2**31 - 1
+
+
+def _open_windows(conn: h2.connection.H2Connection) -> None:
+    """Advertise the largest windows HTTP/2 allows: only the transport can push back."""
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: HUGE_WINDOW})
+    conn.increment_flow_control_window(HUGE_WINDOW - 65535)
+
+
+class _Sender:
+    """Sends ``BIG`` bytes on one stream of ``conn`` as fast as its windows allow."""
+
+    def __init__(self, conn: h2.connection.H2Connection) -> None:
+        self.conn = conn
+        self.stream_id = 0
+        self.sent = 0
+        self.blocked = False
+
+    @property
+    def done(self) -> bool:
+        return self.sent >= BIG
+
+    def send_more(self) -> None:
+        if not self.stream_id or self.done:
+            return
+        conn = self.conn
+        piece = b"x" * conn.max_outbound_frame_size
+        while not self.done:
+            window = min(
+                conn.local_flow_control_window(self.stream_id), len(piece), BIG - self.sent
+            )
+            if window <= 0:
+                self.blocked = True
+                return
+            conn.send_data(self.stream_id, piece[:window], end_stream=self.sent + window >= BIG)
+            self.sent += window
+        self.blocked = False
+
+
+async def test_response_data_toward_a_client_that_never_reads_waits_upstream(
+    start_proxy: StartProxy, tcp_server: TcpServer
+) -> None:
+    """A client with huge windows that never reads: the proxy's buffer stays bounded and the
+    backend is held back by the window the proxy does not reopen."""
+    senders: list[_Sender] = []
+
+    async def streaming_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        sender = _Sender(conn)
+        senders.append(sender)
+        writer.write(conn.data_to_send())
+        with contextlib.suppress(ConnectionError, h2.exceptions.ProtocolError):
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        conn.send_headers(event.stream_id, [(":status", "200")])
+                        sender.stream_id = event.stream_id
+                sender.send_more()
+                writer.write(conn.data_to_send())
+                await writer.drain()
+
+    proxy = await start_proxy(await tcp_server(streaming_backend))
+    loop = asyncio.get_running_loop()
+    sock = await _silent_client(proxy.outbound_addr.port)
+    try:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        _open_windows(conn)
+        conn.send_headers(1, REQUEST, end_stream=True)
+        await loop.sock_sendall(sock, conn.data_to_send())
+        server = await _h2_server_of(proxy)
+        await _until(lambda: bool(senders), "the backend")
+        sender = senders[0]
+
+        def held_back() -> int:
+            pair = server.pairs.get(1)
+            return sum(len(d) for d, _ in pair.to_down.pending) if pair is not None else 0
+
+        await _until(lambda: sender.done or (sender.blocked and held_back() > 0), "a standstill")
+        assert server.transport is not None
+        buffered = server.transport.get_write_buffer_size()
+        assert buffered < 1024 * 1024, buffered
+        assert not sender.done
+        # What waits inside the proxy is at most the stream window it advertised upstream.
+        assert held_back() <= 1 << 20
+    finally:
+        sock.close()
+
+
+async def test_request_data_toward_a_backend_that_never_reads_waits_at_the_client(
+    start_proxy: StartProxy,
+) -> None:
+    """A backend with huge windows that stops reading: the proxy's buffer toward it stays
+    bounded, and the client is held back by the window the proxy does not reopen."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    requests: list[int] = []
+
+    async def deaf_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        _open_windows(conn)
+        writer.write(conn.data_to_send())
+        while not requests and (data := await reader.read(65536)):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    requests.append(event.stream_id)
+            writer.write(conn.data_to_send())
+        await asyncio.Event().wait()  # never reads again (cancelled at shutdown)
+
+    backend = await asyncio.start_server(deaf_backend, sock=listener)
+    proxy = await start_proxy(listener.getsockname())
+    client = await _Client.connect(proxy.outbound_addr.port)
+    sender = _Sender(client.conn)
+    try:
+        client.conn.send_headers(1, [(":method", "POST"), *REQUEST[1:]])
+        sender.stream_id = 1
+        await client.send(client.conn.data_to_send())
+        server = await _h2_server_of(proxy)
+        await _until(lambda: bool(requests), "the request upstream")
+
+        def held_back() -> int:
+            pair = server.pairs.get(1)
+            return sum(len(d) for d, _ in pair.to_up.pending) if pair is not None else 0
+
+        while not sender.done and not (sender.blocked and held_back() > 0):
+            sender.send_more()
+            await client.send(client.conn.data_to_send())
+            if sender.blocked:
+                # Wait for the proxy to reopen the window (or to hold the data back).
+                before = client.conn.local_flow_control_window(1)
+
+                def moved(before: int = before) -> bool:
+                    return client.conn.local_flow_control_window(1) > before or held_back() > 0
+
+                await _until(moved, "a window update or a standstill")
+        upstream = server.upstream
+        assert upstream is not None
+        assert upstream.transport is not None
+        buffered = upstream.transport.get_write_buffer_size()
+        assert buffered < 1024 * 1024, buffered
+        assert not sender.done
+        assert held_back() <= 1 << 20
+    finally:
+        client.close()
+        backend.close()
