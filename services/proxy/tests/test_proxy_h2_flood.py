@@ -22,16 +22,13 @@ import h2.exceptions
 import h2.settings
 import pytest
 from gossamer_proxy.app import Proxy
-from gossamer_proxy.context import ListenerContext
 from gossamer_proxy.http2.bridge import H2Server
+from raw_h2 import REQUEST, CountingH2Backend, RawH2Client, outbound_context, until
 
 StartProxy = Callable[..., Awaitable[Proxy]]
 TcpServer = Callable[..., Awaitable[tuple[str, int]]]
 
 pytestmark = pytest.mark.timeout(90)
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-REQUEST = [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "app")]
 
 
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
@@ -47,23 +44,9 @@ PING = _frame(0x6, 0, 0, b"12345678")
 EMPTY_SETTINGS = _frame(0x4, 0, 0, b"")
 
 
-async def _until(predicate: Callable[[], bool], what: str, *, limit: float = 20.0) -> None:
-    """Poll ``predicate`` (the proxy runs on this loop) until true; fail after ``limit``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-def _outbound(proxy: Proxy) -> ListenerContext:
-    return next(ctx for ctx in proxy.contexts if ctx.direction == "outbound")
-
-
 async def _h2_server_of(proxy: Proxy) -> H2Server:
-    ctx = _outbound(proxy)
-    await _until(lambda: any(isinstance(c, H2Server) for c in ctx.connections), "the h2 server")
+    ctx = outbound_context(proxy)
+    await until(lambda: any(isinstance(c, H2Server) for c in ctx.connections), "the h2 server")
     return next(c for c in ctx.connections if isinstance(c, H2Server))
 
 
@@ -81,78 +64,6 @@ async def _silent_client(port: int) -> socket.socket:
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     return sock
-
-
-class _CountingH2Backend:
-    """An h2 server that answers every stream with 200 and counts streams and connections."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.streams = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-        conn.initiate_connection()
-        writer.write(conn.data_to_send())
-        with contextlib.suppress(ConnectionError, h2.exceptions.ProtocolError):
-            while data := await reader.read(65536):
-                for event in conn.receive_data(data):
-                    if isinstance(event, h2.events.RequestReceived):
-                        self.streams += 1
-                        with contextlib.suppress(h2.exceptions.StreamClosedError):
-                            conn.send_headers(event.stream_id, [(":status", "200")])
-                            conn.send_data(event.stream_id, b"ok", end_stream=True)
-                writer.write(conn.data_to_send())
-                await writer.drain()
-        writer.close()
-
-
-class _Client:
-    """A raw h2 client that keeps reading, recording the GOAWAY it gets."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
-        )
-        self.goaway: h2.events.ConnectionTerminated | None = None
-        self.responses: dict[int, int] = {}
-        self.closed = False
-        self.conn.initiate_connection()
-        writer.write(self.conn.data_to_send())
-        self._task = asyncio.ensure_future(self._read())
-
-    @classmethod
-    async def connect(cls, port: int) -> _Client:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return cls(reader, writer)
-
-    async def _read(self) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await self.reader.read(65536):
-                with contextlib.suppress(h2.exceptions.ProtocolError):
-                    for event in self.conn.receive_data(data):
-                        if isinstance(event, h2.events.ConnectionTerminated):
-                            self.goaway = event
-                        elif isinstance(event, h2.events.ResponseReceived):
-                            status = dict(event.headers)[":status"]
-                            self.responses[event.stream_id] = int(status)
-        self.closed = True
-
-    async def send(self, data: bytes) -> bool:
-        """Send ``data``; False if the proxy had closed the connection."""
-        try:
-            self.writer.write(data)
-            await self.writer.drain()
-        except ConnectionError:
-            return False
-        return True
-
-    def close(self) -> None:
-        self._task.cancel()
-        self.writer.close()
 
 
 async def _flood_without_reading(
@@ -189,7 +100,7 @@ async def _flood_without_reading(
         sent += len(chunk)
         peak = max(peak, transport.get_write_buffer_size())
     # Let the proxy take in whatever it is still willing to read.
-    await _until(lambda: stalled() or server.tcp.read.value >= sent, "the proxy to read")
+    await until(lambda: stalled() or server.tcp.read.value >= sent, "the proxy to read")
     peak = max(peak, transport.get_write_buffer_size())
     return server, sent, peak
 
@@ -213,9 +124,9 @@ async def test_control_frame_flood_from_a_client_that_never_reads_is_bounded(
         # it (and its buffer) forever.
         now = asyncio.get_running_loop().time()
         server.tick(now)
-        server.tick(now + _outbound(proxy).limits.idle_timeout)
-        server.tick(now + _outbound(proxy).limits.idle_timeout + 1)
-        await _until(lambda: server not in _outbound(proxy).connections, "the abort")
+        server.tick(now + outbound_context(proxy).limits.idle_timeout)
+        server.tick(now + outbound_context(proxy).limits.idle_timeout + 1)
+        await until(lambda: server not in outbound_context(proxy).connections, "the abort")
     finally:
         sock.close()
 
@@ -223,9 +134,9 @@ async def test_control_frame_flood_from_a_client_that_never_reads_is_bounded(
 async def test_rapid_reset_gets_goaway_enhance_your_calm_and_no_upstream_work(
     start_proxy: StartProxy, tcp_server: TcpServer
 ) -> None:
-    backend = _CountingH2Backend()
+    backend = CountingH2Backend()
     proxy = await start_proxy(await tcp_server(backend.handle))
-    client = await _Client.connect(proxy.outbound_addr.port)
+    client = await RawH2Client.connect(proxy.outbound_addr.port)
     try:
         pairs = 0
         for _ in range(40):  # up to 20,000 HEADERS + RST_STREAM pairs, 500 per write
@@ -236,7 +147,7 @@ async def test_rapid_reset_gets_goaway_enhance_your_calm_and_no_upstream_work(
                 pairs += 1
             if not await client.send(client.conn.data_to_send()) or client.goaway:
                 break
-        await _until(lambda: client.closed, "the proxy to close the connection")
+        await until(lambda: client.closed, "the proxy to close the connection")
     finally:
         client.close()
     assert client.goaway is not None
@@ -250,9 +161,9 @@ async def test_rapid_reset_gets_goaway_enhance_your_calm_and_no_upstream_work(
 async def test_occasional_resets_keep_the_connection(
     start_proxy: StartProxy, tcp_server: TcpServer
 ) -> None:
-    backend = _CountingH2Backend()
+    backend = CountingH2Backend()
     proxy = await start_proxy(await tcp_server(backend.handle))
-    client = await _Client.connect(proxy.outbound_addr.port)
+    client = await RawH2Client.connect(proxy.outbound_addr.port)
     try:
         for _ in range(100):  # a client cancelling one call in two (well under the burst)
             sid = client.conn.get_next_available_stream_id()
@@ -262,7 +173,7 @@ async def test_occasional_resets_keep_the_connection(
         sid = client.conn.get_next_available_stream_id()
         client.conn.send_headers(sid, REQUEST, end_stream=True)
         await client.send(client.conn.data_to_send())
-        await _until(lambda: sid in client.responses, "the last response")
+        await until(lambda: sid in client.responses, "the last response")
     finally:
         client.close()
     assert client.goaway is None
@@ -272,9 +183,9 @@ async def test_occasional_resets_keep_the_connection(
 async def test_resets_while_connecting_share_one_upstream_connect(
     start_proxy: StartProxy, tcp_server: TcpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend = _CountingH2Backend()
+    backend = CountingH2Backend()
     proxy = await start_proxy(await tcp_server(backend.handle))
-    connector = _outbound(proxy).connector
+    connector = outbound_context(proxy).connector
     original = connector.open
     attempts = 0
     release = asyncio.Event()
@@ -286,7 +197,7 @@ async def test_resets_while_connecting_share_one_upstream_connect(
         return await original(*args, **kwargs)
 
     monkeypatch.setattr(connector, "open", gated_open)
-    client = await _Client.connect(proxy.outbound_addr.port)
+    client = await RawH2Client.connect(proxy.outbound_addr.port)
     server = await _h2_server_of(proxy)
     try:
         for _ in range(10):  # 10 rounds: 10 streams open (waiting for the connect), then reset
@@ -296,16 +207,16 @@ async def test_resets_while_connecting_share_one_upstream_connect(
                 client.conn.send_headers(sid, REQUEST, end_stream=True)
                 sids.append(sid)
             await client.send(client.conn.data_to_send())
-            await _until(lambda: len(server.pairs) == 10, "the streams to wait for a connection")
+            await until(lambda: len(server.pairs) == 10, "the streams to wait for a connection")
             for sid in sids:
                 client.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
             await client.send(client.conn.data_to_send())
-            await _until(lambda: not server.pairs, "the resets")
+            await until(lambda: not server.pairs, "the resets")
         release.set()
         sid = client.conn.get_next_available_stream_id()
         client.conn.send_headers(sid, REQUEST, end_stream=True)
         await client.send(client.conn.data_to_send())
-        await _until(lambda: sid in client.responses, "a response over the one connection")
+        await until(lambda: sid in client.responses, "a response over the one connection")
     finally:
         client.close()
     assert attempts == 1
@@ -389,14 +300,14 @@ async def test_response_data_toward_a_client_that_never_reads_waits_upstream(
         conn.send_headers(1, REQUEST, end_stream=True)
         await loop.sock_sendall(sock, conn.data_to_send())
         server = await _h2_server_of(proxy)
-        await _until(lambda: bool(senders), "the backend")
+        await until(lambda: bool(senders), "the backend")
         sender = senders[0]
 
         def held_back() -> int:
             pair = server.pairs.get(1)
             return sum(len(d) for d, _ in pair.to_down.pending) if pair is not None else 0
 
-        await _until(lambda: sender.done or (sender.blocked and held_back() > 0), "a standstill")
+        await until(lambda: sender.done or (sender.blocked and held_back() > 0), "a standstill")
         assert server.transport is not None
         buffered = server.transport.get_write_buffer_size()
         assert buffered < 1024 * 1024, buffered
@@ -431,14 +342,14 @@ async def test_request_data_toward_a_backend_that_never_reads_waits_at_the_clien
 
     backend = await asyncio.start_server(deaf_backend, sock=listener)
     proxy = await start_proxy(listener.getsockname())
-    client = await _Client.connect(proxy.outbound_addr.port)
+    client = await RawH2Client.connect(proxy.outbound_addr.port)
     sender = _Sender(client.conn)
     try:
         client.conn.send_headers(1, [(":method", "POST"), *REQUEST[1:]])
         sender.stream_id = 1
         await client.send(client.conn.data_to_send())
         server = await _h2_server_of(proxy)
-        await _until(lambda: bool(requests), "the request upstream")
+        await until(lambda: bool(requests), "the request upstream")
 
         def held_back() -> int:
             pair = server.pairs.get(1)
@@ -454,7 +365,7 @@ async def test_request_data_toward_a_backend_that_never_reads_waits_at_the_clien
                 def moved(before: int = before) -> bool:
                     return client.conn.local_flow_control_window(1) > before or held_back() > 0
 
-                await _until(moved, "a window update or a standstill")
+                await until(moved, "a window update or a standstill")
         upstream = server.upstream
         assert upstream is not None
         assert upstream.transport is not None

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from gossamer_proxy.app import Proxy
 from gossamer_proxy.http1.server import Http1Server
+from raw_h2 import until
 
 StartProxy = Callable[..., Awaitable[Proxy]]
 TcpServer = Callable[..., Awaitable[tuple[str, int]]]
@@ -24,16 +25,6 @@ Response = tuple[int, dict[str, str], bytes]
 pytestmark = pytest.mark.timeout(90)
 
 DENIED = b"GET / HTTP/1.1\r\nhost: app\r\n\r\n"
-
-
-async def _until(predicate: Callable[[], bool], what: str, *, limit: float = 20.0) -> None:
-    """Poll ``predicate`` (the proxy runs on this loop) until true; fail after ``limit``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def _dead_port() -> int:
@@ -51,7 +42,7 @@ async def _deny_all_proxy(start_proxy: StartProxy) -> Proxy:
 
 async def _http1_server_of(proxy: Proxy) -> Http1Server:
     ctx = next(c for c in proxy.contexts if c.direction == "inbound")
-    await _until(lambda: any(isinstance(c, Http1Server) for c in ctx.connections), "the server")
+    await until(lambda: any(isinstance(c, Http1Server) for c in ctx.connections), "the server")
     return next(c for c in ctx.connections if isinstance(c, Http1Server))
 
 
@@ -85,7 +76,7 @@ async def test_pipelined_denied_requests_from_a_client_that_never_reads_are_boun
                 break
             sent += len(chunk)
             peak = max(peak, transport.get_write_buffer_size())
-        await _until(
+        await until(
             lambda: not transport.is_reading() or server.tcp.read.value >= sent + len(DENIED),
             "the proxy to read",
         )
@@ -100,7 +91,7 @@ async def test_pipelined_denied_requests_from_a_client_that_never_reads_are_boun
         server.tick(now)
         server.tick(now + ctx.limits.idle_timeout)
         server.tick(now + ctx.limits.idle_timeout + 1)
-        await _until(lambda: server not in ctx.connections, "the abort")
+        await until(lambda: server not in ctx.connections, "the abort")
     finally:
         sock.close()
 
@@ -120,7 +111,7 @@ async def test_pipelined_answers_resume_once_the_client_reads(
     transport: Any = server.transport
     requests = b"".join(b"GET /%d HTTP/1.1\r\nhost: app\r\n\r\n" % i for i in range(count - 2))
     writer.write(requests + b"GET /last HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
-    await _until(lambda: not transport.is_reading(), "the proxy to stop reading")
+    await until(lambda: not transport.is_reading(), "the proxy to stop reading")
     answers = await asyncio.wait_for(reader.read(), 30)  # to EOF: the last asked to close
     writer.close()
     assert answers.count(b"HTTP/1.1 403 ") == count

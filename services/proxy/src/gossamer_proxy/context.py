@@ -73,8 +73,9 @@ class ListenerContext:
     def inbound(self) -> bool:
         return self.direction == "inbound"
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run connection set-up work (connects) in a task the listener keeps referenced."""
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task

@@ -90,6 +90,7 @@ class _RoutedPair(_Pair):
         "attempt_started",
         "attempt_timeout",
         "attempt_timer",
+        "awaiting_connect",
         "head_latency",
         "pick",
         "policy_route",
@@ -98,6 +99,7 @@ class _RoutedPair(_Pair):
         "retry_timer",
         "route",
         "route_stats",
+        "task",
         "timer",
     )
 
@@ -120,6 +122,10 @@ class _RoutedPair(_Pair):
         self.retry_timer: asyncio.TimerHandle | None = None
         #: The policy route's filters that rewrite the response head.
         self.response_filters: tuple[RouteFilters, ...] = ()
+        #: The task routing, picking and sending the current attempt.
+        self.task: asyncio.Task[None] | None = None
+        #: Whether that task waits for a connection (and may be cancelled there).
+        self.awaiting_connect = False
 
     def finish_pick(self, outcome: Outcome, latency: float | None = None) -> None:
         pick, self.pick = self.pick, None
@@ -184,6 +190,8 @@ class BalancedH2Server(H2Server):
         routed = _routed(pair)
         routed.cancel_timers()
         routed.finish_pick(Outcome.CANCELLED)
+        if routed.awaiting_connect and routed.task is not None:
+            routed.task.cancel()  # its wait only: the connect goes on for the pool
         super()._client_reset(pair, code)
 
     def _alive(self, pair: _Pair) -> bool:
@@ -199,7 +207,8 @@ class BalancedH2Server(H2Server):
     # -- routing and picking -----------------------------------------------------------------
 
     def _forward(self, pair: _Pair) -> None:
-        self.ctx.spawn(self._dispatch(_routed(pair)))
+        routed = _routed(pair)
+        routed.task = self.ctx.spawn(self._dispatch(routed))
 
     async def _dispatch(self, pair: _RoutedPair) -> None:
         """Route (first attempt), pick an endpoint, then open the stream on a connection."""
@@ -400,9 +409,11 @@ class BalancedH2Server(H2Server):
             if up is None:
                 connects += 1
                 started = self.loop.time()
+                pair.awaiting_connect = True
                 try:
                     up = await self._connection(key, pick.plan)
                 except ProxyError as exc:
+                    pair.awaiting_connect = False
                     if not self._alive(pair):
                         return
                     pick.finish(Outcome.CONNECT_FAILURE, latency=self.loop.time() - started)
@@ -429,6 +440,7 @@ class BalancedH2Server(H2Server):
                         self.respond_error(pair, exc.kind, exc.detail)
                     self._flush_out()
                     return
+                pair.awaiting_connect = False
                 if not self._alive(pair):
                     pick.finish(Outcome.CANCELLED)
                     return
@@ -444,12 +456,21 @@ class BalancedH2Server(H2Server):
             return
 
     async def _connection(self, key: PoolKey, plan: EndpointPlan) -> _H2Upstream:
-        """A new connection to ``key``, shared with the streams that need it meanwhile."""
+        """A new connection to ``key``, shared with the streams that need it meanwhile.
+
+        The connect runs in its own task, one per endpoint at a time: a stream that stops
+        waiting (its client reset it) leaves it to finish into the pool for the others.
+        """
         pending = self.pool.connecting.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[_H2Upstream] = self.loop.create_future()
-        self.pool.connecting[key] = future
+        if pending is None:
+            pending = self.loop.create_future()
+            self.pool.connecting[key] = pending
+            self.ctx.spawn(self._connect_pooled(key, plan, pending))
+        return await asyncio.shield(pending)
+
+    async def _connect_pooled(
+        self, key: PoolKey, plan: EndpointPlan, future: asyncio.Future[_H2Upstream]
+    ) -> None:
         try:
             _, up = await self.ctx.connector.open(
                 plan.endpoint, self._upstream_for(self._labels(plan)), tls=plan.tls
@@ -457,15 +478,15 @@ class BalancedH2Server(H2Server):
         except ProxyError as exc:
             future.set_exception(exc)
             future.exception()  # the waiters (if any) see it; none may be left
-            raise
+            return
         except asyncio.CancelledError:
             future.cancel()
             raise
         except Exception as exc:  # a bug of ours must cost this connect only
-            error = ProxyError(ProxyErrorKind.CONNECT_FAILED, str(exc))
-            future.set_exception(error)
+            _log.error("h2_connect_error", endpoint=str(key[0]), error=repr(exc))
+            future.set_exception(ProxyError(ProxyErrorKind.CONNECT_FAILED, str(exc)))
             future.exception()
-            raise error from exc
+            return
         finally:
             self.pool.connecting.pop(key, None)
         if self._closed:
@@ -473,7 +494,6 @@ class BalancedH2Server(H2Server):
         else:
             self.pool.add(key, up)
         future.set_result(up)
-        return up
 
     def _open(self, pair: _RoutedPair, up: _H2Upstream) -> None:
         pair.attempt_started = self.loop.time()
@@ -668,13 +688,13 @@ class BalancedH2Server(H2Server):
         if delay > 0:
             pair.retry_timer = self.loop.call_later(delay, self._resend_now, pair, pair.attempt)
             return
-        self.ctx.spawn(self._dispatch(pair))
+        pair.task = self.ctx.spawn(self._dispatch(pair))
 
     def _resend_now(self, pair: _RoutedPair, attempt: int) -> None:
         """The backoff is over: send attempt ``attempt`` unless the stream ended meanwhile."""
         pair.retry_timer = None
         if self._alive(pair) and pair.attempt == attempt and not pair.response_started:
-            self.ctx.spawn(self._dispatch(pair))
+            pair.task = self.ctx.spawn(self._dispatch(pair))
 
 
 def _request_view(headers: Headers) -> RequestView:
