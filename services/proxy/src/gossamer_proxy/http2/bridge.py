@@ -8,6 +8,14 @@ writer. Trailers (and so gRPC status) pass through unchanged; RST_STREAM on eith
 the paired stream; a GOAWAY from upstream refuses the streams it did not process
 (REFUSED_STREAM, which clients retry) and moves new streams to a fresh upstream connection.
 
+Every write path has backpressure (RFC 9113 §10.5): while a peer's transport is over its
+write high-water mark the proxy stops reading that peer and stops moving DATA toward it
+(the data waits unacknowledged, so flow control holds the sender back). The ACKs and
+answers owed meanwhile are counted, and a client that resets streams by the thousand is
+stopped, both by :mod:`.flood` with ``GOAWAY(ENHANCE_YOUR_CALM)``. A new stream starts
+upstream only once the read that opened it is handled, so a HEADERS + RST_STREAM pair
+costs the upstream nothing, and one connect at a time serves every waiting stream.
+
 Outbound with discovery, every stream is routed, balanced, timed out and retried on its own
 (:mod:`.balanced`, a subclass of :class:`H2Server` that the listener gets for those
 connections), over upstream connections pooled per endpoint (:mod:`.upstream_pool`).
