@@ -376,3 +376,56 @@ async def test_request_data_toward_a_backend_that_never_reads_waits_at_the_clien
     finally:
         client.close()
         backend.close()
+
+
+async def test_control_frame_flood_from_a_backend_that_never_reads_is_bounded(
+    start_proxy: StartProxy,
+) -> None:
+    """Upstreams are peers too: a backend pinging without reading the ACKs is not read."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    pinged: list[int] = []
+
+    async def pinging_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        await reader.read(65536)  # the proxy's preface and first request; then never again
+        chunk = PING * (65536 // len(PING))
+        with contextlib.suppress(ConnectionError):
+            for _ in range(16 * 1024 * 1024 // len(chunk)):
+                writer.write(chunk)
+                await writer.drain()
+                pinged.append(len(chunk))
+        writer.close()
+
+    backend = await asyncio.start_server(pinging_backend, sock=listener)
+    proxy = await start_proxy(listener.getsockname())
+    client = await RawH2Client.connect(proxy.outbound_addr.port)
+    try:
+        server = await _h2_server_of(proxy)
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, REQUEST, end_stream=True)
+        await client.send(client.conn.data_to_send())
+        await until(lambda: server.upstream is not None, "the upstream connection")
+        upstream = server.upstream
+        assert upstream is not None
+        transport: Any = upstream.transport
+        peak = 0
+
+        def settled() -> bool:
+            nonlocal peak
+            peak = max(peak, transport.get_write_buffer_size())
+            stalled = transport.is_closing() or not transport.is_reading()
+            return bool(stalled or sum(pinged) >= 16 * 1024 * 1024)
+
+        await until(settled, "the ping flood to end")
+        # The proxy stopped taking PINGs it owed ACKs for (and closed that connection if
+        # the ACKs owed by then passed the limit).
+        assert transport.is_closing() or not transport.is_reading()
+        assert sum(pinged) < 16 * 1024 * 1024
+        assert peak < 1024 * 1024, peak
+    finally:
+        client.close()
+        backend.close()
