@@ -9,6 +9,7 @@ the proxy buffered and read, never at how long anything took.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -116,3 +117,43 @@ async def test_pipelined_answers_resume_once_the_client_reads(
     writer.close()
     assert answers.count(b"HTTP/1.1 403 ") == count
     assert answers.endswith(b"connection: close\r\nl5d-proxy-connection: close\r\n\r\n")
+
+
+async def test_pipelined_requests_wait_unparsed_behind_the_one_in_flight(
+    start_proxy: StartProxy, tcp_server: TcpServer
+) -> None:
+    """A read of thousands of pipelined requests queues one exchange, not thousands; all
+    are answered, in order, once the backend answers."""
+    release = asyncio.Event()
+
+    async def held_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                path = head.split(b" ", 2)[1]
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(path), path))
+                await writer.drain()
+        writer.close()
+
+    proxy = await start_proxy(await tcp_server(held_backend))
+    ctx = next(c for c in proxy.contexts if c.direction == "outbound")
+    count = 5000
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound_addr.port)
+    writer.write(
+        b"".join(b"GET /%d HTTP/1.1\r\nhost: app\r\n\r\n" % i for i in range(count - 1))
+        + b"GET /last HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n"
+    )
+    await writer.drain()
+    await until(lambda: any(isinstance(c, Http1Server) for c in ctx.connections), "the server")
+    server = next(c for c in ctx.connections if isinstance(c, Http1Server))
+    await until(lambda: server.tcp.read.value > 64 * 1024, "the proxy to read the requests")
+    await until(lambda: not server.transport or not server.transport.is_reading(), "a pause")
+    # Parsed so far: the request in flight and the one queued behind it.
+    assert len(server._queue) <= 2, len(server._queue)
+    release.set()
+    answers = await asyncio.wait_for(reader.read(), 60)  # to EOF: the last asked to close
+    writer.close()
+    bodies = answers.split(b"\r\n\r\n")[1:]
+    assert len(bodies) == count
+    assert [b.split(b"HTTP/1.1")[0] for b in bodies[:3]] == [b"/0", b"/1", b"/2"]
+    assert bodies[-1] == b"/last"

@@ -94,6 +94,7 @@ _BLOCK_UPSTREAM_FULL: Final = 1  # the upstream write buffer is over its high-wa
 _BLOCK_WAIT_UPSTREAM: Final = 2  # body is arriving before an upstream is attached
 _BLOCK_PIPELINE: Final = 4  # a pipelined request waits behind the one in flight
 _BLOCK_CLIENT_FULL: Final = 8  # the client's write buffer is over its high-water mark
+_BLOCK_UNPARSED: Final = 16  # requests already read wait, unparsed, for their turn
 _HEAD_END: Final = b"\r\n\r\n"
 
 _INBOUND_STRIP = L5D_REQUEST_STRIP | {b"l5d-client-id"}
@@ -319,26 +320,23 @@ class Http1Server(asyncio.Protocol):
         ex = self._active
         if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
             ex.upstream.transport.resume_reading()
+        self._unblock(_BLOCK_CLIENT_FULL)
         if self._unparsed:
             self.loop.call_soon(self._parse_unparsed)
-        else:
-            self._unblock(_BLOCK_CLIENT_FULL)
 
     def _parse_unparsed(self) -> None:
-        """Writes flow again: parse what was read meanwhile, then read on."""
-        if self._closed or self._client_backed_up:
+        """Parse the requests read but held back, once nothing holds them any more."""
+        if self._closed or self._client_backed_up or self._queue or not self._unparsed:
             return
         data, self._unparsed = self._unparsed, b""
-        if data:
-            self._parse(data)
-        if self._unparsed or self._client_backed_up or self._closed:
+        self._parse(data)
+        if self._unparsed or self._closed:
             return
+        self._unblock(_BLOCK_UNPARSED)
         if self._eof_after_unparsed:
             self._eof_after_unparsed = False
             if not self.eof_received():
                 self._close()
-            return
-        self._unblock(_BLOCK_CLIENT_FULL)
 
     def _block(self, reason: int) -> None:
         if not self._blocked and self.transport is not None and not self._closed:
@@ -423,23 +421,25 @@ class Http1Server(asyncio.Protocol):
             self._tunnel_data(self._tunnel, data)
             return
         if self._unparsed:
-            self._unparsed += data  # keeps the order; reading is paused meanwhile
+            self._unparsed += data  # keeps the order (reading is paused meanwhile)
             return
         self._parse(data)
 
     def _parse(self, data: bytes) -> None:
-        """Feed ``data`` to the parser, stopping between requests while writes are backed up.
+        """Feed ``data`` to the parser, stopping between requests that must wait.
 
-        The data goes in pieces that each end with a head (or chunked body) terminator, so
-        that between any two requests the proxy can see that the client stopped reading and
-        keep the rest for later. A read with one request is one piece.
+        A request waits, unparsed, while the client's writes are backed up (it is not
+        reading its answers) and while another request is queued behind the one in flight,
+        so a read of many pipelined requests costs one queued exchange, not thousands. The
+        data goes in pieces that each end with a head (or chunked body) terminator, so the
+        proxy can stop between any two requests; a read with one request is one piece.
         """
         size = len(data)
         start = 0
         while start < size:
-            if self._client_backed_up and self._cur is None:
+            if self._cur is None and (self._client_backed_up or self._queue):
                 self._unparsed = data[start:]
-                self._block(_BLOCK_CLIENT_FULL)
+                self._block(_BLOCK_UNPARSED)
                 return
             cut = data.find(_HEAD_END, start)
             stop = size if cut < 0 else cut + 4
@@ -1334,6 +1334,8 @@ class Http1Server(asyncio.Protocol):
             self._begin(nxt)
         else:
             self._unblock(_BLOCK_PIPELINE)
+        if self._unparsed and not self._queue:
+            self.loop.call_soon(self._parse_unparsed)  # never from inside the parser
 
     def _fail(self, ex: Exchange, kind: ProxyErrorKind, detail: str | None) -> None:
         """Answer ``ex`` with Linkerd's synthesized error response."""
