@@ -429,3 +429,42 @@ async def test_control_frame_flood_from_a_backend_that_never_reads_is_bounded(
     finally:
         client.close()
         backend.close()
+
+
+async def test_empty_data_frames_queue_nothing(
+    start_proxy: StartProxy, tcp_server: TcpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Empty DATA frames (CVE-2019-9518) carry nothing, so nothing is kept for them."""
+    backend = CountingH2Backend()
+    proxy = await start_proxy(await tcp_server(backend.handle))
+    connector = outbound_context(proxy).connector
+    original = connector.open
+    release = asyncio.Event()
+
+    async def gated_open(*args: Any, **kwargs: Any) -> Any:
+        await release.wait()  # the stream waits for its connection while the frames arrive
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(connector, "open", gated_open)
+    client = await RawH2Client.connect(proxy.outbound_addr.port)
+    try:
+        server = await _h2_server_of(proxy)
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, [(":method", "POST"), *REQUEST[1:]])
+        await client.send(client.conn.data_to_send())
+        await until(lambda: sid in server.pairs, "the stream")
+        pair = server.pairs[sid]
+        empty = _frame(0x0, 0, sid, b"")
+        before = server.tcp.read.value
+        for _ in range(20):  # 100,000 empty DATA frames
+            await client.send(empty * 5000)
+        await until(lambda: server.tcp.read.value - before >= 20 * 5000 * 9, "the frames")
+        assert len(pair.to_up.pending) == 0
+        release.set()
+        client.conn.send_data(sid, b"body", end_stream=True)
+        await client.send(client.conn.data_to_send())
+        await until(lambda: sid in client.responses, "the response")
+    finally:
+        client.close()
+    assert client.responses[sid] == 200
+    assert backend.streams == 1

@@ -207,6 +207,8 @@ class H2Server(asyncio.Protocol):
         #: Control frames and client resets counted against the flood limits.
         self._guard = FloodGuard()
         self._calm = False
+        #: A connection-level WINDOW_UPDATE arrived in the read being handled.
+        self._pump_all = False
         self._closed = False
         self._goaway = False
         self._reads = 0
@@ -324,6 +326,10 @@ class H2Server(asyncio.Protocol):
             if self._calm:
                 self._enhance_your_calm()
                 return
+        if self._pump_all:
+            self._pump_all = False
+            for pair in list(self.pairs.values()):
+                self.pump(pair)
         if self._starting:
             self._start_streams()
         self._flush_out()
@@ -415,8 +421,13 @@ class H2Server(asyncio.Protocol):
             self._on_request(event)
         elif isinstance(event, h2.events.DataReceived):
             pair = self.pairs.get(event.stream_id)
-            if pair is None:
-                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            if pair is None or not event.data:
+                # Nothing to forward (a stream gone, or a frame empty but for padding): its
+                # window reopens now, and nothing is queued for it.
+                if event.flow_controlled_length:
+                    self.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
                 return
             pair.to_up.pending.append((event.data, event.flow_controlled_length))
             if pair.retry is not None:
@@ -456,13 +467,12 @@ class H2Server(asyncio.Protocol):
                 _log.info("h2_control_frame_flood", pending=self._guard.pending_control_frames)
                 self._calm = True
         elif isinstance(event, h2.events.WindowUpdated):
-            targets = (
-                list(self.pairs.values())
-                if event.stream_id == 0
-                else [p for p in (self.pairs.get(event.stream_id),) if p is not None]
-            )
-            for pair in targets:
-                self.pump(pair)
+            if event.stream_id == 0:
+                self._pump_all = True  # once per read, however many updates it holds
+            else:
+                pair = self.pairs.get(event.stream_id)
+                if pair is not None:
+                    self.pump(pair)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._goaway = True
             if not self.pairs:
@@ -801,6 +811,7 @@ class _H2Upstream(asyncio.Protocol):
         self._identity_known = False
         self._guard = FloodGuard()
         self._calm = False
+        self._pump_all = False
 
     def server_identity(self) -> str | None:
         """The mesh identity the server proved on this connection (``None``: plaintext)."""
@@ -907,6 +918,10 @@ class _H2Upstream(asyncio.Protocol):
                     server.reset_stream(pair, h2.errors.ErrorCodes.INTERNAL_ERROR, refused=True)
         if self._calm:
             self._enhance_your_calm()
+        elif self._pump_all:
+            self._pump_all = False
+            for pair in list(self.streams.values()):
+                self.pump(pair)
         self.flush_out()
         server._flush_out()
         self._maybe_close()
@@ -937,8 +952,11 @@ class _H2Upstream(asyncio.Protocol):
                 server.response_headers(pair, list(event.headers), False)
         elif isinstance(event, h2.events.DataReceived):
             pair = self.streams.get(event.stream_id)
-            if pair is None:
-                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            if pair is None or not event.data:
+                if event.flow_controlled_length:
+                    self.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
                 return
             pair.to_down.pending.append((event.data, event.flow_controlled_length))
             server.pump(pair)
@@ -962,12 +980,11 @@ class _H2Upstream(asyncio.Protocol):
                 server.reset_stream(pair, event.error_code, refused=refused)
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id == 0:
-                targets = list(self.streams.values())
+                self._pump_all = True  # once per read, however many updates it holds
             else:
                 found = self.streams.get(event.stream_id)
-                targets = [found] if found is not None else []
-            for pair in targets:
-                self.pump(pair)
+                if found is not None:
+                    self.pump(found)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._on_goaway(event.last_stream_id or 0)
         elif (
