@@ -252,7 +252,8 @@ class Http1Server(asyncio.Protocol):
         self._out: list[bytes] = []
         #: The client is not reading what we write (its write buffer is over the mark).
         self._client_backed_up = False
-        #: Read but not parsed: the requests wait while the client's writes are backed up.
+        #: Read but not parsed: requests wait here while the client's writes are backed up
+        #: or another request is queued behind the one in flight.
         self._unparsed = b""
         self._eof_after_unparsed = False
         self._default_host = ((b"host", str(target).encode()),)
