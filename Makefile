@@ -109,7 +109,7 @@ e2e:
 bench: setup bench-deb
 	@$(RUN) python -m bench
 
-bench-control-plane: setup
+bench-control-plane: sync kube-bins
 	@$(RUN) python -m bench.control_plane
 
 clean:

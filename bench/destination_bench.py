@@ -197,6 +197,23 @@ async def run(args: argparse.Namespace, cluster: KubeTestCluster, workdir: Path)
     }
 
 
+def measure(
+    cluster: KubeTestCluster,
+    workdir: Path,
+    *,
+    streams: int = 1000,
+    endpoints: int = 1000,
+    iterations: int = 40,
+    warmup: int = 3,
+    seconds: float = 180.0,
+) -> dict[str, Any]:
+    """Run the fan-out benchmark against a started ``cluster``; the result summary."""
+    params = argparse.Namespace(
+        streams=streams, endpoints=endpoints, iterations=iterations, warmup=warmup, seconds=seconds
+    )
+    return asyncio.run(run(params, cluster, workdir))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000)
@@ -209,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         cluster = KubeTestCluster()
         cluster.start()
         try:
-            result = asyncio.run(run(args, cluster, Path(tmp)))
+            result = measure(
+                cluster, Path(tmp), streams=args.streams, endpoints=args.endpoints,
+                iterations=args.iterations, warmup=args.warmup, seconds=args.seconds,
+            )  # fmt: skip
         finally:
             cluster.stop()
     line = json.dumps(result)

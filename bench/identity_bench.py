@@ -32,6 +32,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from gossamer_api.proxy import identity_pb2, identity_pb2_grpc
@@ -213,6 +214,84 @@ async def drive(
             "certs_per_second": round(done / elapsed, 1) if elapsed else 0.0}  # fmt: skip
 
 
+def measure(
+    cluster: KubeTestCluster,
+    root: Path,
+    *,
+    requests: int = 3000,
+    concurrency: int = 32,
+    seconds: float = 30.0,
+    profile: Path | None = None,
+    native: bool = False,
+) -> dict[str, Any]:
+    """Run the identity service against ``cluster`` and drive Certify; the result summary.
+
+    ``root`` is a scratch directory for the issuer files and the service's log.
+    """
+    trust = generate_trust_anchor_and_issuer(
+        trust_domain="cluster.local", control_plane_namespace="gossamer",
+        now=dt.datetime.now(dt.UTC),
+    )  # fmt: skip
+    (root / "issuer").mkdir()
+    (root / "ca-bundle.crt").write_bytes(certificates_to_pem([trust.trust_anchor.certificate]))
+    (root / "issuer" / "crt.pem").write_bytes(certificates_to_pem([trust.issuer.certificate]))
+    (root / "issuer" / "key.pem").write_bytes(private_key_to_pem(trust.issuer.private_key))
+    grpc_port, admin_port = free_port(), free_port()
+    log = (root / "identity.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "gossamer_identity",
+            f"--kubeconfig={cluster.kubeconfig}",
+            f"--addr=127.0.0.1:{grpc_port}", f"--admin-addr=127.0.0.1:{admin_port}",
+            f"--issuer={root / 'issuer'}", f"--trust-anchors-path={root / 'ca-bundle.crt'}",
+            "--log-level=warn",
+        ],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
+    )  # fmt: skip
+    try:
+        wait_ready(admin_port, process)
+        token = asyncio.run(mint_token(cluster.config, cluster.node_name))
+        identity = identity_name(
+            "web", NAMESPACE, control_plane_namespace="gossamer", trust_domain="cluster.local"
+        )
+        pids = {"identity": process.pid, "bench_client": os.getpid()}
+        pids.update({proc.name: proc.record.pid for proc in cluster.processes})
+        meter: list[CpuMeter] = []
+        profiler: list[subprocess.Popen[bytes]] = []
+
+        def on_start() -> None:  # after the warm-up, right before the timed run
+            if profile is not None:
+                profiler.append(start_profiler(process.pid, profile, seconds, native=native))
+            meter.append(CpuMeter(pids))
+
+        try:
+            result = asyncio.run(
+                drive(
+                    f"127.0.0.1:{grpc_port}", identity, token, requests=requests,
+                    concurrency=concurrency, seconds=seconds, on_start=on_start,
+                )
+            )  # fmt: skip
+        finally:
+            for running in profiler:
+                stop_profiler(running)
+        cpu = meter[0].per_cert_ms(int(result["issued"]))
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+    return {
+        "benchmark": "identity_certify",
+        "concurrency": concurrency,
+        **result,
+        "identity_cpu_ms_per_cert": cpu["identity"],
+        "cpu_ms_per_cert": cpu,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.identity_bench")
     parser.add_argument("--requests", type=int, default=3000)
@@ -222,68 +301,12 @@ def main() -> int:
     parser.add_argument("--native", action="store_true", help="profile native frames too")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="identity-bench-") as tmp, KubeTestCluster() as cluster:
-        root = Path(tmp)
-        trust = generate_trust_anchor_and_issuer(
-            trust_domain="cluster.local", control_plane_namespace="gossamer",
-            now=dt.datetime.now(dt.UTC),
+        summary = measure(
+            cluster, Path(tmp), requests=args.requests, concurrency=args.concurrency,
+            seconds=args.seconds, profile=args.profile, native=args.native,
         )  # fmt: skip
-        (root / "issuer").mkdir()
-        (root / "ca-bundle.crt").write_bytes(certificates_to_pem([trust.trust_anchor.certificate]))
-        (root / "issuer" / "crt.pem").write_bytes(certificates_to_pem([trust.issuer.certificate]))
-        (root / "issuer" / "key.pem").write_bytes(private_key_to_pem(trust.issuer.private_key))
-        grpc_port, admin_port = free_port(), free_port()
-        log = (root / "identity.log").open("wb")
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "gossamer_identity",
-                f"--kubeconfig={cluster.kubeconfig}",
-                f"--addr=127.0.0.1:{grpc_port}", f"--admin-addr=127.0.0.1:{admin_port}",
-                f"--issuer={root / 'issuer'}", f"--trust-anchors-path={root / 'ca-bundle.crt'}",
-                "--log-level=warn",
-            ],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
-        )  # fmt: skip
-        try:
-            wait_ready(admin_port, process)
-            token = asyncio.run(mint_token(cluster.config, cluster.node_name))
-            identity = identity_name(
-                "web", NAMESPACE, control_plane_namespace="gossamer", trust_domain="cluster.local"
-            )
-            pids = {"identity": process.pid, "bench_client": os.getpid()}
-            pids.update({proc.name: proc.record.pid for proc in cluster.processes})
-            meter: list[CpuMeter] = []
-            profiler: list[subprocess.Popen[bytes]] = []
-
-            def on_start() -> None:  # after the warm-up, right before the timed run
-                if args.profile is not None:
-                    profiler.append(
-                        start_profiler(process.pid, args.profile, args.seconds, native=args.native)
-                    )
-                meter.append(CpuMeter(pids))
-
-            try:
-                result = asyncio.run(
-                    drive(
-                        f"127.0.0.1:{grpc_port}", identity, token, requests=args.requests,
-                        concurrency=args.concurrency, seconds=args.seconds, on_start=on_start,
-                    )
-                )  # fmt: skip
-            finally:
-                for running in profiler:
-                    stop_profiler(running)
-            cpu = meter[0].per_cert_ms(int(result["issued"]))
-            result["identity_cpu_ms_per_cert"] = cpu["identity"]
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-            log.close()
-    summary = {"benchmark": "identity_certify", "concurrency": args.concurrency, **result}
-    print(json.dumps({**summary, "cpu_ms_per_cert": cpu}))
-    return 0 if result["failed"] == 0 else 1
+    print(json.dumps(summary))
+    return 0 if summary["failed"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -215,6 +215,41 @@ async def direct(port: int, ca: IssuedCert, n: int, concurrency: int) -> tuple[l
     return times, injected
 
 
+def measure(
+    cluster: KubeTestCluster | None, workdir: Path, *, pods: int = 1000, concurrency: int = 8
+) -> dict[str, Any]:
+    """Run the injector and create ``pods`` pods through ``cluster`` (or, with None, post the
+    reviews straight to the webhook); the result summary."""
+    proc = None
+    try:
+        proc, port, ca, log = start_injector(
+            workdir, None if cluster is None else cluster.kubeconfig
+        )
+        if cluster is None:
+            client_times, injected = asyncio.run(direct(port, ca, pods, concurrency))
+        else:
+            client_times, injected = asyncio.run(
+                through_apiserver(cluster, port, ca, pods, concurrency)
+            )
+        server_times = webhook_times(log)[-pods:]
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return {
+        "mode": "direct" if cluster is None else "apiserver",
+        "pods": pods,
+        "concurrency": concurrency,
+        "injected": injected,
+        "webhook": summary(server_times),
+        "client": summary(client_times),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pods", type=int, default=1000)
@@ -224,40 +259,14 @@ def main() -> None:
     if not 0 < args.pods <= 10000:
         parser.error("--pods must be between 1 and 10000")
     with tempfile.TemporaryDirectory(prefix="webhook-bench-") as tmp:
-        workdir = Path(tmp)
         cluster = None if args.direct else KubeTestCluster(binaries=KubeBinaries.locate())
         if cluster is not None:
             cluster.start()
-        proc = None
         try:
-            proc, port, ca, log = start_injector(
-                workdir, None if cluster is None else cluster.kubeconfig
-            )
-            if cluster is None:
-                client_times, injected = asyncio.run(direct(port, ca, args.pods, args.concurrency))
-            else:
-                client_times, injected = asyncio.run(
-                    through_apiserver(cluster, port, ca, args.pods, args.concurrency)
-                )
-            server_times = webhook_times(log)[-args.pods :]
+            result = measure(cluster, Path(tmp), pods=args.pods, concurrency=args.concurrency)
         finally:
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
             if cluster is not None:
                 cluster.stop()
-    result = {
-        "mode": "direct" if args.direct else "apiserver",
-        "pods": args.pods,
-        "concurrency": args.concurrency,
-        "injected": injected,
-        "webhook": summary(server_times),
-        "client": summary(client_times),
-    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "webhook.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
