@@ -26,6 +26,7 @@ from gossamer_cli.manifests_certs import (
     CertificateInputError,
     IdentityPems,
     check_identity,
+    check_trust_anchors,
     generate_identity,
     generate_webhook,
 )
@@ -170,6 +171,13 @@ def install(
                 raise click.UsageError(
                     "--identity-external-issuer needs --identity-trust-anchors-file"
                 )
+            if issuer_crt is not None or issuer_key is not None:
+                raise click.UsageError(
+                    "--identity-external-issuer: the issuer lives in the Secret managed outside "
+                    "(e.g. by cert-manager); do not give --identity-issuer-certificate-file "
+                    "or --identity-issuer-key-file"
+                )
+            check_trust_anchors(anchors)
             pems = IdentityPems(anchors, "", "")
         elif any(given) and not all(given):
             raise click.UsageError(

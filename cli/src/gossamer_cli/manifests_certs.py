@@ -64,14 +64,19 @@ def generate_identity(*, namespace: str, trust_domain: str, now: dt.datetime) ->
     )
 
 
+def check_trust_anchors(pem: str) -> list[x509.Certificate]:
+    """The trust anchors in ``pem``; refused when there are none or they do not parse."""
+    try:
+        return load_certificates(pem, what="trust anchors")
+    except TlsError as exc:
+        raise CertificateInputError(f"identity trust anchors: {exc}") from exc
+
+
 def check_identity(
     pems: IdentityPems, *, namespace: str, trust_domain: str, now: dt.datetime
 ) -> None:
     """Refuse an issuer that the identity service would refuse (or that proxies would reject)."""
-    try:
-        anchors = load_certificates(pems.trust_anchors_pem, what="trust anchors")
-    except TlsError as exc:
-        raise CertificateInputError(f"identity trust anchors: {exc}") from exc
+    anchors = check_trust_anchors(pems.trust_anchors_pem)
     try:
         issuer_chain = load_certificates(pems.issuer_crt_pem, what="issuer certificate")
         key = load_private_key(pems.issuer_key_pem, what="issuer key")
