@@ -144,9 +144,17 @@ def down(state_dir: Path, prefix: str) -> None:
     _require_root()
     from gossamer_kube.testing.cluster import KubeTestCluster
 
+    layout = NodeLayout(prefix=prefix)
     stopped = KubeTestCluster.stop_detached(state_dir / "kube")
-    removed = node.destroy(NodeLayout(prefix=prefix))
-    click.echo(f"stopped {len(stopped)} processes, removed {len(removed)} namespaces")
+    # The control plane, the proxies and the apps run in their own sessions inside the node's
+    # and the pods' namespaces; they outlive a `dev up` that was killed.
+    others = node.stop_processes(layout)
+    removed = node.destroy(layout)
+    (state_dir / "ready.json").unlink(missing_ok=True)
+    for pid_file in (state_dir / "control-plane").glob("*.pid"):
+        pid_file.unlink(missing_ok=True)
+    shutil.rmtree(state_dir / "node" / "pods", ignore_errors=True)
+    click.echo(f"stopped {len(stopped) + len(others)} processes, removed {len(removed)} namespaces")
 
 
 @dev.command("kubectl", context_settings={"ignore_unknown_options": True})

@@ -8,8 +8,11 @@ runtime that follow all listen on the node's loopback and bridge, never the host
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from gossamer_common.netns import NETNS_RUN_DIR, enter_netns
@@ -72,3 +75,47 @@ def destroy(layout: NodeLayout) -> list[str]:
         with contextlib.suppress(OSError):
             shutil.rmtree(path)
     return removed
+
+
+def processes_inside(layout: NodeLayout, proc: Path = Path("/proc")) -> list[int]:
+    """Pids of every process (other than this one) whose network namespace is the node's or a
+    pod's of ``layout``: what a local mesh that died without cleaning up leaves running."""
+    namespaces = set()
+    for name in existing_namespaces(layout):
+        with contextlib.suppress(OSError):
+            st = os.stat(f"{NETNS_RUN_DIR}/{name}")
+            namespaces.add((st.st_dev, st.st_ino))
+    pids = []
+    for entry in proc.iterdir() if namespaces else ():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            st = os.stat(entry / "ns" / "net")
+        except OSError:
+            continue  # gone, or a kernel thread
+        if (st.st_dev, st.st_ino) in namespaces:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def stop_processes(layout: NodeLayout, grace: float = 10.0) -> list[int]:
+    """SIGTERM every process inside the layout's namespaces, SIGKILL what is left after
+    ``grace`` seconds; the pids signalled. Each round looks the processes up again, so a pid
+    reused by an unrelated program outside the namespaces is never signalled."""
+    signalled = processes_inside(layout)
+    for pid in signalled:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and processes_inside(layout):
+        time.sleep(0.1)
+    for _ in range(50):  # bounded: SIGKILL cannot be refused, only delayed by the kernel
+        left = processes_inside(layout)
+        if not left:
+            break
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        signalled += [pid for pid in left if pid not in signalled]
+        time.sleep(0.1)
+    return signalled
