@@ -16,12 +16,30 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Generator
+from pathlib import Path
 
 import pytest
 
 pytest_plugins = ["gossamer_kube.testing.pytest_plugin"]
 
 REQUIRE_E2E = os.environ.get("GOSSAMER_REQUIRE_E2E") == "1"
+ROOT = Path(__file__).resolve().parent
+#: Every test under these needs a Go-built binary (kube-apiserver & co., kwok, kubectl, helm).
+BINARY_DIRS = tuple(ROOT / d for d in ("tests/integration", "tests/e2e", "tests/kind"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``binaries`` the tests that need the Go-built binaries: ``make test`` runs the
+    others while those build."""
+    from gossamer_kube.testing.pytest_plugin import KUBE_FIXTURES  # registered by then
+
+    for item in items:
+        if (
+            item.get_closest_marker("kube") is not None
+            or KUBE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            or any(item.path.is_relative_to(d) for d in BINARY_DIRS)
+        ):
+            item.add_marker(pytest.mark.binaries)
 
 
 def _netns_unavailable() -> str | None:

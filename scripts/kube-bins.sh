@@ -27,9 +27,20 @@ echo "kube-bins: building Kubernetes $kube_version and kwok $kwok_version into $
 tmp="$bin.tmp.$$"
 mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT
+# The two modules build side by side: one link step (single-threaded) overlaps the other's
+# compiles, and the Go build cache is safe to share between concurrent builds.
+(cd "$here/tools/kwok" && go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version" -o "$tmp/" sigs.k8s.io/kwok/cmd/kwok) >&2 &
+kwok_build=$!
+kube_status=0
 (cd "$here/tools/kube" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler) >&2
-(cd "$here/tools/kwok" && go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version" -o "$tmp/" sigs.k8s.io/kwok/cmd/kwok) >&2
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler) >&2 || kube_status=$?
+kwok_status=0
+wait "$kwok_build" || kwok_status=$?
+if [ "$kube_status" != 0 ] || [ "$kwok_status" != 0 ]; then
+  echo "kube-bins: build failed (kube: $kube_status, kwok: $kwok_status)" >&2
+  exit 1
+fi
+for b in "${want[@]}"; do [ -x "$tmp/$b" ] || { echo "kube-bins: $b was not built" >&2; exit 1; }; done
 mv "$tmp"/* "$bin/"
 echo "kube-bins: built in $(( $(date +%s) - start ))s" >&2
 echo "$bin"
