@@ -125,8 +125,9 @@ def run_benchmarks(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]],
                 try:
                     results[name] = runners[name](cluster, workdir)
                 except Exception as exc:  # reported; the other benchmarks still run
-                    results[name] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
-                    print(f"  {name}: {results[name]['error']}", file=sys.stderr)
+                    text = f"{type(exc).__name__}: {exc}"
+                    results[name] = {"error": text.splitlines()[0][:300], "detail": text[-3000:]}
+                    print(f"  {name}: {text[-3000:]}", file=sys.stderr)
                 wall[name] = f"{time.monotonic() - began:.0f}s"
         finally:
             cluster.stop()

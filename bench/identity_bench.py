@@ -116,18 +116,32 @@ def stop_profiler(profiler: subprocess.Popen[bytes]) -> None:
         profiler.wait(timeout=10)
 
 
-def wait_ready(admin_port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def _tail(log: Path | None) -> str:
+    if log is None:
+        return ""
+    try:
+        return ": " + log.read_text(errors="replace")[-1500:].strip()
+    except OSError:
+        return ""
+
+
+def wait_ready(
+    admin_port: int,
+    process: subprocess.Popen[bytes],
+    timeout: float = 60,
+    log: Path | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"identity exited with {process.returncode}")
+            raise RuntimeError(f"identity exited with {process.returncode}{_tail(log)}")
         with contextlib.suppress(OSError):
             url = f"http://127.0.0.1:{admin_port}/ready"
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
                     return
         time.sleep(0.1)
-    raise TimeoutError("identity service never became ready")
+    raise TimeoutError(f"identity service never became ready{_tail(log)}")
 
 
 async def mint_token(config: KubeConfig, node: str) -> str:
@@ -249,7 +263,7 @@ def measure(
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
     )  # fmt: skip
     try:
-        wait_ready(admin_port, process)
+        wait_ready(admin_port, process, log=root / "identity.log")
         token = asyncio.run(mint_token(cluster.config, cluster.node_name))
         identity = identity_name(
             "web", NAMESPACE, control_plane_namespace="gossamer", trust_domain="cluster.local"
