@@ -2,7 +2,10 @@
 
 Needs root (network namespaces, iptables, uid switching). Without it the tests skip with the
 reason (a failure under GOSSAMER_REQUIRE_E2E=1, by the root conftest.py's rule). After the
-session a check asserts that the mesh left no namespace, process or /etc/netns entry behind.
+session the mesh is torn down the way the README gives for a crash: SIGKILL to ``gossamer dev
+up`` (none of its own cleanup runs), then ``gossamer dev down``; a check asserts that no
+namespace, process, /etc/netns entry or host iptables rule was left behind. (The orderly exit
+is covered by test_demo_lifecycle.py.)
 
 While writing tests, ``GOSSAMER_E2E_ATTACH=<prefix>:<state dir>`` attaches to a mesh started
 by hand (``gossamer dev up --headless --prefix P --state-dir D --images ...``) instead of
@@ -22,7 +25,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from localmesh import LocalMeshHandle, attach_local_mesh, start_local_mesh
+from localmesh import (
+    LocalMeshHandle,
+    attach_local_mesh,
+    host_firewall,
+    leftovers,
+    mesh_processes,
+    start_local_mesh,
+    still_running,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 # Unique per test session, so two runs on one machine never share a namespace name.
@@ -43,22 +54,22 @@ def local_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMeshHa
         REPO / "examples" / "demo" / "local-images.yaml",
         Path(__file__).parent / "local-images.yaml",  # gossamer/e2e-app: tests/e2e/apps
     ]
+    firewall = host_firewall()
     handle = start_local_mesh(state, PREFIX, image_maps)
     try:
         yield handle
     finally:
-        handle.stop()
-        leftovers = _leftovers(state)
+        processes = mesh_processes(handle.layout)
+        handle.kill()  # a crash: `dev up` cleans nothing up itself
+        down = subprocess.run(
+            [sys.executable, "-m", "gossamer_cli.main", "dev", "down",
+             "--state-dir", str(state), "--prefix", PREFIX],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        left = leftovers(state, PREFIX) + still_running(processes)
+        left += ["ready.json"] if (state / "ready.json").exists() else []
+        changed = host_firewall() != firewall
         shutil.rmtree(state, ignore_errors=True)
-        assert not leftovers, f"the local mesh left things behind: {leftovers}"
-
-
-def _leftovers(state: Path) -> list[str]:
-    found = []
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    found += [line.split()[0] for line in namespaces.splitlines() if line.startswith(PREFIX)]
-    if Path("/etc/netns").exists():
-        found += [p.name for p in Path("/etc/netns").iterdir() if p.name.startswith(PREFIX)]
-    procs = subprocess.run(["pgrep", "-af", f"{state}|{PREFIX}-"], capture_output=True, text=True)
-    found += [line for line in procs.stdout.splitlines() if "pgrep" not in line]
-    return found
+        assert down.returncode == 0, f"gossamer dev down failed: {down.stderr[-2000:]}"
+        assert not left, f"dev down after a crash left things behind: {left}"
+        assert not changed, "the local mesh changed the host's own iptables rules"

@@ -236,6 +236,12 @@ class LocalMeshHandle:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"the local mesh exited:\n{self.log.read_text()[-3000:]}")
 
+    def kill(self) -> None:
+        """SIGKILL ``gossamer dev up``, as a crash would: what it started stays behind."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def stop(self, limit: float = 90) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -309,6 +315,71 @@ def start_local_mesh(state_dir: Path, prefix: str, image_maps: Sequence[Path]) -
         time.sleep(0.5)
     info = json.loads(ready.read_text())
     return LocalMeshHandle(process, state_dir, layout, info["kubeconfig"], log)
+
+
+# -- what a mesh leaves behind -----------------------------------------------------------------
+
+FIREWALL_SAVERS = ("iptables-nft-save", "iptables-legacy-save", "ip6tables-nft-save",
+                   "ip6tables-legacy-save")  # fmt: skip
+
+
+def host_firewall() -> dict[str, list[str]]:
+    """The host's own iptables rules and chains (both backends), counters left out."""
+    rules: dict[str, list[str]] = {}
+    for saver in FIREWALL_SAVERS:
+        try:
+            out = subprocess.run([saver], capture_output=True, text=True, timeout=30).stdout
+        except FileNotFoundError:
+            continue
+        rules[saver] = [
+            line.split(" [", 1)[0] if line.startswith(":") else line
+            for line in out.splitlines()
+            if line and not line.startswith("#")
+        ]
+    return rules
+
+
+def proc_start(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def mesh_processes(layout: NodeLayout) -> dict[int, int]:
+    """Every process inside the mesh's node and pod namespaces: {pid: start time}."""
+    from gossamer_cli.dev import node
+
+    found = {pid: proc_start(pid) for pid in node.processes_inside(layout)}
+    return {pid: start for pid, start in found.items() if start is not None}
+
+
+def still_running(processes: dict[int, int]) -> list[str]:
+    """Those of ``processes`` that still run (the same pid and start time, not a zombie)."""
+    alive = []
+    for pid, start in processes.items():
+        if proc_start(pid) != start:
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] != "Z":
+            alive.append(f"{pid}: {cmdline.strip()[:200]}")
+    return alive
+
+
+def leftovers(state: Path, prefix: str) -> list[str]:
+    """Namespaces, /etc/netns entries and processes named after ``prefix`` or ``state``."""
+    found = []
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    found += [line.split()[0] for line in namespaces.splitlines() if line.startswith(prefix)]
+    if Path("/etc/netns").exists():
+        found += [p.name for p in Path("/etc/netns").iterdir() if p.name.startswith(prefix)]
+    procs = subprocess.run(["pgrep", "-af", f"{state}|{prefix}-"], capture_output=True, text=True)
+    found += [line for line in procs.stdout.splitlines() if "pgrep" not in line]
+    return found
 
 
 # -- manifests ---------------------------------------------------------------------------------
