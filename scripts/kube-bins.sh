@@ -2,7 +2,8 @@
 # Builds the upstream Kubernetes binaries that Gossamer's tests and local mode run
 # (kube-apiserver, kube-controller-manager, kube-scheduler, kwok) from the wrapper
 # modules under tools/, into a cache outside the clone keyed by version.
-# Prints the cache's bin directory on the last line of stdout.
+# Prints the cache's bin directory on the last line of stdout. With --check, builds nothing and
+# exits 1 when a binary is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 kube_version=$(awk '/^require k8s.io\/kubernetes/ {print $3}' "$here/tools/kube/go.mod")
@@ -16,6 +17,7 @@ if [ "$missing" = 0 ]; then
   echo "$bin"
   exit 0
 fi
+[ "${1:-}" = --check ] && exit 1
 command -v go >/dev/null || { echo "kube-bins: Go is needed to build the Kubernetes test binaries" >&2; exit 1; }
 mkdir -p "$bin"
 export CGO_ENABLED=0 GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=readonly

