@@ -29,7 +29,7 @@ pytestmark = pytest.mark.netns
 PREFIX = f"gsd{os.getpid()}"
 #: Long enough for a busy machine to bring the mesh and the demo up (the clock starts with
 #: the command); the test waits for it to run out, so it is not longer than that needs.
-DURATION = 120
+DURATION = 150
 DEMO_PODS = {"flaky": 2, "slow": 2, "traffic": 1, "web": 1}
 CLEAR = "\x1b[H\x1b[2J"
 ROW = re.compile(
