@@ -3,8 +3,9 @@
 One run of the real command, in a state directory and namespace prefix of its own (it starts
 before the shared headless mesh of the other e2e tests, which sort after this file): the live
 table shows the demo's deployments with traffic and mTLS, ``gossamer dev kubectl -- get pods
--A`` lists the demo pods while it runs, and at the end of ``--duration`` it exits by itself
-with status 0, leaving no namespace, process, /etc/netns entry or host iptables rule behind.
+-A`` lists the demo pods while it runs, the webhook injected every demo pod and every hop is
+mTLS with the caller's identity, and at the end of ``--duration`` it exits by itself with
+status 0, leaving no namespace, process, /etc/netns entry or host iptables rule behind.
 (Crash cleanup, SIGKILL then ``gossamer dev down``, is checked by conftest's teardown.)
 """
 
@@ -22,14 +23,25 @@ from pathlib import Path
 
 import pytest
 from gossamer_cli.dev.layout import NodeLayout
-from localmesh import RUNTIME_VENV, host_firewall, leftovers, mesh_processes, still_running
+from localmesh import (
+    RUNTIME_VENV,
+    LocalMeshHandle,
+    attach_local_mesh,
+    converge,
+    counter,
+    host_firewall,
+    leftovers,
+    mesh_processes,
+    still_running,
+)
 
 pytestmark = pytest.mark.netns
 
 PREFIX = f"gsd{os.getpid()}"
-#: Long enough for a busy machine to bring the mesh and the demo up (the clock starts with
-#: the command); the test waits for it to run out, so it is not longer than that needs.
-DURATION = 150
+#: The clock starts with the command, and the test waits for it to run out. The table shows
+#: the demo's traffic about 20 s in on a quiet machine and the checks take 5 s more; 90 leaves
+#: room for a busy one without idling much longer than needed.
+DURATION = 90
 DEMO_PODS = {"flaky": 2, "slow": 2, "traffic": 1, "web": 1}
 CLEAR = "\x1b[H\x1b[2J"
 ROW = re.compile(
@@ -84,6 +96,36 @@ def shows_the_demo(frame: str) -> bool:
     return all(table[name]["mtls"] == "100.0%" for name in ("web", "slow", "flaky"))
 
 
+def webhook_injected_every_demo_pod(mesh: LocalMeshHandle) -> None:
+    for pod in mesh.get("pods", "", "demo")["items"]:
+        init = [c["name"] for c in pod["spec"].get("initContainers") or []]
+        assert init[:2] == ["linkerd-init", "linkerd-proxy"], pod["metadata"]["name"]
+        annotations = pod["metadata"]["annotations"]
+        assert annotations["linkerd.io/proxy-version"]
+        assert re.fullmatch(r"[0-9a-f]{64}", annotations["linkerd.io/trust-root-sha256"])
+
+
+def meshed_requests(mesh: LocalMeshHandle) -> tuple[dict[str, float], float]:
+    """Inbound requests over mTLS from the expected caller, per deployment, and plaintext ones."""
+    identity = "{}.demo.serviceaccount.identity.gossamer.cluster.local".format
+    scraped = {app: [mesh.metrics(p) for p in mesh.pods("demo", f"app={app}")]
+               for app in ("web", "slow", "flaky")}  # fmt: skip
+    callers = {"web": identity("traffic"), "slow": identity("web"), "flaky": identity("web")}
+    meshed = {
+        app: sum(
+            counter(m, "request_total", direction="inbound", tls="true", client_id=callers[app])
+            for m in texts
+        )
+        for app, texts in scraped.items()
+    }
+    plaintext = sum(
+        counter(m, "request_total", direction="inbound", tls="no_identity")
+        for texts in scraped.values()
+        for m in texts
+    )
+    return meshed, plaintext
+
+
 def gossamer(*args: str, state: Path) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "gossamer_cli.main", "dev", *args]
     argv[5:5] = ["--state-dir", str(state), "--prefix", PREFIX]  # after the subcommand
@@ -125,6 +167,14 @@ def test_demo_draws_the_table_answers_kubectl_and_exits_cleanly_after_duration()
         demo = [(p[1].rsplit("-", 2)[0], p[3]) for p in listed if p[0] == "demo"]
         assert sorted({name for name, _ in demo}) == sorted(DEMO_PODS)
         assert all(status == "Running" for _, status in demo), pods.stdout
+
+        mesh = attach_local_mesh(state, PREFIX)
+        webhook_injected_every_demo_pod(mesh)
+        meshed, plaintext = converge(
+            lambda: meshed_requests(mesh), lambda r: all(v > 0 for v in r[0].values()), limit=30
+        )
+        assert all(v > 0 for v in meshed.values()), meshed
+        assert plaintext == 0
 
         processes = mesh_processes(NodeLayout(prefix=PREFIX))
         assert len(processes) > 2 * sum(DEMO_PODS.values())  # proxies, apps, control planes
