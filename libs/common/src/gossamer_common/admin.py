@@ -5,7 +5,9 @@ Built-in routes follow the Linkerd proxy's admin contract:
 - ``GET /metrics``: Prometheus text exposition, gzip-compressed when the client allows it;
 - ``GET /live``: ``200 live\\n`` while the event loop is able to answer;
 - ``GET /ready``: ``200 ready\\n`` or ``503 not ready\\n`` from a readiness callback;
-- ``POST /shutdown``: loopback peers only, ``404`` unless enabled, ``405`` for other methods.
+- ``POST /shutdown``: loopback peers only, ``404`` unless enabled, ``405`` for other methods;
+- ``GET|PUT /proxy-log-level`` (loopback peers only) and ``GET /env.json``, added by
+  :func:`add_debug_routes` (see there).
 
 Components add routes with :meth:`AdminServer.add_route`. Request parsing is the
 sans-io :mod:`gossamer_common.http_request_parser`; this module is the asyncio glue
@@ -18,13 +20,19 @@ import asyncio
 import contextlib
 import gzip
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterable
+import json
+import os
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
 import structlog
 
 from gossamer_common.http_request_parser import BadRequest, RequestParser
+from gossamer_common.log_control import LogLevels
+from gossamer_common.log_filter import LogFilterError
+from gossamer_common.logging import REDACTED, is_secret_key
 from gossamer_common.metrics import CONTENT_TYPE, Registry
 
 __all__ = [
@@ -33,6 +41,8 @@ __all__ = [
     "AdminServer",
     "Handler",
     "accepts_gzip",
+    "accepts_json",
+    "add_debug_routes",
     "is_loopback",
     "serialize_response",
     "text_response",
@@ -113,6 +123,83 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
         if name in allowed:
             return allowed[name]
     return allowed.get("*", False)
+
+
+def accepts_json(accept: str | None) -> bool:
+    """Linkerd's check: no ``Accept``, or one naming JSON, ``application/*`` or ``*/*``."""
+    if accept is None:
+        return True
+    return any(t in accept for t in ("application/json", "application/*", "*/*"))
+
+
+def _json_response(status: int, value: object) -> AdminResponse:
+    body = json.dumps(value, sort_keys=True).encode()
+    return AdminResponse(status, (("content-type", "application/json"),), body)
+
+
+_ENV_PREFIXES = ("LINKERD2_PROXY_", "GOSSAMER_PROXY_")
+_MAX_ENV_NAMES = 256
+
+
+def _exposed_env(name: str, value: str | None) -> str | None:
+    if value is None or not name.startswith(_ENV_PREFIXES):
+        return None
+    return REDACTED if is_secret_key(name) else value
+
+
+def add_debug_routes(
+    server: AdminServer, levels: LogLevels | None, *, environ: Mapping[str, str] | None = None
+) -> None:
+    """Add Linkerd's debugging routes to ``server``:
+
+    - ``GET /proxy-log-level``: the current filter as text (``warn,linkerd=info``);
+      ``PUT`` with a filter as the body replaces it (``204``), a bad one is ``400`` with the
+      reason. Loopback peers only (``403`` otherwise), as in Linkerd. Without ``levels``
+      (logging not ours to change) the route is absent (``404``), as in Linkerd without tracing.
+    - ``GET /env.json``: the proxy's ``LINKERD2_PROXY_*`` (and ``GOSSAMER_PROXY_*``)
+      environment as a JSON object; ``?A&B`` asks for just those names (``null`` when
+      unset or not a proxy setting). Linkerd serves the whole environment; we serve only
+      the proxy's settings, and values whose name looks like a credential are redacted.
+      A query with ``=`` is ``400``; an ``Accept`` that excludes JSON is ``406``.
+    """
+    env = os.environ if environ is None else environ
+
+    async def log_level(request: AdminRequest) -> AdminResponse:
+        assert levels is not None
+        if request.method == "PUT":
+            try:
+                text = request.body.decode("utf-8")
+            except UnicodeDecodeError:
+                return text_response(400, "log level filter must be UTF-8\n")
+            try:
+                new = levels.set_from_text(text)
+            except LogFilterError as e:
+                _log.warning("log_level_rejected", error=str(e))
+                return text_response(400, f"{e}\n")
+            _log.info("log_level_set", level=str(new))
+            return AdminResponse(204)
+        return text_response(200, f"{levels.current}\n")
+
+    async def env_json(request: AdminRequest) -> AdminResponse:
+        if not accepts_json(request.header("accept")):
+            return AdminResponse(406, (("content-type", _TEXT),), b"application/json")
+        if not request.query:
+            return _json_response(
+                200,
+                {k: _exposed_env(k, v) for k, v in env.items() if k.startswith(_ENV_PREFIXES)},
+            )
+        if "=" in request.query:
+            msg = "env.json query parameters may not contain key-value pairs"
+            return _json_response(400, {"error": msg, "status": 400})
+        names = [urllib.parse.unquote(n) for n in request.query.split("&") if n]
+        if len(names) > _MAX_ENV_NAMES:
+            msg = f"env.json takes at most {_MAX_ENV_NAMES} names"
+            return _json_response(400, {"error": msg, "status": 400})
+        return _json_response(200, {n: _exposed_env(n, env.get(n)) for n in names})
+
+    if levels is not None:
+        server.add_route("/proxy-log-level", log_level, methods=("GET", "PUT"), loopback_only=True)
+    server.add_route("/env.json", env_json, methods=("GET",))
 
 
 def serialize_response(resp: AdminResponse, *, keep_alive: bool, head: bool = False) -> bytes:

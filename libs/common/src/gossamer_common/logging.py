@@ -16,6 +16,9 @@ from typing import Any, TextIO, cast
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from gossamer_common.log_control import GatedBoundLogger, LogLevels, WriterFactory
+from gossamer_common.log_filter import LogFilter, linkerd_target
+
 __all__ = ["REDACTED", "configure_logging", "current_stderr", "is_secret_key", "redact_secrets"]
 
 REDACTED = "[REDACTED]"
@@ -102,53 +105,93 @@ def _shared_processors(component: str) -> list[Processor]:
     ]
 
 
+def _render_plain(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+    """Linkerd's plain format: ``TIMESTAMP LEVEL target: message key=value ...``."""
+    ts = event_dict.pop("ts", "")
+    level = str(event_dict.pop("level", method)).upper()
+    event = event_dict.pop("event", "")
+    event_dict.pop("component", None)
+    name = getattr(logger, "name", "") or ""
+    target = linkerd_target(name) if name else "-"
+    fields = " ".join(f"{k}={_plain_value(v)}" for k, v in event_dict.items())
+    line = f"{ts} {level:>5} {target}: {event}"
+    return f"{line} {fields}" if fields else line
+
+
+def _plain_value(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    if not text or any(c in text for c in ' "=\n'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
 def configure_logging(
     level: str = "info",
     *,
     component: str,
     stream: TextIO | None = None,
     library_level: str | None = None,
-) -> None:
-    """Configure structlog (and the stdlib root logger) to write JSON lines to ``stream``.
+    log_filter: LogFilter | None = None,
+    log_format: str = "json",
+) -> LogLevels:
+    """Configure structlog (and the stdlib loggers) to write one line per event to ``stream``.
 
-    ``level`` filters our own (structlog) events; ``library_level`` (default: ``level``) the
-    standard library loggers of asyncio, grpclib and other libraries, as a Linkerd filter
-    such as ``warn,linkerd=info`` keeps the proxy's own events at info and others at warn.
+    ``level`` is one bare level for our own (structlog) events and ``library_level``
+    (default: ``level``) the one for the standard library loggers of asyncio, grpclib and
+    other libraries; ``log_filter`` (Linkerd's directive syntax, per logger, see
+    :mod:`gossamer_common.log_filter`) replaces both when given. ``log_format`` is ``json``
+    (structlog JSON lines) or ``plain`` (Linkerd's plain text). The returned
+    :class:`~gossamer_common.log_control.LogLevels` changes the filter at runtime.
     """
-    numeric = _numeric_level(level)
-    library_numeric = numeric if library_level is None else _numeric_level(library_level)
+    if log_filter is None:
+        own = _bare_level(level)
+        libraries = own if library_level is None else _bare_level(library_level)
+        log_filter = LogFilter.parse(f"{libraries},gossamer={own}")
+    fmt = log_format.strip().lower()
+    if fmt not in ("json", "plain"):
+        raise ValueError(f"unknown log format {log_format!r}; expected plain or json")
     out = current_stderr() if stream is None else stream
+    levels = LogLevels(log_filter)
     shared = _shared_processors(component)
+    renderer: Processor = (
+        structlog.processors.JSONRenderer(sort_keys=False) if fmt == "json" else _render_plain
+    )
     structlog.configure(
         processors=[
             *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(sort_keys=False),
+            renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        wrapper_class=GatedBoundLogger,
+        logger_factory=WriterFactory(levels, out),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(out)
+    handler.addFilter(levels.stdlib_gate())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
-                structlog.processors.JSONRenderer(),
+                structlog.processors.JSONRenderer() if fmt == "json" else _render_plain,
             ],
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(library_numeric)
+    root.setLevel(max(log_filter.min_level, 1))
+
+    def widen_root(new: LogFilter) -> None:
+        root.setLevel(max(new.min_level, 1))
+
+    levels.on_change(widen_root)
+    return levels
 
 
-def _numeric_level(level: str) -> int:
-    try:
-        return _LEVELS[level.lower()]
-    except KeyError:
+def _bare_level(level: str) -> str:
+    if level.lower() not in _LEVELS:
         known = ", ".join(sorted(_LEVELS))
-        raise ValueError(f"unknown log level {level!r}; expected one of {known}") from None
+        raise ValueError(f"unknown log level {level!r}; expected one of {known}")
+    return level.lower()

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import sys
 
+import structlog
+from gossamer_common.log_control import LogLevels
+from gossamer_common.log_filter import LogFilter, LogFilterError
 from gossamer_common.logging import configure_logging
 from gossamer_common.runtime import freeze_startup_objects, run
-from gossamer_common.settings import LogFilter, load_or_exit, parse_log_filter
+from gossamer_common.settings import load_or_exit
 
 from .app import Proxy
 from .config import ProxySettings
 from .local_identity import IdentityConfigError
 from .mesh.authz import PolicyError
 
+_FALLBACK_FILTER = "warn"
 
-async def _main(settings: ProxySettings) -> None:
+
+async def _main(settings: ProxySettings, log_levels: LogLevels) -> None:
     try:
-        proxy = Proxy(settings)
+        proxy = Proxy(settings, log_levels=log_levels)
     except (IdentityConfigError, PolicyError, ValueError) as exc:
         print(f"gossamer-proxy: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -36,13 +41,19 @@ def main() -> None:
         description="Gossamer transparent sidecar proxy: inbound 4143, outbound 4140, admin 4191.",
     )
     try:
-        levels = parse_log_filter(settings.log_level)
-    except ValueError:
-        levels = LogFilter(own="warn", libraries="warn")
+        log_filter = LogFilter.parse(settings.log_level)
+        bad_filter = None
+    except LogFilterError as exc:  # Linkerd starts anyway, without the bad directives
+        log_filter, bad_filter = LogFilter.parse(_FALLBACK_FILTER), exc
     # Linkerd's default filter (warn,linkerd=info) keeps the proxy's own events at info: its
     # start-up line says in the pod's log when it began to serve.
-    configure_logging(levels.own, component="proxy", library_level=levels.libraries)
-    run(_main(settings))
+    log_levels = configure_logging(
+        component="proxy", log_filter=log_filter, log_format=settings.log_format
+    )
+    if bad_filter is not None:
+        log = structlog.get_logger("gossamer.proxy")
+        log.warning("log_filter_invalid", error=str(bad_filter), using=_FALLBACK_FILTER)
+    run(_main(settings, log_levels))
 
 
 if __name__ == "__main__":

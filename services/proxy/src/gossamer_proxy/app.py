@@ -23,7 +23,8 @@ import ipaddress
 import math
 
 import structlog
-from gossamer_common.admin import AdminServer
+from gossamer_common.admin import AdminServer, add_debug_routes
+from gossamer_common.log_control import LogLevels
 from gossamer_common.process_metrics import process_age_seconds, register_process_metrics
 from gossamer_common.shutdown import Shutdown
 from grpclib.client import Channel
@@ -67,6 +68,7 @@ class Proxy:
         metrics: ProxyMetrics | None = None,
         resolver: Resolver | None = None,
         process_metrics: bool = True,
+        log_levels: LogLevels | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = (
@@ -113,6 +115,9 @@ class Proxy:
             on_shutdown=lambda: self.shutdown_control.request("admin /shutdown"),
             shutdown_enabled=settings.shutdown_endpoint_enabled,
         )
+        #: ``None`` when the process's logging is not ours to change (``/proxy-log-level`` 404s).
+        self.log_levels = log_levels
+        add_debug_routes(self.admin, log_levels)
         self._ready = False
         self._tick: asyncio.TimerHandle | None = None
         self._destination_channel: Channel | None = None

@@ -82,6 +82,26 @@ def parse_dns_suffix(text: str) -> str:
 parse_dns_suffix.expected = "a DNS suffix with at least one label, e.g. svc.cluster.local."  # type: ignore[attr-defined]
 
 
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("plain", "json"):
+        raise ValueError(text)
+    return value
+
+
+_log_format.expected = "plain or json"  # type: ignore[attr-defined]
+
+
+def _access_log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("apache", "json"):
+        raise ValueError(text)
+    return value
+
+
+_access_log_format.expected = "apache or json"  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True, slots=True)
 class Http1Limits:
     """Size limits and timers for one HTTP/1 server side."""
@@ -455,7 +475,21 @@ class ProxySettings:
         env="LINKERD2_PROXY_LOG",
         default="warn",
         parse=str,
-        help="Log level (a Linkerd filter such as warn,linkerd=info is accepted).",
+        help="Log filter in Linkerd's directive syntax (warn,linkerd=debug); "
+        "see gossamer_common.log_filter. Changeable at runtime with PUT /proxy-log-level.",
+    )
+    log_format: str = setting(
+        env="LINKERD2_PROXY_LOG_FORMAT",
+        default="json",
+        parse=_log_format,
+        help="plain (Linkerd's text lines) or json (one JSON object per line).",
+    )
+    access_log: str | None = setting(
+        env="LINKERD2_PROXY_ACCESS_LOG",
+        default="",
+        parse=optional(_access_log_format),
+        help="Per-request access log of inbound HTTP requests on stderr: apache or json "
+        "(empty: off).",
     )
 
     @property
