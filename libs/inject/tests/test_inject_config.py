@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 from gossamer_inject import ConfigError, MeshValues, resolve
-from gossamer_inject.containers import init_container
+from gossamer_inject.containers import PodFacts, init_container, proxy_env
 
 MESH = MeshValues(trust_anchors_pem="pem")
 
@@ -153,3 +153,18 @@ def test_a_bad_install_init_version_names_the_override_key() -> None:
     with pytest.raises(ConfigError) as info:
         resolve(MeshValues(init_version="a b"), {}, ingress=False)
     assert info.value.key == "config.linkerd.io/init-image-version"
+
+
+def test_access_log_and_log_format_reach_the_proxy_env() -> None:
+    facts = PodFacts(inbound_ports=(8080,), opaque_ports=())
+    plain = {e["name"]: e.get("value") for e in proxy_env(resolve(MESH, {}, ingress=False), facts)}
+    assert plain["LINKERD2_PROXY_LOG_FORMAT"] == "plain"
+    assert "LINKERD2_PROXY_ACCESS_LOG" not in plain  # off unless asked for, as in Linkerd
+    cfg = resolve(
+        MESH,
+        {"config.linkerd.io/access-log": "json", "config.linkerd.io/proxy-log-format": "json"},
+        ingress=False,
+    )
+    env = {e["name"]: e.get("value") for e in proxy_env(cfg, facts)}
+    assert env["LINKERD2_PROXY_ACCESS_LOG"] == "json"
+    assert env["LINKERD2_PROXY_LOG_FORMAT"] == "json"

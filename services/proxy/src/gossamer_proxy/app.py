@@ -29,6 +29,7 @@ from gossamer_common.process_metrics import process_age_seconds, register_proces
 from gossamer_common.shutdown import Shutdown
 from grpclib.client import Channel
 
+from .access_log import access_log_from_setting
 from .config import Endpoint, ProxySettings
 from .connect import Connector, DirectResolver, Resolver, UpstreamTls
 from .context import ListenerContext
@@ -117,6 +118,7 @@ class Proxy:
         )
         #: ``None`` when the process's logging is not ours to change (``/proxy-log-level`` 404s).
         self.log_levels = log_levels
+        self.access_log = access_log_from_setting(settings.access_log)
         add_debug_routes(self.admin, log_levels)
         self._ready = False
         self._tick: asyncio.TimerHandle | None = None
@@ -219,6 +221,7 @@ class Proxy:
             gateway_suffixes=s.inbound_gateway_suffixes,
             outbound_tls=outbound_tls,
             discovery=None if inbound else self.discovery,
+            access_log=self.access_log if inbound else None,
         )
 
     async def _listen(self, ctx: ListenerContext) -> Endpoint:

@@ -35,6 +35,7 @@ import httptools
 import structlog
 from gossamer_api.transport_header import SessionProtocol
 
+from ..access_log import AccessEntry, begin_request
 from ..config import Endpoint
 from ..connect import UpstreamTls
 from ..context import ListenerContext
@@ -112,6 +113,7 @@ class Exchange:
     """One request/response pair on a client connection."""
 
     __slots__ = (
+        "access",
         "attempt",
         "attempt_timeout",
         "attempt_timer",
@@ -192,6 +194,7 @@ class Exchange:
         self.retry_condition: RetryCondition | None = None
         self.retry_backoff: Backoff | None = None
         self.response_filters: tuple[RouteFilters, ...] = ()
+        self.access: AccessEntry | None = None
 
     def finish_pick(self, outcome: Outcome) -> None:
         pick, self.pick = self.pick, None
@@ -579,6 +582,18 @@ class Http1Server(asyncio.Protocol):
             extra = (*extra, *self._client_id_header)
         ex.head = encode_request_head(ex.method, url, info, extra=extra)
         ex.started_at = self.loop.time()
+        if self.ctx.access_log is not None:
+            peer_id = self.peer.client_id if self.peer is not None else None
+            ex.access = begin_request(
+                self.ctx.access_log,
+                self.transport,
+                peer_id,
+                ex.method,
+                url,
+                f"HTTP/{ex.version}",
+                self._headers,
+                ex.started_at,
+            )
         if self.ctx.discovery is not None and not self.ctx.inbound:
             # Counted once the endpoint (and so its TLS and dst labels) is known.
             ex.url = url
@@ -1091,6 +1106,8 @@ class Http1Server(asyncio.Protocol):
                 self._fail(ex, ProxyErrorKind.IDENTITY_MISMATCH, problem)
                 return
         ex.upstream = up
+        if ex.access is not None:
+            ex.access.forwarded(self.loop.time())
         up.begin(self, no_body=ex.is_head)
         chunked = ex.info is not None and ex.info.chunked
         parts = [ex.head]
@@ -1163,6 +1180,8 @@ class Http1Server(asyncio.Protocol):
             self._fail(ex, ProxyErrorKind.UPSTREAM_PROTOCOL, "transfer coding for HTTP/1.0")
             return
         ex.response_started = True
+        if ex.access is not None:
+            ex.access.respond(status, info.content_length, self.loop.time())
         _cancel_attempt_timer(ex)
         for filters in ex.response_filters:
             info.forward = filters.apply_response(info.forward)
@@ -1322,6 +1341,8 @@ class Http1Server(asyncio.Protocol):
     def _finish(self, ex: Exchange) -> None:
         if ex is not self._active:
             return
+        if ex.access is not None:  # a response the proxy made (written once)
+            ex.access.respond(ex.status, None, self.loop.time())
         _cancel_timer(ex)
         self._active = None
         if ex.close_after or self._closed:

@@ -44,6 +44,7 @@ import h2.exceptions
 import h2.settings
 import structlog
 
+from ..access_log import AccessEntry, begin_h2_request, content_length_of
 from ..config import Endpoint
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
@@ -100,6 +101,7 @@ class _Flow:
 
 class _Pair:
     __slots__ = (
+        "access",
         "authority",
         "down_id",
         "downgrade",
@@ -141,6 +143,7 @@ class _Pair:
         self.retry: StreamRetry | None = None
         #: Inbound ``l5d-orig-proto`` streams go to the app over HTTP/1.1 through this.
         self.downgrade: H1Downgrade | None = None
+        self.access: AccessEntry | None = None
 
 
 def _config(client_side: bool) -> h2.config.H2Configuration:
@@ -516,6 +519,10 @@ class H2Server(asyncio.Protocol):
         if authority_text and ":" not in authority_text.rsplit("]", 1)[-1]:
             authority_text = f"{authority_text}:{self.target.port}"
         pair.authority = authority_text
+        if self.ctx.access_log is not None:
+            pair.access = begin_h2_request(
+                self.ctx.access_log, self.transport, self.peer, event.headers, pair.started_at
+            )
         if not self._count_on_upstream:
             self.count(pair, self.labels)
         if event.stream_ended is not None:
@@ -678,6 +685,8 @@ class H2Server(asyncio.Protocol):
             return
         pair.status = status
         pair.response_started = True
+        if pair.access is not None:
+            pair.access.respond(status, content_length_of(headers), self.loop.time())
         if pair.stats is not None:
             pair.stats.observe_latency(status, (self.loop.time() - pair.started_at) * 1000.0)
         self._send_headers(pair, headers, end_stream=end)
@@ -738,6 +747,8 @@ class H2Server(asyncio.Protocol):
         else:
             headers = h2_error_headers(kind, detail)
             status, grpc_status = kind.status, None
+        if pair.access is not None:
+            pair.access.respond(status, None, self.loop.time())
         if pair.stats is not None:
             pair.stats.observe_latency(status, (self.loop.time() - pair.started_at) * 1000.0)
             pair.stats.response(status, grpc_status, kind.name.lower())
@@ -858,6 +869,8 @@ class _H2Upstream(asyncio.Protocol):
         pair.upstream = self
         self.streams[sid] = pair
         self.server.count(pair, self.labels)
+        if pair.access is not None:
+            pair.access.forwarded(self.server.loop.time())
         end = pair.to_up.ended and not pair.to_up.pending and pair.to_up.trailers is None
         self.conn.send_headers(sid, pair.request_headers, end_stream=end)
         if end:

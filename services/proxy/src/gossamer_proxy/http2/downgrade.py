@@ -102,6 +102,8 @@ class H1Downgrade:
 
     def _attach(self, up: Http1Upstream) -> None:
         self.upstream = up
+        if self.pair.access is not None:
+            self.pair.access.forwarded(self.server.loop.time())
         up.begin(self, no_body=self.request.is_head)
         up.write(self.request.head)
         self.pump()
