@@ -1086,3 +1086,36 @@ async def test_policy_retries_back_off_between_attempts(
     assert len(backend.hits) == 2
     # The retry waited out at least the minimum backoff (a lower bound, not a latency claim).
     assert stamps[1] - stamps[0] >= 0.4
+
+
+async def test_grpc_route_families_count_calls_by_grpc_status(
+    start_proxy: StartProxy, control: ControlPlane, grpc_backends: Any
+) -> None:
+    async def picky(request: bytes, context: Any, n: int) -> bytes:
+        if request == b"missing":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+        return b"ok"
+
+    backend = await grpc_backends(picky)
+    control.plane.send(f"profile:{TARGET}", profile())
+    control.plane.send(f"get:{V1}", endpoints(backend.port))
+    control.plane.send(f"policy:{TARGET}", grpc_policy((V1, 1)))
+    proxy = await proxy_for(start_proxy, control, policy=True)
+
+    results = await call_all(proxy, [b"a", b"b", b"c", b"missing"], concurrency=2)
+
+    assert codes(results) == {grpc.StatusCode.OK: 3, grpc.StatusCode.NOT_FOUND: 1}
+    route = {
+        "parent_kind": "Service",
+        "parent_name": "web",
+        "route_group": "gateway.networking.k8s.io",
+        "route_kind": "GRPCRoute",
+        "route_name": "echo",
+    }
+    statuses = "outbound_grpc_route_request_statuses_total"
+    assert metric(proxy, statuses, **route, grpc_status="OK") == 3
+    assert metric(proxy, statuses, **route, grpc_status="NOT_FOUND") == 1
+    assert metric(proxy, "outbound_grpc_route_backend_requests_total", **route) == 4
+    backend_statuses = "outbound_grpc_route_backend_response_statuses_total"
+    assert metric(proxy, backend_statuses, **route, backend_name="web-v1", grpc_status="OK") == 3
+    assert metric(proxy, "outbound_http_route_request_statuses_total") == 0

@@ -302,7 +302,15 @@ async def test_endpoint_updates_reach_the_balancer(
                 proxy,
                 "outbound_http_balancer_endpoints",
                 endpoint_state="ready",
-                backend_authority=AUTHORITY,
+                parent_kind="Service",
+                parent_name="web",
+                parent_namespace="emojivoto",
+                parent_port="80",
+                backend_group="core",
+                backend_kind="Service",
+                backend_name="web",
+                backend_namespace="emojivoto",
+                backend_port="80",
             )
             == 1
         )

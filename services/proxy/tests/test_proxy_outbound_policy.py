@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -490,3 +491,84 @@ async def test_unused_policy_watch_is_dropped_after_the_idle_timeout(
     assert len(v2.hits) == 1
     # Without a policy workload, the destination context names the client.
     assert control.plane.specs[0].source_workload == '{"ns":"emojivoto","pod":"bot-1"}'
+
+
+def _series(proxy: Proxy, name: str, **labels: str) -> float:
+    """The sum of ``name`` over the series whose labels include ``labels``."""
+    total = 0.0
+    for line in proxy.metrics.registry.render().decode().splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_route_and_backend_families_follow_linkerd(
+    start_proxy: StartProxy, tcp_server: TcpServer, control: ControlPlane
+) -> None:
+    async def flaky(path: str) -> int:
+        return 503 if path == "/bad" else 200
+
+    v1 = await http_backend(tcp_server, flaky)
+    v2 = await http_backend(tcp_server)
+    control.plane.send(f"profile:{TARGET}", profile())
+    control.plane.send(f"get:{V1}", endpoints(v1.port))
+    control.plane.send(f"get:{V2}", endpoints(v2.port))
+    canary = http_route(
+        "canary", rule((V2, 1), header=("x-canary", "1")), rule((V1, 1), path_prefix="/")
+    )
+    message = policy(canary)
+    message.metadata.resource.namespace = NS
+    message.metadata.resource.port = 80
+    control.plane.send(f"policy:{TARGET}", message)
+    proxy = await policy_proxy(start_proxy, control)
+    client = await Client.open(proxy)
+    try:
+        assert (await client.request("/a"))[0] == 200
+        assert (await client.request("/bad"))[0] == 503
+        assert (await client.request("/c", {"x-canary": "1"}))[0] == 200
+    finally:
+        await client.close()
+
+    route = {
+        "parent_group": "core",
+        "parent_kind": "Service",
+        "parent_namespace": NS,
+        "parent_name": "web",
+        "parent_port": "80",
+        "route_group": "policy.linkerd.io",
+        "route_kind": "HTTPRoute",
+        "route_namespace": NS,
+        "route_name": "canary",
+    }
+    statuses = "outbound_http_route_request_statuses_total"
+    assert _series(proxy, statuses, **route, hostname=SVC, http_status="200") == 2
+    assert _series(proxy, statuses, **route, hostname=SVC, http_status="503") == 1
+    duration = "outbound_http_route_request_duration_seconds_count"
+    assert _series(proxy, duration, **route, hostname=SVC) == 3
+    backend_requests = "outbound_http_route_backend_requests_total"
+    assert _series(proxy, backend_requests, **route, backend_name="web-v1") == 2
+    assert _series(proxy, backend_requests, **route, backend_name="web-v2") == 1
+    backend_statuses = "outbound_http_route_backend_response_statuses_total"
+    assert _series(proxy, backend_statuses, **route, backend_name="web-v1", http_status="503") == 1
+    assert _series(proxy, "outbound_http_route_backend_response_duration_seconds_count") == 3
+    # The legacy families are still there beside the new ones.
+    assert _series(proxy, "response_total", direction="outbound") == 3
+
+    proxy._housekeeping()  # refresh the balancer gauges now rather than on the next tick
+    endpoints_gauge = "outbound_http_balancer_endpoints"
+    assert (
+        _series(
+            proxy,
+            endpoints_gauge,
+            parent_name="web",
+            parent_namespace=NS,
+            backend_kind="Service",
+            backend_name="web-v1",
+            endpoint_state="ready",
+        )
+        == 1
+    )
+    assert _series(proxy, "proxy_build_info", vendor="gossamer", profile="release") == 1

@@ -30,6 +30,7 @@ from gossamer_common.shutdown import Shutdown
 from grpclib.client import Channel
 
 from .access_log import access_log_from_setting
+from .build_info import register_build_info
 from .config import Endpoint, ProxySettings
 from .connect import Connector, DirectResolver, Resolver, UpstreamTls
 from .context import ListenerContext
@@ -81,6 +82,7 @@ class Proxy:
             )
         )
         self._metrics_swept = -math.inf
+        register_build_info(self.metrics.registry)
         if process_metrics:
             register_process_metrics(self.metrics.registry)
         self.resolver: Resolver = resolver if resolver is not None else DirectResolver()

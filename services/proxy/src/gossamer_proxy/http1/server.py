@@ -67,6 +67,7 @@ from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..opaque import relay_transports
 from ..outbound.discovery import TargetHandle
 from ..outbound.plan import Pick
+from ..outbound.policy_route_metrics import BackendSeries, RouteSeries, error_label, record_end
 from ..outbound.redispatch import may_redispatch
 from ..outbound.route_metrics import RouteStats
 from ..timeouts import Phase, Verdict, verdict
@@ -117,6 +118,7 @@ class Exchange:
         "attempt",
         "attempt_timeout",
         "attempt_timer",
+        "backend_series",
         "body",
         "close_after",
         "denied",
@@ -138,6 +140,7 @@ class Exchange:
         "retry_backoff",
         "retry_condition",
         "route",
+        "route_series",
         "route_stats",
         "started_at",
         "stats",
@@ -195,6 +198,9 @@ class Exchange:
         self.retry_backoff: Backoff | None = None
         self.response_filters: tuple[RouteFilters, ...] = ()
         self.access: AccessEntry | None = None
+        #: Policy-routed: the route's (and its backend's) ``outbound_*_route_*`` series.
+        self.route_series: RouteSeries | None = None
+        self.backend_series: BackendSeries | None = None
 
     def finish_pick(self, outcome: Outcome) -> None:
         pick, self.pick = self.pick, None
@@ -753,6 +759,9 @@ class Http1Server(asyncio.Protocol):
                         else ProxyErrorKind.NO_BACKENDS
                     )
                     raise ProxyError(kind)
+                if ex.route_series is not None:
+                    ex.backend_series = ex.route_series.backend(decision.backend)
+                    ex.backend_series.requests.value += 1
                 pick = await handle.pick_backend(
                     decision.backend, decision.accrual, SessionProtocol.HTTP1
                 )
@@ -874,6 +883,10 @@ class Http1Server(asyncio.Protocol):
                 return views[0]
 
             decision = ex.policy_route = await handle.policy_route(profile, request_view)
+            discovery = self.ctx.discovery
+            series = discovery.policy_route_metrics if discovery is not None else None
+            if decision is not None and decision.action is not None and series is not None:
+                ex.route_series = series.route(decision.parent, decision.action, host)
             if decision is not None and decision.action is not None and views:
                 return self._apply_policy(ex, decision, views[0])
             return None
@@ -968,6 +981,8 @@ class Http1Server(asyncio.Protocol):
         if ex.stats is not None:
             ex.stats.observe_latency(answer.status, (self.loop.time() - ex.started_at) * 1000.0)
             ex.stats.response(answer.status, answer.grpc_status)
+        if ex.route_series is not None:
+            self._route_ended(ex, answer.status, "")
         close = ex.close_after or not ex.request_done
         self._write(_synthetic_bytes(answer, close=close))
         ex.response_started = ex.response_done = True
@@ -1254,6 +1269,8 @@ class Http1Server(asyncio.Protocol):
         ex.response_done = True
         if ex.stats is not None:
             ex.stats.response(ex.status, _grpc_status(trailers))
+        if ex.route_series is not None:
+            self._route_ended(ex, ex.status, "")
         up = ex.upstream
         ex.upstream = None
         if up is not None:
@@ -1338,6 +1355,13 @@ class Http1Server(asyncio.Protocol):
 
     # -- completion and failure ----------------------------------------------------------------
 
+    def _route_ended(self, ex: Exchange, status: int, error: str) -> None:
+        """Count a policy-routed exchange on its route and backend series (once)."""
+        route, ex.route_series = ex.route_series, None
+        if route is not None:
+            elapsed = self.loop.time() - ex.started_at
+            record_end(route, ex.backend_series, status, None, error, elapsed)
+
     def _finish(self, ex: Exchange) -> None:
         if ex is not self._active:
             return
@@ -1376,6 +1400,8 @@ class Http1Server(asyncio.Protocol):
         if ex.stats is not None:
             ex.stats.observe_latency(kind.status, (self.loop.time() - ex.started_at) * 1000.0)
             ex.stats.response(kind.status, None, kind.name.lower())
+        if ex.route_series is not None:
+            self._route_ended(ex, 0, error_label(kind))
         close = ex.close_after or not ex.request_done or kind.closes_connection
         if detail is None:
             self._write(http1_error_bytes(kind, close=close))

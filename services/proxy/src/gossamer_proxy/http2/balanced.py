@@ -68,6 +68,7 @@ from ..mesh.stream_retry import StreamRetry, response_head_status
 from ..metrics import TargetLabels, TcpStats
 from ..outbound.discovery import TargetHandle
 from ..outbound.plan import EndpointPlan, Pick
+from ..outbound.policy_route_metrics import BackendSeries, RouteSeries, error_label, record_end
 from ..outbound.redispatch import may_redispatch
 from ..outbound.route_metrics import RouteStats
 from .authority import AuthorityError, settle_authority
@@ -91,6 +92,7 @@ class _RoutedPair(_Pair):
         "attempt_timeout",
         "attempt_timer",
         "awaiting_connect",
+        "backend_series",
         "head_latency",
         "pick",
         "policy_route",
@@ -98,6 +100,7 @@ class _RoutedPair(_Pair):
         "response_filters",
         "retry_timer",
         "route",
+        "route_series",
         "route_stats",
         "task",
         "timer",
@@ -116,6 +119,9 @@ class _RoutedPair(_Pair):
         self.route: ProfileRoute | None = None
         self.policy_route: PolicyRoute | None = None
         self.route_stats: RouteStats | None = None
+        #: Policy-routed: the route's (and its backend's) ``outbound_*_route_*`` series.
+        self.route_series: RouteSeries | None = None
+        self.backend_series: BackendSeries | None = None
         #: The request timeout (the whole exchange).
         self.timer: asyncio.TimerHandle | None = None
         #: A retry waiting out its backoff.
@@ -258,6 +264,10 @@ class BalancedH2Server(H2Server):
             decision = pair.policy_route = route_request(policy, view, discovery.rng, http2=True)
             if decision.action is None:
                 return None
+            if discovery.policy_route_metrics is not None:
+                pair.route_series = discovery.policy_route_metrics.route(
+                    decision.parent, decision.action, _authority_of(original), grpc=decision.grpc
+                )
             return self._apply_policy(pair, decision, view, directives)
         route = pair.route = profile.route_for(_request_view(original))
         if route is None:
@@ -352,6 +362,7 @@ class BalancedH2Server(H2Server):
             elapsed = (self.loop.time() - pair.started_at) * 1000.0
             pair.stats.observe_latency(answer.status, elapsed)
             pair.stats.response(answer.status, answer.grpc_status)
+        self._route_ended(pair, answer.status, answer.grpc_status, "")
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self.conn.send_headers(pair.down_id, headers, end_stream=True)
         self._maybe_finish()
@@ -376,6 +387,9 @@ class BalancedH2Server(H2Server):
                     if decision.verdict == "no_route"
                     else ProxyErrorKind.NO_BACKENDS
                 )
+            if pair.route_series is not None:
+                pair.backend_series = pair.route_series.backend(decision.backend)
+                pair.backend_series.requests.value += 1
             return await handle.pick_backend(
                 decision.backend, decision.accrual, SessionProtocol.HTTP2
             )
@@ -549,7 +563,15 @@ class BalancedH2Server(H2Server):
             routed.cancel_timers()
             outcome = self._response_outcome(routed, routed.status, routed.grpc_status)
             routed.finish_pick(outcome, routed.head_latency)
+            self._route_ended(routed, routed.status, routed.grpc_status, "")
         super()._complete(pair)
+
+    def _route_ended(self, pair: _RoutedPair, status: int, grpc: int | None, error: str) -> None:
+        """Count a policy-routed stream on its route and backend series (once)."""
+        route, pair.route_series = pair.route_series, None
+        if route is not None:
+            elapsed = self.loop.time() - pair.started_at
+            record_end(route, pair.backend_series, status, grpc, error, elapsed)
 
     @staticmethod
     def _response_outcome(pair: _RoutedPair, status: int, grpc: int | None) -> Outcome:
@@ -573,6 +595,7 @@ class BalancedH2Server(H2Server):
         routed = _routed(pair)
         routed.cancel_timers()
         routed.finish_pick(Outcome.FAILURE)
+        self._route_ended(routed, 0, None, error_label(kind))
         if routed.route_stats is not None and not routed.response_started:
             routed.route_stats.response(
                 kind.status,
@@ -590,6 +613,8 @@ class BalancedH2Server(H2Server):
         if not routed.response_started and self._retry_after_error(routed):
             return
         routed.cancel_timers()
+        if routed.response_started:
+            self._route_ended(routed, 0, None, "RESET")
         super().reset_stream(pair, code, refused=refused)
 
     def upstream_lost(self, up: _H2Upstream, pairs: list[_Pair]) -> None:
@@ -621,6 +646,7 @@ class BalancedH2Server(H2Server):
             self.pairs.pop(pair.down_id, None)
             if pair.stats is not None:
                 pair.stats.response(pair.status, pair.grpc_status, "response timed out")
+            self._route_ended(pair, 0, None, "REQUEST_TIMEOUT")
             with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                 self.conn.reset_stream(pair.down_id, h2.errors.ErrorCodes.CANCEL)
             self._maybe_finish()

@@ -96,6 +96,10 @@ class MetaLabels:
     group: str = ""
     kind: str = "default"
     name: str = ""
+    #: Only the outbound route metrics (``parent_*``/``backend_*``) use these three.
+    namespace: str = ""
+    section: str = ""
+    port: int = 0
 
     @classmethod
     def from_proto(
@@ -107,7 +111,7 @@ class MetaLabels:
                 return cls("", "default", metadata.default)
             if kind == "resource":
                 r = metadata.resource
-                return cls(r.group, r.kind, r.name)
+                return cls(r.group, r.kind, r.name, r.namespace, r.section, r.port)
         labels = labels or {}
         return cls(labels.get("group", ""), labels.get("kind", "default"), labels.get("name", ""))
 

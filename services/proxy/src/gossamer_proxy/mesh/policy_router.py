@@ -30,6 +30,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
+from gossamer_proxy.mesh.authz import MetaLabels
 from gossamer_proxy.mesh.backoff import Backoff, UniformSource
 from gossamer_proxy.mesh.l5d_headers import OutboundDirectives
 from gossamer_proxy.mesh.outbound_policy import (
@@ -83,6 +84,10 @@ class PolicyRoute:
     #: The ``PathPrefix`` the rule matched by (``"/"`` without a path match; ``None`` for
     #: exact/regex), for redirects that replace the matched prefix.
     matched_prefix: str | None = "/"
+    #: The policy's own metadata (the Service): the ``parent_*`` labels of route metrics.
+    parent: MetaLabels | None = None
+    #: Routed by a ``GRPCRoute`` (``outbound_grpc_route_*`` rather than ``…_http_…``).
+    grpc: bool = False
 
 
 def http_routes(policy: OutboundPolicyModel) -> tuple[HttpRoute[RouteAction], ...]:
@@ -164,8 +169,9 @@ def route_request(
 ) -> PolicyRoute:
     """Route ``request``: the matching rule, a backend chosen by weight, its timeouts."""
     found = find_route(h2_routes(policy) if http2 else http_routes(policy), request)
+    grpc = http2 and policy.protocol == "grpc"
     if found is None:
-        return PolicyRoute("no_route")
+        return PolicyRoute("no_route", parent=policy.meta, grpc=grpc)
     action = found[1].action
     timeout, request_timeout = _timeout(action), action.request_timeout or None
     attempt_limit, prefix = attempt_timeout(action), _matched_prefix(found[1], request)
@@ -179,6 +185,8 @@ def route_request(
         request_timeout,
         attempt_limit,
         prefix,
+        policy.meta,
+        grpc,
     )
 
 

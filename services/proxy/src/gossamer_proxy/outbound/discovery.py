@@ -38,6 +38,7 @@ from gossamer_common.metrics import Family, Gauge, Registry
 
 from ..config import Endpoint
 from ..mesh.accrual import ConsecutiveFailures
+from ..mesh.authz import MetaLabels
 from ..mesh.backoff import UniformSource
 from ..mesh.balancer import Outcome
 from ..mesh.discovery import DestinationClient, service_authority
@@ -53,6 +54,12 @@ from ..mesh.retry_budget import RetryBudget
 from ..mesh.watch_state import WatchState
 from .backend import Backend
 from .plan import EndpointPlan, Pick, endpoint_plan, forward_pick
+from .policy_route_metrics import (
+    BALANCER_LABELS,
+    PolicyRouteMetrics,
+    balancer_labels,
+    service_meta,
+)
 from .route_metrics import RouteMetrics
 
 __all__ = ["OutboundDiscovery", "TargetHandle", "parse_networks"]
@@ -123,12 +130,18 @@ class OutboundDiscovery:
         self._budgets: dict[str, RetryBudget] = {}
         self._gauge: Family[Gauge] | None = None
         self.route_metrics: RouteMetrics | None = None
+        #: ``outbound_{http,grpc}_route_*`` for policy-routed requests (``None``: no registry).
+        self.policy_route_metrics: PolicyRouteMetrics | None = None
+        #: The ``(parent, backend)`` policy metadata a balancer was last picked for.
+        self._backend_meta: dict[str, tuple[MetaLabels | None, MetaLabels | None]] = {}
+        self._gauge_series: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         if registry is not None:
             self.route_metrics = RouteMetrics(registry)
+            self.policy_route_metrics = PolicyRouteMetrics(registry)
             self._gauge = registry.gauge_family(
                 "outbound_http_balancer_endpoints",
                 "Number of endpoints of an outbound balancer, by state (ready or pending)",
-                ("backend_authority", "endpoint_state"),
+                BALANCER_LABELS,
             )
 
     def covers(self, target: Endpoint) -> bool:
@@ -234,14 +247,38 @@ class OutboundDiscovery:
             # The same endpoints under two accrual settings: report the freshest view.
             counts[authority] = max(counts.get(authority, (0, 0)), (ready, pending))
         if self._gauge is not None:
-            live = {key[0] for key in self._backends}
-            for authority, (ready, pending) in counts.items():
-                if authority not in live:
-                    self._gauge.remove(authority, "ready")
-                    self._gauge.remove(authority, "pending")
-                    continue
-                self._gauge.labels(authority, "ready").set(ready)
-                self._gauge.labels(authority, "pending").set(pending)
+            self._refresh_gauge(self._gauge, counts)
+
+    def note_backend(
+        self, authority: str, parent: MetaLabels | None, backend: MetaLabels | None
+    ) -> None:
+        """A policy picked ``authority`` as ``backend`` of ``parent`` (for the gauge's labels)."""
+        known = self._backend_meta.get(authority)
+        if known is None or known[0] is not parent or known[1] is not backend:
+            self._backend_meta[authority] = (parent, backend)
+
+    def _refresh_gauge(self, gauge: Family[Gauge], counts: dict[str, tuple[int, int]]) -> None:
+        live = {key[0] for key in self._backends}
+        for authority, (ready, pending) in counts.items():
+            old = self._gauge_series.pop(authority, None)
+            if authority not in live:
+                self._backend_meta.pop(authority, None)
+                if old is not None:
+                    gauge.remove(*old[0])
+                    gauge.remove(*old[1])
+                continue
+            service = service_meta(authority)
+            parent, backend = self._backend_meta.get(authority, (service, service))
+            series = (
+                balancer_labels(parent, backend, "ready"),
+                balancer_labels(parent, backend, "pending"),
+            )
+            if old is not None and old != series:
+                gauge.remove(*old[0])
+                gauge.remove(*old[1])
+            self._gauge_series[authority] = series
+            gauge.labels(*series[0]).set(ready)
+            gauge.labels(*series[1]).set(pending)
 
     async def close(self) -> None:
         entries = list(self._backends.values())
@@ -360,6 +397,8 @@ class TargetHandle:
                 return Pick(owner.plan(forward, session), str(self.target), None)
             endpoint = Endpoint(str(forward.ip), forward.port)
             return forward_pick(endpoint, mesh_identity=owner.mesh_identity)
+        policy = self._policy.value if self._policy is not None else None
+        owner.note_backend(spec.discovery_path, policy.meta if policy else None, spec.meta)
         pick = await self._balanced(
             spec.discovery_path,
             accrual,
