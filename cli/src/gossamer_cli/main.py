@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import click
 
-from gossamer_cli import __version__, check, identity_cmd, inject_cmd, install, version_cmd
+from gossamer_cli import (
+    __version__,
+    check,
+    diagnostics_cmd,
+    identity_cmd,
+    inject_cmd,
+    install,
+    version_cmd,
+)
 from gossamer_cli.dev import command as dev_cmd
 
 
@@ -25,6 +33,7 @@ version_cmd.register(cli)
 install.register(cli)
 check.register(cli)
 dev_cmd.register(cli)
+diagnostics_cmd.register(cli)
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ from gossamer_cli import __version__
 from gossamer_cli import manifests as m
 from gossamer_cli.check import probe_ready
 from gossamer_cli.check_rules import LOCAL_MODE_ANNOTATION, admin_address_annotation
+from gossamer_cli.diagnostics_cmd import local_grpc_address_annotation
 from gossamer_cli.manifests_certs import WEBHOOK_CERT_LIFETIME
 from gossamer_cli.manifests_values import ChartValues, chart_app_version, chart_values
 
@@ -278,6 +279,10 @@ class ControlPlane:
         local = {LOCAL_MODE_ANNOTATION: "true"}
         for process, port in ADMIN_PORTS.items():
             local[admin_address_annotation(COMPONENT_OF[process])] = f"127.0.0.1:{port}"
+        # `gossamer diagnostics` dials these in place of Linkerd's port-forward.
+        grpc_address = local_grpc_address_annotation
+        local[grpc_address("destination")] = f"{self.node_address}:{DESTINATION_PORT}"
+        local[grpc_address("policy")] = f"{self.node_address}:{POLICY_PORT}"
         objects = []
         for obj in m.control_plane(values):
             if obj["kind"] not in CONFIGURATION_KINDS:
