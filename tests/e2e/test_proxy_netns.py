@@ -13,6 +13,7 @@ banner on 3306 (an opaque port by default).
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -482,6 +483,30 @@ def test_inbound_never_reaches_a_loopback_only_service(sidecar: Sidecar) -> None
 def _app_bytes_read(sidecar: Sidecar) -> float:
     """Bytes the proxy has read from app connections it accepted on its outbound side."""
     return _sum(sidecar.metrics(), "tcp_read_bytes_total", 'direction="outbound"', 'peer="src"')
+
+
+def _curl_in_pod(sidecar: Sidecar, *args: str) -> str:
+    done = subprocess.run(
+        sidecar.pod.exec_argv(["curl", "-sS", *args]),
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_admin_log_level_and_env_json_on_the_running_proxy(sidecar: Sidecar) -> None:
+    admin = "http://127.0.0.1:4191"
+    assert _curl_in_pod(sidecar, f"{admin}/proxy-log-level") == "warn\n"
+    put = ["-X", "PUT", "-o", "/dev/null", "-w", "%{http_code}"]
+    code = _curl_in_pod(sidecar, *put, "--data", "warn,linkerd=debug", f"{admin}/proxy-log-level")
+    assert code == "204"
+    assert _curl_in_pod(sidecar, f"{admin}/proxy-log-level") == "warn,linkerd=debug\n"
+    bad = _curl_in_pod(sidecar, *put, "--data", "linkerd=loud", f"{admin}/proxy-log-level")
+    assert bad == "400"
+    assert _curl_in_pod(sidecar, *put, "--data", "warn", f"{admin}/proxy-log-level") == "204"
+    env = json.loads(_curl_in_pod(sidecar, f"{admin}/env.json"))
+    assert env["LINKERD2_PROXY_INBOUND_IPS"] == POD_IP
+    assert "PATH" not in env
 
 
 def test_zz_sigterm_drains_and_exits(sidecar: Sidecar) -> None:
