@@ -1119,3 +1119,30 @@ async def test_grpc_route_families_count_calls_by_grpc_status(
     backend_statuses = "outbound_grpc_route_backend_response_statuses_total"
     assert metric(proxy, backend_statuses, **route, backend_name="web-v1", grpc_status="OK") == 3
     assert metric(proxy, "outbound_http_route_request_statuses_total") == 0
+
+
+async def test_streams_without_httproutes_count_on_the_default_route(
+    start_proxy: StartProxy, control: ControlPlane, grpc_backends: Any
+) -> None:
+    backend = await grpc_backends()
+    control.plane.send(f"profile:{TARGET}", profile())
+    control.plane.send(f"get:{AUTHORITY}", endpoints(backend.port))
+    message = http_policy()
+    for http in (message.protocol.detect.http1, message.protocol.detect.http2):
+        del http.routes[:]
+        route = http.routes.add()
+        route.metadata.default = "http"
+        rule = route.rules.add()
+        rule.matches.add().path.prefix = "/"
+        rule.backends.first_available.backends.add().backend.CopyFrom(service_backend(AUTHORITY))
+    control.plane.send(f"policy:{TARGET}", message)
+    proxy = await proxy_for(start_proxy, control, policy=True)
+
+    results = await call_all(proxy, [b"a", b"b", b"c"], concurrency=1)
+
+    assert codes(results) == {grpc.StatusCode.OK: 3}
+    default = {"parent_name": "web", "route_kind": "default", "route_name": "http"}
+    statuses = "outbound_http_route_request_statuses_total"
+    assert metric(proxy, statuses, **default, http_status="200") == 3
+    requests = "outbound_http_route_backend_requests_total"
+    assert metric(proxy, requests, **default, backend_name="web") == 3

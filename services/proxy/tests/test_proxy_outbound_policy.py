@@ -410,6 +410,13 @@ async def test_without_httproutes_the_service_is_balanced_as_before(
 
     assert await run_requests(proxy, 20, clients=2) == {200: 20}
     assert len(web.hits) == 20
+    # Linkerd counts such traffic on the Service's default route; without a policy, nowhere.
+    default = {"parent_name": "web", "route_kind": "default", "route_name": "http"}
+    counted = 20 if answer == "default_route" else 0
+    statuses = "outbound_http_route_request_statuses_total"
+    assert _series(proxy, statuses, **default, hostname=SVC, http_status="200") == counted
+    requests = "outbound_http_route_backend_requests_total"
+    assert _series(proxy, requests, **default, backend_name="web") == counted
 
 
 async def test_control_plane_down_keeps_the_last_policy(

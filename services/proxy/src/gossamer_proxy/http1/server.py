@@ -67,7 +67,13 @@ from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..opaque import relay_transports
 from ..outbound.discovery import TargetHandle
 from ..outbound.plan import Pick
-from ..outbound.policy_route_metrics import BackendSeries, RouteSeries, error_label, record_end
+from ..outbound.policy_route_metrics import (
+    BackendSeries,
+    RouteSeries,
+    default_route_series,
+    error_label,
+    record_end,
+)
 from ..outbound.redispatch import may_redispatch
 from ..outbound.route_metrics import RouteStats
 from ..timeouts import Phase, Verdict, verdict
@@ -887,6 +893,9 @@ class Http1Server(asyncio.Protocol):
             series = discovery.policy_route_metrics if discovery is not None else None
             if decision is not None and decision.action is not None and series is not None:
                 ex.route_series = series.route(decision.parent, decision.action, host)
+            elif decision is None and series is not None and not _splits(profile):
+                default = handle.default_route()
+                ex.route_series, ex.backend_series = default_route_series(series, default, host)
             if decision is not None and decision.action is not None and views:
                 return self._apply_policy(ex, decision, views[0])
             return None
@@ -1445,6 +1454,11 @@ def _cancel_attempt_timer(ex: Exchange) -> None:
     if ex.attempt_timer is not None:
         ex.attempt_timer.cancel()
         ex.attempt_timer = None
+
+
+def _splits(profile: Profile | None) -> bool:
+    """The profile splits traffic (``dst_overrides``): no policy route counts it."""
+    return profile is not None and len(profile.dst_overrides) > 0
 
 
 def _grpc_code(value: bytes | None) -> int | None:

@@ -68,7 +68,13 @@ from ..mesh.stream_retry import StreamRetry, response_head_status
 from ..metrics import TargetLabels, TcpStats
 from ..outbound.discovery import TargetHandle
 from ..outbound.plan import EndpointPlan, Pick
-from ..outbound.policy_route_metrics import BackendSeries, RouteSeries, error_label, record_end
+from ..outbound.policy_route_metrics import (
+    BackendSeries,
+    RouteSeries,
+    default_route_series,
+    error_label,
+    record_end,
+)
 from ..outbound.redispatch import may_redispatch
 from ..outbound.route_metrics import RouteStats
 from .authority import AuthorityError, settle_authority
@@ -257,7 +263,15 @@ class BalancedH2Server(H2Server):
             if profile is not None and len(profile.dst_overrides) > 0:
                 return None
             policy = await handle.policy()
-            if not self._alive(pair) or not policy_applies(profile, policy, http2=True):
+            if not self._alive(pair):
+                return None
+            if not policy_applies(profile, policy, http2=True):
+                if discovery.policy_route_metrics is not None:
+                    grpc = policy is not None and policy.protocol == "grpc"
+                    default = handle.default_route(http2=True)
+                    pair.route_series, pair.backend_series = default_route_series(
+                        discovery.policy_route_metrics, default, _authority_of(original), grpc=grpc
+                    )
                 return None
             assert policy is not None
             view = _request_view(original)

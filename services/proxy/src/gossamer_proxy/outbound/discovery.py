@@ -45,8 +45,19 @@ from ..mesh.discovery import DestinationClient, service_authority
 from ..mesh.endpoints import Address
 from ..mesh.endpoints import Endpoint as MeshEndpoint
 from ..mesh.idle import IdleTracker
-from ..mesh.outbound_policy import BackendSpec, FailureAccrualSpec, OutboundPolicyModel
-from ..mesh.policy_router import PolicyRoute, route_request, routes_from_resources
+from ..mesh.outbound_policy import (
+    BackendSpec,
+    FailureAccrualSpec,
+    OutboundPolicyModel,
+    RouteAction,
+)
+from ..mesh.policy_router import (
+    PolicyRoute,
+    h2_routes,
+    http_routes,
+    route_request,
+    routes_from_resources,
+)
 from ..mesh.policy_watch import OutboundPolicyClient
 from ..mesh.profile import Profile
 from ..mesh.request import RequestView
@@ -381,6 +392,23 @@ class TargetHandle:
             return None
         assert policy is not None
         return route_request(policy, request(), self._owner.rng)
+
+    def default_route(self, *, http2: bool = False) -> tuple[MetaLabels, RouteAction] | None:
+        """The policy's own default route, for traffic no ``HTTPRoute`` routes.
+
+        Such requests are balanced as before (the profile's way), but Linkerd still counts
+        them on the Service's default route (``route_kind="default"``) in the
+        ``outbound_*_route_*`` families; this is that route (``None`` until the policy is
+        known, or when resource routes apply).
+        """
+        state = self._policy
+        policy = state.value if state is not None else None
+        if policy is None or routes_from_resources(policy, http2=http2):
+            return None
+        for route in h2_routes(policy) if http2 else http_routes(policy):
+            for rule in route.rules:
+                return policy.meta, rule.action
+        return None
 
     async def pick_backend(
         self,

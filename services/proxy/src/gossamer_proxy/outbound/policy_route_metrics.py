@@ -44,6 +44,7 @@ __all__ = [
     "PolicyRouteMetrics",
     "RouteSeries",
     "balancer_labels",
+    "default_route_series",
     "error_label",
     "grpc_status_name",
     "record_end",
@@ -296,6 +297,26 @@ class PolicyRouteMetrics:
             if len(entry.by_host) < MAX_HOSTNAMES:
                 entry.by_host[host] = series
         return series
+
+
+def default_route_series(
+    metrics: PolicyRouteMetrics,
+    default: tuple[MetaLabels, RouteAction] | None,
+    host: bytes | None,
+    *,
+    grpc: bool = False,
+) -> tuple[RouteSeries | None, BackendSeries | None]:
+    """The series of a request on the Service's default route, its one backend counted."""
+    if default is None:
+        return None, None
+    parent, action = default
+    route = metrics.route(parent, action, host, grpc=grpc)
+    backends = action.ordered_backends or action.backends.backends
+    if not backends:
+        return route, None
+    backend = route.backend(backends[0])
+    backend.requests.value += 1
+    return route, backend
 
 
 def record_end(
