@@ -55,6 +55,21 @@ def test_bare_target_means_trace_and_levels_ignore_case() -> None:
     assert str(f) == "warn,linkerd_app_admin=trace"
 
 
+def test_linkerds_default_filter_parses_and_its_span_directives_select_nothing() -> None:
+    text = "warn,linkerd=info,hickory=error,[{headers}]=off,[{request}]=off"
+    f = LogFilter.parse(text)
+    assert str(f) == text
+    assert f.level_for("gossamer.proxy") == logging.INFO
+    assert f.level_for("grpclib") == logging.WARNING
+    assert f.min_level == logging.INFO
+    spans = LogFilter.parse("linkerd[inbound{port=8080,tls=true}]=trace,info")
+    assert [str(d) for d in spans.directives] == [
+        "linkerd[inbound{port=8080,tls=true}]=trace",
+        "info",
+    ]
+    assert spans.level_for("gossamer.proxy") == logging.INFO
+
+
 def test_linkerd_targets() -> None:
     assert linkerd_target("gossamer.proxy.identity") == "linkerd_proxy_identity_client"
     assert linkerd_target("gossamer.proxy.http1.server") == "linkerd2_proxy::app::http1::server"
@@ -68,7 +83,8 @@ def test_linkerd_targets() -> None:
         ("", "empty"),
         ("linkerd=loud", "invalid level 'loud'"),
         ("=debug", "empty target"),
-        ("linkerd[span{x=1}]=debug", "span and field filters"),
+        ("linkerd[span{x=1}=debug", "invalid span filter"),
+        ("[{headers}]=loud", "invalid level 'loud'"),
         ("lin kerd=debug", "invalid target"),
         ("a=info," * 65, "more than 64 directives"),
         ("x" * 5000, "longer than 4096"),

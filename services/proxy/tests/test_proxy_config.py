@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+from gossamer_common.log_filter import LogFilter
 from gossamer_common.settings import SettingsError
+from gossamer_inject.config import DEFAULT_LOG_LEVEL
 from gossamer_proxy.config import DEFAULT_OPAQUE_PORTS, Endpoint, load_settings, parse_ports
 
 
@@ -85,3 +89,10 @@ def test_gateway_suffixes_skip_empty_entries() -> None:
     s = load_settings({"LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES": ",svc.cluster.local.,, "})
     assert s.inbound_gateway_suffixes == ("svc.cluster.local.",)
     assert load_settings({}).inbound_gateway_suffixes == ()
+
+
+def test_the_injectors_default_log_filter_is_honoured_whole() -> None:
+    """The proxy takes every directive of what the injector sets, span filters included."""
+    parsed = LogFilter.parse(DEFAULT_LOG_LEVEL)
+    assert parsed.level_for("gossamer.proxy.outbound") == logging.INFO
+    assert parsed.default_level == logging.WARNING

@@ -10,7 +10,9 @@ directives, each one of:
 Levels are ``off``, ``error``, ``warn``, ``info``, ``debug`` and ``trace`` (any case). As in
 ``EnvFilter``, a target matches by plain prefix, the longest matching target wins (the later
 directive on a tie), and a logger that no directive matches is off unless a bare level is
-given. Span and field filters (``target[span{field=value}]=debug``) are refused with a reason.
+given. Span and field directives (``target[span{field=value}]=debug``, as in Linkerd's default
+``[{headers}]=off``) are accepted and kept, but select nothing: Gossamer's loggers have no
+spans.
 
 Linkerd's targets are Rust module paths. Each Gossamer logger has a Linkerd-equivalent
 target (:data:`LINKERD_TARGETS`), and a directive matches a logger when it is a prefix of
@@ -90,6 +92,7 @@ LINKERD_TARGETS: Final[dict[str, str]] = {
 _MAX_FILTER_CHARS: Final = 4096
 _MAX_DIRECTIVES: Final = 64
 _TARGET = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_:.\-]*\Z")
+_SPAN = re.compile(r"\[[A-Za-z0-9_:.\-]*(\{[^{}\[\]]*\})?\]\Z")
 
 
 class LogFilterError(ValueError):
@@ -113,9 +116,13 @@ def linkerd_target(logger_name: str) -> str:
 class Directive:
     target: str | None  # None: the default for loggers no other directive names
     level: int
+    #: ``[span{field}]``: selects events inside such spans (never ours: we have none).
+    span: str | None = None
 
     def __str__(self) -> str:
         level = _LEVEL_NAMES[self.level]
+        if self.span is not None:
+            return f"{self.target or ''}{self.span}={level}"
         return level if self.target is None else f"{self.target}={level}"
 
 
@@ -129,11 +136,38 @@ def _parse_level(text: str, directive: str) -> int:
     return level
 
 
+def _parse_span_directive(text: str) -> Directive:
+    start, end = text.find("["), text.rfind("]")
+    target, span, rest = text[:start].strip(), text[start : end + 1], text[end + 1 :].strip()
+    if end < start or not _SPAN.match(span):
+        raise LogFilterError(f"invalid span filter in directive {text!r}")
+    if target and not _TARGET.match(target):
+        raise LogFilterError(f"invalid target {target!r} in directive {text!r}")
+    if not rest:
+        return Directive(target or None, TRACE, span)
+    if not rest.startswith("="):
+        raise LogFilterError(f"invalid directive {text!r}")
+    return Directive(target or None, _parse_level(rest[1:], text), span)
+
+
+def _split_directives(text: str) -> list[str]:
+    """Split at commas outside ``[...]`` (a span filter's fields may hold commas)."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        if c == "[":
+            depth += 1
+        elif c == "]":
+            depth = max(depth - 1, 0)
+        elif c == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
 def _parse_directive(text: str) -> Directive:
-    if "[" in text or "{" in text:
-        raise LogFilterError(
-            f"directive {text!r}: span and field filters ([span{{field=value}}]) are not supported"
-        )
+    if "[" in text or "]" in text or "{" in text:
+        return _parse_span_directive(text)
     target, eq, level_text = text.partition("=")
     target = target.strip()
     if not eq:
@@ -158,7 +192,7 @@ class LogFilter:
         self.directives = directives
         default = OFF
         for d in directives:
-            if d.target is None:
+            if d.target is None and d.span is None:
                 default = d.level  # the last bare level wins, as in EnvFilter
         self._default = default
 
@@ -166,8 +200,7 @@ class LogFilter:
     def parse(cls, text: str) -> LogFilter:
         if len(text) > _MAX_FILTER_CHARS:
             raise LogFilterError(f"filter is longer than {_MAX_FILTER_CHARS} characters")
-        parts = [p.strip() for p in text.split(",")]
-        parts = [p for p in parts if p]
+        parts = _split_directives(text)
         if len(parts) > _MAX_DIRECTIVES:
             raise LogFilterError(f"filter has more than {_MAX_DIRECTIVES} directives")
         if not parts:
@@ -181,14 +214,14 @@ class LogFilter:
     @property
     def min_level(self) -> int:
         """The lowest level any logger could let through (what the stdlib root needs)."""
-        return min([self._default, *(d.level for d in self.directives)])
+        return min([self._default, *(d.level for d in self.directives if d.span is None)])
 
     def level_for(self, logger_name: str) -> int:
         """The least level ``logger_name`` lets through (:data:`OFF` when none)."""
         candidates = (logger_name, linkerd_target(logger_name))
         best: Directive | None = None
         for d in self.directives:
-            if d.target is None:
+            if d.target is None or d.span is not None:
                 continue
             if not any(c.startswith(d.target) for c in candidates):
                 continue
