@@ -26,20 +26,11 @@ GOSSAMER = str(Path(sys.executable).parent / "gossamer")
 AUTHORITY = f"web.{NS}.svc.cluster.local:8080"
 
 
-def _with_access_log(manifest: str) -> str:
-    docs = list(yaml.safe_load_all(manifest))
-    for doc in docs:
-        if doc["kind"] == "Deployment":
-            template = doc["spec"]["template"]["metadata"]
-            template.setdefault("annotations", {})["config.linkerd.io/access-log"] = "json"
-    return yaml.safe_dump_all(docs, sort_keys=False)
-
-
 @pytest.fixture(scope="module")
 def mesh(local_mesh: LocalMeshHandle) -> Iterator[LocalMeshHandle]:
     local_mesh.deploy(
         NS,
-        _with_access_log(echo_app(NS, "web", replicas=2)),
+        echo_app(NS, "web", replicas=2, annotations={"config.linkerd.io/access-log": "json"}),
         echo_app(NS, "client", service=False),
         ready={"web": 2, "client": 1},
     )

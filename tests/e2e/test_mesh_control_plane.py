@@ -36,7 +36,12 @@ def mesh(local_mesh: LocalMeshHandle) -> Iterator[LocalMeshHandle]:
             NS,
             "client",
             service=False,
-            annotations={"config.linkerd.io/proxy-log-level": "info"},
+            # Info-level events, as JSON lines (the injector's default format is Linkerd's
+            # plain text).
+            annotations={
+                "config.linkerd.io/proxy-log-level": "info",
+                "config.linkerd.io/proxy-log-format": "json",
+            },
         ),
         ready={"server": 2, "client": 1},
     )
