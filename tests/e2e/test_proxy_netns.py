@@ -496,11 +496,11 @@ def _curl_in_pod(sidecar: Sidecar, *args: str) -> str:
 
 def test_admin_log_level_and_env_json_on_the_running_proxy(sidecar: Sidecar) -> None:
     admin = "http://127.0.0.1:4191"
-    assert _curl_in_pod(sidecar, f"{admin}/proxy-log-level") == "warn\n"
+    assert _curl_in_pod(sidecar, f"{admin}/proxy-log-level") == "warn"
     put = ["-X", "PUT", "-o", "/dev/null", "-w", "%{http_code}"]
     code = _curl_in_pod(sidecar, *put, "--data", "warn,linkerd=debug", f"{admin}/proxy-log-level")
     assert code == "204"
-    assert _curl_in_pod(sidecar, f"{admin}/proxy-log-level") == "warn,linkerd=debug\n"
+    assert _curl_in_pod(sidecar, f"{admin}/proxy-log-level") == "warn,linkerd=debug"
     bad = _curl_in_pod(sidecar, *put, "--data", "linkerd=loud", f"{admin}/proxy-log-level")
     assert bad == "400"
     assert _curl_in_pod(sidecar, *put, "--data", "warn", f"{admin}/proxy-log-level") == "204"

@@ -31,12 +31,12 @@ def _server(env: dict[str, str] | None = None) -> tuple[AdminServer, LogLevels]:
 async def test_get_and_put_log_level() -> None:
     server, levels = _server()
     got = await server.dispatch(_req("GET", "/proxy-log-level"))
-    assert (got.status, got.body) == (200, b"warn,linkerd=info\n")
+    assert (got.status, got.body) == (200, b"warn,linkerd=info")
     put = await server.dispatch(_req("PUT", "/proxy-log-level", body=b"warn,linkerd=debug\n"))
     assert (put.status, put.body) == (204, b"")
     assert str(levels.current) == "warn,linkerd=debug"
     got = await server.dispatch(_req("GET", "/proxy-log-level", peer="::1"))
-    assert got.body == b"warn,linkerd=debug\n"
+    assert got.body == b"warn,linkerd=debug"
 
 
 async def test_bad_directive_is_400_with_reason_and_keeps_the_old_filter() -> None:

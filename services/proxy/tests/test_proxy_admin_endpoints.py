@@ -78,13 +78,13 @@ async def test_proxy_log_level_over_loopback_changes_live_loggers() -> None:
         log = structlog.get_logger("gossamer.proxy.outbound")
         log.debug("before_put")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{proxy.admin_port}") as client:
-            assert (await client.get("/proxy-log-level")).text == "warn,linkerd=info\n"
+            assert (await client.get("/proxy-log-level")).text == "warn,linkerd=info"
             put = await client.put("/proxy-log-level", content="warn,linkerd=debug")
             assert put.status_code == 204
             bad = await client.put("/proxy-log-level", content="warn,linkerd=chatty")
             assert bad.status_code == 400
             assert "invalid level 'chatty'" in bad.text
-            assert (await client.get("/proxy-log-level")).text == "warn,linkerd=debug\n"
+            assert (await client.get("/proxy-log-level")).text == "warn,linkerd=debug"
         log.debug("after_put")
         assert "after_put" in stream.getvalue()
         assert "before_put" not in stream.getvalue()

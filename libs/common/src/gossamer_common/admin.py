@@ -175,10 +175,10 @@ def add_debug_routes(
                 new = levels.set_from_text(text)
             except LogFilterError as e:
                 _log.warning("log_level_rejected", error=str(e))
-                return text_response(400, f"{e}\n")
+                return text_response(400, str(e))
             _log.info("log_level_set", level=str(new))
             return AdminResponse(204)
-        return text_response(200, f"{levels.current}\n")
+        return text_response(200, str(levels.current))  # as Linkerd: no newline
 
     async def env_json(request: AdminRequest) -> AdminResponse:
         if not accepts_json(request.header("accept")):
