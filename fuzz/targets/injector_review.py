@@ -228,7 +228,7 @@ TARGET = Target(
     name="injector_review",
     one_input=one_input,
     seeds=seeds,
-    max_len=4096,
+    max_len=16384,
     dictionary=(
         b'"linkerd.io/inject"',
         b'"enabled"',
@@ -240,5 +240,8 @@ TARGET = Target(
         b'"annotations"',
         b"{}",
         b"[]",
+        b"[[[[[[[[",
+        b"99999999",
+        b"1e999",
     ),
 )
