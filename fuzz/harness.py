@@ -107,7 +107,14 @@ ERROR_LOGS = ErrorLogs()
 
 
 class Finding(Exception):  # noqa: N818
-    """Raised by targets for a misbehaviour that is not itself an exception (see docs)."""
+    """Raised by targets for a misbehaviour that is not itself an exception (see docs).
+
+    ``key`` groups findings that are the same bug (the message carries the details).
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key if key is not None else message[:120]
 
 
 class Runner:
@@ -147,7 +154,9 @@ class Runner:
         else:
             if ERROR_LOGS.events:
                 self.crashes += 1
-                self._record("crash", Finding("; ".join(ERROR_LOGS.events)), data)
+                events = ERROR_LOGS.events
+                key = "error logged: " + ", ".join(sorted({e.split(":")[0] for e in events}))
+                self._record("crash", Finding("; ".join(events), key=key), data)
         cpu = time.thread_time() - started
         if cpu > self.slowest:
             self.slowest = cpu
@@ -164,7 +173,13 @@ class Runner:
         where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "-"
         signature = f"{kind} {type(exc).__name__} at {where}"
         if isinstance(exc, Finding):
-            signature = f"{kind} {str(exc)[:120]}"
+            cause = exc.__cause__
+            if cause is not None and exc.key.startswith("exception reached the event loop"):
+                inner = traceback.extract_tb(cause.__traceback__)
+                at = f"{Path(inner[-1].filename).name}:{inner[-1].lineno}" if inner else "-"
+                signature = f"{kind} {type(cause).__name__} at {at} (reached the event loop)"
+            else:
+                signature = f"{kind} {exc.key}"
         seen = self.signatures.get(signature, 0)
         self.signatures[signature] = seen + 1
         if seen:

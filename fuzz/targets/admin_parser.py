@@ -59,7 +59,10 @@ def one_input(data: bytes) -> None:
     chunked = _run(stream, sizes)
     whole = _run(stream, [len(stream) + 1])
     if chunked != whole:
-        raise Finding(f"chunked feeding gave {chunked!r}, one-shot {whole!r}")
+        raise Finding(
+            f"chunked feeding gave {chunked!r}, one-shot {whole!r}",
+            key=f"chunked feeding answered {chunked[1]}, all at once {whole[1]}",
+        )
 
 
 def seeds() -> list[bytes]:

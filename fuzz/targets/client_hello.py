@@ -31,13 +31,18 @@ def _hello_prefix_walk(data: bytes) -> None:
         if not isinstance(result, NeedMore):
             break
         if result.at_least <= min(size, len(data)):
-            raise Finding(f"NeedMore({result.at_least}) after {size} bytes: no progress")
+            raise Finding(
+                f"NeedMore({result.at_least}) after {size} bytes", key="NeedMore asks for no more"
+            )
         if result.at_least > len(data):
             return  # the peeker would wait for bytes this input does not have
         size = result.at_least
     whole = detect_client_hello(data)
     if whole != result:
-        raise Finding(f"prefix of {size} bytes gave {result!r}, all {len(data)} gave {whole!r}")
+        raise Finding(
+            f"prefix of {size} bytes gave {result!r}, all {len(data)} gave {whole!r}",
+            key=f"hello prefix said {type(result).__name__}, the whole {type(whole).__name__}",
+        )
     if isinstance(result, ClientHello):
         name = result.server_name
         if name is not None and (name != name.lower() or name.endswith(".") or not name.isascii()):
@@ -55,7 +60,10 @@ def _detect_walk(data: bytes, step: int) -> None:
     for end in range(0, len(data) + 1, step):
         answer = detect(data[:end])
         if settled is not None and answer != settled:
-            raise Finding(f"detect changed its mind at {end} bytes: {settled} -> {answer}")
+            raise Finding(
+                f"detect changed its mind at {end} bytes: {settled} -> {answer}",
+                key=f"detect changed its mind: {settled} -> {answer}",
+            )
         if answer is not None:
             settled = answer
     whole = detect(data)

@@ -187,7 +187,7 @@ def one_input(data: bytes) -> None:
     leaf = x509.load_der_x509_certificate(issued.leaf_der)
     names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     if names.get_values_for_type(x509.DNSName) != [pending.identity]:
-        raise Finding(f"leaf names {names} for {pending.identity!r}")
+        raise Finding(f"leaf names {names} for {pending.identity!r}", key="leaf names differ")
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if leaf.public_key().public_bytes(*spki) != pending.csr.public_key.public_bytes(*spki):
         raise Finding("leaf key differs from the CSR's key")

@@ -182,7 +182,7 @@ def one_input(data: bytes) -> None:
         try:
             jsonpatch.apply(original, ops)
         except Exception as exc:
-            raise Finding(f"patch does not apply: {exc!r}") from exc
+            raise Finding(f"patch does not apply: {exc!r}", key="patch does not apply") from exc
 
 
 def seeds() -> list[bytes]:

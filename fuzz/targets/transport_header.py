@@ -55,12 +55,18 @@ def one_input(data: bytes) -> None:
             decoder.receive_eof()
     except TransportHeaderError as exc:
         if whole is not type(exc):
-            raise Finding(f"chunked decode raised {exc!r}, one-shot gave {whole!r}") from exc
+            raise Finding(
+                f"chunked decode raised {exc!r}, one-shot gave {whole!r}",
+                key=f"chunked decode raised {type(exc).__name__}, one-shot did not",
+            ) from exc
         raise
     assert result is not None
     remainder = result.remainder + stream[pos:]
     if isinstance(whole, type) or whole != type(result)(result.header, remainder):
-        raise Finding(f"chunked decode gave {result!r}, one-shot {whole!r}")
+        raise Finding(
+            f"chunked decode gave {result!r}, one-shot {whole!r}",
+            key="chunked and one-shot decodes differ",
+        )
     again = decode_transport_header(encode_transport_header(result.header))
     if again.header != result.header or again.remainder:
         raise Finding(f"re-encoding {result.header!r} decodes to {again!r}")
