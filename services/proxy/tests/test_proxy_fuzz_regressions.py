@@ -86,8 +86,8 @@ async def test_h2_upstream_with_a_non_numeric_status_is_a_bad_gateway(
     assert outcome in (("status", b"502"), ("reset", h2.errors.ErrorCodes.INTERNAL_ERROR))
 
 
-def _h2_echo_backend() -> Callable[..., Awaitable[None]]:
-    """An h2 server answering each request, once its body ended, with 200 and trailers."""
+def _h2_echo_backend(trailers: list[tuple[str, str]]) -> Callable[..., Awaitable[None]]:
+    """An h2 server answering each request, once its body ended, with 200 and ``trailers``."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
@@ -97,7 +97,7 @@ def _h2_echo_backend() -> Callable[..., Awaitable[None]]:
             for event in conn.receive_data(data):
                 if isinstance(event, h2.events.StreamEnded):
                     conn.send_headers(event.stream_id, [(":status", "200")])
-                    conn.send_headers(event.stream_id, [("grpc-status", "0")], end_stream=True)
+                    conn.send_headers(event.stream_id, trailers, end_stream=True)
             writer.write(conn.data_to_send())
             await writer.drain()
         writer.close()
@@ -107,17 +107,27 @@ def _h2_echo_backend() -> Callable[..., Awaitable[None]]:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="http2/bridge.py filters request trailers (filter_trailers) and then sends what is "
-    "left even when nothing is: h2.send_headers([]) raises IndexError out of the client "
-    "connection's data_received, killing every stream on it (fuzz target http2_frames); "
-    "the fix belongs to the branch reworking http2/*",
+    reason="http2/bridge.py filters trailers (filter_trailers) and then sends what is left "
+    "even when nothing is: h2.send_headers([]) raises IndexError out of data_received, "
+    "killing the connection and every stream on it (fuzz target http2_frames); the fix "
+    "belongs to the branch reworking http2/*",
 )
-async def test_h2_request_trailers_that_filter_to_nothing_do_not_break_the_connection(
-    start_proxy: StartProxy, tcp_server: TcpServer
+@pytest.mark.parametrize(
+    ("request_trailers", "response_trailers"),
+    [
+        ([("l5d-client-id", "forged")], [("grpc-status", "0")]),  # request side filtered away
+        ([("x-checksum", "1")], [("l5d-proxy-error", "forged")]),  # response side filtered away
+    ],
+)
+async def test_h2_trailers_that_filter_to_nothing_do_not_break_the_connection(
+    start_proxy: StartProxy,
+    tcp_server: TcpServer,
+    request_trailers: list[tuple[str, str]],
+    response_trailers: list[tuple[str, str]],
 ) -> None:
     errors: list[dict[str, Any]] = []
     asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
-    target = await tcp_server(_h2_echo_backend())
+    target = await tcp_server(_h2_echo_backend(response_trailers))
     proxy = await start_proxy(target)
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound_addr.port)
     conn = h2.connection.H2Connection()
@@ -125,17 +135,19 @@ async def test_h2_request_trailers_that_filter_to_nothing_do_not_break_the_conne
     request = [(":method", "POST"), (":path", "/"), (":scheme", "http"), (":authority", "t")]
     conn.send_headers(1, request)
     conn.send_data(1, b"body")
-    conn.send_headers(1, [("l5d-client-id", "forged")], end_stream=True)  # filtered: nothing left
+    conn.send_headers(1, request_trailers, end_stream=True)
     writer.write(conn.data_to_send())
-    status = None
+    status, ended = None, False
     try:
         async with asyncio.timeout(5):  # bounds the hang the bug causes
-            while status is None and (data := await reader.read(65536)):
+            while not ended and (data := await reader.read(65536)):
                 for event in conn.receive_data(data):
                     if isinstance(event, h2.events.ResponseReceived):
                         status = dict(event.headers)[b":status"]
+                    elif isinstance(event, h2.events.StreamEnded):
+                        ended = True
                 writer.write(conn.data_to_send())
     finally:
         writer.close()
     assert errors == []
-    assert status == b"200"
+    assert (status, ended) == (b"200", True)
