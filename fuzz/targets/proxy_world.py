@@ -17,6 +17,7 @@ the proxy may only buffer what backpressure lets through.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import types
 from collections.abc import Callable, Coroutine
@@ -202,6 +203,10 @@ class World:
         self.first_loop_exception: BaseException | None = None
         self.loop.set_exception_handler(self._loop_error)
         self.connector = MemoryConnector(self.loop)
+        # Only the fields every version has are required; optional ones are passed when the
+        # context still has them, so the harness survives changes to ListenerContext.
+        optional = {"fixed_target": None if inbound else TARGET, "splice": False}
+        known = {f.name for f in dataclasses.fields(ListenerContext)}
         self.ctx = ListenerContext(
             direction="inbound" if inbound else "outbound",
             listen=INBOUND_LISTEN if inbound else LISTEN,
@@ -212,9 +217,7 @@ class World:
             connector=self.connector,
             resolver=DirectResolver(),
             metrics=ProxyMetrics(),
-            fixed_target=None if inbound else TARGET,
-            forward_host="127.0.0.1" if inbound else None,
-            splice=False,
+            **{k: v for k, v in optional.items() if k in known},
         )
         # No socket: the original destination falls back to the local address, which
         # outbound is the fixed target's listener and inbound the app port on the pod IP.
