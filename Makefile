@@ -14,11 +14,12 @@ TAG ?= dev
 SERVICES := destination identity injector proxy proxy-init
 
 .PHONY: help setup deb bench-deb apt uv-install sync runtime kube-bins kube-up kube-down protos protos-check lint fmt \
-        test test-unit images push demo e2e bench bench-control-plane clean
+        test test-unit fuzz images push demo e2e bench bench-control-plane clean
 
 help:
 	@echo "make demo   - run the local mesh demo (needs root)"
 	@echo "make test   - lint and run every test (CI runs this)"
+	@echo "make fuzz   - fuzz every untrusted-input parser (~1M inputs; FUZZ_TOTAL=, FUZZ_ARGS=)"
 	@echo "other: setup lint fmt protos kube-bins kube-up kube-down images push e2e bench bench-control-plane clean"
 
 deb:
@@ -119,6 +120,13 @@ test: uv-install
 
 test-unit: sync
 	@$(RUN) pytest libs services cli -m "not kube and not netns"
+
+# Coverage-guided fuzzing (atheris) of every parser of untrusted input: ~1M inputs, niced,
+# two targets at a time; not part of `make test`. Writes fuzz/results/summary.md.
+FUZZ_TOTAL ?= 1050000
+FUZZ_JOBS ?= 2
+fuzz: sync
+	@$(UV) run --frozen --group fuzz nice -n 15 python -m fuzz.run --total $(FUZZ_TOTAL) --jobs $(FUZZ_JOBS) $(FUZZ_ARGS)
 
 images:
 	@for s in $(SERVICES); do \

@@ -86,6 +86,20 @@ def test_malformed_reviews_are_bad_requests(body: bytes, needle: str) -> None:
     assert doc["kind"] == "Status"
 
 
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"kind": "AdmissionReview", "n": ' + b"9" * 5000 + b"}", "unreadable number"),
+    ],
+)
+def test_hostile_json_is_a_bad_request_not_a_crash(body: bytes, needle: str) -> None:
+    # Found while building the fuzz target (fuzz/targets/injector_review.py): json.loads
+    # raised RecursionError / a plain ValueError, which the webhook answered with a 500.
+    with pytest.raises(BadReview, match=needle):
+        parse_review(body)
+
+
 def test_injects_and_encodes_patch() -> None:
     body = answer(
         review(a_pod({"linkerd.io/inject": "enabled"})), Context(owner=Owner("Deployment", "web"))

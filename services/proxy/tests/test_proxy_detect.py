@@ -68,6 +68,21 @@ def test_overlong_request_target_is_http1_so_limits_apply() -> None:
     assert detect(data) is Protocol.HTTP1
 
 
+def test_overlong_request_target_stays_http1_when_the_client_half_closes() -> None:
+    # Found by fuzzing (fuzz/targets/client_hello.py): with EOF the same bytes went opaque,
+    # so a client could slip an over-long request past the 431 by half-closing.
+    data = b"POST /" + b"a" * DETECT_BUFFER_LIMIT
+    assert detect(data) is Protocol.HTTP1
+    assert detect(data, eof=True) is Protocol.HTTP1
+
+
+@given(st.binary(max_size=1100).map(lambda b: b"GET /" + b))
+def test_a_definite_answer_does_not_change_at_eof(data: bytes) -> None:
+    answer = detect(data)
+    if answer is not None:
+        assert detect(data, eof=True) is answer
+
+
 def test_overlong_garbage_is_opaque() -> None:
     assert detect(b"A" * (DETECT_BUFFER_LIMIT + 10)) is Protocol.OPAQUE
     assert detect(b"\x01" * DETECT_BUFFER_LIMIT) is Protocol.OPAQUE

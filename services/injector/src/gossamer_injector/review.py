@@ -74,6 +74,10 @@ def parse_review(body: bytes) -> ReviewRequest:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadReview(f"body is not JSON: {exc}") from exc
+    except ValueError as exc:  # an integer longer than Python's int conversion limit
+        raise BadReview(f"body has an unreadable number: {str(exc)[:80]}") from exc
+    except RecursionError:
+        raise BadReview("body is nested too deeply") from None
     if not isinstance(doc, dict):
         raise BadReview("body is not a JSON object")
     if doc.get("kind") != "AdmissionReview":

@@ -51,14 +51,15 @@ def detect(data: bytes, *, eof: bool = False) -> Protocol | None:
     window = data[:DETECT_BUFFER_LIMIT]
     if _REQUEST_LINE.match(window):
         return Protocol.HTTP1
-    if eof or b"\n" in window:
+    if b"\n" in window:
         return Protocol.OPAQUE
     prefix = _REQUEST_LINE_PREFIX.match(window)
     if prefix is not None and prefix.end() == len(window):
         # Still a plausible request line. Past the detection window it is a request with
         # a very long target: HTTP/1, so the size limit answers it (431) instead of the
-        # bytes slipping through as opaque TCP.
+        # bytes slipping through as opaque TCP. That holds whether or not the client has
+        # half-closed since: EOF only settles what more bytes could still have changed.
         if len(window) < DETECT_BUFFER_LIMIT:
-            return None
+            return Protocol.OPAQUE if eof else None
         return Protocol.HTTP1 if _LONG_TARGET.fullmatch(window) else Protocol.OPAQUE
     return Protocol.OPAQUE
