@@ -1,8 +1,8 @@
 """Regressions found by ``make fuzz`` (fuzz/targets/http1_server.py, http2_frames.py).
 
-Each drives a real proxy on loopback with the input the fuzzer found. Code that other
-branches are rewriting (http1/server.py, http2/*) is not fixed here: those tests are strict
-xfails that flip (XPASS fails the run) once the fix lands, and the marker then comes off.
+Each drives a real proxy on loopback with the input the fuzzer found: an upstream ``:status``
+that is not three digits is a bad gateway for that stream alone, and trailers filtered down
+to nothing end the stream instead of breaking the connection.
 """
 
 from __future__ import annotations
@@ -67,13 +67,6 @@ async def _h2_request(port: int) -> tuple[str, Any]:
         writer.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="http2/bridge.py response_headers() does int(:status) unchecked: an upstream "
-    "':status: abc' raises ValueError out of the upstream protocol's data_received and "
-    "the client's stream is never answered (fuzz target http2_frames); the fix belongs "
-    "to the branch rewriting http2/*",
-)
 async def test_h2_upstream_with_a_non_numeric_status_is_a_bad_gateway(
     start_proxy: StartProxy, tcp_server: TcpServer
 ) -> None:
@@ -105,13 +98,6 @@ def _h2_echo_backend(trailers: list[tuple[str, str]]) -> Callable[..., Awaitable
     return handle
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="http2/bridge.py filters trailers (filter_trailers) and then sends what is left "
-    "even when nothing is: h2.send_headers([]) raises IndexError out of data_received, "
-    "killing the connection and every stream on it (fuzz target http2_frames); the fix "
-    "belongs to the branch reworking http2/*",
-)
 @pytest.mark.parametrize(
     ("request_trailers", "response_trailers"),
     [
@@ -151,3 +137,20 @@ async def test_h2_trailers_that_filter_to_nothing_do_not_break_the_connection(
         writer.close()
     assert errors == []
     assert (status, ended) == (b"200", True)
+
+
+@pytest.mark.parametrize("authority", ["svc.ns.svc.cluster.local:8²", "[::1]:8²", "h:²"])
+def test_authorities_with_non_ascii_digits_have_no_port(authority: str) -> None:
+    from gossamer_proxy.mesh.request import split_host_port
+    from gossamer_proxy.outbound.policy_route_metrics import service_meta
+
+    assert split_host_port(authority)[1] is None
+    assert service_meta(authority) is None
+
+
+@pytest.mark.parametrize(("name", "value"), [(b"l5d-retry-limit", "²"), (b"l5d-retry-http", "5²0")])
+def test_l5d_directives_with_non_ascii_digits_are_refused(name: bytes, value: str) -> None:
+    from gossamer_proxy.mesh.l5d_headers import OutboundDirectives, _apply_override
+
+    with pytest.raises(ValueError, match="not a"):
+        _apply_override(OutboundDirectives(), name, value)

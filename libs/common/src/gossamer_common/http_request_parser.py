@@ -319,6 +319,6 @@ def _content_length(values: list[str]) -> int:
     if len(distinct) != 1:
         raise BadRequest("conflicting Content-Length values")
     text = distinct.pop()
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise BadRequest(f"invalid Content-Length {text!r}")
     return int(text)

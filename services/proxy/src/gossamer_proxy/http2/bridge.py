@@ -759,6 +759,15 @@ class H2Server(asyncio.Protocol):
         self._maybe_finish()
 
 
+def _has_valid_status(headers: Headers) -> bool:
+    """One ``:status`` of exactly three ASCII digits, 100..599 (h2 checks presence only)."""
+    statuses = [value for name, value in headers if name == b":status"]
+    if len(statuses) != 1:
+        return False
+    value = statuses[0]
+    return len(value) == 3 and value.isascii() and value.isdigit() and 100 <= int(value) <= 599
+
+
 def _int_or_none(value: bytes) -> int | None:
     try:
         return int(value)
@@ -793,7 +802,10 @@ def _pump(
             with contextlib.suppress(h2.exceptions.StreamClosedError):
                 src.acknowledge_received_data(flow_len, src_id)
     if flow.trailers is not None:
-        dst.send_headers(dst_id, flow.trailers, end_stream=True)
+        if flow.trailers:
+            dst.send_headers(dst_id, flow.trailers, end_stream=True)
+        else:  # every trailer was filtered away: the stream just ends
+            dst.end_stream(dst_id)
         flow.trailers = None
         flow.ended = False
         return True
@@ -954,14 +966,14 @@ class _H2Upstream(asyncio.Protocol):
         server = self.server
         if isinstance(event, h2.events.ResponseReceived):
             pair = self.streams.get(event.stream_id)
-            if pair is not None:
+            if pair is not None and self._status_is_valid(pair, event.headers):
                 end = event.stream_ended is not None
                 if end:
                     self.streams.pop(event.stream_id, None)
                 server.response_headers(pair, list(event.headers), end)
         elif isinstance(event, h2.events.InformationalResponseReceived):
             pair = self.streams.get(event.stream_id)
-            if pair is not None:
+            if pair is not None and self._status_is_valid(pair, event.headers):
                 server.response_headers(pair, list(event.headers), False)
         elif isinstance(event, h2.events.DataReceived):
             pair = self.streams.get(event.stream_id)
@@ -1006,6 +1018,15 @@ class _H2Upstream(asyncio.Protocol):
         ):
             _log.info("h2_upstream_control_frame_flood")
             self._calm = True
+
+    def _status_is_valid(self, pair: _Pair, headers: Headers) -> bool:
+        """Whether a response head carries a three-digit ``:status``; if not, the upstream
+        stream is reset and the client gets a bad gateway (RFC 9113 §8.1.1: malformed)."""
+        if _has_valid_status(headers):
+            return True
+        self.reset(pair, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self.server.respond_error(pair, ProxyErrorKind.UPSTREAM_PROTOCOL, "invalid :status")
+        return False
 
     def _on_goaway(self, last_stream_id: int) -> None:
         self._goaway = True

@@ -86,6 +86,11 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+def _ascii_digits(text: str) -> bool:
+    """``str.isdigit`` alone accepts digits such as ``²`` that ``int`` then refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _status_ranges(text: str) -> tuple[tuple[int, int], ...]:
     ranges: list[tuple[int, int]] = []
     for raw in text.split(","):
@@ -98,7 +103,7 @@ def _status_ranges(text: str) -> tuple[tuple[int, int], ...]:
             ranges.append((502, 504))
         else:
             low_text, sep, high_text = item.partition("-")
-            if not low_text.isdigit() or (sep and not high_text.isdigit()):
+            if not _ascii_digits(low_text) or (sep and not _ascii_digits(high_text)):
                 raise ValueError(f"not a status or range: {item!r}")
             low, high = int(low_text), int(high_text) if sep else int(low_text)
             if not 100 <= low <= high <= 599:
@@ -145,7 +150,7 @@ def _apply_override(directives: OutboundDirectives, name: bytes, value: str) -> 
     elif name == RETRY_GRPC:
         directives.retry_grpc = _grpc_codes(value)
     elif name == RETRY_LIMIT:
-        if not value.isdigit():
+        if not _ascii_digits(value):
             raise ValueError(f"not a retry count: {value!r}")
         directives.retry_limit = int(value)
     elif name == RETRY_TIMEOUT:

@@ -26,9 +26,10 @@ def split_host_port(authority: str) -> tuple[str, int | None]:
         port_text = rest[1:] if rest.startswith(":") else ""
     else:
         host, sep, port_text = authority.rpartition(":")
-        if not sep or not port_text.isdigit():
+        if not sep or not (port_text.isascii() and port_text.isdigit()):
             host, port_text = authority, ""
-    port = int(port_text) if port_text.isdigit() and int(port_text) <= 65535 else None
+    digits = port_text.isascii() and port_text.isdigit()
+    port = int(port_text) if digits and int(port_text) <= 65535 else None
     return host.lower().rstrip("."), port
 
 

@@ -186,9 +186,9 @@ def _split_authority(authority: str) -> tuple[str, int | None]:
     if authority.startswith("["):
         end = authority.find("]")
         host, rest = authority[: end + 1], authority[end + 1 :]
-        return host, int(rest[1:]) if rest[1:].isdigit() else None
+        return host, int(rest[1:]) if rest[1:].isascii() and rest[1:].isdigit() else None
     host, sep, port = authority.rpartition(":")
-    if sep and port.isdigit():
+    if sep and port.isascii() and port.isdigit():
         return host, int(port)
     return authority, None
 

@@ -104,7 +104,7 @@ def service_meta(authority: str) -> MetaLabels | None:
     """The Service an authority names (``name.ns.svc.<domain>:port``), as policy metadata."""
     host, _, port = authority.rpartition(":")
     parts = host.split(".")
-    if len(parts) < 3 or parts[2] != "svc" or not port.isdigit():
+    if len(parts) < 3 or parts[2] != "svc" or not (port.isascii() and port.isdigit()):
         return None
     return MetaLabels("core", "Service", parts[0], parts[1], "", int(port))
 
