@@ -13,9 +13,9 @@ from gossamer_common.metrics import Registry
 from gossamer_kube import resources
 from gossamer_kube.client import KubeClient
 from gossamer_kube.informer import ListWatchSource
-from gossamer_kube.sources import ClientSource
+from gossamer_kube.sources import ClientSource, OptionalSource
 
-from gossamer_destination.cluster import Cluster
+from gossamer_destination.cluster import OPTIONAL_KINDS, Cluster
 from gossamer_destination.metrics import DestinationMetrics
 from gossamer_destination.server import DestinationApi
 from gossamer_destination.settings import DestinationSettings
@@ -36,11 +36,21 @@ REFS = {
     "meshtlsauthentications": resources.MESHTLSAUTHENTICATIONS,
     "networkauthentications": resources.NETWORKAUTHENTICATIONS,
     "httproutes": resources.HTTPROUTES,
+    "gatewayhttproutes": resources.GATEWAY_HTTPROUTES,
+    "grpcroutes": resources.GATEWAY_GRPCROUTES,
 }
 
 
-def kube_sources(client: KubeClient) -> dict[str, ListWatchSource]:
-    return {kind: ClientSource(client, ref) for kind, ref in REFS.items()}
+def kube_sources(client: KubeClient, recheck: float = 30.0) -> dict[str, ListWatchSource]:
+    """One source per kind; the Gateway API kinds tolerate absent CRDs (checked again every
+    ``recheck`` seconds), so the destination serves everything else meanwhile."""
+    sources: dict[str, ListWatchSource] = {}
+    for kind, ref in REFS.items():
+        source: ListWatchSource = ClientSource(client, ref)
+        if kind in OPTIONAL_KINDS:
+            source = OptionalSource(source, recheck=recheck)
+        sources[kind] = source
+    return sources
 
 
 def _split_addr(addr: str) -> tuple[str, int]:

@@ -118,6 +118,14 @@ class DestinationSettings:
         help="outbound-transport-mode=transport-header: opaque transport on every meshed "
         "endpoint, not only on opaque ports.",
     )
+    allow_l5d_request_headers: bool = setting(
+        env=_env("ALLOW_L5D_REQUEST_HEADERS"),
+        flag="--allow-l5d-request-headers",
+        default="false",
+        parse=parse_bool,
+        help="Let clients override route retries and timeouts with l5d-retry-*/l5d-*-timeout "
+        "request headers (Linkerd's per-request policy; unsafe for untrusted clients).",
+    )
     enable_ipv6: bool = setting(
         env=_env("ENABLE_IPV6"),
         flag="--enable-ipv6",
