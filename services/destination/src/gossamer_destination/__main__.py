@@ -22,7 +22,9 @@ async def main(settings: DestinationSettings) -> None:
     shutdown = Shutdown(grace=5.0)
     shutdown.install_signal_handlers()
     async with KubeClient(KubeConfig.load(settings.kubeconfig)) as client:
-        app = DestinationApp(settings, kube_sources(client), status_patcher(client))
+        app = DestinationApp(
+            settings, kube_sources(client, settings.crd_recheck), status_patcher(client)
+        )
         await app.start()
         await shutdown.wait()
         await app.stop()

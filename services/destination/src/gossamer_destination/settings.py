@@ -17,6 +17,7 @@ from gossamer_common.settings import (
     optional,
     parse_bool,
     parse_cidr,
+    parse_duration,
     parse_str,
     setting,
     settings_class,
@@ -66,6 +67,16 @@ def _capacity(text: str) -> int:
 
 _capacity.expected = "a whole number >= 1"  # type: ignore[attr-defined]
 parse_networks = list_of(parse_cidr)
+
+
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(text)
+    return seconds
+
+
+_positive_duration.expected = "a positive duration such as 500ms, 10s or 1m"  # type: ignore[attr-defined]
 
 
 def _env(name: str) -> str:
@@ -182,6 +193,14 @@ class DestinationSettings:
         default="100",
         parse=_capacity,
         help="Updates buffered per stream before a slow client's stream is aborted.",
+    )
+    crd_recheck: float = setting(
+        env=_env("CRD_RECHECK"),
+        flag="--crd-recheck",
+        default="30s",
+        parse=_positive_duration,
+        help="How often to look again for optional CRDs that are not installed (Gateway API "
+        "HTTPRoute/GRPCRoute); their routes apply once they are.",
     )
     kubeconfig: str | None = setting(
         env=_env("KUBECONFIG"),
