@@ -32,8 +32,13 @@ def route(name: str = "r", kind: str = "HTTPRoute", **spec: Any) -> dict[str, An
 
 
 def lookups(*services: str, servers: tuple[str, ...] = ()) -> StatusLookups:
+    def service(ns: str, name: str) -> dict[str, Any] | None:
+        if name not in services:
+            return None
+        return {"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}}
+
     return StatusLookups(
-        service=lambda ns, n: {"metadata": {"name": n}} if n in services else None,
+        service=service,
         server=lambda ns, n: {"metadata": {"name": n}} if n in servers else None,
     )
 
@@ -62,6 +67,14 @@ def test_missing_backend_and_missing_parent() -> None:
     (entry,) = desired_parents(route(), lookups(), SETTINGS)
     assert conditions(entry)["Accepted"] == ("False", "NoMatchingParent")
     assert entry["conditions"][0]["message"] == "Service ns/web not found"
+
+
+def test_parent_service_without_the_port_is_no_matching_parent() -> None:
+    r = route()
+    r["spec"]["parentRefs"] = [{**SVC_PARENT, "port": 81}]
+    (entry,) = desired_parents(r, lookups("web"), SETTINGS)
+    assert conditions(entry)["Accepted"] == ("False", "NoMatchingParent")
+    assert entry["conditions"][0]["message"] == "Service ns/web has no port 81"
 
 
 def test_server_parent_invalid_route_and_foreign_parents() -> None:

@@ -117,12 +117,21 @@ def desired_parents(
         name = str(ref.get("name") or "")
         find = lookups.server if server_parent else lookups.service
         kind = "Server" if server_parent else "Service"
-        if find(ns, name) is None:
+        found = find(ns, name)
+        if found is None:
             accepted = _condition(
                 "Accepted",
                 False,
                 "NoMatchingParent",
                 f"{kind} {ns}/{name} not found",
+                generation,
+            )
+        elif not server_parent and not _service_has_port(found, ref.get("port")):
+            accepted = _condition(
+                "Accepted",
+                False,
+                "NoMatchingParent",
+                f"Service {ns}/{name} has no port {ref.get('port')}",
                 generation,
             )
         else:
@@ -141,8 +150,11 @@ def desired_parents(
     return out
 
 
-def _same_condition(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("type", "status", "reason", "message"))
+def _service_has_port(service: Mapping[str, Any], port: Any) -> bool:
+    if port is None:
+        return True
+    ports = (service.get("spec") or {}).get("ports") or ()
+    return any(p.get("port") == port for p in ports)
 
 
 def status_update(
