@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -421,3 +422,38 @@ def test_http_server_takes_grpcroutes_in_their_http_form() -> None:
     assert match.method.registered == 1  # POST
     assert second.metadata.resource.group == "gateway.networking.k8s.io"
     assert second.rules[0].matches[0].path.prefix == "/"
+
+
+# -- the outbound topic follows backend Services -------------------------------------------------
+
+
+async def test_outbound_topic_follows_a_backend_service_that_appears() -> None:
+    from gossamer_api.proxy import outbound_pb2
+    from gossamer_destination.cluster import Cluster
+    from gossamer_destination.policy import Policies
+    from gossamer_destination.topics import TopicRegistry
+
+    r = grpc_route(backendRefs=[{"name": "web-v2", "port": 80}])
+    sources = t.memory_sources(t.service("web"), r)
+    cluster = Cluster(dict(sources))  # type: ignore[arg-type]
+    cluster.start()
+    await cluster.wait_synced()
+    try:
+        registry = TopicRegistry()
+        topic = Policies(cluster, SETTINGS, registry).outbound_topic(
+            outbound_pb2.TrafficSpec(authority="web.ns.svc.cluster.local:80")
+        )
+        sub, initial = registry.subscribe(topic, 10)
+
+        def backend_filters(raw: bytes) -> int:
+            policy = outbound_pb2.OutboundPolicy.FromString(raw)
+            rule = policy.protocol.grpc.routes[0].rules[0]
+            return len(rule.backends.random_available.backends[0].backend.filters)
+
+        assert backend_filters(initial[0]) == 1  # the missing backend fails its calls
+        sources["services"].apply(t.service("web-v2", cluster_ip="10.96.0.20"))
+        (update,) = await asyncio.wait_for(sub.next_batch(), 5)
+        assert backend_filters(update) == 0
+        topic.unsubscribe(sub)
+    finally:
+        await cluster.stop()
