@@ -72,6 +72,7 @@ def healthy() -> rules.Snapshot:
         injector_secret=objs["Secret", "gossamer-proxy-injector-k8s-tls"],
         webhook=objs["MutatingWebhookConfiguration", "gossamer-proxy-injector-webhook-config"],
         crd_names=frozenset(crds),
+        crd_versions={name: ("v1",) for name in rules.GATEWAY_API_CRDS},
         expected_crds=crds,
         cluster_roles=frozenset(n for k, n in objs if k == "ClusterRole"),
         cluster_role_bindings=frozenset(n for k, n in objs if k == "ClusterRoleBinding"),
@@ -309,6 +310,7 @@ def local(tmp_path: Path) -> rules.Snapshot:
         injector_secret=objs["Secret", "gossamer-proxy-injector-k8s-tls"],
         webhook=plane.webhook_configuration(),
         crd_names=frozenset(crds),
+        crd_versions={name: ("v1",) for name in rules.GATEWAY_API_CRDS},
         expected_crds=crds,
         cluster_roles=frozenset(n for k, n in objs if k == "ClusterRole"),
         cluster_role_bindings=frozenset(n for k, n in objs if k == "ClusterRoleBinding"),
@@ -420,3 +422,22 @@ async def test_probe_ready_over_loopback() -> None:
     assert closed is not None
     assert closed.startswith(f"cannot connect to 127.0.0.1:{port}")
     assert await probe_ready("nonsense") == "admin address 'nonsense' is not host:port"
+
+
+def test_absent_gateway_api_crds_are_a_warning_that_says_how_to_install_them(
+    healthy: rules.Snapshot,
+) -> None:
+    check = "Gateway API HTTPRoute and GRPCRoute CRDs (v1) are installed"
+    result = {r.description: r for r in rules.run(healthy, NOW)}
+    assert result[check].ok
+    healthy.crd_versions = {"httproutes.gateway.networking.k8s.io": ("v1beta1",)}
+    results = rules.run(healthy, NOW)
+    result = {r.description: r for r in results}[check]
+    assert not result.ok
+    assert result.warning
+    assert not rules.failed(results)
+    assert "grpcroutes.gateway.networking.k8s.io is not installed" in result.message
+    assert "httproutes.gateway.networking.k8s.io does not serve v1" in result.message
+    assert "policy.linkerd.io HTTPRoutes still work" in result.message
+    assert "gateway-api/releases" in result.hint
+    assert "standard-install.yaml" in result.hint

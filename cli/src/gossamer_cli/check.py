@@ -96,6 +96,14 @@ async def snapshot(
         s.expected_crds = expected_crds()
         crds = await get("crds", lambda: client.list(CUSTOMRESOURCEDEFINITIONS))
         s.crd_names = frozenset(c["metadata"]["name"] for c in (crds[0] if crds else []))
+        s.crd_versions = {
+            str(c["metadata"]["name"]): tuple(
+                str(v.get("name"))
+                for v in (c.get("spec") or {}).get("versions") or ()
+                if v.get("served")
+            )
+            for c in (crds[0] if crds else [])
+        }
         for crd in (
             c for c in (crds[0] if crds else []) if c["metadata"]["name"] in rules.UNENFORCED_CRDS
         ):

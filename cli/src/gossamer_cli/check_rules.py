@@ -61,6 +61,8 @@ class Snapshot:
     webhook: Obj | None = None
     crd_names: frozenset[str] = frozenset()
     expected_crds: tuple[str, ...] = ()
+    #: Installed CRD name → the versions it serves.
+    crd_versions: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: Installed CRDs that Gossamer does not enforce → how many objects of each exist.
     unenforced_objects: dict[str, int] = field(default_factory=dict)
     cluster_roles: frozenset[str] = frozenset()
@@ -130,6 +132,16 @@ UNENFORCED_CRDS: Mapping[str, str] = {
     "egressnetworks.policy.linkerd.io": "EgressNetwork",
     "externalworkloads.workload.linkerd.io": "ExternalWorkload",
 }
+
+#: The Gateway API route CRDs the destination watches (at v1) when they are installed.
+GATEWAY_API_CRDS: Mapping[str, str] = {
+    "httproutes.gateway.networking.k8s.io": "HTTPRoute",
+    "grpcroutes.gateway.networking.k8s.io": "GRPCRoute",
+}
+GATEWAY_API_INSTALL = (
+    "kubectl apply -f https://github.com/kubernetes-sigs/gateway-api/releases/download/"
+    "v1.2.1/standard-install.yaml"
+)
 
 PRE_ACCESS = (
     ("create", "namespaces"),
@@ -248,11 +260,33 @@ def existence_checks(s: Snapshot) -> Iterator[Result]:
             f"delete them (kubectl get {crd} -A), or enforce what they mean another way",
             warning=True,
         )
+    yield gateway_api_check(s)
     yield _r(EXISTENCE, "proxy-injector MutatingWebhookConfiguration exists")(
         s.webhook is not None,
         f"MutatingWebhookConfiguration {s.namespace}-proxy-injector-webhook-config not found: "
         "new pods are not injected",
         "re-apply the control plane: gossamer upgrade | kubectl apply -f -",
+    )
+
+
+def gateway_api_check(s: Snapshot) -> Result:
+    """A warning while the Gateway API route CRDs (v1) are absent: those routes are then
+    unavailable, while ``policy.linkerd.io`` HTTPRoutes keep working."""
+    problems = []
+    for crd in GATEWAY_API_CRDS:
+        versions = s.crd_versions.get(crd)
+        if versions is None:
+            problems.append(f"{crd} is not installed")
+        elif "v1" not in versions:
+            problems.append(f"{crd} does not serve v1 (serves {', '.join(versions) or 'none'})")
+    return _r(EXISTENCE, "Gateway API HTTPRoute and GRPCRoute CRDs (v1) are installed")(
+        not problems,
+        "; ".join(problems)
+        + ": gateway.networking.k8s.io routes cannot be used (policy.linkerd.io HTTPRoutes "
+        "still work)",
+        f"install the Gateway API CRDs (standard channel, v1.1 or later): {GATEWAY_API_INSTALL}"
+        " -- the destination picks them up without a restart",
+        warning=True,
     )
 
 

@@ -226,6 +226,9 @@ CLUSTER_RULES: dict[str, list[dict[str, Any]]] = {
         ),
         _rule(["workload.linkerd.io"], ["externalworkloads"], READ),
         _rule(["gateway.networking.k8s.io"], ["httproutes", "grpcroutes"], READ),
+        # Route status (Accepted/ResolvedRefs) goes through the status subresource only.
+        _rule(["policy.linkerd.io"], ["httproutes/status"], ["patch"]),
+        _rule(["gateway.networking.k8s.io"], ["httproutes/status", "grpcroutes/status"], ["patch"]),
     ],
     "proxy-injector": [
         _rule([""], ["namespaces"], ["get"]),

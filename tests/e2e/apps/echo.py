@@ -2,6 +2,7 @@
 
     python echo.py --listen 0.0.0.0:8080 [--delay-ms 200] [--failure-rate 0.3] [--version v2]
                    [--drain-ms 2000] [--tcp-listen 0.0.0.0:9000]
+                   [--grpc-listen 0.0.0.0:9090] [--grpc-unavailable-rate 0.3]
 
 Every HTTP request (any method, any path) gets ``x-pod`` (env ``POD_NAME``) and ``x-version``
 headers and a JSON body ``{"pod", "version", "path", "body"}`` that echoes the request body,
@@ -13,7 +14,11 @@ Each flag also reads an environment variable (``DELAY_MS``, ``FAILURE_RATE``, ``
 
 On SIGTERM the server keeps answering for ``--drain-ms`` before it exits, as a well-behaved
 app does while the endpoint removal reaches its clients. ``--tcp-listen`` adds a raw TCP echo
-(for opaque traffic). It needs only the standard library and aiohttp (the runtime venv's).
+(for opaque traffic). ``--grpc-listen`` adds a gRPC server whose every unary method
+(``/echo.Echo/Say`` and any other) answers the request bytes prefixed with the pod name, or,
+for ``--grpc-unavailable-rate`` of the calls, fails with status UNAVAILABLE (env
+``GRPC_UNAVAILABLE_RATE``). It needs only the standard library, aiohttp and grpcio (the
+runtime venv's).
 """
 
 from __future__ import annotations
@@ -84,6 +89,29 @@ async def _tcp_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
         writer.close()
 
 
+async def _grpc_server(addr: str, pod: str, unavailable_rate: float) -> object:
+    """A gRPC server (bytes in, bytes out) failing ``unavailable_rate`` of calls."""
+    import grpc
+
+    if not 0.0 <= unavailable_rate <= 1.0:
+        raise SystemExit(f"--grpc-unavailable-rate must be within 0..1, got {unavailable_rate}")
+
+    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if unavailable_rate > 0 and random.random() < unavailable_rate:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{pod} is flaky")
+        return pod.encode() + b" " + request
+
+    class AnyMethod(grpc.GenericRpcHandler):
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(unary)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((AnyMethod(),))
+    server.add_insecure_port(addr)
+    await server.start()
+    return server
+
+
 async def serve(args: argparse.Namespace) -> None:
     echo = Echo(
         os.environ.get("POD_NAME", socket.gethostname()),
@@ -102,6 +130,9 @@ async def serve(args: argparse.Namespace) -> None:
     if args.tcp_listen:
         tcp_host, tcp_port = _split(args.tcp_listen)
         tcp = await asyncio.start_server(_tcp_echo, tcp_host, tcp_port)
+    grpc_server = None
+    if args.grpc_listen:
+        grpc_server = await _grpc_server(args.grpc_listen, echo.pod, args.grpc_unavailable_rate)
     print(f"echo {echo.pod} {echo.version} listening on {args.listen}", flush=True)
 
     stop = asyncio.Event()
@@ -113,6 +144,8 @@ async def serve(args: argparse.Namespace) -> None:
     await asyncio.sleep(args.drain_ms / 1000)
     if tcp is not None:
         tcp.close()
+    if grpc_server is not None:
+        await grpc_server.stop(1.0)  # type: ignore[attr-defined]
     await runner.cleanup()
     print(f"echo {echo.pod} served {echo.served} requests; bye", flush=True)
 
@@ -127,6 +160,12 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=float(env.get("DELAY_MS", "0")))
     parser.add_argument("--failure-rate", type=float, default=float(env.get("FAILURE_RATE", "0")))
     parser.add_argument("--version", default=env.get("VERSION", "v1"))
+    parser.add_argument("--grpc-listen", default="")
+    parser.add_argument(
+        "--grpc-unavailable-rate",
+        type=float,
+        default=float(env.get("GRPC_UNAVAILABLE_RATE", "0")),
+    )
     parser.add_argument("--drain-ms", type=float, default=float(env.get("DRAIN_MS", "0")))
     asyncio.run(serve(parser.parse_args()))
 

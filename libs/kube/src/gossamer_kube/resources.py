@@ -21,6 +21,8 @@ __all__ = [
     "ENDPOINTSLICES",
     "EVENTS",
     "EXTERNALWORKLOADS",
+    "GATEWAY_GRPCROUTES",
+    "GATEWAY_HTTPROUTES",
     "HTTPLOCALRATELIMITPOLICIES",
     "HTTPROUTES",
     "JOBS",
@@ -159,3 +161,5 @@ EGRESSNETWORKS = ResourceRef(
 EXTERNALWORKLOADS = ResourceRef(
     "workload.linkerd.io", "v1beta1", "externalworkloads", True, "ExternalWorkload"
 )
+GATEWAY_HTTPROUTES = ResourceRef("gateway.networking.k8s.io", "v1", "httproutes", True, "HTTPRoute")
+GATEWAY_GRPCROUTES = ResourceRef("gateway.networking.k8s.io", "v1", "grpcroutes", True, "GRPCRoute")

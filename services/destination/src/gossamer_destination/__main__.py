@@ -12,7 +12,7 @@ from gossamer_common.shutdown import Shutdown
 from gossamer_kube.client import KubeClient
 from gossamer_kube.config import KubeConfig
 
-from gossamer_destination.app import DestinationApp, kube_sources
+from gossamer_destination.app import DestinationApp, kube_sources, status_patcher
 from gossamer_destination.settings import DestinationSettings
 
 log = structlog.get_logger("gossamer_destination")
@@ -22,7 +22,9 @@ async def main(settings: DestinationSettings) -> None:
     shutdown = Shutdown(grace=5.0)
     shutdown.install_signal_handlers()
     async with KubeClient(KubeConfig.load(settings.kubeconfig)) as client:
-        app = DestinationApp(settings, kube_sources(client))
+        app = DestinationApp(
+            settings, kube_sources(client, settings.crd_recheck), status_patcher(client)
+        )
         await app.start()
         await shutdown.wait()
         await app.stop()

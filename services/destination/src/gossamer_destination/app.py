@@ -6,6 +6,8 @@ benchmark start in-process or as a subprocess.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import structlog
 from gossamer_common.admin import AdminServer
@@ -13,10 +15,11 @@ from gossamer_common.metrics import Registry
 from gossamer_kube import resources
 from gossamer_kube.client import KubeClient
 from gossamer_kube.informer import ListWatchSource
-from gossamer_kube.sources import ClientSource
+from gossamer_kube.sources import ClientSource, OptionalSource
 
-from gossamer_destination.cluster import Cluster
+from gossamer_destination.cluster import OPTIONAL_KINDS, Cluster
 from gossamer_destination.metrics import DestinationMetrics
+from gossamer_destination.route_status_writer import PatchStatus, RouteStatusWriter
 from gossamer_destination.server import DestinationApi
 from gossamer_destination.settings import DestinationSettings
 
@@ -36,11 +39,21 @@ REFS = {
     "meshtlsauthentications": resources.MESHTLSAUTHENTICATIONS,
     "networkauthentications": resources.NETWORKAUTHENTICATIONS,
     "httproutes": resources.HTTPROUTES,
+    "gatewayhttproutes": resources.GATEWAY_HTTPROUTES,
+    "grpcroutes": resources.GATEWAY_GRPCROUTES,
 }
 
 
-def kube_sources(client: KubeClient) -> dict[str, ListWatchSource]:
-    return {kind: ClientSource(client, ref) for kind, ref in REFS.items()}
+def kube_sources(client: KubeClient, recheck: float = 30.0) -> dict[str, ListWatchSource]:
+    """One source per kind; the Gateway API kinds tolerate absent CRDs (checked again every
+    ``recheck`` seconds), so the destination serves everything else meanwhile."""
+    sources: dict[str, ListWatchSource] = {}
+    for kind, ref in REFS.items():
+        source: ListWatchSource = ClientSource(client, ref)
+        if kind in OPTIONAL_KINDS:
+            source = OptionalSource(source, recheck=recheck)
+        sources[kind] = source
+    return sources
 
 
 def _split_addr(addr: str) -> tuple[str, int]:
@@ -48,15 +61,41 @@ def _split_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
 
 
-class DestinationApp:
-    """Informers + gRPC + admin; :meth:`start` returns once caches are synced and serving."""
+def status_patcher(client: KubeClient) -> PatchStatus:
+    """Merge-patches a route's status subresource."""
 
-    def __init__(self, settings: DestinationSettings, sources: dict[str, ListWatchSource]):
+    async def patch(kind: str, namespace: str, name: str, body: dict[str, Any]) -> None:
+        await client.patch(REFS[kind], name, body, namespace, subresource="status")
+
+    return patch
+
+
+class DestinationApp:
+    """Informers + gRPC + admin; :meth:`start` returns once caches are synced and serving.
+
+    With ``patch_status`` (the real service passes one), it also writes route status.
+    """
+
+    def __init__(
+        self,
+        settings: DestinationSettings,
+        sources: dict[str, ListWatchSource],
+        patch_status: PatchStatus | None = None,
+    ):
         self.settings = settings
         self.registry = Registry()
         self.metrics = DestinationMetrics(self.registry)
         self.cluster = Cluster(sources)
         self.metrics.watch_cluster(self.cluster)
+        self.status_writer: RouteStatusWriter | None = None
+        if patch_status is not None:
+            writes = self.metrics.route_status_writes
+            self.status_writer = RouteStatusWriter(
+                self.cluster,
+                settings,
+                patch_status,
+                on_result=lambda result: writes.labels(result).inc(),
+            )
         self.api = DestinationApi(self.cluster, settings, self.metrics)
         self.admin = AdminServer(registry=self.registry, ready=lambda: self._ready)
         self.grpc_server: grpc.aio.Server | None = None
@@ -69,6 +108,8 @@ class DestinationApp:
         await self.admin.start(host, port)
         self.cluster.start()
         await self.cluster.wait_synced()
+        if self.status_writer is not None:
+            self.status_writer.start()
         server = grpc.aio.server(
             options=[
                 ("grpc.max_concurrent_streams", 10000),
@@ -89,5 +130,7 @@ class DestinationApp:
         self._ready = False
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
+        if self.status_writer is not None:
+            await self.status_writer.stop()
         await self.cluster.stop()
         await self.admin.close()

@@ -45,9 +45,16 @@ KINDS = (
     "meshtlsauthentications",
     "networkauthentications",
     "httproutes",
+    "gatewayhttproutes",
+    "grpcroutes",
 )
+#: Kinds whose CRDs may be absent (Gateway API): their informers sync empty meanwhile.
+OPTIONAL_KINDS = frozenset({"gatewayhttproutes", "grpcroutes"})
+ROUTE_KINDS = ("httproutes", "gatewayhttproutes", "grpcroutes")
 POLICY_KINDS = frozenset(
     {
+        "gatewayhttproutes",
+        "grpcroutes",
         "serverauthorizations",
         "httplocalratelimitpolicies",
         "authorizationpolicies",
@@ -184,7 +191,11 @@ class Cluster:
             authorization_policies=lambda ns: self.objects("authorizationpolicies", ns),
             meshtls_authentication=lambda ns, n: self.get("meshtlsauthentications", ns, n),
             network_authentication=lambda ns, n: self.get("networkauthentications", ns, n),
-            http_routes=lambda ns: self.objects("httproutes", ns),
+            http_routes=lambda ns: [
+                *self.objects("httproutes", ns),
+                *self.objects("gatewayhttproutes", ns),
+            ],
+            grpc_routes=lambda ns: self.objects("grpcroutes", ns),
             server_authorizations=lambda ns: self.objects("serverauthorizations", ns),
             rate_limit_policies=lambda ns: self.objects("httplocalratelimitpolicies", ns),
         )

@@ -25,6 +25,11 @@ class DestinationMetrics:
             "Streams refused or aborted, by RPC and gRPC status",
             ("rpc", "code"),
         )
+        self.route_status_writes: Family[Counter] = registry.counter_family(
+            "gossamer_destination_route_status_writes_total",
+            "Route status patches, by result (written, conflict, error)",
+            ("result",),
+        )
 
     def watch_cluster(self, cluster: Cluster) -> None:
         cluster.on_invalid = lambda kind, _msg: self.invalid.labels(kind).inc()

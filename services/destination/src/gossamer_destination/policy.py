@@ -91,11 +91,14 @@ class Policies:
         key = ("outbound", ns, name, port)
         cluster, settings = self.cluster, self.settings
 
-        def exists(namespace: str, svc: str) -> bool:
-            return cluster.get("services", namespace, svc) is not None
-
         def compute() -> tuple[outbound_pb2.OutboundPolicy | None, set[Key]]:
             deps: set[Key] = {("svc", ns, name), POLICY}
+
+            def exists(namespace: str, svc: str) -> bool:
+                # A route's backend Service: its creation or deletion changes the policy.
+                deps.add(("svc", namespace, svc))
+                return cluster.get("services", namespace, svc) is not None
+
             svc = cluster.get("services", ns, name)
             if svc is None:
                 return None, deps

@@ -53,6 +53,8 @@ class PolicyLookups:
     http_routes: Callable[[str], list[KubeObject]]
     server_authorizations: Callable[[str], list[KubeObject]]
     rate_limit_policies: Callable[[str], list[KubeObject]]
+    #: Gateway API GRPCRoutes of a namespace (``http_routes`` holds both HTTPRoute groups).
+    grpc_routes: Callable[[str], list[KubeObject]] = lambda _ns: []
 
 
 # -- networks and authentications -----------------------------------------------------------
@@ -610,43 +612,87 @@ def server_rate_limit(
     return chosen
 
 
-def inbound_route(
-    route: Mapping[str, Any], authzs: list[inbound_pb2.Authz]
-) -> inbound_pb2.HttpRoute:
+def _inbound_metadata(route: Mapping[str, Any]) -> meta_pb2.Metadata:
     rm = meta(route)
-    out = inbound_pb2.HttpRoute(authorizations=authzs)
-    out.metadata.resource.CopyFrom(
-        meta_pb2.Resource(
-            group=httproutes.POLICY_GROUP,
-            kind="HTTPRoute",
+    return meta_pb2.Metadata(
+        resource=meta_pb2.Resource(
+            group=httproutes.route_group(route),
+            kind=httproutes.route_kind(route),
             name=str(rm.get("name")),
             namespace=str(rm.get("namespace")),
         )
     )
+
+
+def _inbound_filter(f: Mapping[str, Any], route_type: Any) -> Any:
+    kind = f.get("type")
+    if kind == "RequestHeaderModifier":
+        return route_type.Filter(
+            request_header_modifier=httproutes.header_modifier(f.get("requestHeaderModifier") or {})
+        )
+    if kind == "RequestRedirect" and route_type is inbound_pb2.HttpRoute:
+        return route_type.Filter(redirect=httproutes.redirect(f.get("requestRedirect") or {}))
+    raise httproutes.InvalidRouteError(f"unsupported inbound filter {kind!r}")
+
+
+def inbound_route(
+    route: Mapping[str, Any], authzs: list[inbound_pb2.Authz]
+) -> inbound_pb2.HttpRoute:
+    """An HTTPRoute, or a GRPCRoute in its HTTP form (``POST /svc/method``), for a Server
+    that speaks HTTP (detect, HTTP/1, HTTP/2)."""
+    out = inbound_pb2.HttpRoute(authorizations=authzs, metadata=_inbound_metadata(route))
+    spec = route.get("spec") or {}
+    grpc = httproutes.route_kind(route) == "GRPCRoute"
+    out.hosts.extend(httproutes.host_match(str(h)) for h in spec.get("hostnames") or ())
+    for rule in spec.get("rules") or [{}]:
+        if grpc:
+            matches = [httproutes.grpc_as_http_match(m) for m in httproutes.grpc_rule_matches(rule)]
+        else:
+            matches = httproutes.rule_matches(rule)
+        r = inbound_pb2.HttpRoute.Rule(matches=matches)
+        r.filters.extend(
+            _inbound_filter(f, inbound_pb2.HttpRoute) for f in rule.get("filters") or ()
+        )
+        out.rules.append(r)
+    return out
+
+
+def inbound_grpc_route(
+    route: Mapping[str, Any], authzs: list[inbound_pb2.Authz]
+) -> inbound_pb2.GrpcRoute:
+    """A GRPCRoute for a Server whose ``proxyProtocol`` is gRPC."""
+    out = inbound_pb2.GrpcRoute(authorizations=authzs, metadata=_inbound_metadata(route))
     spec = route.get("spec") or {}
     out.hosts.extend(httproutes.host_match(str(h)) for h in spec.get("hostnames") or ())
     for rule in spec.get("rules") or [{}]:
-        r = inbound_pb2.HttpRoute.Rule(matches=httproutes.rule_matches(rule))
-        for f in rule.get("filters") or ():
-            kind = f.get("type")
-            if kind == "RequestHeaderModifier":
-                r.filters.append(
-                    inbound_pb2.HttpRoute.Filter(
-                        request_header_modifier=httproutes.header_modifier(
-                            f.get("requestHeaderModifier") or {}
-                        )
-                    )
-                )
-            elif kind == "RequestRedirect":
-                r.filters.append(
-                    inbound_pb2.HttpRoute.Filter(
-                        redirect=httproutes.redirect(f.get("requestRedirect") or {})
-                    )
-                )
-            else:
-                raise httproutes.InvalidRouteError(f"unsupported inbound filter {kind!r}")
+        r = inbound_pb2.GrpcRoute.Rule(matches=httproutes.grpc_rule_matches(rule))
+        r.filters.extend(
+            _inbound_filter(f, inbound_pb2.GrpcRoute) for f in rule.get("filters") or ()
+        )
         out.rules.append(r)
     return out
+
+
+def server_routes(server: Mapping[str, Any], lookups: PolicyLookups) -> list[Mapping[str, Any]]:
+    """Every HTTPRoute (both groups) and GRPCRoute whose parentRefs name the Server, oldest
+    first."""
+    sm = meta(server)
+    ns, name = str(sm.get("namespace")), str(sm.get("name"))
+    candidates = [*lookups.http_routes(ns), *lookups.grpc_routes(ns)]
+    return sorted(
+        (r for r in candidates if httproutes.attaches_to_server(r, ns, name)),
+        key=httproutes.route_sort_key,
+    )
+
+
+def _route_authzs(
+    route: Mapping[str, Any],
+    lookups: PolicyLookups,
+    settings: DestinationSettings,
+    issues: Issues,
+) -> list[inbound_pb2.Authz]:
+    ns, name = str(meta(route).get("namespace")), str(meta(route).get("name"))
+    return _authzs_for(httproutes.route_kind(route).lower(), name, ns, lookups, settings, issues)
 
 
 def _server_routes(
@@ -658,27 +704,41 @@ def _server_routes(
     settings: DestinationSettings,
     issues: Issues,
 ) -> list[inbound_pb2.HttpRoute]:
-    sm = meta(server)
-    ns, name = str(sm.get("namespace")), str(sm.get("name"))
     routes: list[inbound_pb2.HttpRoute] = []
-    for route in sorted(lookups.http_routes(ns), key=httproutes.route_sort_key):
-        parents = httproutes.parent_refs(route)
-        if not any(
-            p.get("kind") == "Server"
-            and (p.get("group") or httproutes.POLICY_GROUP) == httproutes.POLICY_GROUP
-            and p.get("name") == name
-            for p in parents
-        ):
-            continue
-        rname = str(meta(route).get("name"))
-        authzs = _authzs_for("httproute", rname, ns, lookups, settings, issues)
+    for route in server_routes(server, lookups):
+        authzs = _route_authzs(route, lookups, settings, issues)
         try:
             routes.append(inbound_route(route, authzs))
         except (httproutes.InvalidRouteError, ValueError, TypeError) as exc:
-            issues.add(f"HTTPRoute {ns}/{rname} skipped: {exc}")
+            issues.add(f"{_describe(route)} skipped: {exc}")
     if not routes:
         routes = _default_routes(pod, port, server_authzs, settings)
     return routes
+
+
+def _server_grpc_routes(
+    server: Mapping[str, Any],
+    lookups: PolicyLookups,
+    settings: DestinationSettings,
+    issues: Issues,
+) -> list[inbound_pb2.GrpcRoute]:
+    """GRPCRoutes of a gRPC Server; HTTPRoutes do not apply to one (reported)."""
+    routes: list[inbound_pb2.GrpcRoute] = []
+    for route in server_routes(server, lookups):
+        if httproutes.route_kind(route) != "GRPCRoute":
+            issues.add(f"{_describe(route)}: a gRPC Server takes GRPCRoutes only; ignored")
+            continue
+        authzs = _route_authzs(route, lookups, settings, issues)
+        try:
+            routes.append(inbound_grpc_route(route, authzs))
+        except (httproutes.InvalidRouteError, ValueError, TypeError) as exc:
+            issues.add(f"{_describe(route)} skipped: {exc}")
+    return routes
+
+
+def _describe(route: Mapping[str, Any]) -> str:
+    m = meta(route)
+    return f"{httproutes.route_kind(route)} {m.get('namespace')}/{m.get('name')}"
 
 
 _PROTOCOLS = {
@@ -736,6 +796,7 @@ def inbound_server(
                 "Servers (the inbound policy API has no rate limit for them)"
             )
         out.protocol.grpc.SetInParent()
+        out.protocol.grpc.routes.extend(_server_grpc_routes(server, lookups, settings, issues))
         return out
     routes = _server_routes(server, pod, port, authzs, lookups, settings, issues)
     if kind in ("http1", "http2"):

@@ -9,18 +9,19 @@ an address outside the cluster networks gets the ``egress-fallback`` forward pol
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gossamer_api.proxy import (
     destination_pb2,
+    grpc_route_pb2,
     http_route_pb2,
     meta_pb2,
     opaque_route_pb2,
     outbound_pb2,
 )
 
-from gossamer_destination import httproutes
+from gossamer_destination import httproutes, route_tuning
 from gossamer_destination.endpoints import annotations_of, meta
 from gossamer_destination.policy_inbound import PolicyLookups
 from gossamer_destination.profiles import Issues, service_opaque
@@ -128,12 +129,19 @@ def _failure_accrual(
     return fa
 
 
-def _default_http_route(backend: outbound_pb2.Backend) -> outbound_pb2.HttpRoute:
+def _default_http_route(
+    backend: outbound_pb2.Backend,
+    tuning: route_tuning.Tuning,
+    settings: DestinationSettings,
+) -> outbound_pb2.HttpRoute:
+    """The route of a Service without HTTPRoutes; the Service's annotations tune it."""
     route = outbound_pb2.HttpRoute()
     route.metadata.default = "http"
     rule = route.rules.add()
     rule.matches.append(http_route_pb2.HttpRouteMatch(path=http_route_pb2.PathMatch(prefix="/")))
     rule.backends.first_available.backends.add().backend.CopyFrom(backend)
+    _tune_rule(rule, {}, None, tuning)
+    rule.allow_l5d_request_headers = settings.allow_l5d_request_headers
     return route
 
 
@@ -191,12 +199,17 @@ def _route_backends(
     default: outbound_pb2.Backend,
     service_exists: Any,
     settings: DestinationSettings,
-) -> outbound_pb2.HttpRoute.Distribution:
-    dist = outbound_pb2.HttpRoute.Distribution()
+    route_type: Any,
+) -> Any:
+    """A rule's ``backendRefs`` as the route type's ``Distribution``: the parent Service when
+    there are none, else a weighted split. A backend Service that does not exist stays in
+    the split and fails its share of requests (as Linkerd does), so weights keep meaning."""
+    dist = route_type.Distribution()
     refs = rule.get("backendRefs") or []
     if not refs:
         dist.first_available.backends.add().backend.CopyFrom(default)
         return dist
+    grpc = route_type is outbound_pb2.GrpcRoute
     for ref in refs:
         kind = ref.get("kind") or "Service"
         if kind != "Service" or (ref.get("group") or "core") not in ("core", ""):
@@ -204,18 +217,72 @@ def _route_backends(
         name = str(ref.get("name") or "")
         ns = str(ref.get("namespace") or namespace)
         port = int(ref.get("port") or 0)
-        wrb = dist.random_available.backends.add()
-        wrb.weight = int(ref.get("weight", 1))
-        wrb.backend.backend.CopyFrom(balancer_backend(name, ns, port, settings))
-        if not service_exists(ns, name):
-            wrb.backend.filters.add().failure_injector.CopyFrom(
-                http_route_pb2.HttpFailureInjector(
-                    status=500,
-                    message=f"Service not found {name}",
-                    ratio=http_route_pb2.Ratio(numerator=1, denominator=1),
-                )
+        weight = int(ref.get("weight", 1))
+        if not name or not 0 < port < 65536 or not 0 <= weight <= 1_000_000:
+            raise httproutes.InvalidRouteError(
+                f"backendRef {name!r} needs a name, a port and a weight in [0, 1000000]"
             )
+        wrb = dist.random_available.backends.add()
+        wrb.weight = weight
+        wrb.backend.backend.CopyFrom(balancer_backend(name, ns, port, settings))
+        for f in ref.get("filters") or ():
+            wrb.backend.filters.append(_filter(f, route_type))
+        if not service_exists(ns, name):
+            message = f"Service not found {name}"
+            ratio = http_route_pb2.Ratio(numerator=1, denominator=1)
+            if grpc:
+                wrb.backend.filters.add().failure_injector.CopyFrom(
+                    grpc_route_pb2.GrpcFailureInjector(code=14, message=message, ratio=ratio)
+                )
+            else:
+                wrb.backend.filters.add().failure_injector.CopyFrom(
+                    http_route_pb2.HttpFailureInjector(status=500, message=message, ratio=ratio)
+                )
     return dist
+
+
+def _filter(f: Mapping[str, Any], route_type: Any) -> Any:
+    kind = f.get("type")
+    out = route_type.Filter()
+    if kind == "RequestHeaderModifier":
+        out.request_header_modifier.CopyFrom(
+            httproutes.header_modifier(f.get("requestHeaderModifier") or {})
+        )
+    elif kind == "ResponseHeaderModifier" and route_type is outbound_pb2.HttpRoute:
+        out.response_header_modifier.CopyFrom(
+            httproutes.response_header_modifier(f.get("responseHeaderModifier") or {})
+        )
+    elif kind == "RequestRedirect" and route_type is outbound_pb2.HttpRoute:
+        out.redirect.CopyFrom(httproutes.redirect(f.get("requestRedirect") or {}))
+    else:
+        raise httproutes.InvalidRouteError(f"unsupported filter {kind!r}")
+    return out
+
+
+def _route_metadata(route: Mapping[str, Any]) -> meta_pb2.Metadata:
+    rm = meta(route)
+    return meta_pb2.Metadata(
+        resource=meta_pb2.Resource(
+            group=httproutes.route_group(route),
+            kind=httproutes.route_kind(route),
+            name=str(rm.get("name")),
+            namespace=str(rm.get("namespace")),
+        )
+    )
+
+
+def _tune_rule(
+    r: Any, rule: Mapping[str, Any], route: Mapping[str, Any] | None, tuning: route_tuning.Tuning
+) -> None:
+    annotated = route is not None and route_tuning.has_timeout_annotations(route)
+    timeouts = route_tuning.timeouts_proto(route_tuning.rule_timeouts(tuning, rule, annotated))
+    if timeouts is not None:
+        r.timeouts.CopyFrom(timeouts)
+    if tuning.retry is not None:
+        if isinstance(r, outbound_pb2.GrpcRoute.Rule):
+            r.retry.CopyFrom(route_tuning.grpc_retry_proto(tuning.retry))
+        else:
+            r.retry.CopyFrom(route_tuning.http_retry_proto(tuning.retry))
 
 
 def outbound_route(
@@ -223,43 +290,60 @@ def outbound_route(
     default: outbound_pb2.Backend,
     service_exists: Any,
     settings: DestinationSettings,
+    tuning: route_tuning.Tuning = route_tuning.NO_TUNING,
 ) -> outbound_pb2.HttpRoute:
-    rm = meta(route)
-    ns = str(rm.get("namespace"))
-    out = outbound_pb2.HttpRoute()
-    out.metadata.resource.CopyFrom(
-        meta_pb2.Resource(
-            group=httproutes.POLICY_GROUP, kind="HTTPRoute", name=str(rm.get("name")), namespace=ns
-        )
-    )
+    """An HTTPRoute (``policy.linkerd.io`` or Gateway API) attached to a Service."""
+    ns = str(meta(route).get("namespace"))
+    out = outbound_pb2.HttpRoute(metadata=_route_metadata(route))
     spec = route.get("spec") or {}
     out.hosts.extend(httproutes.host_match(str(h)) for h in spec.get("hostnames") or ())
     for rule in spec.get("rules") or [{}]:
         r = out.rules.add()
         r.matches.extend(httproutes.rule_matches(rule))
-        for f in rule.get("filters") or ():
-            kind = f.get("type")
-            if kind == "RequestHeaderModifier":
-                r.filters.add().request_header_modifier.CopyFrom(
-                    httproutes.header_modifier(f.get("requestHeaderModifier") or {})
-                )
-            elif kind == "ResponseHeaderModifier":
-                r.filters.add().response_header_modifier.CopyFrom(
-                    httproutes.response_header_modifier(f.get("responseHeaderModifier") or {})
-                )
-            elif kind == "RequestRedirect":
-                r.filters.add().redirect.CopyFrom(
-                    httproutes.redirect(f.get("requestRedirect") or {})
-                )
-            else:
-                raise httproutes.InvalidRouteError(f"unsupported filter {kind!r}")
-        r.backends.CopyFrom(_route_backends(rule, ns, default, service_exists, settings))
-        timeouts = rule.get("timeouts") or {}
-        if timeouts.get("request"):
-            r.timeouts.request.CopyFrom(_duration(parse_duration(timeouts["request"])))
-        if timeouts.get("backendRequest"):
-            r.timeouts.response.CopyFrom(_duration(parse_duration(timeouts["backendRequest"])))
+        r.filters.extend(_filter(f, outbound_pb2.HttpRoute) for f in rule.get("filters") or ())
+        r.backends.CopyFrom(
+            _route_backends(rule, ns, default, service_exists, settings, outbound_pb2.HttpRoute)
+        )
+        _tune_rule(r, rule, route, tuning)
+        r.allow_l5d_request_headers = settings.allow_l5d_request_headers
     return out
+
+
+def outbound_grpc_route(
+    route: Mapping[str, Any],
+    default: outbound_pb2.Backend,
+    service_exists: Any,
+    settings: DestinationSettings,
+    tuning: route_tuning.Tuning = route_tuning.NO_TUNING,
+) -> outbound_pb2.GrpcRoute:
+    """A Gateway API GRPCRoute attached to a Service: RPC matches, gRPC-status retries."""
+    ns = str(meta(route).get("namespace"))
+    out = outbound_pb2.GrpcRoute(metadata=_route_metadata(route))
+    spec = route.get("spec") or {}
+    out.hosts.extend(httproutes.host_match(str(h)) for h in spec.get("hostnames") or ())
+    for rule in spec.get("rules") or [{}]:
+        r = out.rules.add()
+        r.matches.extend(httproutes.grpc_rule_matches(rule))
+        r.filters.extend(_filter(f, outbound_pb2.GrpcRoute) for f in rule.get("filters") or ())
+        r.backends.CopyFrom(
+            _route_backends(rule, ns, default, service_exists, settings, outbound_pb2.GrpcRoute)
+        )
+        _tune_rule(r, rule, route, tuning)
+        r.allow_l5d_request_headers = settings.allow_l5d_request_headers
+    return out
+
+
+_ROUTE_ERRORS = (httproutes.InvalidRouteError, ValueError, TypeError, AttributeError)
+
+
+def attached_routes(
+    routes: Iterable[Mapping[str, Any]], name: str, ns: str, port: int
+) -> list[Mapping[str, Any]]:
+    """The routes whose parentRefs name this Service port, oldest first."""
+    return sorted(
+        (r for r in routes if httproutes.attaches_to_service(r, ns, name, port)),
+        key=httproutes.route_sort_key,
+    )
 
 
 def service_policy(
@@ -281,23 +365,36 @@ def service_policy(
     if app in OPAQUE_APP_PROTOCOLS or service_opaque(service, port, settings):
         policy.protocol.opaque.routes.append(_opaque_route(backend))
         return policy
+    service_tune = route_tuning.service_tuning(service, issues)
     routes: list[outbound_pb2.HttpRoute] = []
-    for route in sorted(lookups.http_routes(ns), key=httproutes.route_sort_key):
-        if not any(
-            p.get("kind") == "Service"
-            and (p.get("group") or "core") in ("core", "")
-            and p.get("name") == name
-            and (p.get("port") in (None, port))
-            for p in httproutes.parent_refs(route)
-        ):
-            continue
+    for route in attached_routes(lookups.http_routes(ns), name, ns, port):
+        tuning = route_tuning.route_tuning(route, "HTTPRoute", service_tune, issues)
         try:
-            routes.append(outbound_route(route, backend, service_exists, settings))
-        except (httproutes.InvalidRouteError, ValueError, TypeError) as exc:
+            routes.append(outbound_route(route, backend, service_exists, settings, tuning))
+        except _ROUTE_ERRORS as exc:
             issues.add(f"HTTPRoute {ns}/{meta(route).get('name')} skipped: {exc}")
-    if not routes:
-        routes = [_default_http_route(backend)]
+    grpc_routes: list[outbound_pb2.GrpcRoute] = []
+    for route in attached_routes(lookups.grpc_routes(ns), name, ns, port):
+        tuning = route_tuning.route_tuning(route, "GRPCRoute", service_tune, issues)
+        try:
+            grpc_routes.append(
+                outbound_grpc_route(route, backend, service_exists, settings, tuning)
+            )
+        except _ROUTE_ERRORS as exc:
+            issues.add(f"GRPCRoute {ns}/{meta(route).get('name')} skipped: {exc}")
     accrual = _failure_accrual(service, issues)
+    if grpc_routes and app != "http":
+        if routes:
+            issues.add(
+                f"Service {ns}/{name} port {port}: has both HTTPRoutes and GRPCRoutes; "
+                "the GRPCRoutes apply"
+            )
+        policy.protocol.grpc.routes.extend(grpc_routes)
+        if accrual:
+            policy.protocol.grpc.failure_accrual.CopyFrom(accrual)
+        return policy
+    if not routes:
+        routes = [_default_http_route(backend, service_tune, settings)]
     if app == "http":
         policy.protocol.http1.routes.extend(routes)
         if accrual:

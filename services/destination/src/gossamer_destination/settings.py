@@ -17,6 +17,7 @@ from gossamer_common.settings import (
     optional,
     parse_bool,
     parse_cidr,
+    parse_duration,
     parse_str,
     setting,
     settings_class,
@@ -68,6 +69,16 @@ _capacity.expected = "a whole number >= 1"  # type: ignore[attr-defined]
 parse_networks = list_of(parse_cidr)
 
 
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(text)
+    return seconds
+
+
+_positive_duration.expected = "a positive duration such as 500ms, 10s or 1m"  # type: ignore[attr-defined]
+
+
 def _env(name: str) -> str:
     return _PREFIX + name
 
@@ -117,6 +128,14 @@ class DestinationSettings:
         parse=parse_bool,
         help="outbound-transport-mode=transport-header: opaque transport on every meshed "
         "endpoint, not only on opaque ports.",
+    )
+    allow_l5d_request_headers: bool = setting(
+        env=_env("ALLOW_L5D_REQUEST_HEADERS"),
+        flag="--allow-l5d-request-headers",
+        default="false",
+        parse=parse_bool,
+        help="Let clients override route retries and timeouts with l5d-retry-*/l5d-*-timeout "
+        "request headers (Linkerd's per-request policy; unsafe for untrusted clients).",
     )
     enable_ipv6: bool = setting(
         env=_env("ENABLE_IPV6"),
@@ -174,6 +193,14 @@ class DestinationSettings:
         default="100",
         parse=_capacity,
         help="Updates buffered per stream before a slow client's stream is aborted.",
+    )
+    crd_recheck: float = setting(
+        env=_env("CRD_RECHECK"),
+        flag="--crd-recheck",
+        default="30s",
+        parse=_positive_duration,
+        help="How often to look again for optional CRDs that are not installed (Gateway API "
+        "HTTPRoute/GRPCRoute); their routes apply once they are.",
     )
     kubeconfig: str | None = setting(
         env=_env("KUBECONFIG"),

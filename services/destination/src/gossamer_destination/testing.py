@@ -17,6 +17,8 @@ from gossamer_kube.store import KubeObject, object_key
 
 from gossamer_destination.cluster import KINDS
 
+GATEWAY = "gateway.networking.k8s.io/"
+
 _rv = itertools.count(1)
 
 
@@ -76,10 +78,14 @@ def memory_sources(*objects: KubeObject) -> dict[str, MemorySource]:
         "MeshTLSAuthentication": "meshtlsauthentications",
         "NetworkAuthentication": "networkauthentications",
         "HTTPRoute": "httproutes",
+        "GRPCRoute": "grpcroutes",
     }
     sources = {kind: MemorySource(kind) for kind in KINDS}
     for obj in objects:
-        sources[by_kind[obj["kind"]]].apply(obj)
+        kind = by_kind[obj["kind"]]
+        if obj["kind"] == "HTTPRoute" and str(obj.get("apiVersion", "")).startswith(GATEWAY):
+            kind = "gatewayhttproutes"
+        sources[kind].apply(obj)
     return sources
 
 

@@ -54,7 +54,8 @@ def apply_crds(admin: SyncAdmin, crd_dir: Path = CRD_DIR, timeout: float = 60.0)
     for name in names:
         while True:
             crd = admin.request("GET", CUSTOMRESOURCEDEFINITIONS.path(name=name))
-            conds = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions", [])}
+            status = crd.get("status") or {}
+            conds = {c["type"]: c["status"] for c in status.get("conditions") or ()}
             if conds.get("Established") == "True":
                 break
             if time.monotonic() > deadline:
