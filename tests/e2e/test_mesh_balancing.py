@@ -32,8 +32,11 @@ def mesh(local_mesh: LocalMeshHandle) -> Iterator[LocalMeshHandle]:
     local_mesh.deploy(
         NS,
         echo_app(NS, "ewma-fast", replicas=2, labels={"svc": "ewma"}, service=False),
+        # 1 s, far above what a fast echo costs even on a busy 2-core machine: at 200 ms the
+        # fast endpoints' own latency under load (times their pending requests) came close
+        # enough that the slow share measured the machine's load, not the balancer.
         echo_app(
-            NS, "ewma-slow", args=["--delay-ms", "200"], labels={"svc": "ewma"}, service=False
+            NS, "ewma-slow", args=["--delay-ms", "1000"], labels={"svc": "ewma"}, service=False
         ),
         SERVICE,
         echo_app(NS, "victim", replicas=3),
