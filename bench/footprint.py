@@ -23,6 +23,13 @@ from bench.procs import LOAD_CPU, cpu_seconds, peak_rss_mb, process_group
 from bench.topologies import TOPOLOGIES, start_backend, workdir_for
 
 
+def current_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def h2load(port: int, requests: int, *, grpc_body_file: Path | None) -> int:
     """Send exactly ``requests`` requests at c=64; returns how many succeeded."""
     argv = ["taskset", "-c", str(LOAD_CPU), "h2load", "-t1", "-c64", f"-n{requests}"]
@@ -61,6 +68,7 @@ def main() -> int:
             with process_group(workdir) as group:
                 backend_port = start_backend(topology.backend, group)
                 port = topology.targets["gossamer"](group, backend_port, certs)
+                idle = {p.name: current_rss_mb(p.pid) for p in group.measured()}
                 h2load(port, max(args.requests // 10, 1000), grpc_body_file=body)
                 before = {p.name: cpu_seconds(p.pid) for p in group.measured()}
                 ok = h2load(port, args.requests, grpc_body_file=body)
@@ -68,7 +76,8 @@ def main() -> int:
                 for p in group.measured():
                     cpu_us = (cpu_seconds(p.pid) - before[p.name]) / args.requests * 1e6
                     print(
-                        f"{topology.name:11} {p.name:18} peak RSS {peak_rss_mb(p.pid):5.1f} MB  "
+                        f"{topology.name:11} {p.name:18} idle RSS {idle[p.name]:5.1f} MB  "
+                        f"peak RSS {peak_rss_mb(p.pid):5.1f} MB  "
                         f"CPU {cpu_us:6.1f} µs/request  ({ok}/{args.requests} ok)"
                     )
     return 0
