@@ -105,3 +105,16 @@ def test_the_helper_makes_a_p256_key_and_a_csr_for_the_name() -> None:
     key = load_private_key(key_pem)
     checked = check_csr(load_csr(csr_der, allow_pem=False), WEB)
     assert checked.public_key == key.public_key()
+
+
+def test_the_data_path_uses_the_compiled_http2_codec_and_loads_it_on_first_use() -> None:
+    code = (
+        "import sys, gossamer_proxy.__main__, gossamer_proxy.app, gossamer_proxy.accept\n"
+        "loaded_at_start = 'jh2' in sys.modules\n"
+        "from gossamer_proxy.http2 import bridge\n"
+        "print(loaded_at_start, bridge.h2.connection.H2Connection.__module__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["False", "jh2.connection"], result.stdout
