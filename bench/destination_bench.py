@@ -8,8 +8,8 @@ measures from just before the write until the *last* stream has received the res
 
     python -m bench.destination_bench [--streams 1000] [--endpoints 1000] [--iterations 40]
 
-Bounded by the iteration count and ``--seconds``. Prints one JSON line (median, p99, max,
-RSS of the destination process) and writes it to ``bench/results/destination.json``.
+
+
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import copy
 import datetime as dt
 import ipaddress
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -35,6 +36,8 @@ from gossamer_kube.client import KubeClient
 from gossamer_kube.config import KubeConfig
 from gossamer_kube.resources import ENDPOINTSLICES, NAMESPACES, SERVICES
 from gossamer_kube.testing.cluster import KubeTestCluster
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 NAMESPACE = "destination-bench"
 SLICE_SIZE = 100
@@ -122,6 +125,12 @@ class Streams:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
@@ -159,6 +168,7 @@ async def run(args: argparse.Namespace, cluster: KubeTestCluster, workdir: Path)
             target = copy.deepcopy(slices[0])
             full = copy.deepcopy(target["endpoints"])
             latencies: list[float] = []
+            cpu_per_change: list[float] = []
             give_up = time.monotonic() + args.seconds
             for i in range(args.iterations + args.warmup):
                 if time.monotonic() > give_up:
@@ -166,11 +176,13 @@ async def run(args: argparse.Namespace, cluster: KubeTestCluster, workdir: Path)
                 expected = min(streams.received) + 1
                 current = await client.get(ENDPOINTSLICES, target["metadata"]["name"], NAMESPACE)
                 current["endpoints"] = full[:-1] if i % 2 == 0 else full
+                cpu0 = cpu_seconds(dst.proc.pid)
                 t0 = time.perf_counter()
                 await client.replace(ENDPOINTSLICES, target["metadata"]["name"], current, NAMESPACE)
                 await streams.wait_all(expected, t0 + 30)
                 if i >= args.warmup:
                     latencies.append(max(streams.last_at) - t0)
+                    cpu_per_change.append(cpu_seconds(dst.proc.pid) - cpu0)
             rss = dst.rss_bytes()
             await streams.close()
             for ch in channels:
@@ -191,6 +203,9 @@ async def run(args: argparse.Namespace, cluster: KubeTestCluster, workdir: Path)
             "max": round(max(ms), 2),
             "min": round(min(ms), 2),
         },
+        # CPU time of the destination process from the write until the last stream had the
+        # update (clock ticks, so single values are 10 ms steps: read the mean).
+        "destination_cpu_ms_per_change": round(statistics.mean(cpu_per_change) * 1000, 2),
         "destination_rss_mib": round(rss / 2**20, 1),
         "destination_rss_after_subscribe_mib": round(rss_after_subscribe / 2**20, 1),
         "target_p99_ms": 200,

@@ -33,6 +33,28 @@ async def test_subscriber_batches_and_overflows() -> None:
         await asyncio.wait_for(sub.next_batch(), 1)
 
 
+async def test_a_waiting_stream_wakes_on_push_and_survives_a_cancelled_wait() -> None:
+    sub = Subscriber(capacity=4)
+    waiting = asyncio.ensure_future(sub.next_batch())
+    await asyncio.sleep(0)  # the stream is now parked on its waiter
+    sub.push(b"a")
+    assert await asyncio.wait_for(waiting, 1) == [b"a"]
+    cancelled = asyncio.ensure_future(sub.next_batch())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    sub.push(b"b")  # no waiter left behind to trip over
+    assert await asyncio.wait_for(sub.next_batch(), 1) == [b"b"]
+    parked = asyncio.ensure_future(sub.next_batch())
+    await asyncio.sleep(0)
+    for message in (b"c", b"d", b"e", b"f", b"g"):
+        sub.push(message)  # the fifth overflows, but the parked stream still gets four
+    assert await asyncio.wait_for(parked, 1) == [b"c", b"d", b"e", b"f"]
+    with pytest.raises(StreamOverflowError):
+        await asyncio.wait_for(sub.next_batch(), 1)
+
+
 async def test_latest_topic_publishes_only_changes_and_drops_when_unused() -> None:
     cluster = Cluster(dict(memory_sources()))  # type: ignore[arg-type]
     registry = TopicRegistry()

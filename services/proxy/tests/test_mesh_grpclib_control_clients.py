@@ -42,7 +42,6 @@ from gossamer_api.proxy import (
     outbound_pb2_grpc,
 )
 from gossamer_proxy.mesh.backoff import Backoff
-from gossamer_proxy.mesh.certify import build_certify_request
 from gossamer_proxy.mesh.channels import ControlAddressError, control_channel, split_host_port
 from gossamer_proxy.mesh.control_stream import StreamConfig, StreamWatch
 from gossamer_proxy.mesh.identity import IdentityClient, IdentityConfig, IdentityConfigError
@@ -51,6 +50,7 @@ from gossamer_proxy.mesh.tls_contexts import Credentials
 from gossamer_tls import (
     Issuer,
     TrustMaterial,
+    build_csr,
     certificates_to_pem,
     check_csr,
     generate_private_key,
@@ -192,7 +192,14 @@ def anchors_pem(trust: TrustMaterial) -> str:
 def leaf_for(issuer: Issuer, name: str) -> Credentials:
     key = generate_private_key()
     issued = issuer.sign_leaf(key.public_key(), name, now=now())
-    return Credentials(name, key, issued.certificate, (issuer.certificate,))
+    return Credentials(
+        identity=name,
+        key_pem=private_key_to_pem(key),
+        chain_pem=certificates_to_pem([issued.certificate, issuer.certificate]),
+        leaf_der=issued.leaf_der,
+        not_before=issued.certificate.not_valid_before_utc.timestamp(),
+        not_after=issued.certificate.not_valid_after_utc.timestamp(),
+    )
 
 
 def server_credentials(
@@ -200,9 +207,9 @@ def server_credentials(
 ) -> grpc.ServerCredentials:
     """TLS for a grpcio server as ``name``; ``anchors_pem`` makes client certificates required."""
     leaf = leaf_for(issuer, name)
-    chain = certificates_to_pem([leaf.leaf, *leaf.intermediates])
+    chain = leaf.chain_pem
     return grpc.ssl_server_credentials(
-        [(private_key_to_pem(leaf.private_key), chain)],
+        [(leaf.key_pem, chain)],
         root_certificates=anchors_pem.encode() if anchors_pem else None,
         require_client_auth=anchors_pem is not None,
     )
@@ -226,7 +233,11 @@ async def grpcio_server(
 
 
 def certify_request(name: str = WEB) -> identity_pb2.CertifyRequest:
-    return build_certify_request(generate_private_key(), name, TOKEN)
+    return identity_pb2.CertifyRequest(
+        identity=name,
+        token=TOKEN,
+        certificate_signing_request=build_csr(generate_private_key(), name),
+    )
 
 
 # --- no grpcio in the sidecar --------------------------------------------------------------------
@@ -442,11 +453,11 @@ async def test_a_control_plane_without_alpn_is_still_reached_over_http2(
     leaf = leaf_for(issuer, IDENTITY_SVC)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
-    chain = certificates_to_pem([leaf.leaf, *leaf.intermediates])
+    chain = leaf.chain_pem
     key_fd = os.memfd_create("key")
     chain_fd = os.memfd_create("chain")
     try:
-        os.write(key_fd, private_key_to_pem(leaf.private_key))
+        os.write(key_fd, leaf.key_pem)
         os.write(chain_fd, chain)
         context.load_cert_chain(f"/proc/self/fd/{chain_fd}", f"/proc/self/fd/{key_fd}")
     finally:

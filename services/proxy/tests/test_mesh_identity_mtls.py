@@ -204,13 +204,13 @@ async def test_renews_before_expiry_with_a_new_certificate(
     try:
         await asyncio.wait_for(client.ready.wait(), 10)
         assert client.credentials is not None
-        first = client.credentials.leaf.serial_number
+        first = client.credentials.leaf_der
         for _ in range(400):  # bounded: at most 20 s
             if identity_server.servicer.issued >= 3:
                 break
             await asyncio.sleep(0.05)
         assert identity_server.servicer.issued >= 3
-        assert client.credentials.leaf.serial_number != first
+        assert client.credentials.leaf_der != first
         assert client.state() is CertState.VALID
     finally:
         task.cancel()
@@ -434,7 +434,15 @@ async def test_server_refuses_a_client_certificate_from_another_ca(
         key.public_key(), WEB, now=now()
     )
     impostor = client_context(
-        Credentials(WEB, key, foreign.certificate, (other.issuer.certificate,)), anchors_pem
+        Credentials(
+            identity=WEB,
+            key_pem=private_key_to_pem(key),
+            chain_pem=certificates_to_pem([foreign.certificate, other.issuer.certificate]),
+            leaf_der=foreign.leaf_der,
+            not_before=foreign.certificate.not_valid_before_utc.timestamp(),
+            not_after=foreign.certificate.not_valid_after_utc.timestamp(),
+        ),
+        anchors_pem,
     )
     accepted = False
 

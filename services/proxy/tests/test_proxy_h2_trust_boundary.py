@@ -10,7 +10,7 @@ import h2.connection
 import h2.events
 import pytest
 from gossamer_proxy.app import Proxy
-from gossamer_proxy.http2.authority import AuthorityError, settle_authority
+from gossamer_proxy.http2.authority import AuthorityError, repeats_host, settle_authority
 
 StartProxy = Callable[..., Awaitable[Proxy]]
 TcpServer = Callable[..., Awaitable[tuple[str, int]]]
@@ -32,6 +32,12 @@ def test_authority_wins_over_host() -> None:
     assert settle_authority([(b"host", b"h")]) == (b"h", [(b"host", b"h")])
     with pytest.raises(AuthorityError):
         settle_authority([(b"host", b"a"), (b"host", b"b")])
+
+
+def test_two_host_fields_are_found_whatever_they_say() -> None:
+    assert not repeats_host([(b":authority", b"a"), (b"host", b"a"), (b"x", b"host")])
+    assert repeats_host([(b"host", b"a"), (b"x", b"1"), (b"host", b"a")])
+    assert repeats_host([(b":authority", b"a"), (b"host", b"b"), (b"host", b"a")])
 
 
 class _RecordingH2App:

@@ -31,14 +31,19 @@ class StreamOverflowError(Exception):
 
 
 class Subscriber:
-    """The buffer between a topic and one gRPC stream."""
+    """The buffer between a topic and one gRPC stream.
 
-    __slots__ = ("_closed", "_event", "_items", "capacity", "overflowed")
+    A fan-out wakes every stream of a topic, so the wake-up is a bare future rather than an
+    :class:`asyncio.Event` (whose ``wait`` allocates a future, a waiter list entry and a
+    ``try``/``finally`` per message): one ``set_result`` per push is all a change costs here.
+    """
+
+    __slots__ = ("_closed", "_items", "_waiter", "capacity", "overflowed")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._items: deque[bytes] = deque()
-        self._event = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self.overflowed = False
         self._closed = False
 
@@ -50,15 +55,23 @@ class Subscriber:
             self._closed = True
         else:
             self._items.append(message)
-        self._event.set()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def next_batch(self) -> list[bytes]:
         """Waits for messages; raises :class:`StreamOverflowError` once overflowed."""
         while not self._items:
             if self.overflowed:
                 raise StreamOverflowError("stream queue overflowed")
-            self._event.clear()
-            await self._event.wait()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._waiter = None
         batch = list(self._items)
         self._items.clear()
         return batch

@@ -21,21 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
 from gossamer_common.metrics import Registry
-from gossamer_tls import (
-    ChainError,
-    TlsError,
-    load_certificates,
-    load_private_key,
-    verify_chain,
-)
 
 from .config import ProxySettings
+from .mesh.credential_check import CredentialRejected, check_credentials
 from .mesh.identity import IdentityClient, IdentityConfig, IdentityConfigError, IdentityMetrics
 from .mesh.tls_contexts import Credentials, client_context, server_context
 from .mesh.transport import ALPN_PROTOCOL
@@ -129,27 +122,15 @@ def load_static(
     trust_anchors_pem: str,
     cert_pem: bytes,
     key_pem: bytes,
-    *,
-    now: dt.datetime,
 ) -> Credentials:
-    """Check a static chain + key like a Certify answer; raises :class:`IdentityConfigError`."""
+    """Check a static chain + key like a Certify answer; raises :class:`IdentityConfigError`.
+
+    Validity is checked against the system clock, as every handshake will check it.
+    """
     try:
-        anchors = load_certificates(trust_anchors_pem, what="LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS")
-        chain = load_certificates(cert_pem, what="GOSSAMER_PROXY_IDENTITY_CERT_FILE")
-        key = load_private_key(key_pem, what="GOSSAMER_PROXY_IDENTITY_KEY_FILE")
-    except TlsError as exc:
-        raise IdentityConfigError(str(exc)) from None
-    leaf, intermediates = chain[0], tuple(chain[1:])
-    if leaf.public_key() != key.public_key():
-        raise IdentityConfigError(
-            "GOSSAMER_PROXY_IDENTITY_KEY_FILE does not belong to the first certificate of "
-            "GOSSAMER_PROXY_IDENTITY_CERT_FILE"
-        )
-    try:
-        verify_chain(leaf, intermediates, anchors, now=now, dns_name=local_name)
-    except ChainError as exc:
+        return check_credentials(local_name, key_pem, cert_pem, trust_anchors_pem)
+    except CredentialRejected as exc:
         raise IdentityConfigError(f"static identity certificate rejected: {exc}") from None
-    return Credentials(identity=local_name, private_key=key, leaf=leaf, intermediates=intermediates)
 
 
 def _enabled(settings: ProxySettings) -> bool:
@@ -165,9 +146,7 @@ def _enabled(settings: ProxySettings) -> bool:
     )
 
 
-def identity_from_settings(
-    settings: ProxySettings, registry: Registry, *, now: dt.datetime | None = None
-) -> LocalIdentity | None:
+def identity_from_settings(settings: ProxySettings, registry: Registry) -> LocalIdentity | None:
     """The proxy's identity, or ``None`` when identity is disabled.
 
     Raises :class:`IdentityConfigError` naming the variables that are missing or wrong.
@@ -199,7 +178,6 @@ def identity_from_settings(
             settings.identity_trust_anchors,
             cert_pem,
             key_pem,
-            now=now or dt.datetime.now(dt.UTC),
         )
         return LocalIdentity(
             settings.identity_local_name,

@@ -1,10 +1,11 @@
 """The one authority of an HTTP/2 request (sans-io; RFC 9113 §8.3.1).
 
 ``:authority`` is the request's authority when present; a ``host`` field beside it must
-not name another one. h2 already refuses a header block whose ``host`` differs from
-``:authority``, or that has two ``host`` fields (a connection error), but the data path
-does not lean on that: :func:`settle_authority` applies the same rule itself, so that
-routing, authorization, metrics and the upstream all see one authority:
+not name another one. The codec refuses a header block whose ``host`` differs from
+``:authority`` (a connection error); a header block with two ``host`` fields is refused
+the same way by the bridge (:func:`repeats_host`), since jh2, unlike h2, lets it through.
+The data path does not lean on either: :func:`settle_authority` applies the same rule
+itself, so that routing, authorization, metrics and the upstream all see one authority:
 
 - with ``:authority``: it wins; ``host`` fields naming anything else are dropped;
 - without it: exactly one ``host`` field is the authority (several differing ones make
@@ -13,7 +14,7 @@ routing, authorization, metrics and the upstream all see one authority:
 
 from __future__ import annotations
 
-__all__ = ["AuthorityError", "settle_authority"]
+__all__ = ["AuthorityError", "repeats_host", "settle_authority"]
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -48,3 +49,14 @@ def settle_authority(headers: Headers) -> tuple[bytes | None, Headers]:
             host_kept = True
         kept.append((name, value))
     return authority, kept
+
+
+def repeats_host(headers: Headers) -> bool:
+    """Whether a request header block has more than one ``host`` field (malformed)."""
+    seen = False
+    for name, _ in headers:
+        if name == b"host":
+            if seen:
+                return True
+            seen = True
+    return False

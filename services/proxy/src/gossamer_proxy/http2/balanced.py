@@ -46,14 +46,13 @@ import contextlib
 from collections import deque
 from typing import cast
 
-import h2.errors
-import h2.exceptions
 import structlog
 from gossamer_api.transport_header import SessionProtocol
 
 from ..config import Endpoint
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind
+from ..h2codec import h2
 from ..http1.server import RESPONSE_FAILURES_EJECT
 from ..inbound_authz import InboundPeer
 from ..mesh.balancer import Outcome

@@ -36,18 +36,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
 import structlog
 
 from ..access_log import AccessEntry, begin_h2_request, content_length_of
 from ..config import Endpoint
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
+from ..h2codec import h2
 from ..halfclose import can_stay_half_open
 from ..http1.headers import HeaderError, filter_trailers
 from ..inbound_authz import InboundPeer
@@ -62,7 +57,7 @@ from ..mesh.l5d_headers import (
 from ..mesh.tls_contexts import verified_server_identity
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..outbound.discovery import TargetHandle
-from .authority import AuthorityError, settle_authority
+from .authority import AuthorityError, repeats_host, settle_authority
 from .downgrade import H1Downgrade
 from .flood import FloodGuard
 from .orig_proto import downgrade_request
@@ -322,6 +317,11 @@ class H2Server(asyncio.Protocol):
             self._close()
             return
         for event in events:
+            if isinstance(event, h2.events.RequestReceived) and repeats_host(event.headers):
+                self.conn.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                self._flush_out()  # a connection error, as h2 itself treats two host fields
+                self._close()
+                return
             try:
                 self._on_event(event)
             except h2.exceptions.ProtocolError as exc:

@@ -17,12 +17,11 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Final
 
-import h2.errors
-import h2.exceptions
 import structlog
 
 from ..config import Endpoint
 from ..errors import ProxyError, ProxyErrorKind
+from ..h2codec import h2
 from ..http1.headers import Headers, MessageInfo, chunk, filter_trailers, last_chunk
 from ..http1.upstream import Http1Upstream
 from .orig_proto import DowngradedRequest, upgraded_response_headers

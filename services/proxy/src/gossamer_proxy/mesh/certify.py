@@ -1,51 +1,44 @@
-"""The Certify exchange without the network: build the request, check the response.
+"""The Certify exchange without the network: check the response.
 
 Request (linkerd-wire.md §1.6, §2 proxy steps 1-2, §10 items 1-2): ``identity`` = the local
 name, ``token`` = the raw bytes of the token file (re-read for every call, since the
 projected token rotates), ``certificate_signing_request`` = a **DER** CSR whose CN and only
-DNS SAN are the local name, signed by the proxy's in-memory P-256 key.
+DNS SAN are the local name, signed by the proxy's in-memory P-256 key (built by
+:mod:`.credential_helper`).
 
 Response: ``leaf_certificate`` and ``intermediate_certificates`` are DER; ``valid_until``
 must be present and in the future. The leaf must be for *our* key, carry the local name as a
-DNS SAN, and chain through the intermediates to the trust anchors at ``now``. Anything else
-raises :class:`CertifyResponseError` and the proxy keeps the certificate it has.
+DNS SAN, and chain through the intermediates to the trust anchors (:mod:`.credential_check`).
+Anything else raises :class:`CertifyResponseError` and the proxy keeps the certificate it
+has.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 from gossamer_api.proxy import identity_pb2
-from gossamer_tls import ChainError, PemError, build_csr, verify_chain
-from gossamer_tls.keys import public_keys_equal
-from gossamer_tls.pem import load_der_certificate
 
+from gossamer_proxy.mesh.credential_check import (
+    CredentialRejected,
+    chain_pem_from_der,
+    check_credentials,
+)
 from gossamer_proxy.mesh.tls_contexts import Credentials
 
-__all__ = ["CertifyResponseError", "build_certify_request", "validate_certify_response"]
+__all__ = ["CertifyResponseError", "validate_certify_response"]
 
 
 class CertifyResponseError(ValueError):
     """The identity service answered with something the proxy must not install."""
 
 
-def build_certify_request(
-    key: ec.EllipticCurvePrivateKey, local_name: str, token: bytes
-) -> identity_pb2.CertifyRequest:
-    return identity_pb2.CertifyRequest(
-        identity=local_name, token=token, certificate_signing_request=build_csr(key, local_name)
-    )
-
-
 def validate_certify_response(
     response: identity_pb2.CertifyResponse,
     *,
-    key: ec.EllipticCurvePrivateKey,
+    key_pem: bytes,
     local_name: str,
-    trust_anchors: Sequence[x509.Certificate],
+    trust_anchors_pem: str,
     now: dt.datetime,
 ) -> Credentials:
     """Check a CertifyResponse and return the credentials to install."""
@@ -56,21 +49,10 @@ def validate_certify_response(
     valid_until = response.valid_until.ToDatetime(tzinfo=dt.UTC)
     if valid_until <= now:
         raise CertifyResponseError(f"CertifyResponse valid_until {valid_until} is in the past")
+    chain_pem = chain_pem_from_der(
+        response.leaf_certificate, tuple(response.intermediate_certificates)
+    )
     try:
-        leaf = load_der_certificate(response.leaf_certificate, what="leaf certificate")
-        intermediates = tuple(
-            load_der_certificate(der, what=f"intermediate certificate {i}")
-            for i, der in enumerate(response.intermediate_certificates, start=1)
-        )
-    except PemError as exc:
-        raise CertifyResponseError(str(exc)) from None
-    leaf_key = leaf.public_key()
-    if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or not public_keys_equal(
-        leaf_key, key.public_key()
-    ):
-        raise CertifyResponseError("leaf certificate is not for this proxy's key")
-    try:
-        verify_chain(leaf, intermediates, trust_anchors, now=now, dns_name=local_name)
-    except ChainError as exc:
+        return check_credentials(local_name, key_pem, chain_pem, trust_anchors_pem)
+    except CredentialRejected as exc:
         raise CertifyResponseError(f"leaf certificate rejected: {exc}") from None
-    return Credentials(identity=local_name, private_key=key, leaf=leaf, intermediates=intermediates)

@@ -12,7 +12,9 @@ The identity service is reached in plaintext when ``LINKERD2_PROXY_IDENTITY_SVC_
 unset (local mode, or a loopback address: Linkerd skips TLS for ``localhost``), otherwise
 over TLS with the trust anchors as roots and the service's identity as the expected server
 name (:mod:`.channels`). The call is made with grpclib; a fresh channel per Certify carries
-the current certificate, if any, as client certificate.
+the current certificate, if any, as client certificate. The key, the CSR and the checks of
+the answer are made in a short-lived helper process (:mod:`.credential_helper`), so that
+``cryptography`` never stays resident in the sidecar.
 
 Unlike Linkerd's ``linkerd2-proxy-identity`` bootstrap, nothing is written to
 ``LINKERD2_PROXY_IDENTITY_DIR``: that bootstrap exists only because Linkerd generates the
@@ -32,19 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from cryptography import x509
 from gossamer_api.proxy import identity_grpc, identity_pb2
 from gossamer_common.metrics import Counter, Gauge, Registry
-from gossamer_tls import TlsError, generate_private_key, load_certificates
-from gossamer_tls.pem import looks_like_pem
 
+from gossamer_proxy.mesh import credential_helper
 from gossamer_proxy.mesh.backoff import UniformSource
-from gossamer_proxy.mesh.certify import (
-    CertifyResponseError,
-    build_certify_request,
-    validate_certify_response,
-)
+from gossamer_proxy.mesh.certify import CertifyResponseError, validate_certify_response
 from gossamer_proxy.mesh.channels import ControlAddressError, control_channel, split_host_port
+from gossamer_proxy.mesh.credential_helper import CredentialHelperError
 from gossamer_proxy.mesh.rpc import RpcError, unary_call
 from gossamer_proxy.mesh.schedule import CertState, RenewalSchedule
 from gossamer_proxy.mesh.settings import MeshSettings
@@ -103,6 +100,21 @@ class IdentityConfig:
         )
 
 
+def check_trust_anchors(trust_anchors_pem: str) -> None:
+    """Refuse trust anchors that are not PEM certificates, without loading ``cryptography``."""
+    if "-----BEGIN CERTIFICATE-----" not in trust_anchors_pem:
+        raise IdentityConfigError(
+            "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS must hold PEM certificates (the text, "
+            "not a path)"
+        )
+    try:
+        ssl.create_default_context(cadata=trust_anchors_pem)
+    except (ssl.SSLError, ValueError) as exc:
+        raise IdentityConfigError(
+            f"LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS: certificates do not load: {exc}"
+        ) from None
+
+
 class IdentityMetrics:
     """``identity_cert_expiration_timestamp_seconds`` and ``identity_cert_refresh_count``."""
 
@@ -128,22 +140,13 @@ class IdentityClient:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        if not looks_like_pem(config.trust_anchors_pem):
-            raise IdentityConfigError(
-                "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS must hold PEM certificates (the text, "
-                "not a path)"
-            )
-        try:
-            self._anchors: Sequence[x509.Certificate] = load_certificates(
-                config.trust_anchors_pem, what="LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"
-            )
-        except TlsError as exc:
-            raise IdentityConfigError(str(exc)) from None
+        check_trust_anchors(config.trust_anchors_pem)
         try:
             split_host_port(config.svc_addr)
         except ControlAddressError as exc:
             raise IdentityConfigError(f"LINKERD2_PROXY_IDENTITY_SVC_ADDR: {exc}") from None
-        self._key = generate_private_key()
+        # The key and its CSR, made by the first Certify and kept for every renewal.
+        self._key_and_csr: tuple[bytes, bytes] | None = None
         self._metrics = metrics
         self._rng = rng or random.Random()  # noqa: S311 - retry jitter, not cryptography
         self._clock = clock
@@ -174,7 +177,7 @@ class IdentityClient:
         """One Certify attempt; installs the result and returns the delay to the next one."""
         try:
             credentials = await self._certify()
-        except (RpcError, CertifyResponseError, OSError) as exc:
+        except (RpcError, CertifyResponseError, CredentialHelperError, OSError) as exc:
             self.last_error = str(exc)
             delay = self._schedule.on_failure(self._clock(), self._rng)
             log.warning(
@@ -199,13 +202,18 @@ class IdentityClient:
         log.info(
             "identity_certified",
             identity=credentials.identity,
-            not_after=credentials.leaf.not_valid_after_utc.isoformat(),
+            not_after=dt.datetime.fromtimestamp(credentials.not_after, dt.UTC).isoformat(),
         )
         self.ready.set()
 
     async def _certify(self) -> Credentials:
         token = await asyncio.to_thread(self.config.token_file.read_bytes)
-        request = build_certify_request(self._key, self.config.local_name, token)
+        if self._key_and_csr is None:
+            self._key_and_csr = await credential_helper.new_key_and_csr(self.config.local_name)
+        key_pem, csr = self._key_and_csr
+        request = identity_pb2.CertifyRequest(
+            identity=self.config.local_name, token=token, certificate_signing_request=csr
+        )
         channel = control_channel(
             self.config.svc_addr,
             server_name=self.config.svc_name,
@@ -221,9 +229,9 @@ class IdentityClient:
             channel.close()
         return validate_certify_response(
             response,
-            key=self._key,
+            key_pem=key_pem,
             local_name=self.config.local_name,
-            trust_anchors=self._anchors,
+            trust_anchors_pem=self.config.trust_anchors_pem,
             now=dt.datetime.fromtimestamp(self._clock(), dt.UTC),
         )
 

@@ -11,6 +11,11 @@
   it is also the SNI, as Linkerd does. The proxy's own certificate is presented as the
   client certificate.
 
+The proxy process holds credentials as PEM and DER bytes only: parsing, key generation and
+chain checks happen in a short-lived helper process (:mod:`.credential_helper`), so the
+``cryptography`` package never becomes resident in the sidecar. A peer's identity is read
+from the certificate :mod:`ssl` already verified (``getpeercert()``).
+
 Python's :mod:`ssl` loads keys only from files. The key is written to an anonymous
 memory file (``memfd_create``) that is read once and closed: it never touches a file
 system and never leaves the process, matching "keys never leave the proxy's memory".
@@ -25,11 +30,6 @@ import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
-from gossamer_tls import certificates_to_pem, private_key_to_pem
-from gossamer_tls.pem import certificate_to_der
-
 __all__ = [
     "Credentials",
     "client_context",
@@ -41,28 +41,22 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """A private key and the certificate chain that the identity service issued for it."""
+    """A private key and the certificate chain that the identity service issued for it.
+
+    Only checked credentials are built: see :mod:`.credential_helper`, which parses and
+    verifies them and fills in the validity period.
+    """
 
     identity: str
-    private_key: ec.EllipticCurvePrivateKey
-    leaf: x509.Certificate
-    intermediates: tuple[x509.Certificate, ...]
-
-    @property
-    def not_before(self) -> float:
-        return self.leaf.not_valid_before_utc.timestamp()
-
-    @property
-    def not_after(self) -> float:
-        return self.leaf.not_valid_after_utc.timestamp()
-
-    @property
-    def leaf_der(self) -> bytes:
-        return certificate_to_der(self.leaf)
+    key_pem: bytes
+    chain_pem: bytes  # the leaf first, then its intermediates
+    leaf_der: bytes
+    not_before: float  # seconds since the epoch
+    not_after: float
 
 
 @contextlib.contextmanager
-def _memory_file(data: bytes, name: str) -> Iterator[str]:
+def memory_file(data: bytes, name: str) -> Iterator[str]:
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
         os.write(fd, data)
@@ -72,10 +66,9 @@ def _memory_file(data: bytes, name: str) -> Iterator[str]:
 
 
 def _load_credentials(context: ssl.SSLContext, credentials: Credentials) -> None:
-    chain = certificates_to_pem((credentials.leaf, *credentials.intermediates))
     with (
-        _memory_file(chain, "gossamer-chain") as cert_path,
-        _memory_file(private_key_to_pem(credentials.private_key), "gossamer-key") as key_path,
+        memory_file(credentials.chain_pem, "gossamer-chain") as cert_path,
+        memory_file(credentials.key_pem, "gossamer-key") as key_path,
     ):
         context.load_cert_chain(cert_path, key_path)
 
@@ -138,16 +131,15 @@ def verified_server_identity(transport: asyncio.BaseTransport | None) -> str | N
 
 
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
-    """The peer's mesh identity: the first DNS (or URI) SAN of its verified certificate."""
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
+    """The peer's mesh identity: the first DNS (or URI) SAN of its verified certificate.
+
+    Both contexts verify a peer certificate whenever one is sent (``CERT_OPTIONAL`` on the
+    server, ``CERT_REQUIRED`` on the client), so ``getpeercert()`` has it decoded.
+    """
+    certificate = ssl_object.getpeercert()
+    if not certificate:
         return None
-    certificate = x509.load_der_x509_certificate(der)
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    for name in san:
-        if isinstance(name, x509.DNSName | x509.UniformResourceIdentifier):
-            return str(name.value)
+    for entry in certificate.get("subjectAltName", ()):
+        if isinstance(entry, tuple) and len(entry) == 2 and entry[0] in ("DNS", "URI"):
+            return str(entry[1])
     return None

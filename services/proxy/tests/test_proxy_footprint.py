@@ -1,0 +1,120 @@
+"""The sidecar keeps heavy packages out of its process, and checks credentials without them.
+
+``cryptography`` (~13 MB resident: a second OpenSSL and a Rust module) and ``grpcio`` must not
+be imported by the proxy: the key and CSR come from a short-lived helper process, and the
+chain checks use the stdlib :mod:`ssl`. RE2 (~1.7 MB) loads only when a route has a regex.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import subprocess
+import sys
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from gossamer_proxy.mesh import credential_helper
+from gossamer_proxy.mesh.credential_check import CredentialRejected, check_credentials
+from gossamer_tls import (
+    certificates_to_pem,
+    check_csr,
+    generate_private_key,
+    generate_trust_anchor_and_issuer,
+    load_csr,
+    load_private_key,
+    private_key_to_pem,
+)
+from gossamer_tls.authority import IssuedCertificate, Issuer, TrustMaterial
+
+WEB = "web.emojivoto.serviceaccount.identity.gossamer.cluster.local"
+HEAVY = ("cryptography", "grpc", "gossamer_tls", "re2")
+
+
+def test_the_proxy_process_does_not_import_heavy_packages() -> None:
+    code = (
+        "import sys, gossamer_proxy.__main__, gossamer_proxy.app\n"
+        "import gossamer_proxy.local_identity, gossamer_proxy.mesh.identity\n"
+        f"heavy = {HEAVY!r}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+@pytest.fixture(scope="module")
+def trust() -> TrustMaterial:
+    return generate_trust_anchor_and_issuer(
+        trust_domain="cluster.local",
+        control_plane_namespace="gossamer",
+        now=dt.datetime.now(dt.UTC),
+    )
+
+
+def _anchors_pem(trust: TrustMaterial) -> str:
+    return certificates_to_pem([trust.trust_anchor.certificate]).decode()
+
+
+def _issue(
+    trust: TrustMaterial, name: str
+) -> tuple[ec.EllipticCurvePrivateKey, IssuedCertificate, bytes]:
+    key = generate_private_key()
+    issuer = Issuer(trust.issuer.certificate, trust.issuer.private_key)
+    issued = issuer.sign_leaf(key.public_key(), name, now=dt.datetime.now(dt.UTC))
+    chain = certificates_to_pem([issued.certificate, trust.issuer.certificate])
+    return key, issued, chain
+
+
+def test_a_good_chain_and_key_give_credentials(trust: TrustMaterial) -> None:
+    key, issued, chain = _issue(trust, WEB)
+    credentials = check_credentials(WEB, private_key_to_pem(key), chain, _anchors_pem(trust))
+    assert credentials.identity == WEB
+    assert credentials.leaf_der == issued.leaf_der
+    assert credentials.not_after == issued.certificate.not_valid_after_utc.timestamp()
+    assert credentials.not_before == issued.certificate.not_valid_before_utc.timestamp()
+
+
+def test_a_key_that_is_not_the_leafs_is_refused(trust: TrustMaterial) -> None:
+    _, _, chain = _issue(trust, WEB)
+    other = private_key_to_pem(generate_private_key())
+    with pytest.raises(CredentialRejected, match="do not load together"):
+        check_credentials(WEB, other, chain, _anchors_pem(trust))
+
+
+def test_a_certificate_for_another_name_is_refused(trust: TrustMaterial) -> None:
+    key, _, chain = _issue(trust, "emoji.emojivoto.serviceaccount.identity.gossamer.cluster.local")
+    with pytest.raises(CredentialRejected, match="rejected: Hostname mismatch"):
+        check_credentials(WEB, private_key_to_pem(key), chain, _anchors_pem(trust))
+
+
+def test_a_chain_to_other_anchors_is_refused(trust: TrustMaterial) -> None:
+    key, _, chain = _issue(trust, WEB)
+    other = generate_trust_anchor_and_issuer(
+        trust_domain="cluster.local",
+        control_plane_namespace="gossamer",
+        now=dt.datetime.now(dt.UTC),
+    )
+    with pytest.raises(CredentialRejected, match="does not chain to the trust anchors"):
+        check_credentials(WEB, private_key_to_pem(key), chain, _anchors_pem(other))
+
+
+def test_the_helper_makes_a_p256_key_and_a_csr_for_the_name() -> None:
+    key_pem, csr_der = asyncio.run(credential_helper.new_key_and_csr(WEB))
+    key = load_private_key(key_pem)
+    checked = check_csr(load_csr(csr_der, allow_pem=False), WEB)
+    assert checked.public_key == key.public_key()
+
+
+def test_the_data_path_uses_the_compiled_http2_codec_and_loads_it_on_first_use() -> None:
+    code = (
+        "import sys, gossamer_proxy.__main__, gossamer_proxy.app, gossamer_proxy.accept\n"
+        "loaded_at_start = 'jh2' in sys.modules\n"
+        "from gossamer_proxy.http2 import bridge\n"
+        "print(loaded_at_start, bridge.h2.connection.H2Connection.__module__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["False", "jh2.connection"], result.stdout
