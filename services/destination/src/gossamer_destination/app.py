@@ -36,6 +36,7 @@ REFS = {
     "meshtlsauthentications": resources.MESHTLSAUTHENTICATIONS,
     "networkauthentications": resources.NETWORKAUTHENTICATIONS,
     "httproutes": resources.HTTPROUTES,
+    "egressnetworks": resources.EGRESSNETWORKS,
 }
 
 

@@ -45,6 +45,7 @@ KINDS = (
     "meshtlsauthentications",
     "networkauthentications",
     "httproutes",
+    "egressnetworks",
 )
 POLICY_KINDS = frozenset(
     {
@@ -54,6 +55,7 @@ POLICY_KINDS = frozenset(
         "meshtlsauthentications",
         "networkauthentications",
         "httproutes",
+        "egressnetworks",
     }
 )
 ALL: Key = ("all",)
