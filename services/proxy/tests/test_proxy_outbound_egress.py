@@ -4,8 +4,8 @@ The original destination (the outbound listener's fixed target) is a loopback se
 the proxy's profile networks, so the proxy treats it as traffic leaving the cluster: no
 profile, but the policy it watches for the address. A fake control plane serves the
 EgressNetwork policy Gossamer's destination builds (linkerd-wire.md §3.3): ``Deny`` answers
-HTTP with 403 and ``l5d-proxy-error`` and refuses opaque TCP, counted in
-``outbound_tcp_route_close_total``; ``Allow`` forwards both to the destination.
+HTTP with 403 and ``l5d-proxy-error`` (counted in ``response_total``) and refuses opaque TCP
+(counted in ``outbound_tcp_route_close_total``); ``Allow`` forwards both to the destination.
 """
 
 from __future__ import annotations
@@ -180,6 +180,8 @@ async def test_deny_answers_403_and_refuses_tcp(
     }
     assert metric(proxy, "outbound_tcp_route_close_total", error="forbidden", **labels) == 1
     assert metric(proxy, "outbound_tcp_route_open_total", **labels) == 1
+    # The synthesized 403 is an outbound response like any other.
+    assert metric(proxy, "response_total", direction="outbound", status_code="403") == 1
 
 
 async def test_allow_forwards_http_and_tcp(
