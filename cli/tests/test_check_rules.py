@@ -200,17 +200,18 @@ def test_missing_rbac_and_crds(healthy: rules.Snapshot) -> None:
 
 def test_objects_of_unenforced_crds_are_named_as_warnings(healthy: rules.Snapshot) -> None:
     assert all(r.ok for r in rules.run(healthy, NOW) if "Gossamer ignores" in r.description)
-    healthy.unenforced_objects = {
-        "egressnetworks.policy.linkerd.io": 2,
-        "externalworkloads.workload.linkerd.io": 0,
-    }
+    healthy.unenforced_objects = {"externalworkloads.workload.linkerd.io": 2}
     results = rules.run(healthy, NOW)
     flagged = [r for r in results if not r.ok]
-    assert [r.description for r in flagged] == ["no EgressNetwork objects that Gossamer ignores"]
+    assert [r.description for r in flagged] == ["no ExternalWorkload objects that Gossamer ignores"]
     assert flagged[0].warning
-    assert "2 EgressNetwork object(s) exist" in flagged[0].message
-    assert "does not enforce EgressNetwork" in flagged[0].message
+    assert "2 ExternalWorkload object(s) exist" in flagged[0].message
+    assert "does not enforce ExternalWorkload" in flagged[0].message
     assert not rules.failed(results)  # a warning, not a failure
+
+
+def test_egress_networks_are_enforced_so_not_warned_about() -> None:
+    assert "egressnetworks.policy.linkerd.io" not in rules.UNENFORCED_CRDS
 
 
 def test_unenforced_crds_are_installed_by_the_chart() -> None:

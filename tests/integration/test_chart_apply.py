@@ -217,14 +217,23 @@ def test_check_names_an_expired_issuer(installed: Install) -> None:
 
 
 def test_check_warns_about_objects_of_an_unenforced_crd(installed: Install) -> None:
-    """An EgressNetwork is accepted by the apiserver but not enforced: check says so."""
+    """An ExternalWorkload is accepted by the apiserver but not enforced: check says so; an
+    EgressNetwork is enforced, so check is silent about it."""
     wait_until_check_passes(installed)
+    workload = {
+        "apiVersion": "workload.linkerd.io/v1beta1",
+        "kind": "ExternalWorkload",
+        "metadata": {"name": "vm-1", "namespace": installed.namespace},
+        "spec": {"meshTLS": {"identity": "spiffe://root.linkerd.cluster.local/vm-1",
+                             "serverName": "vm-1.cluster.local"}},
+    }  # fmt: skip
     egress = {
         "apiVersion": "policy.linkerd.io/v1alpha1",
         "kind": "EgressNetwork",
         "metadata": {"name": "internet", "namespace": installed.namespace},
         "spec": {"trafficPolicy": "Deny"},
     }
+    kubectl(installed.cluster, "apply", "-f", "-", stdin=json.dumps(workload))
     kubectl(installed.cluster, "apply", "-f", "-", stdin=json.dumps(egress))
     try:
         result = installed.check()
@@ -232,9 +241,11 @@ def test_check_warns_about_objects_of_an_unenforced_crd(installed: Install) -> N
         body = json.loads(result.output)
         (warned,) = [r for r in body["results"] if not r["ok"]]
         assert warned["warning"]
-        assert warned["description"] == "no EgressNetwork objects that Gossamer ignores"
-        assert "1 EgressNetwork object(s) exist" in warned["message"]
+        assert warned["description"] == "no ExternalWorkload objects that Gossamer ignores"
+        assert "1 ExternalWorkload object(s) exist" in warned["message"]
     finally:
+        kubectl(installed.cluster, "-n", installed.namespace, "delete", "externalworkload",
+                "vm-1", "--ignore-not-found")  # fmt: skip
         kubectl(installed.cluster, "-n", installed.namespace, "delete", "egressnetwork",
                 "internet", "--ignore-not-found")  # fmt: skip
     body = json.loads(installed.check().output)

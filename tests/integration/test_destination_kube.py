@@ -3,7 +3,8 @@
 Acceptance for issue 5: Deployment scaling reaches an open ``Get`` stream as adds and
 removes, a deleted and re-created Service is followed, ServiceProfile and policy changes
 reach open ``GetProfile`` and ``WatchPort`` streams, and invalid resources are skipped
-without breaking a stream.
+without breaking a stream. EgressNetworks and the HTTPRoutes parented to them reach an open
+outbound ``Watch`` for an address outside the cluster.
 """
 
 from __future__ import annotations
@@ -16,13 +17,24 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
-from gossamer_api.proxy import destination_pb2, destination_pb2_grpc, inbound_pb2, inbound_pb2_grpc
+from gossamer_api.proxy import (
+    destination_pb2,
+    destination_pb2_grpc,
+    inbound_pb2,
+    inbound_pb2_grpc,
+    net_pb2,
+    outbound_pb2,
+    outbound_pb2_grpc,
+)
 from gossamer_destination.testing_cluster import DestinationProcess, EndpointView, apply_crds
+from gossamer_destination.wire import ip_address
 from gossamer_kube.client import KubeClient
 from gossamer_kube.resources import (
     AUTHORIZATIONPOLICIES,
     DEPLOYMENTS,
+    EGRESSNETWORKS,
     HTTPLOCALRATELIMITPOLICIES,
+    HTTPROUTES,
     MESHTLSAUTHENTICATIONS,
     PODS,
     SERVERAUTHORIZATIONS,
@@ -409,4 +421,57 @@ async def test_server_authorizations_and_rate_limits_reach_open_inbound_stream(
     assert (limit.total.requestsPerSecond, limit.identity.requestsPerSecond) == (100, 10)
     identities = [i.name for i in limit.overrides[0].clients.identities]
     assert identities == [f"b.{ns}.serviceaccount.identity.gossamer.cluster.local"]
+    call.cancel()
+
+
+async def test_egress_networks_reach_open_outbound_stream(
+    destination: DestinationProcess,
+    channel: grpc.aio.Channel,
+    kube_client: KubeClient,
+    kube_namespace: str,
+) -> None:
+    ns = kube_namespace
+    stub = outbound_pb2_grpc.OutboundPoliciesStub(channel)
+    spec = outbound_pb2.TrafficSpec(
+        source_workload=f'{{"ns":"{ns}","pod":"client"}}',
+        addr=net_pb2.TcpAddress(ip=ip_address("203.0.113.7"), port=80),
+    )
+    call, first = await first_message(lambda: stub.Watch(spec))
+    assert first.metadata.default == "egress-fallback"
+
+    egress = {
+        "metadata": {"name": "world"},
+        "spec": {"trafficPolicy": "Deny", "networks": [{"cidr": "203.0.113.0/24"}]},
+    }
+    await kube_client.create(EGRESSNETWORKS, egress, ns)
+    denied = await asyncio.wait_for(call.read(), WAIT)
+    resource = denied.metadata.resource
+    assert (resource.kind, resource.name, resource.namespace) == ("EgressNetwork", "world", ns)
+    detect = denied.protocol.detect
+    assert detect.opaque.routes[0].rules[0].filters[0].HasField("forbidden")
+    (deny,) = detect.http1.routes
+    assert deny.rules[0].filters[0].failure_injector.status == 403
+
+    route = {
+        "metadata": {"name": "allow-get"},
+        "spec": {
+            "parentRefs": [
+                {"group": "policy.linkerd.io", "kind": "EgressNetwork", "name": "world"}
+            ],
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/get"}}]}],
+        },
+    }
+    await kube_client.create(HTTPROUTES, route, ns)
+    routed = await asyncio.wait_for(call.read(), WAIT)
+    names = [
+        r.metadata.resource.name or r.metadata.default for r in routed.protocol.detect.http1.routes
+    ]
+    assert names == ["allow-get", "http-egress-deny"]
+    allowed_rule = routed.protocol.detect.http1.routes[0].rules[0]
+    assert not allowed_rule.filters
+    assert allowed_rule.backends.first_available.backends[0].backend.HasField("forward")
+
+    await kube_client.delete(EGRESSNETWORKS, "world", ns)
+    after = await asyncio.wait_for(call.read(), WAIT)
+    assert after.metadata.default == "egress-fallback"
     call.cancel()

@@ -129,7 +129,6 @@ DATA_PLANE = "linkerd-data-plane"
 #: cleanly) whose objects Gossamer does not act on yet → their kind. ``gossamer check`` warns
 #: about each one that has objects, so nothing is silently accepted and ignored.
 UNENFORCED_CRDS: Mapping[str, str] = {
-    "egressnetworks.policy.linkerd.io": "EgressNetwork",
     "externalworkloads.workload.linkerd.io": "ExternalWorkload",
 }
 

@@ -47,6 +47,7 @@ KINDS = (
     "httproutes",
     "gatewayhttproutes",
     "grpcroutes",
+    "egressnetworks",
 )
 #: Kinds whose CRDs may be absent (Gateway API): their informers sync empty meanwhile.
 OPTIONAL_KINDS = frozenset({"gatewayhttproutes", "grpcroutes"})
@@ -61,6 +62,7 @@ POLICY_KINDS = frozenset(
         "meshtlsauthentications",
         "networkauthentications",
         "httproutes",
+        "egressnetworks",
     }
 )
 ALL: Key = ("all",)

@@ -10,6 +10,14 @@ from gossamer_destination.authority import InvalidAuthorityError, split_host_por
 from gossamer_destination.cluster import POLICY, Cluster, Key
 from gossamer_destination.context import InvalidWorkloadError, parse_workload
 from gossamer_destination.discovery import LookupFailedError, Status
+from gossamer_destination.egress import (
+    EgressNetwork,
+    InvalidEgressNetworkError,
+    egress_policy,
+    egress_routes,
+    parse_egress_network,
+    select_egress_network,
+)
 from gossamer_destination.endpoints import meta
 from gossamer_destination.policy_inbound import inbound_server
 from gossamer_destination.policy_outbound import egress_fallback, service_policy
@@ -69,10 +77,7 @@ class Policies:
             if services:
                 m = meta(services[0])
                 return self._service_topic(str(m.get("namespace")), str(m.get("name")), port)
-            addr = ipaddress.ip_address(ip)
-            if any(addr in net for net in self.settings.cluster_networks):
-                raise LookupFailedError(Status.NOT_FOUND, f"no service has IP {ip}")
-            return self._static(("egress", ip, port), egress_fallback(ip, port))
+            return self._egress_topic(ip, port, self._client_namespace(spec.source_workload))
         if target == "authority":
             try:
                 host, port = split_host_port(spec.authority)
@@ -111,7 +116,61 @@ class Policies:
             key, lambda: LatestTopic(key, cluster, self.registry, compute)
         )
 
-    def _static(self, key: tuple[str, str, int], message: outbound_pb2.OutboundPolicy) -> Topic:
+    @staticmethod
+    def _client_namespace(source_workload: str) -> str | None:
+        """The client's namespace scopes EgressNetworks; an unknown client gets the global
+        ones only."""
+        try:
+            return parse_workload(source_workload).namespace if source_workload else None
+        except InvalidWorkloadError:
+            return None
+
+    @property
+    def global_egress_namespace(self) -> str:
+        return self.settings.egress_network_namespace or self.settings.controller_namespace
+
+    def _egress_networks(self, client_ns: str | None, issues: Issues) -> list[EgressNetwork]:
+        namespaces = {self.global_egress_namespace}
+        if client_ns:
+            namespaces.add(client_ns)
+        parsed = []
+        for ns in sorted(namespaces):
+            for obj in self.cluster.objects("egressnetworks", ns):
+                try:
+                    parsed.append(parse_egress_network(obj, self.settings.cluster_networks))
+                except InvalidEgressNetworkError as exc:
+                    issues.add(f"{exc}; not enforced")
+        return parsed
+
+    def _egress_topic(self, ip: str, port: int, client_ns: str | None) -> Topic:
+        """An address that is no Service: the EgressNetwork that holds it, else (outside the
+        cluster networks) ``egress-fallback``, else ``NOT_FOUND``; recomputed on any policy
+        change, so a new EgressNetwork applies to open streams."""
+        addr = ipaddress.ip_address(ip)
+        in_cluster = any(addr in net for net in self.settings.cluster_networks)
+        cluster, settings = self.cluster, self.settings
+        if in_cluster:
+            known = self._egress_networks(client_ns, Issues())
+            if select_egress_network(known, addr, client_ns, self.global_egress_namespace) is None:
+                raise LookupFailedError(Status.NOT_FOUND, f"no service has IP {ip}")
+        key = ("egress", client_ns or "", ip, port)
+
+        def exists(namespace: str, svc: str) -> bool:
+            return cluster.get("services", namespace, svc) is not None
+
+        def compute() -> tuple[outbound_pb2.OutboundPolicy | None, set[Key]]:
+            deps: set[Key] = {POLICY}
+            issues = Issues()
+            known = self._egress_networks(client_ns, issues)
+            egress = select_egress_network(known, addr, client_ns, self.global_egress_namespace)
+            if egress is None:
+                cluster.report("policy", issues)
+                return (None if in_cluster else egress_fallback(ip, port)), deps
+            routes = egress_routes(egress, port, cluster.policy_lookups().http_routes, client_ns)
+            policy = egress_policy(egress, ip, port, routes, exists, settings, issues)
+            cluster.report("policy", issues)
+            return policy, deps
+
         return self.registry.get_or_create(
-            key, lambda: LatestTopic(key, self.cluster, self.registry, lambda: (message, set()))
+            key, lambda: LatestTopic(key, cluster, self.registry, compute)
         )

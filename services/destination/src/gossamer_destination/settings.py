@@ -100,6 +100,14 @@ class DestinationSettings:
         help="Control-plane namespace; pods labelled linkerd.io/control-plane-ns with this "
         "value get TLS identities.",
     )
+    egress_network_namespace: str = setting(
+        env=_env("EGRESS_NETWORK_NAMESPACE"),
+        flag="--egress-network-namespace",
+        default="",
+        parse=parse_str,
+        help="Namespace whose EgressNetworks apply to every client namespace (empty: the "
+        "control-plane namespace).",
+    )
     trust_domain: str = setting(
         env=_env("TRUST_DOMAIN"),
         flag="--identity-trust-domain",

@@ -79,6 +79,7 @@ def memory_sources(*objects: KubeObject) -> dict[str, MemorySource]:
         "NetworkAuthentication": "networkauthentications",
         "HTTPRoute": "httproutes",
         "GRPCRoute": "grpcroutes",
+        "EgressNetwork": "egressnetworks",
     }
     sources = {kind: MemorySource(kind) for kind in KINDS}
     for obj in objects:
@@ -204,4 +205,23 @@ def node(name: str, zone: str) -> KubeObject:
     return {
         "kind": "Node",
         "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}},
+    }
+
+
+def egress_network(
+    name: str,
+    namespace: str = "ns",
+    *,
+    traffic_policy: str = "Deny",
+    networks: list[dict[str, Any]] | None = None,
+    created: str = "2026-01-01T00:00:00Z",
+) -> KubeObject:
+    spec: dict[str, Any] = {"trafficPolicy": traffic_policy}
+    if networks is not None:
+        spec["networks"] = networks
+    return {
+        "apiVersion": "policy.linkerd.io/v1alpha1",
+        "kind": "EgressNetwork",
+        "metadata": {"name": name, "namespace": namespace, "creationTimestamp": created},
+        "spec": spec,
     }

@@ -49,12 +49,14 @@ from .inbound_target import canonical_host, header_target, refuse_target
 from .inbound_tls import PLAINTEXT, InboundMode
 from .mesh.authz import ClientInfo
 from .mesh.balancer import Outcome
+from .mesh.outbound_policy import OutboundPolicyModel
 from .mesh.tls_contexts import peer_identity
 from .mesh.tls_labels import inbound_tls_labels
 from .mesh.transport import ALPN_PROTOCOL, TransportError, inbound_forward
 from .metrics import TargetLabels, TcpStats, tls_values
 from .opaque import PausedProtocol, SpliceRelay, relay_transports
 from .outbound.plan import Pick
+from .outbound.tcp_routes import egress_tcp_route, refusal
 
 __all__ = ["AcceptedConnection"]
 
@@ -424,6 +426,12 @@ class AcceptedConnection(asyncio.Protocol):
         handle = ctx.discovery.target(self.target)
         try:
             profile = await handle.profile()
+            if self._egress_refused(await handle.policy()):
+                handle.close()
+                self.tcp.close(0)
+                if self.transport is not None:
+                    self.transport.abort()  # refused, as Linkerd refuses a forbidden route
+                return None
             pick = await handle.pick(profile, handle.default_authority(profile), None)
         except ProxyError as exc:
             handle.close()
@@ -434,6 +442,24 @@ class AcceptedConnection(asyncio.Protocol):
             return None
         pick.on_release(handle.close)
         return pick
+
+    def _egress_refused(self, policy: OutboundPolicyModel | None) -> bool:
+        """Whether an EgressNetwork's policy forbids this connection (counted either way)."""
+        action = egress_tcp_route(policy)
+        if action is None:
+            return False
+        assert policy is not None
+        metrics = self.ctx.discovery.tcp_route_metrics if self.ctx.discovery else None
+        port = self.target.port
+        if metrics is not None:
+            metrics.opened(policy, action, port)
+        error = refusal(action)
+        if error is None:
+            return False
+        _log.info("egress_refused", target=str(self.target), route=action.meta.name, error=error)
+        if metrics is not None:
+            metrics.refused(policy, action, port, error)
+        return True
 
     async def _opaque(self, transport: asyncio.Transport, initial: bytes) -> None:
         ctx = self.ctx

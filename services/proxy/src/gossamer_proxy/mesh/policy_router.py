@@ -5,8 +5,8 @@ Linkerd routes outbound HTTP by the ServiceProfile when the profile has routes o
 When the policy only carries the routes the controller synthesizes itself (metadata
 ``default``: ``http``, ``egress-fallback``…) they send everything to the target's own
 service or address, which is exactly what profile-based discovery already does; the policy
-takes over only when an ``HTTPRoute`` resource is attached to the Service
-(:func:`routes_from_resources`).
+takes over only when an ``HTTPRoute`` resource is attached to the Service, or when the
+target is governed by an ``EgressNetwork`` (:func:`routes_from_resources`).
 
 Which of the policy's routes apply depends on the protocol, as in Linkerd's outbound stack
 once the protocol is known: HTTP/1 requests use the ``http1`` routes (:func:`http_routes`),
@@ -57,6 +57,8 @@ __all__ = [
     "routes_from_resources",
     "source_workload",
 ]
+
+EGRESS_NETWORK = "EgressNetwork"
 
 Verdict = Literal["backend", "no_route", "no_backend"]
 
@@ -116,9 +118,15 @@ def h2_routes(policy: OutboundPolicyModel) -> tuple[HttpRoute[RouteAction], ...]
 
 
 def routes_from_resources(policy: OutboundPolicyModel | None, *, http2: bool = False) -> bool:
-    """Whether ``policy`` has HTTP routes from a resource (an ``HTTPRoute``), not defaults."""
+    """Whether ``policy`` has HTTP routes from a resource (an ``HTTPRoute``), not defaults.
+
+    An EgressNetwork's policy always routes: even its default route decides (its
+    ``trafficPolicy``: forward, or refuse with 403).
+    """
     if policy is None:
         return False
+    if policy.meta.kind == EGRESS_NETWORK:
+        return True
     for route in h2_routes(policy) if http2 else http_routes(policy):
         for rule in route.rules:
             if rule.action.meta.kind != "default":

@@ -72,6 +72,7 @@ from .policy_route_metrics import (
     service_meta,
 )
 from .route_metrics import RouteMetrics
+from .tcp_routes import TcpRouteMetrics
 
 __all__ = ["OutboundDiscovery", "TargetHandle", "parse_networks"]
 
@@ -146,9 +147,11 @@ class OutboundDiscovery:
         #: The ``(parent, backend)`` policy metadata a balancer was last picked for.
         self._backend_meta: dict[str, tuple[MetaLabels | None, MetaLabels | None]] = {}
         self._gauge_series: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self.tcp_route_metrics: TcpRouteMetrics | None = None
         if registry is not None:
             self.route_metrics = RouteMetrics(registry)
             self.policy_route_metrics = PolicyRouteMetrics(registry)
+            self.tcp_route_metrics = TcpRouteMetrics(registry)
             self._gauge = registry.gauge_family(
                 "outbound_http_balancer_endpoints",
                 "Number of endpoints of an outbound balancer, by state (ready or pending)",
@@ -164,13 +167,16 @@ class OutboundDiscovery:
 
     def target(self, target: Endpoint) -> TargetHandle:
         """A handle for one client connection's original destination; :meth:`close` it."""
-        if not self.covers(target):
-            return TargetHandle(self, target, None)
+        covered = self.covers(target)
         policy = None
-        if self.policies is not None:
+        if self.policies is not None and (covered or _is_ip(target.host)):
+            # Policy is looked up for every address, as Linkerd's proxy does: outside the
+            # profile networks it says whether an EgressNetwork allows the traffic.
             now = asyncio.get_running_loop().time()
             self._policy_users.acquire((target.host, target.port), now)
             policy = self.policies.watch(target.host, target.port)
+        if not covered:
+            return TargetHandle(self, target, None, policy)
         return TargetHandle(self, target, self.client.acquire_profile(str(target)), policy)
 
     def release_policy(self, target: Endpoint, now: float) -> None:
@@ -519,3 +525,11 @@ class TargetHandle:
         for authority, accrual in self._authorities:
             owner.release_backend(authority, now, accrual)
         self._authorities.clear()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

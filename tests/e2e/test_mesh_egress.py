@@ -1,0 +1,160 @@
+"""Egress end to end: an EgressNetwork decides whether a meshed pod reaches the outside.
+
+The outside world is a network namespace this test creates (``<prefix>-egress-ext``), joined
+to the client pod's namespace by a veth pair on 198.51.100.0/30 (TEST-NET-2, outside every
+cluster network), with an HTTP server on port 80 and a TCP echo on port 5000; no traffic
+leaves the namespaces of the test. The client app's connections go through its outbound
+proxy, which asks the destination for the address's policy: an ``EgressNetwork`` with
+``trafficPolicy: Deny`` gets HTTP 403 with ``l5d-proxy-error`` and a refused TCP connection
+(counted in ``outbound_tcp_route_close_total{error="forbidden"}``); switched to ``Allow``,
+both reach the outside.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from localmesh import LocalMeshHandle, converge, counter, echo_app
+
+pytestmark = pytest.mark.netns
+
+NS = "mesh-egress"
+POD_SIDE, OUTSIDE = "198.51.100.1", "198.51.100.2"
+
+OUTSIDE_SERVERS = r"""
+import socket, sys, threading
+
+def serve(port, answer):
+    sock = socket.create_server((sys.argv[1], port))
+    def loop():
+        while True:
+            conn, _ = sock.accept()
+            with conn:
+                conn.settimeout(5)
+                try:
+                    data = conn.recv(4096)
+                    conn.sendall(answer(data))
+                except OSError:
+                    pass
+    threading.Thread(target=loop, daemon=True).start()
+
+serve(80, lambda d: b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\noutside")
+serve(5000, lambda d: b"echo:" + d)
+print("ready", flush=True)
+sys.stdin.read()  # until the test closes stdin
+"""
+
+CLIENT = f"""
+import json, socket, urllib.error, urllib.request
+out = {{}}
+try:
+    with urllib.request.urlopen("http://{OUTSIDE}/", timeout=10) as r:
+        out["http"] = [r.status, r.read().decode(), r.headers.get("l5d-proxy-error")]
+except urllib.error.HTTPError as e:
+    out["http"] = [e.code, e.read().decode(), e.headers.get("l5d-proxy-error")]
+except OSError as e:
+    out["http"] = [0, repr(e), None]
+try:
+    with socket.create_connection(("{OUTSIDE}", 5000), timeout=10) as s:
+        s.sendall(b"\\x00\\x01opaque hello")
+        got = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    out["tcp"] = got.decode("latin-1")
+except OSError as e:
+    out["tcp"] = "error:" + type(e).__name__
+print(json.dumps(out))
+"""
+
+
+def egress_network(policy: str) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "policy.linkerd.io/v1alpha1",
+            "kind": "EgressNetwork",
+            "metadata": {"name": "outside", "namespace": NS},
+            "spec": {"trafficPolicy": policy, "networks": [{"cidr": f"{OUTSIDE}/32"}]},
+        }
+    )
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def mesh(local_mesh: LocalMeshHandle) -> Iterator[tuple[LocalMeshHandle, dict[str, Any]]]:
+    local_mesh.deploy(NS, echo_app(NS, "client", service=False), ready={"client": 1})
+    (pod,) = local_mesh.pods(NS, "app=client")
+    ext = f"{local_mesh.layout.prefix}-egress-ext"
+    pod_ns = local_mesh.pod_netns(pod)
+    _ip("netns", "add", ext)
+    server: subprocess.Popen[str] | None = None
+    try:
+        _ip("-n", ext, "link", "add", "egx0", "type", "veth", "peer", "name", "egx1",
+            "netns", pod_ns)  # fmt: skip
+        _ip("-n", ext, "addr", "add", f"{OUTSIDE}/30", "dev", "egx0")
+        _ip("-n", ext, "link", "set", "egx0", "up")
+        _ip("-n", ext, "link", "set", "lo", "up")
+        _ip("-n", pod_ns, "addr", "add", f"{POD_SIDE}/30", "dev", "egx1")
+        _ip("-n", pod_ns, "link", "set", "egx1", "up")
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ext, sys.executable, "-c", OUTSIDE_SERVERS, OUTSIDE],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready"
+        yield local_mesh, pod
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait(10)
+        subprocess.run(["ip", "netns", "delete", ext], capture_output=True, timeout=30)
+        local_mesh.delete_namespace(NS)
+
+
+def _attempt(mesh: LocalMeshHandle, pod: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = mesh.python_in_pod(pod, CLIENT, limit=60)
+    return result
+
+
+def test_egress_network_deny_blocks_and_allow_passes(
+    mesh: tuple[LocalMeshHandle, dict[str, Any]],
+) -> None:
+    handle, pod = mesh
+    handle.apply(egress_network("Deny"))
+
+    denied = converge(
+        lambda: _attempt(handle, pod),
+        lambda r: r["http"][0] == 403 and not r["tcp"].startswith("echo:"),
+        limit=60,
+    )
+    assert denied["http"][0] == 403, denied
+    assert denied["http"][2] == "traffic not allowed", denied
+    assert denied["tcp"] in ("", "error:ConnectionResetError"), denied
+    metrics = handle.metrics(pod)
+    forbidden = counter(
+        metrics,
+        "outbound_tcp_route_close_total",
+        parent_kind="EgressNetwork",
+        parent_name="outside",
+        error="forbidden",
+    )
+    assert forbidden >= 1, metrics
+
+    handle.apply(egress_network("Allow"))
+    allowed = converge(
+        lambda: _attempt(handle, pod),
+        lambda r: r["http"][0] == 200 and r["tcp"].startswith("echo:"),
+        limit=60,
+    )
+    assert allowed["http"][:2] == [200, "outside"], allowed
+    assert allowed["tcp"] == "echo:\x00\x01opaque hello", allowed
