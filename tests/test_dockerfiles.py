@@ -50,11 +50,36 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return out
 
 
+def resolve_base_args(from_line: str, ins: list[tuple[str, str]]) -> str:
+    """A FROM line with the global ARG defaults (those before the first FROM) substituted."""
+    for keyword, rest in ins:
+        if keyword == "FROM":
+            break
+        if keyword == "ARG" and "=" in rest:
+            name, _, default = rest.partition("=")
+            from_line = from_line.replace("${" + name + "}", default)
+    assert "$" not in from_line, f"base image without a pinned default: {from_line}"
+    return from_line
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES + OTHER_DOCKERFILES, ids=lambda p: p.parent.name)
+def test_base_images_are_build_args_with_pinned_defaults(dockerfile: Path) -> None:
+    """BASE_IMAGE and UV_IMAGE select the bases (scripts/base-image.sh builds local ones)."""
+    ins = instructions(dockerfile)
+    first_from = [k for k, _ in ins].index("FROM")
+    global_args = dict(rest.partition("=")[::2] for k, rest in ins[:first_from] if k == "ARG")
+    assert global_args["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+    assert global_args["UV_IMAGE"] == "ghcr.io/astral-sh/uv:0.13.8"
+    froms = [rest.split()[0] for k, rest in ins if k == "FROM"]
+    assert "${UV_IMAGE}" in froms
+    assert froms.count("${BASE_IMAGE}") == 2, "the build and runtime stages share one base"
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_image_policy(dockerfile: Path) -> None:
     service = dockerfile.parent.name
     ins = instructions(dockerfile)
-    froms = [rest for k, rest in ins if k == "FROM"]
+    froms = [resolve_base_args(rest, ins) for k, rest in ins if k == "FROM"]
     assert len(froms) >= 3, "multi-stage: uv, build and runtime stages"
     for image in froms:
         ref = image.split()[0]
