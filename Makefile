@@ -8,18 +8,23 @@ export UV_LINK_MODE := copy
 UV ?= uv
 RUN := $(UV) run --frozen
 DEB_PACKAGES := python3.11 iptables iproute2 etcd-server curl nghttp2-client wrk tcpdump procps psmisc util-linux nginx openssl
+# The real node (make node-up, make e2e without Docker): not needed by make test.
+NODE_DEB_PACKAGES := containerd runc containernetworking-plugins buildah skopeo umoci mmdebstrap \
+                     conntrack socat ipset docker-registry
+NODE_STATE ?= /var/lib/gossamer-node
 BENCH_DEB_PACKAGES := nginx-light iperf3 wrk nghttp2-client util-linux
 REGISTRY ?= gossamer
 TAG ?= dev
 SERVICES := destination identity injector proxy proxy-init
 
 .PHONY: help setup deb bench-deb apt uv-install sync runtime kube-bins kube-up kube-down protos protos-check lint fmt \
-        test test-unit fuzz images push demo e2e bench bench-control-plane clean
+        test test-unit fuzz images push demo e2e node-deb node-bins node-up node-down bench bench-control-plane clean
 
 help:
 	@echo "make demo   - run the local mesh demo (needs root)"
 	@echo "make test   - lint and run every test (CI runs this)"
 	@echo "make fuzz   - fuzz every untrusted-input parser (~1M inputs; FUZZ_TOTAL=, FUZZ_ARGS=)"
+	@echo "make node-up / node-down - a real Kubernetes node here (kubelet, containerd; root)"
 	@echo "other: setup lint fmt protos kube-bins kube-up kube-down images push e2e bench bench-control-plane clean"
 
 deb:
@@ -80,6 +85,21 @@ kube-bins:
 kube-up: setup
 	@$(RUN) python -m gossamer_kube.testing up
 
+node-deb:
+	@$(MAKE) --no-print-directory apt PACKAGES="$(NODE_DEB_PACKAGES)"
+
+node-bins: deb
+	@bash scripts/kube-bins.sh --node >/dev/null
+
+# A real single-node cluster in its own network namespace (kubelet, containerd, kube-proxy,
+# cluster DNS, a registry on localhost:5000); state in $(NODE_STATE). Needs root.
+node-up: sync node-deb kube-bins node-bins
+	@$(RUN) python -m gossamer_kube.testing.node up --state-dir $(NODE_STATE) \
+	  --node-bin "$$(bash scripts/kube-bins.sh --node | tail -n1)"
+
+node-down: uv-install
+	@$(RUN) python -m gossamer_kube.testing.node down --state-dir $(NODE_STATE)
+
 kube-down: uv-install
 	@$(RUN) python -m gossamer_kube.testing down
 
@@ -128,15 +148,13 @@ FUZZ_JOBS ?= 2
 fuzz: sync
 	@$(UV) run --frozen --group fuzz nice -n 15 python -m fuzz.run --total $(FUZZ_TOTAL) --jobs $(FUZZ_JOBS) $(FUZZ_ARGS)
 
+# docker when it is present, buildah (no daemon) otherwise; BASE=local builds from a Debian
+# base made with mmdebstrap (scripts/base-image.sh) where Docker Hub is out of reach.
 images:
-	@for s in $(SERVICES); do \
-	  if docker buildx version >/dev/null 2>&1; then \
-	    docker buildx build --platform $${PLATFORMS:-linux/amd64} -f services/$$s/Dockerfile -t $(REGISTRY)/$$s:$(TAG) . || exit 1; \
-	  else docker build -f services/$$s/Dockerfile -t $(REGISTRY)/$$s:$(TAG) . || exit 1; fi; \
-	done
+	@REGISTRY=$(REGISTRY) TAG=$(TAG) bash scripts/images.sh
 
-push: images
-	@for s in $(SERVICES); do docker push $(REGISTRY)/$$s:$(TAG) || exit 1; done
+push:
+	@REGISTRY=$(REGISTRY) TAG=$(TAG) PUSH=1 bash scripts/images.sh
 
 demo: setup
 	@$(RUN) gossamer dev up --demo

@@ -87,6 +87,11 @@ class ClusterOptions:
     start_timeout: float = 120.0
     kwok_stages: str = KWOK_STAGES_YAML
     """kwok's configuration and stages; local mode swaps the pod stages for its own."""
+    api_address: str = "127.0.0.1"
+    """Where kube-apiserver listens and what it advertises (the ``kubernetes`` Service)."""
+    fake_node: bool = True
+    """kwok and its fake node; False for a real kubelet (``gossamer_kube.testing.node``),
+    which also makes the apiserver keep the ``kubernetes`` endpoints and reach kubelets."""
 
 
 def free_port() -> int:
@@ -198,13 +203,13 @@ class KubeTestCluster:
         self.log_dir.mkdir(exist_ok=True)
         self.etcd_data_dir = _tmpfs_dir("gossamer-etcd-")
         opts = self.options
-        pki = ClusterPKI.generate(opts.service_ip)
+        pki = ClusterPKI.generate(opts.service_ip, api_address=opts.api_address)
         self._pki = files = pki.write(self.state_dir / "pki")
         self._write_state()
 
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         self.etcd_url = f"http://127.0.0.1:{etcd_port}"
-        self.server = f"https://127.0.0.1:{api_port}"
+        self.server = f"https://{opts.api_address}:{api_port}"
         self._write_kubeconfig(pki)
         self._config = KubeConfig.from_kubeconfig(self.kubeconfig)
         deadline = time.monotonic() + opts.start_timeout
@@ -228,13 +233,24 @@ class KubeTestCluster:
         )
         self._wait(etcd, "etcd /health", self._etcd_healthy, deadline)
 
+        if opts.fake_node:
+            node_args = ["--endpoint-reconciler-type=none"]
+        else:
+            # The admin credential (system:masters) doubles as the apiserver's kubelet client
+            # for logs/exec/port-forward; kubelets are reached at their InternalIP.
+            node_args = [
+                "--endpoint-reconciler-type=lease",
+                f"--kubelet-client-certificate={files.admin_cert}",
+                f"--kubelet-client-key={files.admin_key}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
         apiserver = self._spawn(
             "kube-apiserver",
             [
                 str(binaries.path("kube-apiserver")),
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={opts.api_address}",
+                f"--advertise-address={opts.api_address}",
                 f"--secure-port={api_port}",
                 f"--tls-cert-file={files.apiserver_cert}",
                 f"--tls-private-key-file={files.apiserver_key}",
@@ -251,7 +267,7 @@ class KubeTestCluster:
                 "--disable-admission-plugins=TaintNodesByCondition",
                 f"--service-cluster-ip-range={opts.service_cidr}",
                 "--allow-privileged=true",
-                "--endpoint-reconciler-type=none",
+                *node_args,
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--shutdown-delay-duration=0s",
@@ -296,6 +312,16 @@ class KubeTestCluster:
                     "--v=1",
                 ],
             )
+        if opts.fake_node:
+            self._start_fake_node(admin, deadline)
+        kcm = self._component("kube-controller-manager")
+        self._wait(kcm, "default ServiceAccount", lambda: _default_sa(admin), deadline)
+        self._write_state()
+
+    def _start_fake_node(self, admin: AdminHTTP, deadline: float) -> None:
+        opts = self.options
+        binaries = self.binaries
+        kubeconfig = str(self.kubeconfig)
         kwok_config = self.state_dir / "kwok.yaml"
         kwok_config.write_text(opts.kwok_stages)
         kwok = self._spawn(
@@ -313,9 +339,6 @@ class KubeTestCluster:
         )
         self._create_node(admin)
         self._wait(kwok, f"node {opts.node_name} Ready", lambda: _node_ready(admin, opts), deadline)
-        kcm = self._component("kube-controller-manager")
-        self._wait(kcm, "default ServiceAccount", lambda: _default_sa(admin), deadline)
-        self._write_state()
 
     def _spawn(
         self, name: str, argv: list[str], env: dict[str, str] | None = None

@@ -129,7 +129,7 @@ class ClusterPKI:
     sa_public_pem: bytes
 
     @classmethod
-    def generate(cls, service_ip: str = "10.96.0.1") -> ClusterPKI:
+    def generate(cls, service_ip: str = "10.96.0.1", api_address: str = "127.0.0.1") -> ClusterPKI:
         ca = make_ca("gossamer-test-cluster-ca")
         apiserver = issue_cert(
             ca,
@@ -141,7 +141,7 @@ class ClusterPKI:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ),
-            ip_addresses=("127.0.0.1", "::1", service_ip),
+            ip_addresses=tuple(dict.fromkeys(("127.0.0.1", "::1", service_ip, api_address))),
             server=True,
         )
         # system:masters bypasses RBAC: the admin, the controller-manager, the scheduler and
