@@ -106,6 +106,24 @@ def test_install_order_and_meshed_control_plane() -> None:
             )
 
 
+def test_identity_sidecar_starts_before_it_has_a_certificate() -> None:
+    """kubelet starts the identity container only after its native sidecar's startup probe
+    passes, and that proxy gets its certificate from the identity container: probing /ready
+    deadlocked the pod on a real kubelet. The other components' proxies wait for /ready."""
+    code, out = install()
+    assert code == 0, out
+    paths = {}
+    for (kind, name), d in objects(out).items():
+        if kind == "Deployment":
+            proxy = d["spec"]["template"]["spec"]["initContainers"][1]
+            paths[name] = proxy["startupProbe"]["httpGet"]["path"]
+    assert paths == {
+        "gossamer-identity": "/live",
+        "gossamer-destination": "/ready",
+        "gossamer-proxy-injector": "/ready",
+    }
+
+
 def test_install_crds_only() -> None:
     code, out = install("--crds")
     assert code == 0, out

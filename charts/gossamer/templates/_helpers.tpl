@@ -270,7 +270,7 @@ config.linkerd.io/default-inbound-policy: {{ .Values.proxy.defaultInboundPolicy 
   {{- if $v.proxy.nativeSidecar }}
   restartPolicy: Always
   startupProbe:
-    httpGet: {path: /ready, port: 4191}
+    httpGet: {path: {{ .startupPath | default "/ready" }}, port: 4191}
     periodSeconds: 1
     failureThreshold: 120
   {{- else }}
@@ -364,7 +364,7 @@ spec:
                   {{- include "gossamer.selectorLabels" $labels | nindent 18 }}
               topologyKey: topology.kubernetes.io/zone
       {{- end }}
-      {{- $proxy := include "gossamer.proxy" (dict "root" $root "inboundPorts" $inbound "env" .proxyEnv) }}
+      {{- $proxy := include "gossamer.proxy" (dict "root" $root "inboundPorts" $inbound "env" .proxyEnv "startupPath" .proxyStartupPath) }}
       initContainers:
       {{- include "gossamer.proxyInit" (dict "root" $root "skipInbound" .skipInbound) | nindent 6 }}
       {{- if $v.proxy.nativeSidecar }}

@@ -62,6 +62,7 @@ IDENTITY = Component(
     proxy=ProxySpec(
         inbound_ports=(8080, 9990),
         env_overrides={"LINKERD2_PROXY_IDENTITY_SVC_ADDR": "localhost.:8080"},
+        startup_path="/live",
     ),
 )
 DESTINATION = Component(

@@ -40,6 +40,9 @@ class ProxySpec:
     env_overrides: Mapping[str, str]
     #: Inbound ports that bypass the proxy, beyond the admin/control ports and the values'.
     skip_inbound_ports: str = ""
+    #: The native sidecar's startup probe. The identity pod's proxy gets its certificate from
+    #: the container next to it, which kubelet starts only after that probe passes: /live.
+    startup_path: str = "/ready"
 
 
 def mesh_values(values: ChartValues) -> MeshValues:
@@ -107,6 +110,8 @@ def mesh_pod(values: ChartValues, spec: ProxySpec) -> tuple[list[dict[str, Any]]
         opaque_ports=_exposed_opaque(mesh.opaque_ports, spec.inbound_ports),
     )
     proxy = containers.proxy_container(cfg, facts)
+    if "startupProbe" in proxy:
+        proxy["startupProbe"]["httpGet"]["path"] = spec.startup_path
     init = [containers.init_container(cfg)]
     if cfg.native_sidecar:
         init.append(proxy)
