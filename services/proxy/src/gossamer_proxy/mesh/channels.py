@@ -60,6 +60,15 @@ def split_host_port(addr: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def is_loopback_host(host: str) -> bool:
+    """The name ``localhost`` (with or without the trailing dot).
+
+    Linkerd also counts loopback IP literals; here they keep TLS, so that tests can run a TLS
+    control plane on 127.0.0.1. The chart and the injector only ever write ``localhost.``.
+    """
+    return host.rstrip(".").lower() == "localhost"
+
+
 def control_channel(
     addr: str,
     *,
@@ -69,9 +78,14 @@ def control_channel(
 ) -> Channel:
     """A channel to ``addr``; it connects lazily on the first call and reconnects on the next.
 
-    Close it with ``channel.close()`` (synchronous) when the owner stops.
+    Close it with ``channel.close()`` (synchronous) when the owner stops. A loopback address
+    (the control-plane pods' own services, ``localhost.:8080``) is plaintext whatever the
+    server name, as in Linkerd (``NoClientTls::Loopback``): the service next to the proxy
+    serves no TLS, and traffic on the loopback never leaves the pod.
     """
     host, port = split_host_port(addr)
+    if is_loopback_host(host):
+        server_name = None
     config = Configuration(
         _keepalive_time=KEEPALIVE_INTERVAL,
         _keepalive_timeout=KEEPALIVE_TIMEOUT,
