@@ -25,7 +25,8 @@ help:
 	@echo "make test   - lint and run every test (CI runs this)"
 	@echo "make fuzz   - fuzz every untrusted-input parser (~1M inputs; FUZZ_TOTAL=, FUZZ_ARGS=)"
 	@echo "make node-up / node-down - a real Kubernetes node here (kubelet, containerd; root)"
-	@echo "other: setup lint fmt protos kube-bins kube-up kube-down images push e2e bench bench-control-plane clean"
+	@echo "make e2e    - the end-to-end suite on kind, or on the real node without Docker"
+	@echo "other: setup lint fmt protos kube-bins kube-up kube-down images push bench bench-control-plane clean"
 
 deb:
 	@$(MAKE) --no-print-directory apt PACKAGES="$(DEB_PACKAGES)"
@@ -159,8 +160,11 @@ push:
 demo: setup
 	@$(RUN) gossamer dev up --demo
 
+# kind when docker and kind are present; otherwise the same suite on this machine's real node.
 e2e:
-	@bash scripts/e2e-kind.sh
+	@if command -v docker >/dev/null 2>&1 && command -v kind >/dev/null 2>&1; then \
+	  bash scripts/e2e-kind.sh; \
+	else $(MAKE) --no-print-directory sync node-deb kube-bins node-bins && bash scripts/e2e-node.sh; fi
 
 bench: setup bench-deb
 	@$(RUN) python -m bench
