@@ -68,3 +68,43 @@ def test_meshed_traffic_is_mtls(kubectl: Callable[..., str], get_json: Callable[
             break
         time.sleep(2)
     assert lines, "no inbound mTLS requests on the web pod's proxy"
+
+
+PROBE_SCRIPT = """
+import urllib.request
+ok = 0
+for _ in range(20):
+    with urllib.request.urlopen("http://web.demo.svc.cluster.local:8080/healthz", timeout=5) as r:
+        ok += r.status == 200
+print(f"ok={ok}")
+"""
+
+
+def test_cluster_ip_service_through_kube_proxy(
+    kubectl: Callable[..., str], get_json: Callable[..., Any]
+) -> None:
+    """An unmeshed pod reaches the web Service by its DNS name and ClusterIP: cluster DNS,
+    kube-proxy's rules and the web pod's inbound proxy, all real."""
+    image = get_json("deploy", "web", "-n", "demo")["spec"]["template"]["spec"]["containers"][0][
+        "image"
+    ]
+    name = "cluster-ip-probe"
+    kubectl("delete", "pod", name, "-n", "default", "--ignore-not-found", "--wait=true")
+    kubectl(
+        "run", name, "-n", "default", "--restart=Never", f"--image={image}",
+        "--annotations=linkerd.io/inject=disabled", "--command", "--",
+        "python", "-c", PROBE_SCRIPT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        phase = ""
+        while time.monotonic() < deadline:
+            phase = get_json("pod", name, "-n", "default")["status"].get("phase", "")
+            if phase in ("Succeeded", "Failed"):
+                break
+            time.sleep(1)
+        logs = kubectl("logs", name, "-n", "default", check=False)
+        assert phase == "Succeeded", logs
+        assert "ok=20" in logs
+    finally:
+        kubectl("delete", "pod", name, "-n", "default", "--ignore-not-found", "--wait=false")
