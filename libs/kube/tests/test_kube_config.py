@@ -134,7 +134,11 @@ def test_explicit_context_overrides_current() -> None:
             lambda d: d["clusters"][0]["cluster"].update({"certificate-authority": "missing.crt"}),
             "cannot read certificate-authority",
         ),
-        (lambda d: d["users"][0]["user"].update(exec={"command": "aws"}), "exec credential"),
+        (lambda d: d["users"][0]["user"].update(exec={"command": "aws"}), "exec apiVersion"),
+        (
+            lambda d: d["users"][0]["user"].update({"auth-provider": {"name": "gcp"}}),
+            "auth-provider plugins were removed",
+        ),
         (lambda d: d["users"][0]["user"].update(username="a", password="b"), "basic auth"),
         (
             lambda d: d["users"][0]["user"].update({"client-certificate-data": _b64(CERT_PEM)}),

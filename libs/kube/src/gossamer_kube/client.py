@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, Self
@@ -40,6 +40,7 @@ from gossamer_kube.errors import (
     WatchExpired,
     error_from_response,
 )
+from gossamer_kube.execcred import ExecPlugin, ExecToken, run_exec_plugin
 from gossamer_kube.resources import ResourceRef
 from gossamer_kube.watch import WatchDecoder, WatchEvent
 
@@ -72,6 +73,8 @@ PATCH_CONTENT_TYPES: Mapping[str, str] = {
 #: How long a token read from ``tokenFile`` is reused before the file is read again
 #: (the kubelet rotates projected tokens at 80% of their lifetime, so a minute is plenty).
 TOKEN_FILE_TTL = 60.0
+#: An exec plugin's token is renewed this long before it expires (as client-go does, roughly).
+EXEC_REFRESH_MARGIN = 60.0
 
 
 class BoundPod(NamedTuple):
@@ -120,13 +123,18 @@ class TokenReviewResult:
 class _TokenSource:
     """Bearer token from the config, re-reading ``token_file`` at most every TTL seconds."""
 
-    def __init__(self, config: KubeConfig) -> None:
+    def __init__(self, config: KubeConfig, wall_clock: Callable[[], float] = time.time) -> None:
         self._static = config.token
         self._file = config.token_file
+        self._plugin = config.exec_plugin
+        self._wall_clock = wall_clock
+        self._exec_token: ExecToken | None = None
         self._cached: str | None = None
         self._read_at = float("-inf")
 
     def token(self, now: float) -> str | None:
+        if self._plugin is not None:
+            return self._from_plugin(self._plugin)
         if self._file is None:
             return self._static
         if self._cached is None or now - self._read_at >= TOKEN_FILE_TTL:
@@ -139,6 +147,24 @@ class _TokenSource:
                 # Keep the last token: a rotation in progress is not a reason to fail requests.
             self._read_at = now
         return self._cached
+
+    def _from_plugin(self, plugin: ExecPlugin) -> str:
+        """The plugin's token, run again once it is within a minute of expiring.
+
+        The plugin runs synchronously: kubeconfigs with plugins belong to the CLI and to
+        services run outside a cluster, never to the in-cluster hot path.
+        """
+        cached = self._exec_token
+        if cached is None or (
+            cached.expires_at is not None
+            and self._wall_clock() >= cached.expires_at - EXEC_REFRESH_MARGIN
+        ):
+            cached = self._exec_token = run_exec_plugin(plugin)
+        return cached.token
+
+    def forget_plugin_token(self) -> None:
+        """After a 401: the next request runs the plugin again (revoked or rotated token)."""
+        self._exec_token = None
 
 
 class KubeClient:
@@ -227,6 +253,8 @@ class KubeClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise KubeConnectionError(f"{method} {path}: {exc!r}") from exc
         if status >= 400:
+            if status == 401:
+                self._tokens.forget_plugin_token()
             raise error_from_response(status, raw)
         if not raw:
             return {}

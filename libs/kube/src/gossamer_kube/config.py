@@ -4,8 +4,9 @@ Parsing is pure (:meth:`KubeConfig.from_kubeconfig_dict` takes the decoded YAML 
 directory relative paths are resolved against), so every malformed-input path is unit-tested.
 Supported credentials are the ones Gossamer's components and tests use: client certificates
 (inline ``*-data`` or file paths), bearer tokens (inline or ``tokenFile``, re-read so that
-rotated projected tokens keep working) and the in-cluster service-account mount. ``exec`` and
-``auth-provider`` plugins are refused with a clear error rather than silently ignored.
+rotated projected tokens keep working) and the in-cluster service-account mount. ``exec`` credential
+plugins (EKS, GKE, AKS kubeconfigs) run as kubectl runs them (:mod:`gossamer_kube.execcred`);
+the removed ``auth-provider`` plugins are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from gossamer_kube.errors import KubeConfigError
+from gossamer_kube.execcred import ExecPlugin
 
 __all__ = ["IN_CLUSTER_SA_DIR", "KubeConfig"]
 
@@ -42,6 +44,8 @@ class KubeConfig:
     insecure_skip_tls_verify: bool = False
     tls_server_name: str | None = None
     namespace: str = "default"
+    exec_plugin: ExecPlugin | None = None
+    """A credential plugin (``user.exec``) whose token is fetched when needed."""
 
     def __post_init__(self) -> None:
         if not self.server.startswith(("https://", "http://")):
@@ -99,11 +103,14 @@ class KubeConfig:
         where = f"{source}: cluster {cluster_name!r}"
         ca = _data_or_file(cluster, "certificate-authority", base, where)
         where = f"{source}: user {user_name!r}"
-        for unsupported in ("exec", "auth-provider"):
-            if user.get(unsupported):
-                raise KubeConfigError(
-                    f"{where}: {unsupported} credential plugins are not supported"
-                )
+        if user.get("auth-provider"):
+            raise KubeConfigError(
+                f"{where}: auth-provider plugins were removed from kubectl; use the provider's "
+                "exec plugin (gke-gcloud-auth-plugin, kubelogin) instead"
+            )
+        exec_plugin = None
+        if user.get("exec"):
+            exec_plugin = ExecPlugin.from_user(user["exec"], base, where)
         if user.get("username") or user.get("password"):
             raise KubeConfigError(f"{where}: basic auth is not supported by Kubernetes >= 1.19")
         cert = _data_or_file(user, "client-certificate", base, where)
@@ -128,6 +135,7 @@ class KubeConfig:
                 insecure_skip_tls_verify=bool(cluster.get("insecure-skip-tls-verify", False)),
                 tls_server_name=cluster.get("tls-server-name") or None,
                 namespace=str(namespace),
+                exec_plugin=exec_plugin,
             )
         except KubeConfigError as exc:
             raise KubeConfigError(f"{source}: {exc}") from None

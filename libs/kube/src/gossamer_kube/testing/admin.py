@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from gossamer_kube.config import KubeConfig
 from gossamer_kube.errors import KubeConnectionError, error_from_response
+from gossamer_kube.execcred import run_exec_plugin
 
 __all__ = ["AdminHTTP"]
 
@@ -31,6 +32,8 @@ class AdminHTTP:
         ctx = config.ssl_context()
         self._ssl: ssl.SSLContext = ctx if ctx is not None else ssl.create_default_context()
         self._token = config.token
+        if config.exec_plugin is not None:
+            self._token = run_exec_plugin(config.exec_plugin).token
         self._timeout = timeout
 
     def raw(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
