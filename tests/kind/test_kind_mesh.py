@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
@@ -108,3 +111,40 @@ def test_cluster_ip_service_through_kube_proxy(
         assert "ok=20" in logs
     finally:
         kubectl("delete", "pod", name, "-n", "default", "--ignore-not-found", "--wait=false")
+
+
+def test_check_through_an_exec_plugin_kubeconfig(
+    kubectl: Callable[..., str], control_plane_namespace: str, tmp_path: Path
+) -> None:
+    """A managed-cluster style kubeconfig (user: exec plugin printing an ExecCredential with a
+    service-account token) works for `gossamer check`."""
+    kubectl("create", "serviceaccount", "exec-plugin-check", "-n", "default")
+    kubectl("create", "clusterrolebinding", "exec-plugin-check", "--clusterrole=cluster-admin",
+            "--serviceaccount=default:exec-plugin-check")  # fmt: skip
+    try:
+        token = kubectl("create", "token", "exec-plugin-check", "-n", "default").strip()
+        current = json.loads(kubectl("config", "view", "--minify", "--raw", "-o", "json"))
+        plugin = tmp_path / "token-plugin.py"
+        credential = {"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                      "status": {"token": token}}  # fmt: skip
+        plugin.write_text(f"#!{sys.executable}\nprint({json.dumps(json.dumps(credential))})\n")
+        plugin.chmod(0o700)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "exec",
+            "clusters": [{"name": "c", "cluster": current["clusters"][0]["cluster"]}],
+            "users": [{"name": "u", "user": {"exec": {
+                "apiVersion": "client.authentication.k8s.io/v1", "command": str(plugin)}}}],
+            "contexts": [{"name": "exec", "context": {"cluster": "c", "user": "u"}}],
+        }  # fmt: skip
+        path = tmp_path / "kubeconfig"
+        path.write_text(json.dumps(config))
+        result = CliRunner().invoke(
+            cli, ["check", "-L", control_plane_namespace, "--kubeconfig", str(path)]
+        )
+        assert result.exit_code == 0, result.output
+    finally:
+        kubectl("delete", "clusterrolebinding", "exec-plugin-check", "--ignore-not-found")
+        kubectl("delete", "serviceaccount", "exec-plugin-check", "-n", "default",
+                "--ignore-not-found")  # fmt: skip

@@ -175,6 +175,8 @@ class RealNode:
             },
             "processes": [],
             "netns": None,
+            "started": time.time(),
+            "cni_netns_before": sorted(p.name for p in _cni_netns_files()),
         }
         self._write_state()
         try:
@@ -187,7 +189,7 @@ class RealNode:
             shutil.copytree(self.log_dir, saved, ignore_dangling_symlinks=True)
             with contextlib.suppress(OSError):
                 shutil.copytree(self.cluster_dir / "logs", saved / "cluster")
-            down(self.state_dir)
+            down(self.state_dir, keep_failed_logs=True)
             raise
         self.detach()
 
@@ -667,9 +669,30 @@ def _sandbox_netns_paths(sock: Path) -> list[str]:
             continue
         for ns in (info.get("Spec") or {}).get("linux", {}).get("namespaces", []) or []:
             path = ns.get("path") or ""
-            if ns.get("type") == "network" and path.startswith("/var/run/netns/"):
-                paths.append(path)
+            if ns.get("type") == "network" and path.startswith(("/var/run/netns/", "/run/netns/")):
+                paths.append(path.replace("/var/run/", "/run/", 1))
     return sorted(set(paths))
+
+
+def _cni_netns_files() -> list[Path]:
+    netns_dir = Path("/run/netns")
+    return sorted(netns_dir.glob("cni-*")) if netns_dir.is_dir() else []
+
+
+def _our_cni_netns(state: dict[str, Any]) -> list[str]:
+    """Pod network namespace files made by our containerd since the node started.
+
+    containerd names them ``cni-<uuid>`` under /run/netns; those that existed before node-up
+    or are older than it are not ours.
+    """
+    before = set(state.get("cni_netns_before") or [])
+    started = float(state.get("started") or 0.0)
+    ours = []
+    for path in _cni_netns_files():
+        with contextlib.suppress(OSError):
+            if path.name not in before and path.stat().st_mtime >= started:
+                ours.append(str(path))
+    return ours
 
 
 def _kill_shims(sock: Path) -> None:
@@ -687,8 +710,11 @@ def _kill_shims(sock: Path) -> None:
                 os.kill(int(entry.name), 9)
 
 
-def down(state_dir: Path) -> list[str]:
-    """Stop and remove everything the node recorded in ``state_dir``; return what was done."""
+def down(state_dir: Path, *, keep_failed_logs: bool = False) -> list[str]:
+    """Stop and remove everything the node recorded in ``state_dir``; return what was done.
+
+    The logs a failed start saved next to ``state_dir`` go too, unless ``keep_failed_logs``.
+    """
     done: list[str] = []
     path = state_dir / STATE_FILE
     try:
@@ -709,9 +735,9 @@ def down(state_dir: Path) -> list[str]:
         if name in by_name:
             by_name[name].stop(timeout=10.0)
             done.append(name)
-    netns_files: list[str] = []
+    netns_files = _our_cni_netns(state)
     if netns and Path("/run/netns", netns).exists() and sock.exists():
-        netns_files = _sandbox_netns_paths(sock)
+        netns_files = sorted(set(netns_files) | set(_sandbox_netns_paths(sock)))
     _kill_cgroup_tree(CGROUP_ROOT)
     _kill_shims(sock)
     for name in ("containerd", "registry"):
@@ -753,6 +779,8 @@ def down(state_dir: Path) -> list[str]:
     if left:
         raise NodeError(f"mounts still under {state_dir}: {left[:5]}; not removing it")
     shutil.rmtree(state_dir, ignore_errors=True)
+    if not keep_failed_logs:
+        shutil.rmtree(state_dir.with_name(state_dir.name + "-failed-logs"), ignore_errors=True)
     return done
 
 
