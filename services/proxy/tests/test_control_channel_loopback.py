@@ -27,7 +27,7 @@ def test_is_loopback_host(host: str, loopback: bool) -> None:
     assert is_loopback_host(host) is loopback
 
 
-def test_loopback_address_is_plaintext_despite_a_server_name() -> None:
+async def test_loopback_address_is_plaintext_despite_a_server_name() -> None:
     channel = control_channel(
         "localhost.:8080", server_name="identity.gossamer.cluster.local", trust_anchors_pem=None
     )
@@ -37,7 +37,7 @@ def test_loopback_address_is_plaintext_despite_a_server_name() -> None:
         channel.close()
 
 
-def test_remote_address_with_a_server_name_uses_tls() -> None:
+async def test_remote_address_with_a_server_name_uses_tls() -> None:
     with pytest.raises(ValueError, match="needs trust anchors"):
         control_channel(
             "gossamer-identity.gossamer.svc.cluster.local.:8080",
