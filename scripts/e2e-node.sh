@@ -13,7 +13,8 @@ cd "$here"
 NODE_STATE=${NODE_STATE:-/var/lib/gossamer-node}
 NETNS=gossamer-node
 REGISTRY=localhost:5000/gossamer
-TAG=${TAG:-e2e}
+# A fresh tag per run: a node kept up (KEEP_NODE=1) has older images of the same name cached.
+TAG=${TAG:-e2e-$(date +%s)}
 NAMESPACE=gossamer
 ARTIFACTS=${E2E_ARTIFACTS:-$here/e2e-artifacts}
 
