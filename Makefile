@@ -95,11 +95,11 @@ node-bins: deb
 # A real single-node cluster in its own network namespace (kubelet, containerd, kube-proxy,
 # cluster DNS, a registry on localhost:5000); state in $(NODE_STATE). Needs root.
 node-up: sync node-deb kube-bins node-bins
-	@$(RUN) python -m gossamer_kube.testing.node up --state-dir $(NODE_STATE) \
+	@$(RUN) python -m gossamer_kube.realnode.node up --state-dir $(NODE_STATE) \
 	  --node-bin "$$(bash scripts/kube-bins.sh --node | tail -n1)"
 
 node-down: uv-install
-	@$(RUN) python -m gossamer_kube.testing.node down --state-dir $(NODE_STATE)
+	@$(RUN) python -m gossamer_kube.realnode.node down --state-dir $(NODE_STATE)
 
 kube-down: uv-install
 	@$(RUN) python -m gossamer_kube.testing down

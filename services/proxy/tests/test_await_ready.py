@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import http.server
-import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from gossamer_proxy.await_ready import main, parse_duration, wait_ready
@@ -69,10 +68,9 @@ def test_main_exits_zero_when_ready_and_one_at_the_timeout(
     assert main([f"--port={port}", "--timeout=2m"]) == 0
 
 
-def test_the_command_is_installed() -> None:
+def test_the_command_is_installed(require_program: Callable[..., str]) -> None:
     """The injector's hook names `gossamer-await`: the proxy package must provide it."""
-    command = shutil.which("gossamer-await")
-    assert command is not None
+    command = require_program("gossamer-await")
     result = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
     assert "--timeout" in result.stdout

@@ -90,7 +90,7 @@ class ClusterOptions:
     api_address: str = "127.0.0.1"
     """Where kube-apiserver listens and what it advertises (the ``kubernetes`` Service)."""
     fake_node: bool = True
-    """kwok and its fake node; False for a real kubelet (``gossamer_kube.testing.node``),
+    """kwok and its fake node; False for a real kubelet (``gossamer_kube.realnode.node``),
     which also makes the apiserver keep the ``kubernetes`` endpoints and reach kubelets."""
 
 

@@ -33,9 +33,9 @@ from typing import Any
 import yaml
 
 from gossamer_kube.errors import KubeApiError, KubeError
+from gossamer_kube.realnode.clusterdns import query_a
 from gossamer_kube.testing.admin import AdminHTTP
 from gossamer_kube.testing.cluster import ClusterOptions, ClusterStartError, KubeTestCluster
-from gossamer_kube.testing.clusterdns import query_a
 from gossamer_kube.testing.process import ComponentProcess, ProcessRecord
 
 __all__ = ["NodeError", "NodeOptions", "RealNode"]
@@ -555,7 +555,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             [
                 sys.executable,
                 "-m",
-                "gossamer_kube.testing.clusterdns",
+                "gossamer_kube.realnode.clusterdns",
                 f"--kubeconfig={self.kubeconfig}",
                 f"--listen={opts.node_ip}:53",
                 f"--domain={opts.cluster_domain}",
@@ -787,7 +787,7 @@ def down(state_dir: Path, *, keep_failed_logs: bool = False) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m gossamer_kube.testing.node")
+    parser = argparse.ArgumentParser(prog="python -m gossamer_kube.realnode.node")
     parser.add_argument("command", choices=("up", "down", "status"))
     parser.add_argument("--node-bin", type=Path, help="kubelet, kube-proxy, kubectl, pause")
     parser.add_argument("--state-dir", type=Path, default=NodeOptions.state_dir)

@@ -316,7 +316,7 @@ def query_a(server: str, name: str, timeout: float = 1.0) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gossamer_kube.testing.clusterdns")
+    parser = argparse.ArgumentParser(prog="python -m gossamer_kube.realnode.clusterdns")
     parser.add_argument("--kubeconfig", type=Path, required=True)
     parser.add_argument("--listen", required=True, help="ADDRESS:PORT for UDP and TCP")
     parser.add_argument("--domain", default="cluster.local")
