@@ -45,14 +45,14 @@ def _pod_ready(get_json: GetJson, pod: str) -> bool:
 
 
 def test_kubelet_restarts_a_proxy_that_exits(kubectl: Kubectl, get_json: GetJson) -> None:
-    """The proxy exits through its admin /shutdown; kubelet restarts the native sidecar and
-    the pod is Ready again with a new certificate and a restart counted."""
+    """The proxy is sent SIGTERM (from its own uid, inside its container) and exits after
+    draining; kubelet restarts the native sidecar and the pod is Ready again with a restart
+    counted."""
     pod = get_json("pods", "-n", "demo", "-l", "app=slow")["items"][0]["metadata"]["name"]
     before = _proxy_status(get_json, pod)["restartCount"]
     kubectl(
-        "exec", "-n", "demo", pod, "-c", "slow", "--", "python", "-c",
-        "import urllib.request as u; u.urlopen(u.Request("
-        "'http://127.0.0.1:4191/shutdown', method='POST'), timeout=5)",
+        "exec", "-n", "demo", pod, "-c", "linkerd-proxy", "--", "python", "-c",
+        "import os, signal; os.kill(1, signal.SIGTERM)",
     )  # fmt: skip
     _wait("the proxy restart", lambda: _proxy_status(get_json, pod)["restartCount"] > before)
     _wait("the pod Ready again", lambda: _pod_ready(get_json, pod))
