@@ -631,27 +631,36 @@ def _cgroup_dirs(root: str) -> Iterator[Path]:
             yield path
 
 
+def _cgroup_tree(top: Path) -> list[Path]:
+    """Every cgroup directory below ``top``, deepest first; cgroups that vanish while walked
+    (runc removes a container's as it exits) are simply not listed."""
+    found: list[Path] = []
+    for dirpath, _dirs, _files in os.walk(top, onerror=lambda _err: None):
+        found.append(Path(dirpath))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
 def _kill_cgroup_tree(root: str) -> None:
     """SIGKILL every process in the node's pod cgroups, then remove the cgroups bottom-up."""
     for _ in range(50):
         alive = False
         for top in _cgroup_dirs(root):
-            for procs in top.rglob("cgroup.procs"):
-                with contextlib.suppress(OSError):
-                    for pid in procs.read_text().split():
-                        alive = True
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(int(pid), 9)
+            for cgroup in _cgroup_tree(top):
+                try:
+                    pids = (cgroup / "cgroup.procs").read_text().split()
+                except OSError:
+                    continue
+                for pid in pids:
+                    alive = True
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), 9)
         if not alive:
             break
         time.sleep(0.1)
     for top in _cgroup_dirs(root):
-        for path in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-            if path.is_dir():
-                with contextlib.suppress(OSError):
-                    path.rmdir()
-        with contextlib.suppress(OSError):
-            top.rmdir()
+        for cgroup in _cgroup_tree(top):
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()
 
 
 def _sandbox_netns_paths(sock: Path) -> list[str]:
