@@ -183,4 +183,4 @@ def test_non_native_sidecar_mode_holds_the_app_until_the_proxy_is_ready(
         reasons = {e["reason"] for e in json.loads(events)["items"]}
         assert "FailedPostStartHook" not in reasons, reasons
     finally:
-        kubectl("delete", "pod", name, "-n", "demo", "--ignore-not-found", "--wait=false")
+        kubectl("delete", "pod", name, "-n", "demo", "--ignore-not-found", "--wait=true")
