@@ -91,20 +91,5 @@ left=$( { kubectl get namespace "$NAMESPACE" -o name 2>/dev/null || true
           kubectl get mutatingwebhookconfigurations,validatingwebhookconfigurations,clusterroles,clusterrolebindings \
             -o name | grep -iE 'gossamer|linkerd' || true; } )
 [ -z "$left" ] || { echo "e2e-node: left behind after uninstall:"; echo "$left"; exit 1; } >&2
-
-echo "e2e-node: installing again with Helm"
-HELM=${HELM:-$(bash scripts/helm-bin.sh | tail -n1)}
-certs=$(mktemp -d)
-uv run --frozen gossamer install -L "$NAMESPACE" --write-identity-dir "$certs" >/dev/null
-"$HELM" upgrade --install gossamer-crds charts/gossamer-crds -n "$NAMESPACE" --create-namespace --wait
-"$HELM" upgrade --install gossamer charts/gossamer -n "$NAMESPACE" --wait --timeout 5m \
-  --set image.registry="$REGISTRY" --set image.tag="$TAG" \
-  --set-file identityTrustAnchorsPEM="$certs/ca.crt" \
-  --set-file identity.issuer.tls.crtPEM="$certs/issuer.crt" \
-  --set-file identity.issuer.tls.keyPEM="$certs/issuer.key"
-rm -rf "$certs"
-uv run --frozen gossamer check -L "$NAMESPACE"
-GOSSAMER_KIND_CONTEXT="$(kubectl config current-context)" GOSSAMER_NAMESPACE="$NAMESPACE" \
-  uv run --frozen pytest tests/kind -x -q -p no:cacheprovider -k control_plane
-"$HELM" uninstall gossamer -n "$NAMESPACE" --wait
-"$HELM" uninstall gossamer-crds -n "$NAMESPACE" --wait
+# A Helm reinstall phase is on branch h/node-helm-e2e: unverified (it needs a rollout wait
+# before gossamer check, since helm --wait returned before the pods were ready).
