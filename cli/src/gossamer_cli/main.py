@@ -19,6 +19,7 @@ from gossamer_cli import (
     version_cmd,
 )
 from gossamer_cli.dev import command as dev_cmd
+from gossamer_cli.viz import command as viz_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,6 +35,7 @@ install.register(cli)
 check.register(cli)
 dev_cmd.register(cli)
 diagnostics_cmd.register(cli)
+viz_cmd.register(cli)
 
 
 def main() -> None:

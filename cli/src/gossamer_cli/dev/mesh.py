@@ -34,9 +34,10 @@ from gossamer_kube.resources import (
 from gossamer_kube.testing.cluster import ClusterOptions, KubeTestCluster
 
 from gossamer_cli.dev import images
-from gossamer_cli.dev.controlplane import ControlPlane, service_hosts
+from gossamer_cli.dev.controlplane import CONTROL_PLANE_NAMESPACE, ControlPlane, service_hosts
 from gossamer_cli.dev.layout import NodeLayout
 from gossamer_cli.dev.pod import RuntimeContext
+from gossamer_cli.dev.prometheus import LocalPrometheus, prometheus_binary
 from gossamer_cli.dev.runtime import NodeRuntime
 from gossamer_cli.dev.stages import local_mode_stages
 
@@ -74,6 +75,7 @@ class LocalMesh:
         self.client: KubeClient | None = None
         self.control_plane: ControlPlane | None = None
         self.runtime: NodeRuntime | None = None
+        self.prometheus: LocalPrometheus | None = None
 
     async def start(self) -> None:
         state = self.config.state_dir
@@ -109,6 +111,13 @@ class LocalMesh:
         ctx = RuntimeContext(self.client, self.layout, image_map, state / "node")
         self.runtime = NodeRuntime(ctx, service_hosts(self.layout.node_address))
         await self.runtime.start()
+        if prometheus_binary() is None:
+            log.warning("no prometheus binary (Debian's `prometheus`): viz has no metrics")
+        else:
+            self.prometheus = LocalPrometheus(
+                state / "prometheus", self.client, CONTROL_PLANE_NAMESPACE
+            )
+            await self.prometheus.start()
 
     @property
     def kube(self) -> KubeClient:
@@ -152,6 +161,8 @@ class LocalMesh:
 
     async def stop(self) -> None:
         """Drain the pods, stop the control plane and Kubernetes; leaves nothing behind."""
+        if self.prometheus is not None:
+            await self.prometheus.stop()
         if self.runtime is not None:
             await self.runtime.stop(grace=10)
         if self.control_plane is not None:

@@ -1,0 +1,200 @@
+"""``gossamer viz``: the viz extension's commands (I/O only; the logic is in the pure modules).
+
+The commands read Prometheus directly (``--prometheus-url``, or ``GOSSAMER_PROMETHEUS_URL``);
+local mode's Prometheus answers on the node namespace's ``127.0.0.1:9090``. Meshed-pod counts
+and the list of resources come from Kubernetes (``--kubeconfig``); without access to it the
+figures are still shown, with ``-`` for MESHED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import click
+
+from gossamer_cli.viz import edges as edges_mod
+from gossamer_cli.viz import stat as stat_mod
+from gossamer_cli.viz.meshed import Key, meshed_counts
+from gossamer_cli.viz.promapi import PrometheusClient, PrometheusError, Sample
+from gossamer_cli.viz.resources import Resource, parse_resource, resource_argument
+
+DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"
+
+prometheus_option = click.option(
+    "--prometheus-url",
+    envvar="GOSSAMER_PROMETHEUS_URL",
+    default=DEFAULT_PROMETHEUS,
+    show_default=True,
+    help="Prometheus that scrapes the proxies (the viz extension's).",
+)
+kubeconfig_option = click.option(
+    "--kubeconfig", envvar="KUBECONFIG", default=None, help="Kubeconfig file to use."
+)
+
+
+@click.group("viz")
+def viz() -> None:
+    """The viz extension: golden metrics and the service graph, from Prometheus."""
+
+
+def _client(url: str) -> PrometheusClient:
+    try:
+        return PrometheusClient(url)
+    except PrometheusError as exc:
+        raise click.BadParameter(str(exc), param_hint="--prometheus-url") from exc
+
+
+def _query_all(client: PrometheusClient, queries: Mapping[str, str]) -> dict[str, list[Sample]]:
+    try:
+        return {key: client.query(q) for key, q in queries.items()}
+    except PrometheusError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+async def _kube_objects(
+    kubeconfig: str | None, kind: str, namespace: str | None
+) -> tuple[list[Key], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(resources of ``kind``, pods, services) as Kubernetes lists them."""
+    from gossamer_kube.client import KubeClient
+    from gossamer_kube.config import KubeConfig
+    from gossamer_kube.resources import (
+        DAEMONSETS,
+        DEPLOYMENTS,
+        NAMESPACES,
+        PODS,
+        SERVICES,
+        STATEFULSETS,
+    )
+
+    refs = {
+        "deployment": DEPLOYMENTS,
+        "statefulset": STATEFULSETS,
+        "daemonset": DAEMONSETS,
+        "pod": PODS,
+        "service": SERVICES,
+        "namespace": NAMESPACES,
+    }
+    async with KubeClient(KubeConfig.load(kubeconfig)) as client:
+        pods, _ = await client.list(PODS, namespace=namespace)
+        services: list[dict[str, Any]] = []
+        if kind == "service":
+            services, _ = await client.list(SERVICES, namespace=namespace)
+        known: list[Key] = []
+        ref = refs.get(kind)
+        if ref is not None:
+            items, _ = await client.list(ref, namespace=namespace if ref.namespaced else None)
+            for item in items:
+                meta = item["metadata"]
+                if kind == "namespace":
+                    if namespace is None or meta["name"] == namespace:
+                        known.append(("", meta["name"]))
+                else:
+                    known.append((meta.get("namespace", ""), meta["name"]))
+    return known, pods, services
+
+
+@viz.command("stat")
+@click.argument("resource", nargs=-1, required=True)
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
+@click.option("--from", "from_text", default=None, help="Only traffic from this resource.")
+@click.option("--from-namespace", default=None, help="Namespace of --from (default: -n).")
+@click.option("--to", "to_text", default=None, help="Only traffic to this resource.")
+@click.option("--to-namespace", default=None, help="Namespace of --to (default: -n).")
+@click.option("-t", "--time-window", default="1m", show_default=True)
+@click.option("-o", "--output", type=click.Choice(["table", "wide", "json"]), default="table")
+@prometheus_option
+@kubeconfig_option
+def stat(
+    resource: tuple[str, ...],
+    namespace: str,
+    all_namespaces: bool,
+    from_text: str | None,
+    from_namespace: str | None,
+    to_text: str | None,
+    to_namespace: str | None,
+    time_window: str,
+    output: str,
+    prometheus_url: str,
+    kubeconfig: str | None,
+) -> None:
+    """Success rate, RPS, latency and TCP connections of RESOURCE (e.g. `deploy`, `deploy/web`)."""
+    target = resource_argument(resource)
+    if from_text and to_text:
+        raise click.UsageError("--from and --to cannot be combined")
+    try:
+        stat_mod.window_seconds(time_window)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--time-window") from exc
+    ns = None if all_namespaces else namespace
+    from_res = _named(from_text, "--from")
+    to_res = _named(to_text, "--to")
+    scope = stat_mod.stat_scope(
+        target,
+        ns,
+        from_resource=from_res,
+        from_namespace=from_namespace or namespace,
+        to_resource=to_res,
+        to_namespace=to_namespace or namespace,
+    )
+    queries = stat_mod.stat_queries(scope, time_window)
+    answers = _query_all(_client(prometheus_url), queries)
+    known: list[Key] = []
+    meshed: dict[Key, tuple[int, int]] = {}
+    if target.kind.name != "authority":
+        try:
+            known, pods, services = asyncio.run(_kube_objects(kubeconfig, target.kind.name, ns))
+        except Exception as exc:  # figures without MESHED beat no figures
+            click.echo(f"warning: cannot read Kubernetes ({exc}); MESHED unknown", err=True)
+        else:
+            meshed = meshed_counts(target.kind.name, pods, services)
+            if target.name:
+                known = [k for k in known if k[1] == target.name]
+            if from_res is not None or to_res is not None:
+                known = []  # only resources with traffic on the chosen edge
+    rows = stat_mod.stat_rows(
+        scope, target.kind.name, answers, time_window, known=known, meshed=meshed
+    )
+    if output == "json":
+        click.echo(stat_mod.render_json(rows))
+    else:
+        click.echo(
+            stat_mod.render_table(rows, wide=output == "wide", all_namespaces=all_namespaces)
+        )
+
+
+def _named(text: str | None, flag: str) -> Resource | None:
+    if text is None:
+        return None
+    try:
+        return parse_resource(text)
+    except click.BadParameter as exc:
+        raise click.BadParameter(str(exc.message), param_hint=flag) from exc
+
+
+@viz.command("edges")
+@click.argument("resource_type")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
+@click.option("-o", "--output", type=click.Choice(["table", "wide", "json"]), default="table")
+@prometheus_option
+def edges(
+    resource_type: str, namespace: str, all_namespaces: bool, output: str, prometheus_url: str
+) -> None:
+    """Connections between resources of RESOURCE_TYPE, and whether they are mTLS."""
+    kind = parse_resource(resource_type).kind
+    if kind.outbound_only:
+        raise click.BadParameter(f"edges are between workloads, not {kind.name}s")
+    queries = edges_mod.edges_queries(kind.label, None if all_namespaces else namespace)
+    answers = _query_all(_client(prometheus_url), queries)
+    found = edges_mod.build_edges(kind.label, answers)
+    if output == "json":
+        click.echo(edges_mod.render_json(found))
+    else:
+        click.echo(edges_mod.render_table(found, wide=output == "wide"))
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(viz)
