@@ -111,6 +111,7 @@ async def _run(
             "kubeconfig": str(mesh.cluster.kubeconfig),
             "node_netns": layout.node_netns,
             "node_address": layout.node_address,
+            "prometheus_url": mesh.prometheus.url if mesh.prometheus is not None else None,
         }
         (state_dir / "ready.json").write_text(json.dumps(info))
         click.echo(

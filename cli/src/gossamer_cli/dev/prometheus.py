@@ -58,6 +58,7 @@ class LocalPrometheus:
         self._task: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._written = ""
+        self.url = URL
 
     async def start(self) -> None:
         binary = prometheus_binary()

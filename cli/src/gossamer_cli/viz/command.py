@@ -198,3 +198,61 @@ def edges(
 
 def register(cli: click.Group) -> None:
     cli.add_command(viz)
+
+
+@viz.command("install")
+@click.option(
+    "-L", "--gossamer-namespace", "control_plane_namespace", default="gossamer",
+    show_default=True, help="Namespace of the Gossamer control plane.",
+)  # fmt: skip
+@click.option("--namespace", "viz_namespace", default="gossamer-viz", show_default=True)
+@click.option("--prometheus-image", default=None, help="Prometheus image (upstream by default).")
+@click.option("--scrape-interval", default="10s", show_default=True)
+@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml")
+def install(
+    control_plane_namespace: str,
+    viz_namespace: str,
+    prometheus_image: str | None,
+    scrape_interval: str,
+    output: str,
+) -> None:
+    """Print the viz extension's manifests, for `kubectl apply -f -`."""
+    import json
+
+    from gossamer_cli import manifests as m
+    from gossamer_cli.viz import manifests as viz_manifests
+
+    try:
+        stat_mod.window_seconds(scrape_interval)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scrape-interval") from exc
+    objects = viz_manifests.render(
+        namespace=viz_namespace,
+        control_plane_namespace=control_plane_namespace,
+        prometheus_image=prometheus_image or viz_manifests.PROMETHEUS_IMAGE,
+        scrape_interval=scrape_interval,
+    )
+    if output == "json":
+        click.echo(json.dumps(m.to_json_list(objects), indent=2))
+    else:
+        click.echo(m.to_yaml(objects), nl=False)
+
+
+@viz.command("check")
+@prometheus_option
+def check(prometheus_url: str) -> None:
+    """Check that the extension's Prometheus is up and scrapes the proxies."""
+    from gossamer_cli.viz import health
+
+    client = _client(prometheus_url)
+    ready = client.ready()
+    targets: list[Sample] | None = None
+    if ready:
+        try:
+            targets = client.query(health.TARGETS_QUERY)
+        except PrometheusError as exc:
+            raise click.ClickException(str(exc)) from exc
+    results = health.judge(prometheus_url, ready, targets)
+    click.echo(health.render(results))
+    if health.failed(results):
+        raise SystemExit(1)

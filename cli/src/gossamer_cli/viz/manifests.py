@@ -1,0 +1,176 @@
+"""``gossamer viz install``: the viz extension's manifests, shaped as ``linkerd viz install``'s.
+
+This renders the Prometheus part: the ``gossamer-viz`` namespace (meshed, labelled as a
+Linkerd extension), Prometheus's ServiceAccount and cluster-wide read access to pods, its
+configuration (the ``linkerd-proxy`` scrape job of :mod:`.scrape`, with Kubernetes pod
+discovery), its Deployment and its Service on 9090.
+
+The image defaults to the upstream Prometheus image, as Linkerd's: Debian's ``prometheus``
+package (which local mode runs) is built without Kubernetes discovery, so an image made from
+it could not find the proxies on a cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from gossamer_cli.viz import scrape
+
+NAMESPACE = "gossamer-viz"
+PROMETHEUS_IMAGE = "prom/prometheus:v2.55.1"
+PROMETHEUS_PORT = 9090
+CONFIG_KEY = "prometheus.yml"
+NOBODY = 65534
+
+
+def _labels(component: str) -> dict[str, str]:
+    return {
+        "linkerd.io/extension": "viz",
+        "component": component,
+        "app.kubernetes.io/name": component,
+        "app.kubernetes.io/part-of": "gossamer-viz",
+    }
+
+
+def render(
+    *,
+    namespace: str = NAMESPACE,
+    control_plane_namespace: str = "gossamer",
+    prometheus_image: str = PROMETHEUS_IMAGE,
+    scrape_interval: str = "10s",
+) -> list[dict[str, Any]]:
+    labels = _labels("prometheus")
+    name = "prometheus"
+    config = scrape.prometheus_config(
+        control_plane_namespace=control_plane_namespace,
+        discovery=scrape.kubernetes_discovery(),
+        scrape_interval=scrape_interval,
+    )
+    cluster_name = f"{control_plane_namespace}-{namespace}-prometheus"
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": namespace,
+                "labels": {
+                    "linkerd.io/extension": "viz",
+                    "pod-security.kubernetes.io/enforce": "privileged",
+                },
+                "annotations": {"linkerd.io/inject": "enabled"},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": cluster_name, "labels": labels},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["nodes", "nodes/proxy", "pods"],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": cluster_name, "labels": labels},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": cluster_name,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "prometheus-config", "namespace": namespace, "labels": labels},
+            "data": {CONFIG_KEY: yaml.safe_dump(config, sort_keys=False)},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {"component": "prometheus"},
+                "ports": [
+                    {"name": "admin-http", "port": PROMETHEUS_PORT, "targetPort": PROMETHEUS_PORT}
+                ],
+            },
+        },
+        _deployment(namespace, name, labels, prometheus_image),
+    ]
+
+
+def _deployment(namespace: str, name: str, labels: dict[str, str], image: str) -> dict[str, Any]:
+    container = {
+        "name": name,
+        "image": image,
+        "args": [
+            f"--config.file=/etc/prometheus/{CONFIG_KEY}",
+            "--storage.tsdb.path=/data",
+            "--storage.tsdb.retention.time=6h",
+            f"--web.listen-address=0.0.0.0:{PROMETHEUS_PORT}",
+            "--log.level=info",
+        ],
+        "ports": [{"name": "admin-http", "containerPort": PROMETHEUS_PORT}],
+        "readinessProbe": {
+            "httpGet": {"path": "/-/ready", "port": PROMETHEUS_PORT},
+            "initialDelaySeconds": 5,
+            "timeoutSeconds": 30,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/-/healthy", "port": PROMETHEUS_PORT},
+            "initialDelaySeconds": 30,
+            "timeoutSeconds": 30,
+        },
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": NOBODY,
+            "runAsGroup": NOBODY,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/data"},
+            {"name": "prometheus-config", "mountPath": "/etc/prometheus", "readOnly": True},
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"component": "prometheus"}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": name,
+                    "nodeSelector": {"kubernetes.io/os": "linux"},
+                    "securityContext": {"fsGroup": NOBODY},
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "data", "emptyDir": {}},
+                        {
+                            "name": "prometheus-config",
+                            "configMap": {"name": "prometheus-config"},
+                        },
+                    ],
+                },
+            },
+        },
+    }
