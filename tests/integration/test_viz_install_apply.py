@@ -1,0 +1,63 @@
+"""`gossamer viz install` against the real kube-apiserver: server-side dry run, then apply."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from gossamer_cli.main import cli
+from gossamer_kube.testing import KubeTestCluster
+from gossamer_kube.testing.binaries import locate_kubectl
+
+pytestmark = pytest.mark.kube
+
+
+def kubectl(cluster: KubeTestCluster, *args: str, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        [str(locate_kubectl()), "--kubeconfig", str(cluster.kubeconfig), *args],
+        input=stdin, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
+    return result.stdout
+
+
+def test_viz_install_applies_to_the_apiserver(kube_cluster: KubeTestCluster) -> None:
+    rendered = CliRunner().invoke(cli, ["viz", "install", "-L", "gossamer"])
+    assert rendered.exit_code == 0, rendered.output
+    kubectl(kube_cluster, "apply", "--dry-run=server", "-f", "-", stdin=rendered.output)
+    try:
+        kubectl(kube_cluster, "apply", "-f", "-", stdin=rendered.output)
+        deployment = yaml.safe_load(
+            kubectl(
+                kube_cluster, "get", "deployment", "prometheus", "-n", "gossamer-viz", "-o", "yaml"
+            )
+        )
+        config = yaml.safe_load(
+            kubectl(
+                kube_cluster,
+                "get",
+                "configmap",
+                "prometheus-config",
+                "-n",
+                "gossamer-viz",
+                "-o",
+                "yaml",
+            )
+        )
+        assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "prometheus"
+        scrape = yaml.safe_load(config["data"]["prometheus.yml"])
+        assert [j["job_name"] for j in scrape["scrape_configs"]] == ["prometheus", "linkerd-proxy"]
+        # The ServiceAccount may list and watch pods cluster-wide, as discovery needs.
+        can = kubectl(
+            kube_cluster, "auth", "can-i", "watch", "pods", "--all-namespaces",
+            "--as", "system:serviceaccount:gossamer-viz:prometheus",
+        )  # fmt: skip
+        assert can.strip() == "yes"
+    finally:
+        subprocess.run(
+            [str(locate_kubectl()), "--kubeconfig", str(kube_cluster.kubeconfig), "delete",
+             "--ignore-not-found", "--wait=false", "-f", "-"],
+            input=rendered.output, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
