@@ -117,3 +117,19 @@ def test_viz_edges_show_mtls_between_the_demos_deployments(demo: LocalMeshHandle
     assert table.splitlines()[0].split() == [
         "SRC", "DST", "SRC_NS", "DST_NS", "CLIENT_ID", "SERVER_ID", "SECURED",
     ]  # fmt: skip
+
+
+def test_viz_routes_show_the_flaky_profiles_route(demo: LocalMeshHandle) -> None:
+    def rows() -> dict[str, Any]:
+        out = gossamer(demo, "viz", "routes", "svc/flaky", "-n", "demo", "-o", "json")
+        return {r["route"]: r for r in json.loads(out)}
+
+    found = converge(rows, lambda r: bool((r.get("demo.Quote/Get") or {}).get("rps")))
+    route = found["demo.Quote/Get"]
+    assert route["service"] == "flaky"
+    assert route["rps"] > 0
+    assert 0 < route["success"] <= 1
+    table = gossamer(demo, "viz", "routes", "deploy/web", "-n", "demo", "--to", "svc/flaky")
+    with OUTPUT.open("a") as out:
+        out.write(f"$ gossamer viz routes deploy/web -n demo --to svc/flaky\n{table}\n")
+    assert table.splitlines()[1].split()[:2] == ["demo.Quote/Get", "flaky"]

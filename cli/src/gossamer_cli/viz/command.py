@@ -256,3 +256,82 @@ def check(prometheus_url: str) -> None:
     click.echo(health.render(results))
     if health.failed(results):
         raise SystemExit(1)
+
+
+async def _profile_routes(
+    kubeconfig: str | None, namespace: str, service: str | None
+) -> dict[str, list[str]]:
+    """Service name → its ServiceProfile's route names (profiles named ``<svc>.<ns>.svc.*``)."""
+    from gossamer_kube.client import KubeClient
+    from gossamer_kube.config import KubeConfig
+    from gossamer_kube.resources import SERVICEPROFILES
+
+    async with KubeClient(KubeConfig.load(kubeconfig)) as client:
+        profiles, _ = await client.list(SERVICEPROFILES, namespace=namespace)
+    found: dict[str, list[str]] = {}
+    for profile in profiles:
+        name = str(profile["metadata"]["name"])
+        svc, _, rest = name.partition(".")
+        if not rest.startswith(f"{namespace}.svc.") or (service and svc != service):
+            continue
+        routes = (profile.get("spec") or {}).get("routes") or []
+        found[svc] = [str(r.get("name", "")) for r in routes if r.get("name")]
+    return found
+
+
+@viz.command("routes")
+@click.argument("resource", nargs=-1, required=True)
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("--to", "to_text", default=None, help="Routes of this service (svc/NAME).")
+@click.option("--to-namespace", default=None, help="Namespace of --to (default: -n).")
+@click.option("-t", "--time-window", default="1m", show_default=True)
+@click.option("-o", "--output", type=click.Choice(["table", "wide", "json"]), default="table")
+@prometheus_option
+@kubeconfig_option
+def routes(
+    resource: tuple[str, ...],
+    namespace: str,
+    to_text: str | None,
+    to_namespace: str | None,
+    time_window: str,
+    output: str,
+    prometheus_url: str,
+    kubeconfig: str | None,
+) -> None:
+    """Per-route metrics of a Service's ServiceProfile (`svc/NAME`), or of a workload's calls
+    (`deploy/NAME --to svc/OTHER`)."""
+    from gossamer_cli.viz import routes as routes_mod
+
+    target = resource_argument(resource)
+    try:
+        stat_mod.window_seconds(time_window)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--time-window") from exc
+    to_res = _named(to_text, "--to")
+    if to_res is not None and to_res.kind.name != "service":
+        raise click.BadParameter("routes are per Service: use --to svc/NAME", param_hint="--to")
+    client_labels: dict[str, str] = {}
+    if target.kind.name == "service":
+        if to_res is not None:
+            raise click.UsageError("--to applies to a workload, not to a service")
+        service, service_ns = target.name or None, namespace
+    else:
+        client_labels["namespace"] = namespace
+        if target.name:
+            client_labels[target.kind.label] = target.name
+        service = to_res.name or None if to_res is not None else None
+        service_ns = to_namespace or namespace
+    selector = routes_mod.routes_selector(
+        service=service, service_namespace=service_ns, client=client_labels
+    )
+    answers = _query_all(_client(prometheus_url), routes_mod.routes_queries(selector, time_window))
+    try:
+        profiles = asyncio.run(_profile_routes(kubeconfig, service_ns, service))
+    except Exception as exc:  # routes seen in traffic are still worth showing
+        click.echo(f"warning: cannot read ServiceProfiles ({exc})", err=True)
+        profiles = {}
+    rows = routes_mod.route_rows(answers, time_window, profile_routes=profiles)
+    if output == "json":
+        click.echo(routes_mod.render_json(rows))
+    else:
+        click.echo(routes_mod.render_table(rows))
