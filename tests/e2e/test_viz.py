@@ -133,3 +133,14 @@ def test_viz_routes_show_the_flaky_profiles_route(demo: LocalMeshHandle) -> None
     with OUTPUT.open("a") as out:
         out.write(f"$ gossamer viz routes deploy/web -n demo --to svc/flaky\n{table}\n")
     assert table.splitlines()[1].split()[:2] == ["demo.Quote/Get", "flaky"]
+
+
+def test_viz_check_passes_on_the_local_mesh(demo: LocalMeshHandle) -> None:
+    out = converge(
+        lambda: demo.node_run(
+            [sys.executable, "-m", "gossamer_cli.main", "viz", "check"], check=False
+        ),
+        lambda r: r.returncode == 0,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "\u221a prometheus scrapes every proxy" in out.stdout

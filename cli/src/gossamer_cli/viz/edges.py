@@ -72,10 +72,10 @@ def build_edges(label: str, answers: Mapping[str, list[Sample]]) -> list[Edge]:
         named = [c for c in candidates if c.split(".", 1)[0] == src]
         client_id = (named or candidates or [""])[0] if secured else ""
         reason = "" if secured else (s.labels.get("no_tls_reason") or s.labels.get("tls", ""))
-        key = (src_ns, src, dst_ns, dst)
-        previous = edges.get(key)
+        edge_key = (src_ns, src, dst_ns, dst)
+        previous = edges.get(edge_key)
         if previous is None or (secured and not previous.secured):
-            edges[key] = Edge(src, dst, src_ns, dst_ns, client_id, server_id, secured, reason)
+            edges[edge_key] = Edge(src, dst, src_ns, dst_ns, client_id, server_id, secured, reason)
     return sorted(edges.values(), key=lambda e: (e.src_namespace, e.src, e.dst_namespace, e.dst))
 
 

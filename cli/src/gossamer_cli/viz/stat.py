@@ -192,9 +192,9 @@ def stat_rows(
             r = row(sample)
             if r is not None:
                 setattr(r, attr, sample.value)
-    for key, counts in (meshed or {}).items():
-        if key in rows:
-            rows[key].meshed = counts
+    for resource, counts in (meshed or {}).items():
+        if resource in rows:
+            rows[resource].meshed = counts
     return sorted(rows.values(), key=lambda r: (r.namespace, r.name))
 
 
