@@ -94,6 +94,8 @@ PROGRAMS: dict[str, Provider] = {
     "nginx": Debian("nginx"),
     "openssl": Debian("openssl"),
     "pgrep": Debian("procps"),
+    "prometheus": Debian("prometheus"),
+    "promtool": Debian("prometheus"),
     "setpriv": Debian("util-linux"),
     "tcpdump": Debian("tcpdump"),
     # Essential packages

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import http.server
 import json
-import shutil
 import socket
 import subprocess
 import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,6 @@ import yaml
 from gossamer_cli.dev.prometheus import local_config
 from gossamer_cli.viz import scrape
 
-PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="Debian's prometheus not installed")
 METRICS = b'request_total{direction="inbound",tls="true"} 7\n'
 
 
@@ -90,7 +87,9 @@ def query(port: int, promql: str) -> list[dict[str, Any]]:
     return result
 
 
-def test_proxy_series_carry_linkerds_labels(tmp_path: Path, admin: int) -> None:
+def test_proxy_series_carry_linkerds_labels(
+    tmp_path: Path, admin: int, require_program: Callable[[str], str]
+) -> None:
     targets = tmp_path / "targets.json"
     pods = [pod("web-1", "gossamer", admin), pod("other-mesh", "elsewhere", admin)]
     targets.write_text(json.dumps(scrape.pod_targets(pods)))
@@ -98,8 +97,9 @@ def test_proxy_series_carry_linkerds_labels(tmp_path: Path, admin: int) -> None:
     config.write_text(yaml.safe_dump(local_config(targets, "gossamer")))
     port = free_port()
     argv = [
-        str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+        require_program("prometheus"), f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import yaml
 from gossamer_cli.dev.prometheus import local_config
 from gossamer_cli.viz import scrape
 
-PROMTOOL = shutil.which("promtool")
 META = "__meta_kubernetes_"
 
 
@@ -80,21 +78,25 @@ def test_relabelling_keeps_only_this_control_planes_admin_ports() -> None:
     assert keep["regex"] == "^linkerd-proxy;linkerd-admin;gossamer$"
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian's prometheus) not installed")
-def test_local_config_passes_promtool(tmp_path: Path) -> None:
+def test_local_config_passes_promtool(
+    tmp_path: Path, require_program: Callable[[str], str]
+) -> None:
     targets = tmp_path / "targets.json"
     targets.write_text(json.dumps(scrape.pod_targets([meshed_pod()])))
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump(local_config(targets, "gossamer")))
     out = subprocess.run(
-        [str(PROMTOOL), "check", "config", str(config)], capture_output=True, text=True
+        [require_program("promtool"), "check", "config", str(config)],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS" in out.stdout + out.stderr
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian's prometheus) not installed")
-def test_cluster_config_relabelling_passes_promtool(tmp_path: Path) -> None:
+def test_cluster_config_relabelling_passes_promtool(
+    tmp_path: Path, require_program: Callable[[str], str]
+) -> None:
     """Debian's promtool has no Kubernetes discovery: check the cluster's config with the
     discovery swapped for a file, which leaves every relabelling rule to be checked."""
     config = scrape.prometheus_config(
@@ -106,6 +108,8 @@ def test_cluster_config_relabelling_passes_promtool(tmp_path: Path) -> None:
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     out = subprocess.run(
-        [str(PROMTOOL), "check", "config", str(path)], capture_output=True, text=True
+        [require_program("promtool"), "check", "config", str(path)],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stdout + out.stderr
