@@ -128,7 +128,8 @@ def stat(
         stat_mod.window_seconds(time_window)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--time-window") from exc
-    ns = None if all_namespaces else namespace
+    # Namespaces are not inside a namespace: `stat ns` lists them all, as Linkerd's does.
+    ns = None if all_namespaces or target.kind.name == "namespace" else namespace
     from_res = _named(from_text, "--from")
     to_res = _named(to_text, "--to")
     scope = stat_mod.stat_scope(
