@@ -26,8 +26,12 @@ def kubectl(cluster: KubeTestCluster, *args: str, stdin: str | None = None) -> s
 def test_viz_install_applies_to_the_apiserver(kube_cluster: KubeTestCluster) -> None:
     rendered = CliRunner().invoke(cli, ["viz", "install", "-L", "gossamer"])
     assert rendered.exit_code == 0, rendered.output
-    kubectl(kube_cluster, "apply", "--dry-run=server", "-f", "-", stdin=rendered.output)
+    documents = [d for d in yaml.safe_load_all(rendered.output) if d]
+    assert documents[0]["kind"] == "Namespace"
     try:
+        # The server validates the namespaced objects once their namespace exists.
+        kubectl(kube_cluster, "apply", "-f", "-", stdin=yaml.safe_dump(documents[0]))
+        kubectl(kube_cluster, "apply", "--dry-run=server", "-f", "-", stdin=rendered.output)
         kubectl(kube_cluster, "apply", "-f", "-", stdin=rendered.output)
         deployment = yaml.safe_load(
             kubectl(
