@@ -83,3 +83,12 @@ def test_viz_check_judges_prometheus(
     assert [line[0] for line in lines if line and line[0] in "\u221a\u203c\u00d7"] == marks
     if targets and targets[0].value == 0:
         assert "demo/web-1" in text
+
+
+def test_uninstall_names_every_installed_object_namespace_last() -> None:
+    result = CliRunner().invoke(cli, ["viz", "uninstall"])
+    assert result.exit_code == 0, result.output
+    removed = [(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(result.output) if d]
+    installed = [(o["kind"], o["metadata"]["name"]) for o in render()]
+    assert sorted(removed) == sorted(installed)
+    assert removed[-1] == ("Namespace", "gossamer-viz")

@@ -60,8 +60,15 @@ def test_viz_install_applies_to_the_apiserver(kube_cluster: KubeTestCluster) -> 
         )  # fmt: skip
         assert can.strip() == "yes"
     finally:
+        removal = CliRunner().invoke(cli, ["viz", "uninstall"])
         subprocess.run(
             [str(locate_kubectl()), "--kubeconfig", str(kube_cluster.kubeconfig), "delete",
              "--ignore-not-found", "--wait=false", "-f", "-"],
-            input=rendered.output, capture_output=True, text=True, timeout=120, check=False,
+            input=removal.output, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
+    gone = subprocess.run(
+        [str(locate_kubectl()), "--kubeconfig", str(kube_cluster.kubeconfig), "get",
+         "clusterrole", "gossamer-gossamer-viz-prometheus", "--ignore-not-found", "-o", "name"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert gone.stdout.strip() == "", "viz uninstall left the ClusterRole behind"

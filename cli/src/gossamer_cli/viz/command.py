@@ -336,3 +336,34 @@ def routes(
         click.echo(routes_mod.render_json(rows))
     else:
         click.echo(routes_mod.render_table(rows))
+
+
+@viz.command("uninstall")
+@click.option(
+    "-L", "--gossamer-namespace", "control_plane_namespace", default="gossamer",
+    show_default=True, help="Namespace of the Gossamer control plane.",
+)  # fmt: skip
+@click.option("--namespace", "viz_namespace", default="gossamer-viz", show_default=True)
+@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml")
+def uninstall(control_plane_namespace: str, viz_namespace: str, output: str) -> None:
+    """Print the extension's objects for `kubectl delete --ignore-not-found -f -`."""
+    import json
+
+    from gossamer_cli import manifests as m
+    from gossamer_cli.viz import manifests as viz_manifests
+
+    rendered = viz_manifests.render(
+        namespace=viz_namespace, control_plane_namespace=control_plane_namespace
+    )
+    # Cluster-wide objects first, the namespace (and everything in it) last.
+    ordered = [o for o in rendered if o["kind"] != "Namespace"] + [
+        o for o in rendered if o["kind"] == "Namespace"
+    ]
+    objects = []
+    for obj in ordered:
+        meta = {k: v for k, v in obj["metadata"].items() if k in ("name", "namespace")}
+        objects.append({"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": meta})
+    if output == "json":
+        click.echo(json.dumps(m.to_json_list(objects), indent=2))
+    else:
+        click.echo(m.to_yaml(objects), nl=False)
