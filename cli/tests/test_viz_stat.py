@@ -111,6 +111,10 @@ def test_stat_rows_compute_success_rate_rps_latency_and_tcp() -> None:
     ]  # fmt: skip
     assert table[1].split() == ["idle", "0/2", "-", "-", "-", "-", "-", "-"]
     assert table[2].split() == ["web", "1/1", "75.00%", "2.0rps", "4ms", "45ms", "96ms", "3"]
+    wide = stat.render_table(rows, wide=True, all_namespaces=True).splitlines()
+    assert wide[0].split()[0] == "NAMESPACE"
+    assert wide[0].split()[-2:] == ["READ_BYTES/SEC", "WRITE_BYTES/SEC"]
+    assert wide[2].split()[:2] == ["demo", "web"]
     (as_json,) = [r for r in json.loads(stat.render_json(rows)) if r["name"] == "web"]
     assert as_json["success"] == 0.75
     assert as_json["latency_ms_p99"] == 95.6

@@ -91,6 +91,12 @@ def test_viz_stat_shows_the_demos_golden_metrics(demo: LocalMeshHandle) -> None:
     (web_to_slow,) = [line.split() for line in to_slow.splitlines()[1:]]
     assert web_to_slow[0] == "web"
     assert web_to_slow[3].endswith("rps")
+    from_web = gossamer(demo, "viz", "stat", "deploy", "-n", "demo", "--from", "deploy/web")
+    with OUTPUT.open("a") as out:
+        out.write(f"$ gossamer viz stat deploy -n demo --from deploy/web\n{from_web}\n")
+    called = {line.split()[0]: line.split() for line in from_web.splitlines()[1:]}
+    assert set(called) == {"slow", "flaky"}
+    assert all(row[3].endswith("rps") for row in called.values())
 
 
 def test_viz_edges_show_mtls_between_the_demos_deployments(demo: LocalMeshHandle) -> None:

@@ -119,6 +119,12 @@ async def _run(
             f"kubectl --kubeconfig {mesh.cluster.kubeconfig} get pods -A",
             err=True,
         )
+        if mesh.prometheus is not None:
+            click.echo(
+                f"prometheus: {mesh.prometheus.url} in the node namespace; golden metrics: "
+                f"sudo ip netns exec {layout.node_netns} gossamer viz stat deploy -n demo",
+                err=True,
+            )
         if demo:
             await demo_app.deploy(mesh)
             if not headless:
