@@ -293,19 +293,8 @@ def outbound_route(
     tuning: route_tuning.Tuning = route_tuning.NO_TUNING,
 ) -> outbound_pb2.HttpRoute:
     """An HTTPRoute (``policy.linkerd.io`` or Gateway API) attached to a Service."""
-    ns = str(meta(route).get("namespace"))
     out = outbound_pb2.HttpRoute(metadata=_route_metadata(route))
-    spec = route.get("spec") or {}
-    out.hosts.extend(httproutes.host_match(str(h)) for h in spec.get("hostnames") or ())
-    for rule in spec.get("rules") or [{}]:
-        r = out.rules.add()
-        r.matches.extend(httproutes.rule_matches(rule))
-        r.filters.extend(_filter(f, outbound_pb2.HttpRoute) for f in rule.get("filters") or ())
-        r.backends.CopyFrom(
-            _route_backends(rule, ns, default, service_exists, settings, outbound_pb2.HttpRoute)
-        )
-        _tune_rule(r, rule, route, tuning)
-        r.allow_l5d_request_headers = settings.allow_l5d_request_headers
+    _add_rules(out, route, httproutes.rule_matches, default, service_exists, settings, tuning)
     return out
 
 
@@ -317,20 +306,32 @@ def outbound_grpc_route(
     tuning: route_tuning.Tuning = route_tuning.NO_TUNING,
 ) -> outbound_pb2.GrpcRoute:
     """A Gateway API GRPCRoute attached to a Service: RPC matches, gRPC-status retries."""
-    ns = str(meta(route).get("namespace"))
     out = outbound_pb2.GrpcRoute(metadata=_route_metadata(route))
+    _add_rules(out, route, httproutes.grpc_rule_matches, default, service_exists, settings, tuning)
+    return out
+
+
+def _add_rules(
+    out: Any,
+    route: Mapping[str, Any],
+    rule_matches: Any,
+    default: outbound_pb2.Backend,
+    service_exists: Any,
+    settings: DestinationSettings,
+    tuning: route_tuning.Tuning,
+) -> None:
+    """Hosts and rules of an HTTP or gRPC route; ``out``'s type picks the proto messages."""
+    kind = type(out)
+    ns = str(meta(route).get("namespace"))
     spec = route.get("spec") or {}
     out.hosts.extend(httproutes.host_match(str(h)) for h in spec.get("hostnames") or ())
     for rule in spec.get("rules") or [{}]:
         r = out.rules.add()
-        r.matches.extend(httproutes.grpc_rule_matches(rule))
-        r.filters.extend(_filter(f, outbound_pb2.GrpcRoute) for f in rule.get("filters") or ())
-        r.backends.CopyFrom(
-            _route_backends(rule, ns, default, service_exists, settings, outbound_pb2.GrpcRoute)
-        )
+        r.matches.extend(rule_matches(rule))
+        r.filters.extend(_filter(f, kind) for f in rule.get("filters") or ())
+        r.backends.CopyFrom(_route_backends(rule, ns, default, service_exists, settings, kind))
         _tune_rule(r, rule, route, tuning)
         r.allow_l5d_request_headers = settings.allow_l5d_request_headers
-    return out
 
 
 _ROUTE_ERRORS = (httproutes.InvalidRouteError, ValueError, TypeError, AttributeError)
