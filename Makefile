@@ -167,7 +167,7 @@ e2e:
 	else $(MAKE) --no-print-directory sync node-deb kube-bins node-bins && bash scripts/e2e-node.sh; fi
 
 bench: setup bench-deb
-	@$(RUN) python -m bench
+	@$(RUN) python -m bench $(BENCH_ARGS)
 
 bench-control-plane: sync
 	@bash scripts/kube-bins.sh >/dev/null

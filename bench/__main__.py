@@ -1,12 +1,19 @@
-"""``make bench``: direct, Gossamer and Envoy side by side, in one run, as ratios.
+"""``make bench``: direct, Gossamer and Envoy side by side, in interleaved rounds, as ratios.
 
-Proxies and backends are pinned to CPU 0 and the load generator to CPU 1. Results go to
-bench/results/: report.md, results.json and one PNG per topology.
+Proxies and backends are pinned to CPU 0 and the load generator to CPU 1. Every target of a
+topology is started once and warmed up; then each round runs every row (c=1, 16, 64) for
+every target in turn, the first target rotating, so a noisy moment of the machine does not
+land on one side only (:mod:`bench.rounds`). The cold topology starts fresh proxies for
+every round instead and measures c=64 with no warm-up. ``--baseline-rev REV`` adds that git
+revision's proxy as one more target of every topology (:mod:`bench.baseline`).
+
+Results go to bench/results/: report.md (goals first), results.json and one PNG per topology.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import platform
 import shutil
@@ -14,40 +21,66 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from bench import loadgen, report
+from bench import goals, loadgen, report
 from bench.backends import grpc_body
+from bench.baseline import Baseline, BaselineError, build_baseline
 from bench.certs import make_mesh_certs
+from bench.measured import TargetResult
 from bench.procs import ProcGroup, cpu_seconds, peak_rss_mb, process_group
 from bench.profile import profile_two_hop
-from bench.topologies import TOPOLOGIES, Topology, start_backend, workdir_for
+from bench.rounds import schedule
+from bench.topologies import TOPOLOGIES, TargetBuilder, Topology, start_backend, workdir_for
 
 RESULTS = Path(__file__).parent / "results"
 CONNECTIONS = (1, 16, 64)
+COLD_CONNECTIONS = 64
 
 
-def measure(
-    topology: Topology, target: str, root: Path, args: argparse.Namespace
-) -> report.TargetResult:
-    result = report.TargetResult(topology.name, target)
-    workdir = workdir_for(root, topology, target)
-    certs = make_mesh_certs(workdir)
-    with process_group(workdir) as group:
-        try:
-            backend_port = start_backend(topology.backend, group)
-            port = topology.targets[target](group, backend_port, certs)
-            group.check_alive()
-            if topology.backend == "iperf3":
-                _bulk(result, group, port, args)
-            else:
-                _requests(result, topology, group, port, workdir, args)
-            group.check_alive()
-            result.peak_rss_mb = {p.name: peak_rss_mb(p.pid) for p in group.measured()}
-        except Exception as exc:  # a failing target is reported, and the others still run
-            result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-            print(f"  {target}: {result.error}", file=sys.stderr)
-    return result
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _rounds(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least one round, not {text}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--seconds", type=_positive, default=5.0, help="duration of each row in each round"
+    )
+    parser.add_argument("--warmup", type=_positive, default=2.0, help="warm-up of each target")
+    parser.add_argument("--rounds", type=_rounds, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument(
+        "--cold-seconds", type=_positive, default=4.0, help="duration of the cold row"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=[t.name for t in TOPOLOGIES],
+        help="topologies to run (default: all)",
+    )
+    parser.add_argument(
+        "--baseline-rev",
+        metavar="REV",
+        help="also run the proxy of this git revision (e.g. e01e59f) as the `baseline` target",
+    )
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    return parser.parse_args(argv)
+
+
+def _failed(result: TargetResult, exc: Exception) -> None:
+    result.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    print(f"  {result.topology} {result.name}: {result.error}", file=sys.stderr)
 
 
 def _load(
@@ -59,82 +92,180 @@ def _load(
     return loadgen.wrk(f"http://127.0.0.1:{port}/", c, seconds)
 
 
-def _requests(
-    result: report.TargetResult,
+def _measured_cpu(group: ProcGroup) -> float:
+    return sum(cpu_seconds(p.pid) for p in group.measured())
+
+
+def _request_row(
+    result: TargetResult,
     topology: Topology,
     group: ProcGroup,
     port: int,
-    workdir: Path,
+    c: int,
+    seconds: float,
+) -> None:
+    before = _measured_cpu(group)
+    run = _load(topology, port, group.workdir, c, seconds)
+    spent = _measured_cpu(group) - before
+    group.check_alive()
+    result.add_run(run)
+    if c == 64 and run.requests and group.measured():
+        result.cpu_seconds_per_10k.append(spent / run.requests * 10_000)
+    print(
+        f"  {topology.name:15} {result.name:18} c={c:<3} {run.rps:>10,.0f} rps "
+        f"p50 {run.p50_us:>7.0f}µs p99 {run.p99_us:>7.0f}µs errors {run.errors}",
+        file=sys.stderr,
+    )
+
+
+def _bulk_row(result: TargetResult, group: ProcGroup, port: int, seconds: float) -> None:
+    before = _measured_cpu(group)
+    gbps = loadgen.iperf3(port, seconds)
+    spent = _measured_cpu(group) - before
+    group.check_alive()
+    result.gbytes_per_second.append(gbps)
+    moved = gbps * seconds
+    if group.measured() and moved:
+        result.cpu_seconds_per_10k.append(spent / moved)  # CPU seconds per GB here
+    print(f"  tcp             {result.name:18} {gbps:.2f} GB/s", file=sys.stderr)
+
+
+def _start(topology: Topology, builder: TargetBuilder, group: ProcGroup) -> int:
+    backend_port = start_backend(topology.backend, group)
+    port = builder(group, backend_port, make_mesh_certs(group.workdir))
+    group.check_alive()
+    return port
+
+
+def _rss(group: ProcGroup) -> dict[str, float]:
+    return {p.name: peak_rss_mb(p.pid) for p in group.measured()}
+
+
+def run_warm(
+    topology: Topology,
+    builders: dict[str, TargetBuilder],
+    results: dict[str, TargetResult],
+    root: Path,
     args: argparse.Namespace,
 ) -> None:
-    _load(topology, port, workdir, 64, args.warmup)  # fills pools, warms TLS sessions
-    for c in CONNECTIONS:
-        before = sum(cpu_seconds(p.pid) for p in group.measured())
-        run = _load(topology, port, workdir, c, args.seconds)
-        spent = sum(cpu_seconds(p.pid) for p in group.measured()) - before
-        result.runs[c] = run
-        if c == 64 and run.requests and group.measured():
-            result.cpu_seconds_per_10k = spent / run.requests * 10_000
-        print(
-            f"  {topology.name:10} {result.target:8} c={c:<3} {run.rps:>10,.0f} rps "
-            f"p50 {run.p50_us:>7.0f}µs p99 {run.p99_us:>7.0f}µs errors {run.errors}",
-            file=sys.stderr,
-        )
+    """Start every target, warm each up, then run the rows in interleaved rounds."""
+    with contextlib.ExitStack() as stack:
+        groups: dict[str, ProcGroup] = {}
+        ports: dict[str, int] = {}
+        for name, builder in builders.items():
+            group = stack.enter_context(process_group(workdir_for(root, topology, name)))
+            try:
+                ports[name] = _start(topology, builder, group)
+                groups[name] = group
+                if topology.backend != "iperf3":
+                    _load(topology, ports[name], group.workdir, 64, args.warmup)
+            except Exception as exc:  # a failing target is reported; the others still run
+                _failed(results[name], exc)
+        rows: tuple[int | None, ...] = (None,) if topology.backend == "iperf3" else CONNECTIONS
+        for order in schedule(list(groups), args.rounds):
+            for c in rows:
+                for name in order:
+                    result = results[name]
+                    if result.error:
+                        continue
+                    try:
+                        if c is None:
+                            _bulk_row(result, groups[name], ports[name], args.seconds)
+                        else:
+                            _request_row(
+                                result, topology, groups[name], ports[name], c, args.seconds
+                            )
+                    except Exception as exc:
+                        _failed(result, exc)
+        for name, group in groups.items():
+            if not results[name].error:
+                results[name].record_rss(_rss(group))
 
 
-def _bulk(
-    result: report.TargetResult, group: ProcGroup, port: int, args: argparse.Namespace
+def run_cold(
+    topology: Topology,
+    builders: dict[str, TargetBuilder],
+    results: dict[str, TargetResult],
+    root: Path,
+    args: argparse.Namespace,
 ) -> None:
-    before = sum(cpu_seconds(p.pid) for p in group.measured())
-    result.gbytes_per_second = loadgen.iperf3(port, args.seconds)
-    spent = sum(cpu_seconds(p.pid) for p in group.measured()) - before
-    moved = result.gbytes_per_second * args.seconds
-    if group.measured() and moved:
-        result.cpu_seconds_per_10k = spent / moved  # CPU seconds per GB for this topology
-    print(f"  tcp        {result.target:8} {result.gbytes_per_second:.2f} GB/s", file=sys.stderr)
+    """Fresh processes for every target in every round; c=64 at once, no warm-up."""
+    for index, order in enumerate(schedule(list(builders), args.rounds)):
+        for name in order:
+            result = results[name]
+            if result.error:
+                continue
+            workdir = workdir_for(root, topology, name, index)
+            with process_group(workdir) as group:
+                try:
+                    port = _start(topology, builders[name], group)
+                    _request_row(result, topology, group, port, COLD_CONNECTIONS, args.cold_seconds)
+                    result.record_rss(_rss(group))
+                except Exception as exc:
+                    _failed(result, exc)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measured row")
-    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before each target")
-    parser.add_argument("--only", nargs="*", help="topologies to run (default: all)")
-    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
-    args = parser.parse_args()
+def run_topology(
+    topology: Topology, root: Path, args: argparse.Namespace, baseline: Baseline | None
+) -> dict[str, TargetResult]:
+    builders = topology.builders(baseline.python if baseline else None)
+    labels = {"baseline": baseline.label} if baseline else {}
+    results = {
+        name: TargetResult(topology.name, name, label=labels.get(name, "")) for name in builders
+    }
+    print(f"{topology.title}", file=sys.stderr)
+    (run_cold if topology.cold else run_warm)(topology, builders, results, root, args)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     for tool in ("wrk", "h2load", "iperf3", "nginx", "taskset"):
         if shutil.which(tool) is None:
             print(f"bench: {tool} is missing (make bench installs it)", file=sys.stderr)
             return 2
+    baseline = None
+    if args.baseline_rev:
+        try:
+            baseline = build_baseline(args.baseline_rev)
+        except BaselineError as exc:
+            print(f"bench: baseline: {exc}", file=sys.stderr)
+            return 2
     RESULTS.mkdir(exist_ok=True)
     started = time.monotonic()
-    results: list[report.TargetResult] = []
     chosen = [t for t in TOPOLOGIES if not args.only or t.name in args.only]
+    by_topology: dict[str, dict[str, TargetResult]] = {}
     with tempfile.TemporaryDirectory(prefix="gossamer-bench-") as tmp:
         root = Path(tmp)
         for topology in chosen:
-            print(f"{topology.title}", file=sys.stderr)
-            for target in topology.targets:
-                results.append(measure(topology, target, root, args))
+            by_topology[topology.name] = run_topology(topology, root, args, baseline)
         profile = None if args.no_profile else profile_two_hop(root, args.seconds)
     meta = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "cpus": "proxies and backends on CPU 0, load generator on CPU 1",
+        "rounds": f"{args.rounds} interleaved (medians; ratios paired by round, min-max)",
         "seconds per row": args.seconds,
+        "cold row": f"{args.cold_seconds:g}s at c={COLD_CONNECTIONS}, fresh proxies each round",
         "envoy": subprocess.run(["envoy", "--version"], capture_output=True, text=True)
         .stdout.strip()
         .split()[-1],
         "wall time": f"{time.monotonic() - started:.0f}s",
     }
+    if baseline is not None:
+        meta["baseline"] = f"{baseline.label} ({baseline.python})"
     titles = {t.name: t.title for t in chosen}
-    text = report.markdown(results, titles, meta)
+    verdicts = goals.verdicts(by_topology)
+    text = report.markdown(
+        by_topology, titles, meta, verdicts, baseline.label if baseline else None
+    )
     if profile:
         text += (
             "\n## Where the proxy spends its time (two-hop HTTP/1.1, py-spy)\n\n" + profile + "\n"
         )
     (RESULTS / "report.md").write_text(text)
-    report.write_json(results, meta, RESULTS / "results.json")
-    report.plots(results, titles, RESULTS)
+    report.write_json(by_topology, meta, RESULTS / "results.json")
+    report.plots(by_topology, titles, RESULTS)
     print(text)
     print(f"written: {RESULTS}/report.md, results.json, *.png", file=sys.stderr)
     return 0

@@ -26,6 +26,39 @@ http {{
 }}
 """
 
+# nginx as a reverse proxy (issue 21's "≥ 0.75x nginx" reference): one worker, a keep-alive
+# pool to the backend, no access log, as a stock reverse-proxy config. No master process:
+# the one process measured (CPU, RSS) is the one doing the work.
+NGINX_PROXY_CONF = """
+worker_processes 1;
+master_process off;
+daemon off;
+pid {workdir}/nginx-proxy.pid;
+error_log {workdir}/nginx-proxy-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/nginx-proxy-body;
+  proxy_temp_path {workdir}/nginx-proxy-temp;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  upstream backend {{
+    server 127.0.0.1:{upstream};
+    keepalive 128;
+    keepalive_requests 1000000;
+  }}
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+
 GRPC_SERVER = textwrap.dedent(
     """
     import sys
@@ -55,6 +88,18 @@ def start_nginx(group: ProcGroup) -> int:
     conf = group.workdir / "nginx.conf"
     conf.write_text(NGINX_CONF.format(workdir=group.workdir, port=port))
     group.start("nginx", ["nginx", "-c", str(conf), "-p", str(group.workdir)], measured=False)
+    wait_for_port(port)
+    return port
+
+
+def start_nginx_proxy(group: ProcGroup, upstream_port: int) -> int:
+    """nginx as a proxy in front of ``upstream_port``; measured, since it is the target."""
+    port = free_port()
+    conf = group.workdir / "nginx-proxy.conf"
+    conf.write_text(
+        NGINX_PROXY_CONF.format(workdir=group.workdir, port=port, upstream=upstream_port)
+    )
+    group.start("nginx-proxy", ["nginx", "-c", str(conf), "-p", str(group.workdir)])
     wait_for_port(port)
     return port
 

@@ -67,7 +67,7 @@ def main() -> int:
             body = grpc_body(workdir) if topology.backend == "grpc" else None
             with process_group(workdir) as group:
                 backend_port = start_backend(topology.backend, group)
-                port = topology.targets["gossamer"](group, backend_port, certs)
+                port = topology.builders()["gossamer"](group, backend_port, certs)
                 idle = {p.name: current_rss_mb(p.pid) for p in group.measured()}
                 h2load(port, max(args.requests // 10, 1000), grpc_body_file=body)
                 before = {p.name: cpu_seconds(p.pid) for p in group.measured()}

@@ -23,14 +23,24 @@ def _base_env(listen: int) -> dict[str, str]:
     }
 
 
-def start_proxy(group: ProcGroup, name: str, upstream_port: int, *, opaque: bool = False) -> int:
-    """One proxy forwarding 127.0.0.1:<its port> to 127.0.0.1:upstream_port."""
+def start_proxy(
+    group: ProcGroup,
+    name: str,
+    upstream_port: int,
+    *,
+    opaque: bool = False,
+    python: str = sys.executable,
+) -> int:
+    """One proxy forwarding 127.0.0.1:<its port> to 127.0.0.1:upstream_port.
+
+    ``python`` is the interpreter of the venv whose proxy runs (a baseline revision's).
+    """
     port = free_port()
     env = _base_env(port)
     env["GOSSAMER_PROXY_OUTBOUND_FIXED_TARGET"] = f"127.0.0.1:{upstream_port}"
     if opaque:
         env["GOSSAMER_PROXY_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION"] = str(upstream_port)
-    group.start(name, [sys.executable, "-m", "gossamer_proxy"], env=env)
+    group.start(name, [python, "-m", "gossamer_proxy"], env=env)
     wait_for_port(port)
     return port
 
@@ -45,7 +55,9 @@ def _static_identity(side: TlsFiles) -> dict[str, str]:
     }
 
 
-def start_pair(group: ProcGroup, backend_port: int, certs: MeshCerts) -> int:
+def start_pair(
+    group: ProcGroup, backend_port: int, certs: MeshCerts, *, python: str = sys.executable
+) -> int:
     """Outbound proxy → mTLS → inbound proxy → backend; returns the outbound proxy's port.
 
     The two proxies play a client pod's and a server pod's sidecars without iptables or a
@@ -62,7 +74,7 @@ def start_pair(group: ProcGroup, backend_port: int, certs: MeshCerts) -> int:
         "GOSSAMER_PROXY_INBOUND_FIXED_TARGET": f"127.0.0.1:{backend_port}",
         **_static_identity(certs.server),
     }
-    group.start("gossamer-inbound", [sys.executable, "-m", "gossamer_proxy"], env=server_env)
+    group.start("gossamer-inbound", [python, "-m", "gossamer_proxy"], env=server_env)
     wait_for_port(inbound)
 
     outbound = free_port()
@@ -72,6 +84,6 @@ def start_pair(group: ProcGroup, backend_port: int, certs: MeshCerts) -> int:
         "GOSSAMER_PROXY_OUTBOUND_FIXED_IDENTITY": certs.server.identity,
         **_static_identity(certs.client),
     }
-    group.start("gossamer-outbound", [sys.executable, "-m", "gossamer_proxy"], env=client_env)
+    group.start("gossamer-outbound", [python, "-m", "gossamer_proxy"], env=client_env)
     wait_for_port(outbound)
     return outbound

@@ -1,26 +1,23 @@
-"""Turning measured rows into the markdown table, the JSON file and the PNG plots."""
+"""Turning measured rounds into the markdown report, the JSON file and the PNG plots.
+
+Figures in the tables are medians over the rounds; ratios are the median of the per-round
+ratios with their range, ``1.23x (1.10-1.31)``. The goals table comes first.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench.goals import Verdict
 from bench.loadgen import LoadResult
+from bench.measured import TargetResult, Targets, median_run
+from bench.rounds import Spread, paired_ratios
 
-
-@dataclass
-class TargetResult:
-    """Everything measured for one target of one topology."""
-
-    topology: str
-    target: str
-    runs: dict[int, LoadResult] = field(default_factory=dict)  # by connection count
-    cpu_seconds_per_10k: float | None = None
-    peak_rss_mb: dict[str, float] = field(default_factory=dict)  # by process name
-    gbytes_per_second: float | None = None
-    error: str | None = None
+__all__ = ["TargetResult", "goals_table", "markdown", "plots", "write_json"]
 
 
 def _fmt_us(us: float | None) -> str:
@@ -29,84 +26,36 @@ def _fmt_us(us: float | None) -> str:
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
 
 
-def _ratio(value: float | None, reference: float | None) -> str:
-    if value is None or not reference:
-        return "—"
-    return f"{value / reference:.2f}x"
-
-
-def _run(result: TargetResult, connections: int) -> LoadResult | None:
-    return result.runs.get(connections)
-
-
-def markdown(results: list[TargetResult], titles: dict[str, str], meta: dict[str, Any]) -> str:
-    lines = ["# Gossamer benchmark", ""]
-    lines += [f"- {k}: {v}" for k, v in meta.items()]
-    lines.append("")
-    for topology, title in titles.items():
-        rows = [r for r in results if r.topology == topology]
-        if not rows:
-            continue
-        by_target = {r.target: r for r in rows}
-        lines += [f"## {title} (`{topology}`)", ""]
-        if topology == "tcp":
-            lines += [
-                "| target | GB/s | ÷ Envoy | CPU s per GB | peak RSS |",
-                "|---|---|---|---|---|",
-            ]
-            envoy = by_target.get("envoy")
-            for r in rows:
-                lines.append(
-                    f"| {r.target} | {_num(r.gbytes_per_second)} | "
-                    f"{_ratio(r.gbytes_per_second, envoy.gbytes_per_second if envoy else None)} | "
-                    f"{_num(r.cpu_seconds_per_10k)} | {_rss(r)} |" + _err(r)
-                )
-            lines.append("")
-            continue
-        direct = by_target.get("direct")
-        envoy = by_target.get("envoy")
-        lines += [
-            "| target | rps c=64 | rps ÷ Envoy | p50 c=1 | p99 c=1 | p999 c=1 | added p50 c=1 "
-            "| added p50 ÷ Envoy | p50 c=16 | p99 c=16 | p999 c=16 | added p99 c=1 "
-            "| CPU s /10k req | peak RSS |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        envoy_added = _added(envoy, direct, 1, "p50_us")
-        for r in rows:
-            c1, c16, c64 = _run(r, 1), _run(r, 16), _run(r, 64)
-            added = _added(r, direct, 1, "p50_us")
-            lines.append(
-                f"| {r.target} | {_num(c64.rps if c64 else None, 0)} "
-                f"| {_ratio(c64.rps if c64 else None, _rps(envoy, 64))} "
-                f"| {_fmt_us(c1.p50_us if c1 else None)} | {_fmt_us(c1.p99_us if c1 else None)} "
-                f"| {_fmt_us(c1.p999_us if c1 else None)} | {_fmt_us(added)} "
-                f"| {_ratio(added, envoy_added) if r.target != 'direct' else '—'} "
-                f"| {_fmt_us(c16.p50_us if c16 else None)} "
-                f"| {_fmt_us(c16.p99_us if c16 else None)} "
-                f"| {_fmt_us(c16.p999_us if c16 else None)} "
-                f"| {_fmt_us(_added(r, direct, 1, 'p99_us'))} "
-                f"| {_num(r.cpu_seconds_per_10k, 3)} | {_rss(r)} |" + _err(r)
-            )
-        lines.append("")
-    return "\n".join(lines) + "\n"
-
-
-def _added(r: TargetResult | None, direct: TargetResult | None, c: int, key: str) -> float | None:
-    if r is None or direct is None or r.target == "direct":
-        return None
-    mine, base = _run(r, c), _run(direct, c)
-    if mine is None or base is None:
-        return None
-    return float(getattr(mine, key) - getattr(base, key))
-
-
-def _rps(r: TargetResult | None, c: int) -> float | None:
-    run = _run(r, c) if r else None
-    return run.rps if run else None
-
-
 def _num(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _spread(values: Sequence[float]) -> str:
+    spread = Spread.of(values)
+    return "—" if spread is None else spread.format()
+
+
+def _median(values: Sequence[float]) -> float | None:
+    spread = Spread.of(values)
+    return None if spread is None else spread.median
+
+
+def _runs(r: TargetResult | None, c: int, key: str) -> list[float | None]:
+    return [float(getattr(run, key)) for run in r.runs.get(c, [])] if r is not None else []
+
+
+def _added(r: TargetResult | None, direct: TargetResult | None, c: int, key: str) -> list[float]:
+    return [
+        m - d
+        for m, d in zip(_runs(r, c, key), _runs(direct, c, key), strict=False)
+        if m is not None and d is not None
+    ]
+
+
+def _ratio_to(r: TargetResult, ref: TargetResult | None, c: int, key: str) -> str:
+    if ref is None or ref is r:
+        return "—"
+    return _spread(paired_ratios(_runs(r, c, key), _runs(ref, c, key)))
 
 
 def _rss(r: TargetResult) -> str:
@@ -119,12 +68,160 @@ def _err(r: TargetResult) -> str:
     return f" failed: {r.error}" if r.error else ""
 
 
-def write_json(results: list[TargetResult], meta: dict[str, Any], path: Path) -> None:
-    data = {"meta": meta, "results": [asdict(r) for r in results]}
+def _rounds(r: TargetResult) -> int:
+    counts = [len(v) for v in r.runs.values()] + [len(r.gbytes_per_second)]
+    return max(counts, default=0)
+
+
+def goals_table(verdicts: Sequence[Verdict], baseline_label: str | None) -> list[str]:
+    head = "| measure | Gossamer: median (min-max) | goal | met |"
+    rule = "|---|---|---|---|"
+    if baseline_label:
+        head += f" ÷ {baseline_label} |"
+        rule += "---|"
+    lines = ["## Goals (issue 21)", "", head, rule]
+    noisy: list[str] = []
+    for v in verdicts:
+        goal = v.goal
+        if v.measured is None:
+            measured, mark = "not measured", "—"
+        else:
+            digits = 0 if goal.unit.strip() == "MB" else 2
+            measured = v.measured.format(digits, goal.unit)
+            if goal.reference:
+                measured += f" of {goal.reference.capitalize()}"
+            mark = "✓" if v.met else "✗"
+            if v.noisy:
+                mark += " ⚠"
+                noisy.append(goal.title)
+        row = f"| {goal.title} | {measured} | {goal.wanted} | {mark} |"
+        if baseline_label:
+            if v.baseline is None:
+                row += " — |"
+            else:
+                row += f" {v.baseline.format()} {'✓' if v.baseline_ok else '✗ worse by >5%'} |"
+        lines.append(row)
+    lines.append("")
+    if noisy:
+        lines.append(
+            "⚠ The rounds' range is wider than the gap between the median and the goal, so "
+            "another run could give the other verdict: " + "; ".join(noisy) + "."
+        )
+        lines.append("")
+    return lines
+
+
+def _requests_table(rows: Sequence[TargetResult], by: Targets) -> list[str]:
+    direct, envoy = by.get("direct"), by.get("envoy")
+    lines = [
+        "| target | rps c=64 | rps ÷ Envoy | p50 c=1 | p99 c=1 | added p50 c=1 "
+        "| added p50 ÷ Envoy | p50 c=16 | p99 c=16 | p50 c=64 | p99 c=64 | p99 c=64 ÷ Envoy "
+        "| CPU s /10k req | peak RSS | rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    envoy_added = _added(envoy, direct, 1, "p50_us")
+    for r in rows:
+        c1, c16, c64 = median_run(r, 1), median_run(r, 16), median_run(r, 64)
+        added = _added(r, direct, 1, "p50_us") if r is not direct else []
+        added_ratio = (
+            _spread([a / e for a, e in zip(added, envoy_added, strict=False) if e])
+            if r is not envoy and r is not direct
+            else "—"
+        )
+        lines.append(
+            f"| {r.name} | {_num(c64.rps if c64 else None, 0)} "
+            f"| {_ratio_to(r, envoy, 64, 'rps')} "
+            f"| {_fmt_us(c1.p50_us if c1 else None)} | {_fmt_us(c1.p99_us if c1 else None)} "
+            f"| {_fmt_us(_median(added))} | {added_ratio} "
+            f"| {_fmt_us(c16.p50_us if c16 else None)} | {_fmt_us(c16.p99_us if c16 else None)} "
+            f"| {_fmt_us(c64.p50_us if c64 else None)} | {_fmt_us(c64.p99_us if c64 else None)} "
+            f"| {_ratio_to(r, envoy, 64, 'p99_us')} "
+            f"| {_num(_median(r.cpu_seconds_per_10k), 3)} | {_rss(r)} | {_rounds(r)} |" + _err(r)
+        )
+    return lines
+
+
+def _cold_table(rows: Sequence[TargetResult], by: Targets) -> list[str]:
+    envoy = by.get("envoy")
+    lines = [
+        "| target | rps c=64 | p50 c=64 | p99 c=64 | p99 ÷ Envoy | p999 c=64 | errors "
+        "| peak RSS | rounds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c64 = median_run(r, 64)
+        lines.append(
+            f"| {r.name} | {_num(c64.rps if c64 else None, 0)} "
+            f"| {_fmt_us(c64.p50_us if c64 else None)} | {_fmt_us(c64.p99_us if c64 else None)} "
+            f"| {_ratio_to(r, envoy, 64, 'p99_us')} "
+            f"| {_fmt_us(c64.p999_us if c64 else None)} | {c64.errors if c64 else '—'} "
+            f"| {_rss(r)} | {_rounds(r)} |" + _err(r)
+        )
+    return lines
+
+
+def _tcp_table(rows: Sequence[TargetResult], by: Targets) -> list[str]:
+    envoy = by.get("envoy")
+    lines = [
+        "| target | GB/s | ÷ Envoy | CPU s per GB | peak RSS | rounds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = (
+            _spread(paired_ratios(list(r.gbytes_per_second), list(envoy.gbytes_per_second)))
+            if envoy is not None and envoy is not r
+            else "—"
+        )
+        lines.append(
+            f"| {r.name} | {_num(_median(r.gbytes_per_second))} | {ratio} "
+            f"| {_num(_median(r.cpu_seconds_per_10k))} | {_rss(r)} | {_rounds(r)} |" + _err(r)
+        )
+    return lines
+
+
+def markdown(
+    by_topology: Mapping[str, Targets],
+    titles: Mapping[str, str],
+    meta: Mapping[str, Any],
+    verdicts: Sequence[Verdict] = (),
+    baseline_label: str | None = None,
+) -> str:
+    lines = ["# Gossamer benchmark", ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items()]
+    lines.append("")
+    if verdicts:
+        lines += goals_table(verdicts, baseline_label)
+    for topology, title in titles.items():
+        by = by_topology.get(topology)
+        if not by:
+            continue
+        rows = list(by.values())
+        lines += [f"## {title} (`{topology}`)", ""]
+        if topology == "tcp":
+            lines += _tcp_table(rows, by)
+        elif topology.endswith("-cold"):
+            lines += _cold_table(rows, by)
+        else:
+            lines += _requests_table(rows, by)
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_json(by_topology: Mapping[str, Targets], meta: Mapping[str, Any], path: Path) -> None:
+    data = {
+        "meta": dict(meta),
+        "results": [asdict(r) for by in by_topology.values() for r in by.values()],
+    }
     path.write_text(json.dumps(data, indent=2, default=str))
 
 
-def plots(results: list[TargetResult], titles: dict[str, str], outdir: Path) -> list[Path]:
+def _median_or_zero(run: LoadResult | None, key: str, scale: float = 1.0) -> float:
+    return float(getattr(run, key)) / scale if run is not None else 0.0
+
+
+def plots(
+    by_topology: Mapping[str, Targets], titles: Mapping[str, str], outdir: Path
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,34 +229,35 @@ def plots(results: list[TargetResult], titles: dict[str, str], outdir: Path) -> 
 
     written: list[Path] = []
     for topology, title in titles.items():
-        rows = [r for r in results if r.topology == topology and not r.error]
+        rows = [r for r in by_topology.get(topology, {}).values() if r.runs or r.gbytes_per_second]
         if not rows:
             continue
         if topology == "tcp":
             fig, ax = plt.subplots(figsize=(6, 4))
-            ax.bar([r.target for r in rows], [r.gbytes_per_second or 0 for r in rows])
-            ax.set_ylabel("GB/s")
+            ax.bar([r.name for r in rows], [_median(r.gbytes_per_second) or 0 for r in rows])
+            ax.set_ylabel("GB/s (median of rounds)")
             ax.set_title(title)
         else:
             fig, (lat, thr) = plt.subplots(1, 2, figsize=(12, 4.5))
-            labels = ["p50 c=1", "p99 c=1", "p999 c=1", "p50 c=16", "p99 c=16", "p999 c=16"]
+            counts = sorted({c for r in rows for c in r.runs})
+            labels = [f"{p} c={c}" for c in counts for p in ("p50", "p99", "p999")]
             width = 0.8 / len(rows)
             for i, r in enumerate(rows):
                 values = []
-                for c in (1, 16):
-                    run = _run(r, c)
-                    values += (
-                        [run.p50_us / 1000, run.p99_us / 1000, run.p999_us / 1000]
-                        if run
-                        else [0, 0, 0]
-                    )
-                lat.bar([x + i * width for x in range(len(labels))], values, width, label=r.target)
+                for c in counts:
+                    run = median_run(r, c)
+                    values += [
+                        _median_or_zero(run, k, 1000) for k in ("p50_us", "p99_us", "p999_us")
+                    ]
+                lat.bar([x + i * width for x in range(len(labels))], values, width, label=r.name)
             lat.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(labels))], labels)
-            lat.set_ylabel("latency (ms)")
+            lat.set_ylabel("latency (ms, median of rounds)")
             lat.set_yscale("log")
             lat.set_title(f"{title}: latency percentiles")
             lat.legend()
-            thr.bar([r.target for r in rows], [(_rps(r, 64) or 0) for r in rows])
+            thr.bar(
+                [r.name for r in rows], [_median_or_zero(median_run(r, 64), "rps") for r in rows]
+            )
             thr.set_ylabel("requests/s at 64 connections")
             thr.set_title(f"{title}: throughput")
         fig.tight_layout()

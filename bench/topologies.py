@@ -1,16 +1,24 @@
-"""The four benchmark topologies, each run for direct, Gossamer and Envoy side by side.
+"""The benchmark topologies, each run for direct, Gossamer and Envoy side by side.
 
-1. ``http1``: one hop, plaintext HTTP/1.1 (wrk → proxy → nginx).
+1. ``http1``: one hop, plaintext HTTP/1.1 (wrk → proxy → nginx); nginx as a proxy too.
 2. ``http1-mtls``: two hops with mTLS (wrk → outbound proxy → inbound proxy → nginx).
-3. ``grpc-mtls``: gRPC unary through two mTLS hops (h2load → … → grpcio server).
-4. ``tcp``: opaque TCP bulk transfer (iperf3 → proxy → iperf3).
+3. ``http1-mtls-cold``: the same two hops, fresh proxies every round and no warm-up: p99 at
+   c=64 while 64 new client connections make the proxies open their mesh connections.
+4. ``grpc-mtls``: gRPC unary through two mTLS hops (h2load → … → grpcio server).
+5. ``tcp``: opaque TCP bulk transfer (iperf3 → proxy → iperf3).
+
+With a baseline revision (``--baseline-rev``), every topology also runs that revision's
+proxy as the ``baseline`` target, built the same way as ``gossamer`` from its own venv.
 """
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from bench import backends, envoy, gossamer
 from bench.certs import MeshCerts
@@ -21,16 +29,42 @@ from bench.procs import ProcGroup
 TargetBuilder = Callable[[ProcGroup, int, MeshCerts], int]
 
 
+class ProxyBuilder(Protocol):
+    """Gossamer's builder also takes the interpreter whose ``gossamer_proxy`` runs."""
+
+    def __call__(
+        self, group: ProcGroup, backend_port: int, certs: MeshCerts, *, python: str
+    ) -> int: ...
+
+
 @dataclass(frozen=True)
 class Topology:
     name: str
     title: str
     backend: str  # "nginx" | "grpc" | "iperf3"
-    targets: dict[str, TargetBuilder]
+    targets: dict[str, TargetBuilder]  # every target but Gossamer's
+    proxy: ProxyBuilder  # Gossamer's (current or baseline)
+    #: Fresh processes each round, no warm-up, c=64 only.
+    cold: bool = False
+
+    def builders(self, baseline_python: str | None = None) -> dict[str, TargetBuilder]:
+        """Every target of this topology in run order; ``baseline`` when one is given."""
+        found: dict[str, TargetBuilder] = {}
+        if "direct" in self.targets:
+            found["direct"] = self.targets["direct"]
+        found["gossamer"] = functools.partial(self.proxy, python=sys.executable)
+        found |= {name: b for name, b in self.targets.items() if name != "direct"}
+        if baseline_python is not None:
+            found["baseline"] = functools.partial(self.proxy, python=baseline_python)
+        return found
 
 
 def _direct(group: ProcGroup, backend_port: int, certs: MeshCerts) -> int:
     return backend_port
+
+
+def _nginx_proxy(group: ProcGroup, backend_port: int, certs: MeshCerts) -> int:
+    return backends.start_nginx_proxy(group, backend_port)
 
 
 def _envoy_one_hop(group: ProcGroup, backend_port: int, certs: MeshCerts) -> int:
@@ -54,16 +88,16 @@ def _envoy_pair(http2: bool) -> TargetBuilder:
     return build
 
 
-def _gossamer_one_hop(group: ProcGroup, backend_port: int, certs: MeshCerts) -> int:
-    return gossamer.start_proxy(group, "gossamer", backend_port)
+def _gossamer_one_hop(group: ProcGroup, backend_port: int, certs: MeshCerts, *, python: str) -> int:
+    return gossamer.start_proxy(group, "gossamer", backend_port, python=python)
 
 
-def _gossamer_tcp(group: ProcGroup, backend_port: int, certs: MeshCerts) -> int:
-    return gossamer.start_proxy(group, "gossamer", backend_port, opaque=True)
+def _gossamer_tcp(group: ProcGroup, backend_port: int, certs: MeshCerts, *, python: str) -> int:
+    return gossamer.start_proxy(group, "gossamer", backend_port, opaque=True, python=python)
 
 
-def _gossamer_pair(group: ProcGroup, backend_port: int, certs: MeshCerts) -> int:
-    return gossamer.start_pair(group, backend_port, certs)
+def _gossamer_pair(group: ProcGroup, backend_port: int, certs: MeshCerts, *, python: str) -> int:
+    return gossamer.start_pair(group, backend_port, certs, python=python)
 
 
 TOPOLOGIES = [
@@ -71,25 +105,37 @@ TOPOLOGIES = [
         "http1",
         "Single hop, plaintext HTTP/1.1",
         "nginx",
-        {"direct": _direct, "gossamer": _gossamer_one_hop, "envoy": _envoy_one_hop},
+        {"direct": _direct, "envoy": _envoy_one_hop, "nginx": _nginx_proxy},
+        _gossamer_one_hop,
     ),
     Topology(
         "http1-mtls",
         "Two hops with mTLS, HTTP/1.1",
         "nginx",
-        {"direct": _direct, "gossamer": _gossamer_pair, "envoy": _envoy_pair(http2=False)},
+        {"direct": _direct, "envoy": _envoy_pair(http2=False)},
+        _gossamer_pair,
+    ),
+    Topology(
+        "http1-mtls-cold",
+        "Two hops with mTLS, HTTP/1.1, cold: fresh proxies, no warm-up",
+        "nginx",
+        {"envoy": _envoy_pair(http2=False)},
+        _gossamer_pair,
+        cold=True,
     ),
     Topology(
         "grpc-mtls",
         "gRPC unary through two mTLS hops",
         "grpc",
-        {"direct": _direct, "gossamer": _gossamer_pair, "envoy": _envoy_pair(http2=True)},
+        {"direct": _direct, "envoy": _envoy_pair(http2=True)},
+        _gossamer_pair,
     ),
     Topology(
         "tcp",
         "Opaque TCP bulk transfer",
         "iperf3",
-        {"direct": _direct, "gossamer": _gossamer_tcp, "envoy": _envoy_tcp},
+        {"direct": _direct, "envoy": _envoy_tcp},
+        _gossamer_tcp,
     ),
 ]
 
@@ -102,7 +148,8 @@ def start_backend(kind: str, group: ProcGroup) -> int:
     return backends.start_iperf3(group)
 
 
-def workdir_for(root: Path, topology: Topology, target: str) -> Path:
-    path = root / f"{topology.name}-{target}"
+def workdir_for(root: Path, topology: Topology, target: str, round_index: int = 0) -> Path:
+    suffix = f"-r{round_index}" if round_index else ""
+    path = root / f"{topology.name}-{target}{suffix}"
     path.mkdir(parents=True, exist_ok=True)
     return path

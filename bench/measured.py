@@ -1,0 +1,66 @@
+"""What one target of one topology measured, round by round."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from bench.loadgen import LoadResult
+
+__all__ = ["TargetResult", "Targets", "median_run"]
+
+
+@dataclass
+class TargetResult:
+    """Everything measured for one target of one topology; lists hold one entry per round.
+
+    Index ``i`` of every list is round ``i``: a target that fails stops taking part, so its
+    lists are a prefix of the rounds and still line up with the other targets'.
+    """
+
+    topology: str
+    target: str
+    label: str = ""  # how the report names it (the baseline names its revision)
+    runs: dict[int, list[LoadResult]] = field(default_factory=dict)  # by connection count
+    #: CPU seconds of the target's processes per 10k requests at c=64 (per GB for ``tcp``).
+    cpu_seconds_per_10k: list[float] = field(default_factory=list)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)  # by process name
+    gbytes_per_second: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label or self.target
+
+    def add_run(self, run: LoadResult) -> None:
+        self.runs.setdefault(run.connections, []).append(run)
+
+    def record_rss(self, rss: Mapping[str, float]) -> None:
+        """Keep each process's highest peak (cold rounds start fresh processes)."""
+        for name, mb in rss.items():
+            self.peak_rss_mb[name] = max(mb, self.peak_rss_mb.get(name, 0.0))
+
+    def max_rss_mb(self) -> float | None:
+        return max(self.peak_rss_mb.values()) if self.peak_rss_mb else None
+
+
+#: The targets of one topology by name (``direct``, ``gossamer``, ``envoy``, …).
+Targets = Mapping[str, TargetResult]
+
+
+def median_run(result: TargetResult | None, connections: int) -> LoadResult | None:
+    """One row's figures as the median over its rounds, each field on its own."""
+    runs = result.runs.get(connections) if result is not None else None
+    if not runs:
+        return None
+    return LoadResult(
+        connections=connections,
+        requests=int(statistics.median(r.requests for r in runs)),
+        seconds=statistics.median(r.seconds for r in runs),
+        errors=sum(r.errors for r in runs),
+        rps=statistics.median(r.rps for r in runs),
+        p50_us=statistics.median(r.p50_us for r in runs),
+        p99_us=statistics.median(r.p99_us for r in runs),
+        p999_us=statistics.median(r.p999_us for r in runs),
+    )
