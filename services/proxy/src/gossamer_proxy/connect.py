@@ -188,6 +188,47 @@ class _Handshake(asyncio.Protocol):
         return protocol
 
 
+#: Peers whose last TLS session is kept for resumption (the oldest is dropped first).
+MAX_REMEMBERED_PEERS = 1024
+
+_SessionKey = tuple[Endpoint, str, tuple[str, ...]]
+
+
+class TlsSessions:
+    """The last mesh connection per peer (address, server name, ALPN), to resume its session.
+
+    The TLS object is kept rather than its session: a TLS 1.3 ticket arrives after the
+    handshake, so the session is read only when the next connection to that peer starts.
+    """
+
+    def __init__(self, limit: int = MAX_REMEMBERED_PEERS) -> None:
+        self.limit = limit
+        self._last: dict[_SessionKey, ssl.SSLObject] = {}
+
+    def remember(self, key: _SessionKey, ssl_object: ssl.SSLObject) -> None:
+        self._last.pop(key, None)
+        self._last[key] = ssl_object
+        while len(self._last) > self.limit:
+            del self._last[next(iter(self._last))]
+
+    def forget(self, key: _SessionKey) -> None:
+        self._last.pop(key, None)
+
+    def resumable(self, key: _SessionKey, context: ssl.SSLContext) -> ssl.SSLSession | None:
+        """A session with a ticket from ``context`` (a renewed certificate starts afresh)."""
+        last = self._last.get(key)
+        if last is None:
+            return None
+        if last.context is not context:
+            del self._last[key]
+            return None
+        session = last.session
+        return session if session is not None and session.has_ticket else None
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+
 class Connector:
     """Opens connections with a connect timeout and ``TCP_NODELAY``; mTLS where planned."""
 
@@ -196,9 +237,16 @@ class Connector:
         self.identity = identity
         #: Logical endpoint → mTLS plan. Endpoints without a plan get plaintext TCP.
         self.tls_plans: dict[Endpoint, UpstreamTls] = {}
+        self._sessions = TlsSessions()
 
     def tls_plan(self, endpoint: Endpoint) -> UpstreamTls | None:
         return self.tls_plans.get(endpoint) if self.identity is not None else None
+
+    def meshed(self, endpoint: Endpoint, tls: UpstreamTls | None = None) -> bool:
+        """Whether :meth:`open` would reach ``endpoint`` over mesh mTLS (with ``tls``)."""
+        if self.identity is None:
+            return False
+        return tls is not None or endpoint in self.tls_plans
 
     async def open(
         self, endpoint: Endpoint, factory: Callable[[], P], *, tls: UpstreamTls | None = None
@@ -233,16 +281,26 @@ class Connector:
             raise ProxyError(ProxyErrorKind.CONNECT_FAILED, "no mesh certificate yet")
         target = plan.connect_to
         loop = asyncio.get_running_loop()
+        key = (target, plan.sni, plan.alpn)
         try:
             async with asyncio.timeout(self.timeout):
-                transport, holder = await loop.create_connection(
-                    _Handshake,
-                    target.host,
-                    target.port,
-                    ssl=context,
-                    server_hostname=plan.sni,
-                    ssl_handshake_timeout=self.timeout,
-                )
+                raw, holder = await loop.create_connection(_Handshake, target.host, target.port)
+                # Offered right before start_tls, whose handshake takes it (see ResumingContext).
+                context.offer(plan.sni, self._sessions.resumable(key, context))
+                try:
+                    started = await loop.start_tls(
+                        raw,
+                        holder,
+                        context,
+                        server_hostname=plan.sni,
+                        ssl_handshake_timeout=self.timeout,
+                    )
+                except BaseException:
+                    raw.close()
+                    raise
+                if started is None:
+                    raise ConnectionResetError("closed during the TLS handshake")
+                transport = started
         except TimeoutError:
             raise ProxyError(ProxyErrorKind.CONNECT_TIMEOUT, str(target)) from None
         except ConnectionRefusedError:
@@ -258,6 +316,7 @@ class Connector:
         ssl_object = transport.get_extra_info("ssl_object")
         found = peer_identity(ssl_object) if ssl_object is not None else None
         if found != plan.server_identity:
+            self._sessions.forget(key)
             transport.abort()
             raise ProxyError(
                 ProxyErrorKind.IDENTITY_MISMATCH,
@@ -274,6 +333,7 @@ class Connector:
                 ProxyErrorKind.CONNECT_FAILED, f"{target}: closed right after the TLS handshake"
             )
         set_nodelay(transport)
+        self._sessions.remember(key, ssl_object)
         if plan.preamble:
             transport.write(plan.preamble)
         return transport, holder.hand_over(transport, factory())

@@ -30,7 +30,7 @@ from gossamer_common.metrics import Registry
 from .config import ProxySettings
 from .mesh.credential_check import CredentialRejected, check_credentials
 from .mesh.identity import IdentityClient, IdentityConfig, IdentityConfigError, IdentityMetrics
-from .mesh.tls_contexts import Credentials, client_context, server_context
+from .mesh.tls_contexts import Credentials, ResumingContext, client_context, server_context
 from .mesh.transport import ALPN_PROTOCOL
 
 __all__ = ["IdentityConfigError", "LocalIdentity", "identity_from_settings", "load_static"]
@@ -57,7 +57,7 @@ class LocalIdentity:
         self._task: asyncio.Task[None] | None = None
         self._cache_for: Credentials | None = None
         self._server: ssl.SSLContext | None = None
-        self._clients: dict[tuple[str, ...], ssl.SSLContext] = {}
+        self._clients: dict[tuple[str, ...], ResumingContext] = {}
         if static is not None and metrics is not None:
             metrics.expiration.set(static.not_after)
             metrics.refreshes.inc()
@@ -105,7 +105,7 @@ class LocalIdentity:
             )
         return self._server
 
-    def client_context(self, alpn: tuple[str, ...] = ()) -> ssl.SSLContext | None:
+    def client_context(self, alpn: tuple[str, ...] = ()) -> ResumingContext | None:
         """Outbound mTLS; connect with ``server_hostname=<server identity>``."""
         credentials = self._fresh()
         if credentials is None:

@@ -76,6 +76,7 @@ from ..outbound.policy_route_metrics import (
 )
 from ..outbound.redispatch import may_redispatch
 from ..outbound.route_metrics import RouteStats
+from ..pool import give_back, wait_turn
 from ..timeouts import Phase, Verdict, verdict
 from .h2c import body_only_head, has_body
 from .headers import (
@@ -707,10 +708,19 @@ class Http1Server(asyncio.Protocol):
         self, ex: Exchange, endpoint: Endpoint, tls: UpstreamTls | None, labels: TargetLabels
     ) -> None:
         tcp = self.ctx.metrics.tcp(labels, "dst")
+        pool = self.ctx.pool
+        rationed = not ex.retried and self.ctx.connector.meshed(endpoint, tls)
+        if rationed:
+            turn = await wait_turn(pool, endpoint)
+            if ex is not self._active or self._closed:
+                give_back(pool, endpoint, turn, self.loop.time())
+                return
+            if isinstance(turn, Http1Upstream):
+                turn.reused = True
+                self._attach(ex, turn)
+                return
         try:
-            _, up = await self.ctx.connector.open(
-                endpoint, lambda: Http1Upstream(endpoint, tcp), tls=tls
-            )
+            up = await self._open(endpoint, tcp, tls, rationed=rationed)
         except ProxyError as exc:
             if ex is self._active and not self._closed:
                 ex.finish_pick(Outcome.CONNECT_FAILURE)
@@ -718,9 +728,29 @@ class Http1Server(asyncio.Protocol):
                     self._fail(ex, exc.kind, exc.detail)
             return
         if ex is not self._active or self._closed:
-            up.close()
+            self._spare(up)
             return
         self._attach(ex, up)
+
+    async def _open(
+        self, endpoint: Endpoint, tcp: TcpStats, tls: UpstreamTls | None, *, rationed: bool
+    ) -> Http1Upstream:
+        """Open a new upstream connection; a rationed connect's slot passes on once it ends."""
+        try:
+            _, up = await self.ctx.connector.open(
+                endpoint, functools.partial(Http1Upstream, endpoint, tcp), tls=tls
+            )
+        finally:
+            if rationed:
+                self.ctx.pool.connect_done(endpoint)
+        return up
+
+    def _spare(self, up: Http1Upstream) -> None:
+        """A new connection its exchange no longer needs: another (queued) request may."""
+        if up.is_usable() and not self.ctx.draining:
+            self.ctx.pool.release(up, self.loop.time())
+        else:
+            up.close()
 
     # -- discovery: routing, balancing, timeouts and retries ---------------------------------
 
@@ -807,7 +837,17 @@ class Http1Server(asyncio.Protocol):
                 plan.tls_labels,
                 dst=plan.dst_labels,
             )
-            up = None if ex.retried else self.ctx.pool.acquire(plan.endpoint)
+            endpoint = plan.endpoint
+            pool = self.ctx.pool
+            rationed = not ex.retried and self.ctx.connector.meshed(endpoint, plan.tls)
+            if rationed:
+                up = await wait_turn(pool, endpoint)
+                if ex is not self._active or self._closed or ex.attempt != attempt:
+                    give_back(pool, endpoint, up, self.loop.time())
+                    pick.finish(Outcome.CANCELLED)
+                    return
+            else:
+                up = None if ex.retried else pool.acquire(endpoint)
             if isinstance(up, Http1Upstream):
                 self._count_outbound(ex, pick, labels)
                 up.reused = True
@@ -815,11 +855,8 @@ class Http1Server(asyncio.Protocol):
                 return
             connects += 1
             tcp = self.ctx.metrics.tcp(labels, "dst")
-            endpoint = plan.endpoint
             try:
-                _, up = await self.ctx.connector.open(
-                    endpoint, functools.partial(Http1Upstream, endpoint, tcp), tls=plan.tls
-                )
+                up = await self._open(endpoint, tcp, plan.tls, rationed=rationed)
             except ProxyError as exc:
                 if ex is not self._active or self._closed or ex.attempt != attempt:
                     pick.finish(Outcome.CONNECT_FAILURE)
@@ -850,7 +887,7 @@ class Http1Server(asyncio.Protocol):
             if ex is not self._active or self._closed or ex.attempt != attempt:
                 if ex.pick is pick:
                     ex.finish_pick(Outcome.CANCELLED)
-                up.close()
+                self._spare(up)
                 return
             self._count_outbound(ex, pick, labels)
             self._attach(ex, up)

@@ -11,6 +11,17 @@
   it is also the SNI, as Linkerd does. The proxy's own certificate is presented as the
   client certificate.
 
+Both contexts trust the mesh trust anchors and nothing else: no system CA store (which
+:func:`ssl.create_default_context` would add to a client context) and no
+``SSLKEYLOGFILE``.
+
+Between proxies, TLS 1.3 sessions are resumed (tickets): a client context is a
+:class:`ResumingContext`, to which the connector offers the session of its last connection
+to the same peer; a resumed handshake skips both certificate signatures and chain checks.
+The identity a resumed session carries is the one verified in its full handshake, and
+:func:`peer_identity` refuses it once that certificate has expired. Tickets are bound to
+the server context that issued them, which is rebuilt whenever the certificate changes.
+
 The proxy process holds credentials as PEM and DER bytes only: parsing, key generation and
 chain checks happen in a short-lived helper process (:mod:`.credential_helper`), so the
 ``cryptography`` package never becomes resident in the sidecar. A peer's identity is read
@@ -27,11 +38,15 @@ import asyncio
 import contextlib
 import os
 import ssl
+import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 __all__ = [
     "Credentials",
+    "ResumingContext",
     "client_context",
     "peer_identity",
     "server_context",
@@ -73,11 +88,58 @@ def _load_credentials(context: ssl.SSLContext, credentials: Credentials) -> None
         context.load_cert_chain(cert_path, key_path)
 
 
-def _base(purpose: ssl.Purpose, trust_anchors_pem: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(purpose)
+#: Sessions queued per server name and not yet taken (a start that failed leaves one behind).
+MAX_QUEUED_SESSIONS = 64
+
+
+class ResumingContext(ssl.SSLContext):
+    """A client context that offers a queued TLS session to its next handshake by name.
+
+    ``asyncio``'s and uvloop's ``start_tls`` create the TLS object in a callback they
+    schedule before returning to the loop, in call order; :meth:`offer` right before
+    ``start_tls`` therefore reaches that very handshake. Each offer (``None`` included)
+    is taken by exactly one handshake with the same server name, so the order holds.
+    """
+
+    _queued: dict[str, deque[ssl.SSLSession | None]]
+
+    def offer(self, server_name: str, session: ssl.SSLSession | None) -> None:
+        queued = self.__dict__.setdefault("_queued", {})
+        waiting = queued.get(server_name)
+        if waiting is None:
+            waiting = queued[server_name] = deque(maxlen=MAX_QUEUED_SESSIONS)
+        waiting.append(session)
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        if session is None and not server_side and isinstance(server_hostname, str):
+            waiting = self.__dict__.get("_queued", {}).get(server_hostname)
+            if waiting:
+                session = waiting.popleft()
+                if not waiting:
+                    del self._queued[server_hostname]
+        return super().wrap_bio(
+            incoming,
+            outgoing,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            session=session,
+        )
+
+
+_C = TypeVar("_C", bound=ssl.SSLContext)
+
+
+def _base(context: _C, trust_anchors_pem: str) -> _C:
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.maximum_version = ssl.TLSVersion.TLSv1_3
-    context.load_verify_locations(cadata=trust_anchors_pem)
+    context.load_verify_locations(cadata=trust_anchors_pem)  # the mesh anchors only
     return context
 
 
@@ -88,7 +150,7 @@ def server_context(
     alpn_protocols: Sequence[str] = ("transport.l5d.io/v1",),
 ) -> ssl.SSLContext:
     """A context for terminating meshed mTLS on the inbound side."""
-    context = _base(ssl.Purpose.CLIENT_AUTH, trust_anchors_pem)
+    context = _base(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), trust_anchors_pem)
     context.verify_mode = ssl.CERT_OPTIONAL
     _load_credentials(context, credentials)
     if alpn_protocols:
@@ -101,14 +163,14 @@ def client_context(
     trust_anchors_pem: str,
     *,
     alpn_protocols: Sequence[str] = (),
-) -> ssl.SSLContext:
+) -> ResumingContext:
     """A context for connecting to a meshed endpoint (or a control-plane service).
 
     Use ``server_hostname=<expected identity>``: that is both the SNI and the name the
     server certificate must carry. ``credentials`` is ``None`` only for the very first
     Certify call, when the proxy has no certificate yet.
     """
-    context = _base(ssl.Purpose.SERVER_AUTH, trust_anchors_pem)
+    context = _base(ResumingContext(ssl.PROTOCOL_TLS_CLIENT), trust_anchors_pem)
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
     if credentials is not None:
@@ -130,15 +192,25 @@ def verified_server_identity(transport: asyncio.BaseTransport | None) -> str | N
     return peer_identity(ssl_object) if ssl_object is not None else None
 
 
-def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+def peer_identity(
+    ssl_object: ssl.SSLObject | ssl.SSLSocket, now: float | None = None
+) -> str | None:
     """The peer's mesh identity: the first DNS (or URI) SAN of its verified certificate.
 
     Both contexts verify a peer certificate whenever one is sent (``CERT_OPTIONAL`` on the
-    server, ``CERT_REQUIRED`` on the client), so ``getpeercert()`` has it decoded.
+    server, ``CERT_REQUIRED`` on the client), so ``getpeercert()`` has it decoded. A resumed
+    session carries the certificate of its full handshake, unchecked since: once that has
+    expired (``now``, seconds since the epoch) the session proves no identity.
     """
     certificate = ssl_object.getpeercert()
     if not certificate:
         return None
+    if ssl_object.session_reused:
+        not_after = certificate.get("notAfter")
+        if not isinstance(not_after, str):
+            return None
+        if ssl.cert_time_to_seconds(not_after) <= (time.time() if now is None else now):
+            return None
     for entry in certificate.get("subjectAltName", ()):
         if isinstance(entry, tuple) and len(entry) == 2 and entry[0] in ("DNS", "URI"):
             return str(entry[1])
