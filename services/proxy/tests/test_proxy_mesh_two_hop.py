@@ -14,6 +14,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,9 +22,10 @@ from cryptography import x509
 from gossamer_api.transport_header import TransportHeader, encode_transport_header
 from gossamer_common.metrics import Registry
 from gossamer_proxy.app import Proxy
-from gossamer_proxy.config import load_settings
+from gossamer_proxy.config import Endpoint, load_settings
 from gossamer_proxy.local_identity import IdentityConfigError, identity_from_settings
 from gossamer_proxy.mesh.transport import ALPN_PROTOCOL
+from gossamer_proxy.pool import MAX_MESH_CONNECTS
 from gossamer_tls import (
     Issuer,
     TrustMaterial,
@@ -32,6 +34,7 @@ from gossamer_tls import (
     generate_trust_anchor_and_issuer,
     private_key_to_pem,
 )
+from raw_h2 import until
 
 StartProxy = Callable[..., Awaitable[Proxy]]
 
@@ -606,3 +609,107 @@ async def test_grpc_two_hop_with_fixed_identity_and_transport_header(
         )
         == 4
     )
+
+
+# -- a burst of new client connections toward one peer proxy -----------------------------------
+
+
+async def _send_get(addr: tuple[str, int] | object) -> tuple[asyncio.StreamReader, Any]:
+    host, port = addr  # type: ignore[misc]
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET / HTTP/1.1\r\nhost: api.test:80\r\n\r\n")
+    await writer.drain()
+    return reader, writer
+
+
+async def test_a_burst_toward_one_peer_starts_only_a_few_handshakes_at_a_time(
+    start_proxy: StartProxy, tcp_server: Backend, trust: TrustMaterial, tmp_path: Path
+) -> None:
+    """12 new client connections at once: 4 mesh connects start, the others queue for them.
+
+    The peer accepts TCP and stalls the handshake until told to let go; then it closes each
+    connection, so every connect fails and hands its slot to the next queued request.
+    """
+    let_go = asyncio.Event()
+    state = {"accepted": 0, "open": 0, "most_open": 0}
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state["accepted"] += 1
+        state["open"] += 1
+        state["most_open"] = max(state["most_open"], state["open"])
+        try:
+            await let_go.wait()
+        finally:
+            state["open"] -= 1
+            writer.close()
+
+    peer = await tcp_server(stall)
+    outbound = await start_proxy(
+        peer,
+        **_identity_env(trust, tmp_path, CLIENT),
+        GOSSAMER_PROXY_OUTBOUND_FIXED_IDENTITY=SERVER,
+        LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT="30s",
+    )
+    endpoint = Endpoint(*peer)
+    clients = [await _send_get(outbound.outbound_addr) for _ in range(12)]
+    try:
+        await until(
+            lambda: (
+                state["accepted"] == 12
+                or (state["accepted"] == MAX_MESH_CONNECTS and outbound.pool.queued(endpoint) == 8)
+            ),
+            "every request to connect or queue",
+        )
+        assert state["accepted"] == MAX_MESH_CONNECTS  # the old code started 12 handshakes
+        assert outbound.pool.connecting(endpoint) == MAX_MESH_CONNECTS
+        let_go.set()
+        statuses = [(await asyncio.wait_for(read_response(reader), 20))[0] for reader, _ in clients]
+    finally:
+        for _, writer in clients:
+            writer.close()
+    assert all(status >= 500 for status in statuses)  # the peer never finished a handshake
+    assert state["most_open"] <= MAX_MESH_CONNECTS
+    assert outbound.pool.connecting(endpoint) == 0
+    assert outbound.pool.queued(endpoint) == 0
+
+
+async def test_a_second_connection_to_the_peer_resumes_the_tls_session(
+    start_proxy: StartProxy, tcp_server: Backend, trust: TrustMaterial, tmp_path: Path
+) -> None:
+    """The ticket from the first mesh connection lets the next one skip the certificates; the
+    inbound proxy still knows the client's identity from the resumed session."""
+    seen: list[str | None] = []
+    both_arrived = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                client_id = re.search(rb"l5d-client-id: ([^\r]+)", head)
+                seen.append(client_id.group(1).decode() if client_id else None)
+                if len(seen) == 3:
+                    both_arrived.set()
+                if len(seen) > 1:  # the second and third wait for each other
+                    await both_arrived.wait()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    backend = await tcp_server(handle)
+    inbound, outbound = await _two_hop(start_proxy, trust, tmp_path, backend)
+    status, _, _ = await _get(outbound.outbound_addr)  # the first connection, and its ticket
+    assert status == 200
+    results = await asyncio.gather(_get(outbound.outbound_addr), _get(outbound.outbound_addr))
+    assert [r[0] for r in results] == [200, 200]
+    assert seen == [CLIENT, CLIENT, CLIENT]
+    endpoint = Endpoint(inbound.inbound_addr.host, inbound.inbound_addr.port)
+    pooled = [outbound.pool.acquire(endpoint), outbound.pool.acquire(endpoint)]
+    reused = sorted(
+        c.transport.get_extra_info("ssl_object").session_reused  # type: ignore[union-attr]
+        for c in pooled
+    )
+    assert reused == [False, True]
+    assert _metric(outbound, "tcp_open_total", direction="outbound", peer="dst") == 2
