@@ -189,20 +189,35 @@ def run_cold(
     root: Path,
     args: argparse.Namespace,
 ) -> None:
-    """Fresh processes for every target in every round; c=64 at once, no warm-up."""
+    """Fresh processes for every target in every round; c=64 at once, no warm-up.
+
+    A start that fails (a busy machine) is tried once more with fresh processes, so that
+    one slow start does not drop the target from every later round.
+    """
     for index, order in enumerate(schedule(list(builders), args.rounds)):
         for name in order:
             result = results[name]
-            if result.error:
-                continue
-            workdir = workdir_for(root, topology, name, index)
-            with process_group(workdir) as group:
-                try:
-                    port = _start(topology, builders[name], group)
-                    _request_row(result, topology, group, port, COLD_CONNECTIONS, args.cold_seconds)
-                    result.record_rss(_rss(group))
-                except Exception as exc:
-                    _failed(result, exc)
+            for attempt in (0, 1):
+                if result.error:
+                    break
+                workdir = workdir_for(root, topology, f"{name}-a{attempt}", index)
+                with process_group(workdir) as group:
+                    try:
+                        port = _start(topology, builders[name], group)
+                    except Exception as exc:
+                        if attempt:
+                            _failed(result, exc)
+                        else:
+                            print(f"  {name}: start failed, once more: {exc}", file=sys.stderr)
+                        continue
+                    try:
+                        _request_row(
+                            result, topology, group, port, COLD_CONNECTIONS, args.cold_seconds
+                        )
+                        result.record_rss(_rss(group))
+                    except Exception as exc:
+                        _failed(result, exc)
+                    break
 
 
 def run_topology(

@@ -13,6 +13,9 @@ import sys
 from bench.certs import MeshCerts, TlsFiles
 from bench.procs import ProcGroup, free_port, wait_for_port
 
+#: A proxy's start (imports, identity check) on a very busy 2-core machine can take long.
+START_TIMEOUT = 60.0
+
 
 def _base_env(listen: int) -> dict[str, str]:
     return {
@@ -41,7 +44,7 @@ def start_proxy(
     if opaque:
         env["GOSSAMER_PROXY_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION"] = str(upstream_port)
     group.start(name, [python, "-m", "gossamer_proxy"], env=env)
-    wait_for_port(port)
+    wait_for_port(port, START_TIMEOUT)
     return port
 
 
@@ -75,7 +78,7 @@ def start_pair(
         **_static_identity(certs.server),
     }
     group.start("gossamer-inbound", [python, "-m", "gossamer_proxy"], env=server_env)
-    wait_for_port(inbound)
+    wait_for_port(inbound, START_TIMEOUT)
 
     outbound = free_port()
     client_env = _base_env(outbound)
@@ -85,5 +88,5 @@ def start_pair(
         **_static_identity(certs.client),
     }
     group.start("gossamer-outbound", [python, "-m", "gossamer_proxy"], env=client_env)
-    wait_for_port(outbound)
+    wait_for_port(outbound, START_TIMEOUT)
     return outbound

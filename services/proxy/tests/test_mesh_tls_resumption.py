@@ -75,7 +75,7 @@ class Pair:
         self.s_in.write(self.c_out.read())
         self.c_in.write(self.s_out.read())
 
-    def handshake(self) -> None:
+    def handshake(self, *, take_ticket: bool = True) -> None:
         done = {"client": False, "server": False}
         for _ in range(10):
             for side, obj in (("client", self.client), ("server", self.server)):
@@ -89,6 +89,8 @@ class Pair:
             if all(done.values()):
                 break
         assert all(done.values()), "handshake did not finish"
+        if not take_ticket:
+            return
         # The server's NewSessionTicket comes after the handshake; a read takes it in.
         self.server.write(b"x")
         self._pump()
@@ -196,3 +198,31 @@ def test_sessions_are_remembered_per_peer_and_only_from_the_same_context(
     assert sessions.resumable((Endpoint("10.0.1.0", 4143), SERVER, ()), client) is None
     sessions.forget((Endpoint("10.0.1.2", 4143), SERVER, ()))
     assert len(sessions) == 1
+
+
+def test_a_newer_connection_without_its_ticket_yet_keeps_the_older_session_offered(
+    contexts: tuple[ResumingContext, ssl.SSLContext],
+) -> None:
+    """A burst: the second connection is up but has not read its ticket when the third starts."""
+    client, server = contexts
+    sessions = TlsSessions()
+    key = (Endpoint("10.0.0.1", 4143), SERVER, ())
+    first = Pair(client, server)
+    first.handshake()
+    sessions.remember(key, first.client)
+    assert sessions.resumable(key, client) is not None
+    second = Pair(client, server)
+    second.handshake(take_ticket=False)
+    assert second.client.session is None or not second.client.session.has_ticket
+    sessions.remember(key, second.client)
+    offered = sessions.resumable(key, client)
+    assert offered is not None
+    assert offered.has_ticket
+    assert offered.id == first.client.session.id  # type: ignore[union-attr]
+    # Once the newer connection has its ticket, that one is offered.
+    second.server.write(b"x")
+    second._pump()
+    assert second.client.read(1) == b"x"
+    newer = sessions.resumable(key, client)
+    assert newer is not None
+    assert newer.id == second.client.session.id  # type: ignore[union-attr]

@@ -195,38 +195,52 @@ _SessionKey = tuple[Endpoint, str, tuple[str, ...]]
 
 
 class TlsSessions:
-    """The last mesh connection per peer (address, server name, ALPN), to resume its session.
+    """The session to resume per peer (address, server name, ALPN), bounded in peers.
 
-    The TLS object is kept rather than its session: a TLS 1.3 ticket arrives after the
-    handshake, so the session is read only when the next connection to that peer starts.
+    A TLS 1.3 ticket arrives after the handshake, so a new connection's session is read
+    only when the next connection to that peer starts; until that connection has its ticket
+    (a burst opens several before any has read a byte), the last ticketed session stays
+    the one offered.
     """
 
     def __init__(self, limit: int = MAX_REMEMBERED_PEERS) -> None:
         self.limit = limit
-        self._last: dict[_SessionKey, ssl.SSLObject] = {}
+        self._latest: dict[_SessionKey, ssl.SSLObject] = {}
+        self._ticketed: dict[_SessionKey, tuple[ssl.SSLContext, ssl.SSLSession]] = {}
 
     def remember(self, key: _SessionKey, ssl_object: ssl.SSLObject) -> None:
-        self._last.pop(key, None)
-        self._last[key] = ssl_object
-        while len(self._last) > self.limit:
-            del self._last[next(iter(self._last))]
+        self._latest.pop(key, None)
+        self._latest[key] = ssl_object
+        while len(self._latest) > self.limit:
+            del self._latest[next(iter(self._latest))]
 
     def forget(self, key: _SessionKey) -> None:
-        self._last.pop(key, None)
+        self._latest.pop(key, None)
+        self._ticketed.pop(key, None)
 
     def resumable(self, key: _SessionKey, context: ssl.SSLContext) -> ssl.SSLSession | None:
-        """A session with a ticket from ``context`` (a renewed certificate starts afresh)."""
-        last = self._last.get(key)
-        if last is None:
+        """A ticketed session from ``context`` (a renewed certificate starts afresh)."""
+        latest = self._latest.get(key)
+        if latest is not None and latest.context is context:
+            session = latest.session
+            if session is not None and session.has_ticket:
+                del self._latest[key]
+                self._ticketed.pop(key, None)
+                self._ticketed[key] = (context, session)
+                while len(self._ticketed) > self.limit:
+                    del self._ticketed[next(iter(self._ticketed))]
+        elif latest is not None:
+            del self._latest[key]
+        ticketed = self._ticketed.get(key)
+        if ticketed is None:
             return None
-        if last.context is not context:
-            del self._last[key]
+        if ticketed[0] is not context:
+            del self._ticketed[key]
             return None
-        session = last.session
-        return session if session is not None and session.has_ticket else None
+        return ticketed[1]
 
     def __len__(self) -> int:
-        return len(self._last)
+        return len(self._latest.keys() | self._ticketed.keys())
 
 
 class Connector:
