@@ -32,14 +32,21 @@ def test_every_manifest_validates_against_kubernetes_schemas() -> None:
         ("ConfigMap", "prometheus-config"),
         ("Service", "prometheus"),
         ("Deployment", "prometheus"),
+        ("ConfigMap", "grafana-dashboard-authority"),
+        ("ConfigMap", "grafana-dashboard-deployment"),
+        ("ConfigMap", "grafana-dashboard-pod"),
+        ("ConfigMap", "grafana-dashboard-route"),
+        ("ConfigMap", "grafana-dashboard-top-line"),
     ]
     for obj in objects:
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
 def test_prometheus_config_uses_pod_discovery_and_linkerds_relabelling() -> None:
-    objects = {o["kind"]: o for o in render("-L", "mesh-system", "--scrape-interval", "5s")}
-    config = yaml.safe_load(objects["ConfigMap"]["data"]["prometheus.yml"])
+    rendered = render("-L", "mesh-system", "--scrape-interval", "5s")
+    objects = {o["kind"]: o for o in rendered if o["kind"] != "ConfigMap"}
+    (config_map,) = [o for o in rendered if o["metadata"]["name"] == "prometheus-config"]
+    config = yaml.safe_load(config_map["data"]["prometheus.yml"])
     job = config["scrape_configs"][1]
     assert job["job_name"] == "linkerd-proxy"
     assert job["kubernetes_sd_configs"] == [{"role": "pod"}]

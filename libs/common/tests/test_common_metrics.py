@@ -241,3 +241,11 @@ def test_increment_cost_is_reported() -> None:
     print(f"\ncounter attr += 1: {attr * 1e9:.0f} ns; inc(): {inc * 1e9:.0f} ns; "
           f"histogram observe: {obs * 1e9:.0f} ns")  # fmt: skip
     assert child.value > 0
+
+
+def test_names_lists_families_without_series_and_collector_names() -> None:
+    registry = Registry()
+    registry.counter_family("request_total", "Requests.", ("direction",))
+    registry.histogram("response_latency_ms", "Latency.")
+    registry.gauge_func("process_threads", "Threads.", lambda: 1.0)
+    assert registry.names() == {"request_total", "response_latency_ms", "process_threads"}

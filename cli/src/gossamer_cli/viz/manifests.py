@@ -3,7 +3,8 @@
 This renders the Prometheus part: the ``gossamer-viz`` namespace (meshed, labelled as a
 Linkerd extension), Prometheus's ServiceAccount and cluster-wide read access to pods, its
 configuration (the ``linkerd-proxy`` scrape job of :mod:`.scrape`, with Kubernetes pod
-discovery), its Deployment and its Service on 9090.
+discovery), its Deployment and its Service on 9090; then the Grafana dashboards of
+:mod:`.dashboards`, one ConfigMap each, for a Grafana's dashboard sidecar to load.
 
 The image defaults to the upstream Prometheus image, as Linkerd's: Debian's ``prometheus``
 package (which local mode runs) is built without Kubernetes discovery, so an image made from
@@ -16,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from gossamer_cli.viz import scrape
+from gossamer_cli.viz import dashboards, scrape
 
 NAMESPACE = "gossamer-viz"
 PROMETHEUS_IMAGE = "prom/prometheus:v2.55.1"
@@ -109,6 +110,7 @@ def render(
             },
         },
         _deployment(namespace, name, labels, prometheus_image),
+        *dashboards.configmaps(namespace, _labels("grafana-dashboards")),
     ]
 
 

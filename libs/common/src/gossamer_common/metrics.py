@@ -459,6 +459,10 @@ class Registry:
     def family(self, name: str) -> Family[Counter] | Family[Gauge] | Family[Histogram]:
         return self._families[name]
 
+    def names(self) -> frozenset[str]:
+        """Every registered family name, collectors' included, with or without series yet."""
+        return frozenset(self._families) | frozenset(self._collected_names)
+
     def expire_idle(self, now: float, retain: float = 600.0) -> int:
         """Expire idle series in every family (Linkerd retains idle series for 10 minutes)."""
         return sum(f.expire_idle(now, retain) for f in self._families.values())
