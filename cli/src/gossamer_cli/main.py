@@ -16,6 +16,7 @@ from gossamer_cli import (
     identity_cmd,
     inject_cmd,
     install,
+    profile_cmd,
     version_cmd,
 )
 from gossamer_cli.dev import command as dev_cmd
@@ -36,6 +37,7 @@ check.register(cli)
 dev_cmd.register(cli)
 diagnostics_cmd.register(cli)
 viz_cmd.register(cli)
+profile_cmd.register(cli)
 
 
 def main() -> None:
