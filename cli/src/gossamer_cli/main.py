@@ -12,6 +12,7 @@ import click
 from gossamer_cli import (
     __version__,
     check,
+    completion_cmd,
     diagnostics_cmd,
     identity_cmd,
     inject_cmd,
@@ -38,6 +39,7 @@ dev_cmd.register(cli)
 diagnostics_cmd.register(cli)
 viz_cmd.register(cli)
 profile_cmd.register(cli)
+completion_cmd.register(cli)
 
 
 def main() -> None:
