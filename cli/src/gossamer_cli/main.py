@@ -11,6 +11,7 @@ import click
 
 from gossamer_cli import (
     __version__,
+    authz_cmd,
     check,
     completion_cmd,
     diagnostics_cmd,
@@ -40,6 +41,7 @@ diagnostics_cmd.register(cli)
 viz_cmd.register(cli)
 profile_cmd.register(cli)
 completion_cmd.register(cli)
+authz_cmd.register(cli)
 
 
 def main() -> None:
