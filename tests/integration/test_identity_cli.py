@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
 import ssl
@@ -9,10 +10,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from gossamer_cli.main import cli
+from gossamer_kube.testing import KubeTestCluster
 from gossamer_tls import (
     Issuer,
     TrustMaterial,
@@ -34,13 +37,20 @@ class TlsServer:
 
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[TlsServer]:
+    with serve_tls(tmp_path, IDENTITY) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serve_tls(tmp_path: Path, identity: str) -> Iterator[TlsServer]:
+    """A TLS 1.3 server on loopback presenting a leaf for ``identity`` and its issuer."""
     now = dt.datetime.now(dt.UTC)
     trust = generate_trust_anchor_and_issuer(
         trust_domain="cluster.local", control_plane_namespace="gossamer", now=now
     )
     key = generate_private_key()
     leaf = Issuer(trust.issuer.certificate, trust.issuer.private_key).sign_leaf(
-        key.public_key(), IDENTITY, now=now
+        key.public_key(), identity, now=now
     )
     (tmp_path / "chain.pem").write_bytes(
         certificates_to_pem([leaf.certificate, trust.issuer.certificate])
@@ -163,3 +173,81 @@ def test_bad_arguments_and_unreachable_address() -> None:
     result = runner.invoke(cli, ["identity", f"127.0.0.1:{closed_port}", "--timeout", "2"])
     assert result.exit_code == 1
     assert "TLS connection to" in result.output
+
+
+# -- by pod, against the real apiserver ------------------------------------------------------
+
+
+def meshed_pod(name: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A pod as the injector leaves it: the proxy's identity in its environment."""
+    local_name = "$(_pod_sa).$(_pod_ns).serviceaccount.identity.gossamer.cluster.local"
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "serviceAccountName": "default",
+            "containers": [
+                {"name": "app", "image": "gossamer/demo-app:dev"},
+                {
+                    "name": "linkerd-proxy",
+                    "image": "gossamer/proxy:dev",
+                    "env": [{"name": "LINKERD2_PROXY_IDENTITY_LOCAL_NAME", "value": local_name}],
+                    "ports": [{"name": "linkerd-admin", "containerPort": 4191}],
+                },
+            ],
+        },
+    }
+
+
+def create_pod(cluster: KubeTestCluster, pod: dict[str, Any], ip: str) -> None:
+    admin = cluster.admin()
+    ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+    created = admin.request("POST", f"/api/v1/namespaces/{ns}/pods", pod)
+    created["status"] = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+    admin.request("PUT", f"/api/v1/namespaces/{ns}/pods/{name}/status", created)
+
+
+def test_prints_each_pods_chain_dialling_its_identity(
+    kube_cluster: KubeTestCluster, kube_namespace: str, tmp_path: Path
+) -> None:
+    identity = f"default.{kube_namespace}.serviceaccount.identity.gossamer.cluster.local"
+    create_pod(kube_cluster, meshed_pod("web-0", kube_namespace, {"app": "web"}), "127.0.0.1")
+    create_pod(kube_cluster, meshed_pod("web-1", kube_namespace, {"app": "web"}), "127.0.0.1")
+    unmeshed = meshed_pod("db-0", kube_namespace, {"app": "db"})
+    unmeshed["spec"]["containers"] = unmeshed["spec"]["containers"][:1]
+    create_pod(kube_cluster, unmeshed, "127.0.0.1")
+    env = {"KUBECONFIG": str(kube_cluster.kubeconfig)}
+    with serve_tls(tmp_path, identity) as server:
+        anchors = tmp_path / "anchors.pem"
+        anchors.write_bytes(certificates_to_pem([server.trust.trust_anchor.certificate]))
+        port = ["--port", str(server.port), "--trust-anchors", str(anchors)]
+        one = CliRunner().invoke(
+            cli, ["identity", "-n", kube_namespace, "pod/web-0", *port], env=env
+        )
+        assert one.exit_code == 0, one.output
+        assert one.output.startswith("POD web-0 (1 of 1)\n")
+        assert f"127.0.0.1:{server.port} presented 2 certificate(s) over TLSv1.3" in one.output
+        assert f"Subject:      CN={identity}" in one.output
+        assert f"and is valid for {identity}" in one.output
+        assert server.seen_sni == [identity]
+
+        by_label = CliRunner().invoke(
+            cli, ["identity", "-n", kube_namespace, "-l", "app=web", *port], env=env
+        )
+        assert by_label.exit_code == 0, by_label.output
+        assert "POD web-0 (1 of 2)" in by_label.output
+        assert "POD web-1 (2 of 2)" in by_label.output
+
+        # Bare names work too; a pod without a proxy fails clearly and the others still print.
+        mixed = CliRunner().invoke(
+            cli, ["identity", "-n", kube_namespace, "web-1", "db-0", *port], env=env
+        )
+        assert mixed.exit_code == 1
+        assert "POD web-1 (1 of 2)" in mixed.output
+        assert "pod db-0 has no linkerd-proxy container: is it meshed?" in mixed.output
+        assert "failed for 1 pod(s): db-0" in mixed.output
+
+    missing = CliRunner().invoke(cli, ["identity", "-n", kube_namespace, "pod/nope"], env=env)
+    assert missing.exit_code == 1
+    assert f'pod "nope" not found in namespace {kube_namespace}' in missing.output
