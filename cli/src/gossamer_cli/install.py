@@ -330,20 +330,23 @@ def upgrade(
 # --- uninstall -------------------------------------------------------------------------------
 
 _PLACEHOLDER = "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"
+#: Stand-ins for the certificates where only the rendered objects' names matter.
+PLACEHOLDER_CERTS: Mapping[str, Any] = {
+    "identityTrustAnchorsPEM": _PLACEHOLDER,
+    "identity": {"issuer": {"tls": {"crtPEM": _PLACEHOLDER, "keyPEM": _PLACEHOLDER}}},
+    "proxyInjector": {
+        "crtPEM": _PLACEHOLDER,
+        "keyPEM": _PLACEHOLDER,
+        "caBundle": _PLACEHOLDER,
+    },
+}
 
 
 def uninstall_objects(namespace: str, *, keep_crds: bool) -> list[dict[str, Any]]:
     """Name-only objects to delete: webhook first (stop injecting), namespace and CRDs last."""
-    pems = {
-        "identityTrustAnchorsPEM": _PLACEHOLDER,
-        "identity": {"issuer": {"tls": {"crtPEM": _PLACEHOLDER, "keyPEM": _PLACEHOLDER}}},
-        "proxyInjector": {
-            "crtPEM": _PLACEHOLDER,
-            "keyPEM": _PLACEHOLDER,
-            "caBundle": _PLACEHOLDER,
-        },
-    }
-    rendered = render(namespace=namespace, ha=True, value_files=(), sets=(), certs=pems)
+    rendered = render(
+        namespace=namespace, ha=True, value_files=(), sets=(), certs=PLACEHOLDER_CERTS
+    )
     first = [o for o in rendered if o["kind"] == "MutatingWebhookConfiguration"]
     last = [o for o in rendered if o["kind"] == "Namespace"]
     middle = [o for o in rendered if o not in first and o not in last]

@@ -19,6 +19,7 @@ from gossamer_cli import (
     inject_cmd,
     install,
     profile_cmd,
+    prune_cmd,
     version_cmd,
 )
 from gossamer_cli.dev import command as dev_cmd
@@ -42,6 +43,7 @@ viz_cmd.register(cli)
 profile_cmd.register(cli)
 completion_cmd.register(cli)
 authz_cmd.register(cli)
+prune_cmd.register(cli)
 
 
 def main() -> None:
