@@ -259,8 +259,8 @@ def authorizations(pods: Sequence[Obj], objects: PolicyObjects, namespace: str) 
                 rows.add(AuthzRow("*", name, "", _name(saz), _saz_authentications(saz)))
     for pod in pods:
         if _falls_to_default([s for s in servers if server_selects(s, pod)], pod):
-            policy = f"default:{default_policy(pod, objects.namespace)}"
-            rows.add(AuthzRow("default", policy, policy, ""))
+            fallback = f"default:{default_policy(pod, objects.namespace)}"
+            rows.add(AuthzRow("default", fallback, fallback, ""))
     return sorted(rows, key=lambda r: (r.route == "default", r.server, r.route, r))
 
 
