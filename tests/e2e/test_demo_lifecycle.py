@@ -43,7 +43,10 @@ PREFIX = f"gsd{os.getpid()}"
 #: room for a busy one without idling much longer than needed.
 DURATION = 90
 DEMO_PODS = {"flaky": 2, "slow": 2, "traffic": 1, "web": 1}
-CLEAR = "\x1b[H\x1b[2J"
+#: The in-place redraw: back up over the last frame's lines, clear each rewritten line's end.
+LINES_UP = re.compile(r"\x1b\[\d+F")
+ERASE = re.compile(r"\x1b\[[KJ]")
+LOGS = re.compile(r"^logs: (?P<path>\S+) ", re.MULTILINE)
 ROW = re.compile(
     r"^(?P<deployment>\S+)\s+(?P<pods>\d+)\s+(?P<direction>inbound|outbound)\s+"
     r"(?P<success>\S+)\s+(?P<rps>[\d.]+)\s+\S+\s+\S+\s+\S+\s+(?P<mtls>\S+)$"
@@ -74,7 +77,11 @@ class Terminal:
 
     def frames(self) -> list[str]:
         with self._lock:
-            return self.text.split(CLEAR)
+            return [ERASE.sub("", frame) for frame in LINES_UP.split(self.text)]
+
+    def raw(self) -> str:
+        with self._lock:
+            return self.text
 
     def close(self) -> None:
         os.close(self.master)
@@ -160,6 +167,16 @@ def test_demo_draws_the_table_answers_kubectl_and_exits_cleanly_after_duration()
             frame = frames[-1] if frames else ""
             time.sleep(0.5)
         assert frame.lstrip().startswith("gossamer demo ·")
+        # Redrawn in place, never the whole screen cleared; no log line on the terminal: the
+        # process's own log goes to the file whose path it printed once.
+        screen = terminal.raw()
+        assert "\x1b[2J" not in screen
+        assert '"event":' not in screen
+        printed = LOGS.findall(log.read_text())
+        assert len(printed) == 1, log.read_text()[-3000:]
+        dev_log = Path(printed[0])
+        assert dev_log.parent == state / "logs"
+        assert '"event": "kubernetes is up"' in dev_log.read_text()
 
         pods = gossamer("kubectl", "--", "get", "pods", "-A", state=state)
         assert pods.returncode == 0, pods.stderr

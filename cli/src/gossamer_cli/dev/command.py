@@ -15,8 +15,11 @@ import click
 
 from gossamer_cli.dev import images, node
 from gossamer_cli.dev.layout import NodeLayout
+from gossamer_cli.dev.table import Screen
 
 DEFAULT_STATE = Path("/var/lib/gossamer/local")
+#: ``gossamer dev up``'s own log while the demo's table has the terminal (under state/logs).
+DEV_LOG = "gossamer-dev.log"
 DEFAULT_RUNTIME_VENV = Path(os.environ.get("GOSSAMER_RUNTIME_VENV", "/opt/gossamer/runtime"))
 
 
@@ -95,7 +98,16 @@ async def _run(
     from gossamer_cli.dev import demo as demo_app
     from gossamer_cli.dev.mesh import LocalMesh, LocalMeshConfig
 
-    configure_logging("info", component="gossamer-dev")
+    table_shown = demo and not headless
+    log_file = None
+    if table_shown:
+        # The table owns the terminal: this process's own log lines go to a file instead
+        # (every component already writes its own under the state directory).
+        (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        log_path = state_dir / "logs" / DEV_LOG
+        log_file = log_path.open("a", buffering=1, encoding="utf-8")
+        click.echo(f"logs: {log_path} (components: {state_dir}/**/logs/)", err=True)
+    configure_logging("info", component="gossamer-dev", stream=log_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -127,19 +139,19 @@ async def _run(
             )
         if demo:
             await demo_app.deploy(mesh)
-            if not headless:
-                await demo_app.live_table(mesh, stop, _redraw)
+            if table_shown:
+                screen = Screen(tty=sys.stdout.isatty())
+                await demo_app.live_table(mesh, stop, lambda text: _draw(screen, text))
         await stop.wait()
         return 0
     finally:
         (state_dir / "ready.json").unlink(missing_ok=True)
         await mesh.stop()
+        # log_file stays open: loggers cached on first use write to it until the process ends.
 
 
-def _redraw(text: str) -> None:
-    if sys.stdout.isatty():
-        sys.stdout.write("\x1b[H\x1b[2J")
-    sys.stdout.write(text + "\n\n")
+def _draw(screen: Screen, text: str) -> None:
+    sys.stdout.write(screen.frame(text))
     sys.stdout.flush()
 
 
