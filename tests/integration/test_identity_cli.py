@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from gossamer_cli.main import cli
+from gossamer_kube.errors import KubeApiError
 from gossamer_kube.testing import KubeTestCluster
 from gossamer_tls import (
     Issuer,
@@ -162,7 +163,7 @@ def test_wrong_expected_identity_fails_verification(tls_server: TlsServer, tmp_p
 
 def test_bad_arguments_and_unreachable_address() -> None:
     runner = CliRunner()
-    result = runner.invoke(cli, ["identity", "no-port-here"])
+    result = runner.invoke(cli, ["identity", "no-port-here:"])
     assert result.exit_code == 2
     assert "is not host:port" in result.output
     result = runner.invoke(cli, ["identity", "127.0.0.1:4143", "--identity", "not an identity"])
@@ -201,11 +202,25 @@ def meshed_pod(name: str, namespace: str, labels: dict[str, str]) -> dict[str, A
 
 
 def create_pod(cluster: KubeTestCluster, pod: dict[str, Any], ip: str) -> None:
+    """Create ``pod`` and give it ``ip`` as a kubelet would. A scheduling gate keeps the
+    scheduler (and any fake node) from binding it and writing a status of its own."""
     admin = cluster.admin()
     ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-    created = admin.request("POST", f"/api/v1/namespaces/{ns}/pods", pod)
-    created["status"] = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
-    admin.request("PUT", f"/api/v1/namespaces/{ns}/pods/{name}/status", created)
+    pod["spec"]["schedulingGates"] = [{"name": "gossamer.test/unscheduled"}]
+    admin.request("POST", f"/api/v1/namespaces/{ns}/pods", pod)
+    path = f"/api/v1/namespaces/{ns}/pods/{name}"
+    for _ in range(20):  # the scheduler notes the gate in the status meanwhile: retry on 409
+        current = admin.request("GET", path)
+        current["status"] = {
+            **current.get("status", {}), "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+        }  # fmt: skip
+        try:
+            admin.request("PUT", f"{path}/status", current)
+            return
+        except KubeApiError as exc:
+            if exc.status != 409:
+                raise
+    raise AssertionError(f"could not set the status of pod {name}")
 
 
 def test_prints_each_pods_chain_dialling_its_identity(
