@@ -243,7 +243,7 @@ def test_prints_each_pods_chain_dialling_its_identity(
         assert one.exit_code == 0, one.output
         assert one.output.startswith("POD web-0 (1 of 1)\n")
         assert f"127.0.0.1:{server.port} presented 2 certificate(s) over TLSv1.3" in one.output
-        assert f"Subject:      CN={identity}" in one.output
+        assert f"SANs:         DNS:{identity}" in one.output
         assert f"and is valid for {identity}" in one.output
         assert server.seen_sni == [identity]
 
