@@ -21,6 +21,7 @@ The framing and error logic is sans-io (:mod:`gossamer_kube.watch`, :mod:`gossam
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -41,6 +42,7 @@ from gossamer_kube.errors import (
     error_from_response,
 )
 from gossamer_kube.execcred import ExecPlugin, ExecToken, run_exec_plugin
+from gossamer_kube.keepalive import PostPool, ResponseError
 from gossamer_kube.resources import ResourceRef
 from gossamer_kube.watch import WatchDecoder, WatchEvent
 
@@ -185,6 +187,7 @@ class KubeClient:
         self._ssl = config.ssl_context()
         self._tokens = _TokenSource(config)
         self._session: aiohttp.ClientSession | None = None
+        self._reviews: PostPool | None = None
 
     async def __aenter__(self) -> Self:
         self._open()
@@ -208,6 +211,9 @@ class KubeClient:
         return self._session
 
     async def close(self) -> None:
+        if self._reviews is not None:
+            self._reviews.close()
+            self._reviews = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -402,8 +408,44 @@ class KubeClient:
         }
         if audiences:
             body["spec"]["audiences"] = list(audiences)
-        doc = await self.request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", json=body)
+        doc = await self._review_post("/apis/authentication.k8s.io/v1/tokenreviews", body)
         return TokenReviewResult.from_status(doc.get("status") or {})
+
+    async def _review_post(self, path: str, doc: Any) -> dict[str, Any]:
+        """POST a review (it changes nothing, so it may be repeated) on the lean keep-alive pool.
+
+        The identity service sends one per certificate; see :mod:`gossamer_kube.keepalive`.
+        """
+        pool = self._reviews
+        if pool is None:
+            pool = self._reviews = PostPool(
+                self.config.server,
+                ssl_context=self._ssl,
+                server_hostname=self.config.tls_server_name,
+            )
+        headers = [
+            ("User-Agent", self._user_agent),
+            ("Accept", "application/json"),
+            *self._headers("application/json").items(),
+        ]
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await pool.post(path, _dumps(doc), headers)
+        except (OSError, ResponseError, TimeoutError) as exc:
+            raise KubeConnectionError(f"POST {path}: {exc!r}") from exc
+        if response.status >= 400:
+            if response.status == 401:
+                self._tokens.forget_plugin_token()
+            raise error_from_response(response.status, response.body)
+        try:
+            result = _loads(response.body) if response.body else {}
+        except ValueError as exc:
+            raise KubeProtocolError(
+                f"POST {path}: response is not JSON: {response.body[:200]!r}"
+            ) from exc
+        if not isinstance(result, dict):
+            raise KubeProtocolError(f"POST {path}: response is not a JSON object")
+        return result
 
     async def token_request(
         self,
