@@ -24,6 +24,7 @@ from gossamer_tls import (
     load_csr,
 )
 from gossamer_tls import der as der_encoding
+from gossamer_tls.leaf import identity_parts
 from gossamer_tls.names import identity_subject
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -175,6 +176,14 @@ def test_non_ascii_identity_is_refused(trust: TrustMaterial) -> None:
         make_issuer(trust).sign_leaf(
             generate_private_key().public_key(), "wéb.ns.serviceaccount.identity.x.y", now=NOW
         )
+
+
+def test_refused_identities_are_refused_every_time() -> None:
+    # The per-identity encoding is cached; a refusal must not be (nor a success stand in for it).
+    for _ in range(2):
+        with pytest.raises(CertificateError, match="ASCII"):
+            identity_parts("wéb.ns.serviceaccount.identity.gossamer.cluster.local")
+    assert identity_parts(IDENTITY) is identity_parts(IDENTITY)
 
 
 def test_empty_identity_is_refused(trust: TrustMaterial) -> None:

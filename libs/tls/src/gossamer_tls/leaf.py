@@ -13,6 +13,7 @@ the issuer key. The result is byte-for-byte what the builder produces for the sa
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -56,6 +57,29 @@ LEAF_KEY_USAGE = x509.KeyUsage(
 LEAF_EXTENDED_KEY_USAGE = x509.ExtendedKeyUsage(
     [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
 )
+
+
+_SUBJECT_KEY_ID_TEMPLATE = der.extension(
+    OID_SUBJECT_KEY_ID, b"\x04\x14" + bytes(20), critical=False
+)
+SUBJECT_KEY_ID_PREFIX = _SUBJECT_KEY_ID_TEMPLATE[:-20]
+"""The subjectKeyIdentifier extension up to its 20-byte SHA-1 key identifier."""
+IDENTITY_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=IDENTITY_CACHE_SIZE)
+def identity_parts(identity: str) -> tuple[bytes, bytes]:
+    """``(subject, subjectAltName extension)`` of a leaf for ``identity``, encoded once per name.
+
+    Renewals ask for the same identities again and again; the cache is bounded, and a name
+    that is refused raises every time (errors are not cached).
+    """
+    if not identity or not identity.isascii():
+        raise CertificateError(f"leaf identity {identity!r} is not an ASCII DNS name")
+    san = der.tlv(der.SEQUENCE, der.tlv(der.CONTEXT_DNS_NAME, identity.encode("ascii")))
+    # With an empty subject the SAN carries the identity alone and must be critical.
+    critical = len(identity) > MAX_COMMON_NAME_LENGTH
+    return leaf_subject_der(identity), der.extension(OID_SUBJECT_ALT_NAME, san, critical=critical)
 
 
 def leaf_subject_der(identity: str) -> bytes:
@@ -113,24 +137,17 @@ class LeafTemplate:
         not_after: dt.datetime,
     ) -> bytes:
         """The DER TBSCertificate of a leaf for ``identity`` over the P-256 ``public_key``."""
-        if not identity or not identity.isascii():
-            raise CertificateError(f"leaf identity {identity!r} is not an ASCII DNS name")
         if serial_number <= 0:
             raise CertificateError("certificate serial numbers must be positive")
+        subject, san_extension = identity_parts(identity)
         point = public_key.public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )
-        san = der.tlv(der.SEQUENCE, der.tlv(der.CONTEXT_DNS_NAME, identity.encode("ascii")))
         # RFC 5280 §4.2.1.2 method (1): SHA-1 of the subjectPublicKey bits, as cryptography does.
-        key_id = der.tlv(der.OCTET_STRING, hashlib.sha1(point, usedforsecurity=False).digest())
-        extensions = (
-            self.constant_extensions_der
-            # With an empty subject the SAN carries the identity alone and must be critical.
-            + der.extension(
-                OID_SUBJECT_ALT_NAME, san, critical=len(identity) > MAX_COMMON_NAME_LENGTH
-            )
-            + der.extension(OID_SUBJECT_KEY_ID, key_id, critical=False)
-            + self.authority_key_id_der
+        key_id = SUBJECT_KEY_ID_PREFIX + hashlib.sha1(point, usedforsecurity=False).digest()
+        extensions = der.tlv(
+            der.SEQUENCE,
+            self.constant_extensions_der + san_extension + key_id + self.authority_key_id_der,
         )
         return der.tlv(
             der.SEQUENCE,
@@ -139,10 +156,10 @@ class LeafTemplate:
             + ECDSA_WITH_SHA256
             + self.issuer_name_der
             + der.tlv(der.SEQUENCE, der.time(not_before) + der.time(not_after))
-            + leaf_subject_der(identity)
+            + subject
             + P256_SPKI_PREFIX
             + point
-            + der.tlv(0xA3, der.tlv(der.SEQUENCE, extensions)),
+            + der.tlv(0xA3, extensions),
         )
 
     def sign(self, tbs_certificate: bytes) -> tuple[bytes, x509.Certificate]:

@@ -9,6 +9,7 @@ name, namespace and type each a DNS-1123 label, which is what :func:`parse_ident
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -111,6 +112,12 @@ def issuer_name(*, control_plane_namespace: str, trust_domain: str) -> str:
     return f"{IDENTITY_LABEL}.{control_plane_namespace}.{trust_domain}"
 
 
+NAME_CACHE_SIZE = 4096
+"""Parsed names kept per process: the identity service checks the same few hundred names over
+and over (every proxy renews), and :class:`IdentityName` is immutable. Failures are not cached."""
+
+
+@functools.lru_cache(maxsize=NAME_CACHE_SIZE)
 def parse_identity_name(value: str) -> IdentityName:
     """Split an identity name into its parts, raising :class:`IdentityNameError` if malformed."""
     if not value:
@@ -130,6 +137,7 @@ def parse_identity_name(value: str) -> IdentityName:
     )
 
 
+@functools.lru_cache(maxsize=NAME_CACHE_SIZE)
 def identity_for_username(
     username: str, *, control_plane_namespace: str, trust_domain: str
 ) -> IdentityName:

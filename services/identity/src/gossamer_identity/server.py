@@ -101,8 +101,8 @@ class IdentityService(identity_pb2_grpc.IdentityServicer):
             serial=f"{issued.certificate.serial_number:x}",
             valid_until=issued.valid_until.isoformat(),
         )
-        valid_until = Timestamp()
-        valid_until.FromDatetime(issued.valid_until)
+        # Whole seconds: certificate validity has no sub-second part.
+        valid_until = Timestamp(seconds=int(issued.valid_until.timestamp()))
         return identity_pb2.CertifyResponse(
             leaf_certificate=issued.leaf_der,
             intermediate_certificates=list(issued.intermediates_der),
