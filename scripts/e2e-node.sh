@@ -8,7 +8,10 @@
 #   `gossamer install | kubectl apply`, `gossamer check`, the demo meshed by the real webhook,
 #   tests/kind against it; `gossamer uninstall` leaving nothing behind;
 #   Helm: install, the demo, an upgrade that rolls every controller, the same trust anchor and
-#   issuer after it, `gossamer check` and tests/kind's control-plane and mTLS tests; uninstall.
+#   issuer after it, `gossamer check` and tests/kind's control-plane and mTLS tests; uninstall;
+#   skaffold: `skaffold run -p node`, `gossamer check`, `skaffold delete`, then the
+#   `skaffold dev -p node` edit test (tests/kind/test_skaffold_node.py). E2E_SKAFFOLD=0 skips
+#   this phase; skaffold is built (niced, in the background) while the node comes up.
 # The node is brought down at the end unless it was already up (or KEEP_NODE=1); logs and
 # cluster state are collected on failure.
 set -euo pipefail
@@ -20,6 +23,7 @@ NODE_STATE=/var/lib/gossamer-node
 NETNS=gossamer-node
 NAMESPACE=gossamer
 ARTIFACTS=${E2E_ARTIFACTS:-$here/e2e-artifacts}
+E2E_SKAFFOLD=${E2E_SKAFFOLD:-1}
 # The README's `uv run` must run the locked environment, never re-lock.
 export UV_FROZEN=1
 
@@ -31,6 +35,7 @@ for name in $(bash scripts/readme-step.sh --list); do
   bash scripts/readme-step.sh "$name" >/dev/null || die "the README's step $name cannot be read"
 done
 started_node=0
+skaffold_build=
 t0=$(date +%s)
 
 elapsed() { echo "$(( $(date +%s) - t0 ))s"; }
@@ -65,12 +70,20 @@ collect() {
 
 cleanup() {
   status=$?
+  if [ -n "$skaffold_build" ]; then kill "$skaffold_build" 2>/dev/null || true; wait "$skaffold_build" 2>/dev/null || true; fi
   if [ "$status" -ne 0 ]; then collect; fi
   if [ "$started_node" = 1 ] && [ "${KEEP_NODE:-0}" != 1 ]; then step node-down || true; fi
   echo "e2e-node: finished with status $status in $(elapsed)" >&2
   exit "$status"
 }
 trap cleanup EXIT
+
+if [ "$E2E_SKAFFOLD" = 1 ] && ! bash scripts/skaffold-bin.sh --check; then
+  echo "e2e-node: building skaffold in the background (log: $ARTIFACTS/skaffold-build.log)"
+  mkdir -p "$ARTIFACTS"
+  bash scripts/skaffold-bin.sh >"$ARTIFACTS/skaffold-build.log" 2>&1 &
+  skaffold_build=$!
+fi
 
 if [ ! -f "$NODE_STATE/node.json" ]; then
   step node-up
@@ -87,7 +100,7 @@ left=$(comm -13 <(echo "$containers_before") <(buildah containers -aq | sort))
 step install
 step demo
 echo "e2e-node: running tests/kind on the node after $(elapsed)"
-kind_tests tests/kind
+kind_tests tests/kind --deselect tests/kind/test_skaffold_node.py
 kubectl get pods -A -o wide
 kubectl get pods -A -o custom-columns='NAMESPACE:.metadata.namespace,POD:.metadata.name,IMAGES:.status.containerStatuses[*].imageID,SIDECARS:.status.initContainerStatuses[*].imageID'
 
@@ -126,4 +139,17 @@ step helm-upgrade
 kind_tests tests/kind -k "control_plane or injected or mtls or check_with_proxies"
 step helm-uninstall
 
+if [ "$E2E_SKAFFOLD" = 1 ]; then
+  if [ -n "$skaffold_build" ]; then
+    echo "e2e-node: waiting for the skaffold build after $(elapsed)"
+    wait "$skaffold_build" || { cat "$ARTIFACTS/skaffold-build.log" >&2; fail "building skaffold failed"; }
+    skaffold_build=
+  fi
+  step skaffold-run
+  kubectl -n "$NAMESPACE" get deploy -o jsonpath='{range .items[*]}{.spec.template.spec.containers[0].image}{"\n"}{end}' \
+    | grep -v '^localhost:5000/gossamer/' && fail "skaffold deployed an image not from the node's registry"
+  step skaffold-delete
+  echo "e2e-node: the skaffold dev edit test after $(elapsed)"
+  kind_tests tests/kind/test_skaffold_node.py
+fi
 echo "e2e-node: every phase passed after $(elapsed)"

@@ -80,3 +80,33 @@ def test_node_binaries_build_kubectl_when_the_tests_have_not(tmp_path: Path) -> 
     assert sum("cmd/kubectl" in line for line in builds) == 1, builds
     assert os.access(node_bin / "kubectl", os.X_OK)
     assert _run("kubectl-bin.sh", env=env) == str((node_bin / "kubectl").resolve())
+
+
+def _skaffold_build(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """scripts/skaffold-build.sh beside a stand-in images.sh that prints what it was given."""
+    scripts = tmp_path / "repo" / "scripts"
+    scripts.mkdir(parents=True, exist_ok=True)
+    (scripts / "skaffold-build.sh").write_text((ROOT / "scripts" / "skaffold-build.sh").read_text())
+    (scripts / "images.sh").write_text('echo "ONLY=$ONLY REGISTRY=$REGISTRY TAG=$TAG PUSH=$PUSH"\n')
+    clean = {k: v for k, v in os.environ.items() if k not in ("IMAGE", "PUSH_IMAGE")}
+    return subprocess.run(
+        ["bash", str(scripts / "skaffold-build.sh")],
+        capture_output=True, text=True, timeout=30, env={**clean, **env}, check=False,
+    )  # fmt: skip
+
+
+def test_skaffold_builder_builds_the_image_skaffold_names(tmp_path: Path) -> None:
+    result = _skaffold_build(
+        tmp_path, IMAGE="localhost:5000/gossamer/proxy-init:4f2a9c", PUSH_IMAGE="true"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "ONLY=proxy-init", "REGISTRY=localhost:5000/gossamer", "TAG=4f2a9c", "PUSH=1",
+    ]  # fmt: skip
+
+
+def test_skaffold_builder_refuses_an_image_without_registry_or_tag(tmp_path: Path) -> None:
+    assert _skaffold_build(tmp_path).returncode != 0
+    result = _skaffold_build(tmp_path, IMAGE="proxy", PUSH_IMAGE="false")
+    assert result.returncode == 2
+    assert "cannot read" in result.stderr

@@ -37,7 +37,8 @@ def _steps_run_by_the_script() -> list[str]:
 def test_every_step_the_script_runs_is_in_the_readme_once() -> None:
     run = _steps_run_by_the_script()
     assert {"node-up", "env", "images", "install", "demo", "uninstall", "helm-install",
-            "helm-upgrade", "helm-uninstall", "node-down"} <= set(run)  # fmt: skip
+            "helm-upgrade", "helm-uninstall", "skaffold-run", "skaffold-delete",
+            "node-down"} <= set(run)  # fmt: skip
     for name in set(run):
         result = _read(name)
         assert result.returncode == 0, result.stderr
