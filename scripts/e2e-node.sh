@@ -1,31 +1,58 @@
 #!/usr/bin/env bash
-# make e2e without Docker: the tests/kind suite on the real node of this machine (make
-# node-up: kubelet, containerd, kube-proxy, cluster DNS, a registry on localhost:5000).
-# Builds the images with buildah, pushes them to the node's registry, installs the CRDs and
-# the control plane with `gossamer install | kubectl apply -f -`, runs `gossamer check`,
-# deploys the demo (meshed by the real injector webhook), then runs tests/kind against it.
+# make e2e without Docker: the README's "Running on Kubernetes" steps for the real node of this
+# machine (make node-up: kubelet, containerd, kube-proxy, cluster DNS, a registry on
+# localhost:5000), run as written: each step is the README's ```sh block marked
+# `<!-- e2e-node: NAME -->` (scripts/readme-step.sh), and this script checks the outcome
+# between steps. In order:
+#   images by buildah pushed to the node's registry (no buildah working container left behind);
+#   `gossamer install | kubectl apply`, `gossamer check`, the demo meshed by the real webhook,
+#   tests/kind against it; `gossamer uninstall` leaving nothing behind;
+#   Helm: install, the demo, an upgrade that rolls every controller, the same trust anchor and
+#   issuer after it, `gossamer check` and tests/kind's control-plane and mTLS tests; uninstall;
+#   skaffold: `skaffold run -p node`, `gossamer check`, `skaffold delete`, then the
+#   `skaffold dev -p node` edit test (tests/kind/test_skaffold_node.py). E2E_SKAFFOLD=0 skips
+#   this phase; skaffold is built (niced, in the background) while the node comes up.
 # The node is brought down at the end unless it was already up (or KEEP_NODE=1); logs and
 # cluster state are collected on failure.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
-NODE_STATE=${NODE_STATE:-/var/lib/gossamer-node}
+# The README's steps name these; a node elsewhere would not be the one they describe.
+NODE_STATE=/var/lib/gossamer-node
 NETNS=gossamer-node
-REGISTRY=localhost:5000/gossamer
-# A fresh tag per run: a node kept up (KEEP_NODE=1) has older images of the same name cached.
-TAG=${TAG:-e2e-$(date +%s)}
 NAMESPACE=gossamer
 ARTIFACTS=${E2E_ARTIFACTS:-$here/e2e-artifacts}
+E2E_SKAFFOLD=${E2E_SKAFFOLD:-1}
+# The README's `uv run` must run the locked environment, never re-lock.
+export UV_FROZEN=1
 
 die() { echo "e2e-node: $*" >&2; exit 2; }
+fail() { echo "e2e-node: FAILED: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "the real node needs root (network namespaces, containerd, kubelet)"
 command -v uv >/dev/null 2>&1 || die "uv is not installed (make setup installs it)"
-node_bin=$(bash scripts/kube-bins.sh --node | tail -n1)
-export PATH="$node_bin:$PATH"
-export KUBECONFIG="$NODE_STATE/cluster/kubeconfig"
+for name in $(bash scripts/readme-step.sh --list); do
+  bash scripts/readme-step.sh "$name" >/dev/null || die "the README's step $name cannot be read"
+done
 started_node=0
+skaffold_build=
 t0=$(date +%s)
+
+elapsed() { echo "$(( $(date +%s) - t0 ))s"; }
+
+# Runs one README step in this shell (its exports carry over to the next steps), echoing it.
+step() {
+  local body
+  body=$(bash scripts/readme-step.sh "$1")
+  echo "e2e-node: README step '$1' after $(elapsed):"
+  sed 's/^/    /' <<<"$body"
+  eval "$body"
+}
+
+kind_tests() {
+  GOSSAMER_KIND_CONTEXT="$(kubectl config current-context)" GOSSAMER_NAMESPACE="$NAMESPACE" \
+    GOSSAMER_NODE_NETNS=$NETNS uv run --frozen pytest -x -q -p no:cacheprovider "$@"
+}
 
 collect() {
   echo "e2e-node: collecting logs into $ARTIFACTS" >&2
@@ -43,53 +70,86 @@ collect() {
 
 cleanup() {
   status=$?
+  if [ -n "$skaffold_build" ]; then kill "$skaffold_build" 2>/dev/null || true; wait "$skaffold_build" 2>/dev/null || true; fi
   if [ "$status" -ne 0 ]; then collect; fi
-  if [ "$started_node" = 1 ] && [ "${KEEP_NODE:-0}" != 1 ]; then make --no-print-directory node-down || true; fi
-  echo "e2e-node: finished with status $status in $(( $(date +%s) - t0 ))s" >&2
+  if [ "$started_node" = 1 ] && [ "${KEEP_NODE:-0}" != 1 ]; then step node-down || true; fi
+  echo "e2e-node: finished with status $status in $(elapsed)" >&2
   exit "$status"
 }
 trap cleanup EXIT
 
+if [ "$E2E_SKAFFOLD" = 1 ] && ! bash scripts/skaffold-bin.sh --check; then
+  echo "e2e-node: building skaffold in the background (log: $ARTIFACTS/skaffold-build.log)"
+  mkdir -p "$ARTIFACTS"
+  bash scripts/skaffold-bin.sh >"$ARTIFACTS/skaffold-build.log" 2>&1 &
+  skaffold_build=$!
+fi
+
 if [ ! -f "$NODE_STATE/node.json" ]; then
-  echo "e2e-node: bringing the node up"
-  make --no-print-directory node-up NODE_STATE="$NODE_STATE"
+  step node-up
   started_node=1
 fi
-echo "e2e-node: node up after $(( $(date +%s) - t0 ))s"
+step env
 
-echo "e2e-node: building images and pushing them to the node's registry ($REGISTRY)"
-REGISTRY=$REGISTRY TAG=$TAG PUSH=1 PUSH_NETNS=$NETNS bash scripts/images.sh
-echo "e2e-node: images pushed after $(( $(date +%s) - t0 ))s"
+# Image builds must leave no buildah working container behind (each stage makes one).
+containers_before=$(buildah containers -aq | sort)
+step images
+left=$(comm -13 <(echo "$containers_before") <(buildah containers -aq | sort))
+[ -z "$left" ] || fail "the image builds left buildah working containers behind: $(buildah containers -a)"
 
-echo "e2e-node: installing the CRDs and the control plane"
-uv run --frozen gossamer install --crds | kubectl apply -f -
-kubectl wait --for condition=established --timeout 60s crd --all >/dev/null
-uv run --frozen gossamer install -L "$NAMESPACE" \
-  --set image.registry="$REGISTRY" --set image.tag="$TAG" | kubectl apply -f -
-kubectl -n "$NAMESPACE" rollout status deploy --timeout 300s
-uv run --frozen gossamer check -L "$NAMESPACE"
-
-echo "e2e-node: deploying the demo"
-for f in examples/demo/k8s/*.yaml; do
-  sed "s#image: gossamer/demo-app:dev#image: $REGISTRY/demo-app:$TAG#" "$f"
-  echo "---"
-done | kubectl apply -f -
-kubectl -n demo rollout status deploy --timeout 300s
-echo "e2e-node: demo up after $(( $(date +%s) - t0 ))s"
-
-echo "e2e-node: running tests/kind on the node"
-GOSSAMER_KIND_CONTEXT="$(kubectl config current-context)" GOSSAMER_NAMESPACE="$NAMESPACE" \
-  GOSSAMER_NODE_NETNS=$NETNS uv run --frozen pytest tests/kind -x -q -p no:cacheprovider
+step install
+step demo
+echo "e2e-node: running tests/kind on the node after $(elapsed)"
+kind_tests tests/kind --deselect tests/kind/test_skaffold_node.py
 kubectl get pods -A -o wide
+kubectl get pods -A -o custom-columns='NAMESPACE:.metadata.namespace,POD:.metadata.name,IMAGES:.status.containerStatuses[*].imageID,SIDECARS:.status.initContainerStatuses[*].imageID'
 
-echo "e2e-node: gossamer uninstall must leave nothing behind"
-kubectl delete namespace demo --wait=true --timeout 180s
-uv run --frozen gossamer uninstall -L "$NAMESPACE" | kubectl delete --ignore-not-found -f - >/dev/null
-kubectl wait --for=delete "namespace/$NAMESPACE" --timeout 180s 2>/dev/null || true
-left=$( { kubectl get namespace "$NAMESPACE" -o name 2>/dev/null || true
-          kubectl get crd -o name | grep -E 'linkerd\.io' || true
-          kubectl get mutatingwebhookconfigurations,validatingwebhookconfigurations,clusterroles,clusterrolebindings \
-            -o name | grep -iE 'gossamer|linkerd' || true; } )
-[ -z "$left" ] || { echo "e2e-node: left behind after uninstall:"; echo "$left"; exit 1; } >&2
-# A Helm reinstall phase is on branch h/node-helm-e2e: unverified (it needs a rollout wait
-# before gossamer check, since helm --wait returned before the pods were ready).
+step uninstall
+leftovers() {
+  kubectl get namespace "$NAMESPACE" -o name 2>/dev/null || true
+  kubectl get crd -o name | grep -E 'linkerd\.io' || true
+  kubectl get mutatingwebhookconfigurations,validatingwebhookconfigurations,clusterroles,clusterrolebindings \
+    -o name | grep -iE 'gossamer|linkerd' || true
+}
+left=$(leftovers)
+[ -z "$left" ] || fail "left behind after gossamer uninstall: $left"
+
+# Helm: the same control plane from the chart, then an upgrade that keeps the mesh identity.
+identity() {
+  kubectl -n "$NAMESPACE" get configmap gossamer-identity-trust-roots -o jsonpath='{.data.ca-bundle\.crt}'
+  kubectl -n "$NAMESPACE" get secret gossamer-identity-issuer -o jsonpath='{.data.crt\.pem}'
+}
+controller_pods() {
+  # Pods being deleted are left out: rollout status returns before they are gone.
+  kubectl -n "$NAMESPACE" get pods -l linkerd.io/control-plane-component -o go-template \
+    --template '{{range .items}}{{if not .metadata.deletionTimestamp}}{{.metadata.uid}}{{"\n"}}{{end}}{{end}}' | sort
+}
+step helm-install
+step demo
+identity_before=$(identity)
+[ -n "$identity_before" ] || fail "no trust anchor or issuer after the Helm install"
+[ "$(kubectl -n "$NAMESPACE" get configmap gossamer-identity-trust-roots -o jsonpath='{.data.ca-bundle\.crt}')" = "$(cat .dev/ca.crt)" ] \
+  || fail "the Helm install's trust anchor is not .dev/ca.crt"
+pods_before=$(controller_pods)
+[ "$(wc -l <<<"$pods_before")" -ge 3 ] || fail "expected the three controllers' pods, found: $pods_before"
+step helm-upgrade
+[ "$(identity)" = "$identity_before" ] || fail "the Helm upgrade changed the trust anchor or the issuer"
+[ -z "$(comm -12 <(echo "$pods_before") <(controller_pods))" ] \
+  || fail "the Helm upgrade did not replace every control-plane pod"
+kind_tests tests/kind -k "control_plane or injected or mtls or check_with_proxies"
+step helm-uninstall
+
+if [ "$E2E_SKAFFOLD" = 1 ]; then
+  if [ -n "$skaffold_build" ]; then
+    echo "e2e-node: waiting for the skaffold build after $(elapsed)"
+    wait "$skaffold_build" || { cat "$ARTIFACTS/skaffold-build.log" >&2; fail "building skaffold failed"; }
+    skaffold_build=
+  fi
+  step skaffold-run
+  kubectl -n "$NAMESPACE" get deploy -o jsonpath='{range .items[*]}{.spec.template.spec.containers[0].image}{"\n"}{end}' \
+    | grep -v '^localhost:5000/gossamer/' && fail "skaffold deployed an image not from the node's registry"
+  step skaffold-delete
+  echo "e2e-node: the skaffold dev edit test after $(elapsed)"
+  kind_tests tests/kind/test_skaffold_node.py
+fi
+echo "e2e-node: every phase passed after $(elapsed)"

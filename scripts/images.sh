@@ -26,6 +26,11 @@ upstream_base=python:3.11-slim-bookworm
 revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 die() { echo "images: $*" >&2; exit 2; }
+for c in "${components[@]}"; do
+  case "$c" in destination|identity|injector|proxy|proxy-init|demo-app) ;;
+    *) die "unknown component $c (destination identity injector proxy proxy-init demo-app)" ;;
+  esac
+done
 
 if [ "$BUILDER" = auto ]; then
   if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then BUILDER=docker
@@ -76,7 +81,10 @@ for c in "${components[@]}"; do
     "${build[@]}" -f "$(dockerfile_of "$c")" -t "$image" --build-arg REVISION="$revision" \
       "${base_args[@]}" "$(context_of "$c")"
   else
-    nice -n 10 buildah bud --quiet --format docker --isolation chroot --layers -f "$(dockerfile_of "$c")" -t "$image" \
+    # --force-rm: without it buildah 1.28 keeps the working container of every stage a later
+    # one only copies from (FROM ${UV_IMAGE} AS uv), one per image per build, and every
+    # container of a failed build.
+    nice -n 10 buildah bud --quiet --format docker --isolation chroot --layers --force-rm -f "$(dockerfile_of "$c")" -t "$image" \
       --build-arg REVISION="$revision" "${base_args[@]}" "${ca_args[@]}" "$(context_of "$c")" >/dev/null
   fi
   echo "images: $image built in $(( $(date +%s) - start ))s" >&2

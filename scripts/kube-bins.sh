@@ -4,8 +4,9 @@
 # modules under tools/, into a cache outside the clone keyed by version.
 # Prints the cache's bin directory on the last line of stdout. With --check, builds nothing and
 # exits 1 when a binary is missing.
-# With --node it builds instead what the real node (make node-up) runs: kubelet, kube-proxy,
-# kubectl and the pause binary, under their own cache key so the test binaries stay untouched.
+# With --node it builds instead what the real node (make node-up) runs: kubelet, kube-proxy
+# and the pause binary, under their own cache key so the test binaries stay untouched, and links
+# kubectl there from scripts/kubectl-bin.sh's cache (one kubectl build serves both).
 # Those Go builds run under `nice -n 10`: the machine may be shared.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +16,7 @@ cache=${GOSSAMER_CACHE:-$HOME/.cache/gossamer}
 if [ "${1:-}" = --node ]; then
   bin="$cache/kube/$kube_version-node/bin"
   missing=0
-  for b in kubelet kube-proxy kubectl pause; do [ -x "$bin/$b" ] || missing=1; done
+  for b in kubelet kube-proxy pause; do [ -x "$bin/$b" ] || missing=1; done
   if [ "$missing" = 1 ]; then
     command -v go >/dev/null || { echo "kube-bins: Go is needed to build the node binaries" >&2; exit 1; }
     mkdir -p "$bin"
@@ -27,12 +28,18 @@ if [ "${1:-}" = --node ]; then
     tmp="$bin.tmp.$$"
     mkdir -p "$tmp"
     trap 'rm -rf "$tmp"' EXIT
-    echo "kube-bins: building kubelet, kube-proxy and kubectl $kube_version and pause into $bin (cold builds take a while)" >&2
+    echo "kube-bins: building kubelet and kube-proxy $kube_version and pause into $bin (cold builds take a while)" >&2
     (cd "$here/tools/kube" && nice -n 10 go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
-      k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl) >&2
+      k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy) >&2
     (cd "$here/tools/pause" && nice -n 10 go build -trimpath -ldflags "-s -w" -o "$tmp/" .) >&2
     mv "$tmp"/* "$bin/"
     echo "kube-bins: built in $(( $(date +%s) - start ))s" >&2
+  fi
+  # kubectl is the tests' own (same version, same module): built once, linked here so that
+  # this directory alone on PATH gives the node's whole toolset.
+  kubectl=$(bash "$here/scripts/kubectl-bin.sh" | tail -n1)
+  if [ "$(readlink "$bin/kubectl" 2>/dev/null)" != "$kubectl" ]; then
+    ln -sfn "$kubectl" "$bin/kubectl.tmp.$$" && mv -T "$bin/kubectl.tmp.$$" "$bin/kubectl"
   fi
   echo "$bin"
   exit 0

@@ -97,3 +97,23 @@ def test_profiles_and_admin_port_forwards(config: dict[str, Any]) -> None:
         ("gossamer-destination", 9996),
         ("gossamer-proxy-injector", 9995),
     } <= forwarded
+
+
+def test_node_profile_builds_each_image_with_buildah_from_its_own_inputs(
+    config: dict[str, Any],
+) -> None:
+    """The node profile (no Docker): the same images, each built by the custom builder script
+    and pushed, and rebuilt only when its own service, the libraries or the lock change."""
+    node = next(p for p in config["profiles"] if p["name"] == "node")
+    assert node["build"]["local"]["push"] is True
+    artifacts = node["build"]["artifacts"]
+    assert [a["image"] for a in artifacts] == [a["image"] for a in config["build"]["artifacts"]]
+    for a in artifacts:
+        component = a["image"].removeprefix("gossamer/")
+        command = a["custom"]["buildCommand"].split()
+        assert command[0] == "bash"
+        assert (ROOT / command[1]).is_file()
+        paths = a["custom"]["dependencies"]["paths"]
+        assert {"uv.lock", "libs", f"services/{component}"} <= set(paths)
+        others = {f"services/{s}" for s in SERVICES} - {f"services/{component}"}
+        assert not others & set(paths), f"{component} rebuilds on other services' edits"
