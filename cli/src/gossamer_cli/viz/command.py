@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
 
 import click
 
 from gossamer_cli.viz import edges as edges_mod
 from gossamer_cli.viz import stat as stat_mod
+from gossamer_cli.viz.kubeobjects import kube_objects
 from gossamer_cli.viz.meshed import Key, meshed_counts
 from gossamer_cli.viz.promapi import PrometheusClient, PrometheusError, Sample
 from gossamer_cli.viz.resources import Resource, parse_resource, resource_argument
@@ -51,48 +51,6 @@ def _query_all(client: PrometheusClient, queries: Mapping[str, str]) -> dict[str
         return {key: client.query(q) for key, q in queries.items()}
     except PrometheusError as exc:
         raise click.ClickException(str(exc)) from exc
-
-
-async def _kube_objects(
-    kubeconfig: str | None, kind: str, namespace: str | None
-) -> tuple[list[Key], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(resources of ``kind``, pods, services) as Kubernetes lists them."""
-    from gossamer_kube.client import KubeClient
-    from gossamer_kube.config import KubeConfig
-    from gossamer_kube.resources import (
-        DAEMONSETS,
-        DEPLOYMENTS,
-        NAMESPACES,
-        PODS,
-        SERVICES,
-        STATEFULSETS,
-    )
-
-    refs = {
-        "deployment": DEPLOYMENTS,
-        "statefulset": STATEFULSETS,
-        "daemonset": DAEMONSETS,
-        "pod": PODS,
-        "service": SERVICES,
-        "namespace": NAMESPACES,
-    }
-    async with KubeClient(KubeConfig.load(kubeconfig)) as client:
-        pods, _ = await client.list(PODS, namespace=namespace)
-        services: list[dict[str, Any]] = []
-        if kind == "service":
-            services, _ = await client.list(SERVICES, namespace=namespace)
-        known: list[Key] = []
-        ref = refs.get(kind)
-        if ref is not None:
-            items, _ = await client.list(ref, namespace=namespace if ref.namespaced else None)
-            for item in items:
-                meta = item["metadata"]
-                if kind == "namespace":
-                    if namespace is None or meta["name"] == namespace:
-                        known.append(("", meta["name"]))
-                else:
-                    known.append((meta.get("namespace", ""), meta["name"]))
-    return known, pods, services
 
 
 @viz.command("stat")
@@ -146,11 +104,12 @@ def stat(
     meshed: dict[Key, tuple[int, int]] = {}
     if target.kind.name != "authority":
         try:
-            known, pods, services = asyncio.run(_kube_objects(kubeconfig, target.kind.name, ns))
+            view = asyncio.run(kube_objects(kubeconfig, [target.kind.name], ns))
         except Exception as exc:  # figures without MESHED beat no figures
             click.echo(f"warning: cannot read Kubernetes ({exc}); MESHED unknown", err=True)
         else:
-            meshed = meshed_counts(target.kind.name, pods, services)
+            known = view.known.get(target.kind.name, [])
+            meshed = meshed_counts(target.kind.name, view.pods, view.services)
             if target.name:
                 known = [k for k in known if k[1] == target.name]
             if from_res is not None or to_res is not None:

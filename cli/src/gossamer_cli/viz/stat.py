@@ -206,6 +206,20 @@ def _latency(row: StatRow, key: str) -> str:
     return "-" if value is None else f"{round(value)}ms"
 
 
+def row_cells(r: StatRow) -> dict[str, str]:
+    """The figures of a row as ``linkerd viz stat`` prints them (``-`` when unknown)."""
+    success = r.success_rate
+    return {
+        "meshed": "-" if r.meshed is None else f"{r.meshed[0]}/{r.meshed[1]}",
+        "success": "-" if success is None else f"{success * 100:.2f}%",
+        "rps": "-" if r.rps is None else f"{r.rps:.1f}rps",
+        "p50": _latency(r, "p50"),
+        "p95": _latency(r, "p95"),
+        "p99": _latency(r, "p99"),
+        "tcp": "-" if r.tcp_open is None else str(round(r.tcp_open)),
+    }
+
+
 def render_table(rows: list[StatRow], *, wide: bool = False, all_namespaces: bool = False) -> str:
     if not rows:
         return "No traffic found."
@@ -217,17 +231,9 @@ def render_table(rows: list[StatRow], *, wide: bool = False, all_namespaces: boo
         header.insert(0, "NAMESPACE")
     table = [header]
     for r in rows:
-        success = r.success_rate
-        cells = [
-            r.name,
-            "-" if r.meshed is None else f"{r.meshed[0]}/{r.meshed[1]}",
-            "-" if success is None else f"{success * 100:.2f}%",
-            "-" if r.rps is None else f"{r.rps:.1f}rps",
-            _latency(r, "p50"),
-            _latency(r, "p95"),
-            _latency(r, "p99"),
-            "-" if r.tcp_open is None else str(round(r.tcp_open)),
-        ]
+        shown = row_cells(r)
+        cells = [r.name, *(shown[k] for k in ("meshed", "success", "rps", "p50", "p95", "p99"))]
+        cells.append(shown["tcp"])
         if wide:
             cells += [
                 "-" if r.tcp_read_rate is None else f"{r.tcp_read_rate:.1f}B/s",
