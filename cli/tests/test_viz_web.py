@@ -68,10 +68,9 @@ def answer(promql: str) -> dict[str, Any]:
               "no_tls_reason": "not_provided_by_service_discovery"}, "1"),
         )  # fmt: skip
     if promql.startswith("sum(tcp_open_total") and 'direction="inbound"' in promql:
-        return vector(
-            ({"namespace": "demo", "deployment": "slow", "client_id": IDENTITY.format("web")}, "3"),
-            ({"namespace": "demo", "deployment": "web", "client_id": IDENTITY.format("traffic")}, "1"),
-        )  # fmt: skip
+        slow = {"namespace": "demo", "deployment": "slow", "client_id": IDENTITY.format("web")}
+        web = {"namespace": "demo", "deployment": "web", "client_id": IDENTITY.format("traffic")}
+        return vector((slow, "3"), (web, "1"))
     return vector()
 
 

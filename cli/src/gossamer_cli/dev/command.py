@@ -124,6 +124,7 @@ async def _run(
             "node_netns": layout.node_netns,
             "node_address": layout.node_address,
             "prometheus_url": mesh.prometheus.url if mesh.prometheus is not None else None,
+            "dashboard_url": mesh.dashboard.url if mesh.dashboard is not None else None,
         }
         (state_dir / "ready.json").write_text(json.dumps(info))
         click.echo(
@@ -135,6 +136,12 @@ async def _run(
             click.echo(
                 f"prometheus: {mesh.prometheus.url} in the node namespace; golden metrics: "
                 f"sudo ip netns exec {layout.node_netns} gossamer viz stat deploy -n demo",
+                err=True,
+            )
+        if mesh.dashboard is not None:
+            click.echo(
+                f"viz dashboard: {mesh.dashboard.url} in the node namespace; on this machine: "
+                "sudo gossamer viz dashboard",
                 err=True,
             )
         if demo:

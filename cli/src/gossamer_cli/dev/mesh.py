@@ -35,6 +35,7 @@ from gossamer_kube.testing.cluster import ClusterOptions, KubeTestCluster
 
 from gossamer_cli.dev import images
 from gossamer_cli.dev.controlplane import CONTROL_PLANE_NAMESPACE, ControlPlane, service_hosts
+from gossamer_cli.dev.dashboard import LocalDashboard
 from gossamer_cli.dev.layout import NodeLayout
 from gossamer_cli.dev.pod import RuntimeContext
 from gossamer_cli.dev.prometheus import LocalPrometheus, prometheus_binary
@@ -76,6 +77,7 @@ class LocalMesh:
         self.control_plane: ControlPlane | None = None
         self.runtime: NodeRuntime | None = None
         self.prometheus: LocalPrometheus | None = None
+        self.dashboard: LocalDashboard | None = None
 
     async def start(self) -> None:
         state = self.config.state_dir
@@ -118,6 +120,10 @@ class LocalMesh:
                 state / "prometheus", self.client, CONTROL_PLANE_NAMESPACE
             )
             await self.prometheus.start()
+            self.dashboard = LocalDashboard(
+                state / "web", self.cluster.kubeconfig, self.prometheus.url
+            )
+            await self.dashboard.start()
 
     @property
     def kube(self) -> KubeClient:
@@ -161,6 +167,8 @@ class LocalMesh:
 
     async def stop(self) -> None:
         """Drain the pods, stop the control plane and Kubernetes; leaves nothing behind."""
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         if self.prometheus is not None:
             await self.prometheus.stop()
         if self.runtime is not None:

@@ -9,7 +9,12 @@ figures are still shown, with ``-`` for MESHED.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
+import urllib.parse
 from collections.abc import Mapping
+from pathlib import Path
 
 import click
 
@@ -177,7 +182,6 @@ def install(
     output: str,
 ) -> None:
     """Print the viz extension's manifests, for `kubectl apply -f -`."""
-    import json
 
     from gossamer_cli import manifests as m
     from gossamer_cli.viz import manifests as viz_manifests
@@ -306,7 +310,6 @@ def routes(
 @click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml")
 def uninstall(control_plane_namespace: str, viz_namespace: str, output: str) -> None:
     """Print the extension's objects for `kubectl delete --ignore-not-found -f -`."""
-    import json
 
     from gossamer_cli import manifests as m
     from gossamer_cli.viz import manifests as viz_manifests
@@ -326,3 +329,82 @@ def uninstall(control_plane_namespace: str, viz_namespace: str, output: str) -> 
         click.echo(json.dumps(m.to_json_list(objects), indent=2))
     else:
         click.echo(m.to_yaml(objects), nl=False)
+
+
+@viz.command("dashboard")
+@click.option("--address", default="localhost", show_default=True, help="Where to listen.")
+@click.option("-p", "--port", default=50750, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--show", type=click.Choice(["browser", "url"]), default="browser", show_default=True,
+    help="Open the dashboard in a browser (when one is available), or only print its URL.",
+)  # fmt: skip
+@click.option(
+    "--state-dir", type=click.Path(path_type=Path), default=None,
+    help="Local mode's state directory (default: gossamer dev's).",
+)  # fmt: skip
+def dashboard(address: str, port: int, show: str, state_dir: Path | None) -> None:
+    """Open the viz dashboard: forwards ADDRESS:PORT here to the local mesh's dashboard."""
+    from gossamer_cli.dev.command import DEFAULT_STATE
+
+    ready = (state_dir or DEFAULT_STATE) / "ready.json"
+    try:
+        info = json.loads(ready.read_text())
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(
+            f"no local mesh at {ready.parent} ({exc}); start one with `gossamer dev up`. On a "
+            "cluster: kubectl -n gossamer-viz port-forward svc/web 8084, then open "
+            "http://localhost:8084"
+        ) from exc
+    url = info.get("dashboard_url")
+    if not url:
+        raise click.ClickException(
+            "the local mesh runs no dashboard: it needs Prometheus (Debian's `prometheus`)"
+        )
+    if os.geteuid() != 0:
+        raise click.ClickException(
+            "reaching the local mesh's node namespace needs root: run it with sudo"
+        )
+    target = urllib.parse.urlsplit(url)
+    if target.hostname is None or target.port is None:
+        raise click.ClickException(f"bad dashboard URL in {ready}: {url!r}")
+    netns = f"/run/netns/{info['node_netns']}"
+    sys.exit(asyncio.run(_dashboard(netns, (target.hostname, target.port), address, port, show)))
+
+
+async def _dashboard(
+    netns: str, target: tuple[str, int], address: str, port: int, show: str
+) -> int:
+    import signal
+    import webbrowser
+
+    from gossamer_cli.viz.forward import NetnsConnector, forward
+
+    connector = NetnsConnector(netns)
+    try:
+        await connector.check()
+        try:
+            server = await forward(connector, address, port, target)
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {address}:{port}: {exc}") from exc
+        bound = server.sockets[0].getsockname()[1]
+        host = f"[{address}]" if ":" in address else address
+        url = f"http://{host}:{bound}"
+        click.echo(f"Gossamer dashboard available at:\n{url}")
+        if show == "browser":
+            # Only a graphical session has a browser worth opening; a text-mode one would take
+            # over the terminal.
+            if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+                click.echo("Opening Gossamer dashboard in the default browser")
+                webbrowser.open(url)
+            else:
+                click.echo("No browser available here: open the URL above.")
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with server:
+            await stop.wait()
+        return 0
+    finally:
+        connector.close()

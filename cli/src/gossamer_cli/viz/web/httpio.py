@@ -30,6 +30,7 @@ SECURITY_HEADERS = (
 
 REASONS = {
     200: "OK",
+    204: "No Content",
     302: "Found",
     400: "Bad Request",
     403: "Forbidden",

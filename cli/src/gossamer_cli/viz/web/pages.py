@@ -26,7 +26,8 @@ main { padding: 1em 1.2em; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.6em; }
 table { border-collapse: collapse; background: #fff; min-width: 60%; }
 th, td { padding: 0.35em 0.8em; border-bottom: 1px solid #dde1e7; text-align: right; }
-th { background: #eef0f4; } td.name, th.name { text-align: left; }
+th { background: #eef0f4; } td.name, th.name, td.namespace { text-align: left; }
+table.edges td { word-break: break-all; }
 td.good { color: #18794e; } td.warn { color: #a35200; } td.bad { color: #c62828; }
 p.notice { color: #a35200; } p.error { color: #c62828; font-weight: bold; }
 svg.edges { background: #fff; border: 1px solid #dde1e7; }
@@ -105,7 +106,7 @@ def stat_table(
             name = f'<a href="{href(*segments)}">{name}</a>'
         tds = f'<td class="name">{name}</td>'
         if show_namespace:
-            tds = f'<td class="name namespace">{esc(row.namespace)}</td>' + tds
+            tds = f'<td class="namespace">{esc(row.namespace)}</td>' + tds
         for key, _ in COLUMNS:
             extra = _success_class(row) if key == "success" else ""
             tds += f'<td class="{key}{extra}">{esc(cells[key])}</td>'

@@ -74,6 +74,8 @@ class Dashboard:
     async def _route(self, path: str) -> Response:
         if path == "/":
             return redirect("/namespaces")
+        if path == "/favicon.ico":
+            return Response(204, b"", "text/plain; charset=utf-8")
         if path == pages.STYLESHEET_PATH:
             return Response(200, pages.STYLESHEET.encode(), "text/css; charset=utf-8")
         api = path.startswith("/api/")
