@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# make images: the five service images (and the demo app's) with docker when it is present,
-# with buildah (no daemon, --isolation chroot) otherwise.
+# make images: the five service images, the viz dashboard's and the demo app's, with docker
+# when it is present, with buildah (no daemon, --isolation chroot) otherwise.
 #
 # Environment:
 #   REGISTRY (gossamer) and TAG (dev): images are named $REGISTRY/<component>:$TAG
@@ -21,7 +21,7 @@ REGISTRY=${REGISTRY:-gossamer}
 TAG=${TAG:-dev}
 BUILDER=${BUILDER:-auto}
 BASE=${BASE:-auto}
-components=(${ONLY:-destination identity injector proxy proxy-init demo-app})
+components=(${ONLY:-destination identity injector proxy proxy-init viz-web demo-app})
 upstream_base=python:3.11-slim-bookworm
 revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
@@ -59,7 +59,13 @@ if [ -n "${SSL_CERT_FILE:-}" ] && [ -s "$SSL_CERT_FILE" ]; then
 fi
 echo "images: building ${components[*]} with $BUILDER (base: $BASE) as $REGISTRY/<component>:$TAG" >&2
 
-dockerfile_of() { if [ "$1" = demo-app ]; then echo examples/demo/Dockerfile; else echo "services/$1/Dockerfile"; fi; }
+dockerfile_of() {
+  case $1 in
+    demo-app) echo examples/demo/Dockerfile ;;
+    viz-web) echo cli/docker/viz-web/Dockerfile ;;
+    *) echo "services/$1/Dockerfile" ;;
+  esac
+}
 context_of() { if [ "$1" = demo-app ]; then echo examples/demo; else echo .; fi; }
 
 push() {

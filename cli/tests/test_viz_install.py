@@ -37,6 +37,11 @@ def test_every_manifest_validates_against_kubernetes_schemas() -> None:
         ("ConfigMap", "grafana-dashboard-pod"),
         ("ConfigMap", "grafana-dashboard-route"),
         ("ConfigMap", "grafana-dashboard-top-line"),
+        ("ServiceAccount", "web"),
+        ("ClusterRole", "gossamer-gossamer-viz-web"),
+        ("ClusterRoleBinding", "gossamer-gossamer-viz-web"),
+        ("Service", "web"),
+        ("Deployment", "web"),
     ]
     for obj in objects:
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
@@ -44,7 +49,12 @@ def test_every_manifest_validates_against_kubernetes_schemas() -> None:
 
 def test_prometheus_config_uses_pod_discovery_and_linkerds_relabelling() -> None:
     rendered = render("-L", "mesh-system", "--scrape-interval", "5s")
-    objects = {o["kind"]: o for o in rendered if o["kind"] != "ConfigMap"}
+    objects = {
+        o["kind"]: o
+        for o in rendered
+        if o["kind"] != "ConfigMap"
+        and o["metadata"]["name"] not in ("web", "mesh-system-gossamer-viz-web")
+    }
     (config_map,) = [o for o in rendered if o["metadata"]["name"] == "prometheus-config"]
     config = yaml.safe_load(config_map["data"]["prometheus.yml"])
     job = config["scrape_configs"][1]
@@ -99,3 +109,22 @@ def test_uninstall_names_every_installed_object_namespace_last() -> None:
     installed = [(o["kind"], o["metadata"]["name"]) for o in render()]
     assert sorted(removed) == sorted(installed)
     assert removed[-1] == ("Namespace", "gossamer-viz")
+
+
+def test_web_dashboard_reads_prometheus_and_answers_only_its_own_names() -> None:
+    import re
+
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in render("--web-image", "r/web:1")}
+    pod = objects[("Deployment", "web")]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "r/web:1"
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
+    assert args["prometheus-url"] == "http://prometheus.gossamer-viz.svc.cluster.local:9090"
+    hosts = re.compile(args["enforced-host"])
+    for allowed in ("localhost:8084", "127.0.0.1", "web.gossamer-viz.svc.cluster.local:8084"):
+        assert hosts.fullmatch(allowed), allowed
+    for refused in ("evil.example", "web.gossamer-viz.svc.cluster.local.evil.example"):
+        assert not hosts.fullmatch(refused), refused
+    assert objects[("Service", "web")]["spec"]["ports"][0]["port"] == 8084
+    rules = objects[("ClusterRole", "gossamer-gossamer-viz-web")]["rules"]
+    assert all(set(r["verbs"]) == {"get", "list"} for r in rules)

@@ -173,12 +173,16 @@ def register(cli: click.Group) -> None:
 @click.option("--namespace", "viz_namespace", default="gossamer-viz", show_default=True)
 @click.option("--prometheus-image", default=None, help="Prometheus image (upstream by default).")
 @click.option("--scrape-interval", default="10s", show_default=True)
+@click.option("--web-image", default=None, help="The dashboard's image (gossamer/viz-web).")
+@click.option("--cluster-domain", default="cluster.local", show_default=True)
 @click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml")
 def install(
     control_plane_namespace: str,
     viz_namespace: str,
     prometheus_image: str | None,
     scrape_interval: str,
+    web_image: str | None,
+    cluster_domain: str,
     output: str,
 ) -> None:
     """Print the viz extension's manifests, for `kubectl apply -f -`."""
@@ -195,6 +199,8 @@ def install(
         control_plane_namespace=control_plane_namespace,
         prometheus_image=prometheus_image or viz_manifests.PROMETHEUS_IMAGE,
         scrape_interval=scrape_interval,
+        web_image=web_image or viz_manifests.WEB_IMAGE,
+        cluster_domain=cluster_domain,
     )
     if output == "json":
         click.echo(json.dumps(m.to_json_list(objects), indent=2))

@@ -1,10 +1,14 @@
 """``gossamer viz install``: the viz extension's manifests, shaped as ``linkerd viz install``'s.
 
-This renders the Prometheus part: the ``gossamer-viz`` namespace (meshed, labelled as a
-Linkerd extension), Prometheus's ServiceAccount and cluster-wide read access to pods, its
-configuration (the ``linkerd-proxy`` scrape job of :mod:`.scrape`, with Kubernetes pod
-discovery), its Deployment and its Service on 9090; then the Grafana dashboards of
-:mod:`.dashboards`, one ConfigMap each, for a Grafana's dashboard sidecar to load.
+This renders the ``gossamer-viz`` namespace (meshed, labelled as a Linkerd extension) and:
+- Prometheus: its ServiceAccount and cluster-wide read access to pods, its configuration (the
+  ``linkerd-proxy`` scrape job of :mod:`.scrape`, with Kubernetes pod discovery), its
+  Deployment and its Service on 9090;
+- the Grafana dashboards of :mod:`.dashboards`, one ConfigMap each, for a Grafana's dashboard
+  sidecar to load;
+- the ``web`` dashboard (:mod:`gossamer_cli.viz.web`): its ServiceAccount with read access to
+  the workloads it lists, its Deployment and its Service on 8084. It answers only to the Host
+  names of its Service and of loopback (``kubectl port-forward``), as Linkerd's does.
 
 The image defaults to the upstream Prometheus image, as Linkerd's: Debian's ``prometheus``
 package (which local mode runs) is built without Kubernetes discovery, so an image made from
@@ -22,6 +26,8 @@ from gossamer_cli.viz import dashboards, scrape
 NAMESPACE = "gossamer-viz"
 PROMETHEUS_IMAGE = "prom/prometheus:v2.55.1"
 PROMETHEUS_PORT = 9090
+WEB_IMAGE = "gossamer/viz-web:dev"
+WEB_PORT = 8084
 CONFIG_KEY = "prometheus.yml"
 NOBODY = 65534
 
@@ -41,6 +47,8 @@ def render(
     control_plane_namespace: str = "gossamer",
     prometheus_image: str = PROMETHEUS_IMAGE,
     scrape_interval: str = "10s",
+    web_image: str = WEB_IMAGE,
+    cluster_domain: str = "cluster.local",
 ) -> list[dict[str, Any]]:
     labels = _labels("prometheus")
     name = "prometheus"
@@ -111,6 +119,103 @@ def render(
         },
         _deployment(namespace, name, labels, prometheus_image),
         *dashboards.configmaps(namespace, _labels("grafana-dashboards")),
+        *_web(namespace, control_plane_namespace, web_image, cluster_domain),
+    ]
+
+
+def _web(
+    namespace: str, control_plane_namespace: str, image: str, cluster_domain: str
+) -> list[dict[str, Any]]:
+    from gossamer_cli.viz.web import guard
+
+    name = "web"
+    labels = _labels(name)
+    cluster_name = f"{control_plane_namespace}-{namespace}-web"
+    service_hosts = (f"web.{namespace}.svc.{cluster_domain}", f"web.{namespace}.svc")
+    prometheus = f"http://prometheus.{namespace}.svc.{cluster_domain}:{PROMETHEUS_PORT}"
+    container = {
+        "name": name,
+        "image": image,
+        "args": [
+            f"--addr=0.0.0.0:{WEB_PORT}",
+            f"--prometheus-url={prometheus}",
+            f"--enforced-host={guard.enforced_host_pattern(service_hosts)}",
+        ],
+        "ports": [{"name": "http", "containerPort": WEB_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": WEB_PORT}},
+        "livenessProbe": {"httpGet": {"path": "/ready", "port": WEB_PORT}},
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": NOBODY,
+            "runAsGroup": NOBODY,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": cluster_name, "labels": labels},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["namespaces", "pods", "services"],
+                    "verbs": ["get", "list"],
+                },
+                {
+                    "apiGroups": ["apps"],
+                    "resources": ["deployments", "statefulsets", "daemonsets"],
+                    "verbs": ["get", "list"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": cluster_name, "labels": labels},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": cluster_name,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {"component": name},
+                "ports": [{"name": "http", "port": WEB_PORT, "targetPort": WEB_PORT}],
+            },
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"component": name}},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": name,
+                        "nodeSelector": {"kubernetes.io/os": "linux"},
+                        "containers": [container],
+                    },
+                },
+            },
+        },
     ]
 
 
