@@ -120,10 +120,17 @@ class LocalMesh:
                 state / "prometheus", self.client, CONTROL_PLANE_NAMESPACE
             )
             await self.prometheus.start()
-            self.dashboard = LocalDashboard(
-                state / "web", self.cluster.kubeconfig, self.prometheus.url
-            )
-            await self.dashboard.start()
+            dashboard = LocalDashboard(state / "web", self.cluster.kubeconfig, self.prometheus.url)
+            try:
+                await dashboard.start()
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                # The mesh and the viz commands work without the dashboard; say why it is gone.
+                await dashboard.stop()
+                log.warning(
+                    "viz dashboard did not start", error=str(exc), log=str(dashboard.log_file)
+                )
+            else:
+                self.dashboard = dashboard
 
     @property
     def kube(self) -> KubeClient:
