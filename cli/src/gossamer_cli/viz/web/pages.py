@@ -66,8 +66,7 @@ def layout(title: str, body: str, *, crumbs: Sequence[tuple[str, str]] = (), now
         f'<link rel="stylesheet" href="{STYLESHEET_PATH}"></head>\n'
         f'<body><header><a class="brand" href="/namespaces">Gossamer</a>{nav}</header>\n'
         f"<main><h1>{esc(title)}</h1>\n{body}</main>\n"
-        f"<footer>Figures over the last minute; updated {esc(now)}, every "
-        f"{REFRESH_SECONDS}s.</footer></body></html>\n"
+        f"<footer>Updated {esc(now)}, every {REFRESH_SECONDS}s.</footer></body></html>\n"
     )
 
 
