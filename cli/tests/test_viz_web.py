@@ -208,6 +208,7 @@ async def test_deployment_detail_shows_pods_callers_and_calls(dashboard: int) ->
     assert cells(page, "resource")["slow"]["meshed"] == "1/2"
     assert set(cells(page, "pods")) == {"slow-1", "slow-2"}
     assert cells(page, "inbound")["web"]["rps"] == "2.0rps"
+    assert cells(page, "inbound")["web"]["meshed"] == "1/1"
     _, _, web = await get(dashboard, "/namespaces/demo/deployments/web")
     assert cells(web, "outbound")["slow"]["rps"] == "2.0rps"
     status, _, body = await get(dashboard, "/api/namespaces/demo/deployments/web")

@@ -125,8 +125,9 @@ class DashboardData:
         callees = stat_mod.stat_scope(every, None, from_resource=target, from_namespace=namespace)
         tables = [
             self._rows(own, kind, view, known=[(namespace, name)]),
-            self._rows(callers, kind),
-            self._rows(callees, kind),
+            # MESHED of callers and callees is known for those in the same namespace.
+            self._rows(callers, kind, view),
+            self._rows(callees, kind, view),
         ]
         if kind == "deployment":
             pods = stat_mod.stat_scope(Resource(_KIND["pod"], ""), namespace)
