@@ -275,7 +275,7 @@ async def test_invalid_names_are_refused_before_any_query(dashboard: int, path: 
 
 @pytest.mark.parametrize(
     "host",
-    [None, "evil.example", "evil.example:8084", "localhost.evil.example", "127.0.0.1.nip.io:80",
+    ["evil.example", "evil.example:8084", "localhost.evil.example", "127.0.0.1.nip.io:80",
      "web.gossamer-viz.svc.evil", "localhost:80x"],
 )  # fmt: skip
 async def test_foreign_host_headers_are_refused(dashboard: int, host: str | None) -> None:
@@ -299,9 +299,18 @@ async def test_local_and_service_hosts_are_served(dashboard: int, host: str) -> 
     assert not any(k.lower().startswith("access-control") for k in headers)
 
 
-async def test_repeated_host_header_is_refused(dashboard: int) -> None:
+async def test_missing_or_repeated_host_header_is_refused(dashboard: int) -> None:
+    # HTTP/1.1 requires exactly one Host (the parser refuses others); HTTP/1.0 may omit it,
+    # and then matches no allowed name.
     raw = b"GET /namespaces HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n"
-    assert (await get(dashboard, "", raw=raw))[0] == 403
+    status, _, body = await get(dashboard, "", raw=raw)
+    assert (status, body) == (400, "more than one Host header\n")
+    status, _, body = await get(dashboard, "", raw=b"GET /namespaces HTTP/1.1\r\n\r\n")
+    assert (status, body) == (400, "missing Host header\n")
+    status, _, body = await get(dashboard, "", raw=b"GET /namespaces HTTP/1.0\r\n\r\n")
+    assert status == 403
+    assert "host not allowed" in body
+    assert FakePrometheus.queries == []
 
 
 async def test_malformed_and_oversized_requests(dashboard: int) -> None:
@@ -342,19 +351,23 @@ def test_name_rules_follow_kubernetes() -> None:
 
 def test_request_head_parsing_refuses_what_it_cannot_trust() -> None:
     request = parse_head(b"GET /namespaces/demo?x=1 HTTP/1.1\r\nHost: localhost:50750\r\n\r\n")
+    assert request is not None
     assert (request.path, request.query, request.header("host")) == (
         "/namespaces/demo", {"x": "1"}, "localhost:50750",
     )  # fmt: skip
-    for bad in (
-        b"GET http://evil/ HTTP/1.1\r\n\r\n",
-        b"GET / HTTP/2\r\n\r\n",
-        b"GET /%ff HTTP/1.1\r\n\r\n",
-        b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
-        b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-        "GET /é HTTP/1.1\r\n\r\n".encode(),
+    assert parse_head(b"GET / HTTP/1.1\r\nHost: local") is None  # more bytes needed
+    for bad, status in (
+        (b"GET http://evil/ HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/2\r\n\r\n", 505),
+        (b"GET /%ff HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx", 413),
+        ("GET /é HTTP/1.1\r\n\r\n".encode(), 400),
+        (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431),
     ):
-        with pytest.raises(BadRequestError):
+        with pytest.raises(BadRequestError) as refused:
             parse_head(bad)
+        assert refused.value.status == status, bad
 
 
 def test_page_text_is_escaped_everywhere() -> None:

@@ -1,15 +1,19 @@
 """The dashboard's HTTP/1.1, as much as a browser needs (pure): one request per connection.
 
-:func:`parse_head` reads a request head that the server has already bounded in size;
-:class:`Response` renders itself with the headers every answer carries. Requests have no body
-(GET and HEAD only), and every response closes the connection, so there is no request
-pipelining to get wrong.
+Requests are parsed by the common library's strict, bounded parser (the admin servers' own,
+fuzzed by ``make fuzz``), with no body allowed; :func:`request_from` adds what the dashboard
+needs (a percent-decoded path that must be a path, the query, headers by name).
+:class:`Response` renders itself with the headers every answer carries. Every response closes
+the connection, so there is no request pipelining to get wrong.
 """
 
 from __future__ import annotations
 
 import urllib.parse
 from dataclasses import dataclass, field
+
+from gossamer_common.http_request_parser import BadRequest, RequestParser
+from gossamer_common.http_request_parser import Request as ParsedRequest
 
 MAX_HEAD = 16 * 1024
 MAX_HEADERS = 100
@@ -36,10 +40,13 @@ REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    414: "URI Too Long",
     413: "Content Too Large",
     431: "Request Header Fields Too Large",
+    501: "Not Implemented",
     502: "Bad Gateway",
     503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
 }
 
 
@@ -62,40 +69,39 @@ class Request:
         return values[0] if len(values) == 1 else None
 
 
-def parse_head(head: bytes) -> Request:
-    """``head`` is everything up to and including the blank line."""
-    if len(head) > MAX_HEAD:
-        raise BadRequestError("request head too large", 431)
+def new_parser() -> RequestParser:
+    """The common library's strict request parser, with the dashboard's bounds: a head of at
+    most :data:`MAX_HEAD` bytes and no body at all."""
+    return RequestParser(max_header_bytes=MAX_HEAD, max_body_bytes=0, max_fields=MAX_HEADERS)
+
+
+def next_request(parser: RequestParser) -> Request | None:
+    """The parser's next request as the dashboard sees it; None while more bytes are needed."""
     try:
-        text = head.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise BadRequestError("request head is not ASCII") from exc
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
-        raise BadRequestError("malformed request line")
-    method, target, _ = parts
-    if not target.startswith("/"):
+        parsed = parser.next_request()
+    except BadRequest as exc:
+        raise BadRequestError(exc.reason, exc.status) from exc
+    return None if parsed is None else request_from(parsed)
+
+
+def parse_head(data: bytes) -> Request | None:
+    parser = new_parser()
+    parser.feed(data)
+    return next_request(parser)
+
+
+def request_from(parsed: ParsedRequest) -> Request:
+    if not parsed.target.startswith("/"):
         raise BadRequestError("request target must be a path")
-    headers: dict[str, list[str]] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or any(c in name for c in " \t"):
-            raise BadRequestError("malformed header line")
-        headers.setdefault(name.lower(), []).append(value.strip())
-        if sum(len(v) for v in headers.values()) > MAX_HEADERS:
-            raise BadRequestError("too many headers", 431)
-    if headers.get("transfer-encoding") or any(v != "0" for v in headers.get("content-length", [])):
-        raise BadRequestError("requests to the dashboard have no body", 413)
-    raw_path, _, raw_query = target.partition("?")
     try:
-        path = urllib.parse.unquote(raw_path, errors="strict")
-        query = dict(urllib.parse.parse_qsl(raw_query, max_num_fields=20))
+        path = urllib.parse.unquote(parsed.path, errors="strict")
+        query = dict(urllib.parse.parse_qsl(parsed.query, max_num_fields=20))
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequestError("malformed request target") from exc
-    return Request(method, path, query, headers)
+    headers: dict[str, list[str]] = {}
+    for name, value in parsed.headers:
+        headers.setdefault(name, []).append(value)
+    return Request(parsed.method, path, query, headers)
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""The dashboard's asyncio HTTP server: reads one request head per connection (bounded in size
-and time), checks the Host header, routes, and closes.
+"""The dashboard's asyncio HTTP server: reads one request per connection (bounded in size by
+the parser and in time here), checks the Host header, routes, and closes.
 
 Routing and the checks are in :meth:`Dashboard.respond`, which the tests call with parsed
 requests; :func:`serve` is the socket side.
@@ -23,11 +23,11 @@ from gossamer_cli.viz import stat as stat_mod
 from gossamer_cli.viz.web import guard, pages
 from gossamer_cli.viz.web.data import DashboardData, DataError, Detail
 from gossamer_cli.viz.web.httpio import (
-    MAX_HEAD,
     BadRequestError,
     Request,
     Response,
-    parse_head,
+    new_parser,
+    next_request,
     redirect,
     text_response,
 )
@@ -37,6 +37,7 @@ log = structlog.get_logger("gossamer.viz.web")
 HEAD_TIMEOUT = 10.0
 WRITE_TIMEOUT = 30.0
 MAX_CONNECTIONS = 64
+READ_CHUNK = 4096
 JSON = "application/json"
 KIND_SEGMENTS = {"deployments": "deployment", "pods": "pod"}
 
@@ -144,16 +145,18 @@ def _detail_json(detail: Detail) -> str:
 async def handle_connection(
     dashboard: Dashboard, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
+    parser = new_parser()
     try:
         try:
             async with asyncio.timeout(HEAD_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
-            request = parse_head(head)
-        except asyncio.LimitOverrunError:
-            response, head_only = text_response(431, "request head too large"), False
+                while (request := next_request(parser)) is None:
+                    data = await reader.read(READ_CHUNK)
+                    if not data:
+                        return
+                    parser.feed(data)
         except BadRequestError as exc:
             response, head_only = text_response(exc.status, str(exc)), False
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             return
         else:
             response, head_only = await dashboard.respond(request), request.method == "HEAD"
@@ -185,4 +188,4 @@ async def serve(dashboard: Dashboard, host: str, port: int) -> asyncio.Server:
         finally:
             active -= 1
 
-    return await asyncio.start_server(on_connection, host, port, limit=MAX_HEAD)
+    return await asyncio.start_server(on_connection, host, port)
