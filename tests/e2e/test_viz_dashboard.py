@@ -40,6 +40,8 @@ CHROMIUM_FLAGS = (
     "--disable-dev-shm-usage", "--window-size=1280,1000",
 )  # fmt: skip
 IDENTITY = "{}.demo.serviceaccount.identity.gossamer.cluster.local"
+#: Where the screenshots' paths are also listed, for the reader of a run (as test_viz.py's).
+OUTPUT = Path(os.environ.get("GOSSAMER_VIZ_OUTPUT", "/dev/null"))
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +117,8 @@ def screenshot(driver: WebDriver, shots: Path, name: str) -> Path:
     assert driver.save_screenshot(str(path)), f"no screenshot at {path}"
     assert path.stat().st_size > 1000
     print(f"screenshot: {path}")
+    with OUTPUT.open("a") as out:
+        out.write(f"dashboard screenshot: {path}\n")
     return path
 
 
