@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from gossamer_proxy.http1 import request_target
 from gossamer_proxy.http1.h2c import body_only_head
 from gossamer_proxy.http1.headers import (
     HeaderError,
@@ -66,6 +67,21 @@ def test_valid_authorities() -> None:
         assert valid_authority(value), value
     assert target_authority(b"*") is None
     assert target_authority(b"HTTP://A.example?q") == b"A.example"
+
+
+def test_authority_verdicts_are_remembered_within_a_bound() -> None:
+    """Each Host value is checked once, and hostile distinct values cannot grow the memo."""
+    limit = request_target._VERDICTS_MAX
+    for i in range(3 * limit):
+        assert valid_authority(b"h%d.example:%d" % (i, i % 65536))
+    assert 0 < len(request_target._VERDICTS) <= limit
+    for _ in range(2):  # the second time from the memo: the same verdicts
+        assert not valid_authority(b"a b")
+        assert not valid_authority(b"a:99999")
+        assert valid_authority(b"a:80")
+        info = analyze([(b"Host", b"u@a")])
+        with pytest.raises(HeaderError, match="invalid Host"):
+            apply_request_authority(info, b"/x", http10=False)
 
 
 def test_request_view_prefers_the_target_authority() -> None:

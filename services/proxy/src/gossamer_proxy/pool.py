@@ -170,15 +170,17 @@ class Pool:
 
         A request queued for this endpoint takes it at once; otherwise it waits idle.
         """
-        if conn.is_usable():
-            waiter = self._next_waiter(conn.endpoint)
+        usable = conn.is_usable()
+        endpoint = conn.endpoint
+        if usable and self._waiters:  # no request waits anywhere, the usual case: skip
+            waiter = self._next_waiter(endpoint)
             if waiter is not None:
                 waiter.set_result(conn)
                 return
-        idle = self._idle.get(conn.endpoint)
+        idle = self._idle.get(endpoint)
         if idle is None:
-            idle = self._idle[conn.endpoint] = []
-        if len(idle) >= self.max_idle_per_endpoint or not conn.is_usable():
+            idle = self._idle[endpoint] = []
+        if len(idle) >= self.max_idle_per_endpoint or not usable:
             conn.close()
             return
         conn.idle_since = now

@@ -33,9 +33,25 @@ _AUTHORITY = re.compile(rb"(?:" + _IP_LITERAL + rb"|" + _REG_NAME + rb")(?::[0-9
 _SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*")
 _SCHEMES = frozenset({b"http", b"https"})
 
+#: Verdicts of :func:`valid_authority` by value. A client sends the same few ``Host`` values
+#: over and over, so the regex runs once per value; the cache is bounded (emptied when full)
+#: because the values come from the network.
+_VERDICTS: dict[bytes, bool] = {}
+_VERDICTS_MAX = 256
+
 
 def valid_authority(value: bytes) -> bool:
     """Whether ``value`` is ``uri-host [":" port]`` (no userinfo, port at most 65535)."""
+    verdict = _VERDICTS.get(value)
+    if verdict is None:
+        verdict = _check_authority(value)
+        if len(_VERDICTS) >= _VERDICTS_MAX:
+            _VERDICTS.clear()
+        _VERDICTS[value] = verdict
+    return verdict
+
+
+def _check_authority(value: bytes) -> bool:
     if _AUTHORITY.fullmatch(value) is None:
         return False
     if value.startswith(b"["):
@@ -80,6 +96,10 @@ def apply_request_authority(info: MessageInfo, target: bytes, *, http10: bool) -
         raise HeaderError("more than one Host header")
     if info.host_count == 0 and not http10:
         raise HeaderError("missing Host header")
+    if target[:1] == b"/":  # origin-form, the usual case: Host names the authority
+        if info.host is not None and not valid_authority(info.host):
+            raise HeaderError("invalid Host header")
+        return
     authority = target_authority(target)
     if authority is None:
         if info.host is not None and not valid_authority(info.host):

@@ -467,39 +467,60 @@ class Http1Server(asyncio.Protocol):
                     return
                 self._head_bytes += stop - start
             piece = data if start == 0 and stop == size else memoryview(data)[start:stop]
-            if not self._feed(piece, data, stop) or self._closed:
+            # The parser is fed here, not through :meth:`_feed`, to keep a call off every
+            # request; the rarer outcomes (an upgrade, an error) go on in :meth:`_feed`.
+            try:
+                self.parser.feed_data(piece)
+            except httptools.HttpParserUpgrade as upgrade:
+                if not self._upgrade_at(upgrade, piece, data, stop):
+                    return
+            except httptools.HttpParserCallbackError as exc:
+                self._parse_failed(exc)
+                return
+            except httptools.HttpParserError as exc:
+                self._reject(ProxyErrorKind.BAD_REQUEST, str(exc))
+                return
+            if self._closed:
                 return
             start = stop
 
     def _feed(self, piece: bytes | memoryview, data: bytes, stop: int) -> bool:
         """Parse ``piece`` (which ends at ``stop`` in ``data``); False when parsing is over."""
-        while True:
+        try:
+            self.parser.feed_data(piece)
+            return True
+        except httptools.HttpParserUpgrade as upgrade:
+            return self._upgrade_at(upgrade, piece, data, stop)
+        except httptools.HttpParserCallbackError as exc:
+            self._parse_failed(exc)
+            return False
+        except httptools.HttpParserError as exc:
+            self._reject(ProxyErrorKind.BAD_REQUEST, str(exc))
+            return False
+
+    def _upgrade_at(
+        self,
+        upgrade: httptools.HttpParserUpgrade,
+        piece: bytes | memoryview,
+        data: bytes,
+        stop: int,
+    ) -> bool:
+        """The parser stopped at an upgrade in ``piece``; False when parsing is over."""
+        offset = int(upgrade.args[0]) if upgrade.args else len(piece)
+        ex, self._h2c_upgrade = self._h2c_upgrade, None
+        if ex is None:
+            self._on_request_upgrade(bytes(piece[offset:]) + data[stop:])
+            return False
+        # An h2c offer we stripped: go on parsing HTTP/1.1 (see :mod:`.h2c`).
+        if ex is self._cur and ex.info is not None:
+            self.parser = httptools.HttpRequestParser(self)
+            self._priming = True
             try:
-                self.parser.feed_data(piece)
-                return True
-            except httptools.HttpParserUpgrade as upgrade:
-                offset = int(upgrade.args[0]) if upgrade.args else len(piece)
-                ex, self._h2c_upgrade = self._h2c_upgrade, None
-                if ex is None:
-                    self._on_request_upgrade(bytes(piece[offset:]) + data[stop:])
-                    return False
-                # An h2c offer we stripped: go on parsing HTTP/1.1 (see :mod:`.h2c`).
-                if ex is self._cur and ex.info is not None:
-                    self.parser = httptools.HttpRequestParser(self)
-                    self._priming = True
-                    try:
-                        self.parser.feed_data(body_only_head(ex.info))
-                    finally:
-                        self._priming = False
-                piece = piece[offset:]
-                if not piece:
-                    return True
-            except httptools.HttpParserCallbackError as exc:
-                self._parse_failed(exc)
-                return False
-            except httptools.HttpParserError as exc:
-                self._reject(ProxyErrorKind.BAD_REQUEST, str(exc))
-                return False
+                self.parser.feed_data(body_only_head(ex.info))
+            finally:
+                self._priming = False
+        rest = piece[offset:]
+        return self._feed(rest, data, stop) if rest else True
 
     def _parse_failed(self, exc: httptools.HttpParserCallbackError) -> None:
         cause = exc.__context__
