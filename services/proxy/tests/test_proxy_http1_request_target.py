@@ -71,10 +71,10 @@ def test_valid_authorities() -> None:
 
 def test_authority_verdicts_are_remembered_within_a_bound() -> None:
     """Each Host value is checked once, and hostile distinct values cannot grow the memo."""
-    limit = request_target._VERDICTS_MAX
+    limit = request_target.VERDICTS_MAX
     for i in range(3 * limit):
         assert valid_authority(b"h%d.example:%d" % (i, i % 65536))
-    assert 0 < len(request_target._VERDICTS) <= limit
+    assert 0 < len(request_target.VERDICTS) <= limit
     for _ in range(2):  # the second time from the memo: the same verdicts
         assert not valid_authority(b"a b")
         assert not valid_authority(b"a:99999")

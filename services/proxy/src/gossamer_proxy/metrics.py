@@ -196,12 +196,13 @@ class HttpTargetStats:
     def _children(
         self, status: int, grpc_status: int | None, error: str
     ) -> tuple[Counter, Histogram]:
-        if grpc_status is not None and not 0 <= grpc_status <= 16:
-            grpc_status = _GRPC_UNKNOWN  # the peer chose it: keep the label set bounded
         key = (status, grpc_status, error)
         if key == self._last_key:  # nearly every response repeats the previous status
             return self._last
-        children = self._responses.get(key)
+        if grpc_status is not None and not 0 <= grpc_status <= 16:
+            grpc_status = _GRPC_UNKNOWN  # the peer chose it: keep the label set bounded
+        # ``_last_key`` stays the key as received: it maps to the same (bounded) children.
+        children = self._responses.get((status, grpc_status, error))
         if children is None:
             status_text = str(status) if status else ""
             grpc_text = "" if grpc_status is None else str(grpc_status)
@@ -213,7 +214,7 @@ class HttpTargetStats:
                 (*self._values, status_text), self._extra
             )
             children = (counter, latency)
-            self._responses[key] = children
+            self._responses[(status, grpc_status, error)] = children
         self._last_key = key
         self._last = children
         return children

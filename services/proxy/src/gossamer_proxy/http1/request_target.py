@@ -24,7 +24,7 @@ import re
 
 from .headers import HeaderError, MessageInfo
 
-__all__ = ["apply_request_authority", "target_authority", "valid_authority"]
+__all__ = ["VERDICTS", "apply_request_authority", "target_authority", "valid_authority"]
 
 # uri-host = IP-literal / IPv4address / reg-name (RFC 3986 §3.2.2), then an optional port.
 _REG_NAME = rb"[A-Za-z0-9\-._~%!$&'()*+,;=]*"
@@ -35,19 +35,21 @@ _SCHEMES = frozenset({b"http", b"https"})
 
 #: Verdicts of :func:`valid_authority` by value. A client sends the same few ``Host`` values
 #: over and over, so the regex runs once per value; the cache is bounded (emptied when full)
-#: because the values come from the network.
-_VERDICTS: dict[bytes, bool] = {}
-_VERDICTS_MAX = 256
+#: because the values come from the network. Read-only outside this module: the HTTP/1
+#: server skips :func:`apply_request_authority` for an origin-form request whose one
+#: ``Host`` value is in here as valid (what that call would conclude).
+VERDICTS: dict[bytes, bool] = {}
+VERDICTS_MAX = 256
 
 
 def valid_authority(value: bytes) -> bool:
     """Whether ``value`` is ``uri-host [":" port]`` (no userinfo, port at most 65535)."""
-    verdict = _VERDICTS.get(value)
+    verdict = VERDICTS.get(value)
     if verdict is None:
         verdict = _check_authority(value)
-        if len(_VERDICTS) >= _VERDICTS_MAX:
-            _VERDICTS.clear()
-        _VERDICTS[value] = verdict
+        if len(VERDICTS) >= VERDICTS_MAX:
+            VERDICTS.clear()
+        VERDICTS[value] = verdict
     return verdict
 
 

@@ -91,7 +91,7 @@ from .headers import (
     last_chunk,
     transfer_encoding_line,
 )
-from .request_target import apply_request_authority
+from .request_target import VERDICTS, apply_request_authority
 from .upstream import Http1Upstream
 
 __all__ = ["Http1Server"]
@@ -440,6 +440,25 @@ class Http1Server(asyncio.Protocol):
         if self._unparsed:
             self._unparsed += data  # keeps the order (reading is paused meanwhile)
             return
+        size = len(data)
+        if (
+            self._cur is None
+            and not (self._client_backed_up or self._queue)
+            and data.find(_HEAD_END) == size - 4
+            and self._head_bytes + size <= self.limits.max_head_bytes
+        ):
+            # The usual read: one whole request head and nothing after it. This is
+            # :meth:`_parse` for that case (one piece, the whole of ``data``), inline.
+            self._head_bytes += size
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                self._upgrade_at(upgrade, data, data, size)
+            except httptools.HttpParserCallbackError as exc:
+                self._parse_failed(exc)
+            except httptools.HttpParserError as exc:
+                self._reject(ProxyErrorKind.BAD_REQUEST, str(exc))
+            return
         self._parse(data)
 
     def _parse(self, data: bytes) -> None:
@@ -602,7 +621,12 @@ class Http1Server(asyncio.Protocol):
         ex.version = parser.get_http_version()
         url = b"".join(self._url)
         # One authority for routing, policy, metrics and the upstream (HeaderError -> 400).
-        apply_request_authority(info, url, http10=ex.version == "1.0")
+        # The usual request (origin-form, one Host already found valid) needs no call.
+        host = info.host
+        if not (
+            info.host_count == 1 and host is not None and url[:1] == b"/" and VERDICTS.get(host)
+        ):
+            apply_request_authority(info, url, http10=ex.version == "1.0")
         if info.h2c_stripped and info.upgrade is None and parser.should_upgrade():
             self._h2c_upgrade = ex  # llhttp stops after this head; :meth:`_parse` resumes
         ex.info = info
@@ -1176,7 +1200,8 @@ class Http1Server(asyncio.Protocol):
         self._fail(ex, ProxyErrorKind.RESPONSE_TIMEOUT, None)
 
     def _attach(self, ex: Exchange, up: Http1Upstream) -> None:
-        required = ex.info.require_id if ex.info is not None else None
+        info = ex.info
+        required = info.require_id if info is not None else None
         if required is not None and not self.ctx.inbound:
             problem = required_identity_error(
                 required.decode("latin-1"), verified_server_identity(up.transport)
@@ -1191,17 +1216,20 @@ class Http1Server(asyncio.Protocol):
         if ex.access is not None:
             ex.access.forwarded(self.loop.time())
         up.begin(self, no_body=ex.is_head)
-        chunked = ex.info is not None and ex.info.chunked
-        parts = [ex.head]
-        for piece in ex.body:
-            if chunked:
-                parts += chunk(piece)
-            else:
-                parts.append(piece)
-        ex.body = []
-        if ex.request_done and chunked:
-            parts.append(last_chunk(ex.trailers))
-        up.writelines(parts)
+        chunked = info is not None and info.chunked
+        if not ex.body and not (chunked and ex.request_done):
+            up.write(ex.head)  # nothing read past the head yet (a GET): no list to join
+        else:
+            parts = [ex.head]  # the head and the body read so far, in one write
+            for piece in ex.body:
+                if chunked:
+                    parts += chunk(piece)
+                else:
+                    parts.append(piece)
+            ex.body = []
+            if ex.request_done and chunked:
+                parts.append(last_chunk(ex.trailers))
+            up.writelines(parts)
         if ex.upgrade_leftover:
             up.write(ex.upgrade_leftover)
             ex.upgrade_leftover = None
