@@ -192,7 +192,8 @@ class AcceptedConnection(asyncio.Protocol):
                 port=target.port,
                 target_addr=str(target),
                 metrics=ctx.authz_metrics,
-                current=ctx.policies.policy,
+                # Fixed policies (no policy service) never change: nothing to look up again.
+                current=ctx.policies.policy if ctx.policies.watched else None,
             )
         if srv is None:
             self.labels = TargetLabels(

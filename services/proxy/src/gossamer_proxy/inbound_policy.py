@@ -72,6 +72,11 @@ class InboundPolicies:
         )
         self._client.start()
 
+    @property
+    def watched(self) -> bool:
+        """Policies come from the policy service and may change; else they are fixed."""
+        return self._client is not None
+
     def policy(self, port: int) -> ServerPolicy:
         if self._client is not None:
             return self._client.policy(port)
