@@ -29,7 +29,7 @@ from gossamer_common.process_metrics import process_age_seconds, register_proces
 from gossamer_common.shutdown import Shutdown
 from grpclib.client import Channel
 
-from .access_log import access_log_from_setting
+from .access_log import AccessLogObserver, access_log_from_setting
 from .build_info import register_build_info
 from .config import Endpoint, ProxySettings
 from .connect import Connector, DirectResolver, Resolver, UpstreamTls
@@ -48,6 +48,7 @@ from .mesh.policy_watch import OutboundPolicyClient
 from .mesh.tls_labels import outbound_tls_labels
 from .mesh.transport import plan_connect
 from .metrics import ProxyMetrics, tls_values
+from .observe import ObserverHub, Observers
 from .outbound.discovery import OutboundDiscovery, parse_networks
 from .pool import Pool
 
@@ -121,6 +122,10 @@ class Proxy:
         #: ``None`` when the process's logging is not ours to change (``/proxy-log-level`` 404s).
         self.log_levels = log_levels
         self.access_log = access_log_from_setting(settings.access_log)
+        #: Request observers of every listener (:mod:`.observe`): access log, tap, ...
+        self.observers = ObserverHub()
+        if self.access_log is not None:
+            self.observers.add(AccessLogObserver(self.access_log), ("inbound",))
         add_debug_routes(self.admin, log_levels)
         self._ready = False
         self._tick: asyncio.TimerHandle | None = None
@@ -203,7 +208,7 @@ class Proxy:
             connector = Connector(s.inbound_connect_timeout)
         else:
             connector, outbound_tls = self._outbound_connector()
-        return ListenerContext(
+        ctx = ListenerContext(
             direction=direction,
             listen=listen,
             detect_timeout=s.inbound_detect_timeout if inbound else s.outbound_detect_timeout,
@@ -223,8 +228,17 @@ class Proxy:
             gateway_suffixes=s.inbound_gateway_suffixes,
             outbound_tls=outbound_tls,
             discovery=None if inbound else self.discovery,
-            access_log=self.access_log if inbound else None,
         )
+        self._observe(ctx)
+        return ctx
+
+    def _observe(self, ctx: ListenerContext) -> None:
+        """Keep ``ctx.observers`` compiled from the proxy's observers of its direction."""
+
+        def setter(observers: Observers | None) -> None:
+            ctx.observers = observers
+
+        self.observers.attach(ctx.direction, setter)
 
     async def _listen(self, ctx: ListenerContext) -> Endpoint:
         from .accept import AcceptedConnection
