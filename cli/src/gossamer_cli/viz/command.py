@@ -367,3 +367,13 @@ def uninstall(control_plane_namespace: str, viz_namespace: str, output: str) -> 
         click.echo(json.dumps(m.to_json_list(objects), indent=2))
     else:
         click.echo(m.to_yaml(objects), nl=False)
+
+
+def _add_tap_commands() -> None:
+    from gossamer_cli.viz.tap_cmd import tap, top
+
+    viz.add_command(tap)
+    viz.add_command(top)
+
+
+_add_tap_commands()
