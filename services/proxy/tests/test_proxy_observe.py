@@ -40,6 +40,14 @@ class Recorder(RequestObserver):
         return [kind for kind, _ in self.events]
 
 
+class Tagger(RequestObserver):
+    """Adds a header to every request (as tracing adds ``traceparent``)."""
+
+    def on_request(self, request: ObservedRequest) -> object | None:
+        request.add_request_header(b"x-observed", request.method)
+        return None
+
+
 class Skipper(RequestObserver):
     def on_request(self, request: ObservedRequest) -> object | None:
         return None
@@ -69,8 +77,11 @@ def test_request_nobody_wants_is_not_kept() -> None:
     assert observed is None
 
 
+_HEADS: list[bytes] = []
+
+
 async def _http1_app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await reader.readuntil(b"\r\n\r\n")
+    _HEADS.append(await reader.readuntil(b"\r\n\r\n"))
     writer.write(b"HTTP/1.1 201 Created\r\ncontent-length: 5\r\n\r\nhello")
     await writer.drain()
     writer.close()
@@ -83,11 +94,14 @@ async def test_http1_request_reports_each_moment_once(
     proxy = await start_proxy((host, port))
     recorder = Recorder()
     proxy.observers.add(recorder, ("outbound",))
+    proxy.observers.add(Tagger(), ("outbound",))
+    _HEADS.clear()
     url = f"http://127.0.0.1:{proxy.outbound_addr.port}/books?x=1"
     async with httpx.AsyncClient() as client:
         rsp = await client.get(url, headers={"host": "web.demo:8080"})
     assert rsp.status_code == 201
     assert recorder.kinds() == ["request", "forwarded", "response", "end"]
+    assert b"\r\nx-observed: GET\r\n" in _HEADS[0]
     req = recorder.events[0][1]
     assert (req.direction, req.method, req.path, req.authority) == (
         "outbound",
@@ -125,6 +139,8 @@ async def test_proxy_made_response_is_observed_and_removal_stops_reports(
 async def test_http2_grpc_stream_reports_status_and_bytes(
     start_proxy: StartProxy, tcp_server: TcpServer
 ) -> None:
+    seen: list[tuple[bytes, bytes]] = []
+
     async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding=None)
@@ -133,6 +149,8 @@ async def test_http2_grpc_stream_reports_status_and_bytes(
         writer.write(conn.data_to_send())
         while data := await reader.read(65536):
             for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    seen.extend(event.headers)
                 if isinstance(event, h2.events.StreamEnded):
                     sid = event.stream_id
                     conn.send_headers(
@@ -148,6 +166,7 @@ async def test_http2_grpc_stream_reports_status_and_bytes(
     proxy = await start_proxy(GOSSAMER_PROXY_INBOUND_FIXED_TARGET=f"{host}:{port}")
     recorder = Recorder()
     proxy.observers.add(recorder, ("inbound",))
+    proxy.observers.add(Tagger(), ("inbound",))
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.inbound_addr.port)
     conn = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=True, header_encoding=None)
@@ -180,3 +199,4 @@ async def test_http2_grpc_stream_reports_status_and_bytes(
     )
     assert (req.stream_id, req.status, req.grpc_status, req.response_bytes) == (1, 200, 7, 7)
     assert req.reset_code is None
+    assert (b"x-observed", b"POST") in seen

@@ -32,8 +32,9 @@ object; per-request state such as a span or the list of matching taps) or ``None
 the request; the later callbacks get the request and that token. Observers run on the
 event loop inside the data path: they must not block or await, and must bound whatever they
 buffer. Times are loop seconds (``loop.time()``), passed in; observers never read a clock
-for durations. Header *propagation* (e.g. tracing's ``traceparent``) is not an observer's
-business: an observer may read headers but never changes the request.
+for durations. An observer reads the request and may add headers to it while
+``on_request`` runs (:meth:`ObservedRequest.add_request_header`, for tracing's
+``traceparent``/B3 propagation); it never changes or answers the request otherwise.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class ObservedRequest:
     """
 
     __slots__ = (
+        "added_headers",
         "authority",
         "client_id",
         "connection",
@@ -213,6 +215,16 @@ class ObservedRequest:
         self.error: str | None = None
         self.trailers: Headers = ()
         self.sinks: tuple[tuple[RequestObserver, object], ...] = ()
+        #: Headers observers add to the request as forwarded (see :meth:`add_request_header`).
+        self.added_headers: list[tuple[bytes, bytes]] | None = None
+
+    def add_request_header(self, name: bytes, value: bytes) -> None:
+        """Forward the request with one more header (``on_request`` only; e.g. tracing's
+        ``traceparent``). ``name`` must be a valid lowercase field name and ``value`` free of
+        CR/LF; the protocol servers append it to the head they send upstream."""
+        if self.added_headers is None:
+            self.added_headers = []
+        self.added_headers.append((name, value))
 
     @property
     def direction(self) -> str:

@@ -627,12 +627,11 @@ class Http1Server(asyncio.Protocol):
         extra = self._default_host if info.host is None else ()
         if self._client_id_header:
             extra = (*extra, *self._client_id_header)
-        ex.head = encode_request_head(ex.method, url, info, extra=extra)
         ex.started_at = self.loop.time()
         observers = self.ctx.observers
         if observers is not None:
             self._observed += 1
-            ex.observed = observers.begin(
+            observed = ex.observed = observers.begin(
                 self._connection_facts(),
                 self._observed,
                 method=ex.method,
@@ -644,6 +643,9 @@ class Http1Server(asyncio.Protocol):
                 headers=self._headers,
                 now=ex.started_at,
             )
+            if observed is not None and observed.added_headers:
+                info.forward = [*info.forward, *observed.added_headers]
+        ex.head = encode_request_head(ex.method, url, info, extra=extra)
         if self.ctx.discovery is not None and not self.ctx.inbound:
             # Counted once the endpoint (and so its TLS and dst labels) is known.
             ex.url = url

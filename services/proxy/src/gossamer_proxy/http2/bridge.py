@@ -526,9 +526,11 @@ class H2Server(asyncio.Protocol):
         pair.authority = authority_text
         observers = self.ctx.observers
         if observers is not None:
-            pair.observed = observers.begin_h2(
+            observed = pair.observed = observers.begin_h2(
                 self._connection_facts(), sid, event.headers, pair.started_at
             )
+            if observed is not None and observed.added_headers:
+                headers.extend(observed.added_headers)  # the list the pair forwards
         if not self._count_on_upstream:
             self.count(pair, self.labels)
         if event.stream_ended is not None:
