@@ -8,7 +8,7 @@ from typing import Any
 from gossamer_api.addresses import tcp_address_to_proto
 from gossamer_api.proxy import http_types_pb2, tap_pb2
 from gossamer_cli.viz.resources import parse_resource
-from gossamer_cli.viz.tap_client import RateGate
+from gossamer_cli.viz.tap_client import per_call_limit
 from gossamer_cli.viz.tap_identity import tap_identity
 from gossamer_cli.viz.tap_query import TapFilters, observe_request, tap_targets
 from gossamer_cli.viz.tap_render import PodInfo, render_json, render_line
@@ -155,15 +155,7 @@ def test_top_counts_finished_requests_per_path() -> None:
     assert len(lines) == 2
 
 
-def test_rate_gate_admits_requests_with_their_responses() -> None:
-    now = [0.0]
-    gate = RateGate(2, lambda: now[0])
-    sid = [StreamId(base=1, stream=n) for n in range(4)]
-    admitted = [gate.admit("p", _event("request_init", id=s)) for s in sid[:3]]
-    assert admitted == [True, True, False]
-    assert gate.admit("p", _event("response_init", id=sid[0]))
-    assert not gate.admit("p", _event("response_init", id=sid[2]))
-    assert gate.admit("p", _event("response_end", id=sid[0]))
-    assert not gate.admit("p", _event("response_end", id=sid[0]))  # forgotten once ended
-    now[0] = 1.0
-    assert gate.admit("p", _event("request_init", id=sid[3]))
+def test_max_rps_becomes_each_pods_limit_per_second() -> None:
+    assert per_call_limit(100, 4) == 25
+    assert per_call_limit(1, 4) == 1  # every pod still shows something
+    assert per_call_limit(0, 4) > 1_000_000  # no limit

@@ -1,7 +1,7 @@
 """`gossamer viz tap`'s fan-out against two real proxies over real mTLS, on loopback.
 
 No Kubernetes: the targets are given directly. The state directory is laid out as local
-mode's (``identity/issuer`` + ``identity/ca-bundle.crt``), so the CLI signs its tap
+mode's (``control-plane/identity/issuer`` and ``ca-bundle.crt``), so the CLI signs its tap
 certificate exactly as it does against the local mesh. Each proxy listens on its own
 loopback address with the same control port, as pods do.
 """
@@ -47,12 +47,12 @@ def _state_dir(tmp: Path) -> tuple[Path, TrustMaterial]:
         control_plane_namespace="gossamer",
         now=dt.datetime.now(dt.UTC),
     )
-    issuer = tmp / "identity" / "issuer"
+    issuer = tmp / "control-plane" / "identity" / "issuer"
     issuer.mkdir(parents=True)
     (issuer / "crt.pem").write_bytes(certificates_to_pem([trust.issuer.certificate]))
     (issuer / "key.pem").write_bytes(private_key_to_pem(trust.issuer.private_key))
     anchors = certificates_to_pem([trust.trust_anchor.certificate])
-    (tmp / "identity" / "ca-bundle.crt").write_bytes(anchors)
+    (tmp / "control-plane" / "identity" / "ca-bundle.crt").write_bytes(anchors)
     return tmp, trust
 
 
@@ -120,8 +120,10 @@ async def test_tap_session_merges_two_proxies_and_checks_their_identities(tmp_pa
             TapTarget("demo", "imposter", "127.0.0.3", _identity("demo", "api")),
         ]
         credentials = local_tap_credentials(state, TAP)
-        request = observe_request(TapFilters(path="/tapped"), limit=2)
-        session = TapSession(targets, request, credentials, port=port, max_rps=0)
+        request = observe_request(TapFilters(path="/tapped"))
+        # 30 rps over 3 pods: each Observe call may take 10 requests, then the next second's.
+        session = TapSession(targets, request, credentials, port=port, max_rps=30)
+        assert session.request.limit == 10
         lines: list[str] = []
 
         async def consume() -> None:
@@ -129,6 +131,8 @@ async def test_tap_session_merges_two_proxies_and_checks_their_identities(tmp_pa
                 line = render_line(event)
                 assert line is not None
                 lines.append(line)
+                if sum(x.startswith("end ") for x in lines) == 4:
+                    return  # leaving the iteration stops every stream
 
         consumer = asyncio.ensure_future(consume())
         async with asyncio.timeout(20):
@@ -139,7 +143,11 @@ async def test_tap_session_merges_two_proxies_and_checks_their_identities(tmp_pa
                     base = f"http://127.0.0.1:{proxy.outbound_addr.port}"
                     for path in ("/other", "/tapped/1", "/tapped/2"):
                         assert (await client.get(base + path)).status_code == 200
-            await consumer  # each proxy's limit (2) ends its stream; then the session ends
+            await consumer
+            # The session's streams are gone: so are the proxies' taps, and their observers.
+            while any(p.taps is not None and p.taps.active for p in proxies):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert all(ctx.observers is None for p in proxies for ctx in p.contexts)
     finally:
         for proxy in proxies:
             await proxy.shutdown()

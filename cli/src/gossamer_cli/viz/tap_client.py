@@ -8,8 +8,10 @@ read, HTTP/2 flow control pushes back, and the proxies drop (they never block th
 traffic for a tap). A proxy that cannot be tapped is reported on ``errors`` and the others
 go on.
 
-``--max-rps`` is applied here (:class:`RateGate`): requests beyond the rate are skipped,
-with their response events.
+``--max-rps`` is applied as Linkerd's tap service does, at the proxies: each pod gets its
+share of the rate as the ``limit`` of one ``Observe`` call per second (a call ends once
+that many requests have ended; the next starts when the second is up). Requests beyond it
+cost the proxy no events at all. ``--max-rps 0`` keeps one unlimited call per pod.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ import asyncio
 import contextlib
 import os
 import ssl
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Final
 
 from gossamer_api.proxy import tap_pb2
@@ -29,13 +30,21 @@ from grpclib.config import Configuration
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from gossamer_cli.viz.tap_identity import TapCredentials
-from gossamer_cli.viz.tap_query import CONTROL_PORT, TapTarget
+from gossamer_cli.viz.tap_query import CONTROL_PORT, STREAM_LIMIT, TapTarget
 
-__all__ = ["RateGate", "TapSession", "client_context"]
+__all__ = ["INTERVAL", "TapSession", "client_context", "per_call_limit"]
 
 TapEvent = tap_pb2.TapEvent
 QUEUE_SIZE: Final = 1024
-_MAX_TRACKED: Final = 100_000
+#: How long each rate-limited ``Observe`` call's share lasts.
+INTERVAL: Final = 1.0
+
+
+def per_call_limit(max_rps: float, pods: int) -> int:
+    """Requests one pod's ``Observe`` call may take (``max_rps <= 0``: unlimited)."""
+    if max_rps <= 0:
+        return STREAM_LIMIT
+    return max(1, int(max_rps * INTERVAL / max(pods, 1)))
 
 
 @contextlib.contextmanager
@@ -60,47 +69,6 @@ def client_context(credentials: TapCredentials) -> ssl.SSLContext:
     return context
 
 
-class RateGate:
-    """Admits at most ``max_rps`` new requests a second (sans-io: the clock is passed in)."""
-
-    def __init__(self, max_rps: float, clock: Callable[[], float]) -> None:
-        self.max_rps = max_rps
-        self._clock = clock
-        self._tokens = max(max_rps, 1.0)
-        self._at = clock()
-        self._admitted: set[tuple[str, int, int, int]] = set()
-
-    def admit(self, source: str, event: TapEvent) -> bool:
-        http = event.http
-        kind = http.WhichOneof("event")
-        if kind is None:
-            return False
-        msg = getattr(http, kind)
-        key = (source, event.proxy_direction, msg.id.base, msg.id.stream)
-        if kind != "request_init":
-            if kind == "response_end":
-                if key in self._admitted:
-                    self._admitted.discard(key)
-                    return True
-                return False
-            return key in self._admitted
-        if self.max_rps <= 0:
-            return self._track(key)
-        now = self._clock()
-        self._tokens = min(self._tokens + (now - self._at) * self.max_rps, max(self.max_rps, 1.0))
-        self._at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return self._track(key)
-
-    def _track(self, key: tuple[str, int, int, int]) -> bool:
-        if len(self._admitted) >= _MAX_TRACKED:
-            self._admitted.clear()  # a lossy stream must not grow this without bound
-        self._admitted.add(key)
-        return True
-
-
 class TapSession:
     """Observe on every target; iterate :meth:`events` for the merged stream."""
 
@@ -114,11 +82,13 @@ class TapSession:
         max_rps: float = 100.0,
     ) -> None:
         self.targets = targets
-        self.request = request
+        self.request = tap_pb2.ObserveRequest()
+        self.request.CopyFrom(request)
+        self.limited = max_rps > 0
+        self.request.limit = per_call_limit(max_rps, len(targets))
         self.port = port
         self._context = client_context(credentials)
         self._queue: asyncio.Queue[tuple[str, TapEvent] | None] = asyncio.Queue(QUEUE_SIZE)
-        self._gate = RateGate(max_rps, time.monotonic)
         #: ``(pod, error)`` for every proxy that could not be tapped.
         self.errors: list[tuple[str, str]] = []
 
@@ -126,11 +96,17 @@ class TapSession:
         config = Configuration(ssl_target_name_override=target.identity)
         channel = Channel(target.ip, self.port, ssl=self._context, config=config)
         name = f"{target.namespace}/{target.pod}"
+        loop = asyncio.get_running_loop()
         try:
-            async with TapStub(channel).Observe.open() as stream:
-                await stream.send_message(self.request, end=True)
-                async for event in stream:
-                    await self._queue.put((name, event))
+            while True:
+                started = loop.time()
+                async with TapStub(channel).Observe.open() as stream:
+                    await stream.send_message(self.request, end=True)
+                    async for event in stream:
+                        await self._queue.put((name, event))
+                if not self.limited:
+                    return  # an unlimited call ended: the proxy went away
+                await asyncio.sleep(max(INTERVAL - (loop.time() - started), 0.0))
         except GRPCError as exc:
             self.errors.append((name, f"{exc.status.name}: {exc.message}"))
         except (OSError, StreamTerminatedError, ssl.SSLError) as exc:
@@ -139,7 +115,7 @@ class TapSession:
             channel.close()
 
     async def events(self) -> AsyncIterator[tuple[str, TapEvent]]:
-        """``(pod, event)`` merged (as ``--max-rps`` admits) until every stream has ended."""
+        """``(pod, event)`` merged, until every pod's stream has ended for good."""
         tasks = [asyncio.ensure_future(self._observe(t)) for t in self.targets]
 
         async def finish() -> None:
@@ -149,9 +125,7 @@ class TapSession:
         closer = asyncio.ensure_future(finish())
         try:
             while (item := await self._queue.get()) is not None:
-                source, event = item
-                if self._gate.admit(source, event):
-                    yield source, event
+                yield item
         finally:
             for task in (*tasks, closer):
                 task.cancel()

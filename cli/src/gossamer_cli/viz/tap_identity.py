@@ -5,8 +5,8 @@ of the viz extension's ``tap`` service account (Linkerd's
 ``tap.linkerd-viz.serviceaccount.identity.linkerd.<trust-domain>``; ours lives in
 ``gossamer-viz`` under the ``gossamer`` control plane). In local mode the CLI itself is the
 tap service: it signs a short-lived certificate for that identity with the local identity
-issuer (the state directory's ``identity/issuer``), exactly as the identity service would
-for the tap pod, and keeps it in memory.
+issuer (``control-plane/identity/issuer`` in the state directory), exactly as the identity
+service would for the tap pod, and keeps it in memory.
 """
 
 from __future__ import annotations
@@ -46,12 +46,13 @@ def local_tap_credentials(
     from cryptography.hazmat.primitives import serialization
     from gossamer_tls import Issuer, certificates_to_pem, generate_private_key, private_key_to_pem
 
-    issuer_dir = state_dir / "identity" / "issuer"
+    identity_dir = state_dir / "control-plane" / "identity"  # as `gossamer dev up` lays it out
+    issuer_dir = identity_dir / "issuer"
     certificate = x509.load_pem_x509_certificate((issuer_dir / "crt.pem").read_bytes())
     issuer_key = serialization.load_pem_private_key(
         (issuer_dir / "key.pem").read_bytes(), password=None
     )
-    anchors = (state_dir / "identity" / "ca-bundle.crt").read_bytes()
+    anchors = (identity_dir / "ca-bundle.crt").read_bytes()
     key = generate_private_key()
     issued = Issuer(certificate, issuer_key).sign_leaf(  # type: ignore[arg-type]
         key.public_key(),

@@ -10,6 +10,7 @@ destination metadata (outbound), and the route's labels.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -52,14 +53,17 @@ def _duration(seconds: float) -> Duration:
 
 
 def _address(addr: tuple[str, int] | None) -> net_pb2.TcpAddress | None:
-    if addr is None:
-        return None
-    host = addr[0]
+    return None if addr is None else _cached_address(addr[0], addr[1])
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_address(host: str, port: int) -> net_pb2.TcpAddress | None:
+    """Parsed once per address (callers copy it, never change it); bounded."""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        return tcp_address_to_proto(ip, addr[1])
+        return tcp_address_to_proto(ip, port)
     except (ValueError, AddressError):
         return None
 
@@ -83,8 +87,9 @@ class EventBuilder:
         self.headers = headers
 
     @staticmethod
-    def _event(request: ObservedRequest) -> TapEvent:
-        """An event with the request's addresses, direction and metadata."""
+    def base(request: ObservedRequest) -> TapEvent:
+        """The request's addresses, direction and metadata, shared by its events (build it
+        once its destination is known, and never change it)."""
         inbound = request.direction == "inbound"
         event = TapEvent(proxy_direction=TapEvent.INBOUND if inbound else TapEvent.OUTBOUND)
         source, destination = _address(request.source), _address(request.dst_addr)
@@ -112,8 +117,14 @@ class EventBuilder:
             base=request.connection.connection_id & 0xFFFFFFFF, stream=request.stream_id
         )
 
-    def request_init(self, request: ObservedRequest) -> TapEvent:
-        event = self._event(request)
+    @staticmethod
+    def _event(base: TapEvent) -> TapEvent:
+        event = TapEvent()
+        event.CopyFrom(base)
+        return event
+
+    def request_init(self, request: ObservedRequest, base: TapEvent) -> TapEvent:
+        event = self._event(base)
         init = event.http.request_init
         init.id.CopyFrom(self._stream_id(request))
         init.method.CopyFrom(http_method(request.method))
@@ -124,8 +135,8 @@ class EventBuilder:
             init.headers.CopyFrom(_headers(request.headers))
         return event
 
-    def response_init(self, request: ObservedRequest) -> TapEvent:
-        event = self._event(request)
+    def response_init(self, request: ObservedRequest, base: TapEvent) -> TapEvent:
+        event = self._event(base)
         init = event.http.response_init
         init.id.CopyFrom(self._stream_id(request))
         responded = request.response_at if request.response_at is not None else 0.0
@@ -135,8 +146,8 @@ class EventBuilder:
             init.headers.CopyFrom(_headers(request.response_headers))
         return event
 
-    def response_end(self, request: ObservedRequest) -> TapEvent:
-        event = self._event(request)
+    def response_end(self, request: ObservedRequest, base: TapEvent) -> TapEvent:
+        event = self._event(base)
         end = event.http.response_end
         end.id.CopyFrom(self._stream_id(request))
         ended = request.ended_at if request.ended_at is not None else request.started_at

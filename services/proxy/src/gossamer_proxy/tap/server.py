@@ -87,6 +87,7 @@ class TapService(TapBase):
             raise GRPCError(Status.RESOURCE_EXHAUSTED, str(exc)) from exc
         _log.debug("tap_started", limit=request.limit)
         try:
+            await stream.send_initial_metadata()  # accepted: the client knows it is tapping
             while True:
                 event = tap.next_event()
                 if event is not None:

@@ -107,11 +107,12 @@ class Tap:
 class _Taken:
     """Per request: the taps that took it (decided once, when its destination is known)."""
 
-    __slots__ = ("decided", "taps")
+    __slots__ = ("base", "decided", "taps")
 
     def __init__(self) -> None:
         self.decided = False
         self.taps: tuple[Tap, ...] = ()
+        self.base: tap_pb2.TapEvent | None = None
 
 
 class TapObserver(RequestObserver):
@@ -124,8 +125,11 @@ class TapObserver(RequestObserver):
     def _decide(self, request: ObservedRequest, taken: _Taken) -> None:
         taken.decided = True
         taken.taps = tuple(tap for tap in self._taps.active if tap.take(request))
+        if not taken.taps:
+            return
+        base = taken.base = EventBuilder.base(request)
         for tap in taken.taps:
-            tap.offer(tap.builder.request_init(request))
+            tap.offer(tap.builder.request_init(request, base))
 
     def on_forwarded(self, request: ObservedRequest, token: object) -> None:
         if isinstance(token, _Taken) and not token.decided:
@@ -136,15 +140,20 @@ class TapObserver(RequestObserver):
             return
         if not token.decided:
             self._decide(request, token)  # answered by the proxy, never forwarded
+        base = token.base
+        if base is None:
+            return
         for tap in token.taps:
-            tap.offer(tap.builder.response_init(request))
+            tap.offer(tap.builder.response_init(request, base))
 
     def on_end(self, request: ObservedRequest, token: object) -> None:
         if not isinstance(token, _Taken):
             return
         taps, token.taps = token.taps, ()
+        base = token.base
         for tap in taps:
-            tap.offer(tap.builder.response_end(request))
+            if base is not None:
+                tap.offer(tap.builder.response_end(request, base))
             tap.ended()
 
 
