@@ -243,6 +243,8 @@ def test_limit_counts_requests_and_tap_is_done_when_they_end() -> None:
             assert not event.http.request_init.HasField("headers")
     assert streams == [1, 2]
     assert tap.done
+    # A used-up limit stops the observing at once: requests no longer pay for the tap.
+    assert compiled["outbound"] is None
 
 
 def test_unmatched_requests_are_not_taken() -> None:

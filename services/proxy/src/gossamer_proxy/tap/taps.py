@@ -7,7 +7,8 @@ new events for it are dropped and counted, never buffered beyond :data:`QUEUE_CA
 
 :class:`Taps` registers its :class:`TapObserver` on the proxy's
 :class:`~gossamer_proxy.observe.ObserverHub` when the first tap starts and removes it when
-the last one stops, so with nobody tapping the request path pays only the listener's
+the last one stops or has used up its limit (requests already taken still get their
+events), so with nobody tapping the request path pays only the listener's
 ``observers is None`` check.
 
 A request is matched when its destination is known: when it is forwarded (outbound, the
@@ -50,6 +51,7 @@ class Tap:
         "builder",
         "capacity",
         "dropped",
+        "exhausted",
         "in_flight",
         "matcher",
         "queue",
@@ -74,6 +76,8 @@ class Tap:
         self.dropped = 0
         self.in_flight = 0
         self.wake = wake
+        #: Called once the limit is used up (the registry may stop observing).
+        self.exhausted: Callable[[], None] | None = None
 
     @property
     def done(self) -> bool:
@@ -86,6 +90,8 @@ class Tap:
             return False
         self.remaining -= 1
         self.in_flight += 1
+        if self.remaining == 0 and self.exhausted is not None:
+            self.exhausted()
         return True
 
     def offer(self, event: tap_pb2.TapEvent) -> None:
@@ -165,6 +171,7 @@ class Taps:
         self._max = max_taps
         self.active: list[Tap] = []
         self._observer = TapObserver(self)
+        self._observing = False
 
     def start(
         self,
@@ -178,14 +185,23 @@ class Taps:
         if len(self.active) >= self._max:
             raise TooManyTapsError(f"{self._max} taps are active on this proxy")
         tap = Tap(matcher, limit=limit, headers=headers, wake=wake, capacity=capacity)
+        tap.exhausted = self._refresh
         self.active.append(tap)
-        if len(self.active) == 1:
-            self._hub.add(self._observer, ("inbound", "outbound"))
+        self._refresh()
         return tap
 
     def stop(self, tap: Tap) -> None:
         if tap not in self.active:
             return
         self.active.remove(tap)
-        if not self.active:
+        tap.remaining = 0
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Observe requests exactly while some tap may still take one."""
+        wanted = any(tap.remaining > 0 for tap in self.active)
+        if wanted and not self._observing:
+            self._hub.add(self._observer, ("inbound", "outbound"))
+        elif not wanted and self._observing:
             self._hub.remove(self._observer)
+        self._observing = wanted
