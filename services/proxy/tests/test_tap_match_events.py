@@ -18,6 +18,19 @@ Match = tap_pb2.ObserveRequest.Match
 TapEvent = tap_pb2.TapEvent
 
 
+class _Clock:
+    """The seam's fine clock, set by the test (times are injected, never read)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = _Clock()
+
+
 def _request(
     *,
     direction: str = "inbound",
@@ -43,6 +56,7 @@ def _request(
         version="HTTP/1.1",
         headers=headers or [(b"user-agent", b"curl/8")],
         now=now,
+        clock=CLOCK,
     )
 
 
@@ -162,6 +176,7 @@ class _Waker:
 
 def _run(observers: Observers, request: ObservedRequest, *, status: int = 200) -> None:
     """Drive one request through the seam the way the protocol servers do."""
+    CLOCK.now = request.started_at
     live = observers.begin(
         request.connection,
         request.stream_id,
@@ -177,13 +192,15 @@ def _run(observers: Observers, request: ObservedRequest, *, status: int = 200) -
     if live is None:
         return
     live.forwarded(request.started_at + 0.001)
-    live.response(status, [(b"content-type", b"text/plain")], request.started_at + 0.010)
+    CLOCK.now = request.started_at + 0.010
+    live.response(status, [(b"content-type", b"text/plain")], CLOCK.now)
     live.response_bytes += 11
-    live.end(request.started_at + 0.015, grpc_status=None)
+    CLOCK.now = request.started_at + 0.015
+    live.end(CLOCK.now, grpc_status=None)
 
 
 def _hub() -> tuple[ObserverHub, dict[str, Observers | None]]:
-    hub = ObserverHub()
+    hub = ObserverHub(clock=CLOCK)
     compiled: dict[str, Observers | None] = {}
     hub.attach("inbound", lambda obs: compiled.__setitem__("inbound", obs))
     hub.attach("outbound", lambda obs: compiled.__setitem__("outbound", obs))

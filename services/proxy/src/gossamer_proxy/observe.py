@@ -40,6 +40,7 @@ for durations. An observer reads the request and may add headers to it while
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
@@ -57,6 +58,7 @@ __all__ = [
 
 Headers = Sequence[tuple[bytes, bytes]]
 Address = tuple[str, int]
+Clock = Callable[[], float]
 
 _connection_ids: Final = itertools.count(1)
 
@@ -139,6 +141,7 @@ class ObservedRequest:
         "added_headers",
         "authority",
         "client_id",
+        "clock",
         "connection",
         "content_length",
         "dst_addr",
@@ -150,6 +153,9 @@ class ObservedRequest:
         "headers",
         "method",
         "path",
+        "precise_ended",
+        "precise_response",
+        "precise_started",
         "reset_code",
         "response_at",
         "response_bytes",
@@ -179,6 +185,7 @@ class ObservedRequest:
         version: str,
         headers: Headers,
         now: float,
+        clock: Clock = time.perf_counter,
     ) -> None:
         self.connection = connection
         #: Per connection: the HTTP/2 stream id, or the HTTP/1 request's ordinal.
@@ -192,6 +199,12 @@ class ObservedRequest:
         self.version = version  # "HTTP/1.1", "HTTP/2.0", ...
         self.headers = headers
         self.started_at = now
+        #: Durations for tap and spans: the loop's clock (``now``) ticks in milliseconds
+        #: under uvloop, so the seam also reads a fine monotonic ``clock`` at each moment.
+        self.clock = clock
+        self.precise_started = clock()
+        self.precise_response: float | None = None
+        self.precise_ended: float | None = None
         self.client_id = connection.client_id
         self.forwarded_at: float | None = None
         #: Where the request went: the endpoint (outbound), else the connection's destination.
@@ -261,6 +274,7 @@ class ObservedRequest:
         if self.response_at is not None:
             return
         self.response_at = now
+        self.precise_response = self.clock()
         self.status = status
         self.response_headers = headers
         self.content_length = content_length
@@ -282,6 +296,7 @@ class ObservedRequest:
         if self.response_at is None:
             self.response(self.status, (), now)
         self.ended_at = now
+        self.precise_ended = self.clock()
         self.grpc_status = grpc_status
         self.reset_code = reset_code
         self.error = error
@@ -302,10 +317,13 @@ class ObservedRequest:
 class Observers:
     """The observers of one listener, compiled once (:class:`ObserverHub` rebuilds it)."""
 
-    __slots__ = ("_observers",)
+    __slots__ = ("_clock", "_observers")
 
-    def __init__(self, observers: tuple[RequestObserver, ...]) -> None:
+    def __init__(
+        self, observers: tuple[RequestObserver, ...], clock: Clock = time.perf_counter
+    ) -> None:
         self._observers = observers
+        self._clock = clock
 
     def begin(
         self,
@@ -333,6 +351,7 @@ class Observers:
             version=version,
             headers=headers,
             now=now,
+            clock=self._clock,
         )
         sinks = []
         for observer in self._observers:
@@ -386,7 +405,8 @@ class ObserverHub:
     recompiles the observers of each direction and hands the result to its listeners.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = time.perf_counter) -> None:
+        self._clock = clock
         self._observers: dict[str, list[RequestObserver]] = {"inbound": [], "outbound": []}
         self._listeners: list[tuple[str, Attach]] = []
 
@@ -408,7 +428,7 @@ class ObserverHub:
 
     def compiled(self, direction: str) -> Observers | None:
         observers = self._observers[direction]
-        return Observers(tuple(observers)) if observers else None
+        return Observers(tuple(observers), self._clock) if observers else None
 
     def _recompile(self) -> None:
         compiled = {d: self.compiled(d) for d in self._observers}

@@ -139,8 +139,9 @@ class EventBuilder:
         event = self._event(base)
         init = event.http.response_init
         init.id.CopyFrom(self._stream_id(request))
-        responded = request.response_at if request.response_at is not None else 0.0
-        init.since_request_init.CopyFrom(_duration(responded - request.started_at))
+        started = request.precise_started
+        responded = request.precise_response
+        init.since_request_init.CopyFrom(_duration((responded or started) - started))
         init.http_status = request.status
         if self.headers:
             init.headers.CopyFrom(_headers(request.response_headers))
@@ -150,9 +151,10 @@ class EventBuilder:
         event = self._event(base)
         end = event.http.response_end
         end.id.CopyFrom(self._stream_id(request))
-        ended = request.ended_at if request.ended_at is not None else request.started_at
-        responded = request.response_at if request.response_at is not None else ended
-        end.since_request_init.CopyFrom(_duration(ended - request.started_at))
+        started = request.precise_started
+        ended = request.precise_ended if request.precise_ended is not None else started
+        responded = request.precise_response if request.precise_response is not None else ended
+        end.since_request_init.CopyFrom(_duration(ended - started))
         end.since_response_init.CopyFrom(_duration(ended - responded))
         end.response_bytes = request.response_bytes
         if request.reset_code is not None:
