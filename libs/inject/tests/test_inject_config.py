@@ -168,3 +168,14 @@ def test_access_log_and_log_format_reach_the_proxy_env() -> None:
     env = {e["name"]: e.get("value") for e in proxy_env(cfg, facts)}
     assert env["LINKERD2_PROXY_ACCESS_LOG"] == "json"
     assert env["LINKERD2_PROXY_LOG_FORMAT"] == "json"
+
+
+def test_tap_service_name_reaches_the_proxy_env_only_when_set() -> None:
+    facts = PodFacts(inbound_ports=(8080,), opaque_ports=())
+    plain = {e["name"]: e.get("value") for e in proxy_env(resolve(MESH, {}, ingress=False), facts)}
+    assert "LINKERD2_PROXY_TAP_SVC_NAME" not in plain  # tap off without the viz tap service
+    assert plain["LINKERD2_PROXY_CONTROL_LISTEN_ADDR"] == "0.0.0.0:4190"
+    tap = "tap.gossamer-viz.serviceaccount.identity.gossamer.cluster.local"
+    mesh = MeshValues(tap_svc_name=tap)
+    env = {e["name"]: e.get("value") for e in proxy_env(resolve(mesh, {}, ingress=False), facts)}
+    assert env["LINKERD2_PROXY_TAP_SVC_NAME"] == tap

@@ -210,4 +210,4 @@ async def test_inbound_http2_requests_are_logged(
 async def test_off_by_default(start_proxy: StartProxy) -> None:
     proxy = await start_proxy(GOSSAMER_PROXY_INBOUND_FIXED_TARGET="127.0.0.1:9")
     assert proxy.access_log is None
-    assert all(ctx.access_log is None for ctx in proxy.contexts)
+    assert all(ctx.observers is None for ctx in proxy.contexts)

@@ -47,6 +47,7 @@ from gossamer_cli.check_rules import LOCAL_MODE_ANNOTATION, admin_address_annota
 from gossamer_cli.diagnostics_cmd import local_grpc_address_annotation
 from gossamer_cli.manifests_certs import WEBHOOK_CERT_LIFETIME
 from gossamer_cli.manifests_values import ChartValues, chart_app_version, chart_values
+from gossamer_cli.viz.tap_identity import tap_identity
 
 CONTROL_PLANE_NAMESPACE = "gossamer"
 TRUST_DOMAIN = "cluster.local"
@@ -184,6 +185,8 @@ class ControlPlane:
                 "--init-image", self.init_image,
                 "--proxy-version", self.proxy_version,
                 "--control-plane-tls=false",
+                # Every local proxy may be tapped by the viz tap identity (`gossamer viz tap`).
+                "--tap-svc-name", tap_identity(CONTROL_PLANE_NAMESPACE, TRUST_DOMAIN),
             ],
         )  # fmt: skip
 

@@ -414,3 +414,13 @@ async def _dashboard(
         return 0
     finally:
         connector.close()
+
+
+def _add_tap_commands() -> None:
+    from gossamer_cli.viz.tap_cmd import tap, top
+
+    viz.add_command(tap)
+    viz.add_command(top)
+
+
+_add_tap_commands()

@@ -81,6 +81,9 @@ class MeshValues:
     outbound_port: int = 4140
     admin_port: int = 4191
     control_port: int = 4190
+    #: The viz tap service's identity: proxies let it (and only it) tap them on the control
+    #: port, as Linkerd's viz tap-injector arranges. Empty: tap stays off.
+    tap_svc_name: str = ""
     proxy_uid: int = 2102
     proxy_gid: int | None = None
     skip_inbound_ports: str = "4567,4568"

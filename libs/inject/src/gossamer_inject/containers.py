@@ -148,6 +148,8 @@ def proxy_env(cfg: ProxyConfig, facts: PodFacts) -> list[dict[str, Any]]:
         env.append(_env("LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES", f"svc.{mesh.cluster_domain}."))
     if cfg.access_log is not None:
         env.append(_env("LINKERD2_PROXY_ACCESS_LOG", cfg.access_log))
+    if mesh.tap_svc_name:
+        env.append(_env("LINKERD2_PROXY_TAP_SVC_NAME", mesh.tap_svc_name))
     if cfg.shutdown_grace_period is not None:
         env.append(_env("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", cfg.shutdown_grace_period))
     if cfg.log_http_headers is not None:

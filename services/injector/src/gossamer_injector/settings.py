@@ -149,6 +149,13 @@ class InjectorSettings:
         parse=parse_bool,
         help="Run proxies as native sidecars (init containers with restartPolicy Always).",
     )
+    tap_svc_name: str = setting(
+        env=_P + "TAP_SVC_NAME",
+        flag="--tap-svc-name",
+        default="",
+        parse=str,
+        help="The viz tap service's identity, allowed to tap injected proxies (empty: off).",
+    )
     control_plane_tls: bool = setting(
         env=_P + "CONTROL_PLANE_TLS",
         flag="--control-plane-tls",
@@ -261,6 +268,7 @@ class InjectorSettings:
             init_version=self.init_version,
             native_sidecar=self.native_sidecar,
             control_plane_tls=self.control_plane_tls,
+            tap_svc_name=self.tap_svc_name,
             proxy_await=self.proxy_await,
             iptables_mode=self.iptables_mode,
             disable_ipv6=self.disable_ipv6,

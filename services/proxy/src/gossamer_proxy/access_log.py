@@ -1,9 +1,9 @@
 """Linkerd's HTTP access log for inbound requests (``config.linkerd.io/access-log``).
 
 ``LINKERD2_PROXY_ACCESS_LOG=apache|json`` turns it on; the proxy then writes one line per
-inbound HTTP request (HTTP/1 and HTTP/2 alike) to stderr, beside its own logs. Off, the
-listener holds ``None`` and the request path tests that one attribute: nothing is parsed,
-timed or allocated per request.
+inbound HTTP request (HTTP/1 and HTTP/2 alike) to stderr, beside its own logs. It is an
+observer on the request seam (:mod:`.observe`); off, it is not registered, and the request
+path pays nothing for it.
 
 The fields are those of Linkerd's access-log span (``linkerd/http/access-log``):
 
@@ -34,14 +34,14 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Final
 
+from .observe import ObservedRequest, RequestObserver
+
 __all__ = [
     "AccessEntry",
     "AccessLog",
+    "AccessLogObserver",
     "access_log_from_setting",
-    "begin_h2_request",
-    "begin_request",
     "client_addr",
-    "content_length_of",
     "rfc3339_nanos",
 ]
 
@@ -222,70 +222,35 @@ def access_log_from_setting(fmt: str | None) -> AccessLog | None:
     return None if fmt is None else AccessLog(fmt, _stderr_write)
 
 
-def content_length_of(headers: Headers) -> int | None:
-    """An HTTP/2 response's ``content-length`` (``None`` when absent or not a number)."""
-    for name, value in headers:
-        if name == b"content-length":
-            return int(value) if value.isdigit() and len(value) < 20 else None
-    return None
+class AccessLogObserver(RequestObserver):
+    """The access log on the request-observer seam (:mod:`.observe`): every request it sees."""
+
+    def __init__(self, log: AccessLog) -> None:
+        self.log = log
+
+    def on_request(self, request: ObservedRequest) -> object | None:
+        return self.log.begin(
+            client_addr=client_addr(request.source),
+            client_id=request.client_id,
+            method=request.method,
+            uri=request.uri,
+            version=request.version,
+            headers=request.headers,
+            now=request.started_at,
+        )
+
+    def on_forwarded(self, request: ObservedRequest, token: object) -> None:
+        if isinstance(token, AccessEntry) and request.forwarded_at is not None:
+            token.forwarded(request.forwarded_at)
+
+    def on_response(self, request: ObservedRequest, token: object) -> None:
+        if isinstance(token, AccessEntry) and request.response_at is not None:
+            token.respond(request.status, request.content_length, request.response_at)
 
 
-def begin_request(
-    log: AccessLog,
-    transport: object,
-    client_id: str | None,
-    method: bytes,
-    uri: bytes,
-    version: str,
-    headers: Headers,
-    now: float,
-) -> AccessEntry:
-    """Start an entry for a request on ``transport`` (an asyncio transport)."""
-    get_extra_info = getattr(transport, "get_extra_info", None)
-    peername = get_extra_info("peername") if get_extra_info is not None else None
-    return log.begin(
-        client_addr=client_addr(peername),
-        client_id=client_id,
-        method=method,
-        uri=uri,
-        version=version,
-        headers=headers,
-        now=now,
-    )
-
-
-def begin_h2_request(
-    log: AccessLog, transport: object, peer: object, headers: Headers, now: float
-) -> AccessEntry:
-    """Start an entry for an HTTP/2 request: the uri is ``scheme://authority/path``."""
-    method = path = authority = b""
-    scheme = b"http"
-    for name, value in headers:
-        if name == b":method":
-            method = value
-        elif name == b":path":
-            path = value
-        elif name == b":authority":
-            authority = value
-        elif name == b":scheme":
-            scheme = value
-    uri = scheme + b"://" + authority + path if authority else path
-    client_id = getattr(peer, "client_id", None)
-    return begin_request(
-        log,
-        transport,
-        client_id if isinstance(client_id, str) else None,
-        method,
-        uri,
-        "HTTP/2.0",
-        headers,
-        now,
-    )
-
-
-def client_addr(peername: object) -> str:
-    """``ip:port`` (``[v6]:port``) from a transport's ``peername``."""
-    if isinstance(peername, tuple) and len(peername) >= 2:
-        host, port = str(peername[0]), peername[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return "-"
+def client_addr(peer: tuple[str, int] | None) -> str:
+    """``ip:port`` (``[v6]:port``) for a peer address (``-`` when unknown)."""
+    if peer is None:
+        return "-"
+    host, port = peer
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import ipaddress
 import math
+from typing import TYPE_CHECKING
 
 import structlog
 from gossamer_common.admin import AdminServer, add_debug_routes
@@ -29,7 +30,7 @@ from gossamer_common.process_metrics import process_age_seconds, register_proces
 from gossamer_common.shutdown import Shutdown
 from grpclib.client import Channel
 
-from .access_log import access_log_from_setting
+from .access_log import AccessLogObserver, access_log_from_setting
 from .build_info import register_build_info
 from .config import Endpoint, ProxySettings
 from .connect import Connector, DirectResolver, Resolver, UpstreamTls
@@ -48,8 +49,13 @@ from .mesh.policy_watch import OutboundPolicyClient
 from .mesh.tls_labels import outbound_tls_labels
 from .mesh.transport import plan_connect
 from .metrics import ProxyMetrics, tls_values
+from .observe import ObserverHub, Observers
 from .outbound.discovery import OutboundDiscovery, parse_networks
 from .pool import Pool
+
+if TYPE_CHECKING:
+    from .tap.server import TapServer
+    from .tap.taps import Taps
 
 __all__ = ["Proxy"]
 
@@ -121,7 +127,26 @@ class Proxy:
         #: ``None`` when the process's logging is not ours to change (``/proxy-log-level`` 404s).
         self.log_levels = log_levels
         self.access_log = access_log_from_setting(settings.access_log)
+        #: Request observers of every listener (:mod:`.observe`): access log, tap, ...
+        self.observers = ObserverHub()
+        if self.access_log is not None:
+            self.observers.add(AccessLogObserver(self.access_log), ("inbound",))
         add_debug_routes(self.admin, log_levels)
+        #: Linkerd's tap API on the control port (``None``: no LINKERD2_PROXY_TAP_SVC_NAME).
+        self.taps: Taps | None = None
+        self.tap_server: TapServer | None = None
+        if settings.tap_svc_name:
+            if self.identity is None:
+                _log.warning("tap_disabled_without_identity")
+            else:
+                # Imported only when on: a proxy that is never tapped loads nothing of it.
+                from .tap.server import TapServer
+                from .tap.taps import Taps
+
+                self.taps = Taps(self.observers)
+                self.tap_server = TapServer(
+                    self.identity, self.taps, settings.tap_svc_name, settings.control_listen
+                )
         self._ready = False
         self._tick: asyncio.TimerHandle | None = None
         self._destination_channel: Channel | None = None
@@ -203,7 +228,7 @@ class Proxy:
             connector = Connector(s.inbound_connect_timeout)
         else:
             connector, outbound_tls = self._outbound_connector()
-        return ListenerContext(
+        ctx = ListenerContext(
             direction=direction,
             listen=listen,
             detect_timeout=s.inbound_detect_timeout if inbound else s.outbound_detect_timeout,
@@ -223,8 +248,17 @@ class Proxy:
             gateway_suffixes=s.inbound_gateway_suffixes,
             outbound_tls=outbound_tls,
             discovery=None if inbound else self.discovery,
-            access_log=self.access_log if inbound else None,
         )
+        self._observe(ctx)
+        return ctx
+
+    def _observe(self, ctx: ListenerContext) -> None:
+        """Keep ``ctx.observers`` compiled from the proxy's observers of its direction."""
+
+        def setter(observers: Observers | None) -> None:
+            ctx.observers = observers
+
+        self.observers.attach(ctx.direction, setter)
 
     async def _listen(self, ctx: ListenerContext) -> Endpoint:
         from .accept import AcceptedConnection
@@ -255,6 +289,9 @@ class Proxy:
             await self._listen(self._context("outbound", addr))
         await self.admin.start(s.admin_listen.host, s.admin_listen.port)
         own_ports = {self.admin.port, *(c.listen.port for c in self.contexts)}
+        if self.tap_server is not None:
+            await self.tap_server.start()  # or, without a certificate yet, once it has one
+            own_ports.add(self.tap_server.port or s.control_listen.port)
         inbound = self._context("inbound", s.inbound_listen)
         inbound.own_ports = frozenset(own_ports | {s.inbound_listen.port} - {0})
         if self.identity is not None:
@@ -294,6 +331,8 @@ class Proxy:
             for conn in list(ctx.connections):
                 conn.tick(now)
         self.pool.sweep(now)
+        if self.tap_server is not None:
+            self.tap_server.tick()
         if self.discovery is not None:
             self.discovery.housekeeping(now)
         if now - self._metrics_swept >= _metrics_sweep_interval(self.metrics.retain_idle):
@@ -330,6 +369,8 @@ class Proxy:
             self._tick.cancel()
         with contextlib.suppress(Exception):
             await self.admin.close(grace=1.0)
+        if self.tap_server is not None:
+            await self.tap_server.close()
         if self.identity is not None:
             await self.identity.close()
         await self.policies.close()

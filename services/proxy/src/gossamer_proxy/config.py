@@ -144,6 +144,19 @@ class ProxySettings:
         parse=parse_socket_addr,
         help="Admin listener: /metrics, /live, /ready, /shutdown.",
     )
+    control_listen: SocketAddr = setting(
+        env="LINKERD2_PROXY_CONTROL_LISTEN_ADDR",
+        default="0.0.0.0:4190",
+        parse=parse_socket_addr,
+        help="Control listener: the tap API over mTLS (only with LINKERD2_PROXY_TAP_SVC_NAME).",
+    )
+    tap_svc_name: str | None = setting(
+        env="LINKERD2_PROXY_TAP_SVC_NAME",
+        default=None,
+        parse=optional(parse_str),
+        help="The one client identity allowed to tap this proxy; unset = tap off. "
+        "Needs the proxy's own identity.",
+    )
     inbound_detect_timeout: float = setting(
         env="LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT",
         default="10s",

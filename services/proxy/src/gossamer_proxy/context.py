@@ -13,10 +13,10 @@ from .metrics import ProxyMetrics
 from .pool import Pool
 
 if TYPE_CHECKING:
-    from .access_log import AccessLog
     from .inbound_policy import InboundPolicies
     from .local_identity import LocalIdentity
     from .mesh.authz_metrics import AuthzMetrics
+    from .observe import Observers
     from .opaque import SpliceRelay
     from .outbound.discovery import OutboundDiscovery
 
@@ -63,8 +63,9 @@ class ListenerContext:
     outbound_tls: tuple[str, ...] = ()
     #: Outbound only: destination-service discovery and balancing (``None``: forward as is).
     discovery: OutboundDiscovery | None = None
-    #: Inbound only: the HTTP access log (``None``: off, and free per request).
-    access_log: AccessLog | None = None
+    #: The request observers (access log, tap, ...) compiled for this listener by the
+    #: proxy's :class:`~.observe.ObserverHub` (``None``: nobody observes; free per request).
+    observers: Observers | None = None
     draining: bool = False
     connections: set[ClientConnection] = field(default_factory=set)
     #: Zero-copy opaque relays in progress (they have no protocol object to drain).

@@ -35,7 +35,6 @@ import httptools
 import structlog
 from gossamer_api.transport_header import SessionProtocol
 
-from ..access_log import AccessEntry, begin_request
 from ..config import Endpoint
 from ..connect import UpstreamTls
 from ..context import ListenerContext
@@ -64,6 +63,7 @@ from ..mesh.retry import (
 from ..mesh.route_filters import RequestTarget, RouteFilters, SyntheticResponse
 from ..mesh.tls_contexts import verified_server_identity
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
+from ..observe import ConnectionFacts, ObservedRequest, connection_facts
 from ..opaque import relay_transports
 from ..outbound.discovery import TargetHandle
 from ..outbound.plan import Pick
@@ -134,6 +134,7 @@ class Exchange:
         "info",
         "is_head",
         "method",
+        "observed",
         "pick",
         "policy_route",
         "profile",
@@ -204,7 +205,8 @@ class Exchange:
         self.retry_condition: RetryCondition | None = None
         self.retry_backoff: Backoff | None = None
         self.response_filters: tuple[RouteFilters, ...] = ()
-        self.access: AccessEntry | None = None
+        #: Request observers' record (:mod:`..observe`); ``None`` when nobody observes.
+        self.observed: ObservedRequest | None = None
         #: Policy-routed: the route's (and its backend's) ``outbound_*_route_*`` series.
         self.route_series: RouteSeries | None = None
         self.backend_series: BackendSeries | None = None
@@ -278,6 +280,36 @@ class Http1Server(asyncio.Protocol):
         self._h2c_upgrade: Exchange | None = None
         #: Feeding a framing-only head to a fresh parser (callbacks ignore it).
         self._priming = False
+        #: Request observers: this connection's facts (built on first need) and how many of
+        #: its requests were observed (each one's stream number).
+        self._facts: ConnectionFacts | None = None
+        self._observed = 0
+
+    # -- request observers (:mod:`..observe`) ------------------------------------------------
+
+    def _connection_facts(self) -> ConnectionFacts:
+        facts = self._facts
+        if facts is None:
+            client_id = self.peer.client_id if self.peer is not None else None
+            target = (self.target.host, self.target.port)
+            facts = connection_facts(self.ctx.direction, self.transport, target, client_id)
+            self._facts = facts
+        return facts
+
+    def _observe_forwarded(
+        self, observed: ObservedRequest, pick: Pick | None, up: Http1Upstream
+    ) -> None:
+        now = self.loop.time()
+        if self.ctx.inbound:
+            observed.forwarded(now)
+            return
+        endpoint = pick.plan.endpoint if pick is not None else up.endpoint
+        observed.forwarded(
+            now,
+            dst_addr=(endpoint.host, endpoint.port),
+            server_id=verified_server_identity(up.transport),
+            dst_labels=pick.plan.dst_labels if pick is not None else (),
+        )
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -309,6 +341,8 @@ class Http1Server(asyncio.Protocol):
         if ex is not None:
             ex.finish_pick(Outcome.CANCELLED)
             _cancel_timer(ex)
+            if ex.observed is not None:
+                ex.observed.end(self.loop.time(), error="connection closed")
         if ex is not None and ex.upstream is not None:
             ex.upstream.abort()
             ex.upstream = None
@@ -638,20 +672,25 @@ class Http1Server(asyncio.Protocol):
         extra = self._default_host if info.host is None else ()
         if self._client_id_header:
             extra = (*extra, *self._client_id_header)
-        ex.head = encode_request_head(ex.method, url, info, extra=extra)
         ex.started_at = self.loop.time()
-        if self.ctx.access_log is not None:
-            peer_id = self.peer.client_id if self.peer is not None else None
-            ex.access = begin_request(
-                self.ctx.access_log,
-                self.transport,
-                peer_id,
-                ex.method,
-                url,
-                f"HTTP/{ex.version}",
-                self._headers,
-                ex.started_at,
+        observers = self.ctx.observers
+        if observers is not None:
+            self._observed += 1
+            observed = ex.observed = observers.begin(
+                self._connection_facts(),
+                self._observed,
+                method=ex.method,
+                scheme=b"http",
+                authority=info.host or b"",
+                path=_path_of(url),
+                uri=url,
+                version=f"HTTP/{ex.version}",
+                headers=self._headers,
+                now=ex.started_at,
             )
+            if observed is not None and observed.added_headers:
+                info.forward = [*info.forward, *observed.added_headers]
+        ex.head = encode_request_head(ex.method, url, info, extra=extra)
         if self.ctx.discovery is not None and not self.ctx.inbound:
             # Counted once the endpoint (and so its TLS and dst labels) is known.
             ex.url = url
@@ -1213,8 +1252,8 @@ class Http1Server(asyncio.Protocol):
                 self._fail(ex, ProxyErrorKind.IDENTITY_MISMATCH, problem)
                 return
         ex.upstream = up
-        if ex.access is not None:
-            ex.access.forwarded(self.loop.time())
+        if ex.observed is not None:
+            self._observe_forwarded(ex.observed, ex.pick, up)
         up.begin(self, no_body=ex.is_head)
         chunked = info is not None and info.chunked
         if not ex.body and not (chunked and ex.request_done):
@@ -1290,8 +1329,8 @@ class Http1Server(asyncio.Protocol):
             self._fail(ex, ProxyErrorKind.UPSTREAM_PROTOCOL, "transfer coding for HTTP/1.0")
             return
         ex.response_started = True
-        if ex.access is not None:
-            ex.access.respond(status, info.content_length, self.loop.time())
+        if ex.observed is not None:
+            ex.observed.response(status, info.forward, self.loop.time(), info.content_length)
         _cancel_attempt_timer(ex)
         for filters in ex.response_filters:
             info.forward = filters.apply_response(info.forward)
@@ -1331,6 +1370,8 @@ class Http1Server(asyncio.Protocol):
         ex = self._active
         if ex is None or self._closed or ex.swallow:
             return
+        if ex.observed is not None:
+            ex.observed.response_bytes += len(data)
         if ex.response_chunked:
             parts = chunk(data)
             self.tcp.written.value += len(data) + len(parts[0]) + 2
@@ -1364,6 +1405,8 @@ class Http1Server(asyncio.Protocol):
         ex.response_done = True
         if ex.stats is not None:
             ex.stats.response(ex.status, _grpc_status(trailers))
+        if ex.observed is not None:
+            ex.observed.end(self.loop.time(), grpc_status=_grpc_status(trailers), trailers=trailers)
         if ex.route_series is not None:
             self._route_ended(ex, ex.status, "")
         up = ex.upstream
@@ -1390,6 +1433,8 @@ class Http1Server(asyncio.Protocol):
             return
         if ex.stats is not None:
             ex.stats.response(101)
+        if ex.observed is not None:
+            ex.observed.end(self.loop.time())
         self._upgraded = True
         self._active = None
         self.ctx.connections.discard(self)
@@ -1440,6 +1485,8 @@ class Http1Server(asyncio.Protocol):
         ex.finish_pick(Outcome.FAILURE)
         if ex.stats is not None:
             ex.stats.response(ex.status, None, "response body truncated")
+        if ex.observed is not None:
+            ex.observed.end(self.loop.time(), error="response body truncated")
         self._abort_all()
 
     def up_pause_writing(self) -> None:
@@ -1460,8 +1507,8 @@ class Http1Server(asyncio.Protocol):
     def _finish(self, ex: Exchange) -> None:
         if ex is not self._active:
             return
-        if ex.access is not None:  # a response the proxy made (written once)
-            ex.access.respond(ex.status, None, self.loop.time())
+        if ex.observed is not None:  # a response the proxy made (reported once)
+            ex.observed.answered(ex.status, None, self.loop.time())
         _cancel_timer(ex)
         self._active = None
         if ex.close_after or self._closed:
@@ -1497,6 +1544,8 @@ class Http1Server(asyncio.Protocol):
             ex.stats.response(kind.status, None, kind.name.lower())
         if ex.route_series is not None:
             self._route_ended(ex, 0, error_label(kind))
+        if ex.observed is not None:
+            ex.observed.answered(kind.status, kind.name, self.loop.time())
         close = ex.close_after or not ex.request_done or kind.closes_connection
         if detail is None:
             self._write(http1_error_bytes(kind, close=close))
@@ -1527,6 +1576,15 @@ class Http1Server(asyncio.Protocol):
         self._abort_upstreams()
         if self.transport is not None:
             self.transport.abort()
+
+
+def _path_of(url: bytes) -> bytes:
+    """The path (and query) of a request target in origin or absolute form."""
+    if url[:1] == b"/" or b"://" not in url:
+        return url
+    rest = url.split(b"://", 1)[1]
+    slash = rest.find(b"/")
+    return rest[slash:] if slash >= 0 else b"/"
 
 
 def _cancel_timer(ex: Exchange) -> None:

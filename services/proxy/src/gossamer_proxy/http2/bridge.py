@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, cast
 
 import structlog
 
-from ..access_log import AccessEntry, begin_h2_request, content_length_of
 from ..config import Endpoint
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
@@ -56,6 +55,7 @@ from ..mesh.l5d_headers import (
 )
 from ..mesh.tls_contexts import verified_server_identity
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
+from ..observe import ConnectionFacts, ObservedRequest, connection_facts, content_length_of
 from ..outbound.discovery import TargetHandle
 from .authority import AuthorityError, repeats_host, settle_authority
 from .downgrade import H1Downgrade
@@ -96,12 +96,12 @@ class _Flow:
 
 class _Pair:
     __slots__ = (
-        "access",
         "authority",
         "down_id",
         "downgrade",
         "grpc",
         "grpc_status",
+        "observed",
         "request_ended",
         "request_headers",
         "require_id",
@@ -138,7 +138,8 @@ class _Pair:
         self.retry: StreamRetry | None = None
         #: Inbound ``l5d-orig-proto`` streams go to the app over HTTP/1.1 through this.
         self.downgrade: H1Downgrade | None = None
-        self.access: AccessEntry | None = None
+        #: Request observers' record (:mod:`..observe`); ``None`` when nobody observes.
+        self.observed: ObservedRequest | None = None
 
 
 def _config(client_side: bool) -> h2.config.H2Configuration:
@@ -192,6 +193,8 @@ class H2Server(asyncio.Protocol):
         self.conn = h2.connection.H2Connection(_config(client_side=False))
         self.transport: asyncio.Transport | None = None
         self.pairs: dict[int, _Pair] = {}
+        #: Request observers: this connection's facts, built on first need.
+        self._facts: ConnectionFacts | None = None
         self.upstream: _H2Upstream | None = None
         self._connecting: list[_Pair] = []
         #: Whether a connect for ``_connecting`` is under way (one at a time, however many
@@ -261,6 +264,8 @@ class H2Server(asyncio.Protocol):
         if self._handle is not None:
             self._handle.close()
         for pair in list(self.pairs.values()):
+            if pair.observed is not None:
+                pair.observed.end(self.loop.time(), error="connection closed")
             if pair.upstream is not None:
                 pair.upstream.reset(pair, h2.errors.ErrorCodes.CANCEL)
             if pair.downgrade is not None:
@@ -519,10 +524,13 @@ class H2Server(asyncio.Protocol):
         if authority_text and ":" not in authority_text.rsplit("]", 1)[-1]:
             authority_text = f"{authority_text}:{self.target.port}"
         pair.authority = authority_text
-        if self.ctx.access_log is not None:
-            pair.access = begin_h2_request(
-                self.ctx.access_log, self.transport, self.peer, event.headers, pair.started_at
+        observers = self.ctx.observers
+        if observers is not None:
+            observed = pair.observed = observers.begin_h2(
+                self._connection_facts(), sid, event.headers, pair.started_at
             )
+            if observed is not None and observed.added_headers:
+                headers.extend(observed.added_headers)  # the list the pair forwards
         if not self._count_on_upstream:
             self.count(pair, self.labels)
         if event.stream_ended is not None:
@@ -580,6 +588,8 @@ class H2Server(asyncio.Protocol):
 
     def _client_reset(self, pair: _Pair, code: int) -> None:
         """The client gave up on ``pair`` (already forgotten): cancel its upstream stream."""
+        if pair.observed is not None:
+            pair.observed.end(self.loop.time(), reset_code=code, error="client reset")
         if pair.downgrade is not None:
             pair.downgrade.cancel()
         elif pair.upstream is not None:
@@ -598,6 +608,29 @@ class H2Server(asyncio.Protocol):
         if not self._connect_pending:
             self._connect_pending = True
             self.ctx.spawn(self._connect())
+
+    def _connection_facts(self) -> ConnectionFacts:
+        facts = self._facts
+        if facts is None:
+            client_id = self.peer.client_id if self.peer is not None else None
+            target = (self.target.host, self.target.port)
+            facts = connection_facts(self.ctx.direction, self.transport, target, client_id)
+            self._facts = facts
+        return facts
+
+    def observe_forwarded(self, observed: ObservedRequest, up: _H2Upstream) -> None:
+        """``observed`` went upstream over ``up`` (outbound: to the endpoint it labels)."""
+        now = self.loop.time()
+        if self.ctx.inbound:
+            observed.forwarded(now)
+            return
+        labels = up.labels
+        observed.forwarded(
+            now,
+            dst_addr=(labels.target_ip, labels.target_port),
+            server_id=up.server_identity(),
+            dst_labels=labels.dst,
+        )
 
     def count(self, pair: _Pair, labels: TargetLabels) -> None:
         """Count ``pair`` as a request to ``labels`` (once)."""
@@ -685,8 +718,8 @@ class H2Server(asyncio.Protocol):
             return
         pair.status = status
         pair.response_started = True
-        if pair.access is not None:
-            pair.access.respond(status, content_length_of(headers), self.loop.time())
+        if pair.observed is not None:
+            pair.observed.response(status, headers, self.loop.time(), content_length_of(headers))
         if pair.stats is not None:
             pair.stats.observe_latency(status, (self.loop.time() - pair.started_at) * 1000.0)
         self._send_headers(pair, headers, end_stream=end)
@@ -705,6 +738,8 @@ class H2Server(asyncio.Protocol):
             return
         if pair.stats is not None:
             pair.stats.response(pair.status, pair.grpc_status)
+        if pair.observed is not None:
+            pair.observed.end(self.loop.time(), grpc_status=pair.grpc_status)
         self._maybe_finish()
 
     def upstream_lost(self, up: _H2Upstream, pairs: list[_Pair]) -> None:
@@ -729,6 +764,10 @@ class H2Server(asyncio.Protocol):
         self.count(pair, pair.upstream.labels if pair.upstream is not None else self.labels)
         if pair.stats is not None:
             pair.stats.response(pair.status, pair.grpc_status, "stream reset")
+        if pair.observed is not None:
+            pair.observed.end(
+                self.loop.time(), grpc_status=pair.grpc_status, reset_code=code, error="RESET"
+            )
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self.conn.reset_stream(pair.down_id, code)
         self._maybe_finish()
@@ -747,8 +786,8 @@ class H2Server(asyncio.Protocol):
         else:
             headers = h2_error_headers(kind, detail)
             status, grpc_status = kind.status, None
-        if pair.access is not None:
-            pair.access.respond(status, None, self.loop.time())
+        if pair.observed is not None:
+            pair.observed.answered(status, kind.name, self.loop.time(), grpc_status=grpc_status)
         if pair.stats is not None:
             pair.stats.observe_latency(status, (self.loop.time() - pair.started_at) * 1000.0)
             pair.stats.response(status, grpc_status, kind.name.lower())
@@ -881,8 +920,8 @@ class _H2Upstream(asyncio.Protocol):
         pair.upstream = self
         self.streams[sid] = pair
         self.server.count(pair, self.labels)
-        if pair.access is not None:
-            pair.access.forwarded(self.server.loop.time())
+        if pair.observed is not None:
+            self.server.observe_forwarded(pair.observed, self)
         end = pair.to_up.ended and not pair.to_up.pending and pair.to_up.trailers is None
         self.conn.send_headers(sid, pair.request_headers, end_stream=end)
         if end:
@@ -984,6 +1023,8 @@ class _H2Upstream(asyncio.Protocol):
                     )
                 return
             pair.to_down.pending.append((event.data, event.flow_controlled_length))
+            if pair.observed is not None:
+                pair.observed.response_bytes += len(event.data)
             server.pump(pair)
         elif isinstance(event, h2.events.TrailersReceived):
             pair = self.streams.get(event.stream_id)
@@ -993,6 +1034,8 @@ class _H2Upstream(asyncio.Protocol):
                     if name == b"grpc-status":
                         pair.grpc_status = _int_or_none(value)
                 pair.to_down.trailers = trailers
+                if pair.observed is not None:
+                    pair.observed.trailers = trailers
         elif isinstance(event, h2.events.StreamEnded):
             pair = self.streams.pop(event.stream_id, None)
             if pair is not None:

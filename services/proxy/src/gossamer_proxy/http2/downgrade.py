@@ -101,8 +101,8 @@ class H1Downgrade:
 
     def _attach(self, up: Http1Upstream) -> None:
         self.upstream = up
-        if self.pair.access is not None:
-            self.pair.access.forwarded(self.server.loop.time())
+        if self.pair.observed is not None:
+            self.pair.observed.forwarded(self.server.loop.time())
         up.begin(self, no_body=self.request.is_head)
         up.write(self.request.head)
         self.pump()
@@ -158,6 +158,8 @@ class H1Downgrade:
         if not self._alive() or not data:
             return
         flow = self.pair.to_down
+        if self.pair.observed is not None:
+            self.pair.observed.response_bytes += len(data)
         flow.pending.append((data, 0))
         self.server.pump(self.pair)
         if sum(len(d) for d, _ in flow.pending) > _RESPONSE_BUFFER:

@@ -48,6 +48,7 @@ __all__ = [
     "Credentials",
     "ResumingContext",
     "client_context",
+    "load_credentials",
     "peer_identity",
     "server_context",
     "verified_server_identity",
@@ -86,6 +87,11 @@ def _load_credentials(context: ssl.SSLContext, credentials: Credentials) -> None
         memory_file(credentials.key_pem, "gossamer-key") as key_path,
     ):
         context.load_cert_chain(cert_path, key_path)
+
+
+def load_credentials(context: ssl.SSLContext, credentials: Credentials) -> None:
+    """Load (or replace, for handshakes from now on) the context's certificate and key."""
+    _load_credentials(context, credentials)
 
 
 #: Sessions queued per server name and not yet taken (a start that failed leaves one behind).

@@ -1,0 +1,312 @@
+"""``gossamer viz tap`` and ``gossamer viz top`` (I/O; the logic is in the pure modules).
+
+The CLI is the tap service here: it lists the resource's pods in Kubernetes, signs itself a
+certificate for the viz tap identity with the local mesh's issuer (``--state-dir``, local
+mode), and taps every pod's proxy directly (:mod:`.tap_client`). Run it where the pod
+addresses are reachable: in local mode, the node namespace
+(``sudo ip netns exec <node> gossamer viz tap deploy/web -n demo``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gossamer_cli.viz.resources import Resource, parse_resource, resource_argument
+from gossamer_cli.viz.tap_query import TapFilters, TapTarget
+
+DEFAULT_STATE = Path("/var/lib/gossamer/local")
+CONTROL_PLANE_NAMESPACE = "gossamer"
+TRUST_DOMAIN = "cluster.local"
+
+
+def _options(func: Any) -> Any:
+    options = [
+        click.argument("resource", nargs=-1, required=True),
+        click.option("-n", "--namespace", default="default", show_default=True),
+        click.option("--to", "to_text", default=None, help="Only requests to this resource."),
+        click.option("--to-namespace", default=None, help="Namespace of --to (default: -n)."),
+        click.option("--method", default=None, help="Only requests with this HTTP method."),
+        click.option("--path", default=None, help="Only requests whose path starts with this."),
+        click.option("--authority", default=None, help="Only requests to this authority."),
+        click.option(
+            "--max-rps",
+            type=float,
+            default=100.0,
+            show_default=True,
+            help="Most requests a second to show (0: no limit).",
+        ),
+        click.option("--kubeconfig", envvar="KUBECONFIG", default=None),
+        click.option(
+            "--state-dir",
+            envvar="GOSSAMER_STATE_DIR",
+            type=click.Path(path_type=Path),
+            default=DEFAULT_STATE,
+            show_default=True,
+            help="Local mode's state (its identity issuer signs the tap certificate).",
+        ),
+        click.option("--port", type=int, default=4190, show_default=True, hidden=True),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+async def _pods(
+    kubeconfig: str | None, namespace: str, kind: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pods of ``namespace``, its services, every pod for naming addresses)."""
+    from gossamer_kube.client import KubeClient
+    from gossamer_kube.config import KubeConfig
+    from gossamer_kube.resources import PODS, SERVICES
+
+    async with KubeClient(KubeConfig.load(kubeconfig)) as client:
+        every, _ = await client.list(PODS, namespace=None)
+        services: list[dict[str, Any]] = []
+        if kind == "service":
+            services, _ = await client.list(SERVICES, namespace=namespace)
+    pods = [p for p in every if p["metadata"].get("namespace") == namespace]
+    return pods, services, every
+
+
+def _setup(
+    resource: tuple[str, ...],
+    namespace: str,
+    to_text: str | None,
+    to_namespace: str | None,
+    method: str | None,
+    path: str | None,
+    authority: str | None,
+) -> tuple[Resource, TapFilters]:
+    target = resource_argument(resource)
+    if target.kind.outbound_only and target.kind.name != "service":
+        raise click.BadParameter(f"cannot tap a {target.kind.name}")
+    to_res = None
+    if to_text is not None:
+        try:
+            to_res = parse_resource(to_text)
+        except click.BadParameter as exc:
+            raise click.BadParameter(str(exc.message), param_hint="--to") from exc
+    if path is not None and not path.startswith("/"):
+        raise click.BadParameter("a path starts with /", param_hint="--path")
+    filters = TapFilters(
+        to=to_res,
+        to_namespace=to_namespace or namespace,
+        method=method,
+        path=path,
+        authority=authority,
+    )
+    return target, filters
+
+
+def _targets(
+    target: Resource, namespace: str, kubeconfig: str | None
+) -> tuple[list[TapTarget], dict[str, Any]]:
+    from gossamer_cli.viz.tap_query import tap_targets
+    from gossamer_cli.viz.tap_render import PodInfo
+
+    try:
+        pods, services, every = asyncio.run(_pods(kubeconfig, namespace, target.kind.name))
+    except Exception as exc:
+        raise click.ClickException(f"cannot read Kubernetes: {exc}") from exc
+    targets = tap_targets(
+        target,
+        pods,
+        services,
+        control_plane_namespace=CONTROL_PLANE_NAMESPACE,
+        trust_domain=TRUST_DOMAIN,
+    )
+    if not targets:
+        name = f"{target.kind.name}/{target.name}" if target.name else target.kind.name
+        raise click.ClickException(f"no meshed, running pods for {name} in namespace {namespace}")
+    names: dict[str, Any] = {}
+    for pod in every:
+        ip = (pod.get("status") or {}).get("podIP")
+        if ip:
+            meta = pod["metadata"]
+            names[ip] = PodInfo(meta.get("namespace", ""), meta["name"], _resource_of(pod))
+    return targets, names
+
+
+def _resource_of(pod: dict[str, Any]) -> str:
+    from gossamer_cli.viz.meshed import owner
+
+    for kind, short in (("deployment", "deploy"), ("statefulset", "sts"), ("daemonset", "ds")):
+        found = owner(pod, kind)
+        if found:
+            return f"{short}/{found}"
+    return f"pod/{pod['metadata']['name']}"
+
+
+def _credentials(state_dir: Path) -> Any:
+    from gossamer_cli.viz.tap_identity import local_tap_credentials, tap_identity
+
+    identity = tap_identity(CONTROL_PLANE_NAMESPACE, TRUST_DOMAIN)
+    try:
+        return local_tap_credentials(state_dir, identity)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(
+            f"no tap certificate: cannot use the local mesh's issuer in {state_dir} ({exc})"
+        ) from exc
+
+
+async def _stream(
+    targets: list[TapTarget],
+    filters: TapFilters,
+    credentials: Any,
+    *,
+    port: int,
+    max_rps: float,
+    headers: bool,
+    duration: float,
+    on_event: Any,
+) -> list[tuple[str, str]]:
+    from gossamer_cli.viz.tap_client import TapSession
+    from gossamer_cli.viz.tap_query import observe_request
+
+    session = TapSession(
+        targets,
+        observe_request(filters, headers=headers),
+        credentials,
+        port=port,
+        max_rps=max_rps,
+    )
+
+    async def consume() -> None:
+        async for source, event in session.events():
+            on_event(source, event)
+
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(duration if duration > 0 else None):
+            await consume()
+    return session.errors
+
+
+def _report(errors: list[tuple[str, str]]) -> None:
+    for pod, error in errors:
+        click.echo(f"warning: cannot tap {pod}: {error}", err=True)
+
+
+@click.command("tap")
+@_options
+@click.option("-o", "--output", type=click.Choice(["", "wide", "json"]), default="")
+@click.option("--duration", type=float, default=0.0, help="Stop after N seconds (0: never).")
+def tap(
+    resource: tuple[str, ...],
+    namespace: str,
+    to_text: str | None,
+    to_namespace: str | None,
+    method: str | None,
+    path: str | None,
+    authority: str | None,
+    max_rps: float,
+    kubeconfig: str | None,
+    state_dir: Path,
+    port: int,
+    output: str,
+    duration: float,
+) -> None:
+    """Live requests of RESOURCE (e.g. `deploy/web`), as each of its proxies sees them."""
+    from gossamer_cli.viz.tap_render import render_json, render_line
+
+    target, filters = _setup(resource, namespace, to_text, to_namespace, method, path, authority)
+    targets, names = _targets(target, namespace, kubeconfig)
+    credentials = _credentials(state_dir)
+
+    def show(source: str, event: Any) -> None:
+        if output == "json":
+            line: str | None = render_json(event, pods=names)
+        else:
+            line = render_line(event, wide=output == "wide", pods=names)
+        if line is not None:
+            click.echo(line)
+            sys.stdout.flush()
+
+    try:
+        errors = asyncio.run(
+            _stream(
+                targets,
+                filters,
+                credentials,
+                port=port,
+                max_rps=max_rps,
+                headers=output == "json",
+                duration=duration,
+                on_event=show,
+            )
+        )
+    except KeyboardInterrupt:
+        return
+    _report(errors)
+    if errors and len(errors) == len(targets):
+        raise SystemExit(1)
+
+
+@click.command("top")
+@_options
+@click.option(
+    "--snapshot", type=float, default=0.0,
+    help="Tap for N seconds, print the table once and exit (default: redraw live on a TTY).",
+)  # fmt: skip
+@click.option("--refresh", type=float, default=1.0, show_default=True, hidden=True)
+def top(
+    resource: tuple[str, ...],
+    namespace: str,
+    to_text: str | None,
+    to_namespace: str | None,
+    method: str | None,
+    path: str | None,
+    authority: str | None,
+    max_rps: float,
+    kubeconfig: str | None,
+    state_dir: Path,
+    port: int,
+    snapshot: float,
+    refresh: float,
+) -> None:
+    """Live table of RESOURCE's busiest paths, with latencies and success rates (from tap)."""
+    from gossamer_cli.viz.top import TopTable
+
+    target, filters = _setup(resource, namespace, to_text, to_namespace, method, path, authority)
+    targets, names = _targets(target, namespace, kubeconfig)
+    credentials = _credentials(state_dir)
+    table = TopTable(pods=names)
+    live = snapshot <= 0 and sys.stdout.isatty()
+    if snapshot <= 0 and not live:
+        snapshot = 10.0  # not a terminal: one table after a while, not an endless stream
+
+    async def run() -> list[tuple[str, str]]:
+        async def redraw() -> None:
+            while True:
+                await asyncio.sleep(refresh)
+                # Home the cursor and clear: the table is redrawn in place.
+                click.echo("\x1b[H\x1b[2J(press Ctrl-C to quit)\n" + table.render())
+
+        painter = asyncio.ensure_future(redraw()) if live else None
+        try:
+            return await _stream(
+                targets,
+                filters,
+                credentials,
+                port=port,
+                max_rps=max_rps,
+                headers=False,
+                duration=0.0 if live else snapshot,
+                on_event=lambda source, event: table.add(event, source),
+            )
+        finally:
+            if painter is not None:
+                painter.cancel()
+
+    try:
+        errors = asyncio.run(run())
+    except KeyboardInterrupt:
+        return
+    if not live:
+        click.echo(table.render())
+    _report(errors)

@@ -1,0 +1,178 @@
+"""The proxy's control listener: ``io.linkerd.proxy.tap.Tap/Observe`` over mTLS (port 4190).
+
+On only when ``LINKERD2_PROXY_TAP_SVC_NAME`` is set and the proxy has a mesh identity, as in
+Linkerd. The listener demands a client certificate chained to the trust anchors (TLS 1.3,
+ALPN ``h2``) and serves only the client whose identity equals the tap service name; any
+other verified client gets ``PERMISSION_DENIED``, and a client without a certificate fails
+the handshake. The certificate is the proxy's own, reloaded into the same context when the
+identity renews it (:meth:`TapServer.tick`).
+
+Each ``Observe`` call becomes a :class:`~.taps.Tap` and streams its events until its limit
+is used up and the requests it took have ended, or the client goes away. Sending waits for
+the client's HTTP/2 window; meanwhile the data path keeps running and the tap's bounded
+queue drops what does not fit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import Any
+
+import structlog
+from gossamer_api.proxy import tap_pb2
+from gossamer_api.proxy.tap_grpc import TapBase
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server, Stream
+
+from ..config import Endpoint
+from ..local_identity import LocalIdentity
+from ..mesh.tls_contexts import Credentials, load_credentials, server_context
+from .match import InvalidMatchError, compile_match
+from .taps import Taps, TooManyTapsError
+
+__all__ = ["TapServer", "TapService", "identity_of_cert"]
+
+_log = structlog.get_logger("gossamer.proxy.tap")
+
+
+def identity_of_cert(cert: dict[str, Any] | None) -> str | None:
+    """The mesh identity (first DNS or URI SAN) of a verified peer certificate."""
+    if not cert:
+        return None
+    for entry in cert.get("subjectAltName", ()):
+        if isinstance(entry, tuple) and len(entry) == 2 and entry[0] in ("DNS", "URI"):
+            return str(entry[1])
+    return None
+
+
+def _wants_headers(request: tap_pb2.ObserveRequest) -> bool:
+    extract = request.extract
+    return extract.WhichOneof("extract") == "http" and (
+        extract.http.WhichOneof("extract") == "headers"
+    )
+
+
+class TapService(TapBase):
+    """``Tap/Observe`` for the one authorized client identity."""
+
+    def __init__(self, taps: Taps, authorized: str) -> None:
+        self.taps = taps
+        self.authorized = authorized
+
+    async def Observe(  # noqa: N802 - the gRPC method's name
+        self, stream: Stream[tap_pb2.ObserveRequest, tap_pb2.TapEvent]
+    ) -> None:
+        client = identity_of_cert(stream.peer.cert())
+        if client != self.authorized:
+            _log.info("tap_refused", client_id=client)
+            raise GRPCError(
+                Status.PERMISSION_DENIED, f"client identity {client or '-'} may not tap this proxy"
+            )
+        request = await stream.recv_message()
+        if request is None or request.limit == 0:
+            raise GRPCError(Status.INVALID_ARGUMENT, "limit must be a positive number")
+        try:
+            matcher = compile_match(request)
+        except InvalidMatchError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, f"invalid match: {exc}") from exc
+        wake = asyncio.Event()
+        try:
+            tap = self.taps.start(
+                matcher, limit=request.limit, headers=_wants_headers(request), wake=wake.set
+            )
+        except TooManyTapsError as exc:
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, str(exc)) from exc
+        _log.debug("tap_started", limit=request.limit)
+        try:
+            await stream.send_initial_metadata()  # accepted: the client knows it is tapping
+            while True:
+                event = tap.next_event()
+                if event is not None:
+                    await stream.send_message(event)
+                    continue
+                if tap.done:
+                    break
+                wake.clear()
+                await wake.wait()
+        finally:
+            self.taps.stop(tap)
+            if tap.dropped:
+                _log.info("tap_events_dropped", dropped=tap.dropped)
+
+
+class TapServer:
+    """The control listener; starts once the proxy holds a certificate."""
+
+    def __init__(
+        self, identity: LocalIdentity, taps: Taps, authorized: str, listen: Endpoint
+    ) -> None:
+        self.identity = identity
+        self.listen = listen
+        self._service = TapService(taps, authorized)
+        self._server: Server | None = None
+        self._context: ssl.SSLContext | None = None
+        self._credentials: Credentials | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self.port = 0
+
+    @property
+    def started(self) -> bool:
+        return self._server is not None
+
+    def _build_context(self, credentials: Credentials) -> ssl.SSLContext:
+        context = server_context(
+            credentials, self.identity.trust_anchors_pem, alpn_protocols=("h2",)
+        )
+        context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    async def start(self) -> bool:
+        """Listen if the proxy has a certificate (``False``: not yet; :meth:`tick` retries)."""
+        credentials = self.identity.credentials
+        if self._server is not None or credentials is None:
+            return self._server is not None
+        self._credentials = credentials
+        self._context = self._build_context(credentials)
+        server = Server([self._service])
+        await server.start(
+            self.listen.host, self.listen.port, ssl=self._context, reuse_address=True
+        )
+        self._server = server
+        listener = server._server  # grpclib keeps its asyncio server private
+        sockets = getattr(listener, "sockets", None) or ()
+        self.port = int(sockets[0].getsockname()[1]) if sockets else self.listen.port
+        _log.info("tap_listening", addr=f"{self.listen.host}:{self.port}")
+        return True
+
+    def tick(self) -> None:
+        """Housekeeping: start once a certificate exists; load a renewed one."""
+        credentials = self.identity.credentials
+        if credentials is None:
+            return
+        if self._server is None:
+            if self._starting is None or self._starting.done():
+                self._starting = asyncio.ensure_future(self._start_logged())
+            return
+        if credentials is not self._credentials and self._context is not None:
+            self._credentials = credentials
+            load_credentials(self._context, credentials)  # new handshakes use the new cert
+
+    async def _start_logged(self) -> None:
+        try:
+            await self.start()
+        except OSError as exc:
+            _log.warning("tap_listen_failed", error=str(exc))
+
+    async def close(self) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await self._starting
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
