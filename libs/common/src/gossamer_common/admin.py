@@ -251,6 +251,9 @@ class AdminServer:
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._closing = False
+        #: Renders ``/metrics`` instead of ``registry`` when set (a multi-core proxy merges
+        #: its workers' metrics into its own).
+        self.render_metrics: Callable[[], Awaitable[bytes]] | None = None
         self.add_route("/live", self._live, methods=("GET",))
         self.add_route("/ready", self._ready, methods=("GET",))
         if registry is not None:
@@ -300,7 +303,10 @@ class AdminServer:
 
     async def _metrics(self, request: AdminRequest) -> AdminResponse:
         assert self.registry is not None
-        body = self.registry.render()
+        if self.render_metrics is not None:
+            body = await self.render_metrics()
+        else:
+            body = self.registry.render()
         headers = [("content-type", CONTENT_TYPE), ("vary", "accept-encoding")]
         if accepts_gzip(request.header("accept-encoding")):
             body = gzip.compress(body, compresslevel=5)

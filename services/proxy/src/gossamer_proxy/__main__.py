@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sys
 
 import structlog
@@ -13,15 +15,24 @@ from gossamer_common.settings import load_or_exit
 
 from .app import Proxy
 from .config import ProxySettings
+from .cores import available_cpus, cores_from_env
 from .local_identity import IdentityConfigError
 from .mesh.authz import PolicyError
 
 _FALLBACK_FILTER = "warn"
 
 
-async def _main(settings: ProxySettings, log_levels: LogLevels) -> None:
+def _available_cpus() -> int:
     try:
-        proxy = Proxy(settings, log_levels=log_levels)
+        cpu_max: str | None = open("/sys/fs/cgroup/cpu.max").read()  # noqa: SIM115
+    except OSError:
+        cpu_max = None
+    return available_cpus(len(os.sched_getaffinity(0)), cpu_max)
+
+
+async def _main(settings: ProxySettings, log_levels: LogLevels, cores: int) -> None:
+    try:
+        proxy = Proxy(settings, log_levels=log_levels, reuse_port=cores > 1)
     except (IdentityConfigError, PolicyError, ValueError) as exc:
         print(f"gossamer-proxy: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -29,9 +40,19 @@ async def _main(settings: ProxySettings, log_levels: LogLevels) -> None:
     # restart, a pod deleted at once) drains it like any other, instead of killing it.
     proxy.shutdown_control.install_signal_handlers()
     await proxy.start()
-    freeze_startup_objects()  # start-up objects live forever: keep them out of GC passes
+    if cores == 1:
+        freeze_startup_objects()  # start-up objects live forever: keep them out of GC passes
+        await proxy.shutdown_control.wait()
+        await proxy.shutdown()
+        return
+    from .multicore import Supervisor  # only a multi-core proxy pays for it
+
+    supervisor = Supervisor(proxy, cores)
+    supervisor.start()
+    freeze_startup_objects()
     await proxy.shutdown_control.wait()
-    await proxy.shutdown()
+    # Every process drains at once: each finishes its own in-flight requests.
+    await asyncio.gather(supervisor.drain(), proxy.shutdown())
 
 
 def main() -> None:
@@ -50,10 +71,15 @@ def main() -> None:
     log_levels = configure_logging(
         component="proxy", log_filter=log_filter, log_format=settings.log_format
     )
+    log = structlog.get_logger("gossamer.proxy")
     if bad_filter is not None:
-        log = structlog.get_logger("gossamer.proxy")
         log.warning("log_filter_invalid", error=str(bad_filter), using=_FALLBACK_FILTER)
-    run(_main(settings, log_levels))
+    cores, warnings = cores_from_env(os.environ, _available_cpus())
+    for warning in warnings:
+        log.warning("proxy_cores_setting_ignored", reason=warning)
+    if cores > 1:
+        log.info("proxy_cores", cores=cores)
+    run(_main(settings, log_levels, cores))
 
 
 if __name__ == "__main__":

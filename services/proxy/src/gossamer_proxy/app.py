@@ -77,8 +77,16 @@ class Proxy:
         resolver: Resolver | None = None,
         process_metrics: bool = True,
         log_levels: LogLevels | None = None,
+        worker_identity: LocalIdentity | None = None,
+        worker: bool = False,
+        reuse_port: bool = False,
     ) -> None:
+        """``worker``: a multi-core worker (:mod:`.multicore`): no admin server (the parent
+        serves it), no process-wide metrics, and the identity its parent pushes
+        (``worker_identity``). ``reuse_port``: listeners share their ports (``SO_REUSEPORT``)."""
         self.settings = settings
+        self.worker = worker
+        self.reuse_port = reuse_port or worker
         self.metrics = (
             metrics
             if metrics is not None
@@ -88,13 +96,14 @@ class Proxy:
             )
         )
         self._metrics_swept = -math.inf
-        register_build_info(self.metrics.registry)
-        if process_metrics:
+        if not worker:
+            register_build_info(self.metrics.registry)
+        if process_metrics and not worker:
             register_process_metrics(self.metrics.registry)
         self.resolver: Resolver = resolver if resolver is not None else DirectResolver()
         #: ``None`` when identity is disabled (raises IdentityConfigError on bad settings).
-        self.identity: LocalIdentity | None = identity_from_settings(
-            settings, self.metrics.registry
+        self.identity: LocalIdentity | None = (
+            worker_identity if worker else identity_from_settings(settings, self.metrics.registry)
         )
         if settings.outbound_fixed_identity and self.identity is None:
             raise IdentityConfigError(
@@ -135,7 +144,9 @@ class Proxy:
         #: Linkerd's tap API on the control port (``None``: no LINKERD2_PROXY_TAP_SVC_NAME).
         self.taps: Taps | None = None
         self.tap_server: TapServer | None = None
-        if settings.tap_svc_name:
+        # A multi-core worker runs no tap server: the control port is the parent's alone, so
+        # requests a worker serves are not tapped (see :mod:`.multicore`).
+        if settings.tap_svc_name and not worker:
             if self.identity is None:
                 _log.warning("tap_disabled_without_identity")
             else:
@@ -269,6 +280,7 @@ class Proxy:
             ctx.listen.host,
             ctx.listen.port,
             reuse_address=True,
+            reuse_port=self.reuse_port,
             backlog=4096,
         )
         self.servers.append(server)
@@ -287,15 +299,21 @@ class Proxy:
         # listens on before it accepts a connection (it never forwards to them).
         for addr in s.outbound_listeners:
             await self._listen(self._context("outbound", addr))
-        await self.admin.start(s.admin_listen.host, s.admin_listen.port)
-        own_ports = {self.admin.port, *(c.listen.port for c in self.contexts)}
+        if not self.worker:
+            await self.admin.start(s.admin_listen.host, s.admin_listen.port)
+        admin_port = s.admin_listen.port if self.worker else self.admin.port
+        own_ports = {admin_port, *(c.listen.port for c in self.contexts)}
         if self.tap_server is not None:
             await self.tap_server.start()  # or, without a certificate yet, once it has one
             own_ports.add(self.tap_server.port or s.control_listen.port)
+        elif self.worker and s.tap_svc_name:
+            own_ports.add(s.control_listen.port)  # the parent's tap server
         inbound = self._context("inbound", s.inbound_listen)
         inbound.own_ports = frozenset(own_ports | {s.inbound_listen.port} - {0})
         if self.identity is not None:
-            self._inbound_listener = InboundListener(inbound, self.identity)
+            self._inbound_listener = InboundListener(
+                inbound, self.identity, reuse_port=self.reuse_port
+            )
             await self._inbound_listener.start()
             self.contexts.append(inbound)
         else:
@@ -305,10 +323,10 @@ class Proxy:
         loop = asyncio.get_running_loop()
         self._tick = loop.call_later(_TICK, self._housekeeping)
         _log.info(
-            "proxy_started",
+            "proxy_worker_started" if self.worker else "proxy_started",
             inbound=str(self.inbound_addr),
             outbound=[str(c.listen) for c in self.contexts if not c.inbound],
-            admin=f"{s.admin_listen.host}:{self.admin.port}",
+            admin=f"{s.admin_listen.host}:{admin_port}",
             seconds_since_exec=_seconds_since_exec(),
         )
 
@@ -367,8 +385,9 @@ class Proxy:
                 task.cancel()
         if self._tick is not None:
             self._tick.cancel()
-        with contextlib.suppress(Exception):
-            await self.admin.close(grace=1.0)
+        if not self.worker:
+            with contextlib.suppress(Exception):
+                await self.admin.close(grace=1.0)
         if self.tap_server is not None:
             await self.tap_server.close()
         if self.identity is not None:

@@ -115,8 +115,11 @@ async def peek_client_hello(sock: socket.socket, wait: float) -> ClientHello | N
 class InboundListener:
     """Accept loop of the inbound listener when the proxy has a mesh identity."""
 
-    def __init__(self, ctx: ListenerContext, identity: LocalIdentity) -> None:
+    def __init__(
+        self, ctx: ListenerContext, identity: LocalIdentity, *, reuse_port: bool = False
+    ) -> None:
         self.ctx = ctx
+        self.reuse_port = reuse_port
         self.identity = identity
         self._sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
@@ -125,7 +128,7 @@ class InboundListener:
         listen = self.ctx.listen
         family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
         sock = socket.create_server(
-            (listen.host, listen.port), family=family, backlog=4096, reuse_port=False
+            (listen.host, listen.port), family=family, backlog=4096, reuse_port=self.reuse_port
         )
         sock.setblocking(False)
         self._sock = sock

@@ -1,6 +1,6 @@
 """The proxy's own identity as the data path sees it: disabled, static, or certified.
 
-Three modes, chosen from the settings (:func:`identity_from_settings`):
+Four modes, chosen from the settings (:func:`identity_from_settings`):
 
 * **disabled** — ``LINKERD2_PROXY_IDENTITY_DISABLED=true``, or no identity environment at
   all: no mTLS anywhere, ``/ready`` does not wait for a certificate, TLS labels say
@@ -9,6 +9,8 @@ Three modes, chosen from the settings (:func:`identity_from_settings`):
   read once at start) with the trust anchors and local name: for benchmarks and tests that
   run without a control plane. The chain is checked against the anchors and the local name
   exactly as a Certify answer would be, so a wrong file fails at start, not at first use.
+* **pushed** — a multi-core worker (:mod:`.multicore`): the parent certifies once and sends
+  the key and chain down its private socket pair, renewals too, so a pod has one identity.
 * **certify** — the Linkerd way: :class:`~gossamer_proxy.mesh.identity.IdentityClient`
   generates the key in memory, calls Certify and renews at ~70% of the lifetime.
 
@@ -47,13 +49,19 @@ class LocalIdentity:
         client: IdentityClient | None = None,
         static: Credentials | None = None,
         metrics: IdentityMetrics | None = None,
+        pushed: bool = False,
     ) -> None:
-        if (client is None) == (static is None):
+        if not pushed and (client is None) == (static is None):
             raise ValueError("exactly one of client and static credentials is needed")
+        if pushed and (client is not None or static is not None):
+            raise ValueError("pushed credentials come from the parent process only")
         self.name = local_name
         self.trust_anchors_pem = trust_anchors_pem
         self._client = client
         self._static = static
+        #: A multi-core worker's credentials, installed by its parent (:meth:`install`).
+        self._pushed = pushed
+        self._installed: Credentials | None = None
         self._task: asyncio.Task[None] | None = None
         self._cache_for: Credentials | None = None
         self._server: ssl.SSLContext | None = None
@@ -66,6 +74,8 @@ class LocalIdentity:
     def credentials(self) -> Credentials | None:
         if self._static is not None:
             return self._static
+        if self._pushed:
+            return self._installed
         assert self._client is not None
         return self._client.credentials
 
@@ -73,6 +83,16 @@ class LocalIdentity:
     def ready(self) -> bool:
         """True once a certificate is installed (at once in static mode)."""
         return self.credentials is not None
+
+    def install(self, credentials: Credentials) -> None:
+        """A worker's new certificate from its parent (the parent certified and checked it)."""
+        if not self._pushed:
+            raise ValueError("only a worker's identity takes pushed credentials")
+        if credentials.identity != self.name:
+            raise ValueError(
+                f"pushed credentials are for {credentials.identity!r}, not {self.name!r}"
+            )
+        self._installed = credentials
 
     def start(self) -> None:
         """Begin certifying (certify mode); call from the running loop."""

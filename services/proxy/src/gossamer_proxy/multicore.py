@@ -1,0 +1,328 @@
+"""Multi-core proxy, the I/O: the parent's worker supervisor and the worker's side of the link.
+
+Imported only when the core count (:func:`.cores.cores_from_env`) is above 1. The parent is
+an ordinary :class:`~.app.Proxy` whose listeners use ``SO_REUSEPORT``; once it listens (and,
+with identity, holds its first certificate) it starts ``cores - 1`` workers, each
+``python -m gossamer_proxy.worker`` with one end of a private socket pair. Over it (frames of
+:mod:`.cores`):
+
+* parent → worker: ``start`` (identity name, trust anchors, the key and chain), then
+  ``credentials`` at each renewal, and ``metrics`` requests;
+* worker → parent: ``ready`` once it accepts, and ``metrics`` answers (its rendered families).
+
+Workers bind the ports the parent bound (port 0 included), so the kernel spreads new
+connections over every process. The admin server stays in the parent: ``/metrics`` merges
+every process's families, ``/ready`` waits for every worker, and ``/shutdown`` or SIGTERM
+sends SIGTERM to each worker, which drains as a single proxy does. A worker that exits while
+the proxy serves is restarted within a :class:`~.cores.RestartBudget`; past it the proxy shuts
+down so that Kubernetes restarts the container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from .app import Proxy
+from .cores import (
+    FrameDecoder,
+    FrameError,
+    RestartBudget,
+    encode_frame,
+    family_total,
+    merge_expositions,
+)
+from .mesh.tls_contexts import Credentials
+
+__all__ = ["WORKER_FD_ENV", "Supervisor", "credentials_from_wire", "credentials_to_wire"]
+
+_log = structlog.get_logger("gossamer.proxy.multicore")
+
+WORKER_FD_ENV = "GOSSAMER_PROXY_WORKER_FD"
+WORKER_INDEX_ENV = "GOSSAMER_PROXY_WORKER_INDEX"
+_METRICS_TIMEOUT = 5.0  # seconds a worker has to answer a metrics request
+_CREDENTIAL_CHECK = 1.0  # seconds between looks for a renewed certificate
+_READ_CHUNK = 1 << 16
+
+
+def credentials_to_wire(credentials: Credentials) -> dict[str, Any]:
+    return {
+        "identity": credentials.identity,
+        "key_pem": base64.b64encode(credentials.key_pem).decode("ascii"),
+        "chain_pem": base64.b64encode(credentials.chain_pem).decode("ascii"),
+        "leaf_der": base64.b64encode(credentials.leaf_der).decode("ascii"),
+        "not_before": credentials.not_before,
+        "not_after": credentials.not_after,
+    }
+
+
+def credentials_from_wire(data: Mapping[str, Any]) -> Credentials:
+    """Raises ``ValueError`` (or ``KeyError``/``TypeError``) on a malformed message."""
+    return Credentials(
+        identity=str(data["identity"]),
+        key_pem=base64.b64decode(data["key_pem"], validate=True),
+        chain_pem=base64.b64decode(data["chain_pem"], validate=True),
+        leaf_der=base64.b64decode(data["leaf_der"], validate=True),
+        not_before=float(data["not_before"]),
+        not_after=float(data["not_after"]),
+    )
+
+
+async def read_frames(reader: asyncio.StreamReader, decoder: FrameDecoder) -> list[dict[str, Any]]:
+    """The next messages; ``[]`` at end of stream."""
+    while True:
+        data = await reader.read(_READ_CHUNK)
+        if not data:
+            return []
+        messages = decoder.feed(data)
+        if messages:
+            return messages
+
+
+def _addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class _Worker:
+    index: int
+    budget: RestartBudget = field(default_factory=RestartBudget)
+    process: asyncio.subprocess.Process | None = None
+    writer: asyncio.StreamWriter | None = None
+    ready: bool = False
+    pushed: Credentials | None = None
+    pending: dict[int, asyncio.Future[str]] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+
+class Supervisor:
+    """Starts, feeds, watches and drains the workers of one parent :class:`Proxy`."""
+
+    def __init__(self, proxy: Proxy, cores: int) -> None:
+        if cores < 2:
+            raise ValueError("a supervisor needs at least two cores")
+        self.proxy = proxy
+        self.workers = [_Worker(index) for index in range(1, cores)]
+        self.stopping = False
+        self._request_ids = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+        proxy.admin.ready = lambda: proxy.ready and self.ready
+        proxy.admin.render_metrics = self.render_metrics
+
+    @property
+    def ready(self) -> bool:
+        return all(worker.ready for worker in self.workers)
+
+    def start(self) -> None:
+        """Begin (the parent listens already): workers start once the parent is certified."""
+        self._tasks.append(asyncio.create_task(self._run(), name="multicore-supervisor"))
+
+    async def _run(self) -> None:
+        # The identity client offers no event to wait on: look every 50 ms.
+        while not self._certified() and not self.stopping:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        for worker in self.workers:
+            if self.stopping:
+                return
+            await self._spawn(worker)
+        while not self.stopping:
+            await asyncio.sleep(_CREDENTIAL_CHECK)
+            await self._push_credentials()
+
+    def _certified(self) -> bool:
+        identity = self.proxy.identity
+        return identity is None or identity.credentials is not None
+
+    def _worker_env(self, index: int, fd: int) -> dict[str, str]:
+        s = self.proxy.settings
+        env = dict(os.environ)
+        env.pop("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", None)
+        inbound = self.proxy.inbound_addr
+        outbound = [c.listen for c in self.proxy.contexts if not c.inbound]
+        env.update(
+            {
+                WORKER_FD_ENV: str(fd),
+                WORKER_INDEX_ENV: str(index),
+                "LINKERD2_PROXY_INBOUND_LISTEN_ADDR": _addr(inbound.host, inbound.port),
+                "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS": ",".join(
+                    _addr(o.host, o.port) for o in outbound
+                ),
+                "LINKERD2_PROXY_ADMIN_LISTEN_ADDR": _addr(
+                    s.admin_listen.host, self.proxy.admin.port
+                ),
+            }
+        )
+        return env
+
+    def _start_message(self) -> dict[str, Any]:
+        identity = self.proxy.identity
+        if identity is None or identity.credentials is None:
+            return {"type": "start", "identity": None}
+        return {
+            "type": "start",
+            "identity": {
+                "name": identity.name,
+                "trust_anchors_pem": identity.trust_anchors_pem,
+                "credentials": credentials_to_wire(identity.credentials),
+            },
+        }
+
+    async def _spawn(self, worker: _Worker) -> None:
+        parent_end, child_end = socket.socketpair()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gossamer_proxy.worker",
+                stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=(child_end.fileno(),),
+                env=self._worker_env(worker.index, child_end.fileno()),
+            )
+        finally:
+            child_end.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent_end)
+        worker.process, worker.writer, worker.ready = process, writer, False
+        worker.pushed = self.proxy.identity.credentials if self.proxy.identity else None
+        writer.write(encode_frame(self._start_message()))
+        _log.info("proxy_worker_spawned", worker=worker.index, pid=process.pid)
+        worker.task = asyncio.create_task(
+            self._watch(worker, reader, process), name=f"multicore-worker-{worker.index}"
+        )
+
+    async def _watch(
+        self, worker: _Worker, reader: asyncio.StreamReader, process: asyncio.subprocess.Process
+    ) -> None:
+        decoder = FrameDecoder()
+        try:
+            while messages := await read_frames(reader, decoder):
+                for message in messages:
+                    self._on_message(worker, message)
+        except (FrameError, ConnectionError) as exc:
+            _log.warning("proxy_worker_link_broken", worker=worker.index, error=str(exc))
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        code = await process.wait()
+        worker.ready = False
+        if worker.writer is not None:
+            worker.writer.close()
+            worker.writer = None
+        for future in worker.pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError("worker exited"))
+        worker.pending.clear()
+        if self.stopping:
+            return
+        loop = asyncio.get_running_loop()
+        if worker.budget.allow(loop.time()):
+            _log.warning("proxy_worker_restarting", worker=worker.index, exit_code=code)
+            await self._spawn(worker)
+        else:
+            _log.error(
+                "proxy_worker_restart_budget_exhausted",
+                worker=worker.index,
+                exit_code=code,
+                max_restarts=worker.budget.max_restarts,
+                window_seconds=worker.budget.window,
+            )
+            self.proxy.shutdown_control.request("worker restart budget exhausted")
+
+    def _on_message(self, worker: _Worker, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "ready":
+            worker.ready = True
+            _log.info("proxy_worker_ready", worker=worker.index, pid=worker.pid)
+        elif kind == "metrics":
+            future = worker.pending.pop(int(message.get("id", -1)), None)
+            text = message.get("text")
+            if future is not None and not future.done() and isinstance(text, str):
+                future.set_result(text)
+
+    async def _push_credentials(self) -> None:
+        identity = self.proxy.identity
+        credentials = identity.credentials if identity is not None else None
+        if credentials is None:
+            return
+        frame = encode_frame({"type": "credentials", **credentials_to_wire(credentials)})
+        for worker in self.workers:
+            if worker.writer is not None and worker.pushed is not credentials:
+                worker.writer.write(frame)
+                worker.pushed = credentials
+                _log.info("proxy_worker_credentials_pushed", worker=worker.index)
+
+    async def _worker_metrics(self, worker: _Worker) -> str | None:
+        if worker.writer is None or not worker.ready:
+            return None
+        request_id = next(self._request_ids)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        worker.pending[request_id] = future
+        worker.writer.write(encode_frame({"type": "metrics", "id": request_id}))
+        try:
+            return await asyncio.wait_for(future, _METRICS_TIMEOUT)
+        except (TimeoutError, ConnectionError):
+            _log.warning("proxy_worker_metrics_missing", worker=worker.index)
+            return None
+        finally:
+            worker.pending.pop(request_id, None)
+
+    async def render_metrics(self) -> bytes:
+        """Every process's families merged, plus HTTP requests served by each process."""
+        own = self.proxy.metrics.registry.render().decode()
+        answers = await asyncio.gather(*(self._worker_metrics(w) for w in self.workers))
+        per_process = [(0, os.getpid(), own)]
+        per_process += [
+            (w.index, w.pid, text)
+            for w, text in zip(self.workers, answers, strict=True)
+            if text is not None
+        ]
+        lines = [
+            "# HELP gossamer_proxy_worker_requests_total HTTP requests each serving process of "
+            "a multi-core proxy received (worker 0 is the parent).",
+            "# TYPE gossamer_proxy_worker_requests_total counter",
+        ]
+        for index, pid, text in per_process:
+            total = int(family_total(text, "request_total"))
+            lines.append(
+                f'gossamer_proxy_worker_requests_total{{worker="{index}",pid="{pid}"}} {total}'
+            )
+        merged = merge_expositions(text for _, _, text in per_process)
+        return (merged + "\n".join(lines) + "\n").encode()
+
+    async def drain(self) -> None:
+        """SIGTERM every worker (each drains its own connections) and wait for them to exit."""
+        self.stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signal.SIGTERM)
+        grace = self.proxy.settings.shutdown_grace_period + 5.0
+        for worker in self.workers:
+            if worker.process is None:
+                continue
+            try:
+                await asyncio.wait_for(worker.process.wait(), grace)
+            except TimeoutError:
+                _log.warning("proxy_worker_killed", worker=worker.index, pid=worker.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+                await worker.process.wait()
+        for worker in self.workers:
+            if worker.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await worker.task

@@ -1,0 +1,107 @@
+"""``python -m gossamer_proxy.worker``: one worker of a multi-core proxy (see :mod:`.multicore`).
+
+Started only by the parent proxy, with ``GOSSAMER_PROXY_WORKER_FD`` naming its end of a
+private socket pair and the parent's bound ports in the listen-address variables. It waits
+for the parent's ``start`` message (identity and first certificate), listens on the shared
+ports, says ``ready``, then answers metrics requests and installs renewed certificates until
+SIGTERM (or its parent going away) drains it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+from typing import Any
+
+import structlog
+from gossamer_common.log_filter import LogFilter, LogFilterError
+from gossamer_common.logging import configure_logging
+from gossamer_common.runtime import freeze_startup_objects, run
+from gossamer_common.settings import load_or_exit
+
+from .app import Proxy
+from .config import ProxySettings
+from .cores import FrameDecoder, FrameError, encode_frame
+from .local_identity import LocalIdentity
+from .multicore import WORKER_FD_ENV, WORKER_INDEX_ENV, credentials_from_wire, read_frames
+
+_log = structlog.get_logger("gossamer.proxy.worker")
+
+
+def _identity(message: dict[str, Any]) -> LocalIdentity | None:
+    data = message.get("identity")
+    if data is None:
+        return None
+    identity = LocalIdentity(str(data["name"]), str(data["trust_anchors_pem"]), pushed=True)
+    identity.install(credentials_from_wire(data["credentials"]))
+    return identity
+
+
+async def _serve_link(
+    proxy: Proxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, decoder: FrameDecoder
+) -> None:
+    try:
+        while messages := await read_frames(reader, decoder):
+            for message in messages:
+                if message["type"] == "metrics":
+                    text = proxy.metrics.registry.render().decode()
+                    writer.write(
+                        encode_frame({"type": "metrics", "id": message.get("id"), "text": text})
+                    )
+                elif message["type"] == "credentials" and proxy.identity is not None:
+                    proxy.identity.install(credentials_from_wire(message))
+    except (FrameError, ConnectionError, ValueError, KeyError, TypeError) as exc:
+        _log.warning("proxy_worker_link_broken", error=str(exc))
+    proxy.shutdown_control.request("parent proxy link closed")
+
+
+async def _main(settings: ProxySettings, link: socket.socket) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=link)
+    decoder = FrameDecoder()
+    messages = await read_frames(reader, decoder)
+    if not messages or messages[0]["type"] != "start":
+        print("gossamer-proxy worker: no start message from the parent", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        identity = _identity(messages[0])
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"gossamer-proxy worker: bad start message: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    proxy = Proxy(settings, worker=True, worker_identity=identity, process_metrics=False)
+    proxy.shutdown_control.install_signal_handlers()
+    await proxy.start()
+    freeze_startup_objects()
+    writer.write(encode_frame({"type": "ready", "pid": os.getpid()}))
+    link_task = asyncio.create_task(_serve_link(proxy, reader, writer, decoder))
+    await proxy.shutdown_control.wait()
+    await proxy.shutdown()
+    link_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await link_task
+    writer.close()
+
+
+def main() -> None:
+    fd_text = os.environ.get(WORKER_FD_ENV)
+    if not fd_text or not fd_text.isdigit():
+        print(
+            f"gossamer-proxy worker: {WORKER_FD_ENV} is not set; run by the proxy only",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    link = socket.socket(fileno=int(fd_text))
+    settings = load_or_exit(ProxySettings, prog="gossamer-proxy-worker", argv=[])
+    try:
+        log_filter = LogFilter.parse(settings.log_level)
+    except LogFilterError:
+        log_filter = LogFilter.parse("warn")
+    configure_logging(component="proxy", log_filter=log_filter, log_format=settings.log_format)
+    structlog.contextvars.bind_contextvars(worker=int(os.environ.get(WORKER_INDEX_ENV, "0")))
+    run(_main(settings, link))
+
+
+if __name__ == "__main__":
+    main()
