@@ -247,7 +247,10 @@ class Supervisor:
             worker.ready = True
             _log.info("proxy_worker_ready", worker=worker.index, pid=worker.pid)
         elif kind == "metrics":
-            future = worker.pending.pop(int(message.get("id", -1)), None)
+            request_id = message.get("id")
+            if not isinstance(request_id, int):
+                return
+            future = worker.pending.pop(request_id, None)
             text = message.get("text")
             if future is not None and not future.done() and isinstance(text, str):
                 future.set_result(text)
@@ -283,7 +286,7 @@ class Supervisor:
         """Every process's families merged, plus HTTP requests served by each process."""
         own = self.proxy.metrics.registry.render().decode()
         answers = await asyncio.gather(*(self._worker_metrics(w) for w in self.workers))
-        per_process = [(0, os.getpid(), own)]
+        per_process: list[tuple[int, int | None, str]] = [(0, os.getpid(), own)]
         per_process += [
             (w.index, w.pid, text)
             for w, text in zip(self.workers, answers, strict=True)

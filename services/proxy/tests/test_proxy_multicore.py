@@ -1,0 +1,345 @@
+"""A proxy with LINKERD2_PROXY_CORES=2 on loopback: two processes serve, one admin, one drain.
+
+Runs ``python -m gossamer_proxy`` as a real process tree (the parent and one worker sharing
+the inbound port through SO_REUSEPORT) in front of a small HTTP backend in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from gossamer_tls import (
+    Issuer,
+    TrustMaterial,
+    certificates_to_pem,
+    generate_private_key,
+    generate_trust_anchor_and_issuer,
+    private_key_to_pem,
+)
+
+_DEADLINE = 60.0  # seconds any wait below may take before the test fails
+
+
+@dataclass
+class Backend:
+    server: ThreadingHTTPServer
+    release: threading.Event = field(default_factory=threading.Event)
+    hold: bool = False
+    received: int = 0
+    lock: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def wait_received(self, count: int) -> None:
+        with self.lock:
+            assert self.lock.wait_for(lambda: self.received >= count, _DEADLINE)
+
+
+def _backend() -> Backend:
+    backend: Backend
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            with backend.lock:
+                backend.received += 1
+                backend.lock.notify_all()
+            if backend.hold:
+                backend.release.wait(_DEADLINE)
+            body = b"ok\n"
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # the default 5 drops SYNs past the proxy's connect timeout
+
+    server = Server(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    backend = Backend(server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return backend
+
+
+@dataclass
+class MultiCoreProxy:
+    proc: subprocess.Popen[str]
+    inbound: int
+    admin: int
+    log: list[dict[str, object]]
+
+    def get(self, port: int, path: str, host: str = "app") -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=_DEADLINE)
+        try:
+            conn.request("GET", path, headers={"host": host, "connection": "close"})
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def metrics(self) -> str:
+        status, body = self.get(self.admin, "/metrics")
+        assert status == 200
+        return body.decode()
+
+    def per_worker_requests(self) -> dict[str, int]:
+        found = re.findall(
+            r'^gossamer_proxy_worker_requests_total\{worker="(\d+)",pid="(\d+)"\} (\d+)$',
+            self.metrics(),
+            flags=re.M,
+        )
+        return {pid: int(count) for _, pid, count in found}
+
+
+def _wait_until(predicate: object, what: str) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + _DEADLINE
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def backend() -> Iterator[Backend]:
+    backend = _backend()
+    yield backend
+    backend.release.set()
+    backend.server.shutdown()
+
+
+SERVER = "api.emojivoto.serviceaccount.identity.gossamer.cluster.local"
+CLIENT = "web.emojivoto.serviceaccount.identity.gossamer.cluster.local"
+
+
+@pytest.fixture(scope="module")
+def trust() -> TrustMaterial:
+    return generate_trust_anchor_and_issuer(
+        trust_domain="cluster.local",
+        control_plane_namespace="gossamer",
+        now=dt.datetime.now(dt.UTC),
+    )
+
+
+def _anchors(trust: TrustMaterial) -> str:
+    return certificates_to_pem([trust.trust_anchor.certificate]).decode()
+
+
+def _issue(trust: TrustMaterial, tmp: Path, name: str) -> tuple[Path, Path]:
+    key = generate_private_key()
+    issued = Issuer(trust.issuer.certificate, trust.issuer.private_key).sign_leaf(
+        key.public_key(),
+        name,
+        now=dt.datetime.now(dt.UTC),
+        lifetime=dt.timedelta(hours=1),
+        clock_skew=dt.timedelta(seconds=5),
+    )
+    chain = [x509.load_der_x509_certificate(issued.leaf_der)] + [
+        x509.load_der_x509_certificate(der) for der in issued.intermediates_der
+    ]
+    cert_file, key_file = tmp / f"{name}.crt", tmp / f"{name}.key"
+    cert_file.write_bytes(certificates_to_pem(chain))
+    key_file.write_bytes(private_key_to_pem(key))
+    return cert_file, key_file
+
+
+@contextlib.contextmanager
+def _running_proxy(backend: Backend, extra_env: dict[str, str]) -> Iterator[MultiCoreProxy]:
+    env = {
+        **os.environ,
+        **extra_env,
+        "LINKERD2_PROXY_CORES": "2",
+        "LINKERD2_PROXY_LOG": "warn,linkerd=info",
+        "LINKERD2_PROXY_INBOUND_LISTEN_ADDR": "127.0.0.1:0",
+        "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS": "127.0.0.1:0",
+        "LINKERD2_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0",
+        "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD": "30s",
+        "GOSSAMER_PROXY_INBOUND_FIXED_TARGET": f"127.0.0.1:{backend.port}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gossamer_proxy"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log: list[dict[str, object]] = []
+    started = threading.Event()
+
+    def read_log() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = {"event": "unparsed", "line": line}
+            log.append(event)
+            if event.get("event") == "proxy_started":
+                started.set()
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    try:
+        assert started.wait(_DEADLINE), f"the proxy did not start: {log}"
+        first = next(e for e in log if e.get("event") == "proxy_started")
+        inbound = int(str(first["inbound"]).rsplit(":", 1)[1])
+        admin = int(str(first["admin"]).rsplit(":", 1)[1])
+        running = MultiCoreProxy(proc, inbound, admin, log)
+        _wait_until(lambda: running.get(admin, "/ready")[0] == 200, "/ready")
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=_DEADLINE)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        reader.join(timeout=10)
+
+
+@pytest.fixture
+def proxy(backend: Backend) -> Iterator[MultiCoreProxy]:
+    with _running_proxy(backend, {}) as running:
+        yield running
+
+
+def test_two_processes_share_the_inbound_port_and_the_metrics(
+    proxy: MultiCoreProxy, backend: Backend
+) -> None:
+    requests = 40  # one per connection: the kernel spreads connections, not requests
+    for i in range(requests):
+        assert proxy.get(proxy.inbound, f"/r{i}") == (200, b"ok\n")
+    per_worker = proxy.per_worker_requests()
+    assert len(per_worker) == 2
+    assert str(proxy.proc.pid) in per_worker
+    assert all(count > 0 for count in per_worker.values()), per_worker
+    assert sum(per_worker.values()) == requests
+    merged = proxy.metrics()
+    inbound_requests = sum(
+        int(value)
+        for value in re.findall(r'^request_total\{direction="inbound"[^\n]*\} (\d+)$', merged, re.M)
+    )
+    assert inbound_requests == requests
+    # One TYPE line per family: the workers' families are merged, not listed twice.
+    assert merged.count("# TYPE request_total counter") == 1
+
+
+def test_sigterm_drains_in_flight_requests_in_every_process(
+    proxy: MultiCoreProxy, backend: Backend
+) -> None:
+    backend.hold = True
+    connections = 16
+    results: list[tuple[int, bytes]] = []
+    clients = [
+        threading.Thread(target=lambda i=i: results.append(proxy.get(proxy.inbound, f"/s{i}")))
+        for i in range(connections)
+    ]
+    for client in clients:
+        client.start()
+    backend.wait_received(connections)
+    per_worker = proxy.per_worker_requests()
+    assert all(count > 0 for count in per_worker.values()), per_worker  # both hold requests
+    worker_pids = [int(pid) for pid in per_worker if int(pid) != proxy.proc.pid]
+    assert len(worker_pids) == 1
+
+    proxy.proc.send_signal(signal.SIGTERM)
+    _wait_until(lambda: proxy.get(proxy.admin, "/ready")[0] == 503, "draining")
+    backend.release.set()
+    for client in clients:
+        client.join(_DEADLINE)
+    assert results == [(200, b"ok\n")] * connections
+    assert proxy.proc.wait(timeout=_DEADLINE) == 0
+    stopped = [e for e in proxy.log if e.get("event") == "proxy_stopped"]
+    assert len(stopped) == 2
+    assert all(e.get("drained") is True for e in stopped)
+    for pid in worker_pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.fixture
+def mesh(trust: TrustMaterial, tmp_path: Path) -> dict[str, object]:
+    cert_file, key_file = _issue(trust, tmp_path, SERVER)
+    client_cert = _issue(trust, tmp_path, CLIENT)
+    return {
+        "env": {
+            "LINKERD2_PROXY_IDENTITY_LOCAL_NAME": SERVER,
+            "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS": _anchors(trust),
+            "GOSSAMER_PROXY_IDENTITY_CERT_FILE": str(cert_file),
+            "GOSSAMER_PROXY_IDENTITY_KEY_FILE": str(key_file),
+        },
+        "client": client_cert,
+    }
+
+
+@pytest.fixture
+def meshed_proxy(backend: Backend, mesh: dict[str, object]) -> Iterator[MultiCoreProxy]:
+    env = mesh["env"]
+    assert isinstance(env, dict)
+    with _running_proxy(backend, env) as running:
+        yield running
+
+
+def _mtls_get(port: int, context: ssl.SSLContext, path: str) -> tuple[bytes, bytes]:
+    """One request over mTLS to the inbound port: (the server's leaf DER, the response)."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=_DEADLINE) as raw,
+        context.wrap_socket(raw, server_hostname=SERVER) as tls,
+    ):
+        leaf = tls.getpeercert(binary_form=True)
+        assert leaf is not None
+        tls.sendall(f"GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := tls.recv(65536):
+            chunks.append(chunk)
+    return leaf, b"".join(chunks)
+
+
+def test_every_process_serves_mtls_with_the_one_pod_identity(
+    meshed_proxy: MultiCoreProxy, trust: TrustMaterial, mesh: dict[str, object]
+) -> None:
+    client = mesh["client"]
+    assert isinstance(client, tuple)
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=_anchors(trust))
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(str(client[0]), str(client[1]))
+    requests = 30
+    leaves = set()
+    for i in range(requests):
+        leaf, response = _mtls_get(meshed_proxy.inbound, context, f"/m{i}")
+        assert response.startswith(b"HTTP/1.1 200"), response[:200]
+        assert response.endswith(b"ok\n")
+        leaves.add(leaf)
+    assert len(leaves) == 1  # one certificate (one key) for the whole pod
+    per_worker = meshed_proxy.per_worker_requests()
+    assert len(per_worker) == 2
+    assert all(count > 0 for count in per_worker.values()), per_worker
+    assert sum(per_worker.values()) == requests
