@@ -343,3 +343,42 @@ def test_every_process_serves_mtls_with_the_one_pod_identity(
     assert len(per_worker) == 2
     assert all(count > 0 for count in per_worker.values()), per_worker
     assert sum(per_worker.values()) == requests
+
+
+def _worker_pid(proxy: MultiCoreProxy) -> int:
+    pids = [int(pid) for pid in proxy.per_worker_requests() if int(pid) != proxy.proc.pid]
+    assert len(pids) == 1
+    return pids[0]
+
+
+def test_a_worker_that_dies_is_restarted(proxy: MultiCoreProxy, backend: Backend) -> None:
+    first = _worker_pid(proxy)
+    os.kill(first, signal.SIGKILL)
+    others = {first, proxy.proc.pid}
+    _wait_until(
+        lambda: bool({int(pid) for pid in proxy.per_worker_requests()} - others),
+        "a new worker serving",
+    )
+    assert proxy.get(proxy.admin, "/ready")[0] == 200
+    second = _worker_pid(proxy)
+    assert second != first
+    assert any(e.get("event") == "proxy_worker_restarting" for e in proxy.log)
+    for i in range(20):
+        assert proxy.get(proxy.inbound, f"/after{i}") == (200, b"ok\n")
+
+
+def test_workers_leave_when_the_parent_is_killed(proxy: MultiCoreProxy) -> None:
+    worker = _worker_pid(proxy)
+    proxy.proc.kill()
+    proxy.proc.wait(timeout=_DEADLINE)
+
+    def gone() -> bool:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return True
+        # Orphaned, it is reparented; a zombie left for init still answers kill(0).
+        status = Path(f"/proc/{worker}/status").read_text()
+        return "\nState:\tZ" in status
+
+    _wait_until(gone, "the orphaned worker to exit")

@@ -195,6 +195,8 @@ class Supervisor:
             )
         finally:
             child_end.close()
+        if self.stopping:  # the drain began while this worker was being started
+            process.send_signal(signal.SIGTERM)
         reader, writer = await asyncio.open_unix_connection(sock=parent_end)
         worker.process, worker.writer, worker.ready = process, writer, False
         worker.pushed = self.proxy.identity.credentials if self.proxy.identity else None
