@@ -96,6 +96,9 @@ response_latency_ms_count{direction="inbound"} 3
 # HELP process_start_time_seconds Start time.
 # TYPE process_start_time_seconds gauge
 process_start_time_seconds 1700000000
+# HELP process_cpu_seconds_total CPU time.
+# TYPE process_cpu_seconds_total counter
+process_cpu_seconds_total 1
 """
 
 _WORKER = """\
@@ -109,6 +112,12 @@ response_latency_ms_bucket{direction="inbound",le="1"} 1
 response_latency_ms_bucket{direction="inbound",le="+Inf"} 9
 response_latency_ms_sum{direction="inbound"} 2.25
 response_latency_ms_count{direction="inbound"} 9
+# HELP process_start_time_seconds Start time.
+# TYPE process_start_time_seconds gauge
+process_start_time_seconds 1700000005
+# HELP process_cpu_seconds_total CPU time.
+# TYPE process_cpu_seconds_total counter
+process_cpu_seconds_total 2.5
 """
 
 
@@ -128,9 +137,18 @@ def test_merge_sums_each_series_and_keeps_families_whole() -> None:
         "# HELP process_start_time_seconds Start time.",
         "# TYPE process_start_time_seconds gauge",
         "process_start_time_seconds 1700000000",
+        "# HELP process_cpu_seconds_total CPU time.",
+        "# TYPE process_cpu_seconds_total counter",
+        "process_cpu_seconds_total 3.5",
     ]
     assert family_total(merged, "request_total") == 12
     assert family_total(merged, "response_latency_ms_count") == 12
+
+
+def test_a_worker_alone_gives_the_start_time_only_when_the_parent_has_none() -> None:
+    worker = 'process_start_time_seconds{a="1"} 5\nprocess_start_time_seconds{a="2"} 6\n'
+    other = 'process_start_time_seconds{a="1"} 7\nprocess_start_time_seconds{a="3"} 8\n'
+    assert merge_expositions(["", worker, other]) == worker
 
 
 def test_merge_of_one_exposition_is_that_exposition() -> None:

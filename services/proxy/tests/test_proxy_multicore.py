@@ -250,6 +250,8 @@ def test_two_processes_share_the_inbound_port_and_the_metrics(
     assert inbound_requests == requests
     # One TYPE line per family: the workers' families are merged, not listed twice.
     assert merged.count("# TYPE request_total counter") == 1
+    (start,) = re.findall(r"^process_start_time_seconds (\S+)$", merged, re.M)
+    assert float(start) < time.time()  # the parent's, not a sum over processes
 
 
 def test_sigterm_drains_in_flight_requests_in_every_process(

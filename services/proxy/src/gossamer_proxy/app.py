@@ -82,7 +82,7 @@ class Proxy:
         reuse_port: bool = False,
     ) -> None:
         """``worker``: a multi-core worker (:mod:`.multicore`): no admin server (the parent
-        serves it), no process-wide metrics, and the identity its parent pushes
+        serves it), no build-info or identity metrics, and the identity its parent pushes
         (``worker_identity``). ``reuse_port``: listeners share their ports (``SO_REUSEPORT``)."""
         self.settings = settings
         self.worker = worker
@@ -98,7 +98,7 @@ class Proxy:
         self._metrics_swept = -math.inf
         if not worker:
             register_build_info(self.metrics.registry)
-        if process_metrics and not worker:
+        if process_metrics:
             register_process_metrics(self.metrics.registry)
         self.resolver: Resolver = resolver if resolver is not None else DirectResolver()
         #: ``None`` when identity is disabled (raises IdentityConfigError on bad settings).

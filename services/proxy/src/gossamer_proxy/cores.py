@@ -166,6 +166,8 @@ class _Family:
     #: series key (the sample line up to its value) -> summed value, in first-seen order
     series: dict[str, float] = field(default_factory=dict)
     integral: dict[str, bool] = field(default_factory=dict)
+    #: for a family whose first exposition wins: which exposition that was
+    source: int | None = None
 
 
 def _family_of(sample_name: str, families: Mapping[str, _Family]) -> str:
@@ -203,10 +205,19 @@ def _format(value: float, integral: bool) -> str:
     return repr(value)
 
 
-def merge_expositions(texts: Iterable[str]) -> str:
-    """Merge Prometheus text expositions: identical series are summed, order is first-seen."""
+#: Process families that are not additive across processes: the first exposition (the
+#: parent's) gives the value. CPU time, memory, open fds and threads do add up, to what a
+#: single multi-threaded process would report.
+FIRST_WINS = frozenset({"process_start_time_seconds", "process_max_fds"})
+
+
+def merge_expositions(texts: Iterable[str], first_wins: frozenset[str] = FIRST_WINS) -> str:
+    """Merge Prometheus text expositions: identical series are summed, order is first-seen.
+
+    Families named in ``first_wins`` keep the value of the first exposition that has them.
+    """
     families: dict[str, _Family] = {}
-    for text in texts:
+    for position, text in enumerate(texts):
         for raw in text.splitlines():
             line = raw.strip()
             if not line:
@@ -228,8 +239,17 @@ def merge_expositions(texts: Iterable[str]) -> str:
                 value = float(value_text)
             except ValueError:
                 continue
-            family = families.setdefault(_family_of(name, families), _Family())
+            family_name = _family_of(name, families)
+            family = families.setdefault(family_name, _Family())
             integral = "." not in value_text and "e" not in value_text.lower()
+            if family_name in first_wins:
+                if family.source is None:
+                    family.source = position
+                if family.source != position:
+                    continue
+                family.series[key] = value
+                family.integral[key] = integral
+                continue
             family.series[key] = family.series.get(key, 0.0) + value
             family.integral[key] = family.integral.get(key, True) and integral
     out: list[str] = []

@@ -70,7 +70,7 @@ async def _main(settings: ProxySettings, link: socket.socket) -> None:
     except (ValueError, KeyError, TypeError) as exc:
         print(f"gossamer-proxy worker: bad start message: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    proxy = Proxy(settings, worker=True, worker_identity=identity, process_metrics=False)
+    proxy = Proxy(settings, worker=True, worker_identity=identity)
     proxy.shutdown_control.install_signal_handlers()
     await proxy.start()
     freeze_startup_objects()
