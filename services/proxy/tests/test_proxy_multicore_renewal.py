@@ -83,3 +83,18 @@ def test_only_a_worker_identity_takes_pushed_credentials() -> None:
 def test_a_supervisor_needs_two_cores() -> None:
     with pytest.raises(ValueError, match="two cores"):
         Supervisor(SimpleNamespace(), cores=1)  # type: ignore[arg-type]
+
+
+def test_a_worker_that_cannot_be_started_stops_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    async def no_fds(self: Supervisor, worker: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(Supervisor, "_start_worker", no_fds)
+    reasons: list[str] = []
+    supervisor = _supervisor(None)
+    supervisor.proxy.shutdown_control = SimpleNamespace(request=reasons.append)
+    asyncio.run(supervisor._spawn(supervisor.workers[0]))
+    assert reasons == ["worker could not be started"]
+    assert not supervisor.ready

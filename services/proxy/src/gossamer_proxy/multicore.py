@@ -183,6 +183,13 @@ class Supervisor:
         }
 
     async def _spawn(self, worker: _Worker) -> None:
+        try:
+            await self._start_worker(worker)
+        except OSError as exc:  # no fork, no fds, no interpreter: the proxy cannot run its cores
+            _log.error("proxy_worker_spawn_failed", worker=worker.index, error=str(exc))
+            self.proxy.shutdown_control.request("worker could not be started")
+
+    async def _start_worker(self, worker: _Worker) -> None:
         parent_end, child_end = socket.socketpair()
         try:
             process = await asyncio.create_subprocess_exec(
