@@ -10,7 +10,8 @@ with identity, holds its first certificate) it starts ``cores - 1`` workers, eac
   ``credentials`` at each renewal, and ``metrics`` requests;
 * worker → parent: ``ready`` once it accepts, and ``metrics`` answers (its rendered families).
 
-Workers bind the ports the parent bound (port 0 included), so the kernel spreads new
+Workers load their settings as the parent did (same environment and flags), then bind the
+ports the parent bound (port 0 included, from the ``start`` message), so the kernel spreads new
 connections over every process. The admin server stays in the parent: ``/metrics`` merges
 every process's families, ``/ready`` waits for every worker, and ``/shutdown`` or SIGTERM
 sends SIGTERM to each worker, which drains as a single proxy does. A worker that exits while
@@ -90,10 +91,6 @@ async def read_frames(reader: asyncio.StreamReader, decoder: FrameDecoder) -> li
             return messages
 
 
-def _addr(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 @dataclass
 class _Worker:
     index: int
@@ -149,38 +146,28 @@ class Supervisor:
         return identity is None or identity.credentials is not None
 
     def _worker_env(self, index: int, fd: int) -> dict[str, str]:
-        s = self.proxy.settings
-        env = dict(os.environ)
-        env.pop("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", None)
-        inbound = self.proxy.inbound_addr
-        outbound = [c.listen for c in self.proxy.contexts if not c.inbound]
-        env.update(
-            {
-                WORKER_FD_ENV: str(fd),
-                WORKER_INDEX_ENV: str(index),
-                "LINKERD2_PROXY_INBOUND_LISTEN_ADDR": _addr(inbound.host, inbound.port),
-                "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS": ",".join(
-                    _addr(o.host, o.port) for o in outbound
-                ),
-                "LINKERD2_PROXY_ADMIN_LISTEN_ADDR": _addr(
-                    s.admin_listen.host, self.proxy.admin.port
-                ),
-            }
-        )
-        return env
+        return {**os.environ, WORKER_FD_ENV: str(fd), WORKER_INDEX_ENV: str(index)}
 
     def _start_message(self) -> dict[str, Any]:
-        identity = self.proxy.identity
-        if identity is None or identity.credentials is None:
-            return {"type": "start", "identity": None}
-        return {
+        """The ports the parent bound (port 0 resolved), and the pod's identity, if any."""
+        inbound = self.proxy.inbound_addr
+        message: dict[str, Any] = {
             "type": "start",
-            "identity": {
+            "inbound": [inbound.host, inbound.port],
+            "outbound": [
+                [c.listen.host, c.listen.port] for c in self.proxy.contexts if not c.inbound
+            ],
+            "admin": [self.proxy.settings.admin_listen.host, self.proxy.admin.port],
+            "identity": None,
+        }
+        identity = self.proxy.identity
+        if identity is not None and identity.credentials is not None:
+            message["identity"] = {
                 "name": identity.name,
                 "trust_anchors_pem": identity.trust_anchors_pem,
                 "credentials": credentials_to_wire(identity.credentials),
-            },
-        }
+            }
+        return message
 
     async def _spawn(self, worker: _Worker) -> None:
         try:
@@ -196,6 +183,7 @@ class Supervisor:
                 sys.executable,
                 "-m",
                 "gossamer_proxy.worker",
+                *sys.argv[1:],  # the parent's settings flags, if any (environment too)
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(child_end.fileno(),),
                 env=self._worker_env(worker.index, child_end.fileno()),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import sys
@@ -23,12 +24,30 @@ from gossamer_common.runtime import freeze_startup_objects, run
 from gossamer_common.settings import load_or_exit
 
 from .app import Proxy
-from .config import ProxySettings
+from .config import Endpoint, ProxySettings
 from .cores import FrameDecoder, FrameError, encode_frame
 from .local_identity import LocalIdentity
 from .multicore import WORKER_FD_ENV, WORKER_INDEX_ENV, credentials_from_wire, read_frames
 
 _log = structlog.get_logger("gossamer.proxy.worker")
+
+
+def _endpoint(value: Any) -> Endpoint:
+    host, port = value
+    if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"bad listen address {value!r}")
+    return Endpoint(host, port)
+
+
+def _listening_as_parent(settings: ProxySettings, message: dict[str, Any]) -> ProxySettings:
+    """The settings with the parent's bound addresses: every process shares the same ports."""
+    return dataclasses.replace(
+        settings,
+        inbound_listen=_endpoint(message["inbound"]),
+        outbound_listen=tuple(_endpoint(o) for o in message["outbound"]),
+        outbound_listen_single=None,
+        admin_listen=_endpoint(message["admin"]),
+    )
 
 
 def _identity(message: dict[str, Any]) -> LocalIdentity | None:
@@ -66,6 +85,7 @@ async def _main(settings: ProxySettings, link: socket.socket) -> None:
         print("gossamer-proxy worker: no start message from the parent", file=sys.stderr)
         raise SystemExit(2)
     try:
+        settings = _listening_as_parent(settings, messages[0])
         identity = _identity(messages[0])
     except (ValueError, KeyError, TypeError) as exc:
         print(f"gossamer-proxy worker: bad start message: {exc}", file=sys.stderr)
@@ -93,7 +113,7 @@ def main() -> None:
         )
         raise SystemExit(2)
     link = socket.socket(fileno=int(fd_text))
-    settings = load_or_exit(ProxySettings, prog="gossamer-proxy-worker", argv=[])
+    settings = load_or_exit(ProxySettings, prog="gossamer-proxy-worker")
     try:
         log_filter = LogFilter.parse(settings.log_level)
     except LogFilterError:
