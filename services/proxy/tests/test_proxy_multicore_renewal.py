@@ -98,3 +98,37 @@ def test_a_worker_that_cannot_be_started_stops_the_proxy(monkeypatch: pytest.Mon
     asyncio.run(supervisor._spawn(supervisor.workers[0]))
     assert reasons == ["worker could not be started"]
     assert not supervisor.ready
+
+
+def test_a_worker_answers_its_parent_and_stops_when_the_parent_goes() -> None:
+    from gossamer_common.metrics import Registry
+    from gossamer_proxy.cores import encode_frame
+    from gossamer_proxy.multicore import credentials_to_wire
+    from gossamer_proxy.worker import _serve_link
+
+    async def scenario() -> tuple[list[dict[str, Any]], LocalIdentity, list[str]]:
+        registry = Registry()
+        registry.counter("request_total", "Requests.").inc()
+        identity = LocalIdentity(NAME, "anchors", pushed=True)
+        identity.install(_credentials(1))
+        reasons: list[str] = []
+        proxy: Any = SimpleNamespace(
+            metrics=SimpleNamespace(registry=registry),
+            identity=identity,
+            shutdown_control=SimpleNamespace(request=reasons.append),
+        )
+        reader = asyncio.StreamReader()
+        reader.feed_data(encode_frame({"type": "metrics", "id": 7}))
+        reader.feed_eof()
+        writer: Any = _Writer()
+        early = [{"type": "credentials", **credentials_to_wire(_credentials(2))}]
+        await _serve_link(proxy, reader, writer, FrameDecoder(), early)
+        return FrameDecoder().feed(writer.data), identity, reasons
+
+    answers, identity, reasons = asyncio.run(scenario())
+    assert identity.credentials == _credentials(2)  # read together with start, not dropped
+    (answer,) = answers
+    assert answer["type"] == "metrics"
+    assert answer["id"] == 7
+    assert "request_total 1" in answer["text"]
+    assert reasons == ["parent proxy link closed"]

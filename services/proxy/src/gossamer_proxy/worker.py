@@ -60,11 +60,18 @@ def _identity(message: dict[str, Any]) -> LocalIdentity | None:
 
 
 async def _serve_link(
-    proxy: Proxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, decoder: FrameDecoder
+    proxy: Proxy,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    decoder: FrameDecoder,
+    early: list[dict[str, Any]],
 ) -> None:
+    """Answer the parent until it goes away; ``early``: messages read with ``start``."""
+    messages = early
     try:
-        while messages := await read_frames(reader, decoder):
-            for message in messages:
+        while messages or (messages := await read_frames(reader, decoder)):
+            batch, messages = messages, []
+            for message in batch:
                 if message["type"] == "metrics":
                     text = proxy.metrics.registry.render().decode()
                     writer.write(
@@ -95,7 +102,7 @@ async def _main(settings: ProxySettings, link: socket.socket) -> None:
     await proxy.start()
     freeze_startup_objects()
     writer.write(encode_frame({"type": "ready", "pid": os.getpid()}))
-    link_task = asyncio.create_task(_serve_link(proxy, reader, writer, decoder))
+    link_task = asyncio.create_task(_serve_link(proxy, reader, writer, decoder, messages[1:]))
     await proxy.shutdown_control.wait()
     await proxy.shutdown()
     link_task.cancel()
