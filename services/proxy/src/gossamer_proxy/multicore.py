@@ -17,6 +17,10 @@ every process's families, ``/ready`` waits for every worker, and ``/shutdown`` o
 sends SIGTERM to each worker, which drains as a single proxy does. A worker that exits while
 the proxy serves is restarted within a :class:`~.cores.RestartBudget`; past it the proxy shuts
 down so that Kubernetes restarts the container.
+
+Not shared yet: tap (the control port's tap server is the parent's, so only the requests the
+parent serves are tapped), and control-plane streams (each process watches its own
+destinations and policies, as separate proxies would).
 """
 
 from __future__ import annotations
