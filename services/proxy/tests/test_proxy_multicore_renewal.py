@@ -132,3 +132,21 @@ def test_a_worker_answers_its_parent_and_stops_when_the_parent_goes() -> None:
     assert answer["id"] == 7
     assert "request_total 1" in answer["text"]
     assert reasons == ["parent proxy link closed"]
+
+
+def test_a_worker_leaves_the_tap_server_and_admin_to_its_parent() -> None:
+    from gossamer_common.settings import load
+    from gossamer_proxy.app import Proxy
+    from gossamer_proxy.config import ProxySettings
+
+    settings = load(
+        ProxySettings,
+        [],
+        {"LINKERD2_PROXY_TAP_SVC_NAME": "tap.linkerd-viz.serviceaccount.identity.gossamer.local"},
+    )
+    identity = LocalIdentity(NAME, "anchors", pushed=True)
+    worker = Proxy(settings, worker=True, worker_identity=identity, process_metrics=False)
+    assert worker.tap_server is None  # binding the control port would fail in every worker
+    assert worker.reuse_port
+    assert worker.identity is identity
+    assert b"proxy_build_info" not in worker.metrics.registry.render()
