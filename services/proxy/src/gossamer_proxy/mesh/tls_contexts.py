@@ -48,6 +48,7 @@ __all__ = [
     "Credentials",
     "ResumingContext",
     "client_context",
+    "load_credentials",
     "peer_identity",
     "server_context",
     "verified_server_identity",
@@ -78,6 +79,11 @@ def memory_file(data: bytes, name: str) -> Iterator[str]:
         yield f"/proc/self/fd/{fd}"
     finally:
         os.close(fd)
+
+
+def load_credentials(context: ssl.SSLContext, credentials: Credentials) -> None:
+    """Present ``credentials`` (chain and key) from ``context`` on its next handshakes."""
+    _load_credentials(context, credentials)
 
 
 def _load_credentials(context: ssl.SSLContext, credentials: Credentials) -> None:
