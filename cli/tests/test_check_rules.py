@@ -16,6 +16,7 @@ from gossamer_cli import __version__
 from gossamer_cli import check_rules as rules
 from gossamer_cli.check import probe_ready, render_table
 from gossamer_cli.dev.controlplane import ControlPlane
+from gossamer_cli.dev.layout import NodeLayout
 from gossamer_cli.main import cli
 from gossamer_tls import certificates_to_pem, create_issuer, generate_trust_anchor_and_issuer
 
@@ -295,7 +296,9 @@ def test_check_command_without_a_cluster(tmp_path: Any) -> None:
 @pytest.fixture
 def local(tmp_path: Path) -> rules.Snapshot:
     """What check reads from a local-mode plane: objects from ControlPlane's own registration."""
-    plane = ControlPlane(tmp_path, tmp_path / "kubeconfig", "10.0.0.1")
+    plane = ControlPlane(
+        tmp_path, tmp_path / "kubeconfig", NodeLayout(), runtime_venv=tmp_path, apiserver_port=6443
+    )
     plane.write_pki(NOW)
     objs = {(o["kind"], o["metadata"]["name"]): o for o in plane.configuration()}
     assert not {k for k, _ in objs} & {"Deployment", "Service", "PodDisruptionBudget"}
@@ -323,8 +326,8 @@ def local(tmp_path: Path) -> rules.Snapshot:
 def test_local_mode_records_its_admin_addresses(local: rules.Snapshot) -> None:
     assert local.local_mode
     assert rules.local_admin_addresses(local.config_map) == {
-        "identity": "127.0.0.1:9990",
-        "destination": "127.0.0.1:9996",
+        "identity": "10.244.0.2:9990",
+        "destination": "10.244.0.3:9996",
         "proxy-injector": "127.0.0.1:9995",
     }
 
