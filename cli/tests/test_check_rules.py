@@ -200,15 +200,86 @@ def test_missing_rbac_and_crds(healthy: rules.Snapshot) -> None:
 
 
 def test_objects_of_unenforced_crds_are_named_as_warnings(healthy: rules.Snapshot) -> None:
-    assert all(r.ok for r in rules.run(healthy, NOW) if "Gossamer ignores" in r.description)
-    healthy.unenforced_objects = {"externalworkloads.workload.linkerd.io": 2}
+    crd = "externalworkloads.workload.linkerd.io"
+    healthy.crd_names = healthy.crd_names | {crd}
+    described = {r.description: r for r in rules.run(healthy, NOW)}
+    # Installed but unused: check still says the CRD is not enforced.
+    title = f"no ExternalWorkload objects ({crd} is installed, not enforced by Gossamer)"
+    assert described[title].ok
+    healthy.unenforced_objects = {crd: 2}
     results = rules.run(healthy, NOW)
     flagged = [r for r in results if not r.ok]
-    assert [r.description for r in flagged] == ["no ExternalWorkload objects that Gossamer ignores"]
+    assert [r.description for r in flagged] == [title]
     assert flagged[0].warning
     assert "2 ExternalWorkload object(s) exist" in flagged[0].message
     assert "does not enforce ExternalWorkload" in flagged[0].message
     assert not rules.failed(results)  # a warning, not a failure
+
+
+def test_mesh_attached_tls_and_tcp_routes_are_named_as_unenforced(
+    healthy: rules.Snapshot,
+) -> None:
+    tls, tcp = "tlsroutes.gateway.networking.k8s.io", "tcproutes.gateway.networking.k8s.io"
+    assert not [r for r in rules.run(healthy, NOW) if "TLSRoute" in r.description]
+    healthy.crd_names = healthy.crd_names | {tls, tcp}
+    healthy.unenforced_routes = {tls: 3, tcp: 0}
+    results = rules.run(healthy, NOW)
+    named = {r.description: r for r in results if "Route objects with" in r.description}
+    assert len(named) == 2
+    (flagged,) = [r for r in named.values() if not r.ok]
+    assert f"({tls} is not enforced there by Gossamer)" in flagged.description
+    assert flagged.warning
+    assert "3 TLSRoute object(s) name a Service or an EgressNetwork" in flagged.message
+    (tcp_line,) = [d for d in named if "TCPRoute" in d]
+    assert "with a Service parent" in tcp_line  # EgressNetwork parents are enforced
+
+
+SERVICE = {"name": "web", "kind": "Service", "group": "core"}
+EGRESS = {"name": "out", "kind": "EgressNetwork", "group": "policy.linkerd.io"}
+
+
+@pytest.mark.parametrize(
+    ("crd", "parents", "ignored"),
+    [
+        ("tlsroutes.gateway.networking.k8s.io", [SERVICE], True),
+        ("tlsroutes.gateway.networking.k8s.io", [{**SERVICE, "group": ""}], True),
+        ("tlsroutes.gateway.networking.k8s.io", [EGRESS], True),
+        ("tcproutes.gateway.networking.k8s.io", [SERVICE], True),
+        ("tcproutes.gateway.networking.k8s.io", [EGRESS], False),  # the egress policy's
+        ("tlsroutes.gateway.networking.k8s.io", [{"name": "gw"}], False),  # a Gateway's
+        ("tlsroutes.gateway.networking.k8s.io", [], False),
+        ("tlsroutes.gateway.networking.k8s.io", ["not-a-ref"], False),
+    ],
+)
+def test_which_route_parents_are_unenforced(crd: str, parents: list[Any], ignored: bool) -> None:
+    unenforced = rules.UNENFORCED_MESH_ROUTES[crd].parents
+    assert rules.has_parent({"spec": {"parentRefs": parents}}, unenforced) is ignored
+
+
+async def test_list_objects_reads_one_bounded_page() -> None:
+    from gossamer_cli.check import LIST_LIMIT, _list_objects
+
+    asked: list[tuple[str, dict[str, str]]] = []
+
+    class Client:
+        async def request(self, method: str, path: str, *, params: dict[str, str]) -> Any:
+            asked.append((path, params))
+            return {"items": [{"spec": {}}, "junk"]}
+
+    async def get(key: str, call: Any) -> Any:
+        return await call()
+
+    crd = {
+        "metadata": {"name": "tlsroutes.gateway.networking.k8s.io"},
+        "spec": {
+            "group": "gateway.networking.k8s.io",
+            "names": {"plural": "tlsroutes"},
+            "versions": [{"name": "v1alpha2", "served": True, "storage": True}],
+        },
+    }
+    assert await _list_objects(Client(), crd, get) == [{"spec": {}}]
+    path = "/apis/gateway.networking.k8s.io/v1alpha2/tlsroutes"
+    assert asked == [(path, {"limit": str(LIST_LIMIT)})]
 
 
 def test_egress_networks_are_enforced_so_not_warned_about() -> None:
