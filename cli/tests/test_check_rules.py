@@ -16,6 +16,7 @@ from gossamer_cli import __version__
 from gossamer_cli import check_rules as rules
 from gossamer_cli.check import probe_ready, render_table
 from gossamer_cli.dev.controlplane import ControlPlane
+from gossamer_cli.dev.layout import NodeLayout
 from gossamer_cli.main import cli
 from gossamer_tls import certificates_to_pem, create_issuer, generate_trust_anchor_and_issuer
 
@@ -199,15 +200,86 @@ def test_missing_rbac_and_crds(healthy: rules.Snapshot) -> None:
 
 
 def test_objects_of_unenforced_crds_are_named_as_warnings(healthy: rules.Snapshot) -> None:
-    assert all(r.ok for r in rules.run(healthy, NOW) if "Gossamer ignores" in r.description)
-    healthy.unenforced_objects = {"externalworkloads.workload.linkerd.io": 2}
+    crd = "externalworkloads.workload.linkerd.io"
+    healthy.crd_names = healthy.crd_names | {crd}
+    described = {r.description: r for r in rules.run(healthy, NOW)}
+    # Installed but unused: check still says the CRD is not enforced.
+    title = f"no ExternalWorkload objects ({crd} is installed, not enforced by Gossamer)"
+    assert described[title].ok
+    healthy.unenforced_objects = {crd: 2}
     results = rules.run(healthy, NOW)
     flagged = [r for r in results if not r.ok]
-    assert [r.description for r in flagged] == ["no ExternalWorkload objects that Gossamer ignores"]
+    assert [r.description for r in flagged] == [title]
     assert flagged[0].warning
     assert "2 ExternalWorkload object(s) exist" in flagged[0].message
     assert "does not enforce ExternalWorkload" in flagged[0].message
     assert not rules.failed(results)  # a warning, not a failure
+
+
+def test_mesh_attached_tls_and_tcp_routes_are_named_as_unenforced(
+    healthy: rules.Snapshot,
+) -> None:
+    tls, tcp = "tlsroutes.gateway.networking.k8s.io", "tcproutes.gateway.networking.k8s.io"
+    assert not [r for r in rules.run(healthy, NOW) if "TLSRoute" in r.description]
+    healthy.crd_names = healthy.crd_names | {tls, tcp}
+    healthy.unenforced_routes = {tls: 3, tcp: 0}
+    results = rules.run(healthy, NOW)
+    named = {r.description: r for r in results if "Route objects with" in r.description}
+    assert len(named) == 2
+    (flagged,) = [r for r in named.values() if not r.ok]
+    assert f"({tls} is not enforced there by Gossamer)" in flagged.description
+    assert flagged.warning
+    assert "3 TLSRoute object(s) name a Service or an EgressNetwork" in flagged.message
+    (tcp_line,) = [d for d in named if "TCPRoute" in d]
+    assert "with a Service parent" in tcp_line  # EgressNetwork parents are enforced
+
+
+SERVICE = {"name": "web", "kind": "Service", "group": "core"}
+EGRESS = {"name": "out", "kind": "EgressNetwork", "group": "policy.linkerd.io"}
+
+
+@pytest.mark.parametrize(
+    ("crd", "parents", "ignored"),
+    [
+        ("tlsroutes.gateway.networking.k8s.io", [SERVICE], True),
+        ("tlsroutes.gateway.networking.k8s.io", [{**SERVICE, "group": ""}], True),
+        ("tlsroutes.gateway.networking.k8s.io", [EGRESS], True),
+        ("tcproutes.gateway.networking.k8s.io", [SERVICE], True),
+        ("tcproutes.gateway.networking.k8s.io", [EGRESS], False),  # the egress policy's
+        ("tlsroutes.gateway.networking.k8s.io", [{"name": "gw"}], False),  # a Gateway's
+        ("tlsroutes.gateway.networking.k8s.io", [], False),
+        ("tlsroutes.gateway.networking.k8s.io", ["not-a-ref"], False),
+    ],
+)
+def test_which_route_parents_are_unenforced(crd: str, parents: list[Any], ignored: bool) -> None:
+    unenforced = rules.UNENFORCED_MESH_ROUTES[crd].parents
+    assert rules.has_parent({"spec": {"parentRefs": parents}}, unenforced) is ignored
+
+
+async def test_list_objects_reads_one_bounded_page() -> None:
+    from gossamer_cli.check import LIST_LIMIT, _list_objects
+
+    asked: list[tuple[str, dict[str, str]]] = []
+
+    class Client:
+        async def request(self, method: str, path: str, *, params: dict[str, str]) -> Any:
+            asked.append((path, params))
+            return {"items": [{"spec": {}}, "junk"]}
+
+    async def get(key: str, call: Any) -> Any:
+        return await call()
+
+    crd = {
+        "metadata": {"name": "tlsroutes.gateway.networking.k8s.io"},
+        "spec": {
+            "group": "gateway.networking.k8s.io",
+            "names": {"plural": "tlsroutes"},
+            "versions": [{"name": "v1alpha2", "served": True, "storage": True}],
+        },
+    }
+    assert await _list_objects(Client(), crd, get) == [{"spec": {}}]
+    path = "/apis/gateway.networking.k8s.io/v1alpha2/tlsroutes"
+    assert asked == [(path, {"limit": str(LIST_LIMIT)})]
 
 
 def test_egress_networks_are_enforced_so_not_warned_about() -> None:
@@ -295,7 +367,9 @@ def test_check_command_without_a_cluster(tmp_path: Any) -> None:
 @pytest.fixture
 def local(tmp_path: Path) -> rules.Snapshot:
     """What check reads from a local-mode plane: objects from ControlPlane's own registration."""
-    plane = ControlPlane(tmp_path, tmp_path / "kubeconfig", "10.0.0.1")
+    plane = ControlPlane(
+        tmp_path, tmp_path / "kubeconfig", NodeLayout(), runtime_venv=tmp_path, apiserver_port=6443
+    )
     plane.write_pki(NOW)
     objs = {(o["kind"], o["metadata"]["name"]): o for o in plane.configuration()}
     assert not {k for k, _ in objs} & {"Deployment", "Service", "PodDisruptionBudget"}
@@ -323,8 +397,8 @@ def local(tmp_path: Path) -> rules.Snapshot:
 def test_local_mode_records_its_admin_addresses(local: rules.Snapshot) -> None:
     assert local.local_mode
     assert rules.local_admin_addresses(local.config_map) == {
-        "identity": "127.0.0.1:9990",
-        "destination": "127.0.0.1:9996",
+        "identity": "10.244.0.2:9990",
+        "destination": "10.244.0.3:9996",
         "proxy-injector": "127.0.0.1:9995",
     }
 

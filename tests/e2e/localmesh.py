@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 from gossamer_cli.dev import promtext
-from gossamer_cli.dev.layout import NodeLayout
+from gossamer_cli.dev.layout import CONTROL_PLANE_SANDBOXES, NodeLayout
 from gossamer_kube.testing.binaries import locate_kubectl
 
 T = TypeVar("T")
@@ -28,7 +28,7 @@ T = TypeVar("T")
 RUNTIME_VENV = Path(os.environ.get("GOSSAMER_RUNTIME_VENV", "/opt/gossamer/runtime"))
 CLIENT_UID = 2300  # a test client inside a pod: neither the proxy (2102) nor the app (2200)
 APPS = Path(__file__).resolve().parent / "apps"
-#: Admin ports of the control plane on the node's loopback (cli/.../dev/controlplane.py).
+#: Admin ports of the control plane (cli/.../dev/controlplane.py).
 CONTROL_PLANE_ADMIN_PORTS = {"identity": 9990, "destination": 9996, "injector": 9995}
 
 
@@ -202,8 +202,16 @@ class LocalMeshHandle:
         return int((self.state_dir / "control-plane" / f"{component}.pid").read_text())
 
     def control_plane_ready(self, component: str) -> bool:
+        return self.admin_status(f"http://{self.control_plane_admin(component)}/ready") == 200
+
+    def control_plane_admin(self, component: str) -> str:
+        """``host:port`` of a component's admin server, seen from the node: identity and
+        destination answer in their sandboxes (behind their proxies), the injector on the
+        node's loopback."""
         port = CONTROL_PLANE_ADMIN_PORTS[component]
-        return self.admin_status(f"http://127.0.0.1:{port}/ready") == 200
+        if component in CONTROL_PLANE_SANDBOXES:
+            return f"{self.layout.control_plane_address(component)}:{port}"
+        return f"127.0.0.1:{port}"
 
     # -- namespaces ------------------------------------------------------------------------
 

@@ -108,6 +108,15 @@ async def snapshot(
             c for c in (crds[0] if crds else []) if c["metadata"]["name"] in rules.UNENFORCED_CRDS
         ):
             s.unenforced_objects[crd["metadata"]["name"]] = await _count_objects(client, crd, get)
+        for crd in (
+            c
+            for c in (crds[0] if crds else [])
+            if c["metadata"]["name"] in rules.UNENFORCED_MESH_ROUTES
+        ):
+            name = crd["metadata"]["name"]
+            parents = rules.UNENFORCED_MESH_ROUTES[name].parents
+            routes = await _list_objects(client, crd, get)
+            s.unenforced_routes[name] = sum(rules.has_parent(r, parents) for r in routes)
         s.webhook = await get(
             "webhook",
             lambda: client.get(
@@ -199,6 +208,29 @@ async def _count_objects(
         return 0
     remaining = (listed.get("metadata") or {}).get("remainingItemCount") or 0
     return len(listed.get("items") or ()) + int(remaining)
+
+
+#: At most this many objects of one kind are read to judge them (one page).
+LIST_LIMIT = 500
+
+
+async def _list_objects(
+    client: Any,
+    crd: dict[str, Any],
+    get: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]],
+) -> list[dict[str, Any]]:
+    """Up to :data:`LIST_LIMIT` objects of ``crd`` in all namespaces, read at its storage
+    version ([] when they cannot be listed)."""
+    spec = crd.get("spec") or {}
+    versions = [v for v in spec.get("versions") or () if v.get("served")]
+    if not versions:
+        return []
+    version = next((v for v in versions if v.get("storage")), versions[-1])["name"]
+    name = crd["metadata"]["name"]
+    path = f"/apis/{spec.get('group')}/{version}/{spec['names']['plural']}"
+    listed = await get(name, lambda: client.request("GET", path, params={"limit": str(LIST_LIMIT)}))
+    items = (listed or {}).get("items") or []
+    return [i for i in items if isinstance(i, dict)]
 
 
 async def probe_ready(address: str, limit: float = 3.0) -> str | None:

@@ -65,6 +65,9 @@ class Snapshot:
     crd_versions: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: Installed CRDs that Gossamer does not enforce → how many objects of each exist.
     unenforced_objects: dict[str, int] = field(default_factory=dict)
+    #: Installed Gateway API route CRDs of :data:`UNENFORCED_MESH_ROUTES` → how many of
+    #: their objects name a parent through which Gossamer does not enforce them.
+    unenforced_routes: dict[str, int] = field(default_factory=dict)
     cluster_roles: frozenset[str] = frozenset()
     cluster_role_bindings: frozenset[str] = frozenset()
     service_accounts: frozenset[str] = frozenset()
@@ -131,6 +134,47 @@ DATA_PLANE = "linkerd-data-plane"
 UNENFORCED_CRDS: Mapping[str, str] = {
     "externalworkloads.workload.linkerd.io": "ExternalWorkload",
 }
+
+#: A route's parent kinds (group, kind) by which it attaches to the mesh, not to a Gateway.
+SERVICE_PARENTS = frozenset({("", "Service"), ("core", "Service")})
+EGRESS_PARENTS = frozenset({("policy.linkerd.io", "EgressNetwork")})
+
+
+@dataclass(frozen=True)
+class UnenforcedRoutes:
+    """A Gateway API route kind that Gossamer acts on for some mesh parents only."""
+
+    kind: str
+    #: The mesh parents (group, kind) whose routes of this kind Gossamer ignores.
+    parents: frozenset[tuple[str, str]]
+    #: How the check names those parents.
+    parents_text: str
+
+
+#: Gateway API route CRDs (installed by the user, not the chart) whose routes Gossamer
+#: ignores when they attach to the mesh through these parents (as Linkerd attaches them):
+#: check warns about each such route, so none is silently ignored. TCPRoutes with an
+#: EgressNetwork parent are enforced (the egress policy); those on a Service are not.
+UNENFORCED_MESH_ROUTES: Mapping[str, UnenforcedRoutes] = {
+    "tlsroutes.gateway.networking.k8s.io": UnenforcedRoutes(
+        "TLSRoute", SERVICE_PARENTS | EGRESS_PARENTS, "a Service or an EgressNetwork"
+    ),
+    "tcproutes.gateway.networking.k8s.io": UnenforcedRoutes(
+        "TCPRoute", SERVICE_PARENTS, "a Service"
+    ),
+}
+
+
+def has_parent(route: Mapping[str, Any], parents: frozenset[tuple[str, str]]) -> bool:
+    """Whether a Gateway API route names one of ``parents`` (group, kind) as a parent."""
+    refs = ((route.get("spec") or {}).get("parentRefs")) or ()
+    return any(
+        isinstance(ref, Mapping)
+        and (str(ref.get("group", "gateway.networking.k8s.io")), str(ref.get("kind", "Gateway")))
+        in parents
+        for ref in refs
+    )
+
 
 #: The Gateway API route CRDs the destination watches (at v1) when they are installed.
 GATEWAY_API_CRDS: Mapping[str, str] = {
@@ -251,12 +295,30 @@ def existence_checks(s: Snapshot) -> Iterator[Result]:
         "install the CRDs: gossamer install --crds | kubectl apply -f -",
     )
     for crd, kind in UNENFORCED_CRDS.items():
+        if crd not in s.crd_names:
+            continue
         count = s.unenforced_objects.get(crd, 0)
-        yield _r(EXISTENCE, f"no {kind} objects that Gossamer ignores")(
+        yield _r(EXISTENCE, f"no {kind} objects ({crd} is installed, not enforced by Gossamer)")(
             count == 0,
             f"{count} {kind} object(s) exist, but Gossamer does not enforce {kind} "
             "(they have no effect)",
             f"delete them (kubectl get {crd} -A), or enforce what they mean another way",
+            warning=True,
+        )
+    for crd, routes in UNENFORCED_MESH_ROUTES.items():
+        if crd not in s.crd_names:
+            continue
+        count = s.unenforced_routes.get(crd, 0)
+        yield _r(
+            EXISTENCE,
+            f"no {routes.kind} objects with {routes.parents_text} parent "
+            f"({crd} is not enforced there by Gossamer)",
+        )(
+            count == 0,
+            f"{count} {routes.kind} object(s) name {routes.parents_text} as parent, but "
+            f"Gossamer does not enforce them there (they have no effect on meshed traffic)",
+            f"delete them (kubectl get {crd} -A), or express the route as an HTTPRoute or "
+            "GRPCRoute",
             warning=True,
         )
     yield gateway_api_check(s)

@@ -226,7 +226,7 @@ CLUSTER_RULES: dict[str, list[dict[str, Any]]] = {
             READ,
         ),
         _rule(["workload.linkerd.io"], ["externalworkloads"], READ),
-        _rule(["gateway.networking.k8s.io"], ["httproutes", "grpcroutes"], READ),
+        _rule(["gateway.networking.k8s.io"], ["httproutes", "grpcroutes", "tcproutes"], READ),
         # Route status (Accepted/ResolvedRefs) goes through the status subresource only.
         _rule(["policy.linkerd.io"], ["httproutes/status"], ["patch"]),
         _rule(["gateway.networking.k8s.io"], ["httproutes/status", "grpcroutes/status"], ["patch"]),

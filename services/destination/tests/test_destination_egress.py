@@ -281,3 +281,115 @@ async def test_an_in_cluster_address_is_served_only_when_an_egress_network_holds
     outside.cancel()
     policy = await asyncio.wait_for(stub.Watch(_spec("10.9.9.9")).read(), TIMEOUT)
     assert policy.metadata.resource.name == "vm"
+
+
+# -- GRPCRoute and TCPRoute parents -----------------------------------------------------------
+
+TO_PARENT = {"group": "policy.linkerd.io", "kind": "EgressNetwork", "name": "e"}
+
+
+def _typed(kind: str, name: str, **rule: Any) -> dict[str, Any]:
+    route = _route(name, "ns", **rule)
+    return {**route, "apiVersion": "gateway.networking.k8s.io/v1", "kind": kind}
+
+
+def test_grpc_routes_make_the_port_grpc_with_the_traffic_policy_last() -> None:
+    hello = _typed(
+        "GRPCRoute",
+        "hello",
+        matches=[{"method": {"service": "demo.Greeter", "method": "Hello"}}],
+        backendRefs=[TO_PARENT],
+    )
+    egress = parsed(t.egress_network("e"))
+    routes = egress_routes(egress, 80, lambda ns: [hello] if ns == "ns" else [], "app")
+    issues = Issues()
+    policy = egress_policy(
+        egress, "203.0.113.7", 80, [], lambda ns, n: True, SETTINGS, issues, grpc_routes=routes
+    )
+    assert not issues.messages
+    assert policy.protocol.WhichOneof("kind") == "grpc"
+    first, fallback = policy.protocol.grpc.routes
+    assert first.metadata.resource.name == "hello"
+    assert first.rules[0].matches[0].rpc.service == "demo.Greeter"
+    assert not first.rules[0].filters  # allowed through to the original destination
+    forward = first.rules[0].backends.first_available.backends[0].backend
+    assert ip_from_proto(forward.forward.addr.ip) == "203.0.113.7"
+    assert fallback.metadata.default == "grpc-egress-deny"
+    (denied,) = fallback.rules[0].filters
+    assert denied.failure_injector.code == 7  # PERMISSION_DENIED
+    assert denied.failure_injector.message == "traffic not allowed"
+
+
+def test_a_tcp_route_carries_the_opaque_traffic_in_place_of_the_traffic_policy() -> None:
+    through = _typed("TCPRoute", "through", backendRefs=[TO_PARENT])
+    issues = Issues()
+    policy = egress_policy(
+        parsed(t.egress_network("e")), "203.0.113.7", 5000, [], lambda ns, n: True, SETTINGS,
+        issues, tcp_routes=[through],
+    )  # fmt: skip
+    assert not issues.messages
+    detect = policy.protocol.detect
+    (opaque,) = detect.opaque.routes
+    resource = opaque.metadata.resource
+    assert (resource.group, resource.kind, resource.name) == (
+        "gateway.networking.k8s.io", "TCPRoute", "through",
+    )  # fmt: skip
+    assert not opaque.rules[0].filters  # Deny no longer applies to TCP on this port
+    (weighted,) = opaque.rules[0].backends.random_available.backends
+    assert weighted.backend.backend.forward.addr.port == 5000
+    # HTTP keeps the trafficPolicy: only the TCPRoute's opaque traffic passes.
+    assert detect.http1.routes[0].metadata.default == "http-egress-deny"
+
+
+def test_a_tcp_route_may_send_egress_traffic_to_a_service() -> None:
+    to_service = _typed(
+        "TCPRoute", "inside", backendRefs=[{"name": "proxy", "port": 3128, "weight": 3}]
+    )
+    issues = Issues()
+    policy = egress_policy(
+        parsed(t.egress_network("e")), "203.0.113.7", 5000, [], lambda ns, n: n == "proxy",
+        SETTINGS, issues, tcp_routes=[to_service],
+    )  # fmt: skip
+    (weighted,) = (
+        policy.protocol.detect.opaque.routes[0].rules[0].backends.random_available.backends
+    )
+    assert weighted.weight == 3
+    path = weighted.backend.backend.balancer.discovery.dst.path
+    assert path == "proxy.ns.svc.cluster.local:3128"
+
+
+@pytest.mark.parametrize(
+    ("rules", "reason"),
+    [
+        ([{"backendRefs": [TO_PARENT]}, {"backendRefs": [TO_PARENT]}], "exactly one rule"),
+        ([{}], "no backendRefs"),
+        ([{"backendRefs": [{"name": "gone", "port": 80}]}], "ns/gone not found"),
+        ([{"backendRefs": [{"name": "web"}]}], "needs a port"),
+        ([{"backendRefs": [{"kind": "Pod", "name": "x"}]}], "neither a Service"),
+        ([{"backendRefs": [{**TO_PARENT, "weight": 0}]}], "weight 0"),
+    ],
+)
+def test_an_unusable_tcp_route_is_skipped_with_the_reason(rules: Any, reason: str) -> None:
+    bad = _typed("TCPRoute", "bad", backendRefs=[])
+    bad["spec"]["rules"] = rules
+    issues = Issues()
+    policy = egress_policy(
+        parsed(t.egress_network("e")), "203.0.113.7", 5000, [], lambda ns, n: n == "web",
+        SETTINGS, issues, tcp_routes=[bad],
+    )  # fmt: skip
+    assert policy.protocol.detect.opaque.routes[0].metadata.default == "tcp-egress-deny"
+    assert any("TCPRoute ns/bad skipped" in m and reason in m for m in issues.messages), issues
+
+
+async def test_watch_follows_tcp_routes_on_the_egress_network(served: Any) -> None:
+    stub, sources = served
+    sources["egressnetworks"].apply(t.egress_network("e", "app"))
+    stream = stub.Watch(_spec("203.0.113.7"))
+    read = lambda: asyncio.wait_for(stream.read(), TIMEOUT)  # noqa: E731
+    assert (await read()).protocol.detect.opaque.routes[0].metadata.default == "tcp-egress-deny"
+    route = _typed("TCPRoute", "through", backendRefs=[TO_PARENT])
+    route["metadata"]["namespace"] = "app"
+    sources["tcproutes"].apply({**route, "apiVersion": "gateway.networking.k8s.io/v1alpha2"})
+    opaque = (await read()).protocol.detect.opaque.routes[0]
+    assert opaque.metadata.resource.name == "through"
+    stream.cancel()

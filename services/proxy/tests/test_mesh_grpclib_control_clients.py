@@ -423,6 +423,34 @@ async def test_the_proxy_certificate_is_presented_when_the_server_requires_one(
     assert identity.peers == [True]
 
 
+async def test_a_channel_opened_before_certification_presents_the_certificate_it_gets_later(
+    issuer: Issuer, anchors_pem: str
+) -> None:
+    """Discovery and policy channels open with the proxy, before its first certificate; the
+    control plane must still see the proxy's identity once it has one (``client_id``)."""
+    identity = Identity(issuer)
+    current: list[Credentials | None] = [None]
+    async with grpcio_server(
+        lambda s: identity_pb2_grpc.add_IdentityServicer_to_server(identity, s),
+        server_credentials(issuer, IDENTITY_SVC, anchors_pem=anchors_pem),
+    ) as addr:
+        channel = control_channel(
+            addr,
+            server_name=IDENTITY_SVC,
+            trust_anchors_pem=anchors_pem,
+            credentials=lambda: current[0],
+        )
+        try:
+            stub = identity_grpc.IdentityStub(channel)
+            with pytest.raises(RpcError):  # no certificate yet: this server requires one
+                await unary_call(stub.Certify, certify_request(), deadline=10)
+            current[0] = leaf_for(issuer, WEB)
+            await unary_call(stub.Certify, certify_request(), deadline=10)
+        finally:
+            channel.close()
+    assert identity.peers == [True]
+
+
 class GrpclibIdentity(identity_grpc.IdentityBase):
     """A grpclib server, so the test controls TLS and ALPN itself."""
 

@@ -1,10 +1,21 @@
 """Gossamer's control plane as local processes: identity, destination and the injector.
 
-They run inside the node namespace: identity and destination listen on the node's bridge
-address, which pods reach under the usual service names (local mode's /etc/hosts maps
-``gossamer-identity.gossamer.svc.cluster.local`` and friends to the node), and the injector
-listens on the node's loopback, where the apiserver calls it. The webhook is registered with
-the apiserver exactly as on a cluster, with a URL clientConfig and its caBundle.
+Identity and destination run meshed, as on a cluster: each in a sandbox of its own (a pod's
+network namespace on the node's bridge, with its own address, see
+:meth:`NodeLayout.control_plane_address`) next to the ``linkerd-init`` and ``linkerd-proxy``
+containers that ``gossamer install`` renders for its Deployment. proxy-init writes the
+sandbox's iptables, the proxy runs as uid 2102 with the rendered environment, and the
+component listens on ``0.0.0.0`` behind it. So pods reach identity, destination and policy
+over mTLS, under the usual service names (local mode's /etc/hosts maps
+``gossamer-identity.gossamer.svc.cluster.local`` and friends to the sandboxes), with
+``LINKERD2_PROXY_*_SVC_NAME`` set; the identity proxy certifies through ``localhost.:8080``
+and the destination proxy discovers through ``localhost.:8086``, exactly as the chart's do.
+The components reach the kube-apiserver on the node's bridge address, bypassing their proxy
+(proxy-init's ignored outbound ports, as the chart's 443/6443).
+
+The injector stays on the node's loopback, where the apiserver calls it. The webhook is
+registered with the apiserver exactly as on a cluster, with a URL clientConfig and its
+caBundle.
 """
 
 from __future__ import annotations
@@ -13,8 +24,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import shutil
 import signal
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +57,9 @@ from gossamer_cli import __version__
 from gossamer_cli import manifests as m
 from gossamer_cli.check import probe_ready
 from gossamer_cli.check_rules import LOCAL_MODE_ANNOTATION, admin_address_annotation
+from gossamer_cli.dev import images, launch, probes
+from gossamer_cli.dev.layout import CONTROL_PLANE_SANDBOXES, NodeLayout, render_hosts
+from gossamer_cli.dev.pod import NETNS_ETC, create_netns, resolve_env
 from gossamer_cli.diagnostics_cmd import local_grpc_address_annotation
 from gossamer_cli.manifests_certs import WEBHOOK_CERT_LIFETIME
 from gossamer_cli.manifests_values import ChartValues, chart_app_version, chart_values
@@ -78,10 +94,66 @@ CONFIGURATION_KINDS: dict[str, ResourceRef] = {
 }
 
 
-def service_hosts(node_address: str) -> dict[str, str]:
+#: Each Service of the control plane, and the sandbox (component) behind it.
+SERVICE_COMPONENTS = {
+    "gossamer-identity": "identity",
+    "gossamer-dst": "destination",
+    "gossamer-policy": "destination",
+    "gossamer-sp-validator": "destination",
+}
+#: The rendered Deployment of each meshed component.
+SANDBOX_COMPONENTS = {"identity": m.IDENTITY, "destination": m.DESTINATION}
+#: The identity token of each sandbox's proxy lives this long, and is renewed at 80%.
+TOKEN_LIFETIME = 86400
+PROXY_ADMIN_PORT = 4191
+
+
+def service_hosts(layout: NodeLayout) -> dict[str, str]:
     """The control plane's service names, as pods resolve them in local mode."""
-    names = ["gossamer-identity", "gossamer-dst", "gossamer-policy", "gossamer-sp-validator"]
-    return {f"{n}.{CONTROL_PLANE_NAMESPACE}.svc.{TRUST_DOMAIN}": node_address for n in names}
+    return {
+        f"{name}.{CONTROL_PLANE_NAMESPACE}.svc.{TRUST_DOMAIN}": layout.control_plane_address(c)
+        for name, c in SERVICE_COMPONENTS.items()
+    }
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A meshed component's pod, as local mode runs it (see the module docstring)."""
+
+    component: str
+    netns: str
+    veth: str
+    ip: str
+    #: The pod the rendered Deployment would create here: env and probes come from it.
+    pod: Mapping[str, Any]
+    directory: Path
+
+    def container(self, name: str) -> Mapping[str, Any]:
+        spec = self.pod["spec"]
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
+            if c["name"] == name:
+                return dict(c)
+        raise KeyError(f"{self.component} has no container {name!r}")
+
+
+def sandbox_pod(
+    values: ChartValues, component: str, *, ip: str, node_name: str, uid: str
+) -> dict[str, Any]:
+    """The pod of ``component``'s rendered Deployment, placed on the node with ``ip`` (pure)."""
+    deployment = m.deployment(values, SANDBOX_COMPONENTS[component])
+    template = deployment["spec"]["template"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            **template["metadata"],
+            "name": f"{deployment['metadata']['name']}-local",
+            "namespace": deployment["metadata"]["namespace"],
+            "uid": uid,
+        },
+        "spec": {**template["spec"], "nodeName": node_name},
+        "status": {"podIP": ip, "podIPs": [{"ip": ip}]},
+    }
 
 
 @dataclass
@@ -101,14 +173,31 @@ class Process:
 class ControlPlane:
     state_dir: Path
     kubeconfig: Path
-    node_address: str
+    layout: NodeLayout
+    #: Where proxy and proxy-init run from (what local mode's pods run).
+    runtime_venv: Path
+    #: The kube-apiserver's port on the node's bridge address; the sandboxes' proxies let
+    #: it bypass them.
+    apiserver_port: int
     proxy_image: str = "gossamer/proxy"
     init_image: str = "gossamer/proxy-init"
     #: Local mode runs images from the runtime venv, so the tag only labels the pods; it is
     #: the installed version, so `gossamer check --proxy` finds the proxies current.
     proxy_version: str = __version__
     processes: list[Process] = field(default_factory=list)
+    sandboxes: list[Sandbox] = field(default_factory=list)
     stopping: bool = False
+    _token_task: asyncio.Task[None] | None = None
+
+    @property
+    def node_address(self) -> str:
+        return self.layout.node_address
+
+    def admin_address(self, process: str) -> str:
+        """Where a component's admin server answers, seen from the node."""
+        if process in CONTROL_PLANE_SANDBOXES:
+            return f"{self.layout.control_plane_address(process)}:{ADMIN_PORTS[process]}"
+        return f"127.0.0.1:{ADMIN_PORTS[process]}"
 
     @property
     def trust_anchors(self) -> Path:
@@ -139,30 +228,67 @@ class ControlPlane:
         (tls / "ca.crt").write_bytes(certificates_to_pem([webhook_ca.certificate]))
         _write_secret(tls, serving.certificate, key)
 
-    async def start(self) -> None:
+    def values(self) -> ChartValues:
+        """The chart values of this control plane's install, with its certificates."""
+        injector = self.state_dir / "injector"
+        issuer = self.state_dir / "identity" / "issuer"
+        certs = {
+            "identityTrustAnchorsPEM": self.trust_anchors.read_text(),
+            "identityTrustDomain": TRUST_DOMAIN,
+            "identity": {
+                "issuer": {
+                    "tls": {
+                        "crtPEM": (issuer / "crt.pem").read_text(),
+                        "keyPEM": (issuer / "key.pem").read_text(),
+                    }
+                }
+            },
+            "proxyInjector": {
+                "crtPEM": (injector / "crt.pem").read_text(),
+                "keyPEM": (injector / "key.pem").read_text(),
+                "caBundle": (injector / "ca.crt").read_text(),
+            },
+            # The local kube-apiserver listens on a port of its own, not 443/6443.
+            "proxyInit": {"ignoreOutboundPorts": str(self.apiserver_port)},
+        }
+        return ChartValues.parse(
+            chart_values(overrides=[{"installNamespace": True}, certs]),
+            namespace=CONTROL_PLANE_NAMESPACE,
+            app_version=chart_app_version(),
+        )
+
+    async def start(self, client: KubeClient) -> None:
+        """Identity, then destination, each in its sandbox behind its proxy; the injector.
+
+        The service accounts must exist (:meth:`register`): the proxies' tokens are theirs.
+        """
         py = sys.executable
-        addr = self.node_address
         kubeconfig = str(self.kubeconfig)
+        values = self.values()
+        sandbox = await self._start_sandbox(client, values, "identity")
         await self._spawn(
             "identity",
             [
+                "ip", "netns", "exec", sandbox.netns,
                 py, "-m", "gossamer_identity",
                 "--trust-anchors-path", str(self.trust_anchors),
                 "--issuer", str(self.state_dir / "identity" / "issuer"),
-                "--addr", f"{addr}:{IDENTITY_PORT}",
-                "--admin-addr", f"127.0.0.1:{ADMIN_PORTS['identity']}",
+                "--addr", f"0.0.0.0:{IDENTITY_PORT}",
+                "--admin-addr", f"0.0.0.0:{ADMIN_PORTS['identity']}",
                 "--controller-namespace", CONTROL_PLANE_NAMESPACE,
                 "--identity-trust-domain", TRUST_DOMAIN,
                 "--kubeconfig", kubeconfig,
             ],
         )  # fmt: skip
+        sandbox = await self._start_sandbox(client, values, "destination")
         await self._spawn(
             "destination",
             [
+                "ip", "netns", "exec", sandbox.netns,
                 py, "-m", "gossamer_destination",
-                "--addr", f"{addr}:{DESTINATION_PORT}",
-                "--policy-addr", f"{addr}:{POLICY_PORT}",
-                "--admin-addr", f"127.0.0.1:{ADMIN_PORTS['destination']}",
+                "--addr", f"0.0.0.0:{DESTINATION_PORT}",
+                "--policy-addr", f"0.0.0.0:{POLICY_PORT}",
+                "--admin-addr", f"0.0.0.0:{ADMIN_PORTS['destination']}",
                 "--controller-namespace", CONTROL_PLANE_NAMESPACE,
                 "--identity-trust-domain", TRUST_DOMAIN,
                 "--kubeconfig", kubeconfig,
@@ -184,19 +310,188 @@ class ControlPlane:
                 "--proxy-image", self.proxy_image,
                 "--init-image", self.init_image,
                 "--proxy-version", self.proxy_version,
-                "--control-plane-tls=false",
                 # Every local proxy may be tapped by the viz tap identity (`gossamer viz tap`).
                 "--tap-svc-name", tap_identity(CONTROL_PLANE_NAMESPACE, TRUST_DOMAIN),
             ],
         )  # fmt: skip
+        self._token_task = asyncio.create_task(self._renew_tokens(client))
+
+    async def _start_sandbox(
+        self, client: KubeClient, values: ChartValues, component: str
+    ) -> Sandbox:
+        """The component's pod up to its proxy's startup probe, as a kubelet runs it:
+        the network namespace, ``linkerd-init`` to completion, then ``linkerd-proxy``."""
+        layout = self.layout
+        ip = layout.control_plane_address(component)
+        key = f"control-plane/{component}"
+        sandbox = Sandbox(
+            component=component,
+            netns=layout.pod_netns(key),
+            veth=layout.pod_veth(key),
+            ip=ip,
+            pod=sandbox_pod(
+                values, component, ip=ip, node_name=layout.node_name, uid=str(uuid.uuid4())
+            ),
+            directory=self.state_dir / "sandboxes" / component,
+        )
+        self.sandboxes.append(sandbox)
+        hosts = render_hosts(
+            pod_name=sandbox.pod["metadata"]["name"],
+            pod_ip=ip,
+            services=(),
+            fixed=service_hosts(layout),
+        )
+        await create_netns(
+            layout,
+            netns=sandbox.netns,
+            veth=sandbox.veth,
+            ip=ip,
+            hosts_text=hosts,
+            namespace=CONTROL_PLANE_NAMESPACE,
+        )
+        local_images = images.builtin_images(self.runtime_venv)
+        init = sandbox.container("linkerd-init")
+        lock = sandbox.directory / "xtables-lock"
+        lock.mkdir(parents=True, exist_ok=True)
+        code = await self._run_container(sandbox, init, local_images, {"/run": lock})
+        if code != 0:
+            tail = (sandbox.directory / "linkerd-init.log").read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"{component}'s linkerd-init exited {code}:\n{tail}")
+        proxy = sandbox.container("linkerd-proxy")
+        end_entity = sandbox.directory / "end-entity"
+        tokens = sandbox.directory / "tokens"
+        for directory in (end_entity, tokens):
+            directory.mkdir(parents=True, exist_ok=True)
+        identity = launch.identity_for(dict(proxy), {})
+        os.chown(end_entity, identity.uid, identity.gid)
+        os.chmod(end_entity, 0o700)
+        await self._write_token(client, sandbox)
+        mounts = {
+            "/var/run/linkerd/identity/end-entity": end_entity,
+            "/var/run/secrets/tokens": tokens,
+        }
+        argv = self._container_argv(sandbox, proxy, local_images, mounts)
+        env = self._container_env(sandbox, proxy, local_images)
+        await self._spawn(f"{component}-proxy", argv, env, inherit_env=False)
+        startup = probes.parse_probe(proxy["startupProbe"], proxy.get("ports") or [])
+        await self._wait_started(sandbox, startup)
+        return sandbox
+
+    def _container_argv(
+        self,
+        sandbox: Sandbox,
+        container: Mapping[str, Any],
+        local_images: Mapping[str, images.LocalImage],
+        mounts: Mapping[str, Path],
+    ) -> list[str]:
+        image = local_images[images.image_repository(container["image"])]
+        argv = images.container_argv(image, container.get("command"), container.get("args"))
+        return launch.launch_argv(
+            netns=sandbox.netns,
+            identity=launch.identity_for(dict(container), {}),
+            argv=argv,
+            mounts=[launch.Mount(str(source), target) for target, source in mounts.items()],
+        )
+
+    def _container_env(
+        self,
+        sandbox: Sandbox,
+        container: Mapping[str, Any],
+        local_images: Mapping[str, images.LocalImage],
+    ) -> dict[str, str]:
+        image = local_images[images.image_repository(container["image"])]
+        env = {"PATH": images.SYSTEM_PATH, "HOSTNAME": sandbox.pod["metadata"]["name"]}
+        return {**env, **image.env, **resolve_env(container, sandbox.pod)}
+
+    async def _run_container(
+        self,
+        sandbox: Sandbox,
+        container: Mapping[str, Any],
+        local_images: Mapping[str, images.LocalImage],
+        mounts: Mapping[str, Path],
+        limit: float = 60.0,
+    ) -> int:
+        """Run an init container to completion; its exit code (-1: killed at ``limit``)."""
+        log = sandbox.directory / f"{container['name']}.log"
+        with log.open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *self._container_argv(sandbox, container, local_images, mounts),
+                stdout=out,
+                stderr=out,
+                env=self._container_env(sandbox, container, local_images),
+                start_new_session=True,
+            )
+        try:
+            return await asyncio.wait_for(proc.wait(), limit)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            return -1
+
+    async def _wait_started(
+        self, sandbox: Sandbox, startup: probes.ProbeSpec, limit: float = 60.0
+    ) -> None:
+        """The proxy's startup probe passes (``/live`` for identity's, ``/ready`` else)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        result = probes.ProbeResult(False, "not probed yet")
+        proxy = next(p for p in self.processes if p.name == f"{sandbox.component}-proxy")
+        while loop.time() < deadline:
+            result = await probes.check(startup, sandbox.ip, _no_exec)
+            if result.ok:
+                return
+            if proxy.proc.returncode is not None:
+                tail = proxy.log.read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"{sandbox.component}'s proxy exited:\n{tail}")
+            await asyncio.sleep(0.2)
+        raise TimeoutError(
+            f"{sandbox.component}'s proxy failed its startup probe "
+            f"{probes.target(startup, sandbox.ip)} for {limit:g}s: {result.reason}"
+        )
+
+    async def _write_token(self, client: KubeClient, sandbox: Sandbox) -> None:
+        """The proxy's identity token (audience ``identity.l5d.io``), where its projected
+        volume would put it."""
+        token = await client.token_request(
+            CONTROL_PLANE_NAMESPACE,
+            sandbox.pod["spec"]["serviceAccountName"],
+            audiences=["identity.l5d.io"],
+            expiration_seconds=TOKEN_LIFETIME,
+        )
+        path = sandbox.directory / "tokens" / "linkerd-identity-token"
+        temporary = path.with_suffix(".new")
+        temporary.write_text(token)
+        os.chmod(temporary, 0o644)
+        temporary.replace(path)
+
+    async def _renew_tokens(self, client: KubeClient) -> None:
+        while True:
+            await asyncio.sleep(0.8 * TOKEN_LIFETIME)
+            for sandbox in self.sandboxes:
+                try:
+                    await self._write_token(client, sandbox)
+                except (KubeApiError, OSError) as exc:
+                    structlog.get_logger("gossamer.dev").warning(
+                        "renewing a control-plane proxy's token failed",
+                        component=sandbox.component,
+                        error=str(exc),
+                    )
 
     async def _spawn(
-        self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        inherit_env: bool = True,
     ) -> None:
+        """Start and supervise a process; a container's (``inherit_env=False``) gets
+        exactly ``env``, as a container's environment is its own."""
         log = self.state_dir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        proc = await self._exec(name, tuple(argv), env or {}, log)
-        process = Process(name, tuple(argv), env or {}, proc, log)
+        full_env = {**os.environ, **(env or {})} if inherit_env else dict(env or {})
+        proc = await self._exec(name, tuple(argv), full_env, log)
+        process = Process(name, tuple(argv), full_env, proc, log)
         process.supervisor = asyncio.create_task(self._supervise(process))
         self.processes.append(process)
 
@@ -208,7 +503,7 @@ class ControlPlane:
                 *argv,
                 stdout=out,
                 stderr=out,
-                env={**os.environ, **env},
+                env=dict(env),
                 start_new_session=True,
             )
         # Tests kill components by this pid to check that traffic survives a restart.
@@ -236,14 +531,16 @@ class ControlPlane:
     async def wait_ready(self, limit: float = 60.0) -> None:
         """Every component answers 200 on its admin /ready."""
         deadline = asyncio.get_running_loop().time() + limit
-        pending = dict(ADMIN_PORTS)
+        pending = {name: self.admin_address(name) for name in ADMIN_PORTS}
+        for sandbox in self.sandboxes:
+            pending[f"{sandbox.component}-proxy"] = f"{sandbox.ip}:{PROXY_ADMIN_PORT}"
         while pending:
             for p in self.processes:
                 if p.proc.returncode is not None:
                     tail = p.log.read_text(errors="replace")[-1500:]
                     raise RuntimeError(f"{p.name} exited ({p.proc.returncode}):\n{tail}")
-            for name, port in list(pending.items()):
-                if await probe_ready(f"127.0.0.1:{port}", limit=2.0) is None:
+            for name, address in list(pending.items()):
+                if await probe_ready(address, limit=2.0) is None:
                     del pending[name]
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"control plane not ready after {limit}s: {sorted(pending)}")
@@ -256,36 +553,15 @@ class ControlPlane:
         same objects as a cluster; the namespace and ``gossamer-config`` say it is local mode
         and where each component's admin server answers (there are no pods to ask about).
         """
-        injector = self.state_dir / "injector"
-        certs = {
-            "identityTrustAnchorsPEM": self.trust_anchors.read_text(),
-            "identityTrustDomain": TRUST_DOMAIN,
-            "identity": {
-                "issuer": {
-                    "tls": {
-                        "crtPEM": (self.state_dir / "identity" / "issuer" / "crt.pem").read_text(),
-                        "keyPEM": (self.state_dir / "identity" / "issuer" / "key.pem").read_text(),
-                    }
-                }
-            },
-            "proxyInjector": {
-                "crtPEM": (injector / "crt.pem").read_text(),
-                "keyPEM": (injector / "key.pem").read_text(),
-                "caBundle": (injector / "ca.crt").read_text(),
-            },
-        }
-        values = ChartValues.parse(
-            chart_values(overrides=[{"installNamespace": True}, certs]),
-            namespace=CONTROL_PLANE_NAMESPACE,
-            app_version=chart_app_version(),
-        )
+        values = self.values()
         local = {LOCAL_MODE_ANNOTATION: "true"}
-        for process, port in ADMIN_PORTS.items():
-            local[admin_address_annotation(COMPONENT_OF[process])] = f"127.0.0.1:{port}"
+        for process in ADMIN_PORTS:
+            local[admin_address_annotation(COMPONENT_OF[process])] = self.admin_address(process)
         # `gossamer diagnostics` dials these in place of Linkerd's port-forward.
         grpc_address = local_grpc_address_annotation
-        local[grpc_address("destination")] = f"{self.node_address}:{DESTINATION_PORT}"
-        local[grpc_address("policy")] = f"{self.node_address}:{POLICY_PORT}"
+        destination = self.layout.control_plane_address("destination")
+        local[grpc_address("destination")] = f"{destination}:{DESTINATION_PORT}"
+        local[grpc_address("policy")] = f"{destination}:{POLICY_PORT}"
         objects = []
         for obj in m.control_plane(values):
             if obj["kind"] not in CONFIGURATION_KINDS:
@@ -327,6 +603,10 @@ class ControlPlane:
 
     async def stop(self, grace: float = 10.0) -> None:
         self.stopping = True
+        if self._token_task is not None:
+            self._token_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._token_task
         for p in reversed(self.processes):
             if p.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -344,6 +624,18 @@ class ControlPlane:
                 with contextlib.suppress(asyncio.CancelledError):
                     await p.supervisor
         self.processes.clear()
+        for sandbox in self.sandboxes:
+            proc = await asyncio.create_subprocess_exec(
+                "ip", "netns", "delete", sandbox.netns,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            await proc.wait()
+            shutil.rmtree(NETNS_ETC / sandbox.netns, ignore_errors=True)
+        self.sandboxes.clear()
+
+
+async def _no_exec(command: Sequence[str], limit: float) -> int:
+    raise OSError("the control-plane proxies have no exec probes")
 
 
 def _write_secret(directory: Path, certificate: Any, key: Any) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 CLUSTER_DOMAIN = "cluster.local"
+#: Control-plane components that run meshed, each in a sandbox of its own (see controlplane).
+CONTROL_PLANE_SANDBOXES = ("identity", "destination")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,15 @@ class NodeLayout:
     def pod_veth(self, pod_uid: str) -> str:
         # Linux interface names hold 15 bytes: "gv" + 12 hex digits.
         return f"gv{_short(pod_uid)}"
+
+    def control_plane_address(self, component: str) -> str:
+        """The "pod IP" of a meshed control-plane component: the addresses right after the
+        node's, on the bridge but outside the pod CIDR, so no pod ever gets one."""
+        index = CONTROL_PLANE_SANDBOXES.index(component)
+        address = ipaddress.ip_address(self.node_address) + 1 + index
+        if address in ipaddress.ip_network(self.pod_cidr):
+            raise ValueError(f"control-plane address {address} lies inside the pod CIDR")
+        return str(address)
 
     def owns_netns(self, name: str) -> bool:
         return name == self.node_netns or name.startswith(f"{self.prefix}-pod-")

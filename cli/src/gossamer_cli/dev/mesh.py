@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,8 @@ class LocalMesh:
                 pod_cidr=self.layout.bridge_network,
                 node_pod_cidr=self.layout.pod_cidr,
                 kwok_stages=local_mode_stages(),
+                # On the bridge, where the meshed control plane's sandboxes reach it.
+                api_address=self.layout.node_address,
             ),
         )
         await asyncio.to_thread(self.cluster.start)
@@ -99,19 +102,23 @@ class LocalMesh:
         await self.apply_files(sorted(CRD_DIR.glob("*.yaml")))
         await self._wait_crds()
         self.control_plane = ControlPlane(
-            state / "control-plane", self.cluster.kubeconfig, self.layout.node_address
+            state / "control-plane",
+            self.cluster.kubeconfig,
+            self.layout,
+            runtime_venv=self.config.runtime_venv,
+            apiserver_port=urllib.parse.urlsplit(self.cluster.server).port or 443,
         )
         self.control_plane.write_pki(dt.datetime.now(dt.UTC))
-        await self.control_plane.start()
-        await self.control_plane.wait_ready()
         await self.control_plane.register(self.client)
+        await self.control_plane.start(self.client)
+        await self.control_plane.wait_ready()
         log.info("control plane is up", seconds=round(time.monotonic() - started, 1))
         image_map = images.builtin_images(self.config.runtime_venv)
         for path in self.config.image_maps:
             loaded = images.load_image_map(path, path.parent, self.config.runtime_venv)
             image_map.update(images.readable_copies(loaded, state / "images"))
         ctx = RuntimeContext(self.client, self.layout, image_map, state / "node")
-        self.runtime = NodeRuntime(ctx, service_hosts(self.layout.node_address))
+        self.runtime = NodeRuntime(ctx, service_hosts(self.layout))
         await self.runtime.start()
         if prometheus_binary() is None:
             log.warning("no prometheus binary (Debian's `prometheus`): viz has no metrics")

@@ -169,25 +169,15 @@ class LocalPod:
     # -- sandbox ---------------------------------------------------------------------------
 
     async def _sandbox(self) -> None:
+        await create_netns(
+            self.ctx.layout,
+            netns=self.netns,
+            veth=self.veth,
+            ip=self.pod_ip,
+            hosts_text=self.ctx.hosts_text,
+            namespace=self.pod["metadata"]["namespace"],
+        )
         layout = self.ctx.layout
-        etc = NETNS_ETC / self.netns
-        etc.mkdir(parents=True, exist_ok=True)
-        (etc / "hosts").write_text(self.ctx.hosts_text)
-        namespace = self.pod["metadata"]["namespace"]
-        (etc / "resolv.conf").write_text(render_resolv_conf(namespace))
-        await _run("ip", "netns", "add", self.netns)
-        await _run("ip", "-n", self.netns, "link", "set", "lo", "up")
-        await _run(
-            "ip", "link", "add", self.veth, "type", "veth",
-            "peer", "name", "eth0", "netns", self.netns,
-        )  # fmt: skip
-        await _run("ip", "link", "set", self.veth, "master", layout.bridge, "up")
-        await _run(
-            "ip", "-n", self.netns, "addr", "add",
-            f"{self.pod_ip}/{layout.bridge_prefix_len}", "dev", "eth0",
-        )  # fmt: skip
-        await _run("ip", "-n", self.netns, "link", "set", "eth0", "up")
-        await _run("ip", "-n", self.netns, "route", "add", "default", "via", layout.node_address)
         # Pod IPs are reused: forget the previous owner's MAC here (the node, where probes
         # come from) at once, and tell every other pod on the bridge (see garp).
         await _run("ip", "neigh", "flush", "to", self.pod_ip, "dev", layout.bridge, check=False)
@@ -291,20 +281,7 @@ class LocalPod:
         return found
 
     async def _env(self, spec: Mapping[str, Any]) -> dict[str, str]:
-        env: dict[str, str] = {}
-        for item in spec.get("env") or []:
-            name = item["name"]
-            if "value" in item:
-                env[name] = _expand(str(item["value"]), env)
-                continue
-            source = item.get("valueFrom") or {}
-            if "fieldRef" in source:
-                env[name] = volumes.field_value(self.view, source["fieldRef"]["fieldPath"])
-            elif "resourceFieldRef" in source:
-                env[name] = _resource_value(spec, source["resourceFieldRef"])
-            else:
-                env[name] = ""
-        return env
+        return resolve_env(spec, self.view)
 
     def _mounts(self, spec: Mapping[str, Any]) -> list[launch.Mount]:
         assert self.volumes is not None
@@ -553,6 +530,45 @@ def _resource_value(spec: Mapping[str, Any], ref: Mapping[str, Any]) -> str:
     kind, _, name = str(ref.get("resource", "")).partition(".")
     value = ((spec.get("resources") or {}).get(kind) or {}).get(name)
     return str(value) if value is not None else "0"
+
+
+async def create_netns(
+    layout: NodeLayout, *, netns: str, veth: str, ip: str, hosts_text: str, namespace: str
+) -> None:
+    """A pod's network namespace: loopback, an ``eth0`` on the node's bridge with ``ip``, a
+    default route via the node, and its /etc/netns hosts and resolv.conf."""
+    etc = NETNS_ETC / netns
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "hosts").write_text(hosts_text)
+    (etc / "resolv.conf").write_text(render_resolv_conf(namespace))
+    await _run("ip", "netns", "add", netns)
+    await _run("ip", "-n", netns, "link", "set", "lo", "up")
+    await _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
+    await _run("ip", "link", "set", veth, "master", layout.bridge, "up")
+    await _run(
+        "ip", "-n", netns, "addr", "add", f"{ip}/{layout.bridge_prefix_len}", "dev", "eth0"
+    )  # fmt: skip
+    await _run("ip", "-n", netns, "link", "set", "eth0", "up")
+    await _run("ip", "-n", netns, "route", "add", "default", "via", layout.node_address)
+
+
+def resolve_env(spec: Mapping[str, Any], pod: Mapping[str, Any]) -> dict[str, str]:
+    """A container's ``env`` as the kubelet resolves it: ``$(VAR)`` expansion, the downward
+    API (``fieldRef``, ``resourceFieldRef``); other sources resolve to ""."""
+    env: dict[str, str] = {}
+    for item in spec.get("env") or []:
+        name = item["name"]
+        if "value" in item:
+            env[name] = _expand(str(item["value"]), env)
+            continue
+        source = item.get("valueFrom") or {}
+        if "fieldRef" in source:
+            env[name] = volumes.field_value(pod, source["fieldRef"]["fieldPath"])
+        elif "resourceFieldRef" in source:
+            env[name] = _resource_value(spec, source["resourceFieldRef"])
+        else:
+            env[name] = ""
+    return env
 
 
 async def _output(*argv: str, limit: float = 5.0) -> str:

@@ -73,8 +73,8 @@ class MeshValues:
     iptables_mode: str = "nft"
     disable_ipv6: bool = True
     native_sidecar: bool = True
-    #: Name the control plane's identities so proxies reach it over TLS. Without it (local
-    #: mode's unmeshed control plane) the *_SVC_NAME variables are left out: plaintext.
+    #: Name the control plane's identities so proxies reach it over TLS. Without it (an
+    #: unmeshed control plane, tests only) the *_SVC_NAME variables are left out: plaintext.
     control_plane_tls: bool = True
     proxy_await: bool = True
     inbound_port: int = 4143

@@ -23,6 +23,7 @@ __all__ = [
     "EXTERNALWORKLOADS",
     "GATEWAY_GRPCROUTES",
     "GATEWAY_HTTPROUTES",
+    "GATEWAY_TCPROUTES",
     "HTTPLOCALRATELIMITPOLICIES",
     "HTTPROUTES",
     "JOBS",
@@ -163,3 +164,7 @@ EXTERNALWORKLOADS = ResourceRef(
 )
 GATEWAY_HTTPROUTES = ResourceRef("gateway.networking.k8s.io", "v1", "httproutes", True, "HTTPRoute")
 GATEWAY_GRPCROUTES = ResourceRef("gateway.networking.k8s.io", "v1", "grpcroutes", True, "GRPCRoute")
+#: TCPRoute is still experimental in the Gateway API (v1alpha2).
+GATEWAY_TCPROUTES = ResourceRef(
+    "gateway.networking.k8s.io", "v1alpha2", "tcproutes", True, "TCPRoute"
+)

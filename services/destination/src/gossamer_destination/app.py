@@ -41,6 +41,7 @@ REFS = {
     "httproutes": resources.HTTPROUTES,
     "gatewayhttproutes": resources.GATEWAY_HTTPROUTES,
     "grpcroutes": resources.GATEWAY_GRPCROUTES,
+    "tcproutes": resources.GATEWAY_TCPROUTES,
     "egressnetworks": resources.EGRESSNETWORKS,
 }
 

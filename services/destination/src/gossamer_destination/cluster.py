@@ -47,15 +47,17 @@ KINDS = (
     "httproutes",
     "gatewayhttproutes",
     "grpcroutes",
+    "tcproutes",
     "egressnetworks",
 )
 #: Kinds whose CRDs may be absent (Gateway API): their informers sync empty meanwhile.
-OPTIONAL_KINDS = frozenset({"gatewayhttproutes", "grpcroutes"})
+OPTIONAL_KINDS = frozenset({"gatewayhttproutes", "grpcroutes", "tcproutes"})
 ROUTE_KINDS = ("httproutes", "gatewayhttproutes", "grpcroutes")
 POLICY_KINDS = frozenset(
     {
         "gatewayhttproutes",
         "grpcroutes",
+        "tcproutes",
         "serverauthorizations",
         "httplocalratelimitpolicies",
         "authorizationpolicies",
@@ -198,6 +200,7 @@ class Cluster:
                 *self.objects("gatewayhttproutes", ns),
             ],
             grpc_routes=lambda ns: self.objects("grpcroutes", ns),
+            tcp_routes=lambda ns: self.objects("tcproutes", ns),
             server_authorizations=lambda ns: self.objects("serverauthorizations", ns),
             rate_limit_policies=lambda ns: self.objects("httplocalratelimitpolicies", ns),
         )

@@ -14,6 +14,12 @@ that is no Service and lies outside the cluster networks (§3.3):
   HTTP routes forward to the original destination (``Allow``) or refuse it (``Deny``: an
   opaque ``Forbidden`` filter, HTTP 403 "traffic not allowed" by a failure injector), with
   the HTTPRoutes whose parent is the EgressNetwork in front of that default route.
+  Other Gateway API routes may have the EgressNetwork as parent too, as in Linkerd:
+
+  - GRPCRoutes make the port gRPC (``protocol.grpc``): their rules first, then a default
+    route that applies the trafficPolicy (``Deny``: ``PERMISSION_DENIED``);
+  - a TCPRoute carries the port's opaque (non-HTTP) traffic in place of the trafficPolicy:
+    its backendRefs are the EgressNetwork itself (the original destination) or Services.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 from gossamer_api.proxy import (
     destination_pb2,
+    grpc_route_pb2,
     http_route_pb2,
     meta_pb2,
     opaque_route_pb2,
@@ -37,6 +44,8 @@ from gossamer_destination.policy_outbound import (
     DETECT_TIMEOUT_SECONDS,
     FAILFAST_SECONDS,
     QUEUE_CAPACITY,
+    balancer_backend,
+    outbound_grpc_route,
     outbound_route,
 )
 from gossamer_destination.profiles import Issues
@@ -48,6 +57,9 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 KIND = "EgressNetwork"
 DENIED_MESSAGE = "traffic not allowed"
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+#: gRPC's PERMISSION_DENIED: what a denied gRPC call gets.
+GRPC_PERMISSION_DENIED = 7
 _EVERYWHERE: tuple[Network, ...] = (
     ipaddress.ip_network("0.0.0.0/0"),
     ipaddress.ip_network("::/0"),
@@ -218,6 +230,75 @@ def default_http_route(
     return route
 
 
+def default_grpc_route(
+    egress: EgressNetwork, backend: outbound_pb2.Backend
+) -> outbound_pb2.GrpcRoute:
+    route = outbound_pb2.GrpcRoute()
+    route.metadata.default = f"grpc-egress-{_verdict(egress)}"
+    rule = route.rules.add()
+    rule.matches.append(grpc_route_pb2.GrpcRouteMatch())  # every call
+    if not egress.allow:
+        rule.filters.add().failure_injector.CopyFrom(
+            grpc_route_pb2.GrpcFailureInjector(code=GRPC_PERMISSION_DENIED, message=DENIED_MESSAGE)
+        )
+    rule.backends.first_available.backends.add().backend.CopyFrom(backend)
+    return route
+
+
+def tcp_route(
+    route: Mapping[str, Any],
+    egress: EgressNetwork,
+    forward: outbound_pb2.Backend,
+    service_exists: Callable[[str, str], bool],
+    settings: DestinationSettings,
+) -> outbound_pb2.OpaqueRoute:
+    """A TCPRoute with ``egress`` as parent, as an opaque route.
+
+    Its rule's backendRefs are the EgressNetwork itself (``forward``: the original
+    destination) or Services (balanced, each at the ref's ``port``), weighted. A TCPRoute has
+    no matches, so only one rule can apply; more are refused, as are refs of other kinds.
+    """
+    m = meta(route)
+    route_ns = str(m.get("namespace") or "")
+    rules = list((route.get("spec") or {}).get("rules") or ())
+    if len(rules) != 1:
+        raise httproutes.InvalidRouteError(
+            f"a TCPRoute needs exactly one rule (it has {len(rules)}): nothing selects between them"
+        )
+    refs = list(rules[0].get("backendRefs") or ())
+    if not refs:
+        raise httproutes.InvalidRouteError("the TCPRoute's rule has no backendRefs")
+    out = outbound_pb2.OpaqueRoute()
+    resource = out.metadata.resource
+    resource.group, resource.kind = GATEWAY_GROUP, "TCPRoute"
+    resource.name, resource.namespace = str(m.get("name") or ""), route_ns
+    distribution = out.rules.add().backends.random_available
+    for ref in refs:
+        weight = ref.get("weight", 1)
+        if not isinstance(weight, int) or weight < 0:
+            raise httproutes.InvalidRouteError(f"backendRef weight {weight!r} is not a count")
+        if weight == 0:
+            continue
+        if _to_parent(ref, egress, route_ns):
+            backend = forward
+        elif (ref.get("group") or "") in ("", "core") and ref.get("kind", "Service") == "Service":
+            ns, name, port = str(ref.get("namespace") or route_ns), ref.get("name"), ref.get("port")
+            if not isinstance(port, int) or not 0 < port < 65536:
+                raise httproutes.InvalidRouteError(f"backendRef Service {name} needs a port")
+            if not service_exists(ns, str(name)):
+                raise httproutes.InvalidRouteError(f"backendRef Service {ns}/{name} not found")
+            backend = balancer_backend(str(name), ns, port, settings)
+        else:
+            raise httproutes.InvalidRouteError(
+                f"backendRef kind {ref.get('kind')!r} is neither a Service nor the EgressNetwork"
+            )
+        weighted = distribution.backends.add(weight=weight)
+        weighted.backend.backend.CopyFrom(backend)
+    if not distribution.backends:
+        raise httproutes.InvalidRouteError("every backendRef of the TCPRoute has weight 0")
+    return out
+
+
 def default_opaque_route(
     egress: EgressNetwork, backend: outbound_pb2.Backend
 ) -> outbound_pb2.OpaqueRoute:
@@ -272,16 +353,16 @@ def _forwarding_rules(route: Mapping[str, Any], egress: EgressNetwork) -> dict[s
 def egress_routes(
     egress: EgressNetwork,
     port: int,
-    http_routes: Callable[[str], list[Any]],
+    routes: Callable[[str], list[Any]],
     client_namespace: str | None,
 ) -> list[Mapping[str, Any]]:
-    """The HTTPRoutes with ``egress`` as parent: the client namespace's own (consumer)
-    routes when it has any, else those of the EgressNetwork's namespace."""
+    """The routes (of one kind) with ``egress`` as parent: the client namespace's own
+    (consumer) routes when it has any, else those of the EgressNetwork's namespace."""
     namespaces = [egress.namespace]
     if client_namespace and client_namespace != egress.namespace:
         namespaces.insert(0, client_namespace)
     for ns in namespaces:
-        attached = [r for r in http_routes(ns) if _attaches(r, egress, port)]
+        attached = [r for r in routes(ns) if _attaches(r, egress, port)]
         if attached:
             return sorted(attached, key=httproutes.route_sort_key)
     return []
@@ -295,10 +376,40 @@ def egress_policy(
     service_exists: Callable[[str, str], bool],
     settings: DestinationSettings,
     issues: Issues,
+    grpc_routes: Sequence[Mapping[str, Any]] = (),
+    tcp_routes: Sequence[Mapping[str, Any]] = (),
 ) -> outbound_pb2.OutboundPolicy:
-    """The ``OutboundPolicy`` for ``ip:port`` under ``egress`` with its attached ``routes``."""
+    """The ``OutboundPolicy`` for ``ip:port`` under ``egress`` with its attached ``routes``
+    (HTTPRoutes), ``grpc_routes`` and ``tcp_routes``, each oldest first."""
     backend = forward_backend(egress, ip, port)
     policy = outbound_pb2.OutboundPolicy(metadata=egress_resource(egress, port))
+    grpc: list[outbound_pb2.GrpcRoute] = []
+    for route in grpc_routes:
+        try:
+            grpc.append(
+                outbound_grpc_route(
+                    _forwarding_rules(route, egress), backend, service_exists, settings
+                )
+            )
+        except (httproutes.InvalidRouteError, ValueError, TypeError) as exc:
+            issues.add(f"GRPCRoute {meta(route).get('namespace')}/{meta(route).get('name')} "
+                       f"skipped: {exc}")  # fmt: skip
+    if grpc:
+        if routes:
+            issues.add(
+                f"EgressNetwork {egress.namespace}/{egress.name} port {port}: has both "
+                "HTTPRoutes and GRPCRoutes; the GRPCRoutes apply"
+            )
+        policy.protocol.grpc.routes.extend([*grpc, default_grpc_route(egress, backend)])
+        return policy
+    opaque = default_opaque_route(egress, backend)
+    for route in tcp_routes:
+        try:
+            opaque = tcp_route(route, egress, backend, service_exists, settings)
+            break  # the oldest valid TCPRoute carries the port
+        except (httproutes.InvalidRouteError, ValueError, TypeError) as exc:
+            issues.add(f"TCPRoute {meta(route).get('namespace')}/{meta(route).get('name')} "
+                       f"skipped: {exc}")  # fmt: skip
     http: list[outbound_pb2.HttpRoute] = []
     for route in routes:
         try:
@@ -312,7 +423,7 @@ def egress_policy(
     http.append(default_http_route(egress, backend))
     detect = policy.protocol.detect
     detect.timeout.CopyFrom(_duration(DETECT_TIMEOUT_SECONDS))
-    detect.opaque.routes.append(default_opaque_route(egress, backend))
+    detect.opaque.routes.append(opaque)
     detect.http1.routes.extend(http)
     detect.http2.routes.extend(http)
     return policy

@@ -166,8 +166,18 @@ class Policies:
             if egress is None:
                 cluster.report("policy", issues)
                 return (None if in_cluster else egress_fallback(ip, port)), deps
-            routes = egress_routes(egress, port, cluster.policy_lookups().http_routes, client_ns)
-            policy = egress_policy(egress, ip, port, routes, exists, settings, issues)
+            lookups = cluster.policy_lookups()
+            policy = egress_policy(
+                egress,
+                ip,
+                port,
+                egress_routes(egress, port, lookups.http_routes, client_ns),
+                exists,
+                settings,
+                issues,
+                grpc_routes=egress_routes(egress, port, lookups.grpc_routes, client_ns),
+                tcp_routes=egress_routes(egress, port, lookups.tcp_routes, client_ns),
+            )
             cluster.report("policy", issues)
             return policy, deps
 

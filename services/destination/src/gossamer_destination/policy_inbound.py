@@ -55,6 +55,8 @@ class PolicyLookups:
     rate_limit_policies: Callable[[str], list[KubeObject]]
     #: Gateway API GRPCRoutes of a namespace (``http_routes`` holds both HTTPRoute groups).
     grpc_routes: Callable[[str], list[KubeObject]] = lambda _ns: []
+    #: Gateway API TCPRoutes of a namespace (served for EgressNetwork parents).
+    tcp_routes: Callable[[str], list[KubeObject]] = lambda _ns: []
 
 
 # -- networks and authentications -----------------------------------------------------------

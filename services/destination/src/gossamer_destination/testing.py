@@ -79,6 +79,7 @@ def memory_sources(*objects: KubeObject) -> dict[str, MemorySource]:
         "NetworkAuthentication": "networkauthentications",
         "HTTPRoute": "httproutes",
         "GRPCRoute": "grpcroutes",
+        "TCPRoute": "tcproutes",
         "EgressNetwork": "egressnetworks",
     }
     sources = {kind: MemorySource(kind) for kind in KINDS}

@@ -162,7 +162,8 @@ class InjectorSettings:
         default="true",
         parse=parse_bool,
         help="Proxies reach the control plane over TLS, naming its identities "
-        "(LINKERD2_PROXY_*_SVC_NAME). Local mode's unmeshed control plane turns this off.",
+        "(LINKERD2_PROXY_*_SVC_NAME). Off only for an unmeshed control plane on loopback "
+        "(tests): linkerd2-proxy refuses a non-loopback *_SVC_ADDR without its *_SVC_NAME.",
     )
     proxy_await: bool = setting(
         env=_P + "PROXY_AWAIT",

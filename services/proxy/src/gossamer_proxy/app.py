@@ -46,6 +46,7 @@ from .mesh.discovery import DestinationClient
 from .mesh.endpoints import Endpoint as MeshEndpoint
 from .mesh.policy_router import source_workload
 from .mesh.policy_watch import OutboundPolicyClient
+from .mesh.tls_contexts import Credentials
 from .mesh.tls_labels import outbound_tls_labels
 from .mesh.transport import plan_connect
 from .metrics import ProxyMetrics, tls_values
@@ -117,6 +118,7 @@ class Proxy:
         self.policies = InboundPolicies(
             settings,
             trust_anchors_pem=self.identity.trust_anchors_pem if self.identity else None,
+            credentials=self._current_credentials,
         )
         self.authz_metrics = AuthzMetrics(self.metrics.registry)
         self._inbound_listener: InboundListener | None = None
@@ -166,6 +168,10 @@ class Proxy:
         self.discovery: OutboundDiscovery | None = None
         parse_networks(settings.destination_profile_networks)  # a typo must stop the start
 
+    def _current_credentials(self) -> Credentials | None:
+        """The proxy's certificate right now: control-plane channels present it (mTLS)."""
+        return self.identity.credentials if self.identity is not None else None
+
     def _start_discovery(self) -> None:
         s = self.settings
         if not s.destination_svc_addr or s.outbound_fixed_identity:
@@ -174,7 +180,7 @@ class Proxy:
             s.destination_svc_addr,
             server_name=s.destination_svc_name,
             trust_anchors_pem=self.identity.trust_anchors_pem if self.identity else None,
-            credentials=self.identity.credentials if self.identity else None,
+            credentials=self._current_credentials,
         )
         stream_config = StreamConfig(
             initial_timeout=s.control_stream_initial_timeout,
@@ -193,7 +199,7 @@ class Proxy:
                 s.policy_svc_addr,
                 server_name=s.policy_svc_name,
                 trust_anchors_pem=self.identity.trust_anchors_pem if self.identity else None,
-                credentials=self.identity.credentials if self.identity else None,
+                credentials=self._current_credentials,
             )
             policies = OutboundPolicyClient(
                 self._policy_channel,

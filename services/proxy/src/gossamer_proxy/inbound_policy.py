@@ -11,6 +11,8 @@ asks :meth:`InboundPolicies.policy` once per connection; the answer is a cached 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from grpclib.client import Channel
 
 from .config import ProxySettings
@@ -18,13 +20,22 @@ from .mesh.authz import ServerPolicy, default_policy
 from .mesh.channels import control_channel
 from .mesh.control_stream import StreamConfig
 from .mesh.policy_watch import InboundPolicyClient
+from .mesh.tls_contexts import Credentials
 
 __all__ = ["InboundPolicies"]
 
 
 class InboundPolicies:
-    def __init__(self, settings: ProxySettings, *, trust_anchors_pem: str | None) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        *,
+        trust_anchors_pem: str | None,
+        credentials: Callable[[], Credentials | None] | None = None,
+    ) -> None:
         self._settings = settings
+        #: The proxy's current certificate, presented to the policy service (mTLS).
+        self._credentials = credentials
         names = settings.policy_cluster_networks
         name = settings.inbound_default_policy
         timeout = settings.inbound_detect_timeout
@@ -56,7 +67,10 @@ class InboundPolicies:
         if not s.policy_svc_addr or not s.policy_workload:
             return
         self._channel = control_channel(
-            s.policy_svc_addr, server_name=s.policy_svc_name, trust_anchors_pem=self._trust
+            s.policy_svc_addr,
+            server_name=s.policy_svc_name,
+            trust_anchors_pem=self._trust,
+            credentials=self._credentials,
         )
         self._client = InboundPolicyClient(
             self._channel,

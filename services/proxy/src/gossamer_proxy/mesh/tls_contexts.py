@@ -81,6 +81,11 @@ def memory_file(data: bytes, name: str) -> Iterator[str]:
         os.close(fd)
 
 
+def load_credentials(context: ssl.SSLContext, credentials: Credentials) -> None:
+    """Present ``credentials`` (chain and key) from ``context`` on its next handshakes."""
+    _load_credentials(context, credentials)
+
+
 def _load_credentials(context: ssl.SSLContext, credentials: Credentials) -> None:
     with (
         memory_file(credentials.chain_pem, "gossamer-chain") as cert_path,
