@@ -94,11 +94,6 @@ def _load_credentials(context: ssl.SSLContext, credentials: Credentials) -> None
         context.load_cert_chain(cert_path, key_path)
 
 
-def load_credentials(context: ssl.SSLContext, credentials: Credentials) -> None:
-    """Load (or replace, for handshakes from now on) the context's certificate and key."""
-    _load_credentials(context, credentials)
-
-
 #: Sessions queued per server name and not yet taken (a start that failed leaves one behind).
 MAX_QUEUED_SESSIONS = 64
 
