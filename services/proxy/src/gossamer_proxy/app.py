@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import ipaddress
 import math
+import os
 from typing import TYPE_CHECKING
 
 import structlog
@@ -57,6 +58,8 @@ from .pool import Pool
 if TYPE_CHECKING:
     from .tap.server import TapServer
     from .tap.taps import Taps
+    from .tracing.exporter import SpanExporter
+    from .tracing.tracer import Tracer
 
 __all__ = ["Proxy"]
 
@@ -166,6 +169,9 @@ class Proxy:
         self._policy_channel: Channel | None = None
         #: Outbound discovery (``None`` without a destination service, or in static mode).
         self.discovery: OutboundDiscovery | None = None
+        #: Spans for sampled requests (``None``: no trace collector; nothing of it imported).
+        self.tracer: Tracer | None = None
+        self._span_exporter: SpanExporter | None = None
         parse_networks(settings.destination_profile_networks)  # a typo must stop the start
 
     def _current_credentials(self) -> Credentials | None:
@@ -214,6 +220,28 @@ class Proxy:
             idle_timeout=s.outbound_discovery_idle_timeout,
             policies=policies,
         )
+
+    def _start_tracing(self) -> None:
+        s = self.settings
+        if not s.trace_collector_svc_addr:
+            return
+        from .tracing.tracer import tracing_from_settings
+
+        identity = self.identity
+        self.tracer, self._span_exporter = tracing_from_settings(
+            collector_addr=s.trace_collector_svc_addr,
+            collector_name=s.trace_collector_svc_name,
+            protocol=s.trace_protocol,
+            service_name=s.trace_service_name,
+            attributes_path=s.trace_attributes_path,
+            extra_attributes=s.trace_extra_attributes,
+            environ=os.environ,
+            registry=self.metrics.registry,
+            trust_anchors_pem=identity.trust_anchors_pem if identity else None,
+            credentials=(lambda: identity.credentials) if identity else None,
+            batch_delay=s.trace_batch_delay,
+        )
+        self._span_exporter.start()
 
     @property
     def ready(self) -> bool:
@@ -301,6 +329,7 @@ class Proxy:
             self.identity.start()
         self.policies.start((s.admin_listen.port,))
         self._start_discovery()
+        self._start_tracing()
         # Outbound and admin first: the inbound side must know every port the proxy itself
         # listens on before it accepts a connection (it never forwards to them).
         for addr in s.outbound_listeners:
@@ -401,6 +430,8 @@ class Proxy:
         await self.policies.close()
         if self.discovery is not None:
             await self.discovery.close()
+        if self._span_exporter is not None:
+            await self._span_exporter.close()
         if self._destination_channel is not None:
             self._destination_channel.close()
             self._destination_channel = None

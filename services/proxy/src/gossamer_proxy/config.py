@@ -102,6 +102,16 @@ def _access_log_format(text: str) -> str:
 _access_log_format.expected = "apache or json"  # type: ignore[attr-defined]
 
 
+def _trace_protocol(text: str) -> str:
+    value = text.strip().lower()
+    if value != "opentelemetry":
+        raise ValueError(text)
+    return value
+
+
+_trace_protocol.expected = "opentelemetry"  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True, slots=True)
 class Http1Limits:
     """Size limits and timers for one HTTP/1 server side."""
@@ -503,6 +513,50 @@ class ProxySettings:
         parse=optional(_access_log_format),
         help="Per-request access log of inbound HTTP requests on stderr: apache or json "
         "(empty: off).",
+    )
+    trace_collector_svc_addr: str | None = setting(
+        env="LINKERD2_PROXY_TRACE_COLLECTOR_SVC_ADDR",
+        default=None,
+        parse=optional(parse_str),
+        help="host:port of an OTLP/gRPC trace collector; unset: tracing off (nothing of it "
+        "is loaded). Requests that arrive with a sampled W3C or B3 context get a span.",
+    )
+    trace_collector_svc_name: str | None = setting(
+        env="LINKERD2_PROXY_TRACE_COLLECTOR_SVC_NAME",
+        default=None,
+        parse=optional(parse_str),
+        help="The collector's mesh identity: spans are sent over mTLS to it (unset: plaintext).",
+    )
+    trace_protocol: str = setting(
+        env="LINKERD2_PROXY_TRACE_PROTOCOL",
+        default="opentelemetry",
+        parse=_trace_protocol,
+        help="opentelemetry (OTLP over gRPC); Linkerd's legacy opencensus is not supported.",
+    )
+    trace_service_name: str | None = setting(
+        env="LINKERD2_PROXY_TRACE_SERVICE_NAME",
+        default=None,
+        parse=optional(parse_str),
+        help="The service.name of the proxy's spans (default gossamer-proxy).",
+    )
+    trace_attributes_path: str | None = setting(
+        env="LINKERD2_PROXY_TRACE_ATTRIBUTES_PATH",
+        default=None,
+        parse=optional(parse_str),
+        help='A downward-API file of the pod\'s labels (key="value" lines), added to the '
+        "spans' resource.",
+    )
+    trace_extra_attributes: str | None = setting(
+        env="LINKERD2_PROXY_TRACE_EXTRA_ATTRIBUTES",
+        default=None,
+        parse=optional(str),
+        help="More resource attributes, one key=value per line.",
+    )
+    trace_batch_delay: float = setting(
+        env="GOSSAMER_PROXY_TRACE_BATCH_DELAY",
+        default="5s",
+        parse=parse_duration,
+        help="Spans wait at most this long before they are exported in a batch.",
     )
 
     @property
