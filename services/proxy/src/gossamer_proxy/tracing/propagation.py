@@ -268,7 +268,7 @@ def _w3c(found: dict[bytes, list[bytes]]) -> TraceContext | None:
     if parsed is None:
         return None
     trace_id, parent_id, flags = parsed
-    states = []
+    states: list[str] = []
     for raw in found.get(_TRACESTATE, ()):
         state = _ascii(raw, MAX_TRACESTATE_CHARS)
         if state is None:
