@@ -359,3 +359,72 @@ def test_control_plane_names_are_left_out_without_control_plane_tls() -> None:
     for name in ("IDENTITY", "DESTINATION", "POLICY"):
         assert f"LINKERD2_PROXY_{name}_SVC_NAME" not in env
         assert f"LINKERD2_PROXY_{name}_SVC_ADDR" in env
+
+
+def _proxy(out: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in out["spec"]["initContainers"] if c["name"] == "linkerd-proxy")
+
+
+def test_trace_collector_namespace_annotation_sets_the_proxys_trace_env() -> None:
+    p = pod()
+    ns = {
+        "linkerd.io/inject": "enabled",
+        "config.linkerd.io/trace-collector": "collector.tracing:4317",
+    }
+    patch = webhook(p, ns, owner=Owner("Deployment", "web"))
+    out = applied(p, patch.ops)
+    proxy = _proxy(out)
+    env = env_of(proxy)
+    assert env["LINKERD2_PROXY_TRACE_COLLECTOR_SVC_ADDR"] == "collector.tracing:4317"
+    assert env["LINKERD2_PROXY_TRACE_COLLECTOR_SVC_NAME"] == (
+        "collector.tracing.serviceaccount.identity.gossamer.cluster.local"
+    )
+    assert env["LINKERD2_PROXY_TRACE_PROTOCOL"] == "opentelemetry"
+    assert env["LINKERD2_PROXY_TRACE_SERVICE_NAME"] == "web"
+    assert env["LINKERD2_PROXY_TRACE_ATTRIBUTES_PATH"] == "/var/run/linkerd/podinfo/labels"
+    assert {"mountPath": "/var/run/linkerd/podinfo", "name": "linkerd-podinfo"} in proxy[
+        "volumeMounts"
+    ]
+    podinfo = next(v for v in out["spec"]["volumes"] if v["name"] == "linkerd-podinfo")
+    assert podinfo["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"] == "metadata.labels"
+    assert out["metadata"]["annotations"]["jaeger.linkerd.io/tracing-enabled"] == "true"
+    # uninject takes all of it away again
+    assert uninject_pod(out)
+    assert "linkerd-podinfo" not in {v["name"] for v in out["spec"].get("volumes", [])}
+    assert "jaeger.linkerd.io/tracing-enabled" not in out["metadata"].get("annotations", {})
+
+
+def test_trace_collector_service_account_and_bare_names() -> None:
+    p = pod(
+        {
+            "linkerd.io/inject": "enabled",
+            "config.linkerd.io/trace-collector": "otel:4317",
+            "config.alpha.linkerd.io/trace-collector-service-account": "otel-sa",
+        }
+    )
+    env = env_of(_proxy(applied(p, webhook(p).ops)))
+    assert env["LINKERD2_PROXY_TRACE_COLLECTOR_SVC_NAME"] == (
+        "otel-sa.$(_pod_ns).serviceaccount.identity.gossamer.cluster.local"
+    )
+    assert env["LINKERD2_PROXY_TRACE_SERVICE_NAME"] == "$(_pod_name)"  # no owner known
+
+
+def test_without_a_collector_nothing_of_tracing_is_written() -> None:
+    p = pod({"linkerd.io/inject": "enabled"})
+    out = applied(p, webhook(p).ops)
+    assert not any(k.startswith("LINKERD2_PROXY_TRACE") for k in env_of(_proxy(out)))
+    assert "linkerd-podinfo" not in {v["name"] for v in out["spec"]["volumes"]}
+
+
+@pytest.mark.parametrize("value", ["collector", "collector:port", "collector:0", "a b:1"])
+def test_a_bad_trace_collector_is_a_config_error(value: str) -> None:
+    p = pod({"linkerd.io/inject": "enabled", "config.linkerd.io/trace-collector": value})
+    with pytest.raises(ConfigError, match="trace-collector"):
+        webhook(p)
+
+
+def test_an_ip_collector_has_no_identity() -> None:
+    p = pod({"linkerd.io/inject": "enabled", "config.linkerd.io/trace-collector": "10.0.0.7:4317"})
+    env = env_of(_proxy(applied(p, webhook(p).ops)))
+    assert env["LINKERD2_PROXY_TRACE_COLLECTOR_SVC_ADDR"] == "10.0.0.7:4317"
+    assert "LINKERD2_PROXY_TRACE_COLLECTOR_SVC_NAME" not in env

@@ -105,6 +105,11 @@ ADDITIONAL_ENV: Final = config("proxy-additional-env")
 ENABLE_GATEWAY: Final = config("enable-gateway")
 ADMIN_SHUTDOWN: Final = config("proxy-admin-shutdown")
 WAIT_BEFORE_EXIT_SECONDS: Final = CONFIG_ALPHA_PREFIX + "proxy-wait-before-exit-seconds"
+#: Linkerd-jaeger's: the OTLP collector's ``host:port``, and its service account (identity).
+TRACE_COLLECTOR: Final = config("trace-collector")
+TRACE_COLLECTOR_SERVICE_ACCOUNT: Final = CONFIG_ALPHA_PREFIX + "trace-collector-service-account"
+#: Written on pods whose proxy traces (as the linkerd-jaeger injector writes it).
+TRACING_ENABLED: Final = "jaeger.linkerd.io/tracing-enabled"
 
 # --- container and volume names (linkerd-wire.md §4.3) ---------------------------------------
 PROXY_CONTAINER: Final = "linkerd-proxy"
@@ -114,11 +119,14 @@ FOREIGN_INIT_CONTAINERS: Final = frozenset({"linkerd-init", "istio-init"})
 XTABLES_LOCK_VOLUME: Final = "linkerd-proxy-init-xtables-lock"
 IDENTITY_END_ENTITY_VOLUME: Final = "linkerd-identity-end-entity"
 IDENTITY_TOKEN_VOLUME: Final = "linkerd-identity-token"  # noqa: S105 - a volume name
+PODINFO_VOLUME: Final = "linkerd-podinfo"
 INJECTED_VOLUMES: Final = frozenset(
-    {XTABLES_LOCK_VOLUME, IDENTITY_END_ENTITY_VOLUME, IDENTITY_TOKEN_VOLUME}
+    {XTABLES_LOCK_VOLUME, IDENTITY_END_ENTITY_VOLUME, IDENTITY_TOKEN_VOLUME, PODINFO_VOLUME}
 )
 PROXY_PORT_NAME: Final = "linkerd-proxy"
 ADMIN_PORT_NAME: Final = "linkerd-admin"
 
 #: Annotations the injector writes onto a pod; uninject removes them.
-WRITTEN_ANNOTATIONS: Final = frozenset({CREATED_BY, PROXY_VERSION, TRUST_ROOT_SHA256})
+WRITTEN_ANNOTATIONS: Final = frozenset(
+    {CREATED_BY, PROXY_VERSION, TRUST_ROOT_SHA256, TRACING_ENABLED}
+)

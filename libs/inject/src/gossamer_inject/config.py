@@ -9,6 +9,7 @@ here touches the pod spec: that is :mod:`gossamer_inject.patch`'s job.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -101,6 +102,11 @@ class MeshValues:
     identity_port: int = 8080
     destination_port: int = 8086
     policy_port: int = 8090
+    #: Mesh-wide trace collector ``host:port`` (None: proxies trace only where the
+    #: ``config.linkerd.io/trace-collector`` annotation names one).
+    trace_collector: str | None = None
+    #: The collector's service account, for its identity (linkerd-jaeger's default).
+    trace_collector_service_account: str = "collector"
 
     @property
     def init_tag(self) -> str:
@@ -208,6 +214,9 @@ class ProxyConfig:
     wait_before_exit_seconds: int | None
     iptables_mode: str
     disable_ipv6: bool
+    #: OTLP collector ``host:port`` (None: tracing off) and its mesh identity.
+    trace_collector: str | None = None
+    trace_collector_identity: str | None = None
 
 
 def resolve(mesh: MeshValues, annotations: Mapping[str, str], *, ingress: bool) -> ProxyConfig:
@@ -334,7 +343,44 @@ def resolve(mesh: MeshValues, annotations: Mapping[str, str], *, ingress: bool) 
         wait_before_exit_seconds=wait_before_exit,
         iptables_mode=mesh.iptables_mode,
         disable_ipv6=mesh.disable_ipv6,
+        **_trace_collector(mesh, annotations),
     )
+
+
+def _trace_collector(mesh: MeshValues, annotations: Mapping[str, str]) -> dict[str, str | None]:
+    """The collector address and identity, as the linkerd-jaeger injector derives them.
+
+    The identity's namespace is the collector host's second label
+    (``collector.linkerd-jaeger:55678`` → ``linkerd-jaeger``), its service account the
+    ``config.alpha.linkerd.io/trace-collector-service-account`` annotation or the mesh
+    default (``collector``).
+    """
+    addr = annotations.get(a.TRACE_COLLECTOR, mesh.trace_collector)
+    if addr is None:
+        return {"trace_collector": None, "trace_collector_identity": None}
+    host, sep, port = addr.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(a.TRACE_COLLECTOR, addr, "expected host:port")
+    if any(c.isspace() for c in host):
+        raise ConfigError(a.TRACE_COLLECTOR, addr, "expected host:port")
+    account = annotations.get(
+        a.TRACE_COLLECTOR_SERVICE_ACCOUNT, mesh.trace_collector_service_account
+    )
+    if not account or not all(c.isalnum() or c in "-." for c in account):
+        raise ConfigError(a.TRACE_COLLECTOR_SERVICE_ACCOUNT, account, "not a service account name")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        labels = host.split(".")
+        # A bare service name is in the pod's own namespace, expanded by the kubelet.
+        namespace = labels[1] if len(labels) > 1 else "$(_pod_ns)"
+        identity: str | None = (
+            f"{account}.{namespace}.serviceaccount.identity."
+            f"{mesh.control_plane_namespace}.{mesh.trust_domain}"
+        )
+    else:
+        identity = None  # an IP names no service, so no identity to expect: plaintext
+    return {"trace_collector": addr.strip(), "trace_collector_identity": identity}
 
 
 def _native_sidecar(mesh: MeshValues, annotations: Mapping[str, str]) -> bool:

@@ -17,6 +17,7 @@ from gossamer_inject.config import MeshValues, ProxyConfig
 from gossamer_inject.values import PortRange, format_port_ranges
 
 IDENTITY_DIR = "/var/run/linkerd/identity/end-entity"
+PODINFO_DIR = "/var/run/linkerd/podinfo"
 TOKEN_DIR = "/var/run/secrets/tokens"  # noqa: S105 - a mount path
 TOKEN_AUDIENCE = "identity.l5d.io"  # noqa: S105 - the token audience
 TOKEN_EXPIRATION_SECONDS = 86400
@@ -31,6 +32,8 @@ class PodFacts:
     inbound_ports: tuple[int, ...]
     #: Opaque ports with named ports already resolved.
     opaque_ports: tuple[PortRange, ...]
+    #: The owning workload's name: the ``service.name`` of the proxy's spans (else the pod's).
+    workload: str | None = None
 
 
 def _field_env(name: str, path: str) -> dict[str, Any]:
@@ -154,6 +157,7 @@ def proxy_env(cfg: ProxyConfig, facts: PodFacts) -> list[dict[str, Any]]:
         env.append(_env("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", cfg.shutdown_grace_period))
     if cfg.log_http_headers is not None:
         env.append(_env("LINKERD2_PROXY_LOG_HTTP_HEADERS", cfg.log_http_headers))
+    env += _trace_env(cfg, facts)
     env += [
         _env("LINKERD2_PROXY_IDENTITY_DIR", IDENTITY_DIR),
         _env("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", mesh.trust_anchors_pem),
@@ -167,6 +171,27 @@ def proxy_env(cfg: ProxyConfig, facts: PodFacts) -> list[dict[str, Any]]:
         ),
     ]
     return _merge_env(env, cfg.additional_env)
+
+
+def _trace_env(cfg: ProxyConfig, facts: PodFacts) -> list[dict[str, Any]]:
+    """The linkerd-jaeger injector's variables, when the pod has a trace collector."""
+    if cfg.trace_collector is None:
+        return []
+    env = [
+        _env("LINKERD2_PROXY_TRACE_ATTRIBUTES_PATH", f"{PODINFO_DIR}/labels"),
+        _env("LINKERD2_PROXY_TRACE_COLLECTOR_SVC_ADDR", cfg.trace_collector),
+        _env("LINKERD2_PROXY_TRACE_PROTOCOL", "opentelemetry"),
+        _env("LINKERD2_PROXY_TRACE_SERVICE_NAME", facts.workload or "$(_pod_name)"),
+        _env(
+            "LINKERD2_PROXY_TRACE_EXTRA_ATTRIBUTES",
+            "k8s.pod.uid=$(_pod_uid)\nk8s.container.name=$(_pod_containerName)",
+        ),
+    ]
+    if cfg.trace_collector_identity is not None:
+        env += _svc_name(
+            cfg.mesh, "LINKERD2_PROXY_TRACE_COLLECTOR_SVC_NAME", cfg.trace_collector_identity
+        )
+    return env
 
 
 def _merge_env(
@@ -226,6 +251,8 @@ def proxy_container(cfg: ProxyConfig, facts: PodFacts) -> dict[str, Any]:
             {"mountPath": TOKEN_DIR, "name": a.IDENTITY_TOKEN_VOLUME},
         ],
     }
+    if cfg.trace_collector is not None:
+        container["volumeMounts"].append({"mountPath": PODINFO_DIR, "name": a.PODINFO_VOLUME})
     resources = cfg.resources.as_dict()
     if resources:
         container["resources"] = resources
@@ -297,8 +324,22 @@ def init_container(cfg: ProxyConfig) -> dict[str, Any]:
     }
 
 
-def volumes() -> list[dict[str, Any]]:
-    """The xtables lock, the identity key directory (in memory) and the projected token."""
+def volumes(cfg: ProxyConfig | None = None) -> list[dict[str, Any]]:
+    """The xtables lock, the identity key directory (in memory) and the projected token.
+
+    With a trace collector, also the pod's labels through the downward API (the spans'
+    resource attributes).
+    """
+    podinfo: list[dict[str, Any]] = []
+    if cfg is not None and cfg.trace_collector is not None:
+        podinfo.append(
+            {
+                "name": a.PODINFO_VOLUME,
+                "downwardAPI": {
+                    "items": [{"fieldRef": {"fieldPath": "metadata.labels"}, "path": "labels"}]
+                },
+            }
+        )
     return [
         {"name": a.XTABLES_LOCK_VOLUME, "emptyDir": {}},
         {"name": a.IDENTITY_END_ENTITY_VOLUME, "emptyDir": {"medium": "Memory"}},
@@ -316,4 +357,5 @@ def volumes() -> list[dict[str, Any]]:
                 ]
             },
         },
+        *podinfo,
     ]

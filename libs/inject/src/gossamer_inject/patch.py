@@ -87,6 +87,8 @@ def build_pod_patch(
     new_annotations[a.CREATED_BY] = created_by
     new_annotations[a.PROXY_VERSION] = cfg.proxy_version
     new_annotations[a.TRUST_ROOT_SHA256] = mesh.trust_root_sha256
+    if cfg.trace_collector is not None:
+        new_annotations[a.TRACING_ENABLED] = "true"
 
     labels = {a.CONTROL_PLANE_NS_LABEL: mesh.control_plane_namespace}
     if namespace:
@@ -95,12 +97,18 @@ def build_pod_patch(
         labels[owner_label] = owner.name
 
     ops = _metadata_ops(pod, {"annotations": new_annotations, "labels": labels})
-    ops += _container_ops(spec, cfg, _facts(spec, cfg, effective))
-    ops += _volume_ops(spec)
+    facts = _facts(spec, cfg, effective, owner.name if owner is not None else None)
+    ops += _container_ops(spec, cfg, facts)
+    ops += _volume_ops(spec, cfg)
     return PodPatch(decision, ops)
 
 
-def _facts(spec: Mapping[str, Any], cfg: ProxyConfig, annotations: Mapping[str, str]) -> Any:
+def _facts(
+    spec: Mapping[str, Any],
+    cfg: ProxyConfig,
+    annotations: Mapping[str, str],
+    workload: str | None,
+) -> Any:
     names = podspec.port_names(spec)
     opaque_text = annotations.get(a.OPAQUE_PORTS, cfg.opaque_ports)
     opaque = parse_port_ranges(a.OPAQUE_PORTS, opaque_text, names=names)
@@ -108,7 +116,9 @@ def _facts(spec: Mapping[str, Any], cfg: ProxyConfig, annotations: Mapping[str, 
     inbound = sorted(
         {*podspec.tcp_container_ports(spec), *podspec.http_probe_ports(spec)} - proxy_ports
     )
-    return containers.PodFacts(inbound_ports=tuple(inbound), opaque_ports=opaque)
+    return containers.PodFacts(
+        inbound_ports=tuple(inbound), opaque_ports=opaque, workload=workload or None
+    )
 
 
 def _metadata_ops(
@@ -152,8 +162,8 @@ def _container_ops(
     return ops
 
 
-def _volume_ops(spec: Mapping[str, Any]) -> list[jsonpatch.Op]:
-    vols = containers.volumes()
+def _volume_ops(spec: Mapping[str, Any], cfg: ProxyConfig) -> list[jsonpatch.Op]:
+    vols = containers.volumes(cfg)
     if spec.get("volumes") is None:
         return [jsonpatch.add("/spec/volumes", vols)]
     return [jsonpatch.add("/spec/volumes/-", v) for v in vols]
