@@ -23,6 +23,7 @@ from gossamer_cli import (
     version_cmd,
 )
 from gossamer_cli.dev import command as dev_cmd
+from gossamer_cli.jaeger import command as jaeger_cmd
 from gossamer_cli.viz import command as viz_cmd
 
 
@@ -44,6 +45,7 @@ profile_cmd.register(cli)
 completion_cmd.register(cli)
 authz_cmd.register(cli)
 prune_cmd.register(cli)
+jaeger_cmd.register(cli)
 
 
 def main() -> None:
