@@ -32,9 +32,12 @@ object; per-request state such as a span or the list of matching taps) or ``None
 the request; the later callbacks get the request and that token. Observers run on the
 event loop inside the data path: they must not block or await, and must bound whatever they
 buffer. Times are loop seconds (``loop.time()``), passed in; observers never read a clock
-for durations. An observer reads the request and may add headers to it while
-``on_request`` runs (:meth:`ObservedRequest.add_request_header`, for tracing's
-``traceparent``/B3 propagation); it never changes or answers the request otherwise.
+for durations. An observer reads the request and may add or set headers on it while
+``on_request`` runs (:meth:`ObservedRequest.add_request_header`,
+:meth:`ObservedRequest.set_request_header`: tracing's ``traceparent``/B3 propagation, which
+must replace the caller's context rather than send a second one); both protocol servers
+apply them once, through :meth:`ObservedRequest.forward_headers`, before the request is
+encoded or sent upstream. It never changes or answers the request otherwise.
 """
 
 from __future__ import annotations
@@ -156,6 +159,7 @@ class ObservedRequest:
         "precise_ended",
         "precise_response",
         "precise_started",
+        "replaced_names",
         "reset_code",
         "response_at",
         "response_bytes",
@@ -230,6 +234,8 @@ class ObservedRequest:
         self.sinks: tuple[tuple[RequestObserver, object], ...] = ()
         #: Headers observers add to the request as forwarded (see :meth:`add_request_header`).
         self.added_headers: list[tuple[bytes, bytes]] | None = None
+        #: Lower-cased names whose received values are not forwarded (set, not added).
+        self.replaced_names: set[bytes] | None = None
 
     def add_request_header(self, name: bytes, value: bytes) -> None:
         """Forward the request with one more header (``on_request`` only; e.g. tracing's
@@ -238,6 +244,21 @@ class ObservedRequest:
         if self.added_headers is None:
             self.added_headers = []
         self.added_headers.append((name, value))
+
+    def set_request_header(self, name: bytes, value: bytes) -> None:
+        """As :meth:`add_request_header`, but every header of that name the request carries
+        (in any case) is left out first: the forwarded request has only this value."""
+        if self.replaced_names is None:
+            self.replaced_names = set()
+        self.replaced_names.add(name.lower())
+        self.add_request_header(name, value)
+
+    def forward_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """``headers`` as forwarded: replaced names left out, added headers appended."""
+        replaced = self.replaced_names
+        if replaced:
+            headers = [h for h in headers if h[0].lower() not in replaced]
+        return [*headers, *(self.added_headers or ())]
 
     @property
     def direction(self) -> str:

@@ -689,7 +689,7 @@ class Http1Server(asyncio.Protocol):
                 now=ex.started_at,
             )
             if observed is not None and observed.added_headers:
-                info.forward = [*info.forward, *observed.added_headers]
+                info.forward = observed.forward_headers(info.forward)
         ex.head = encode_request_head(ex.method, url, info, extra=extra)
         if self.ctx.discovery is not None and not self.ctx.inbound:
             # Counted once the endpoint (and so its TLS and dst labels) is known.

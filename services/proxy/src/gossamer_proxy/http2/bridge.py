@@ -530,7 +530,7 @@ class H2Server(asyncio.Protocol):
                 self._connection_facts(), sid, event.headers, pair.started_at
             )
             if observed is not None and observed.added_headers:
-                headers.extend(observed.added_headers)  # the list the pair forwards
+                headers[:] = observed.forward_headers(headers)  # the list the pair forwards
         if not self._count_on_upstream:
             self.count(pair, self.labels)
         if event.stream_ended is not None:
