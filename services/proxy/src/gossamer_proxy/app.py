@@ -242,6 +242,9 @@ class Proxy:
             batch_delay=s.trace_batch_delay,
         )
         self._span_exporter.start()
+        from .tracing.observer import TracingObserver
+
+        self.observers.add(TracingObserver(self.tracer), ("inbound", "outbound"))
 
     @property
     def ready(self) -> bool:
