@@ -39,6 +39,7 @@ WEIGHTS = {
     "admin_parser": 4.0,
     "injector_review": 3.0,
     "identity_csr": 3.0,
+    "trace_context": 2.0,
 }
 MAX_SEGMENTS = 25
 
