@@ -37,6 +37,8 @@ def _value(any_value: object) -> object:
 @dataclass
 class OtlpReceiver(TraceServiceBase):
     requests: list[ExportRequest] = field(default_factory=list)
+    #: The URI SAN (mesh identity) or DNS SAN of each TLS client's certificate, per export.
+    client_identities: list[str] = field(default_factory=list)
     #: Answer exports with this many rejected spans (partial success).
     reject: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -46,6 +48,10 @@ class OtlpReceiver(TraceServiceBase):
     async def Export(self, stream: Stream[ExportRequest, ExportResponse]) -> None:
         request = await stream.recv_message()
         assert request is not None
+        cert = stream.peer.cert()
+        if cert:
+            names = [v for k, v in cert.get("subjectAltName", ()) if k in ("DNS", "URI")]
+            self.client_identities.extend(names[:1])
         self.requests.append(request)
         self._changed.set()
         response = ExportResponse()

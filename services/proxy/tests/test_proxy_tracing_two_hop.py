@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -21,8 +23,13 @@ import h2.events
 import pytest
 from gossamer_api.proxy import otlp_trace_pb2
 from gossamer_proxy.app import Proxy
-from gossamer_tls import generate_trust_anchor_and_issuer
-from gossamer_tls.authority import TrustMaterial
+from gossamer_tls import (
+    certificates_to_pem,
+    generate_private_key,
+    generate_trust_anchor_and_issuer,
+    private_key_to_pem,
+)
+from gossamer_tls.authority import Issuer, TrustMaterial
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 from test_proxy_mesh_two_hop import CLIENT, SERVER, _echo_backend, _identity_env, read_response
 
@@ -247,3 +254,96 @@ async def test_a_sampled_http2_request_is_traced_across_both_hops(
     spans = await receiver.wait_for_spans(2)
     _assert_chain(spans, seen[0][b"traceparent"].decode())
     assert _by_service(spans)["api"].span.name == "/h2"
+
+
+COLLECTOR = "collector.gossamer-jaeger.serviceaccount.identity.gossamer.cluster.local"
+
+
+def _collector_tls(trust: TrustMaterial, name: str) -> ssl.SSLContext:
+    """The receiver's TLS: a certificate for ``name``; client certificates required."""
+    key = generate_private_key()
+    issuer = Issuer(trust.issuer.certificate, trust.issuer.private_key)
+    issued = issuer.sign_leaf(key.public_key(), name, now=dt.datetime.now(dt.UTC))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(
+        cadata=certificates_to_pem([trust.trust_anchor.certificate]).decode()
+    )
+    context.set_alpn_protocols(["h2"])
+    key_fd, chain_fd = os.memfd_create("key"), os.memfd_create("chain")
+    try:
+        os.write(key_fd, private_key_to_pem(key))
+        os.write(chain_fd, certificates_to_pem([issued.certificate, trust.issuer.certificate]))
+        context.load_cert_chain(f"/proc/self/fd/{chain_fd}", f"/proc/self/fd/{key_fd}")
+    finally:
+        os.close(key_fd)
+        os.close(chain_fd)
+    return context
+
+
+async def _inbound_with_tls_collector(
+    start_proxy: StartProxy,
+    trust: TrustMaterial,
+    tmp_path: Path,
+    tcp_server: Backend,
+    expected_collector: str,
+) -> tuple[Proxy, OtlpReceiver, list[dict[str, str]]]:
+    receiver = OtlpReceiver()
+    await receiver.start(_collector_tls(trust, COLLECTOR))
+    seen: list[dict[str, str]] = []
+    backend = await _echo_backend(tcp_server, seen)
+    inbound = await start_proxy(
+        **_identity_env(trust, tmp_path, SERVER),
+        **_collector(receiver, "api"),
+        LINKERD2_PROXY_TRACE_COLLECTOR_SVC_NAME=expected_collector,
+        GOSSAMER_PROXY_INBOUND_FIXED_TARGET=f"{backend[0]}:{backend[1]}",
+    )
+    return inbound, receiver, seen
+
+
+async def _plain_get(proxy: Proxy) -> int:
+    host, port = proxy.inbound_addr
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"GET / HTTP/1.1\r\nhost: api\r\ntraceparent: {SAMPLED}\r\n\r\n".encode())
+        status, _, _ = await asyncio.wait_for(read_response(reader), 10)
+        return status
+    finally:
+        writer.close()
+
+
+async def test_spans_go_to_the_collector_over_mtls_with_its_identity(
+    start_proxy: StartProxy, tcp_server: Backend, trust: TrustMaterial, tmp_path: Path
+) -> None:
+    inbound, receiver, _ = await _inbound_with_tls_collector(
+        start_proxy, trust, tmp_path, tcp_server, COLLECTOR
+    )
+    try:
+        assert await _plain_get(inbound) == 200
+        (span,) = await receiver.wait_for_spans(1)
+        assert span.service_name == "api"
+        assert span.span.parent_span_id.hex() == APP_SPAN
+        assert receiver.client_identities == [SERVER]  # the proxy's own certificate
+    finally:
+        await receiver.close()
+
+
+async def test_a_collector_with_another_identity_gets_nothing_and_requests_still_pass(
+    start_proxy: StartProxy, tcp_server: Backend, trust: TrustMaterial, tmp_path: Path
+) -> None:
+    other = "evil.gossamer-jaeger.serviceaccount.identity.gossamer.cluster.local"
+    inbound, receiver, seen = await _inbound_with_tls_collector(
+        start_proxy, trust, tmp_path, tcp_server, other
+    )
+    try:
+        assert await _plain_get(inbound) == 200
+        assert seen[0]["traceparent"].startswith(f"00-{TRACE}-")
+        exporter = inbound._span_exporter
+        assert exporter is not None
+        async with asyncio.timeout(10):
+            while exporter.failed_spans < 1:  # noqa: ASYNC110 - bounded poll
+                await asyncio.sleep(0.01)
+        assert receiver.requests == []
+    finally:
+        await receiver.close()
