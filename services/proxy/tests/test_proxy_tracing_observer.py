@@ -80,3 +80,14 @@ def test_a_request_the_proxy_answered_is_an_error_span() -> None:
     assert span.error
     assert dict(span.attributes)["http.response.status_code"] == 502
     assert dict(span.attributes)["error.type"] == "CONNECT_FAILURE"
+
+
+def test_a_failed_grpc_call_is_an_error_span() -> None:
+    spans: list[FinishedSpan] = []
+    observed = _begin(_observers(spans), "inbound", f"00-{TRACE}-{PARENT}-01")
+    assert observed is not None
+    observed.response(200, (), 1.2)
+    observed.end(1.3, grpc_status=14)
+    (span,) = spans
+    assert span.error
+    assert dict(span.attributes)["rpc.grpc.status_code"] == 14

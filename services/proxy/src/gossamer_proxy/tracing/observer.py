@@ -43,4 +43,6 @@ class TracingObserver(RequestObserver):
     def on_end(self, request: ObservedRequest, token: object) -> None:
         assert isinstance(token, ActiveSpan)
         status = request.status if request.response_at is not None and request.status else None
-        self.tracer.finish(token, status, error=request.error or "")
+        self.tracer.finish(
+            token, status, error=request.error or "", grpc_status=request.grpc_status
+        )

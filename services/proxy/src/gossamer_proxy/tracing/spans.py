@@ -138,15 +138,26 @@ def start_span(
 
 
 def finish_span(
-    span: ActiveSpan, *, status: int | None, now_unix_nano: int, error: str = ""
+    span: ActiveSpan,
+    *,
+    status: int | None,
+    now_unix_nano: int,
+    error: str = "",
+    grpc_status: int | None = None,
 ) -> FinishedSpan:
-    """The finished span; ``status`` is ``None`` when no response head came back."""
+    """The finished span; ``status`` is ``None`` when no response head came back.
+
+    It is an error span when the proxy ended the request itself (``error``), no response
+    came, the status is 5xx, or a gRPC response ended with a non-zero ``grpc-status``.
+    """
     attributes = list(span.attributes)
     if status is not None:
         attributes.append(("http.response.status_code", status))
+    if grpc_status is not None:
+        attributes.append(("rpc.grpc.status_code", grpc_status))
     if error:
         attributes.append(("error.type", error))
-    failed = status is None or status >= 500 or bool(error)
+    failed = status is None or status >= 500 or bool(error) or bool(grpc_status)
     return FinishedSpan(
         trace_id=span.context.trace_id,
         span_id=span.span_id,

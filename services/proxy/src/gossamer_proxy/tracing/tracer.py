@@ -85,9 +85,24 @@ class Tracer:
         """``headers`` rewritten so that the next hop's span is a child of ``span``."""
         return inject(headers, span.context, span.span_id)
 
-    def finish(self, span: ActiveSpan, status: int | None, error: str = "") -> None:
+    def finish(
+        self,
+        span: ActiveSpan,
+        status: int | None,
+        error: str = "",
+        *,
+        grpc_status: int | None = None,
+    ) -> None:
         """Record the response (``status`` ``None``: none came) and queue the span."""
-        self._submit(finish_span(span, status=status, now_unix_nano=self._now(), error=error))
+        self._submit(
+            finish_span(
+                span,
+                status=status,
+                now_unix_nano=self._now(),
+                error=error,
+                grpc_status=grpc_status,
+            )
+        )
 
 
 def tracing_from_settings(
