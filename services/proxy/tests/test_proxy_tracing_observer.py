@@ -40,13 +40,18 @@ def _begin(observers: Observers, direction: str, traceparent: str) -> ObservedRe
     )
 
 
-def test_a_sampled_request_is_rewritten_once_and_ends_as_a_span() -> None:
+def test_a_sampled_request_has_its_context_replaced_and_ends_as_a_span() -> None:
     spans: list[FinishedSpan] = []
     observed = _begin(_observers(spans), "inbound", f"00-{TRACE}-{PARENT}-01")
     assert observed is not None
-    forward = [(b"host", b"api"), (b"traceparent", f"00-{TRACE}-{PARENT}-01".encode())]
-    assert observed.outgoing(forward) == [
+    forward = [
         (b"host", b"api"),
+        (b"TraceParent", f"00-{TRACE}-{PARENT}-01".encode()),
+        (b"x", b"y"),
+    ]
+    assert observed.forward_headers(forward) == [
+        (b"host", b"api"),
+        (b"x", b"y"),
         (b"traceparent", f"00-{TRACE}-{OURS}-01".encode()),
     ]
     observed.forwarded(1.1)
@@ -65,7 +70,7 @@ def test_an_unsampled_request_is_forwarded_as_it_came() -> None:
     observed = _begin(_observers(spans), "outbound", f"00-{TRACE}-{PARENT}-00")
     assert observed is not None  # the other observer still follows it
     forward = [(b"traceparent", f"00-{TRACE}-{PARENT}-00".encode())]
-    assert observed.outgoing(forward) is forward
+    assert observed.forward_headers(forward) == forward
     observed.end(2.0)
     assert spans == []
 

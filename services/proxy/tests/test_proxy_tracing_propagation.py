@@ -120,9 +120,9 @@ def test_inject_makes_the_proxy_span_the_parent_and_keeps_the_rest() -> None:
     out = inject(headers, ctx, OURS)
     assert out == h(
         ("Host", "web"),
-        ("TraceParent", f"00-{TRACE}-{OURS.hex()}-01"),
         ("tracestate", "rojo=1"),
         ("x", "y"),
+        ("traceparent", f"00-{TRACE}-{OURS.hex()}-01"),  # set: the received one is replaced
     )
 
 
@@ -141,8 +141,8 @@ def test_b3_multi_header_is_read_and_rewritten_as_a_child() -> None:
     assert ctx.sampled
     assert inject(headers, ctx, OURS) == h(
         ("x-b3-traceid", TRACE),
-        ("X-B3-SpanId", OURS.hex()),
         ("x-b3-sampled", "1"),
+        ("x-b3-spanid", OURS.hex()),
         ("x-b3-parentspanid", PARENT),
     )
 

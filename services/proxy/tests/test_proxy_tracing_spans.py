@@ -103,7 +103,7 @@ def test_the_tracer_ignores_unsampled_and_absent_contexts() -> None:
     span = tracer.start(sampled, inbound=False, method=b"GET", target=b"/a", authority=b"h:1")
     assert span is not None
     assert span.kind is SpanKind.CLIENT
-    out = tracer.outgoing_headers(sampled, span)
+    out = tracer.propagation_headers(span)
     assert out == [(b"traceparent", f"00-{TRACE}-{'05' * 8}-01".encode())]
     tracer.finish(span, 503)
     assert len(spans) == 1

@@ -3,10 +3,11 @@
 :class:`TracingObserver` follows only requests that arrive with a sampled trace context
 (its :meth:`~TracingObserver.on_request` returns ``None`` for the rest, so they cost one
 header scan and are forwarded untouched). For a sampled one it starts a span (inbound:
-``SERVER``, outbound: ``CLIENT``), rewrites the forwarded trace headers in the seam's
-propagation step so the next hop's span is the proxy's child, and queues the finished span
-when the response ends. Span times are wall-clock readings (OTLP wants Unix time) taken at
-the request and end moments, as linkerd2-proxy takes them.
+``SERVER``, outbound: ``CLIENT``), sets the forwarded trace headers through the seam
+(:meth:`~..observe.ObservedRequest.set_request_header`) so the next hop's span is the
+proxy's child, and queues the finished span when the response ends. Span times are
+wall-clock readings (OTLP wants Unix time) taken at the request and end moments, as
+linkerd2-proxy takes them.
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ __all__ = ["TracingObserver"]
 
 
 class TracingObserver(RequestObserver):
-    rewrites_headers = True
-
     def __init__(self, tracer: Tracer) -> None:
         self.tracer = tracer
 
     def on_request(self, request: ObservedRequest) -> ActiveSpan | None:
-        return self.tracer.start(
+        span = self.tracer.start(
             request.headers,
             inbound=request.direction == "inbound",
             method=request.method,
@@ -33,12 +32,10 @@ class TracingObserver(RequestObserver):
             authority=request.authority,
             scheme=request.scheme.decode("latin-1") if request.scheme else "",
         )
-
-    def outgoing_headers(
-        self, request: ObservedRequest, token: object, headers: list[tuple[bytes, bytes]]
-    ) -> list[tuple[bytes, bytes]]:
-        assert isinstance(token, ActiveSpan)
-        return self.tracer.outgoing_headers(headers, token)
+        if span is not None:
+            for name, value in self.tracer.propagation_headers(span):
+                request.set_request_header(name, value)
+        return span
 
     def on_end(self, request: ObservedRequest, token: object) -> None:
         assert isinstance(token, ActiveSpan)

@@ -7,10 +7,11 @@ does not parse is ignored as if absent, so hostile values (wrong lengths, non-he
 upper-case hex, all-zero ids, version ``ff``, duplicates, oversized or malformed
 ``tracestate``) never produce a context and never raise.
 
-:func:`inject` returns the header list to forward once the proxy has made its own span: every
-format present that carries the same trace id now names the proxy's span as the parent, so
-the next hop's span becomes the proxy's child. Headers are otherwise forwarded untouched and
-in order; ``tracestate`` is passed on as received (the proxy adds no entry of its own).
+:func:`propagation_headers` gives the headers to set once the proxy has made its own span:
+every format present that carries the same trace id then names the proxy's span as the
+parent, so the next hop's span becomes the proxy's child; :func:`inject` applies them to a
+header list. Other headers are forwarded untouched and in order; ``tracestate`` is passed on
+as received (the proxy adds no entry of its own).
 
 Only sampled contexts are acted on by the caller (:mod:`.tracer`); the parser reports the
 sampling decision and leaves policy to it.
@@ -32,6 +33,7 @@ __all__ = [
     "parse_b3_single",
     "parse_traceparent",
     "parse_tracestate",
+    "propagation_headers",
 ]
 
 Header = tuple[bytes, bytes]
@@ -363,34 +365,32 @@ def _b3_single_value(ctx: TraceContext, span_id: bytes) -> bytes:
     return "-".join(parts).encode()
 
 
-def inject(headers: Sequence[Header], ctx: TraceContext, span_id: bytes) -> list[Header]:
-    """``headers`` with every format in ``ctx.formats`` naming ``span_id`` as the parent.
+def propagation_headers(ctx: TraceContext, span_id: bytes) -> list[Header]:
+    """The headers to *set* so the next hop's span is a child of ``span_id``.
 
-    B3 multi-header also gets ``x-b3-parentspanid`` set to the caller's span, as a B3 child
-    span carries it. Names keep their original case and headers their order.
+    One per format in ``ctx.formats``: ``traceparent``, ``b3``, or ``x-b3-spanid`` with
+    ``x-b3-parentspanid`` (the caller's span, as a B3 child span carries it). Each replaces
+    every received header of its name; ``tracestate`` and the B3 trace id and sampling
+    headers are forwarded as received.
     """
     formats = ctx.formats or frozenset((ctx.format,))
-    w3c = Format.W3C in formats
-    single = Format.B3_SINGLE in formats
-    multi = Format.B3_MULTI in formats
     out: list[Header] = []
-    had_parent = False
-    for name, value in headers:
-        if not name or name[0] not in _FIRST_BYTES:
-            out.append((name, value))
-            continue
-        lower = name.lower()
-        if w3c and lower == _TRACEPARENT:
-            out.append((name, _traceparent(ctx, span_id)))
-        elif single and lower == _B3:
-            out.append((name, _b3_single_value(ctx, span_id)))
-        elif multi and lower == _B3_SPAN_ID:
-            out.append((name, span_id.hex().encode()))
-        elif multi and lower == _B3_PARENT_SPAN_ID:
-            out.append((name, ctx.parent_id.hex().encode()))
-            had_parent = True
-        else:
-            out.append((name, value))
-    if multi and not had_parent:
+    if Format.W3C in formats:
+        out.append((_TRACEPARENT, _traceparent(ctx, span_id)))
+    if Format.B3_SINGLE in formats:
+        out.append((_B3, _b3_single_value(ctx, span_id)))
+    if Format.B3_MULTI in formats:
+        out.append((_B3_SPAN_ID, span_id.hex().encode()))
         out.append((_B3_PARENT_SPAN_ID, ctx.parent_id.hex().encode()))
     return out
+
+
+def inject(headers: Sequence[Header], ctx: TraceContext, span_id: bytes) -> list[Header]:
+    """``headers`` as the proxy forwards them: :func:`propagation_headers` set (received
+    headers of those names, in any case, left out; the new ones appended), the rest
+    untouched and in order. The observer seam applies the same rule
+    (:meth:`~gossamer_proxy.observe.ObservedRequest.set_request_header`)."""
+    updates = propagation_headers(ctx, span_id)
+    names = {name for name, _ in updates}
+    kept = [(n, v) for n, v in headers if not (n and n[0] in _FIRST_BYTES and n.lower() in names)]
+    return [*kept, *updates]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from gossamer_common.metrics import Registry
 
 from .batching import BatchConfig, SpanQueue
-from .propagation import extract, inject
+from .propagation import extract, propagation_headers
 from .resource import resource_attributes
 from .spans import ActiveSpan, FinishedSpan, SpanKind, finish_span, start_span
 
@@ -81,9 +81,10 @@ class Tracer:
         )
 
     @staticmethod
-    def outgoing_headers(headers: Sequence[Header], span: ActiveSpan) -> list[Header]:
-        """``headers`` rewritten so that the next hop's span is a child of ``span``."""
-        return inject(headers, span.context, span.span_id)
+    def propagation_headers(span: ActiveSpan) -> list[Header]:
+        """The headers to set on the forwarded request so the next hop's span is a child
+        of ``span`` (each replaces the received headers of its name)."""
+        return propagation_headers(span.context, span.span_id)
 
     def finish(
         self,
