@@ -16,7 +16,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from gossamer_common.metrics import Registry
