@@ -11,8 +11,9 @@ The ``gossamer-jaeger`` namespace (meshed, labelled as a Linkerd extension) hold
 - ``jaeger``: Jaeger all-in-one (in-memory storage), its UI on 16686.
 
 Which proxies trace is set, as with linkerd-jaeger, by ``config.linkerd.io/trace-collector``
-(and ``config.alpha.linkerd.io/trace-collector-service-account``) on a namespace or a pod;
-the injector writes the proxy's ``LINKERD2_PROXY_TRACE_*`` variables from them. Values
+(and ``config.alpha.linkerd.io/trace-collector-service-account``) on a namespace or a pod,
+or mesh-wide by the injector's ``--trace-collector``; the injector writes the proxy's
+``LINKERD2_PROXY_TRACE_*`` variables from them. Values
 (``--set``, Helm syntax): ``namespace``, ``collector.address`` (what proxies are told; an
 external collector when ``collector.enabled=false``), ``collector.serviceAccount``,
 ``collector.image``, ``jaeger.enabled``, ``jaeger.image``.

@@ -156,6 +156,21 @@ class InjectorSettings:
         parse=str,
         help="The viz tap service's identity, allowed to tap injected proxies (empty: off).",
     )
+    trace_collector: str = setting(
+        env=_P + "TRACE_COLLECTOR",
+        flag="--trace-collector",
+        default="",
+        parse=str,
+        help="A mesh-wide OTLP trace collector host:port for every injected proxy (empty: "
+        "only where config.linkerd.io/trace-collector is set on the namespace or pod).",
+    )
+    trace_collector_service_account: str = setting(
+        env=_P + "TRACE_COLLECTOR_SERVICE_ACCOUNT",
+        flag="--trace-collector-service-account",
+        default="collector",
+        parse=str,
+        help="The collector's service account, for the identity proxies expect of it.",
+    )
     control_plane_tls: bool = setting(
         env=_P + "CONTROL_PLANE_TLS",
         flag="--control-plane-tls",
@@ -270,6 +285,8 @@ class InjectorSettings:
             native_sidecar=self.native_sidecar,
             control_plane_tls=self.control_plane_tls,
             tap_svc_name=self.tap_svc_name,
+            trace_collector=self.trace_collector.strip() or None,
+            trace_collector_service_account=self.trace_collector_service_account,
             proxy_await=self.proxy_await,
             iptables_mode=self.iptables_mode,
             disable_ipv6=self.disable_ipv6,
