@@ -114,3 +114,37 @@ async def test_a_dead_collector_drops_and_counts_and_never_blocks() -> None:
     await exporter.close()
     assert _metric(registry, 'opentelemetry_span_drops_total{reason="export_failed"}') == 4
     assert _metric(registry, "opentelemetry_span_exports") == 0
+
+
+async def test_failures_are_logged_once_per_interval_and_recovery_once(
+    receiver: OtlpReceiver,
+) -> None:
+    from structlog.testing import capture_logs
+
+    now = [0.0]
+    exporter = SpanExporter(
+        lambda: control_channel(
+            f"127.0.0.1:{_closed_port()}", server_name=None, trust_anchors_pem=None
+        ),
+        SpanQueue(BatchConfig(max_batch=1, max_delay=3600)),
+        [],
+        Registry(),
+        clock=lambda: now[0],
+    )
+    with capture_logs() as logs:
+        for t in (0.0, 1.0, 2.0, 61.0):
+            now[0] = t
+            assert not await exporter._export([_span(0)], 5.0)
+        # the collector is back (at a new address, so a new channel): one recovery line
+        assert exporter._channel is not None
+        exporter._channel.close()
+        exporter._stub = None
+        exporter._channel_factory = lambda: control_channel(
+            f"127.0.0.1:{receiver.port}", server_name=None, trust_anchors_pem=None
+        )
+        assert await exporter._export([_span(1)], 5.0)
+    events = [e["event"] for e in logs]
+    assert events == ["span_export_failed", "span_export_failed", "span_export_recovered"]
+    assert logs[1]["failed_exports_since_last_warning"] == 2
+    assert exporter.failed_spans == 4
+    await exporter.close()

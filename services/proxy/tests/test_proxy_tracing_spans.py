@@ -216,3 +216,19 @@ def test_the_export_request_carries_ids_kind_flags_and_resource() -> None:
     assert out.trace_state == "rojo=1"
     assert out.attributes[1].value.int_value == 502
     assert out.status.code == otlp_trace_pb2.Status.STATUS_CODE_ERROR
+
+
+def test_resource_values_that_utf8_cannot_carry_are_replaced() -> None:
+    attrs = dict(
+        resource_attributes(
+            service_name="web\udcff",  # an undecodable byte from the environment
+            labels_path=None,
+            extra=None,
+            environ={},
+            pid=1,
+            start_timestamp=0,
+            hostname="h",
+        )
+    )
+    assert attrs["service.name"] == "web?"
+    export_request(list(attrs.items()), []).SerializeToString()  # would raise otherwise

@@ -43,6 +43,8 @@ _log = structlog.get_logger("gossamer.proxy.tracing")
 EXPORT_TIMEOUT = 10.0
 #: At shutdown, queued spans get this long to go out.
 FLUSH_TIMEOUT = 2.0
+#: While exports keep failing, a warning is logged at most this often (seconds).
+FAILURE_LOG_INTERVAL = 60.0
 
 
 class SpanExporter:
@@ -70,6 +72,9 @@ class SpanExporter:
         self.requests = 0
         self.exported = 0
         self.failed_spans = 0
+        #: When a failed export was last logged (``None``: the last export succeeded).
+        self._failure_logged_at: float | None = None
+        self._failures_unlogged = 0
         registry.register_collector(
             self._collect,
             names=(
@@ -150,8 +155,12 @@ class SpanExporter:
             raise
         except Exception as exc:
             self.failed_spans += len(batch)
-            _log.warning("span_export_failed", spans=len(batch), error=repr(exc)[:200])
+            self._log_failure(exc)
             return False
+        if self._failure_logged_at is not None:
+            _log.info("span_export_recovered", failed_exports=self._failures_unlogged)
+            self._failure_logged_at = None
+            self._failures_unlogged = 0
         self.requests += 1
         rejected = min(max(response.partial_success.rejected_spans, 0), len(batch))
         self.exported += len(batch) - rejected
@@ -159,6 +168,22 @@ class SpanExporter:
         if rejected:
             _log.info("span_export_partial", rejected=rejected)
         return True
+
+    def _log_failure(self, exc: Exception) -> None:
+        """A warning when exports start failing, then at most one per interval."""
+        now = self._clock()
+        last = self._failure_logged_at
+        if last is not None and now - last < FAILURE_LOG_INTERVAL:
+            self._failures_unlogged += 1
+            return
+        _log.warning(
+            "span_export_failed",
+            error=repr(exc)[:200],
+            failed_exports_since_last_warning=self._failures_unlogged,
+            spans_dropped_total=self.failed_spans,
+        )
+        self._failure_logged_at = now
+        self._failures_unlogged = 0
 
     async def close(self) -> None:
         """Let an export in flight finish (briefly), then give what is queued one last one."""

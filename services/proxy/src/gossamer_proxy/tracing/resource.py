@@ -85,8 +85,14 @@ def resource_attributes(
     out: list[tuple[str, str | int]] = [
         ("process.pid", pid),
         ("process.start_timestamp", start_timestamp),
-        ("host.name", hostname),
+        ("host.name", _utf8(hostname)),
     ]
     fixed = {k for k, _ in out}
-    items = [(k, v) for k, v in merged.items() if k not in fixed][:MAX_ATTRIBUTES]
-    return [*items, *out]
+    items = [(_utf8(k), _utf8(v)) for k, v in merged.items() if k not in fixed]
+    return [*items[:MAX_ATTRIBUTES], *out]
+
+
+def _utf8(text: str) -> str:
+    """``text`` with what UTF-8 cannot carry (an environment's undecodable bytes) replaced:
+    protobuf would refuse the whole export otherwise."""
+    return text.encode("utf-8", "replace").decode("utf-8")
