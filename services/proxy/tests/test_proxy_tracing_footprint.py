@@ -12,6 +12,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+from gossamer_proxy.app import Proxy
+from gossamer_proxy.config import load_settings
+from gossamer_proxy.local_identity import IdentityConfigError
+from gossamer_proxy.mesh.channels import ControlAddressError
+
 PROGRAM = textwrap.dedent(
     """
     import asyncio, json, os, sys
@@ -82,3 +88,21 @@ def test_a_proxy_with_a_collector_does_load_them() -> None:
     )
     assert "gossamer_proxy.tracing.propagation" in loaded
     assert "gossamer_api.proxy.otlp_trace_service_pb2" in loaded
+
+
+def test_bad_collector_settings_stop_the_proxy_before_it_starts() -> None:
+    with pytest.raises(ControlAddressError, match="not host:port"):
+        Proxy(
+            load_settings({"LINKERD2_PROXY_TRACE_COLLECTOR_SVC_ADDR": "collector"}),
+            process_metrics=False,
+        )
+    with pytest.raises(IdentityConfigError, match="own identity"):
+        Proxy(
+            load_settings(
+                {
+                    "LINKERD2_PROXY_TRACE_COLLECTOR_SVC_ADDR": "collector.tracing:4317",
+                    "LINKERD2_PROXY_TRACE_COLLECTOR_SVC_NAME": "collector.tracing.serviceaccount",
+                }
+            ),
+            process_metrics=False,
+        )

@@ -41,7 +41,7 @@ from .inbound_target import canonical_host
 from .inbound_tls import InboundListener
 from .local_identity import IdentityConfigError, LocalIdentity, identity_from_settings
 from .mesh.authz_metrics import AuthzMetrics
-from .mesh.channels import control_channel
+from .mesh.channels import control_channel, split_host_port
 from .mesh.control_stream import StreamConfig
 from .mesh.discovery import DestinationClient
 from .mesh.endpoints import Endpoint as MeshEndpoint
@@ -173,6 +173,13 @@ class Proxy:
         self.tracer: Tracer | None = None
         self._span_exporter: SpanExporter | None = None
         parse_networks(settings.destination_profile_networks)  # a typo must stop the start
+        if settings.trace_collector_svc_addr:
+            split_host_port(settings.trace_collector_svc_addr)  # ControlAddressError
+            if settings.trace_collector_svc_name and self.identity is None:
+                raise IdentityConfigError(
+                    "LINKERD2_PROXY_TRACE_COLLECTOR_SVC_NAME needs the proxy's own identity "
+                    "(spans go to the collector over mTLS)"
+                )
 
     def _current_credentials(self) -> Credentials | None:
         """The proxy's certificate right now: control-plane channels present it (mTLS)."""
