@@ -68,6 +68,7 @@ class Echo:
             "path": request.path_qs,
             "body": body.decode("utf-8", "replace"),
             "client_id": request.headers.get("l5d-client-id", ""),
+            "traceparent": request.headers.get("traceparent", ""),
             "served": self.served,
         }
         return web.Response(
