@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from gossamer_cli.dev.command import DEFAULT_STATE
 from gossamer_cli.viz import edges as edges_mod
 from gossamer_cli.viz import stat as stat_mod
 from gossamer_cli.viz.kubeobjects import kube_objects
@@ -350,8 +351,6 @@ def uninstall(control_plane_namespace: str, viz_namespace: str, output: str) -> 
 )  # fmt: skip
 def dashboard(address: str, port: int, show: str, state_dir: Path | None) -> None:
     """Open the viz dashboard: forwards ADDRESS:PORT here to the local mesh's dashboard."""
-    from gossamer_cli.dev.command import DEFAULT_STATE
-
     ready = (state_dir or DEFAULT_STATE) / "ready.json"
     try:
         info = json.loads(ready.read_text())

@@ -17,10 +17,10 @@ from typing import Any
 
 import click
 
+from gossamer_cli.dev.command import DEFAULT_STATE
 from gossamer_cli.viz.resources import Resource, parse_resource, resource_argument
 from gossamer_cli.viz.tap_query import TapFilters, TapTarget
 
-DEFAULT_STATE = Path("/var/lib/gossamer/local")
 CONTROL_PLANE_NAMESPACE = "gossamer"
 TRUST_DOMAIN = "cluster.local"
 
