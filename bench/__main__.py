@@ -5,7 +5,9 @@ topology is started once and warmed up; then each round runs every row (c=1, 16,
 every target in turn, the first target rotating, so a noisy moment of the machine does not
 land on one side only (:mod:`bench.rounds`). The cold topology starts fresh proxies for
 every round instead and measures c=64 with no warm-up. ``--baseline-rev REV`` adds that git
-revision's proxy as one more target of every topology (:mod:`bench.baseline`).
+revision's proxy as one more target of every topology (:mod:`bench.baseline`). The tap
+topology measures tap served but idle against tap off, and a tap client observing every
+request at c=64 (``--only tap`` runs it alone).
 
 Results go to bench/results/: report.md (goals first), results.json and one PNG per topology.
 """
@@ -32,10 +34,10 @@ from bench.measured import TargetResult
 from bench.procs import ProcGroup, cpu_seconds, peak_rss_mb, process_group
 from bench.profile import profile_two_hop
 from bench.rounds import schedule
+from bench.tapping import tapping
 from bench.topologies import TOPOLOGIES, TargetBuilder, Topology, start_backend, workdir_for
 
 RESULTS = Path(__file__).parent / "results"
-CONNECTIONS = (1, 16, 64)
 COLD_CONNECTIONS = 64
 
 
@@ -104,11 +106,26 @@ def _request_row(
     c: int,
     seconds: float,
 ) -> None:
-    before = _measured_cpu(group)
-    run = _load(topology, port, group.workdir, c, seconds)
-    spent = _measured_cpu(group) - before
+    with contextlib.ExitStack() as stack:
+        tap = (
+            stack.enter_context(tapping(group, len(result.tap_seen)))
+            if result.target in topology.tapped
+            else None
+        )
+        before = _measured_cpu(group)
+        run = _load(topology, port, group.workdir, c, seconds)
+        spent = _measured_cpu(group) - before
     group.check_alive()
     result.add_run(run)
+    if tap is not None:
+        seen = tap.seen(run.requests)
+        result.tap_seen.append(seen)
+        print(
+            f"  {'':15} {'':18} tap saw {seen.request_inits:,} requests, "
+            f"{seen.events:,} events, dropped {seen.dropped_events:,}"
+            + (f", error: {seen.error}" if seen.error else ""),
+            file=sys.stderr,
+        )
     if c == 64 and run.requests and group.measured():
         result.cpu_seconds_per_10k.append(spent / run.requests * 10_000)
     print(
@@ -161,12 +178,14 @@ def run_warm(
                     _load(topology, ports[name], group.workdir, 64, args.warmup)
             except Exception as exc:  # a failing target is reported; the others still run
                 _failed(results[name], exc)
-        rows: tuple[int | None, ...] = (None,) if topology.backend == "iperf3" else CONNECTIONS
+        rows: tuple[int | None, ...] = (
+            (None,) if topology.backend == "iperf3" else topology.connections
+        )
         for order in schedule(list(groups), args.rounds):
             for c in rows:
                 for name in order:
                     result = results[name]
-                    if result.error:
+                    if result.error or (c is not None and c not in topology.rows_of(name)):
                         continue
                     try:
                         if c is None:

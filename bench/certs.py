@@ -1,4 +1,4 @@
-"""A throwaway mesh PKI for the mTLS topologies: one anchor, one issuer, two leaves.
+"""A throwaway mesh PKI for the mTLS topologies: one anchor, one issuer, three leaves.
 
 Both Gossamer and Envoy get the same P-256 certificates, so the TLS work is equal.
 """
@@ -21,6 +21,8 @@ CONTROL_PLANE_NAMESPACE = "gossamer"
 TRUST_DOMAIN = "cluster.local"
 CLIENT_ID = "client.bench.serviceaccount.identity.gossamer.cluster.local"
 SERVER_ID = "server.bench.serviceaccount.identity.gossamer.cluster.local"
+#: The viz tap service's identity: the only client a tap-enabled proxy serves ``Observe`` to.
+TAP_ID = "tap.gossamer-viz.serviceaccount.identity.gossamer.cluster.local"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class TlsFiles:
 class MeshCerts:
     client: TlsFiles
     server: TlsFiles
+    #: The tap client's (``tap`` topology): it expects the server's identity of the proxy.
+    tap: TlsFiles
 
 
 def make_mesh_certs(workdir: Path) -> MeshCerts:
@@ -58,6 +62,7 @@ def make_mesh_certs(workdir: Path) -> MeshCerts:
     for name, identity, peer in (
         ("client", CLIENT_ID, SERVER_ID),
         ("server", SERVER_ID, CLIENT_ID),
+        ("tap", TAP_ID, SERVER_ID),
     ):
         key = generate_private_key()
         leaf = issuer.sign_leaf(key.public_key(), identity, now=now)
@@ -66,4 +71,4 @@ def make_mesh_certs(workdir: Path) -> MeshCerts:
         key_path = certs / f"{name}-key.pem"
         key_path.write_bytes(private_key_to_pem(key))
         sides[name] = TlsFiles(cert, key_path, ca, identity, peer)
-    return MeshCerts(client=sides["client"], server=sides["server"])
+    return MeshCerts(client=sides["client"], server=sides["server"], tap=sides["tap"])

@@ -7,6 +7,11 @@ median and the goal, the verdict could flip on another run and the report says s
 
 With a baseline revision in the run, every goal's quantity is also compared with the
 baseline's (current ÷ baseline, paired by round): issue 16 allows at most a 5% loss.
+
+Issue 19's tap goals: a proxy serving tap that nobody taps costs nothing measurable (the
+ratio to the same proxy with tap off is *within noise*: the rounds' range holds 1.0, or the
+median is within :data:`NOISE_TOLERANCE` of it), and tapping every request at c=64 loses no
+request (wrk sees no error and no non-2xx answer).
 """
 
 from __future__ import annotations
@@ -17,10 +22,20 @@ from dataclasses import dataclass
 from bench.measured import Targets
 from bench.rounds import Spread, paired_ratios
 
-__all__ = ["BASELINE_TOLERANCE", "GOALS", "Goal", "Verdict", "evaluate", "verdicts"]
+__all__ = [
+    "BASELINE_TOLERANCE",
+    "GOALS",
+    "NOISE_TOLERANCE",
+    "Goal",
+    "Verdict",
+    "evaluate",
+    "verdicts",
+]
 
 #: Current ÷ baseline may be at most this much worse (issue 16: "not more than 5%").
 BASELINE_TOLERANCE = 0.05
+#: A within-noise goal's median may miss 1.0 by this much even when no round reached 1.0.
+NOISE_TOLERANCE = 0.03
 
 #: Per-round values of one quantity for one target of a topology (``None``: not measured).
 Quantity = Callable[[Targets, str], list[float | None]]
@@ -46,6 +61,18 @@ def _added(connections: int, name: str) -> Quantity:
             m - d if m is not None and d is not None else None
             for m, d in zip(mine, direct, strict=False)
         ]
+
+    return quantity
+
+
+def _errors(connections: int) -> Quantity:
+    """Failed requests (wrk's errors and non-2xx answers) of one row, per round."""
+
+    def quantity(targets: Targets, target: str) -> list[float | None]:
+        result = targets.get(target)
+        if result is None:
+            return []
+        return [float(run.errors) for run in result.runs.get(connections, [])]
 
     return quantity
 
@@ -76,16 +103,23 @@ class Goal:
     threshold: float
     higher_is_better: bool
     unit: str = "x"
+    #: The target whose figures are judged.
+    target: str = "gossamer"
+    #: The ratio to ``reference`` must be 1.0 within the rounds' noise (``threshold``: the
+    #: median's allowed distance from 1.0 when the range does not hold 1.0).
+    within_noise: bool = False
 
     @property
     def wanted(self) -> str:
-        sign = "≥" if self.higher_is_better else "≤"
         against = f" {self.reference.capitalize()}" if self.reference else ""
+        if self.within_noise:
+            return f"1x{against} within noise (range holds 1, or ±{self.threshold:.0%})"
+        sign = "≥" if self.higher_is_better else "≤"
         return f"{sign} {self.threshold:g}{self.unit}{against}"
 
-    def measure(self, targets: Targets, target: str = "gossamer") -> list[float]:
+    def measure(self, targets: Targets, target: str | None = None) -> list[float]:
         """The per-round values the verdict is taken on."""
-        mine = self.quantity(targets, target)
+        mine = self.quantity(targets, target or self.target)
         if self.reference:
             return paired_ratios(mine, self.quantity(targets, self.reference))
         return [v for v in mine if v is not None]
@@ -120,6 +154,34 @@ GOALS: tuple[Goal, ...] = (
         Goal(topology, f"proxy peak RSS under load ({topology})", _rss, "", 40.0, False, " MB")
         for topology in ("http1", "http1-mtls", "grpc-mtls", "tcp")
     ),
+    Goal(
+        "tap",
+        "tap served, nobody tapping: rps at c=64",
+        RPS64,
+        "tap-off",
+        NOISE_TOLERANCE,
+        True,
+        within_noise=True,
+    ),
+    Goal(
+        "tap",
+        "tap served, nobody tapping: CPU per request",
+        _cpu,
+        "tap-off",
+        NOISE_TOLERANCE,
+        False,
+        within_noise=True,
+    ),
+    Goal(
+        "tap",
+        "tapping every request at c=64: requests lost (errors + non-2xx)",
+        _errors(64),
+        "",
+        0.0,
+        False,
+        "",
+        target="tapped",
+    ),
 )
 
 
@@ -134,6 +196,11 @@ class Verdict:
         """Whether the median meets the goal; ``None`` when nothing was measured."""
         if self.measured is None:
             return None
+        if self.goal.within_noise:
+            spread = self.measured
+            return spread.low <= 1.0 <= spread.high or (
+                abs(spread.median - 1.0) <= self.goal.threshold
+            )
         if self.goal.higher_is_better:
             return self.measured.median >= self.goal.threshold
         return self.measured.median <= self.goal.threshold
@@ -147,7 +214,8 @@ class Verdict:
     def noisy(self) -> bool:
         """The rounds' range is wider than the gap: another run could give the other verdict."""
         return (
-            self.measured is not None
+            not self.goal.within_noise
+            and self.measured is not None
             and self.gap is not None
             and self.measured.count > 1
             and self.measured.width > self.gap

@@ -3,7 +3,8 @@
 Without iptables the outbound listener forwards to a fixed target
 (``GOSSAMER_PROXY_OUTBOUND_FIXED_TARGET``), as an ingress-style hop; everything else is the
 production proxy. The two-hop topologies add the mesh: static identities from the bench PKI,
-mTLS between the proxies, the inbound proxy forwarding to a fixed backend.
+mTLS between the proxies, the inbound proxy forwarding to a fixed backend. The tap topology
+runs one hop with an identity, so that the proxy can serve tap (:func:`start_tap_proxy`).
 """
 
 from __future__ import annotations
@@ -90,3 +91,38 @@ def start_pair(
     group.start("gossamer-outbound", [python, "-m", "gossamer_proxy"], env=client_env)
     wait_for_port(outbound, START_TIMEOUT)
     return outbound
+
+
+def start_tap_proxy(
+    group: ProcGroup,
+    backend_port: int,
+    certs: MeshCerts,
+    *,
+    tap: bool,
+    python: str = sys.executable,
+) -> int:
+    """One hop with the mesh identity on, tap served (``tap``) or not; returns its port.
+
+    wrk → outbound listener → nginx, as ``http1``, but the proxy holds the server's static
+    identity, which the tap server needs. With ``tap`` it serves ``Tap/Observe`` on its
+    control port to the tap identity alone; the port goes to ``group.info["tap_port"]``.
+    """
+    port = free_port()
+    env = _base_env(port) | _static_identity(certs.server)
+    env["GOSSAMER_PROXY_OUTBOUND_FIXED_TARGET"] = f"127.0.0.1:{backend_port}"
+    if tap:
+        control = free_port()
+        env["LINKERD2_PROXY_TAP_SVC_NAME"] = certs.tap.identity
+        env["LINKERD2_PROXY_CONTROL_LISTEN_ADDR"] = f"127.0.0.1:{control}"
+        group.info |= {
+            "tap_port": str(control),
+            "tap_server_name": certs.server.identity,
+            "tap_ca": str(certs.tap.ca),
+            "tap_cert": str(certs.tap.cert),
+            "tap_key": str(certs.tap.key),
+        }
+    group.start("gossamer-tap" if tap else "gossamer", [python, "-m", "gossamer_proxy"], env=env)
+    wait_for_port(port, START_TIMEOUT)
+    if tap:
+        wait_for_port(int(group.info["tap_port"]), START_TIMEOUT)
+    return port

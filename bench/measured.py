@@ -8,7 +8,28 @@ from dataclasses import dataclass, field
 
 from bench.loadgen import LoadResult
 
-__all__ = ["TargetResult", "Targets", "median_run"]
+__all__ = ["TapSeen", "TargetResult", "Targets", "median_run"]
+
+
+@dataclass(frozen=True)
+class TapSeen:
+    """What a tap client saw of one row that it observed (the ``tap`` topology).
+
+    ``requests`` is what the load generator completed; each request yields up to three
+    events. The proxy drops events its bounded tap queue cannot hold (never requests), so
+    fewer events than ``3 x requests`` means dropped events, not lost requests.
+    """
+
+    requests: int
+    events: int
+    request_inits: int
+    response_ends: int
+    error: str | None = None
+
+    @property
+    def dropped_events(self) -> int:
+        """Events the tap did not deliver (at least 0; the last requests' may be extra)."""
+        return max(3 * self.requests - self.events, 0)
 
 
 @dataclass
@@ -27,6 +48,8 @@ class TargetResult:
     cpu_seconds_per_10k: list[float] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)  # by process name
     gbytes_per_second: list[float] = field(default_factory=list)
+    #: Per round, what a tap client observing the c=64 row saw (``tapped`` targets only).
+    tap_seen: list[TapSeen] = field(default_factory=list)
     error: str | None = None
 
     @property

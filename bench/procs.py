@@ -76,6 +76,8 @@ class ProcGroup:
 
     workdir: Path
     procs: list[Proc] = field(default_factory=list)
+    #: What a target's builder tells the rows about it (the tap topology: the control port).
+    info: dict[str, str] = field(default_factory=dict)
 
     def start(
         self,
@@ -105,6 +107,11 @@ class ProcGroup:
             if p.popen.poll() is not None:
                 tail = p.log.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{p.name} exited with {p.popen.returncode}:\n{tail}")
+
+    def forget(self, proc: Proc) -> None:
+        """Stop ``proc`` and no longer count it in the group (a per-row helper process)."""
+        proc.stop()
+        self.procs.remove(proc)
 
     def measured(self) -> list[Proc]:
         return [p for p in self.procs if p.measured]

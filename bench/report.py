@@ -79,14 +79,14 @@ def goals_table(verdicts: Sequence[Verdict], baseline_label: str | None) -> list
     if baseline_label:
         head += f" ÷ {baseline_label} |"
         rule += "---|"
-    lines = ["## Goals (issue 21)", "", head, rule]
+    lines = ["## Goals (issues 21 and 19)", "", head, rule]
     noisy: list[str] = []
     for v in verdicts:
         goal = v.goal
         if v.measured is None:
             measured, mark = "not measured", "—"
         else:
-            digits = 0 if goal.unit.strip() == "MB" else 2
+            digits = 0 if goal.unit.strip() in ("MB", "") else 2
             measured = v.measured.format(digits, goal.unit)
             if goal.reference:
                 measured += f" of {goal.reference.capitalize()}"
@@ -179,6 +179,52 @@ def _tcp_table(rows: Sequence[TargetResult], by: Targets) -> list[str]:
     return lines
 
 
+def _tap_seen(r: TargetResult) -> str:
+    if not r.tap_seen:
+        return "—"
+    requests = sum(s.requests for s in r.tap_seen)
+    inits = sum(s.request_inits for s in r.tap_seen)
+    events = sum(s.events for s in r.tap_seen)
+    dropped = sum(s.dropped_events for s in r.tap_seen)
+    share = f" ({dropped / (3 * requests):.1%})" if requests else ""
+    broken = [s.error for s in r.tap_seen if s.error]
+    text = f"{inits:,} of {requests:,} requests, {events:,} events, {dropped:,} dropped{share}"
+    return text + (f"; stream broke: {broken[0]}" if broken else "")
+
+
+def _tap_table(rows: Sequence[TargetResult], by: Targets) -> list[str]:
+    off = by.get("tap-off")
+    lines = [
+        "| target | rps c=64 | rps ÷ tap-off | p50 c=1 | p99 c=1 | p50 c=64 | p99 c=64 "
+        "| CPU s /10k req | CPU ÷ tap-off | errors c=64 | tap client saw (all rounds) | rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c1, c64 = median_run(r, 1), median_run(r, 64)
+        cpu_ratio = (
+            _spread(paired_ratios(list(r.cpu_seconds_per_10k), list(off.cpu_seconds_per_10k)))
+            if off is not None and off is not r
+            else "—"
+        )
+        lines.append(
+            f"| {r.name} | {_num(c64.rps if c64 else None, 0)} "
+            f"| {_ratio_to(r, off, 64, 'rps')} "
+            f"| {_fmt_us(c1.p50_us if c1 else None)} | {_fmt_us(c1.p99_us if c1 else None)} "
+            f"| {_fmt_us(c64.p50_us if c64 else None)} | {_fmt_us(c64.p99_us if c64 else None)} "
+            f"| {_num(_median(r.cpu_seconds_per_10k), 3)} | {cpu_ratio} "
+            f"| {c64.errors if c64 else '—'} | {_tap_seen(r)} | {_rounds(r)} |" + _err(r)
+        )
+    lines += [
+        "",
+        "`gossamer`: tap served (LINKERD2_PROXY_TAP_SVC_NAME set, control port listening), "
+        "nobody tapping. `tapped`: the same, with a tap client (the tap identity, mTLS) "
+        "observing every request of the c=64 row; the proxy drops tap events its bounded "
+        "queue cannot hold, never requests. Errors are wrk's errors plus non-2xx answers, "
+        "summed over the rounds.",
+    ]
+    return lines
+
+
 def markdown(
     by_topology: Mapping[str, Targets],
     titles: Mapping[str, str],
@@ -199,6 +245,8 @@ def markdown(
         lines += [f"## {title} (`{topology}`)", ""]
         if topology == "tcp":
             lines += _tcp_table(rows, by)
+        elif topology == "tap":
+            lines += _tap_table(rows, by)
         elif topology.endswith("-cold"):
             lines += _cold_table(rows, by)
         else:

@@ -6,6 +6,9 @@
    c=64 while 64 new client connections make the proxies open their mesh connections.
 4. ``grpc-mtls``: gRPC unary through two mTLS hops (h2load → … → grpcio server).
 5. ``tcp``: opaque TCP bulk transfer (iperf3 → proxy → iperf3).
+6. ``tap``: one hop with the mesh identity, tap served but nobody tapping (``gossamer``) against
+   tap off (``tap-off``), and ``tapped``: tap served while a tap client observes every request
+   of its c=64 row (:mod:`bench.tapping`).
 
 With a baseline revision (``--baseline-rev``), every topology also runs that revision's
 proxy as the ``baseline`` target, built the same way as ``gossamer`` from its own venv.
@@ -46,6 +49,13 @@ class Topology:
     proxy: ProxyBuilder  # Gossamer's (current or baseline)
     #: Fresh processes each round, no warm-up, c=64 only.
     cold: bool = False
+    #: The rows (connection counts) of a warm request topology.
+    connections: tuple[int, ...] = (1, 16, 64)
+    #: Targets that run only the c=64 row, with a tap client observing it.
+    tapped: frozenset[str] = frozenset()
+
+    def rows_of(self, target: str) -> tuple[int, ...]:
+        return (64,) if target in self.tapped else self.connections
 
     def builders(self, baseline_python: str | None = None) -> dict[str, TargetBuilder]:
         """Every target of this topology in run order; ``baseline`` when one is given."""
@@ -96,6 +106,18 @@ def _gossamer_tcp(group: ProcGroup, backend_port: int, certs: MeshCerts, *, pyth
     return gossamer.start_proxy(group, "gossamer", backend_port, opaque=True, python=python)
 
 
+def _tap_off(group: ProcGroup, backend_port: int, certs: MeshCerts) -> int:
+    return gossamer.start_tap_proxy(group, backend_port, certs, tap=False)
+
+
+def _gossamer_tap_on(group: ProcGroup, backend_port: int, certs: MeshCerts, *, python: str) -> int:
+    return gossamer.start_tap_proxy(group, backend_port, certs, tap=True, python=python)
+
+
+def _tapped(group: ProcGroup, backend_port: int, certs: MeshCerts) -> int:
+    return gossamer.start_tap_proxy(group, backend_port, certs, tap=True)
+
+
 def _gossamer_pair(group: ProcGroup, backend_port: int, certs: MeshCerts, *, python: str) -> int:
     return gossamer.start_pair(group, backend_port, certs, python=python)
 
@@ -136,6 +158,15 @@ TOPOLOGIES = [
         "iperf3",
         {"direct": _direct, "envoy": _envoy_tcp},
         _gossamer_tcp,
+    ),
+    Topology(
+        "tap",
+        "Tap: one hop with identity, tap served but idle, against tap off and tapped at c=64",
+        "nginx",
+        {"tap-off": _tap_off, "tapped": _tapped},
+        _gossamer_tap_on,
+        connections=(1, 64),
+        tapped=frozenset({"tapped"}),
     ),
 ]
 

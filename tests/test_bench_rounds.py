@@ -17,7 +17,7 @@ from bench import __main__ as bench_main
 from bench import report
 from bench.goals import GOALS, Goal, Verdict, evaluate, verdicts
 from bench.loadgen import LoadResult
-from bench.measured import TargetResult, median_run
+from bench.measured import TapSeen, TargetResult, median_run
 from bench.rounds import Spread, paired_ratios, schedule
 from bench.topologies import TOPOLOGIES
 
@@ -284,3 +284,83 @@ def test_verdict_flags_nothing_for_a_single_round() -> None:
     one = Verdict(GOALS[0], Spread(1.9, 1.9, 1.9, 1))
     assert one.met is False
     assert not one.noisy
+
+
+# -- tap (issue 19) -----------------------------------------------------------------------------
+
+
+def tap_goal(title_part: str) -> Goal:
+    return next(g for g in GOALS if g.topology == "tap" and title_part in g.title)
+
+
+def test_tap_served_but_idle_is_judged_within_noise_of_tap_off() -> None:
+    rps = tap_goal("nobody tapping: rps")
+    assert rps.within_noise and rps.reference == "tap-off"
+    # ratios 0.98, 1.02, 0.95: the range holds 1.0 -> within noise
+    targets = {
+        "gossamer": target("tap", "gossamer", [98.0, 102.0, 95.0]),
+        "tap-off": target("tap", "tap-off", [100.0, 100.0, 100.0]),
+    }
+    verdict = evaluate(rps, targets)
+    assert verdict.measured == Spread(0.98, 0.95, 1.02, 3)
+    assert verdict.met is True
+    assert not verdict.noisy  # within-noise goals carry no separate noise flag
+    # every round slower, but the median within 3% of 1.0: still within noise
+    targets["gossamer"] = target("tap", "gossamer", [98.0, 97.5, 99.0])
+    assert evaluate(rps, targets).met is True
+    # every round clearly slower: a measurable cost
+    targets["gossamer"] = target("tap", "gossamer", [90.0, 92.0, 91.0])
+    assert evaluate(rps, targets).met is False
+    assert rps.wanted == "1x Tap-off within noise (range holds 1, or ±3%)"
+
+
+def test_tap_cpu_goal_compares_cpu_per_request_with_tap_off() -> None:
+    cpu = tap_goal("nobody tapping: CPU")
+    idle, off = TargetResult("tap", "gossamer"), TargetResult("tap", "tap-off")
+    idle.cpu_seconds_per_10k += [1.3, 1.25, 1.35]
+    off.cpu_seconds_per_10k += [1.0, 1.0, 1.0]
+    verdict = evaluate(cpu, {"gossamer": idle, "tap-off": off})
+    assert verdict.measured is not None
+    assert verdict.measured.median == pytest.approx(1.3)
+    assert verdict.met is False
+
+
+def test_tapping_at_full_load_must_lose_no_request() -> None:
+    lost = tap_goal("requests lost")
+    assert lost.target == "tapped" and lost.reference == ""
+    tapped = TargetResult("tap", "tapped")
+    for errors in (0, 0):
+        tapped.add_run(LoadResult(64, 1000, 5.0, errors, 200.0, 1.0, 2.0, 3.0))
+    assert evaluate(lost, {"tapped": tapped}).met is True
+    tapped.add_run(LoadResult(64, 1000, 5.0, 2, 200.0, 1.0, 2.0, 3.0))
+    verdict = evaluate(lost, {"tapped": tapped})
+    assert verdict.measured == Spread(0.0, 0.0, 2.0, 3)
+    assert verdict.met is True  # the median round lost nothing ...
+    assert verdict.noisy  # ... but one round did, and the report flags it
+
+
+def test_tap_table_shows_ratios_to_tap_off_and_what_the_tap_client_saw() -> None:
+    idle = target("tap", "gossamer", [980.0, 1000.0], p50_c1=[100.0, 110.0])
+    off = target("tap", "tap-off", [1000.0, 1000.0], p50_c1=[100.0, 100.0])
+    tapped = target("tap", "tapped", [700.0, 720.0])
+    tapped.tap_seen += [TapSeen(3500, 9000, 3200, 2900), TapSeen(3600, 10800, 3600, 3600)]
+    by = {"gossamer": idle, "tap-off": off, "tapped": tapped}
+    text = report.markdown({"tap": by}, {"tap": "Tap"}, {}, verdicts({"tap": by}))
+    assert "| gossamer | 990 | 0.99x (0.98-1.00) |" in text
+    assert "6,800 of 7,100 requests, 19,800 events, 1,500 dropped (7.0%)" in text
+    assert (
+        "| tapping every request at c=64: requests lost (errors + non-2xx) | 0 (0-0) | ≤ 0 | ✓ |"
+        in text
+    )
+    broken = target("tap", "tapped", [700.0])
+    broken.tap_seen.append(TapSeen(10, 3, 1, 1, error="StreamTerminatedError: reset"))
+    text = report.markdown({"tap": {"tapped": broken}}, {"tap": "Tap"}, {})
+    assert "stream broke: StreamTerminatedError: reset" in text
+
+
+def test_the_tap_topology_runs_its_tapped_target_at_c64_only() -> None:
+    tap = next(t for t in TOPOLOGIES if t.name == "tap")
+    assert list(tap.builders()) == ["gossamer", "tap-off", "tapped"]
+    assert tap.rows_of("gossamer") == (1, 64)
+    assert tap.rows_of("tapped") == (64,)
+    assert bench_main.parse_args(["--only", "tap"]).only == ["tap"]
