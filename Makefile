@@ -7,7 +7,7 @@ export UV_PYTHON := $(PYTHON_BIN)
 export UV_LINK_MODE := copy
 UV ?= uv
 RUN := $(UV) run --frozen
-DEB_PACKAGES := python3.11 iptables iproute2 etcd-server curl nghttp2-client wrk tcpdump procps psmisc util-linux nginx openssl prometheus chromium chromium-driver
+DEB_PACKAGES := python3.11 iptables iproute2 etcd-server curl nghttp2-client wrk tcpdump procps psmisc util-linux nginx openssl prometheus chromium chromium-driver zsh fish
 # The real node (make node-up, make e2e without Docker): not needed by make test.
 NODE_DEB_PACKAGES := containerd runc containernetworking-plugins buildah skopeo umoci mmdebstrap \
                      conntrack socat ipset docker-registry

@@ -8,11 +8,16 @@ completions always match the installed CLI, subcommands added later included.
     source <(gossamer completion bash)
     gossamer completion zsh > "${fpath[1]}/_gossamer"
     gossamer completion fish > ~/.config/fish/completions/gossamer.fish
+
+Click's fish script splits each answer (``plain,<value>\t<help>``) at *every* comma and
+keeps the second piece, so a help text with a comma ("Success rate, RPS, latency ...") was
+cut at its first comma. Ours splits at the first comma only (:class:`FishComplete`).
 """
 
 from __future__ import annotations
 
 import click
+from click import shell_completion
 from click.shell_completion import get_completion_class
 
 PROG_NAME = "gossamer"
@@ -20,8 +25,17 @@ COMPLETE_VAR = "_GOSSAMER_COMPLETE"
 SHELLS = ("bash", "zsh", "fish")
 
 
+class FishComplete(shell_completion.FishComplete):
+    """Click's fish completion with the answer split at its first comma only."""
+
+    source_template = shell_completion.FishComplete.source_template.replace(
+        'set -l metadata (string split "," $completion);',
+        'set -l metadata (string split --max 1 "," $completion);',
+    )
+
+
 def script(root: click.Command, shell: str) -> str:
-    cls = get_completion_class(shell)
+    cls = FishComplete if shell == "fish" else get_completion_class(shell)
     if cls is None:  # click.Choice has already refused it; kept for direct callers
         raise click.BadParameter(f"unsupported shell {shell!r}; one of {', '.join(SHELLS)}")
     return cls(root, {}, PROG_NAME, COMPLETE_VAR).source()
