@@ -19,9 +19,12 @@ import pytest
 import uvloop
 from gossamer_proxy.app import Proxy
 from gossamer_proxy.config import load_settings
+from gossamer_tls import TrustMaterial
 
 # Shared test helpers beside this file (``fake_control_plane``) import by module name.
 sys.path.insert(0, str(Path(__file__).parent))
+
+import mesh_pki
 
 StartProxy = Callable[..., Awaitable[Proxy]]
 Response = tuple[int, dict[str, str], bytes]
@@ -107,3 +110,9 @@ async def read_response(reader: asyncio.StreamReader) -> Response:
 @pytest.fixture
 def response_reader() -> Callable[[asyncio.StreamReader], Awaitable[Response]]:
     return read_response
+
+
+@pytest.fixture(scope="module")
+def trust() -> TrustMaterial:
+    """One mesh trust anchor and issuer per test module (:mod:`mesh_pki`)."""
+    return mesh_pki.new_trust()

@@ -1,4 +1,5 @@
-"""A proxy with LINKERD2_PROXY_CORES=2 on loopback: two processes serve, one admin, one drain.
+"""A proxy with LINKERD2_PROXY_CORES=2 on loopback: two processes serve, one admin, one drain,
+and one tap (on the parent's control port) that sees the requests of both.
 
 Runs ``python -m gossamer_proxy`` as a real process tree (the parent and one worker sharing
 the inbound port through SO_REUSEPORT) in front of a small HTTP backend in this process.
@@ -6,8 +7,8 @@ the inbound port through SO_REUSEPORT) in front of a small HTTP backend in this 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import datetime as dt
 import http.client
 import json
 import os
@@ -19,21 +20,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from gossamer_tls import (
-    Issuer,
-    TrustMaterial,
-    certificates_to_pem,
-    generate_private_key,
-    generate_trust_anchor_and_issuer,
-    private_key_to_pem,
-)
+from gossamer_api.proxy import tap_pb2
+from gossamer_api.proxy.tap_grpc import TapStub
+from gossamer_tls import TrustMaterial
+from grpclib.client import Channel
+from grpclib.config import Configuration
+from mesh_pki import anchors_pem, issue
 
 _DEADLINE = 60.0  # seconds any wait below may take before the test fails
 
@@ -136,37 +134,6 @@ def backend() -> Iterator[Backend]:
 
 SERVER = "api.emojivoto.serviceaccount.identity.gossamer.cluster.local"
 CLIENT = "web.emojivoto.serviceaccount.identity.gossamer.cluster.local"
-
-
-@pytest.fixture(scope="module")
-def trust() -> TrustMaterial:
-    return generate_trust_anchor_and_issuer(
-        trust_domain="cluster.local",
-        control_plane_namespace="gossamer",
-        now=dt.datetime.now(dt.UTC),
-    )
-
-
-def _anchors(trust: TrustMaterial) -> str:
-    return certificates_to_pem([trust.trust_anchor.certificate]).decode()
-
-
-def _issue(trust: TrustMaterial, tmp: Path, name: str) -> tuple[Path, Path]:
-    key = generate_private_key()
-    issued = Issuer(trust.issuer.certificate, trust.issuer.private_key).sign_leaf(
-        key.public_key(),
-        name,
-        now=dt.datetime.now(dt.UTC),
-        lifetime=dt.timedelta(hours=1),
-        clock_skew=dt.timedelta(seconds=5),
-    )
-    chain = [x509.load_der_x509_certificate(issued.leaf_der)] + [
-        x509.load_der_x509_certificate(der) for der in issued.intermediates_der
-    ]
-    cert_file, key_file = tmp / f"{name}.crt", tmp / f"{name}.key"
-    cert_file.write_bytes(certificates_to_pem(chain))
-    key_file.write_bytes(private_key_to_pem(key))
-    return cert_file, key_file
 
 
 @contextlib.contextmanager
@@ -289,12 +256,12 @@ def test_sigterm_drains_in_flight_requests_in_every_process(
 
 @pytest.fixture
 def mesh(trust: TrustMaterial, tmp_path: Path) -> dict[str, object]:
-    cert_file, key_file = _issue(trust, tmp_path, SERVER)
-    client_cert = _issue(trust, tmp_path, CLIENT)
+    cert_file, key_file = issue(trust, tmp_path, SERVER)
+    client_cert = issue(trust, tmp_path, CLIENT)
     return {
         "env": {
             "LINKERD2_PROXY_IDENTITY_LOCAL_NAME": SERVER,
-            "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS": _anchors(trust),
+            "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS": anchors_pem(trust),
             "GOSSAMER_PROXY_IDENTITY_CERT_FILE": str(cert_file),
             "GOSSAMER_PROXY_IDENTITY_KEY_FILE": str(key_file),
         },
@@ -330,7 +297,7 @@ def test_every_process_serves_mtls_with_the_one_pod_identity(
 ) -> None:
     client = mesh["client"]
     assert isinstance(client, tuple)
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=_anchors(trust))
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=anchors_pem(trust))
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.load_cert_chain(str(client[0]), str(client[1]))
     requests = 30
@@ -384,3 +351,123 @@ def test_workers_leave_when_the_parent_is_killed(proxy: MultiCoreProxy) -> None:
         return "\nState:\tZ" in status
 
     _wait_until(gone, "the orphaned worker to exit")
+
+
+TAP = "tap.gossamer-viz.serviceaccount.identity.gossamer.cluster.local"
+
+
+@pytest.fixture
+def tapped_proxy(backend: Backend, mesh: dict[str, object]) -> Iterator[MultiCoreProxy]:
+    env = mesh["env"]
+    assert isinstance(env, dict)
+    tap_env = {
+        "LINKERD2_PROXY_TAP_SVC_NAME": TAP,
+        "LINKERD2_PROXY_CONTROL_LISTEN_ADDR": "127.0.0.1:0",
+    }
+    with _running_proxy(backend, {**env, **tap_env}) as running:
+        yield running
+
+
+def _tap_port(proxy: MultiCoreProxy) -> int:
+    _wait_until(
+        lambda: any(e.get("event") == "tap_listening" for e in proxy.log), "the tap listener"
+    )
+    event = next(e for e in proxy.log if e.get("event") == "tap_listening")
+    return int(str(event["addr"]).rsplit(":", 1)[1])
+
+
+async def _observe(
+    port: int, context: ssl.SSLContext, limit: int, tapping: threading.Event
+) -> list[tap_pb2.TapEvent]:
+    """One ``Observe`` call read to its end (the proxy ends it once ``limit`` is used up)."""
+    channel = Channel(
+        "127.0.0.1", port, ssl=context, config=Configuration(ssl_target_name_override=SERVER)
+    )
+    events = []
+    try:
+        async with asyncio.timeout(_DEADLINE), TapStub(channel).Observe.open() as stream:
+            await stream.send_message(tap_pb2.ObserveRequest(limit=limit), end=True)
+            await stream.recv_initial_metadata()
+            tapping.set()  # accepted: every process taps from here on
+            while (event := await stream.recv_message()) is not None:
+                events.append(event)
+    finally:
+        channel.close()
+    return events
+
+
+def _tap_while(
+    proxy: MultiCoreProxy, tap_context: ssl.SSLContext, limit: int, send: Callable[[], None]
+) -> list[tap_pb2.TapEvent]:
+    """Tap ``proxy`` with ``limit``, run ``send`` once tapping, return the call's events."""
+    port = _tap_port(proxy)
+    tapping = threading.Event()
+    found: list[list[tap_pb2.TapEvent]] = []
+    failed: list[BaseException] = []
+
+    def observe() -> None:
+        try:
+            found.append(asyncio.run(_observe(port, tap_context, limit, tapping)))
+        except BaseException as exc:  # reported by the test's thread
+            failed.append(exc)
+            tapping.set()
+
+    thread = threading.Thread(target=observe, daemon=True)
+    thread.start()
+    assert tapping.wait(_DEADLINE)
+    assert not failed, failed
+    send()
+    thread.join(_DEADLINE)
+    assert not thread.is_alive(), "the tap call did not end after its limit"
+    assert not failed, failed
+    return found[0]
+
+
+def _kinds(events: list[tap_pb2.TapEvent], kind: str) -> list[tap_pb2.TapEvent]:
+    return [e for e in events if e.http.WhichOneof("event") == kind]
+
+
+def test_one_tap_sees_the_requests_of_every_process(
+    tapped_proxy: MultiCoreProxy, trust: TrustMaterial, mesh: dict[str, object], tmp_path: Path
+) -> None:
+    client = mesh["client"]
+    assert isinstance(client, tuple)
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=anchors_pem(trust))
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(str(client[0]), str(client[1]))
+    tap_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=anchors_pem(trust))
+    tap_context.minimum_version = ssl.TLSVersion.TLSv1_3
+    tap_context.set_alpn_protocols(["h2"])
+    tap_context.load_cert_chain(*map(str, issue(trust, tmp_path, TAP)))
+    requests = 40  # one per connection: the kernel spreads them over both processes
+
+    def send(count: int, prefix: str) -> None:
+        for i in range(count):
+            _, response = _mtls_get(tapped_proxy.inbound, context, f"/{prefix}{i}")
+            assert response.startswith(b"HTTP/1.1 200"), response[:200]
+
+    events = _tap_while(tapped_proxy, tap_context, requests, lambda: send(requests, "t"))
+    per_worker = tapped_proxy.per_worker_requests()
+    assert len(per_worker) == 2
+    assert all(count > 0 for count in per_worker.values()), per_worker
+    inits = _kinds(events, "request_init")
+    assert sorted(e.http.request_init.path for e in inits) == sorted(
+        f"/t{i}" for i in range(requests)
+    )
+    ids = {(e.http.request_init.id.base, e.http.request_init.id.stream) for e in inits}
+    assert len(ids) == requests  # no two processes' requests share an id
+    # Connections are numbered per process (base % processes): both processes' requests.
+    assert {base % 2 for base, _ in ids} == {0, 1}
+    ends = _kinds(events, "response_end")
+    assert {(e.http.response_end.id.base, e.http.response_end.id.stream) for e in ends} == ids
+    assert all(e.source_meta.labels["client_id"] == CLIENT for e in inits)
+
+    # The limit holds across processes: 10 of 30 requests, then the call ends.
+    events = _tap_while(tapped_proxy, tap_context, 10, lambda: send(30, "l"))
+    inits = _kinds(events, "request_init")
+    assert len(inits) == 10
+    taken = {(e.http.request_init.id.base, e.http.request_init.id.stream) for e in inits}
+    for event in events:  # nothing of a request taken past the limit
+        http = event.http
+        ident = getattr(http, http.WhichOneof("event")).id
+        assert (ident.base, ident.stream) in taken

@@ -36,7 +36,7 @@ class _Writer:
 
 def _supervisor(identity: Any) -> Supervisor:
     admin = SimpleNamespace(ready=lambda: True, render_metrics=None)
-    proxy: Any = SimpleNamespace(identity=identity, admin=admin, ready=True)
+    proxy: Any = SimpleNamespace(identity=identity, admin=admin, ready=True, tap_server=None)
     return Supervisor(proxy, cores=3)
 
 
@@ -116,6 +116,7 @@ def test_a_worker_answers_its_parent_and_stops_when_the_parent_goes() -> None:
             metrics=SimpleNamespace(registry=registry),
             identity=identity,
             shutdown_control=SimpleNamespace(request=reasons.append),
+            taps=None,
         )
         reader = asyncio.StreamReader()
         reader.feed_data(encode_frame({"type": "metrics", "id": 7}))

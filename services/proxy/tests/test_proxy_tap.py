@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
@@ -18,22 +17,15 @@ from pathlib import Path
 import h2.config
 import h2.connection
 import pytest
-from cryptography import x509
 from gossamer_api.proxy import tap_pb2
 from gossamer_api.proxy.tap_grpc import TapStub
 from gossamer_proxy.app import Proxy
-from gossamer_tls import (
-    Issuer,
-    TrustMaterial,
-    certificates_to_pem,
-    generate_private_key,
-    generate_trust_anchor_and_issuer,
-    private_key_to_pem,
-)
+from gossamer_tls import TrustMaterial
 from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from mesh_pki import anchors_pem, issue
 
 StartProxy = Callable[..., Awaitable[Proxy]]
 Backend = Callable[..., Awaitable[tuple[str, int]]]
@@ -47,42 +39,11 @@ TAP = "tap.gossamer-viz.serviceaccount.identity.gossamer.cluster.local"
 OTHER = "db.demo.serviceaccount.identity.gossamer.cluster.local"
 
 
-@pytest.fixture(scope="module")
-def trust() -> TrustMaterial:
-    return generate_trust_anchor_and_issuer(
-        trust_domain="cluster.local",
-        control_plane_namespace="gossamer",
-        now=dt.datetime.now(dt.UTC),
-    )
-
-
-def _anchors(trust: TrustMaterial) -> str:
-    return certificates_to_pem([trust.trust_anchor.certificate]).decode()
-
-
-def _issue(trust: TrustMaterial, tmp: Path, name: str) -> tuple[Path, Path]:
-    key = generate_private_key()
-    issued = Issuer(trust.issuer.certificate, trust.issuer.private_key).sign_leaf(
-        key.public_key(),
-        name,
-        now=dt.datetime.now(dt.UTC),
-        lifetime=dt.timedelta(hours=1),
-        clock_skew=dt.timedelta(seconds=5),
-    )
-    chain = [x509.load_der_x509_certificate(issued.leaf_der)] + [
-        x509.load_der_x509_certificate(der) for der in issued.intermediates_der
-    ]
-    cert_file, key_file = tmp / f"{name}.crt", tmp / f"{name}.key"
-    cert_file.write_bytes(certificates_to_pem(chain))
-    key_file.write_bytes(private_key_to_pem(key))
-    return cert_file, key_file
-
-
 def _proxy_env(trust: TrustMaterial, tmp: Path, name: str) -> dict[str, str]:
-    cert_file, key_file = _issue(trust, tmp, name)
+    cert_file, key_file = issue(trust, tmp, name)
     return {
         "LINKERD2_PROXY_IDENTITY_LOCAL_NAME": name,
-        "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS": _anchors(trust),
+        "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS": anchors_pem(trust),
         "GOSSAMER_PROXY_IDENTITY_CERT_FILE": str(cert_file),
         "GOSSAMER_PROXY_IDENTITY_KEY_FILE": str(key_file),
         "LINKERD2_PROXY_TAP_SVC_NAME": TAP,
@@ -91,11 +52,11 @@ def _proxy_env(trust: TrustMaterial, tmp: Path, name: str) -> dict[str, str]:
 
 
 def _client_tls(trust: TrustMaterial, tmp: Path, name: str | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=_anchors(trust))
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=anchors_pem(trust))
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.set_alpn_protocols(["h2"])
     if name is not None:
-        cert_file, key_file = _issue(trust, tmp, name)
+        cert_file, key_file = issue(trust, tmp, name)
         context.load_cert_chain(cert_file, key_file)
     return context
 

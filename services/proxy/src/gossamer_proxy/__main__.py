@@ -18,6 +18,7 @@ from .config import ProxySettings
 from .cores import available_cpus, cores_from_env
 from .local_identity import IdentityConfigError
 from .mesh.authz import PolicyError
+from .observe import number_connections
 
 _FALLBACK_FILTER = "warn"
 
@@ -31,6 +32,8 @@ def _available_cpus() -> int:
 
 
 async def _main(settings: ProxySettings, log_levels: LogLevels, cores: int) -> None:
+    if cores > 1:
+        number_connections(0, cores)  # the workers number theirs 1.. (see .multicore)
     try:
         proxy = Proxy(settings, log_levels=log_levels, reuse_port=cores > 1)
     except (IdentityConfigError, PolicyError, ValueError) as exc:

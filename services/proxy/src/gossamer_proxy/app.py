@@ -149,20 +149,22 @@ class Proxy:
         #: Linkerd's tap API on the control port (``None``: no LINKERD2_PROXY_TAP_SVC_NAME).
         self.taps: Taps | None = None
         self.tap_server: TapServer | None = None
-        # A multi-core worker runs no tap server: the control port is the parent's alone, so
-        # requests a worker serves are not tapped (see :mod:`.multicore`).
-        if settings.tap_svc_name and not worker:
+        # A multi-core worker serves no control port: it runs the taps of its parent's
+        # calls (:mod:`.tap.relay`), so its requests are tapped too (see :mod:`.multicore`).
+        if settings.tap_svc_name:
             if self.identity is None:
                 _log.warning("tap_disabled_without_identity")
             else:
                 # Imported only when on: a proxy that is never tapped loads nothing of it.
-                from .tap.server import TapServer
                 from .tap.taps import Taps
 
                 self.taps = Taps(self.observers)
-                self.tap_server = TapServer(
-                    self.identity, self.taps, settings.tap_svc_name, settings.control_listen
-                )
+                if not worker:
+                    from .tap.server import TapServer
+
+                    self.tap_server = TapServer(
+                        self.identity, self.taps, settings.tap_svc_name, settings.control_listen
+                    )
         self._ready = False
         self._tick: asyncio.TimerHandle | None = None
         self._destination_channel: Channel | None = None

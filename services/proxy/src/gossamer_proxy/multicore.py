@@ -6,9 +6,11 @@ with identity, holds its first certificate) it starts ``cores - 1`` workers, eac
 ``python -m gossamer_proxy.worker`` with one end of a private socket pair. Over it (frames of
 :mod:`.cores`):
 
-* parent → worker: ``start`` (identity name, trust anchors, the key and chain), then
-  ``credentials`` at each renewal, and ``metrics`` requests;
-* worker → parent: ``ready`` once it accepts, and ``metrics`` answers (its rendered families).
+* parent → worker: ``start`` (identity name, trust anchors, the key and chain, and how to
+  number connections), then ``credentials`` at each renewal, ``metrics`` requests, and
+  ``tap_start`` / ``tap_limit`` / ``tap_stop`` for the parent's tap calls;
+* worker → parent: ``ready`` once it accepts, ``metrics`` answers (its rendered families),
+  and ``tap_started`` / ``tap_events`` / ``tap_done`` for the taps it runs.
 
 Workers load their settings as the parent did (same environment and flags), then bind the
 ports the parent bound (port 0 included, from the ``start`` message), so the kernel spreads new
@@ -18,9 +20,20 @@ sends SIGTERM to each worker, which drains as a single proxy does. A worker that
 the proxy serves is restarted within a :class:`~.cores.RestartBudget`; past it the proxy shuts
 down so that Kubernetes restarts the container.
 
-Not shared yet: tap (the control port's tap server is the parent's, so only the requests the
-parent serves are tapped), and control-plane streams (each process watches its own
-destinations and policies, as separate proxies would).
+Tap spans every process. Only the parent listens on the control port, where the tap
+identity is authorized over mTLS; each ``Observe`` call there also starts the same tap in
+every serving worker over its private link (:class:`Supervisor` is the tap service's
+:class:`~.tap.remote.RemoteTaps`), and the workers' events come back over the links and join
+the call's stream. This was chosen over a tap port per worker that the parent would call as
+a gRPC client: the links already exist, reach only the parent, and need no second listener,
+certificate check or port excluded from the inbound redirect. Every hop is bounded: a
+worker's tap queue drops what its link cannot take, the call's queue of worker events drops
+what the client cannot take. Connections are numbered per process
+(:func:`~.observe.number_connections`), so events of different processes never share a
+``StreamId``; a worker started or restarted while a call is open joins it.
+
+Not shared: control-plane streams (each process watches its own destinations and policies,
+as separate proxies would).
 """
 
 from __future__ import annotations
@@ -35,7 +48,7 @@ import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -49,6 +62,12 @@ from .cores import (
     merge_expositions,
 )
 from .mesh.tls_contexts import Credentials
+
+if TYPE_CHECKING:  # tap's modules load only when a tap call comes
+    from gossamer_api.proxy import tap_pb2
+
+    from .tap.remote import RemoteTap
+    from .tap.taps import Wake
 
 __all__ = ["WORKER_FD_ENV", "Supervisor", "credentials_from_wire", "credentials_to_wire"]
 
@@ -120,10 +139,16 @@ class Supervisor:
         self.proxy = proxy
         self.workers = [_Worker(index) for index in range(1, cores)]
         self.stopping = False
+        self.cores = cores
         self._request_ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
+        self._tap_ids = itertools.count(1)
+        #: The tap calls open on the parent's control port, by id.
+        self.taps: dict[int, RemoteTap] = {}
         proxy.admin.ready = lambda: proxy.ready and self.ready
         proxy.admin.render_metrics = self.render_metrics
+        if proxy.tap_server is not None:
+            proxy.tap_server.service.remote = self
 
     @property
     def ready(self) -> bool:
@@ -163,6 +188,7 @@ class Supervisor:
             ],
             "admin": [self.proxy.settings.admin_listen.host, self.proxy.admin.port],
             "identity": None,
+            "processes": self.cores,
         }
         identity = self.proxy.identity
         if identity is not None and identity.credentials is not None:
@@ -219,6 +245,8 @@ class Supervisor:
                 process.kill()
         code = await process.wait()
         worker.ready = False
+        for remote in self.taps.values():
+            remote.finished(worker.index)
         if worker.writer is not None:
             worker.writer.close()
             worker.writer = None
@@ -247,6 +275,11 @@ class Supervisor:
         if kind == "ready":
             worker.ready = True
             _log.info("proxy_worker_ready", worker=worker.index, pid=worker.pid)
+            for remote in self.taps.values():
+                if not remote.limited:
+                    self._start_tap(worker, remote)
+        elif kind in ("tap_events", "tap_done", "tap_started"):
+            self._on_tap_message(worker, kind, message)
         elif kind == "metrics":
             request_id = message.get("id")
             if not isinstance(request_id, int):
@@ -255,6 +288,68 @@ class Supervisor:
             text = message.get("text")
             if future is not None and not future.done() and isinstance(text, str):
                 future.set_result(text)
+
+    # -- tap across processes (RemoteTaps) ---------------------------------------------------
+
+    def open(self, request: tap_pb2.ObserveRequest, wake: Wake) -> RemoteTap:
+        """Start a tap call's tap on every serving worker; the rest join once ready."""
+        from .tap.remote import RemoteTap
+
+        remote = RemoteTap(next(self._tap_ids), request.SerializeToString(), wake)
+        self.taps[remote.tap_id] = remote
+        for worker in self.workers:
+            if worker.ready:
+                self._start_tap(worker, remote)
+        return remote
+
+    def limit(self, remote: RemoteTap) -> None:
+        remote.limited = True
+        self._tell_tapping(remote, "tap_limit")
+
+    def close(self, remote: RemoteTap) -> None:
+        self.taps.pop(remote.tap_id, None)
+        self._tell_tapping(remote, "tap_stop")
+        remote.pending.clear()
+
+    def _start_tap(self, worker: _Worker, remote: RemoteTap) -> None:
+        if worker.writer is None:
+            return
+        request = base64.b64encode(remote.request).decode("ascii")
+        worker.writer.write(
+            encode_frame({"type": "tap_start", "tap": remote.tap_id, "request": request})
+        )
+        remote.asked(worker.index)
+
+    def _tell_tapping(self, remote: RemoteTap, kind: str) -> None:
+        frame = encode_frame({"type": kind, "tap": remote.tap_id})
+        for worker in self.workers:
+            if worker.index in remote.pending and worker.writer is not None:
+                worker.writer.write(frame)
+
+    def _on_tap_message(self, worker: _Worker, kind: str, message: dict[str, Any]) -> None:
+        tap_id = message.get("tap")
+        remote = self.taps.get(tap_id) if isinstance(tap_id, int) else None
+        if remote is None:
+            return  # the call has ended: late events are dropped
+        if kind == "tap_started":
+            remote.started(worker.index)
+            return
+        if kind == "tap_done":
+            dropped = message.get("dropped")
+            remote.finished(worker.index, dropped if isinstance(dropped, int) else 0)
+            return
+        events = message.get("events")
+        if not isinstance(events, list):
+            return
+        decoded: list[bytes] = []
+        for event in events:
+            if not isinstance(event, str):
+                continue
+            try:
+                decoded.append(base64.b64decode(event, validate=True))
+            except ValueError:
+                remote.dropped += 1
+        remote.offer(worker.index, decoded)
 
     async def _push_credentials(self) -> None:
         identity = self.proxy.identity

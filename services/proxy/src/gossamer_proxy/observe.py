@@ -45,7 +45,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final
 
 __all__ = [
     "ConnectionFacts",
@@ -56,6 +55,7 @@ __all__ = [
     "RequestObserver",
     "connection_facts",
     "content_length_of",
+    "number_connections",
     "sockaddr",
 ]
 
@@ -63,7 +63,20 @@ Headers = Sequence[tuple[bytes, bytes]]
 Address = tuple[str, int]
 Clock = Callable[[], float]
 
-_connection_ids: Final = itertools.count(1)
+_connection_ids = itertools.count(1)
+
+
+def number_connections(index: int, processes: int) -> None:
+    """Number this process's connections ``processes * k + index`` from here on.
+
+    The processes of a multi-core proxy (the parent is ``index`` 0) then never give two
+    connections the same id, so tap events of every process, merged into one stream, keep
+    distinct ``StreamId``s, and ``base % processes`` tells which process served a request.
+    """
+    global _connection_ids
+    if not 0 <= index < processes:
+        raise ValueError(f"process index {index} is not in 0..{processes - 1}")
+    _connection_ids = itertools.count(processes + index, processes)
 
 
 def sockaddr(value: object) -> Address | None:

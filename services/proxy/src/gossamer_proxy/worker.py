@@ -3,8 +3,8 @@
 Started only by the parent proxy, with ``GOSSAMER_PROXY_WORKER_FD`` naming its end of a
 private socket pair and the parent's bound ports in the listen-address variables. It waits
 for the parent's ``start`` message (identity and first certificate), listens on the shared
-ports, says ``ready``, then answers metrics requests and installs renewed certificates until
-SIGTERM (or its parent going away) drains it.
+ports, says ``ready``, then answers metrics requests, installs renewed certificates and runs
+the parent's taps (:mod:`.tap.relay`) until SIGTERM (or its parent going away) drains it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .config import Endpoint, ProxySettings
 from .cores import FrameDecoder, FrameError, encode_frame
 from .local_identity import LocalIdentity
 from .multicore import WORKER_FD_ENV, WORKER_INDEX_ENV, credentials_from_wire, read_frames
+from .observe import number_connections
 
 _log = structlog.get_logger("gossamer.proxy.worker")
 
@@ -67,6 +68,15 @@ async def _serve_link(
     early: list[dict[str, Any]],
 ) -> None:
     """Answer the parent until it goes away; ``early``: messages read with ``start``."""
+    relay = None
+    if proxy.taps is not None:
+        from .tap.relay import TapRelay
+
+        async def send(message: dict[str, Any]) -> None:
+            writer.write(encode_frame(message))
+            await writer.drain()
+
+        relay = TapRelay(proxy.taps, send)
     messages = early
     try:
         while messages or (messages := await read_frames(reader, decoder)):
@@ -79,8 +89,17 @@ async def _serve_link(
                     )
                 elif message["type"] == "credentials" and proxy.identity is not None:
                     proxy.identity.install(credentials_from_wire(message))
+                elif message["type"].startswith("tap_"):
+                    if relay is not None:
+                        relay.handle(message)
+                    elif message["type"] == "tap_start":  # tap is off here: none to run
+                        done = {"type": "tap_done", "tap": message.get("tap"), "dropped": 0}
+                        writer.write(encode_frame(done))
     except (FrameError, ConnectionError, ValueError, KeyError, TypeError) as exc:
         _log.warning("proxy_worker_link_broken", error=str(exc))
+    finally:
+        if relay is not None:
+            await relay.close()
     proxy.shutdown_control.request("parent proxy link closed")
 
 
@@ -94,6 +113,9 @@ async def _main(settings: ProxySettings, link: socket.socket) -> None:
     try:
         settings = _listening_as_parent(settings, messages[0])
         identity = _identity(messages[0])
+        number_connections(
+            int(os.environ.get(WORKER_INDEX_ENV, "0")), int(messages[0].get("processes", 1))
+        )
     except (ValueError, KeyError, TypeError) as exc:
         print(f"gossamer-proxy worker: bad start message: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -37,6 +37,7 @@ __all__ = [
     "compile_match",
     "method_name",
     "scheme_name",
+    "wants_headers",
 ]
 
 MAX_DEPTH: Final = 16
@@ -272,3 +273,11 @@ def compile_match(request: tap_pb2.ObserveRequest) -> Matcher:
     if not request.HasField("match") or request.match.WhichOneof("match") is None:
         return _Always()
     return _Compiler().compile(request.match, 0)
+
+
+def wants_headers(request: tap_pb2.ObserveRequest) -> bool:
+    """Whether the tap extracts headers (``Extract.Http.Headers``)."""
+    extract = request.extract
+    return extract.WhichOneof("extract") == "http" and (
+        extract.http.WhichOneof("extract") == "headers"
+    )

@@ -11,6 +11,10 @@ Each ``Observe`` call becomes a :class:`~.taps.Tap` and streams its events until
 is used up and the requests it took have ended, or the client goes away. Sending waits for
 the client's HTTP/2 window; meanwhile the data path keeps running and the tap's bounded
 queue drops what does not fit.
+
+On a multi-core proxy the parent's service also taps every worker (:mod:`.remote`): the
+workers' events join the call's stream, taken in turns with the parent's own, and
+:class:`~.fanin.FanIn` holds the merged stream to the call's limit.
 """
 
 from __future__ import annotations
@@ -30,12 +34,17 @@ from grpclib.server import Server, Stream
 from ..config import Endpoint
 from ..local_identity import LocalIdentity
 from ..mesh.tls_contexts import Credentials, load_credentials, server_context
-from .match import InvalidMatchError, compile_match
-from .taps import Taps, TooManyTapsError
+from .fanin import FanIn
+from .match import InvalidMatchError, compile_match, wants_headers
+from .remote import RemoteTap, RemoteTaps
+from .taps import Tap, Taps, TooManyTapsError
 
 __all__ = ["TapServer", "TapService", "identity_of_cert"]
 
 _log = structlog.get_logger("gossamer.proxy.tap")
+
+#: Seconds an ``Observe`` call waits for the workers of a multi-core proxy to start tapping.
+WORKER_START_TIMEOUT = 2.0
 
 
 def identity_of_cert(cert: dict[str, Any] | None) -> str | None:
@@ -48,19 +57,14 @@ def identity_of_cert(cert: dict[str, Any] | None) -> str | None:
     return None
 
 
-def _wants_headers(request: tap_pb2.ObserveRequest) -> bool:
-    extract = request.extract
-    return extract.WhichOneof("extract") == "http" and (
-        extract.http.WhichOneof("extract") == "headers"
-    )
-
-
 class TapService(TapBase):
     """``Tap/Observe`` for the one authorized client identity."""
 
     def __init__(self, taps: Taps, authorized: str) -> None:
         self.taps = taps
         self.authorized = authorized
+        #: The workers of a multi-core proxy (set by its supervisor), else ``None``.
+        self.remote: RemoteTaps | None = None
 
     async def Observe(  # noqa: N802 - the gRPC method's name
         self, stream: Stream[tap_pb2.ObserveRequest, tap_pb2.TapEvent]
@@ -81,26 +85,88 @@ class TapService(TapBase):
         wake = asyncio.Event()
         try:
             tap = self.taps.start(
-                matcher, limit=request.limit, headers=_wants_headers(request), wake=wake.set
+                matcher, limit=request.limit, headers=wants_headers(request), wake=wake.set
             )
         except TooManyTapsError as exc:
             raise GRPCError(Status.RESOURCE_EXHAUSTED, str(exc)) from exc
-        _log.debug("tap_started", limit=request.limit)
+        remote = self.remote
+        workers = remote.open(request, wake.set) if remote is not None else None
+        _log.debug("tap_started", limit=request.limit, workers=workers is not None)
         try:
+            if workers is not None:
+                await _workers_tapping(workers, wake)
             await stream.send_initial_metadata()  # accepted: the client knows it is tapping
-            while True:
-                event = tap.next_event()
-                if event is not None:
-                    await stream.send_message(event)
-                    continue
-                if tap.done:
-                    break
-                wake.clear()
-                await wake.wait()
+            if remote is None or workers is None:
+                await self._stream(stream, tap, wake)
+            else:
+                await self._stream_merged(stream, tap, remote, workers, request.limit, wake)
         finally:
             self.taps.stop(tap)
-            if tap.dropped:
-                _log.info("tap_events_dropped", dropped=tap.dropped)
+            dropped = tap.dropped
+            if remote is not None and workers is not None:
+                remote.close(workers)
+                dropped += workers.dropped
+            if dropped:
+                _log.info("tap_events_dropped", dropped=dropped)
+
+    @staticmethod
+    async def _stream(
+        stream: Stream[tap_pb2.ObserveRequest, tap_pb2.TapEvent], tap: Tap, wake: asyncio.Event
+    ) -> None:
+        """One process: the tap holds its own limit."""
+        while True:
+            event = tap.next_event()
+            if event is not None:
+                await stream.send_message(event)
+                continue
+            if tap.done:
+                return
+            wake.clear()
+            await wake.wait()
+
+    async def _stream_merged(
+        self,
+        stream: Stream[tap_pb2.ObserveRequest, tap_pb2.TapEvent],
+        tap: Tap,
+        remote: RemoteTaps,
+        workers: RemoteTap,
+        limit: int,
+        wake: asyncio.Event,
+    ) -> None:
+        """The parent's and the workers' events, in turns, held to the call's limit."""
+        fan_in = FanIn(limit)
+        local_turn = True
+        limited = False
+        while True:
+            first, second = (tap, workers) if local_turn else (workers, tap)
+            local_turn = not local_turn
+            event = first.next_event()
+            if event is None:
+                event = second.next_event()
+            if event is not None:
+                if fan_in.admit(event):
+                    await stream.send_message(event)
+                if fan_in.full and not limited:
+                    limited = True
+                    self.taps.exhaust(tap)
+                    remote.limit(workers)
+                continue
+            if tap.done and workers.done:
+                return
+            wake.clear()
+            await wake.wait()
+
+
+async def _workers_tapping(workers: RemoteTap, wake: asyncio.Event) -> None:
+    """Until every worker's tap runs (bounded): once the call is accepted, every process
+    taps. A worker slower than :data:`WORKER_START_TIMEOUT` joins the call when it can."""
+    try:
+        async with asyncio.timeout(WORKER_START_TIMEOUT):
+            while not workers.tapping:
+                wake.clear()
+                await wake.wait()
+    except TimeoutError:
+        _log.warning("tap_workers_slow_to_start", waiting=len(workers.starting))
 
 
 class TapServer:
@@ -111,7 +177,7 @@ class TapServer:
     ) -> None:
         self.identity = identity
         self.listen = listen
-        self._service = TapService(taps, authorized)
+        self.service = TapService(taps, authorized)
         self._server: Server | None = None
         self._context: ssl.SSLContext | None = None
         self._credentials: Credentials | None = None
@@ -136,7 +202,7 @@ class TapServer:
             return self._server is not None
         self._credentials = credentials
         self._context = self._build_context(credentials)
-        server = Server([self._service])
+        server = Server([self.service])
         await server.start(
             self.listen.host, self.listen.port, ssl=self._context, reuse_address=True
         )

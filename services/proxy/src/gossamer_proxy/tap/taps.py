@@ -30,7 +30,15 @@ from ..observe import ObservedRequest, ObserverHub, RequestObserver
 from .events import EventBuilder
 from .match import Matcher
 
-__all__ = ["MAX_TAPS", "QUEUE_CAPACITY", "Tap", "TapObserver", "Taps", "TooManyTapsError"]
+__all__ = [
+    "MAX_TAPS",
+    "QUEUE_CAPACITY",
+    "Tap",
+    "TapObserver",
+    "Taps",
+    "TooManyTapsError",
+    "Wake",
+]
 
 #: Events one tap may hold unsent; beyond it, new events are dropped.
 QUEUE_CAPACITY: Final = 1024
@@ -189,6 +197,14 @@ class Taps:
         self.active.append(tap)
         self._refresh()
         return tap
+
+    def exhaust(self, tap: Tap) -> None:
+        """Take no more requests for ``tap`` (a limit kept elsewhere is reached); the ones
+        it took still get their events."""
+        if tap.remaining > 0:
+            tap.remaining = 0
+            self._refresh()
+            tap.wake()
 
     def stop(self, tap: Tap) -> None:
         if tap not in self.active:
