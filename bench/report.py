@@ -219,8 +219,9 @@ def _tap_table(rows: Sequence[TargetResult], by: Targets) -> list[str]:
         "`gossamer`: tap served (LINKERD2_PROXY_TAP_SVC_NAME set, control port listening), "
         "nobody tapping. `tapped`: the same, with a tap client (the tap identity, mTLS) "
         "observing every request of the c=64 row; the proxy drops tap events its bounded "
-        "queue cannot hold, never requests. Errors are wrk's errors plus non-2xx answers, "
-        "summed over the rounds.",
+        "queue cannot hold, never requests. The tap client runs on the load CPU beside wrk "
+        "(the machine has no third CPU), so its own work lowers `tapped`'s rps too. Errors are "
+        "wrk's errors plus non-2xx answers, summed over the rounds.",
     ]
     return lines
 

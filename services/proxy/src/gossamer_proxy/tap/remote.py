@@ -104,9 +104,15 @@ class RemoteTap:
         self.wake()
 
     def next_event(self) -> tap_pb2.TapEvent | None:
+        found = self.next_with_bytes()
+        return None if found is None else found[0]
+
+    def next_with_bytes(self) -> tuple[tap_pb2.TapEvent, bytes] | None:
+        """The next event, parsed (to be judged) and as received (to be sent as it is)."""
         while self.queue:
+            data = self.queue.popleft()
             try:
-                return tap_pb2.TapEvent.FromString(self.queue.popleft())
+                return tap_pb2.TapEvent.FromString(data), data
             except DecodeError:
                 self.dropped += 1  # not from our worker's serializer: never forwarded
         return None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import struct
 from typing import Any
 
 import structlog
@@ -115,9 +116,14 @@ class TapService(TapBase):
     ) -> None:
         """One process: the tap holds its own limit."""
         while True:
-            event = tap.next_event()
-            if event is not None:
-                await stream.send_message(event)
+            batch = _Batch()
+            while not batch.full:
+                event = tap.next_event()
+                if event is None:
+                    break
+                batch.add(event.SerializeToString())
+            if batch.parts:
+                await batch.send(stream)
                 continue
             if tap.done:
                 return
@@ -135,26 +141,67 @@ class TapService(TapBase):
     ) -> None:
         """The parent's and the workers' events, in turns, held to the call's limit."""
         fan_in = FanIn(limit)
-        local_turn = True
         limited = False
         while True:
-            first, second = (tap, workers) if local_turn else (workers, tap)
-            local_turn = not local_turn
-            event = first.next_event()
-            if event is None:
-                event = second.next_event()
-            if event is not None:
-                if fan_in.admit(event):
-                    await stream.send_message(event)
-                if fan_in.full and not limited:
-                    limited = True
-                    self.taps.exhaust(tap)
-                    remote.limit(workers)
+            batch = _Batch()
+            while not batch.full:
+                local = tap.next_event()
+                if local is not None and fan_in.admit(local):
+                    batch.add(local.SerializeToString())
+                found = workers.next_with_bytes()
+                if found is not None and fan_in.admit(found[0]):
+                    batch.add(found[1])
+                if local is None and found is None:
+                    break
+            if fan_in.full and not limited:
+                limited = True
+                self.taps.exhaust(tap)
+                remote.limit(workers)
+            if batch.parts:
+                await batch.send(stream)
                 continue
             if tap.done and workers.done:
                 return
             wake.clear()
             await wake.wait()
+
+
+#: Events written to the client at once, at most ...
+BATCH_EVENTS = 64
+#: ... and about this many bytes (one event may pass it alone).
+BATCH_BYTES = 64 * 1024
+_GRPC_PREFIX = struct.Struct(">?I")
+
+
+class _Batch:
+    """Events framed as gRPC messages, sent in one HTTP/2 write.
+
+    grpclib's ``send_message`` makes one HTTP/2 write per message; a tap at full load sends
+    thousands of events a second, so the proxy frames a batch of them itself (the same
+    5-byte prefix grpclib writes) and hands the bytes to the call's HTTP/2 stream, which still
+    waits for the client's flow-control window. grpclib keeps that stream private
+    (``Stream._stream``); its own ``send_message`` calls the same ``send_data``.
+    """
+
+    __slots__ = ("count", "parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.count = 0
+        self.size = 0
+
+    @property
+    def full(self) -> bool:
+        return self.count >= BATCH_EVENTS or self.size >= BATCH_BYTES
+
+    def add(self, message: bytes) -> None:
+        self.count += 1
+        self.parts.append(_GRPC_PREFIX.pack(False, len(message)))
+        self.parts.append(message)
+        self.size += _GRPC_PREFIX.size + len(message)
+
+    async def send(self, stream: Stream[tap_pb2.ObserveRequest, tap_pb2.TapEvent]) -> None:
+        await stream._stream.send_data(b"".join(self.parts))
 
 
 async def _workers_tapping(workers: RemoteTap, wake: asyncio.Event) -> None:
