@@ -98,6 +98,8 @@ PROGRAMS: dict[str, Provider] = {
     "promtool": Debian("prometheus"),
     "setpriv": Debian("util-linux"),
     "tcpdump": Debian("tcpdump"),
+    "zsh": Debian("zsh"),  # completion tests in the real shells
+    "fish": Debian("fish"),
     # Essential packages
     "bash": Debian("bash"),
     "dpkg": Debian("dpkg"),
