@@ -295,7 +295,8 @@ def tap_goal(title_part: str) -> Goal:
 
 def test_tap_served_but_idle_is_judged_within_noise_of_tap_off() -> None:
     rps = tap_goal("nobody tapping: rps")
-    assert rps.within_noise and rps.reference == "tap-off"
+    assert rps.within_noise
+    assert rps.reference == "tap-off"
     # ratios 0.98, 1.02, 0.95: the range holds 1.0 -> within noise
     targets = {
         "gossamer": target("tap", "gossamer", [98.0, 102.0, 95.0]),
@@ -327,7 +328,8 @@ def test_tap_cpu_goal_compares_cpu_per_request_with_tap_off() -> None:
 
 def test_tapping_at_full_load_must_lose_no_request() -> None:
     lost = tap_goal("requests lost")
-    assert lost.target == "tapped" and lost.reference == ""
+    assert lost.target == "tapped"
+    assert lost.reference == ""
     tapped = TargetResult("tap", "tapped")
     for errors in (0, 0):
         tapped.add_run(LoadResult(64, 1000, 5.0, errors, 200.0, 1.0, 2.0, 3.0))
