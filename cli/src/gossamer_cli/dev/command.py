@@ -125,6 +125,8 @@ async def _run(
             "node_address": layout.node_address,
             "prometheus_url": mesh.prometheus.url if mesh.prometheus is not None else None,
             "dashboard_url": mesh.dashboard.url if mesh.dashboard is not None else None,
+            "tap_url": mesh.tap.url if mesh.tap is not None else None,
+            "tap_ca_file": str(mesh.tap.ca_file) if mesh.tap is not None else None,
         }
         (state_dir / "ready.json").write_text(json.dumps(info))
         click.echo(
