@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ TOKEN_FILE = "/var/run/secrets/tokens/gossamer-identity-token"  # noqa: S105 - a
 )  # fmt: skip
 @click.option("--identity-addr", default=None, help="The identity service (HOST:PORT).")
 @click.option("--trust-anchors-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--trust-anchors-configmap", default=None,
+    help="NAMESPACE/NAME of the ConfigMap with the trust anchors (key ca-bundle.crt).",
+)  # fmt: skip
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=TOKEN_FILE)
 @click.option("--proxy-tap-port", type=int, default=4190, show_default=True, hidden=True)
 @click.option("--log-level", default="info", show_default=True)
@@ -51,6 +56,7 @@ def main(
     local_state_dir: Path | None,
     identity_addr: str | None,
     trust_anchors_file: Path | None,
+    trust_anchors_configmap: str | None,
     token_file: Path,
     proxy_tap_port: int,
     log_level: str,
@@ -67,32 +73,46 @@ def main(
     configure_logging(log_level, component="viz-tap")
     host, port = split_addr(addr)
     identity = tap_identity(control_plane_namespace, trust_domain, viz_namespace)
-    credentials: CredentialSource
+    credentials: CredentialSource | Callable[[bytes], CredentialSource]
     if local_state_dir is not None:
         credentials = LocalIssuerCredentials(local_state_dir, identity)
     else:
-        if identity_addr is None or trust_anchors_file is None:
+        if identity_addr is None or (trust_anchors_file is None) == (
+            trust_anchors_configmap is None
+        ):
             raise click.UsageError(
-                "give --identity-addr and --trust-anchors-file (or --local-state-dir)"
+                "give --identity-addr and one of --trust-anchors-file and "
+                "--trust-anchors-configmap (or --local-state-dir)"
             )
         identity_name = (
             f"identity.{control_plane_namespace}.serviceaccount.identity."
             f"{control_plane_namespace}.{trust_domain}"
         )
-        try:
-            credentials = CertifyCredentials(
+        addr = identity_addr
+
+        def certify(anchors: bytes) -> CredentialSource:
+            return CertifyCredentials(
                 identity=identity,
-                identity_addr=identity_addr,
+                identity_addr=addr,
                 identity_name=identity_name,
-                trust_anchors_pem=trust_anchors_file.read_bytes(),
+                trust_anchors_pem=anchors,
                 token_file=token_file,
             )
+
+        try:
+            if trust_anchors_file is not None:
+                credentials = certify(trust_anchors_file.read_bytes())
+            else:
+                credentials = certify
         except (OSError, ValueError) as exc:
             raise click.UsageError(str(exc)) from exc
+    if trust_anchors_configmap is not None and trust_anchors_configmap.count("/") != 1:
+        raise click.BadParameter("want NAMESPACE/NAME", param_hint="--trust-anchors-configmap")
     options = {
         "control_plane_namespace": control_plane_namespace,
         "trust_domain": trust_domain,
         "proxy_tap_port": proxy_tap_port,
+        "trust_anchors_configmap": trust_anchors_configmap,
     }
     sys.exit(
         asyncio.run(
@@ -115,6 +135,7 @@ async def _run(
     from aiohttp import web
     from gossamer_kube.client import KubeClient
     from gossamer_kube.config import KubeConfig
+    from gossamer_kube.resources import CONFIGMAPS
 
     from gossamer_cli.viz.tap_service.auth import Authenticator, cluster_client_ca
     from gossamer_cli.viz.tap_service.resolve import pod_resolver
@@ -126,6 +147,13 @@ async def _run(
             client_ca = await asyncio.to_thread(Path(client_ca_file).read_text)
         else:
             client_ca = await cluster_client_ca(kube)
+        if callable(credentials):
+            namespace, name = options["trust_anchors_configmap"].split("/")
+            config_map = await kube.get(CONFIGMAPS, name, namespace=namespace)
+            anchors = (config_map.get("data") or {}).get("ca-bundle.crt") or ""
+            if "-----BEGIN CERTIFICATE-----" not in anchors:
+                raise SystemExit(f"{namespace}/{name} has no ca-bundle.crt with certificates")
+            credentials = credentials(anchors.encode())
         await credentials.current()  # fail at start, not on the first tap
         service = TapService(
             Authenticator(kube),
