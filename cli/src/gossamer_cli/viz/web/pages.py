@@ -302,6 +302,8 @@ def _short(text: str, limit: int = 22) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
+#: Newest requests a tap page shows.
+TAP_ROWS = 200
 TAP_COLUMNS = (
     ("direction", "Dir"),
     ("source", "Source"),
@@ -320,7 +322,9 @@ def tap_page(view: TapView, *, now: str) -> str:
     ns, kind, name = view.namespace, view.kind, view.name
     plural = PLURAL[kind]
     body = f'<p class="summary" id="tap-summary">Requests seen by the proxies of {esc(kind)} '
-    body += f"{esc(name)} in the last {view.seconds:g}s ({len(view.requests)} shown).</p>\n"
+    shown = min(len(view.requests), TAP_ROWS)
+    body += f"{esc(name)} in {view.seconds:g}s, newest first ({shown} of "
+    body += f"{len(view.requests)} shown).</p>\n"
     if view.error:
         body += f'<p class="error" id="tap-error">{esc(view.error)}</p>\n'
     for pod, error in view.proxy_errors:
@@ -330,7 +334,7 @@ def tap_page(view: TapView, *, now: str) -> str:
     else:
         head = "".join(f'<th class="{key}">{esc(title)}</th>' for key, title in TAP_COLUMNS)
         lines = [f'<table class="tap" id="tap"><thead><tr>{head}</tr></thead><tbody>']
-        for r in view.requests:
+        for r in view.requests[:TAP_ROWS]:
             cells = {
                 "direction": r.direction,
                 "source": r.source,
