@@ -634,3 +634,27 @@ async def test_the_client_reports_refusals_and_trusts_only_the_tap_ca(
     call = TapServiceCall(other, good, "demo", parse_resource("deploy/web"), api.TapQuery())
     with pytest.raises(OSError, match="certificate"):
         [item async for item in call.events()]
+
+
+def test_the_cli_finds_the_local_tap_service_or_taps_directly(tmp_path: Path) -> None:
+    import click
+    from gossamer_cli.viz.tap_cmd import _endpoint
+
+    assert _endpoint(tmp_path, None, None) is None  # no mesh running: tap the proxies itself
+    (tmp_path / "ready.json").write_text(json.dumps({"tap_url": None}))
+    assert _endpoint(tmp_path, None, None) is None  # a mesh without the tap service
+    (tmp_path / "ca.crt").write_bytes(b"CA")
+    ready = {"tap_url": "https://127.0.0.1:8089", "tap_ca_file": str(tmp_path / "ca.crt")}
+    (tmp_path / "ready.json").write_text(json.dumps(ready))
+    found = _endpoint(tmp_path, None, None)
+    assert (found.url, found.ca_pem, found.server_name) == (
+        "https://127.0.0.1:8089",
+        b"CA",
+        "tap.gossamer-viz.svc",
+    )
+    explicit = _endpoint(tmp_path, "https://10.0.0.1:8089", tmp_path / "ca.crt")
+    assert explicit.url == "https://10.0.0.1:8089"
+    with pytest.raises(click.UsageError, match="--tap-ca-file"):
+        _endpoint(tmp_path, "https://10.0.0.1:8089", None)
+    with pytest.raises(click.BadParameter, match="HTTPS"):
+        _endpoint(tmp_path, "http://10.0.0.1:8089", tmp_path / "ca.crt")

@@ -360,6 +360,8 @@ def tap(
         except KeyboardInterrupt:
             return
         _report(errors)
+        if errors:  # every proxy's stream ended, and some could not be tapped
+            raise SystemExit(1)
         return
     targets, names = _targets(target, namespace, kubeconfig)
     credentials = _credentials(state_dir)

@@ -12,6 +12,7 @@ At most :data:`MAX_SESSIONS` calls run at once; more are answered 429.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -163,8 +164,11 @@ class TapService:
                         break
         except TimeoutError:
             reason = "time-limit"
+        except ConnectionError:
+            return response  # the caller went away: the proxies' streams are closed below
         finally:
             await events.aclose()  # type: ignore[attr-defined]
-        await response.write(encode_end(reason, session.errors))
-        await response.write_eof()
+        with contextlib.suppress(ConnectionError):
+            await response.write(encode_end(reason, session.errors))
+            await response.write_eof()
         return response
