@@ -140,6 +140,12 @@ async def _run(
                 f"sudo ip netns exec {layout.node_netns} gossamer viz stat deploy -n demo",
                 err=True,
             )
+        if mesh.tap is not None:
+            click.echo(
+                f"viz tap service: {mesh.tap.url} in the node namespace; live requests: "
+                f"sudo ip netns exec {layout.node_netns} gossamer viz tap deploy/web -n demo",
+                err=True,
+            )
         if mesh.dashboard is not None:
             click.echo(
                 f"viz dashboard: {mesh.dashboard.url} in the node namespace; on this machine: "
