@@ -658,3 +658,23 @@ def test_the_cli_finds_the_local_tap_service_or_taps_directly(tmp_path: Path) ->
         _endpoint(tmp_path, "https://10.0.0.1:8089", None)
     with pytest.raises(click.BadParameter, match="HTTPS"):
         _endpoint(tmp_path, "http://10.0.0.1:8089", tmp_path / "ca.crt")
+
+
+async def test_a_query_sent_in_pieces_is_read_whole_and_a_huge_one_refused(
+    mesh: Mesh, service_client: Any
+) -> None:
+    kube = FakeKube({"good": "alice"}, {"alice"})
+    service, _ = _service(mesh, kube, [], 1, tap_identity("gossamer", TRUST_DOMAIN))
+    client = await service_client(service)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for piece in (b'{"seconds": ', b"2, ", b'"maxEvents": 3}'):
+            yield piece
+            await asyncio.sleep(0)
+
+    auth = {"Authorization": "Bearer good"}
+    response = await client.post(PREFIX + "demo/pods/web-0/tap", data=pieces(), headers=auth)
+    assert response.status == 404  # the query parsed; the fake resolver has no pods
+    huge = b'{"match": {"path": "/' + b"a" * api.MAX_BODY + b'"}}'
+    response = await client.post(PREFIX + "demo/pods/web-0/tap", data=huge, headers=auth)
+    assert response.status == 413

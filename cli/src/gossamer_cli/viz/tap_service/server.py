@@ -71,6 +71,14 @@ def _peer_certificate(request: web.Request) -> bytes | None:
     return bytes(der) if der else None
 
 
+async def _body(request: web.Request) -> bytes:
+    """The whole body, at most :data:`MAX_BODY` bytes (the app's ``client_max_size``)."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ApiError(413, f"the query is larger than {MAX_BODY} bytes") from exc
+
+
 def _refusal(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=message + "\n", content_type="text/plain")
 
@@ -100,8 +108,7 @@ class TapService:
                 _peer_certificate(request), request.headers.get("Authorization")
             )
             await self.authenticator.authorize(subject, target)
-            body = await request.content.read(MAX_BODY + 1)
-            query = parse_query(body, namespace=target.namespace)
+            query = parse_query(await _body(request), namespace=target.namespace)
         except (ApiError, AuthError) as exc:
             if isinstance(exc, AuthError):
                 log.info("tap refused", status=exc.status, reason=str(exc))
