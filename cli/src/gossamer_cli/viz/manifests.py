@@ -1,5 +1,9 @@
 """``gossamer viz install``: the viz extension's manifests, shaped as ``linkerd viz install``'s.
 
+The Helm chart ``charts/gossamer-viz`` renders the same objects (a test holds the two
+together: tests/integration/test_viz_chart_render.py), so a change here needs the same change
+there.
+
 This renders the ``gossamer-viz`` namespace (meshed, labelled as a Linkerd extension) and:
 - Prometheus: its ServiceAccount and cluster-wide read access to pods, its configuration (the
   ``linkerd-proxy`` scrape job of :mod:`.scrape`, with Kubernetes pod discovery), its
