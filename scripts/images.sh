@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# make images: the five service images, the viz dashboard's and the demo app's, with docker
-# when it is present, with buildah (no daemon, --isolation chroot) otherwise.
+# make images: the five service images, the viz dashboard's and tap service's, and the demo
+# app's, with docker when it is present, with buildah (no daemon, --isolation chroot) otherwise.
 #
 # Environment:
 #   REGISTRY (gossamer) and TAG (dev): images are named $REGISTRY/<component>:$TAG
@@ -21,14 +21,14 @@ REGISTRY=${REGISTRY:-gossamer}
 TAG=${TAG:-dev}
 BUILDER=${BUILDER:-auto}
 BASE=${BASE:-auto}
-components=(${ONLY:-destination identity injector proxy proxy-init viz-web demo-app})
+components=(${ONLY:-destination identity injector proxy proxy-init viz-web viz-tap demo-app})
 upstream_base=python:3.11-slim-bookworm
 revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 die() { echo "images: $*" >&2; exit 2; }
 for c in "${components[@]}"; do
-  case "$c" in destination|identity|injector|proxy|proxy-init|demo-app) ;;
-    *) die "unknown component $c (destination identity injector proxy proxy-init demo-app)" ;;
+  case "$c" in destination|identity|injector|proxy|proxy-init|viz-web|viz-tap|demo-app) ;;
+    *) die "unknown component $c (destination identity injector proxy proxy-init viz-web viz-tap demo-app)" ;;
   esac
 done
 
@@ -62,7 +62,7 @@ echo "images: building ${components[*]} with $BUILDER (base: $BASE) as $REGISTRY
 dockerfile_of() {
   case $1 in
     demo-app) echo examples/demo/Dockerfile ;;
-    viz-web) echo cli/docker/viz-web/Dockerfile ;;
+    viz-web|viz-tap) echo "cli/docker/$1/Dockerfile" ;;
     *) echo "services/$1/Dockerfile" ;;
   esac
 }

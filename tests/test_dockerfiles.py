@@ -19,10 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 HADOLINT = Path(sys.executable).parent / "hadolint"
 DOCKERFILES = sorted(ROOT.glob("services/*/Dockerfile"))
 SERVICES = sorted(p.parent.name for p in ROOT.glob("services/*/pyproject.toml"))
-#: Images that are not services (the viz dashboard, the demo app): hadolint and the base-image
-#: rules only, not the service image policy.
+#: Images that are not services (the viz dashboard and tap service, the demo app): hadolint
+#: and the base-image rules only, not the service image policy.
 OTHER_DOCKERFILES = [
     ROOT / "cli" / "docker" / "viz-web" / "Dockerfile",
+    ROOT / "cli" / "docker" / "viz-tap" / "Dockerfile",
     ROOT / "examples" / "demo" / "Dockerfile",
 ]
 

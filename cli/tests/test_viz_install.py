@@ -42,6 +42,18 @@ def test_every_manifest_validates_against_kubernetes_schemas() -> None:
         ("ClusterRoleBinding", "gossamer-gossamer-viz-web"),
         ("Service", "web"),
         ("Deployment", "web"),
+        ("ClusterRoleBinding", "gossamer-gossamer-viz-web-admin"),
+        ("ServiceAccount", "tap"),
+        ("ClusterRole", "gossamer-gossamer-viz-tap"),
+        ("ClusterRoleBinding", "gossamer-gossamer-viz-tap"),
+        ("ClusterRoleBinding", "gossamer-gossamer-viz-tap-auth-delegator"),
+        ("RoleBinding", "gossamer-gossamer-viz-tap-auth-reader"),
+        ("Role", "gossamer-viz-tap-trust-roots"),
+        ("RoleBinding", "gossamer-viz-tap-trust-roots"),
+        ("ClusterRole", "gossamer-gossamer-viz-tap-admin"),
+        ("Secret", "tap-k8s-tls"),
+        ("Service", "tap"),
+        ("Deployment", "tap"),
     ]
     for obj in objects:
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
@@ -53,7 +65,7 @@ def test_prometheus_config_uses_pod_discovery_and_linkerds_relabelling() -> None
         o["kind"]: o
         for o in rendered
         if o["kind"] != "ConfigMap"
-        and o["metadata"]["name"] not in ("web", "mesh-system-gossamer-viz-web")
+        and (o["metadata"].get("labels") or {}).get("component") in (None, "prometheus")
     }
     (config_map,) = [o for o in rendered if o["metadata"]["name"] == "prometheus-config"]
     config = yaml.safe_load(config_map["data"]["prometheus.yml"])
@@ -128,3 +140,46 @@ def test_web_dashboard_reads_prometheus_and_answers_only_its_own_names() -> None
     assert objects[("Service", "web")]["spec"]["ports"][0]["port"] == 8084
     rules = objects[("ClusterRole", "gossamer-gossamer-viz-web")]["rules"]
     assert all(set(r["verbs"]) == {"get", "list"} for r in rules)
+
+
+def test_the_tap_service_has_its_identity_its_rights_and_a_serving_certificate() -> None:
+    import base64
+
+    from cryptography import x509
+
+    objects = render("-L", "mesh", "--namespace", "viz", "--identity-trust-domain", "example.org")
+    named = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    deployment = named[("Deployment", "tap")]
+    pod = deployment["spec"]["template"]
+    assert pod["spec"]["serviceAccountName"] == "tap"  # tap.viz.serviceaccount.identity.mesh...
+    assert pod["metadata"]["annotations"]["linkerd.io/inject"] == "disabled"
+    args = pod["spec"]["containers"][0]["args"]
+    assert "--trust-domain=example.org" in args
+    assert "--identity-addr=identity.mesh.svc.cluster.local:8080" in args
+    assert "--trust-anchors-configmap=mesh/gossamer-identity-trust-roots" in args
+    (token,) = [v for v in pod["spec"]["volumes"] if v["name"] == "identity-token"]
+    source = token["projected"]["sources"][0]["serviceAccountToken"]
+    assert source["audience"] == "identity.l5d.io"
+    # Delegated authentication and authorization, as an aggregated API server's.
+    delegator = named[("ClusterRoleBinding", "mesh-viz-tap-auth-delegator")]
+    assert delegator["roleRef"]["name"] == "system:auth-delegator"
+    reader = named[("RoleBinding", "mesh-viz-tap-auth-reader")]
+    assert reader["metadata"]["namespace"] == "kube-system"
+    assert reader["roleRef"]["name"] == "extension-apiserver-authentication-reader"
+    trust = named[("Role", "viz-tap-trust-roots")]
+    assert trust["metadata"]["namespace"] == "mesh"
+    assert trust["rules"][0]["resourceNames"] == ["gossamer-identity-trust-roots"]
+    # Tapping is Linkerd's tap-admin right; the dashboard has it, nobody else is given it.
+    admin = named[("ClusterRole", "mesh-viz-tap-admin")]
+    assert admin["rules"] == [
+        {"apiGroups": ["tap.linkerd.io"], "resources": ["*"], "verbs": ["watch"]}
+    ]
+    bindings = [o for o in objects if o["kind"].endswith("Binding")]
+    to_admin = [b for b in bindings if b["roleRef"]["name"] == "mesh-viz-tap-admin"]
+    assert [s["name"] for b in to_admin for s in b["subjects"]] == ["web"]
+    secret = named[("Secret", "tap-k8s-tls")]
+    leaf = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["tap.viz.svc"]
+    web_args = named[("Deployment", "web")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--tap-url=https://tap.viz.svc.cluster.local:8089" in web_args

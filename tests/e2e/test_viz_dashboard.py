@@ -8,6 +8,7 @@ the test's tmp output, whose path it prints.
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import select
@@ -261,3 +262,42 @@ def test_dashboard_refuses_foreign_hosts_and_bad_names(
     assert refused.value.code == 403
     browser.get(f"{url}/namespaces/Not_A_Namespace")
     assert "invalid namespace name" in browser.find_element(By.TAG_NAME, "body").text
+
+
+def test_tap_page_shows_live_requests_of_the_web_deployment(
+    dashboard: tuple[str, str], browser: WebDriver, shots: Path
+) -> None:
+    url, _ = dashboard
+    browser.get(f"{url}/namespaces/demo/deployments/web")
+    browser.find_element(By.ID, "tap-link").click()
+
+    def requests() -> list[dict[str, str]]:
+        if not browser.current_url.endswith("/namespaces/demo/deployments/web/tap"):
+            browser.get(f"{url}/namespaces/demo/deployments/web/tap")
+        # One read of the whole table (the page refreshes itself every few seconds).
+        tables = browser.find_elements(By.CSS_SELECTOR, "table#tap")
+        text = (tables[0].get_attribute("outerHTML") or "") if tables else ""
+        return [
+            {k: html.unescape(v) for k, v in re.findall(r'<td class="(\w+)[^"]*">(.*?)</td>', tr)}
+            for tr in re.findall(r"<tr data-name=[^>]*>(.*?)</tr>", text)
+        ]
+
+    rows = converge(requests, lambda r: any(row["status"] != "-" for row in r), limit=60)
+    assert browser.title == "Tap deployment web · Gossamer"
+    assert not browser.find_elements(By.ID, "tap-error")
+    answered = [r for r in rows if r["status"] != "-"]
+    assert {r["direction"] for r in rows} <= {"in", "out"}
+    assert all(r["method"] for r in rows), rows[:5]
+    assert any(r["method"] == "GET" for r in rows), rows[:5]
+    assert all(r["path"].startswith("/") for r in rows)
+    assert {r["status"].split()[0] for r in answered} <= {"200", "500", "503"}
+    assert all(re.fullmatch(r"\d+(µs|ms)|\d+\.\d+s", r["latency"]) for r in answered), answered[:5]
+    assert {r["tls"] for r in rows} == {"true"}  # the demo is all mTLS
+    # Its own calls to slow and flaky, and traffic's calls to it, as its proxy saw them.
+    assert any(r["direction"] == "out" and r["destination"].startswith("slow-") for r in rows)
+    assert any(r["direction"] == "in" and r["source"].startswith("traffic-") for r in rows)
+    # No script anywhere: the page refreshes itself into a new bounded tap.
+    assert not browser.find_elements(By.TAG_NAME, "script")
+    refresh = browser.find_element(By.CSS_SELECTOR, "meta[http-equiv='refresh']")
+    assert refresh.get_attribute("content") == "5"
+    screenshot(browser, shots, "tap-web")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -91,3 +92,114 @@ def test_viz_top_shows_the_web_deployments_paths(demo: LocalMeshHandle) -> None:
     destinations = {row[1] for row in rows}
     assert any(s.startswith("traffic-") for s in sources), out
     assert any(d.startswith(("slow-", "flaky-")) for d in destinations), out
+
+
+# -- the tap service -------------------------------------------------------------------------
+
+TAP_PATH = "/apis/tap.linkerd.io/v1alpha1/watch/namespaces/demo/deployments/web/tap"
+TAPPER_RBAC = """
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: tapper, namespace: demo}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: intruder, namespace: demo}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: e2e-tap-admin}
+rules: [{apiGroups: [tap.linkerd.io], resources: ["*"], verbs: [watch]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: e2e-tapper, namespace: demo}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: e2e-tap-admin}
+subjects: [{kind: ServiceAccount, name: tapper, namespace: demo}]
+"""
+
+
+def tap_service_call(
+    mesh: LocalMeshHandle, token: str | None, body: str, path: str = TAP_PATH
+) -> tuple[int, str]:
+    """POST to the local tap service from the node namespace: (status, body)."""
+    ready = json.loads((mesh.state_dir / "ready.json").read_text())
+    url = ready["tap_url"]
+    port = url.rsplit(":", 1)[1]
+    argv = [
+        "curl", "-sS", "-m", "20", "-o", "-", "-w", "\n%{http_code}",
+        "--cacert", ready["tap_ca_file"],
+        "--resolve", f"tap.gossamer-viz.svc:{port}:127.0.0.1",
+        "-H", "Content-Type: application/json", "--data", body,
+        f"https://tap.gossamer-viz.svc:{port}{path}",
+    ]  # fmt: skip
+    if token is not None:
+        argv[1:1] = ["-H", f"Authorization: Bearer {token}"]
+    out = mesh.node_run(argv, check=False, limit=30)
+    text, _, status = out.stdout.rpartition("\n")
+    assert status.isdigit(), out.stderr
+    return int(status), text
+
+
+def test_the_tap_service_streams_the_demos_requests_to_an_authorized_caller(
+    demo: LocalMeshHandle,
+) -> None:
+    demo.apply(TAPPER_RBAC)
+    token = demo.kubectl("create", "token", "tapper", "-n", "demo").strip()
+    body = json.dumps({"seconds": 6, "maxEvents": 60, "maxRps": 50})
+    status, text = tap_service_call(demo, token, body)
+    assert status == 200, text
+    lines = [json.loads(line) for line in text.splitlines()]
+    with OUTPUT.open("a") as log:
+        log.write(f"$ tap service {TAP_PATH} (tapper)\n{len(lines)} lines, last {lines[-1]}\n")
+    events, end = lines[:-1], lines[-1]
+    assert end["end"] in ("max-events", "time-limit"), end
+    assert end["errors"] == []
+    assert events
+    assert all(e["source"].startswith("demo/web-") for e in events)
+    requests = [
+        e["event"]["http"]["requestInit"] for e in events if "requestInit" in e["event"]["http"]
+    ]
+    assert requests, events[:3]
+    assert all(r["path"].startswith("/") for r in requests)
+    responses = [
+        e["event"]["http"]["responseInit"] for e in events if "responseInit" in e["event"]["http"]
+    ]
+    assert responses
+    assert {r["httpStatus"] for r in responses} <= {200, 500, 503}
+    # The service taps with its own identity: the service's log names the caller it allowed.
+    log_text = (demo.state_dir / "tap" / "tap.log").read_text()
+    assert "system:serviceaccount:demo:tapper" in log_text
+
+
+def test_the_tap_service_refuses_unauthenticated_and_unauthorized_callers(
+    demo: LocalMeshHandle,
+) -> None:
+    demo.apply(TAPPER_RBAC)
+    body = json.dumps({"seconds": 2})
+    status, text = tap_service_call(demo, None, body)
+    assert status == 401, text
+    status, text = tap_service_call(demo, "not-a-token", body)
+    assert status == 401, text
+    intruder = demo.kubectl("create", "token", "intruder", "-n", "demo").strip()
+    status, text = tap_service_call(demo, intruder, body)
+    assert status == 403, text
+    assert "system:serviceaccount:demo:intruder may not watch deployments/web/tap" in text
+    # The tapper's right is the demo namespace's only.
+    tapper = demo.kubectl("create", "token", "tapper", "-n", "demo").strip()
+    other = TAP_PATH.replace("/namespaces/demo/", "/namespaces/gossamer/").replace(
+        "/web/", "/destination/"
+    )
+    status, text = tap_service_call(demo, tapper, body, path=other)
+    assert status == 403, text
+
+
+def test_viz_tap_uses_the_tap_service_in_local_mode(demo: LocalMeshHandle) -> None:
+    log = demo.state_dir / "tap" / "tap.log"
+    before = log.read_text().count('"tap started"') if log.exists() else 0
+    out = gossamer(demo, "viz", "tap", "deploy/web", "-n", "demo", "--duration", "3")
+    assert [m for m in map(_REQ.match, out.splitlines()) if m], out
+    after = log.read_text()
+    assert after.count('"tap started"') > before
+    # The CLI proved its kubeconfig's user (the client certificate's CN) to the service.
+    assert '"user": "gossamer-admin"' in after

@@ -289,3 +289,23 @@ async def test_token_review_errors_keep_their_kinds(start_server: StartServer) -
             await kube.token_review("t")
         with pytest.raises(KubeConnectionError):
             await kube.token_review("t")
+
+
+async def test_subject_access_review_posts_the_review_and_returns_its_status(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(
+        lambda n: _json_response(201, b'{"status":{"allowed":false,"reason":"no binding"}}')
+    )
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {"user": "alice", "resourceAttributes": {"verb": "watch"}},
+    }
+    async with KubeClient(KubeConfig(server=server.url, token="sekret")) as kube:
+        status = await kube.subject_access_review(review)
+        assert kube.authorization_headers() == {"Authorization": "Bearer sekret"}
+    assert status == {"allowed": False, "reason": "no binding"}
+    head, body = server.last_request.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"POST /apis/authorization.k8s.io/v1/subjectaccessreviews HTTP/1.1\r\n")
+    assert json.loads(body) == review

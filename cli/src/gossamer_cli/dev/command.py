@@ -125,6 +125,8 @@ async def _run(
             "node_address": layout.node_address,
             "prometheus_url": mesh.prometheus.url if mesh.prometheus is not None else None,
             "dashboard_url": mesh.dashboard.url if mesh.dashboard is not None else None,
+            "tap_url": mesh.tap.url if mesh.tap is not None else None,
+            "tap_ca_file": str(mesh.tap.ca_file) if mesh.tap is not None else None,
         }
         (state_dir / "ready.json").write_text(json.dumps(info))
         click.echo(
@@ -136,6 +138,12 @@ async def _run(
             click.echo(
                 f"prometheus: {mesh.prometheus.url} in the node namespace; golden metrics: "
                 f"sudo ip netns exec {layout.node_netns} gossamer viz stat deploy -n demo",
+                err=True,
+            )
+        if mesh.tap is not None:
+            click.echo(
+                f"viz tap service: {mesh.tap.url} in the node namespace; live requests: "
+                f"sudo ip netns exec {layout.node_netns} gossamer viz tap deploy/web -n demo",
                 err=True,
             )
         if mesh.dashboard is not None:

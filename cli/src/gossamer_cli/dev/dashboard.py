@@ -32,8 +32,17 @@ def web_ready(url: str = URL, timeout: float = 2.0) -> bool:
 
 
 class LocalDashboard:
-    def __init__(self, state_dir: Path, kubeconfig: Path, prometheus_url: str) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        kubeconfig: Path,
+        prometheus_url: str,
+        *,
+        tap: tuple[str, Path] | None = None,
+    ) -> None:
         self.state_dir = state_dir
+        #: The tap service's URL and CA file, for the live tap pages.
+        self.tap = tap
         self.kubeconfig = kubeconfig
         self.prometheus_url = prometheus_url
         self.log_file = state_dir / "web.log"
@@ -41,12 +50,15 @@ class LocalDashboard:
         self._proc: asyncio.subprocess.Process | None = None
 
     def argv(self) -> list[str]:
-        return [
+        argv = [
             sys.executable, "-m", "gossamer_cli.viz.web",
             "--addr", f"{HOST}:{PORT}",
             "--prometheus-url", self.prometheus_url,
             "--kubeconfig", str(self.kubeconfig),
         ]  # fmt: skip
+        if self.tap is not None:
+            argv += ["--tap-url", self.tap[0], "--tap-ca-file", str(self.tap[1])]
+        return argv
 
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ from gossamer_cli.dev.pod import RuntimeContext
 from gossamer_cli.dev.prometheus import LocalPrometheus, prometheus_binary
 from gossamer_cli.dev.runtime import NodeRuntime
 from gossamer_cli.dev.stages import local_mode_stages
+from gossamer_cli.dev.tap import LocalTapService
 
 log = structlog.get_logger("gossamer.dev")
 
@@ -79,6 +80,7 @@ class LocalMesh:
         self.runtime: NodeRuntime | None = None
         self.prometheus: LocalPrometheus | None = None
         self.dashboard: LocalDashboard | None = None
+        self.tap: LocalTapService | None = None
 
     async def start(self) -> None:
         state = self.config.state_dir
@@ -120,6 +122,15 @@ class LocalMesh:
         ctx = RuntimeContext(self.client, self.layout, image_map, state / "node")
         self.runtime = NodeRuntime(ctx, service_hosts(self.layout))
         await self.runtime.start()
+        tap = LocalTapService(state / "tap", state, self.cluster.kubeconfig)
+        try:
+            await tap.start()
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            # `gossamer viz tap` then taps the proxies itself; say why the service is gone.
+            await tap.stop()
+            log.warning("viz tap service did not start", error=str(exc), log=str(tap.log_file))
+        else:
+            self.tap = tap
         if prometheus_binary() is None:
             log.warning("no prometheus binary (Debian's `prometheus`): viz has no metrics")
         else:
@@ -127,7 +138,12 @@ class LocalMesh:
                 state / "prometheus", self.client, CONTROL_PLANE_NAMESPACE
             )
             await self.prometheus.start()
-            dashboard = LocalDashboard(state / "web", self.cluster.kubeconfig, self.prometheus.url)
+            dashboard = LocalDashboard(
+                state / "web",
+                self.cluster.kubeconfig,
+                self.prometheus.url,
+                tap=(self.tap.url, self.tap.ca_file) if self.tap is not None else None,
+            )
             try:
                 await dashboard.start()
             except (OSError, RuntimeError, TimeoutError) as exc:
@@ -183,6 +199,8 @@ class LocalMesh:
         """Drain the pods, stop the control plane and Kubernetes; leaves nothing behind."""
         if self.dashboard is not None:
             await self.dashboard.stop()
+        if self.tap is not None:
+            await self.tap.stop()
         if self.prometheus is not None:
             await self.prometheus.stop()
         if self.runtime is not None:

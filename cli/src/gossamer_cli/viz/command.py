@@ -175,7 +175,9 @@ def register(cli: click.Group) -> None:
 @click.option("--prometheus-image", default=None, help="Prometheus image (upstream by default).")
 @click.option("--scrape-interval", default="10s", show_default=True)
 @click.option("--web-image", default=None, help="The dashboard's image (gossamer/viz-web).")
+@click.option("--tap-image", default=None, help="The tap service's image (gossamer/viz-tap).")
 @click.option("--cluster-domain", default="cluster.local", show_default=True)
+@click.option("--identity-trust-domain", default="cluster.local", show_default=True)
 @click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml")
 def install(
     control_plane_namespace: str,
@@ -183,7 +185,9 @@ def install(
     prometheus_image: str | None,
     scrape_interval: str,
     web_image: str | None,
+    tap_image: str | None,
     cluster_domain: str,
+    identity_trust_domain: str,
     output: str,
 ) -> None:
     """Print the viz extension's manifests, for `kubectl apply -f -`."""
@@ -201,7 +205,9 @@ def install(
         prometheus_image=prometheus_image or viz_manifests.PROMETHEUS_IMAGE,
         scrape_interval=scrape_interval,
         web_image=web_image or viz_manifests.WEB_IMAGE,
+        tap_image=tap_image or viz_manifests.TAP_IMAGE,
         cluster_domain=cluster_domain,
+        trust_domain=identity_trust_domain,
     )
     if output == "json":
         click.echo(json.dumps(m.to_json_list(objects), indent=2))

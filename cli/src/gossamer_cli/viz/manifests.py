@@ -1,5 +1,9 @@
 """``gossamer viz install``: the viz extension's manifests, shaped as ``linkerd viz install``'s.
 
+The Helm chart ``charts/gossamer-viz`` renders the same objects (a test holds the two
+together: tests/integration/test_viz_chart_render.py), so a change here needs the same change
+there.
+
 This renders the ``gossamer-viz`` namespace (meshed, labelled as a Linkerd extension) and:
 - Prometheus: its ServiceAccount and cluster-wide read access to pods, its configuration (the
   ``linkerd-proxy`` scrape job of :mod:`.scrape`, with Kubernetes pod discovery), its
@@ -10,6 +14,17 @@ This renders the ``gossamer-viz`` namespace (meshed, labelled as a Linkerd exten
   the workloads it lists, its Deployment and its Service on 8084. It answers only to the Host
   names of its Service and of loopback (``kubectl port-forward``), as Linkerd's does.
 
+- the ``tap`` service (:mod:`gossamer_cli.viz.tap_service`): its ServiceAccount (whose
+  mesh identity is the one the proxies let tap them), read access to pods and services,
+  Kubernetes's ``system:auth-delegator`` (TokenReview and SubjectAccessReview) and the
+  ``extension-apiserver-authentication-reader`` Role in ``kube-system`` (the cluster's client
+  CA), read access to the control plane's trust-roots ConfigMap, its serving certificate
+  (Secret ``tap-k8s-tls``, CA in ``ca.crt``), its Deployment and its Service on 8089. The
+  ``tap-admin`` ClusterRole (verb ``watch`` in API group ``tap.linkerd.io``, as Linkerd's) is
+  what a user needs to tap; the dashboard's account is bound to it. The tap pod is not
+  meshed: it speaks mTLS to the proxies itself, with the certificate it gets from the
+  identity service, and its callers authenticate to it over HTTPS.
+
 The image defaults to the upstream Prometheus image, as Linkerd's: Debian's ``prometheus``
 package (which local mode runs) is built without Kubernetes discovery, so an image made from
 it could not find the proxies on a cluster.
@@ -17,6 +32,8 @@ it could not find the proxies on a cluster.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 from typing import Any
 
 import yaml
@@ -28,6 +45,11 @@ PROMETHEUS_IMAGE = "prom/prometheus:v2.55.1"
 PROMETHEUS_PORT = 9090
 WEB_IMAGE = "gossamer/viz-web:dev"
 WEB_PORT = 8084
+TAP_IMAGE = "gossamer/viz-tap:dev"
+TAP_PORT = 8089
+TAP_TLS_SECRET = "tap-k8s-tls"  # noqa: S105 - a Secret's name
+TAP_TLS_DIR = "/var/run/gossamer/tls"
+IDENTITY_TOKEN_DIR = "/var/run/secrets/tokens"  # noqa: S105 - a mount path
 CONFIG_KEY = "prometheus.yml"
 NOBODY = 65534
 
@@ -48,7 +70,10 @@ def render(
     prometheus_image: str = PROMETHEUS_IMAGE,
     scrape_interval: str = "10s",
     web_image: str = WEB_IMAGE,
+    tap_image: str = TAP_IMAGE,
     cluster_domain: str = "cluster.local",
+    trust_domain: str = "cluster.local",
+    now: dt.datetime | None = None,
 ) -> list[dict[str, Any]]:
     labels = _labels("prometheus")
     name = "prometheus"
@@ -120,6 +145,14 @@ def render(
         _deployment(namespace, name, labels, prometheus_image),
         *dashboards.configmaps(namespace, _labels("grafana-dashboards")),
         *_web(namespace, control_plane_namespace, web_image, cluster_domain),
+        *_tap(
+            namespace,
+            control_plane_namespace,
+            tap_image,
+            cluster_domain,
+            trust_domain,
+            now or dt.datetime.now(dt.UTC),
+        ),
     ]
 
 
@@ -140,7 +173,11 @@ def _web(
             f"--addr=0.0.0.0:{WEB_PORT}",
             f"--prometheus-url={prometheus}",
             f"--enforced-host={guard.enforced_host_pattern(service_hosts)}",
+            f"--tap-url=https://tap.{namespace}.svc.{cluster_domain}:{TAP_PORT}",
+            f"--tap-ca-file={TAP_TLS_DIR}/ca.crt",
+            f"--viz-namespace={namespace}",
         ],
+        "volumeMounts": [{"name": "tap-ca", "mountPath": TAP_TLS_DIR, "readOnly": True}],
         "ports": [{"name": "http", "containerPort": WEB_PORT}],
         "readinessProbe": {"httpGet": {"path": "/ready", "port": WEB_PORT}},
         "livenessProbe": {"httpGet": {"path": "/ready", "port": WEB_PORT}},
@@ -212,6 +249,227 @@ def _web(
                         "serviceAccountName": name,
                         "nodeSelector": {"kubernetes.io/os": "linux"},
                         "containers": [container],
+                        "volumes": [
+                            {
+                                "name": "tap-ca",
+                                "secret": {
+                                    "secretName": TAP_TLS_SECRET,
+                                    "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                                },
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+        {
+            # Linkerd's linkerd-<ns>-web-admin: the dashboard may tap (its live tap pages).
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"{cluster_name}-admin", "labels": labels},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": f"{control_plane_namespace}-{namespace}-tap-admin",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+    ]
+
+
+def _binding(
+    kind: str, name: str, labels: dict[str, str], role_kind: str, role: str, account: str,
+    namespace: str, binding_namespace: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    meta: dict[str, Any] = {"name": name, "labels": labels}
+    if binding_namespace is not None:
+        meta["namespace"] = binding_namespace
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": kind,
+        "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+    }
+
+
+def _tap(
+    namespace: str,
+    control_plane_namespace: str,
+    image: str,
+    cluster_domain: str,
+    trust_domain: str,
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    from gossamer_cli.manifests import TRUST_ROOTS_CONFIG_MAP
+    from gossamer_cli.viz.tap_service.serving import generate_serving
+
+    name = "tap"
+    labels = _labels(name)
+    cluster_name = f"{control_plane_namespace}-{namespace}-tap"
+    serving = generate_serving(viz_namespace=namespace, now=now)
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    container = {
+        "name": name,
+        "image": image,
+        "args": [
+            f"--addr=0.0.0.0:{TAP_PORT}",
+            f"--tls-cert={TAP_TLS_DIR}/tls.crt",
+            f"--tls-key={TAP_TLS_DIR}/tls.key",
+            f"--control-plane-namespace={control_plane_namespace}",
+            f"--viz-namespace={namespace}",
+            f"--trust-domain={trust_domain}",
+            f"--identity-addr=identity.{control_plane_namespace}.svc.{cluster_domain}:8080",
+            f"--trust-anchors-configmap={control_plane_namespace}/{TRUST_ROOTS_CONFIG_MAP}",
+            f"--token-file={IDENTITY_TOKEN_DIR}/gossamer-identity-token",
+        ],
+        "ports": [{"name": "https", "containerPort": TAP_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": TAP_PORT, "scheme": "HTTPS"}},
+        "livenessProbe": {"httpGet": {"path": "/ready", "port": TAP_PORT, "scheme": "HTTPS"}},
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": NOBODY,
+            "runAsGroup": NOBODY,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "tls", "mountPath": TAP_TLS_DIR, "readOnly": True},
+            {"name": "identity-token", "mountPath": IDENTITY_TOKEN_DIR, "readOnly": True},
+        ],
+    }
+    pod_labels = {**labels, "linkerd.io/extension": "viz"}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": cluster_name, "labels": labels},
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]},
+            ],
+        },
+        _binding(
+            "ClusterRoleBinding", cluster_name, labels, "ClusterRole", cluster_name, name, namespace
+        ),
+        _binding(
+            "ClusterRoleBinding",
+            f"{cluster_name}-auth-delegator",
+            labels,
+            "ClusterRole",
+            "system:auth-delegator",
+            name,
+            namespace,
+        ),
+        _binding(
+            "RoleBinding",
+            f"{cluster_name}-auth-reader",
+            labels,
+            "Role",
+            "extension-apiserver-authentication-reader",
+            name,
+            namespace,
+            "kube-system",
+        ),
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {
+                "name": f"{namespace}-tap-trust-roots",
+                "namespace": control_plane_namespace,
+                "labels": labels,
+            },
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": [TRUST_ROOTS_CONFIG_MAP],
+                    "verbs": ["get"],
+                }
+            ],
+        },
+        _binding(
+            "RoleBinding",
+            f"{namespace}-tap-trust-roots",
+            labels,
+            "Role",
+            f"{namespace}-tap-trust-roots",
+            name,
+            namespace,
+            control_plane_namespace,
+        ),
+        {
+            # Linkerd's linkerd-<ns>-tap-admin: bind users (or groups) to it to let them tap.
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": f"{cluster_name}-admin", "labels": labels},
+            "rules": [{"apiGroups": ["tap.linkerd.io"], "resources": ["*"], "verbs": ["watch"]}],
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": TAP_TLS_SECRET, "namespace": namespace, "labels": labels},
+            "data": {
+                "tls.crt": b64(serving.crt_pem),
+                "tls.key": b64(serving.key_pem),
+                "ca.crt": b64(serving.ca_pem),
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {"component": name},
+                "ports": [{"name": "https", "port": TAP_PORT, "targetPort": TAP_PORT}],
+            },
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"component": name}},
+                "template": {
+                    "metadata": {
+                        "labels": pod_labels,
+                        # It speaks mTLS to the proxies itself (see the module's docstring).
+                        "annotations": {"linkerd.io/inject": "disabled"},
+                    },
+                    "spec": {
+                        "serviceAccountName": name,
+                        "nodeSelector": {"kubernetes.io/os": "linux"},
+                        "containers": [container],
+                        "volumes": [
+                            {"name": "tls", "secret": {"secretName": TAP_TLS_SECRET}},
+                            {
+                                "name": "identity-token",
+                                "projected": {
+                                    "sources": [
+                                        {
+                                            "serviceAccountToken": {
+                                                "path": "gossamer-identity-token",
+                                                "expirationSeconds": 86400,
+                                                "audience": "identity.l5d.io",
+                                            }
+                                        }
+                                    ]
+                                },
+                            },
+                        ],
                     },
                 },
             },

@@ -1,9 +1,15 @@
 """``gossamer viz tap`` and ``gossamer viz top`` (I/O; the logic is in the pure modules).
 
-The CLI is the tap service here: it lists the resource's pods in Kubernetes, signs itself a
-certificate for the viz tap identity with the local mesh's issuer (``--state-dir``, local
-mode), and taps every pod's proxy directly (:mod:`.tap_client`). Run it where the pod
-addresses are reachable: in local mode, the node namespace
+Where the viz tap service runs (:mod:`.tap_service`), the CLI asks it, proving its user with
+the kubeconfig's credentials; the service checks that user may tap the resource, fans out
+to the proxies and streams the events back. The service is found by ``--tap-url`` with
+``--tap-ca-file`` (a cluster: e.g. through ``kubectl -n gossamer-viz port-forward svc/tap
+8089``), or in local mode from the running mesh's ``ready.json`` in ``--state-dir``.
+
+Without a tap service the CLI is the tap service itself (local mode only): it lists the
+resource's pods, signs itself a certificate for the viz tap identity with the local mesh's
+issuer, and taps every pod's proxy directly (:mod:`.tap_client`). Either way, run it where
+the addresses are reachable: in local mode, the node namespace
 (``sudo ip netns exec <node> gossamer viz tap deploy/web -n demo``).
 """
 
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +56,19 @@ def _options(func: Any) -> Any:
             default=DEFAULT_STATE,
             show_default=True,
             help="Local mode's state (its identity issuer signs the tap certificate).",
+        ),
+        click.option(
+            "--tap-url",
+            envvar="GOSSAMER_TAP_URL",
+            default=None,
+            help="The viz tap service (https://HOST:PORT); local mode: found in --state-dir.",
+        ),
+        click.option(
+            "--tap-ca-file",
+            envvar="GOSSAMER_TAP_CA_FILE",
+            default=None,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="CA that signed the tap service's certificate (its tap-k8s-tls Secret's ca.crt).",
         ),
         click.option("--port", type=int, default=4190, show_default=True, hidden=True),
     ]
@@ -155,6 +175,99 @@ def _credentials(state_dir: Path) -> Any:
         ) from exc
 
 
+def _endpoint(state_dir: Path, tap_url: str | None, tap_ca_file: Path | None) -> Any:
+    """The tap service to ask, or None to tap the proxies directly (local mode without it)."""
+    from gossamer_cli.viz.tap_service.client import TapServiceEndpoint
+
+    if tap_url is None:
+        try:
+            ready = json.loads((state_dir / "ready.json").read_text())
+        except (OSError, ValueError):
+            return None
+        tap_url, ca = ready.get("tap_url"), ready.get("tap_ca_file")
+        if not isinstance(tap_url, str) or not isinstance(ca, str):
+            return None
+        tap_ca_file = Path(ca)
+    if not tap_url.startswith("https://"):
+        raise click.BadParameter(
+            "the tap service is HTTPS: https://HOST:PORT", param_hint="--tap-url"
+        )
+    if tap_ca_file is None:
+        raise click.UsageError(
+            "--tap-url needs --tap-ca-file (the CA the tap service is trusted by)"
+        )
+    try:
+        ca_pem = tap_ca_file.read_bytes()
+    except OSError as exc:
+        raise click.ClickException(f"cannot read the tap service's CA: {exc}") from exc
+    return TapServiceEndpoint(tap_url, ca_pem)
+
+
+def _pod_names(kubeconfig: str | None) -> dict[str, Any]:
+    """Pod names by address, for ``-o wide`` and top (what the caller may list; else none)."""
+    from gossamer_kube.client import KubeClient
+    from gossamer_kube.config import KubeConfig
+    from gossamer_kube.resources import PODS
+
+    from gossamer_cli.viz.tap_render import PodInfo
+
+    async def every() -> list[dict[str, Any]]:
+        async with KubeClient(KubeConfig.load(kubeconfig)) as client:
+            return (await client.list(PODS, namespace=None))[0]
+
+    try:
+        pods = asyncio.run(every())
+    except Exception:
+        return {}
+    names: dict[str, Any] = {}
+    for pod in pods:
+        ip = (pod.get("status") or {}).get("podIP")
+        if ip:
+            meta = pod["metadata"]
+            names[ip] = PodInfo(meta.get("namespace", ""), meta["name"], _resource_of(pod))
+    return names
+
+
+async def _stream_service(
+    endpoint: Any,
+    kubeconfig: str | None,
+    namespace: str,
+    target: Resource,
+    filters: TapFilters,
+    *,
+    max_rps: float,
+    headers: bool,
+    duration: float,
+    on_event: Any,
+) -> list[tuple[str, str]]:
+    """Tap through the service; with ``duration`` 0, call again each time a call's bound ends."""
+    from gossamer_kube.config import KubeConfig
+
+    from gossamer_cli.viz.tap_service.api import MAX_EVENTS, MAX_SECONDS, TapQuery
+    from gossamer_cli.viz.tap_service.client import TapServiceCall, TapServiceError
+
+    config = KubeConfig.load(kubeconfig)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + duration if duration > 0 else None
+    while True:
+        left = MAX_SECONDS if deadline is None else min(deadline - loop.time(), MAX_SECONDS)
+        if left < 0.1:
+            return []
+        query = TapQuery(filters, max_rps, left, MAX_EVENTS, headers)
+        call = TapServiceCall(endpoint, config, namespace, target, query)
+        try:
+            async for source, event in call.events():
+                on_event(source, event)
+        except TapServiceError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except OSError as exc:
+            raise click.ClickException(f"cannot reach the tap service: {exc}") from exc
+        if call.end is not None and call.end.reason == "proxies-ended":
+            return call.errors
+        if deadline is None and call.errors:
+            _report(call.errors)
+
+
 async def _stream(
     targets: list[TapTarget],
     filters: TapFilters,
@@ -207,6 +320,8 @@ def tap(
     max_rps: float,
     kubeconfig: str | None,
     state_dir: Path,
+    tap_url: str | None,
+    tap_ca_file: Path | None,
     port: int,
     output: str,
     duration: float,
@@ -215,8 +330,7 @@ def tap(
     from gossamer_cli.viz.tap_render import render_json, render_line
 
     target, filters = _setup(resource, namespace, to_text, to_namespace, method, path, authority)
-    targets, names = _targets(target, namespace, kubeconfig)
-    credentials = _credentials(state_dir)
+    endpoint = _endpoint(state_dir, tap_url, tap_ca_file)
 
     def show(source: str, event: Any) -> None:
         if output == "json":
@@ -227,6 +341,30 @@ def tap(
             click.echo(line)
             sys.stdout.flush()
 
+    if endpoint is not None:
+        names = _pod_names(kubeconfig)
+        try:
+            errors = asyncio.run(
+                _stream_service(
+                    endpoint,
+                    kubeconfig,
+                    namespace,
+                    target,
+                    filters,
+                    max_rps=max_rps,
+                    headers=output == "json",
+                    duration=duration,
+                    on_event=show,
+                )
+            )
+        except KeyboardInterrupt:
+            return
+        _report(errors)
+        if errors:  # every proxy's stream ended, and some could not be tapped
+            raise SystemExit(1)
+        return
+    targets, names = _targets(target, namespace, kubeconfig)
+    credentials = _credentials(state_dir)
     try:
         errors = asyncio.run(
             _stream(
@@ -265,6 +403,8 @@ def top(
     max_rps: float,
     kubeconfig: str | None,
     state_dir: Path,
+    tap_url: str | None,
+    tap_ca_file: Path | None,
     port: int,
     snapshot: float,
     refresh: float,
@@ -273,8 +413,13 @@ def top(
     from gossamer_cli.viz.top import TopTable
 
     target, filters = _setup(resource, namespace, to_text, to_namespace, method, path, authority)
-    targets, names = _targets(target, namespace, kubeconfig)
-    credentials = _credentials(state_dir)
+    endpoint = _endpoint(state_dir, tap_url, tap_ca_file)
+    if endpoint is not None:
+        targets: list[TapTarget] = []
+        names, credentials = _pod_names(kubeconfig), None
+    else:
+        targets, names = _targets(target, namespace, kubeconfig)
+        credentials = _credentials(state_dir)
     table = TopTable(pods=names)
     live = snapshot <= 0 and sys.stdout.isatty()
     if snapshot <= 0 and not live:
@@ -289,6 +434,12 @@ def top(
 
         painter = asyncio.ensure_future(redraw()) if live else None
         try:
+            if endpoint is not None:
+                return await _stream_service(
+                    endpoint, kubeconfig, namespace, target, filters, max_rps=max_rps,
+                    headers=False, duration=0.0 if live else snapshot,
+                    on_event=lambda source, event: table.add(event, source),
+                )  # fmt: skip
             return await _stream(
                 targets,
                 filters,

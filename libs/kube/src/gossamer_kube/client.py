@@ -220,6 +220,11 @@ class KubeClient:
 
     # -- raw requests ------------------------------------------------------------------------
 
+    def authorization_headers(self) -> dict[str, str]:
+        """The ``Authorization`` header this client sends (empty with a client certificate),
+        for a caller that must prove the same user to a service other than the apiserver."""
+        return self._headers(None)
+
     def _headers(self, content_type: str | None) -> dict[str, str]:
         headers: dict[str, str] = {}
         token = self._tokens.token(time.monotonic())
@@ -410,6 +415,14 @@ class KubeClient:
             body["spec"]["audiences"] = list(audiences)
         doc = await self._review_post("/apis/authentication.k8s.io/v1/tokenreviews", body)
         return TokenReviewResult.from_status(doc.get("status") or {})
+
+    async def subject_access_review(self, review: Mapping[str, Any]) -> dict[str, Any]:
+        """POST a ``SubjectAccessReview`` (``authorization.k8s.io/v1``); returns its status."""
+        doc = await self._review_post(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews", dict(review)
+        )
+        status = doc.get("status") or {}
+        return dict(status) if isinstance(status, dict) else {}
 
     async def _review_post(self, path: str, doc: Any) -> dict[str, Any]:
         """POST a review (it changes nothing, so it may be repeated) on the lean keep-alive pool.

@@ -8,11 +8,12 @@ import signal
 import sys
 
 import click
+from gossamer_kube.errors import KubeConfigError
 
 from gossamer_cli.viz.kubeobjects import kube_objects
 from gossamer_cli.viz.promapi import PrometheusClient, PrometheusError
 from gossamer_cli.viz.web import guard
-from gossamer_cli.viz.web.data import DashboardData
+from gossamer_cli.viz.web.data import DashboardData, TapAccess
 from gossamer_cli.viz.web.server import Dashboard, serve
 
 DEFAULT_ADDR = "127.0.0.1:8084"
@@ -43,6 +44,15 @@ def split_addr(addr: str) -> tuple[str, int]:
     show_default=True,
     help="Regular expression the Host header must match (stops DNS rebinding).",
 )
+@click.option(
+    "--tap-url", default=None,
+    help="The viz tap service (https://HOST:PORT), for the live tap pages.",
+)  # fmt: skip
+@click.option(
+    "--tap-ca-file", default=None, type=click.Path(exists=True, dir_okay=False),
+    help="CA that signed the tap service's certificate.",
+)  # fmt: skip
+@click.option("--viz-namespace", default="gossamer-viz", show_default=True)
 @click.option("-t", "--time-window", default="1m", show_default=True)
 @click.option("--log-level", default="info", show_default=True)
 def main(
@@ -51,6 +61,9 @@ def main(
     kubeconfig: str | None,
     no_kubernetes: bool,
     enforced_host: str,
+    tap_url: str | None,
+    tap_ca_file: str | None,
+    viz_namespace: str,
     time_window: str,
     log_level: str,
 ) -> None:
@@ -63,10 +76,31 @@ def main(
         pattern = guard.compile_host_pattern(enforced_host)
         prometheus = PrometheusClient(prometheus_url)
         kube = None if no_kubernetes else functools.partial(kube_objects, kubeconfig)
-        data = DashboardData(prometheus, kube, window=time_window)
-    except (ValueError, PrometheusError) as exc:
+        tap = _tap_access(tap_url, tap_ca_file, viz_namespace, kubeconfig)
+        data = DashboardData(prometheus, kube, window=time_window, tap=tap)
+    except (ValueError, PrometheusError, OSError, KubeConfigError) as exc:
         raise click.UsageError(str(exc)) from exc
     sys.exit(asyncio.run(_run(Dashboard(data, pattern), host, port)))
+
+
+def _tap_access(
+    tap_url: str | None, tap_ca_file: str | None, viz_namespace: str, kubeconfig: str | None
+) -> TapAccess | None:
+    """The tap service, called with the dashboard's own Kubernetes credentials."""
+    from pathlib import Path
+
+    from gossamer_kube.config import KubeConfig
+
+    from gossamer_cli.viz.tap_service.client import TapServiceEndpoint, service_name
+
+    if tap_url is None:
+        return None
+    if not tap_url.startswith("https://") or tap_ca_file is None:
+        raise ValueError("--tap-url wants https://HOST:PORT, with --tap-ca-file")
+    endpoint = TapServiceEndpoint(
+        tap_url, Path(tap_ca_file).read_bytes(), service_name(viz_namespace)
+    )
+    return TapAccess(endpoint, KubeConfig.load(kubeconfig))
 
 
 async def _run(dashboard: Dashboard, host: str, port: int) -> int:

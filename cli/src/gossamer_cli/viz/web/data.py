@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from gossamer_cli.viz import edges as edges_mod
 from gossamer_cli.viz import stat as stat_mod
@@ -21,10 +22,16 @@ from gossamer_cli.viz.kubeobjects import KubeView
 from gossamer_cli.viz.meshed import meshed_counts, owner
 from gossamer_cli.viz.promapi import PrometheusClient, PrometheusError, Sample
 from gossamer_cli.viz.resources import KINDS, Resource
+from gossamer_cli.viz.tap_render import PodInfo
+from gossamer_cli.viz.tap_requests import TapRequest, TapRequests
 
 #: (kinds, namespace or None) -> what Kubernetes lists.
 KubeReader = Callable[[Sequence[str], "str | None"], Awaitable[KubeView]]
 WORKLOAD_KINDS = ("deployment", "pod")
+#: One tap page: this long a tap, at most this many events and requests a second.
+TAP_SECONDS = 3.0
+TAP_EVENTS = 1500
+TAP_MAX_RPS = 100.0
 _KIND = {k.name: k for k in KINDS}
 
 
@@ -55,14 +62,40 @@ class Detail:
     exists: bool = True
 
 
+@dataclass
+class TapView:
+    namespace: str
+    kind: str
+    name: str
+    seconds: float
+    requests: list[TapRequest] = field(default_factory=list)
+    #: Why there is no tap (no service, refused, unreachable); "" when it ran.
+    error: str = ""
+    proxy_errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TapAccess:
+    """The tap service and the dashboard's own credentials for it (its kubeconfig's)."""
+
+    endpoint: Any
+    kube_config: Any
+
+
 class DashboardData:
     def __init__(
-        self, prometheus: PrometheusClient, kube: KubeReader | None, *, window: str = "1m"
+        self,
+        prometheus: PrometheusClient,
+        kube: KubeReader | None,
+        *,
+        window: str = "1m",
+        tap: TapAccess | None = None,
     ) -> None:
         stat_mod.window_seconds(window)  # refuses a bad window now, not on every page
         self.prometheus = prometheus
         self.kube = kube
         self.window = window
+        self.tap_access = tap
 
     # -- Prometheus ------------------------------------------------------------------------
 
@@ -160,3 +193,41 @@ class DashboardData:
         queries = edges_mod.edges_queries("deployment", namespace)
         results = await asyncio.gather(*(self._query(q) for q in queries.values()))
         return edges_mod.build_edges("deployment", dict(zip(queries, results, strict=True)))
+
+    async def tap(self, namespace: str, kind: str, name: str) -> TapView:
+        """One bounded tap of ``kind/name`` through the tap service."""
+        from gossamer_cli.viz.tap_service.api import TapQuery
+        from gossamer_cli.viz.tap_service.client import TapServiceCall, TapServiceError
+
+        if kind not in WORKLOAD_KINDS:
+            raise ValueError(f"not a workload kind: {kind}")
+        view = TapView(namespace, kind, name, TAP_SECONDS)
+        if self.tap_access is None:
+            view.error = "no tap service configured (the dashboard's --tap-url)"
+            return view
+        pods, _ = await self._kube(["pod"], None)
+        names = {}
+        for pod in pods.pods:
+            ip = (pod.get("status") or {}).get("podIP")
+            if ip:
+                meta = pod["metadata"]
+                names[ip] = PodInfo(meta.get("namespace", ""), meta["name"], "")
+        table = TapRequests(pods=names)
+        query = TapQuery(seconds=TAP_SECONDS, max_events=TAP_EVENTS, max_rps=TAP_MAX_RPS)
+        call = TapServiceCall(
+            self.tap_access.endpoint,
+            self.tap_access.kube_config,
+            namespace,
+            Resource(_KIND[kind], name),
+            query,
+        )
+        try:
+            async for source, event in call.events():
+                table.add(source, event)
+        except TapServiceError as exc:
+            view.error = str(exc)
+        except OSError as exc:
+            view.error = f"cannot reach the tap service: {exc}"
+        view.requests = table.latest()
+        view.proxy_errors = call.errors
+        return view

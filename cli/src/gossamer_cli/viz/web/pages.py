@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from gossamer_cli.viz import stat as stat_mod
 from gossamer_cli.viz.edges import SECURED_MARK, Edge
-from gossamer_cli.viz.web.data import Detail, Table
+from gossamer_cli.viz.web.data import Detail, Table, TapView
 
 REFRESH_SECONDS = 5
 STYLESHEET_PATH = "/static/dashboard.css"
@@ -28,6 +28,7 @@ table { border-collapse: collapse; background: #fff; min-width: 60%; }
 th, td { padding: 0.35em 0.8em; border-bottom: 1px solid #dde1e7; text-align: right; }
 th { background: #eef0f4; } td.name, th.name, td.namespace { text-align: left; }
 table.edges td { word-break: break-all; }
+table.tap td { text-align: left; font-family: monospace; }
 td.good { color: #18794e; } td.warn { color: #a35200; } td.bad { color: #c62828; }
 p.notice { color: #a35200; } p.error { color: #c62828; font-weight: bold; }
 svg.edges { background: #fff; border: 1px solid #dde1e7; }
@@ -148,6 +149,8 @@ def detail_page(detail: Detail, *, now: str) -> str:
     if not detail.exists:
         body += f'<p class="notice">No {esc(kind)} {esc(name)} in {esc(ns)}, and no traffic.</p>\n'
     body += stat_table("resource", [detail.row])
+    body += f'<p><a id="tap-link" href="{href("namespaces", ns, plural, name, "tap")}">'
+    body += f"Live requests of {esc(name)} (tap)</a></p>\n"
     if kind == "deployment":
         body += "<h2>Pods</h2>\n"
         body += stat_table("pods", detail.pods, link=(ns, "pods"), empty="No pods.")
@@ -297,6 +300,71 @@ def _edge_ends(sx: int, sy: int, dx: int, dy: int) -> tuple[int, int, int, int]:
 
 def _short(text: str, limit: int = 22) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+#: Newest requests a tap page shows.
+TAP_ROWS = 200
+TAP_COLUMNS = (
+    ("direction", "Dir"),
+    ("source", "Source"),
+    ("destination", "Destination"),
+    ("method", "Method"),
+    ("authority", "Authority"),
+    ("path", "Path"),
+    ("status", "Status"),
+    ("latency", "Latency"),
+    ("tls", "mTLS"),
+)
+
+
+def tap_page(view: TapView, *, now: str) -> str:
+    """The requests one bounded tap saw, newest first (the page refreshes into a new tap)."""
+    ns, kind, name = view.namespace, view.kind, view.name
+    plural = PLURAL[kind]
+    body = f'<p class="summary" id="tap-summary">Requests seen by the proxies of {esc(kind)} '
+    shown = min(len(view.requests), TAP_ROWS)
+    body += f"{esc(name)} in {view.seconds:g}s, newest first ({shown} of "
+    body += f"{len(view.requests)} shown).</p>\n"
+    if view.error:
+        body += f'<p class="error" id="tap-error">{esc(view.error)}</p>\n'
+    for pod, error in view.proxy_errors:
+        body += f'<p class="notice">cannot tap {esc(pod)}: {esc(error)}</p>\n'
+    if not view.requests:
+        body += '<p class="empty" id="tap">No requests seen.</p>\n'
+    else:
+        head = "".join(f'<th class="{key}">{esc(title)}</th>' for key, title in TAP_COLUMNS)
+        lines = [f'<table class="tap" id="tap"><thead><tr>{head}</tr></thead><tbody>']
+        for r in view.requests[:TAP_ROWS]:
+            cells = {
+                "direction": r.direction,
+                "source": r.source,
+                "destination": r.destination,
+                "method": r.method,
+                "authority": r.authority,
+                "path": r.path,
+                "status": r.status_text + (f" {r.end}" if r.end else ""),
+                "latency": r.latency,
+                "tls": r.tls or "-",
+            }
+            bad = " bad" if r.failed else ""
+            tds = "".join(
+                f'<td class="{key}{bad if key == "status" else ""}">{esc(cells[key])}</td>'
+                for key, _ in TAP_COLUMNS
+            )
+            lines.append(f'<tr data-name="{esc(r.proxy)}">{tds}</tr>')
+        lines.append("</tbody></table>\n")
+        body += "\n".join(lines)
+    return layout(
+        f"Tap {kind} {name}",
+        body,
+        crumbs=[
+            ("namespaces", "/namespaces"),
+            (ns, href("namespaces", ns)),
+            (name, href("namespaces", ns, plural, name)),
+            ("tap", href("namespaces", ns, plural, name, "tap")),
+        ],
+        now=now,
+    )
 
 
 def message_page(title: str, message: str, *, now: str) -> str:

@@ -81,8 +81,17 @@ class Dashboard:
             return Response(200, pages.STYLESHEET.encode(), "text/css; charset=utf-8")
         api = path.startswith("/api/")
         parts = path.removeprefix("/api").strip("/").split("/")
-        if parts[0] != "namespaces" or len(parts) > 4:
+        if parts[0] != "namespaces" or len(parts) > 5:
             return text_response(404, "not found")
+        if len(parts) == 5:
+            kind = KIND_SEGMENTS.get(parts[2])
+            if api or parts[4] != "tap" or kind is None:
+                return text_response(404, "not found")
+            namespace = guard.namespace_name(parts[1])
+            name = guard.resource_name(parts[3])
+            view = await self.data.tap(namespace, kind, name)
+            status = 200 if not view.error else 502
+            return Response(status, pages.tap_page(view, now=self.clock()).encode())
         if len(parts) == 1:
             table = await self.data.namespaces()
             if api:

@@ -1,0 +1,128 @@
+"""Local mode's viz tap service: ``python -m gossamer_cli.viz.tap_service`` as a process in the
+node namespace, on its loopback (``https://127.0.0.1:8089``), where the pod addresses are
+reachable. Its serving certificate and CA are written under the state directory (the CA is
+what ``gossamer viz tap`` and the dashboard trust it by); its tap certificate is signed by
+the local issuer in memory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+import structlog
+from cryptography import x509
+
+log = structlog.get_logger("gossamer.dev.tap")
+
+HOST = "127.0.0.1"
+PORT = 8089  # Linkerd's tap port
+URL = f"https://{HOST}:{PORT}"
+
+
+def tap_ready(url: str, ca_file: Path, server_name: str, timeout: float = 2.0) -> bool:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.check_hostname = False  # the name is checked below, against the Service name
+    try:
+        import http.client
+
+        host, _, port = url.removeprefix("https://").rpartition(":")
+        conn = http.client.HTTPSConnection(host, int(port), timeout=timeout, context=context)
+        try:
+            conn.connect()
+            sock = conn.sock
+            assert isinstance(sock, ssl.SSLSocket)
+            der = sock.getpeercert(binary_form=True)
+            if not der:
+                return False
+            san = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            )
+            names = san.value.get_values_for_type(x509.DNSName)
+            if server_name not in names:
+                return False
+            conn.request("GET", "/ready")
+            return conn.getresponse().status == 200
+        finally:
+            conn.close()
+    except (OSError, ssl.SSLError, ValueError, x509.ExtensionNotFound):
+        return False
+
+
+class LocalTapService:
+    def __init__(self, state_dir: Path, mesh_state_dir: Path, kubeconfig: Path) -> None:
+        self.state_dir = state_dir
+        self.mesh_state_dir = mesh_state_dir
+        self.kubeconfig = kubeconfig
+        self.log_file = state_dir / "tap.log"
+        self.ca_file = state_dir / "ca.crt"
+        self.url = URL
+        self._proc: asyncio.subprocess.Process | None = None
+
+    def write_certificates(self, now: dt.datetime) -> None:
+        from gossamer_cli.viz.tap_identity import VIZ_NAMESPACE
+        from gossamer_cli.viz.tap_service.serving import generate_serving
+
+        pems = generate_serving(viz_namespace=VIZ_NAMESPACE, now=now)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.ca_file.write_bytes(pems.ca_pem)
+        (self.state_dir / "tls.crt").write_bytes(pems.crt_pem)
+        key = self.state_dir / "tls.key"
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pems.key_pem)
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable, "-m", "gossamer_cli.viz.tap_service",
+            "--addr", f"{HOST}:{PORT}",
+            "--tls-cert", str(self.state_dir / "tls.crt"),
+            "--tls-key", str(self.state_dir / "tls.key"),
+            "--kubeconfig", str(self.kubeconfig),
+            "--local-state-dir", str(self.mesh_state_dir),
+        ]  # fmt: skip
+
+    async def start(self) -> None:
+        self.write_certificates(dt.datetime.now(dt.UTC))
+        with self.log_file.open("ab") as out:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.argv(), stdout=out, stderr=out, start_new_session=True
+            )
+        await self._wait_ready()
+        log.info("viz tap service is up", url=self.url)
+
+    async def _wait_ready(self, limit: float = 60.0) -> None:
+        from gossamer_cli.viz.tap_identity import VIZ_NAMESPACE
+        from gossamer_cli.viz.tap_service.client import service_name
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while True:
+            assert self._proc is not None
+            if self._proc.returncode is not None:
+                tail = self.log_file.read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"viz tap service exited ({self._proc.returncode}):\n{tail}")
+            name = service_name(VIZ_NAMESPACE)
+            if await asyncio.to_thread(tap_ready, self.url, self.ca_file, name):
+                return
+            if loop.time() > deadline:
+                raise TimeoutError(f"viz tap service not ready after {limit}s")
+            await asyncio.sleep(0.2)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
