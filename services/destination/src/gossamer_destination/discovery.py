@@ -111,6 +111,8 @@ class Discovery:
                 cache=cache,
                 generation=cluster.generation(ns),
             )
+            for addr, workload in cluster.service_external_workloads(svc, port).items():
+                found.setdefault(addr, workload)
             return filter_endpoints(found, hostname=hostname, node=node), deps
 
         return self.registry.get_or_create(
