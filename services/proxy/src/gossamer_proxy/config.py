@@ -303,6 +303,20 @@ class ProxySettings:
         parse=optional(parse_str),
         help="This pod's identity, e.g. default.ns.serviceaccount.identity.gossamer.cluster.local.",
     )
+    identity_server_id: str | None = setting(
+        env="LINKERD2_PROXY_IDENTITY_SERVER_ID",
+        default=None,
+        parse=optional(parse_str),
+        help="This proxy's identity when it is not the local name: a SPIFFE URI for a proxy "
+        "outside Kubernetes (an ExternalWorkload's meshTLS.identity).",
+    )
+    identity_server_name: str | None = setting(
+        env="LINKERD2_PROXY_IDENTITY_SERVER_NAME",
+        default=None,
+        parse=optional(parse_str),
+        help="The TLS server name (SNI) inbound mTLS answers to; defaults to the identity "
+        "(an ExternalWorkload's meshTLS.serverName).",
+    )
     identity_trust_anchors: str | None = setting(
         env="LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS",
         default=None,

@@ -7,8 +7,12 @@ Four modes, chosen from the settings (:func:`identity_from_settings`):
   ``tls="disabled"`` where Linkerd does.
 * **static** — ``GOSSAMER_PROXY_IDENTITY_CERT_FILE`` and ``…_KEY_FILE`` (PEM chain and key,
   read once at start) with the trust anchors and local name: for benchmarks and tests that
-  run without a control plane. The chain is checked against the anchors and the local name
-  exactly as a Certify answer would be, so a wrong file fails at start, not at first use.
+  run without a control plane, and for a proxy outside Kubernetes (an ExternalWorkload)
+  whose SPIFFE SVID is handed to it as files. Such a proxy's identity is a URI
+  (``LINKERD2_PROXY_IDENTITY_SERVER_ID=spiffe://…``) and it terminates mTLS for its
+  ``LINKERD2_PROXY_IDENTITY_SERVER_NAME`` (the workload's ``meshTLS.serverName``). The
+  chain is checked against the anchors and the identity (a DNS SAN, or a URI SAN for a
+  URI) exactly as a Certify answer would be, so a wrong file fails at start.
 * **pushed** — a multi-core worker (:mod:`.multicore`): the parent certifies once and sends
   the key and chain down its private socket pair, renewals too, so a pod has one identity.
 * **certify** — the Linkerd way: :class:`~gossamer_proxy.mesh.identity.IdentityClient`
@@ -30,12 +34,18 @@ from pathlib import Path
 from gossamer_common.metrics import Registry
 
 from .config import ProxySettings
-from .mesh.credential_check import CredentialRejected, check_credentials
+from .mesh.credential_check import CredentialRejected, check_credentials, is_uri_identity
 from .mesh.identity import IdentityClient, IdentityConfig, IdentityConfigError, IdentityMetrics
 from .mesh.tls_contexts import Credentials, ResumingContext, client_context, server_context
 from .mesh.transport import ALPN_PROTOCOL
 
-__all__ = ["IdentityConfigError", "LocalIdentity", "identity_from_settings", "load_static"]
+__all__ = [
+    "IdentityConfigError",
+    "LocalIdentity",
+    "identity_from_settings",
+    "load_static",
+    "local_identity_name",
+]
 
 
 class LocalIdentity:
@@ -50,12 +60,16 @@ class LocalIdentity:
         static: Credentials | None = None,
         metrics: IdentityMetrics | None = None,
         pushed: bool = False,
+        server_name: str | None = None,
     ) -> None:
         if not pushed and (client is None) == (static is None):
             raise ValueError("exactly one of client and static credentials is needed")
         if pushed and (client is not None or static is not None):
             raise ValueError("pushed credentials come from the parent process only")
         self.name = local_name
+        #: The TLS server name (SNI) inbound mTLS is terminated for: the identity itself,
+        #: or for a URI identity (an ExternalWorkload) its ``meshTLS.serverName``.
+        self.server_name = server_name or local_name
         self.trust_anchors_pem = trust_anchors_pem
         self._client = client
         self._static = static
@@ -65,7 +79,7 @@ class LocalIdentity:
         self._task: asyncio.Task[None] | None = None
         self._cache_for: Credentials | None = None
         self._server: ssl.SSLContext | None = None
-        self._clients: dict[tuple[str, ...], ResumingContext] = {}
+        self._clients: dict[tuple[tuple[str, ...], bool], ResumingContext] = {}
         if static is not None and metrics is not None:
             metrics.expiration.set(static.not_after)
             metrics.refreshes.inc()
@@ -125,15 +139,20 @@ class LocalIdentity:
             )
         return self._server
 
-    def client_context(self, alpn: tuple[str, ...] = ()) -> ResumingContext | None:
-        """Outbound mTLS; connect with ``server_hostname=<server identity>``."""
+    def client_context(
+        self, alpn: tuple[str, ...] = (), *, check_name: bool = True
+    ) -> ResumingContext | None:
+        """Outbound mTLS; connect with ``server_hostname=<server identity>``, or with
+        ``check_name=False`` to a server name and check the identity after the handshake."""
         credentials = self._fresh()
         if credentials is None:
             return None
-        context = self._clients.get(alpn)
+        context = self._clients.get((alpn, check_name))
         if context is None:
-            context = client_context(credentials, self.trust_anchors_pem, alpn_protocols=alpn)
-            self._clients[alpn] = context
+            context = client_context(
+                credentials, self.trust_anchors_pem, alpn_protocols=alpn, check_name=check_name
+            )
+            self._clients[(alpn, check_name)] = context
         return context
 
 
@@ -153,12 +172,19 @@ def load_static(
         raise IdentityConfigError(f"static identity certificate rejected: {exc}") from None
 
 
+def local_identity_name(settings: ProxySettings) -> str | None:
+    """The proxy's identity: ``LINKERD2_PROXY_IDENTITY_SERVER_ID`` (a DNS-like name or a
+    SPIFFE URI), else ``LINKERD2_PROXY_IDENTITY_LOCAL_NAME``, as Linkerd reads them."""
+    return settings.identity_server_id or settings.identity_local_name
+
+
 def _enabled(settings: ProxySettings) -> bool:
     if settings.identity_disabled:
         return False
     return any(
         (
             settings.identity_local_name,
+            settings.identity_server_id,
             settings.identity_trust_anchors,
             settings.identity_svc_addr,
             settings.identity_cert_file,
@@ -181,10 +207,11 @@ def identity_from_settings(settings: ProxySettings, registry: Registry) -> Local
                 "GOSSAMER_PROXY_IDENTITY_CERT_FILE and GOSSAMER_PROXY_IDENTITY_KEY_FILE must "
                 "be set together"
             )
-        if not settings.identity_local_name or not settings.identity_trust_anchors:
+        name = local_identity_name(settings)
+        if not name or not settings.identity_trust_anchors:
             raise IdentityConfigError(
-                "a static identity needs LINKERD2_PROXY_IDENTITY_LOCAL_NAME and "
-                "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"
+                "a static identity needs LINKERD2_PROXY_IDENTITY_LOCAL_NAME (or "
+                "LINKERD2_PROXY_IDENTITY_SERVER_ID) and LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"
             )
         assert settings.identity_cert_file is not None
         assert settings.identity_key_file is not None
@@ -193,17 +220,26 @@ def identity_from_settings(settings: ProxySettings, registry: Registry) -> Local
             key_pem = Path(settings.identity_key_file).read_bytes()
         except OSError as exc:
             raise IdentityConfigError(f"cannot read static identity: {exc}") from None
-        credentials = load_static(
-            settings.identity_local_name,
-            settings.identity_trust_anchors,
-            cert_pem,
-            key_pem,
-        )
+        credentials = load_static(name, settings.identity_trust_anchors, cert_pem, key_pem)
         return LocalIdentity(
-            settings.identity_local_name,
+            name,
             settings.identity_trust_anchors,
             static=credentials,
             metrics=metrics,
+            server_name=settings.identity_server_name,
+        )
+    if is_uri_identity(local_identity_name(settings) or ""):
+        raise IdentityConfigError(
+            "a SPIFFE URI identity (LINKERD2_PROXY_IDENTITY_SERVER_ID) is not issued by the "
+            "identity service: give its SVID with GOSSAMER_PROXY_IDENTITY_CERT_FILE and "
+            "GOSSAMER_PROXY_IDENTITY_KEY_FILE"
+        )
+    if settings.identity_server_name and settings.identity_server_name != (
+        local_identity_name(settings)
+    ):
+        raise IdentityConfigError(
+            "LINKERD2_PROXY_IDENTITY_SERVER_NAME differs from the identity, which only a "
+            "static (URI) identity supports"
         )
     config = IdentityConfig.from_settings(settings)
     client = IdentityClient(config, metrics=metrics)
