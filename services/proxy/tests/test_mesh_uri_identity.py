@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,7 +63,9 @@ def anchors_pem(trust: TrustMaterial) -> str:
 
 @pytest.fixture(scope="module")
 def svid_files(trust: TrustMaterial, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    svid = issue_svid(CertifiedKey(trust.issuer.certificate, trust.issuer.private_key), VM, now=now())
+    svid = issue_svid(
+        CertifiedKey(trust.issuer.certificate, trust.issuer.private_key), VM, now=now()
+    )
     directory = tmp_path_factory.mktemp("svid")
     (directory / "svid.pem").write_bytes(svid.chain_pem)
     (directory / "svid_key.pem").write_bytes(svid.key_pem)
@@ -112,7 +113,9 @@ def test_an_svid_is_checked_against_its_uri_san(
 
 
 def test_issued_svid_has_one_uri_san(trust: TrustMaterial) -> None:
-    svid = issue_svid(CertifiedKey(trust.issuer.certificate, trust.issuer.private_key), VM, now=now())
+    svid = issue_svid(
+        CertifiedKey(trust.issuer.certificate, trust.issuer.private_key), VM, now=now()
+    )
     assert spiffe_id_of(svid.chain[0]) == VM
     assert svid.chain[0].not_valid_after_utc <= trust.issuer.certificate.not_valid_after_utc
 
@@ -160,8 +163,8 @@ class _Echo(asyncio.Protocol):
 
 
 @pytest.fixture
-def seen_client_ids() -> Iterator[list[str | None]]:
-    yield []
+def seen_client_ids() -> list[str | None]:
+    return []
 
 
 async def _serve_vm(
@@ -201,7 +204,9 @@ async def test_a_meshed_client_reaches_the_uri_identity_by_server_name(
             Endpoint("127.0.0.1", port), server_identity="spiffe://cluster.local/vm/x", sni=VM_NAME
         )
         with pytest.raises(ProxyError) as caught:
-            await connector.open(Endpoint("192.0.2.10", 8080), lambda: _Echo(asyncio.Queue()), tls=wrong)
+            await connector.open(
+                Endpoint("192.0.2.10", 8080), lambda: _Echo(asyncio.Queue()), tls=wrong
+            )
         assert caught.value.kind is ProxyErrorKind.IDENTITY_MISMATCH
         assert VM in str(caught.value)
     finally:

@@ -18,8 +18,8 @@ from gossamer_kube.store import EventKind, KubeObject, StoreEvent
 
 from gossamer_destination.endpoints import (
     SERVICE_NAME_LABEL,
-    Endpoint,
     ZONE_LABEL,
+    Endpoint,
     Lookups,
     labels_of,
     meta,
