@@ -4,9 +4,9 @@ The "VM" is a plain network namespace this test creates (``<prefix>-extwl-vm``),
 the client pod's namespace by a veth pair on 203.0.113.0/30 (TEST-NET-3; no traffic leaves
 the namespaces of the test). In it run the e2e echo app on 203.0.113.2:8080 and a Gossamer
 proxy as uid 2102, with no iptables and no Kubernetes: its identity is the SPIFFE ID
-``spiffe://cluster.local/vm/billing``, an X.509-SVID that the mesh issuer signed and the test
-hands to it as files (``GOSSAMER_PROXY_IDENTITY_CERT_FILE``/``…_KEY_FILE``, as a SPIFFE
-helper would write them), and it answers mTLS for the server name
+``spiffe://cluster.local/vm/billing``, an X.509-SVID that the mesh issuer signed
+(``gossamer svid``) and the test hands to it as files (``GOSSAMER_PROXY_IDENTITY_CERT_FILE``
+and ``…_KEY_FILE``, as a SPIFFE helper would write them); it answers mTLS for the server name
 ``billing.vm.cluster.local``. Its inbound default policy is ``all-authenticated``: only a
 client with a mesh certificate gets through.
 
@@ -21,21 +21,17 @@ that client. The workload only becomes an endpoint once its ``Ready`` condition 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from gossamer_tls import CertifiedKey
-from gossamer_tls.svid import issue_svid
 from localmesh import APPS, RUNTIME_VENV, LocalMeshHandle, converge, counter, echo_app, identity
 
 pytestmark = pytest.mark.netns
@@ -95,21 +91,16 @@ def _as(uid: int, argv: list[str]) -> list[str]:
 
 
 def _write_svid(control_plane: Path, directory: Path) -> tuple[Path, Path]:
-    """An X.509-SVID for the VM, signed by the local mesh's issuer."""
+    """An X.509-SVID for the VM, signed by the local mesh's issuer (``gossamer svid``)."""
     issuer_dir = control_plane / "identity" / "issuer"
-    issuer = CertifiedKey(
-        x509.load_pem_x509_certificate((issuer_dir / "crt.pem").read_bytes()),
-        serialization.load_pem_private_key(  # type: ignore[arg-type]
-            (issuer_dir / "key.pem").read_bytes(), password=None
-        ),
-    )
-    svid = issue_svid(issuer, VM_ID, now=dt.datetime.now(dt.UTC))
+    subprocess.run(
+        [sys.executable, "-m", "gossamer_cli.main", "svid", VM_ID,
+         "--issuer-cert", str(issuer_dir / "crt.pem"), "--issuer-key", str(issuer_dir / "key.pem"),
+         "--out-dir", str(directory)],
+        check=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
     cert, key = directory / "svid.pem", directory / "svid_key.pem"
-    cert.write_bytes(svid.chain_pem)
-    key.write_bytes(svid.key_pem)
     os.chown(key, PROXY_UID, PROXY_UID)
-    key.chmod(0o600)
-    cert.chmod(0o644)
     directory.chmod(0o755)
     return cert, key
 

@@ -212,3 +212,18 @@ async def test_get_follows_external_workloads_as_they_become_ready_and_go(
     gone = await asyncio.wait_for(call.read(), TIMEOUT)
     assert gone.WhichOneof("update") == "remove"
     call.cancel()
+
+
+async def test_get_profile_by_a_workload_ip_names_its_identity(served: tuple[Any, Any]) -> None:
+    stub, sources = served
+    sources["externalworkloads"].apply(workload(ready="False"))  # Ready or not, as for pods
+    call = stub.GetProfile(destination_pb2.GetDestination(path="192.0.2.10:8080"))
+    profile = await asyncio.wait_for(call.read(), TIMEOUT)
+    while profile.endpoint.tls_identity.WhichOneof("strategy") is None:
+        profile = await asyncio.wait_for(call.read(), TIMEOUT)  # before the watch event
+    assert profile.endpoint.tls_identity.uri_like_identity.uri == IDENTITY
+    assert profile.endpoint.tls_identity.server_name.name == "billing.vm.example.org"
+    assert profile.endpoint.metric_labels["namespace"] == "ns"
+    assert profile.endpoint.metric_labels["external_workload"] == "vm-1"
+    assert not profile.opaque_protocol
+    call.cancel()

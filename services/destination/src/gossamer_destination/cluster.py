@@ -110,6 +110,12 @@ def _running_pod_ips(pod: KubeObject) -> list[str]:
     return pod_ips(pod)
 
 
+def _workload_ips(workload: KubeObject) -> list[str]:
+    spec = workload.get("spec")
+    entries = spec.get("workloadIPs") if isinstance(spec, Mapping) else None
+    return [str(e["ip"]) for e in entries or () if isinstance(e, Mapping) and e.get("ip")]
+
+
 def _host_ports(pod: KubeObject) -> list[str]:
     host_ip = (pod.get("status") or {}).get("hostIP")
     if not host_ip:
@@ -126,6 +132,7 @@ INDEXERS: Mapping[str, Mapping[str, Callable[[KubeObject], Iterable[str]]]] = {
     "services": {"cluster_ip": _cluster_ips},
     "endpointslices": {"service": _slice_service},
     "pods": {"ip": _running_pod_ips, "host_port": _host_ports},
+    "externalworkloads": {"ip": _workload_ips},
 }
 
 
@@ -218,6 +225,18 @@ class Cluster:
             self.report_external_workload(exc)
             return None
         return workload_endpoint(workload, ip, port, self.settings)
+
+    def external_workload_at(self, ip: str, port: int) -> tuple[Endpoint, str] | None:
+        """The endpoint and namespace of the valid ExternalWorkload with address ``ip``
+        (GetProfile by IP; like a pod's, whether or not it is Ready)."""
+        for obj in self.by_index("externalworkloads", "ip", ip):
+            try:
+                workload = parse_external_workload(obj)
+            except InvalidExternalWorkloadError as exc:
+                self.report_external_workload(exc)
+                continue
+            return workload_endpoint(workload, ip, port, self.settings), workload.namespace
+        return None
 
     def service_external_workloads(
         self, service: KubeObject, port: int
@@ -343,6 +362,8 @@ def _keys(kind: str, obj: KubeObject) -> Iterable[Key]:
             yield ("ip", hp.rsplit(":", 1)[0])
     elif kind == "externalworkloads":
         yield ("ns", ns)
+        for ip in _workload_ips(obj):
+            yield ("ip", ip)
     elif kind == "nodes":
         yield ALL
     elif kind == "serviceprofiles":
