@@ -212,3 +212,55 @@ async def test_a_meshed_client_reaches_the_uri_identity_by_server_name(
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_a_rotated_svid_is_installed_and_a_broken_one_refused(
+    trust: TrustMaterial, anchors_pem: str, tmp_path: Path
+) -> None:
+    issuer = CertifiedKey(trust.issuer.certificate, trust.issuer.private_key)
+    cert, key = tmp_path / "svid.pem", tmp_path / "svid_key.pem"
+    first = issue_svid(issuer, VM, now=now())
+    cert.write_bytes(first.chain_pem)
+    key.write_bytes(first.key_pem)
+    registry = Registry()
+    settings = load_settings(
+        {
+            "LINKERD2_PROXY_IDENTITY_SERVER_ID": VM,
+            "LINKERD2_PROXY_IDENTITY_SERVER_NAME": VM_NAME,
+            "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS": anchors_pem,
+            "GOSSAMER_PROXY_IDENTITY_CERT_FILE": str(cert),
+            "GOSSAMER_PROXY_IDENTITY_KEY_FILE": str(key),
+        }
+    )
+    identity = identity_from_settings(settings, registry)
+    assert identity is not None
+    before = identity.credentials
+    assert before is not None
+    assert identity.reload_files() is None  # unchanged files: nothing to do
+    assert identity.credentials is before
+
+    # A helper writes the new certificate first: until the key follows, the pair does not
+    # load together and the current SVID stays.
+    second = issue_svid(issuer, VM, now=now())
+    cert.write_bytes(second.chain_pem)
+    refused = identity.reload_files()
+    assert refused is not None
+    assert "do not load together" in refused
+    assert identity.credentials is before
+    key.write_bytes(second.key_pem)
+    assert identity.reload_files() is None
+    after = identity.credentials
+    assert after is not None
+    assert after is not before
+    assert after.chain_pem == second.chain_pem
+    assert identity.server_context() is not None  # contexts follow the new certificate
+    assert "identity_cert_refresh_count 2" in registry.render().decode()
+
+    # An SVID for another workload is refused, whatever its chain.
+    other = issue_svid(issuer, "spiffe://cluster.local/vm/other", now=now())
+    cert.write_bytes(other.chain_pem)
+    key.write_bytes(other.key_pem)
+    refused = identity.reload_files()
+    assert refused is not None
+    assert "URI SANs" in refused
+    assert identity.credentials is after

@@ -441,8 +441,9 @@ class ProxySettings:
         env="GOSSAMER_PROXY_IDENTITY_CERT_FILE",
         default=None,
         parse=optional(parse_str),
-        help="Static identity: PEM certificate chain (leaf first), read once at start instead "
-        "of calling Certify (benchmarks and tests without a control plane).",
+        help="Static identity: PEM certificate chain (leaf first), read at start and again "
+        "when it changes (checked every LINKERD2_PROXY_IDENTITY_MIN_REFRESH) instead of "
+        "calling Certify (an external workload's SVID; benchmarks and tests).",
     )
     identity_key_file: str | None = setting(
         env="GOSSAMER_PROXY_IDENTITY_KEY_FILE",

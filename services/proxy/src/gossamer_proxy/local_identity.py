@@ -6,7 +6,8 @@ Four modes, chosen from the settings (:func:`identity_from_settings`):
   all: no mTLS anywhere, ``/ready`` does not wait for a certificate, TLS labels say
   ``tls="disabled"`` where Linkerd does.
 * **static** — ``GOSSAMER_PROXY_IDENTITY_CERT_FILE`` and ``…_KEY_FILE`` (PEM chain and key,
-  read once at start) with the trust anchors and local name: for benchmarks and tests that
+  read at start and again whenever they change) with the trust anchors and local name:
+  for benchmarks and tests that
   run without a control plane, and for a proxy outside Kubernetes (an ExternalWorkload)
   whose SPIFFE SVID is handed to it as files. Such a proxy's identity is a URI
   (``LINKERD2_PROXY_IDENTITY_SERVER_ID=spiffe://…``) and it terminates mTLS for its
@@ -29,8 +30,10 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 from gossamer_common.metrics import Registry
 
 from .config import ProxySettings
@@ -42,10 +45,29 @@ from .mesh.transport import ALPN_PROTOCOL
 __all__ = [
     "IdentityConfigError",
     "LocalIdentity",
+    "StaticFiles",
     "identity_from_settings",
     "load_static",
     "local_identity_name",
 ]
+
+
+_log = structlog.get_logger("gossamer.proxy.identity")
+
+
+@dataclass(frozen=True, slots=True)
+class StaticFiles:
+    """Where a static identity's chain and key live, re-read when they change (a SPIFFE
+    helper, or ``gossamer svid`` run again, rotates an SVID by rewriting them)."""
+
+    cert: Path
+    key: Path
+    interval: float = 10.0
+
+    def stamp(self) -> tuple[tuple[int, int, int], ...]:
+        """What changes when either file is rewritten (``OSError`` if one is missing)."""
+        stats = (self.cert.stat(), self.key.stat())
+        return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
 
 
 class LocalIdentity:
@@ -61,7 +83,10 @@ class LocalIdentity:
         metrics: IdentityMetrics | None = None,
         pushed: bool = False,
         server_name: str | None = None,
+        files: StaticFiles | None = None,
     ) -> None:
+        if files is not None and static is None:
+            raise ValueError("only a static identity is re-read from files")
         if not pushed and (client is None) == (static is None):
             raise ValueError("exactly one of client and static credentials is needed")
         if pushed and (client is not None or static is not None):
@@ -80,6 +105,12 @@ class LocalIdentity:
         self._cache_for: Credentials | None = None
         self._server: ssl.SSLContext | None = None
         self._clients: dict[tuple[tuple[str, ...], bool], ResumingContext] = {}
+        self._metrics = metrics
+        self._files = files
+        self._stamp: tuple[tuple[int, int, int], ...] | None = None
+        if files is not None:
+            with contextlib.suppress(OSError):
+                self._stamp = files.stamp()
         if static is not None and metrics is not None:
             metrics.expiration.set(static.not_after)
             metrics.refreshes.inc()
@@ -109,9 +140,51 @@ class LocalIdentity:
         self._installed = credentials
 
     def start(self) -> None:
-        """Begin certifying (certify mode); call from the running loop."""
+        """Begin certifying (certify mode), or watching the files of a static identity; call
+        from the running loop."""
         if self._client is not None and self._task is None:
             self._task = asyncio.create_task(self._client.run(), name="identity-certify")
+        elif self._files is not None and self._task is None:
+            self._task = asyncio.create_task(self._watch_files(), name="identity-files")
+
+    async def _watch_files(self) -> None:
+        assert self._files is not None
+        while True:
+            await asyncio.sleep(self._files.interval)
+            # A stat per interval; a changed pair costs two small reads and an in-memory
+            # handshake (milliseconds), so the loop is not worth leaving.
+            self.reload_files()
+
+    def reload_files(self) -> str | None:
+        """Re-read a static identity's files if they changed; install them once they pass
+        the same checks as at start. Returns why new files were refused (``None``: nothing
+        changed, or installed). A refused or half-written pair keeps the current
+        certificate, and is tried again when the files change again."""
+        if self._files is None:
+            return None
+        try:
+            stamp = self._files.stamp()
+            if stamp == self._stamp:
+                return None
+            cert_pem, key_pem = self._files.cert.read_bytes(), self._files.key.read_bytes()
+        except OSError as exc:
+            return self._refused(f"cannot read static identity: {exc}")
+        try:
+            credentials = load_static(self.name, self.trust_anchors_pem, cert_pem, key_pem)
+        except IdentityConfigError as exc:
+            self._stamp = stamp
+            return self._refused(str(exc))
+        self._stamp = stamp
+        self._static = credentials
+        if self._metrics is not None:
+            self._metrics.expiration.set(credentials.not_after)
+            self._metrics.refreshes.inc()
+        _log.info("identity_files_reloaded", identity=self.name, not_after=credentials.not_after)
+        return None
+
+    def _refused(self, error: str) -> str:
+        _log.warning("identity_files_refused", identity=self.name, error=error)
+        return error
 
     async def close(self) -> None:
         task, self._task = self._task, None
@@ -227,6 +300,11 @@ def identity_from_settings(settings: ProxySettings, registry: Registry) -> Local
             static=credentials,
             metrics=metrics,
             server_name=settings.identity_server_name,
+            files=StaticFiles(
+                Path(settings.identity_cert_file),
+                Path(settings.identity_key_file),
+                interval=settings.identity_min_refresh,
+            ),
         )
     if is_uri_identity(local_identity_name(settings) or ""):
         raise IdentityConfigError(
