@@ -199,21 +199,52 @@ def test_missing_rbac_and_crds(healthy: rules.Snapshot) -> None:
     assert "gossamer install --crds" in result["control plane CustomResourceDefinitions exist"].hint
 
 
-def test_objects_of_unenforced_crds_are_named_as_warnings(healthy: rules.Snapshot) -> None:
-    crd = "externalworkloads.workload.linkerd.io"
+def test_objects_of_unenforced_crds_are_named_as_warnings(
+    healthy: rules.Snapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crd = "widgets.example.linkerd.io"
+    monkeypatch.setattr(rules, "UNENFORCED_CRDS", {crd: "Widget"})
     healthy.crd_names = healthy.crd_names | {crd}
     described = {r.description: r for r in rules.run(healthy, NOW)}
     # Installed but unused: check still says the CRD is not enforced.
-    title = f"no ExternalWorkload objects ({crd} is installed, not enforced by Gossamer)"
+    title = f"no Widget objects ({crd} is installed, not enforced by Gossamer)"
     assert described[title].ok
     healthy.unenforced_objects = {crd: 2}
     results = rules.run(healthy, NOW)
     flagged = [r for r in results if not r.ok]
     assert [r.description for r in flagged] == [title]
     assert flagged[0].warning
-    assert "2 ExternalWorkload object(s) exist" in flagged[0].message
-    assert "does not enforce ExternalWorkload" in flagged[0].message
+    assert "2 Widget object(s) exist" in flagged[0].message
+    assert "does not enforce Widget" in flagged[0].message
     assert not rules.failed(results)  # a warning, not a failure
+
+
+def test_external_workloads_are_enforced_and_invalid_ones_are_named(
+    healthy: rules.Snapshot,
+) -> None:
+    from gossamer_cli.check import invalid_external_workloads
+
+    assert rules.EXTERNAL_WORKLOADS_CRD not in rules.UNENFORCED_CRDS
+    healthy.crd_names = healthy.crd_names | {rules.EXTERNAL_WORKLOADS_CRD}
+    described = {r.description: r for r in rules.run(healthy, NOW)}
+    assert described["ExternalWorkloads are valid"].ok
+    assert not [d for d in described if "ExternalWorkload objects" in d]
+    good = {
+        "metadata": {"name": "vm-1", "namespace": "ns"},
+        "spec": {"meshTLS": {"identity": "spiffe://td/vm-1", "serverName": "vm-1.td"}},
+    }
+    bad = {
+        "metadata": {"name": "vm-2", "namespace": "ns"},
+        "spec": {"meshTLS": {"identity": "spiffe://td/vm-2", "serverName": "VM_2"}},
+    }
+    healthy.invalid_external_workloads = invalid_external_workloads([good, bad])
+    results = rules.run(healthy, NOW)
+    (flagged,) = [r for r in results if not r.ok]
+    assert flagged.description == "ExternalWorkloads are valid"
+    assert flagged.warning
+    assert "ExternalWorkload ns/vm-2: spec.meshTLS.serverName 'VM_2'" in flagged.message
+    assert "vm-1" not in flagged.message
+    assert not rules.failed(results)
 
 
 def test_mesh_attached_tls_and_tcp_routes_are_named_as_unenforced(

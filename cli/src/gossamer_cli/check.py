@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Any, TypeVar
 
 import click
+from gossamer_kube.external_workload import InvalidExternalWorkloadError, parse_external_workload
 
 from gossamer_cli import __version__
 from gossamer_cli import check_rules as rules
@@ -111,6 +112,14 @@ async def snapshot(
         for crd in (
             c
             for c in (crds[0] if crds else [])
+            if c["metadata"]["name"] == rules.EXTERNAL_WORKLOADS_CRD
+        ):
+            s.invalid_external_workloads = invalid_external_workloads(
+                await _list_objects(client, crd, get)
+            )
+        for crd in (
+            c
+            for c in (crds[0] if crds else [])
             if c["metadata"]["name"] in rules.UNENFORCED_MESH_ROUTES
         ):
             name = crd["metadata"]["name"]
@@ -188,6 +197,17 @@ async def snapshot(
             )
             s.data_plane_pods = tuple(meshed[0] if meshed else [])
     return s
+
+
+def invalid_external_workloads(objects: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Why each ExternalWorkload that the destination would refuse is refused."""
+    problems: list[str] = []
+    for obj in objects:
+        try:
+            parse_external_workload(obj)
+        except InvalidExternalWorkloadError as exc:
+            problems.append(str(exc))
+    return tuple(problems)
 
 
 async def _count_objects(

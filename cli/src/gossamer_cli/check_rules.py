@@ -68,6 +68,8 @@ class Snapshot:
     #: Installed Gateway API route CRDs of :data:`UNENFORCED_MESH_ROUTES` → how many of
     #: their objects name a parent through which Gossamer does not enforce them.
     unenforced_routes: dict[str, int] = field(default_factory=dict)
+    #: Why each ExternalWorkload the mesh cannot use is refused (one message per object).
+    invalid_external_workloads: tuple[str, ...] = ()
     cluster_roles: frozenset[str] = frozenset()
     cluster_role_bindings: frozenset[str] = frozenset()
     service_accounts: frozenset[str] = frozenset()
@@ -130,10 +132,11 @@ DATA_PLANE = "linkerd-data-plane"
 
 #: CRDs the chart installs (for Linkerd compatibility: objects written for Linkerd apply
 #: cleanly) whose objects Gossamer does not act on yet → their kind. ``gossamer check`` warns
-#: about each one that has objects, so nothing is silently accepted and ignored.
-UNENFORCED_CRDS: Mapping[str, str] = {
-    "externalworkloads.workload.linkerd.io": "ExternalWorkload",
-}
+#: about each one that has objects, so nothing is silently accepted and ignored. (None at
+#: present: ExternalWorkloads are served as Service endpoints by the destination.)
+UNENFORCED_CRDS: Mapping[str, str] = {}
+
+EXTERNAL_WORKLOADS_CRD = "externalworkloads.workload.linkerd.io"
 
 #: A route's parent kinds (group, kind) by which it attaches to the mesh, not to a Gateway.
 SERVICE_PARENTS = frozenset({("", "Service"), ("core", "Service")})
@@ -303,6 +306,15 @@ def existence_checks(s: Snapshot) -> Iterator[Result]:
             f"{count} {kind} object(s) exist, but Gossamer does not enforce {kind} "
             "(they have no effect)",
             f"delete them (kubectl get {crd} -A), or enforce what they mean another way",
+            warning=True,
+        )
+    if EXTERNAL_WORKLOADS_CRD in s.crd_names:
+        invalid = s.invalid_external_workloads
+        more = f" (and {len(invalid) - 5} more)" if len(invalid) > 5 else ""
+        yield _r(EXISTENCE, "ExternalWorkloads are valid")(
+            not invalid,
+            "; ".join(invalid[:5]) + more,
+            "fix each named field (the destination serves no endpoint for such a workload)",
             warning=True,
         )
     for crd, routes in UNENFORCED_MESH_ROUTES.items():

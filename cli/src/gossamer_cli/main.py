@@ -20,6 +20,7 @@ from gossamer_cli import (
     install,
     profile_cmd,
     prune_cmd,
+    svid_cmd,
     version_cmd,
 )
 from gossamer_cli.dev import command as dev_cmd
@@ -46,6 +47,7 @@ completion_cmd.register(cli)
 authz_cmd.register(cli)
 prune_cmd.register(cli)
 jaeger_cmd.register(cli)
+svid_cmd.register(cli)
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ REFS = {
     "grpcroutes": resources.GATEWAY_GRPCROUTES,
     "tcproutes": resources.GATEWAY_TCPROUTES,
     "egressnetworks": resources.EGRESSNETWORKS,
+    "externalworkloads": resources.EXTERNALWORKLOADS,
 }
 
 
@@ -87,7 +88,7 @@ class DestinationApp:
         self.settings = settings
         self.registry = Registry()
         self.metrics = DestinationMetrics(self.registry)
-        self.cluster = Cluster(sources)
+        self.cluster = Cluster(sources, settings)
         self.metrics.watch_cluster(self.cluster)
         self.status_writer: RouteStatusWriter | None = None
         if patch_status is not None:

@@ -19,13 +19,22 @@ from gossamer_kube.store import EventKind, KubeObject, StoreEvent
 from gossamer_destination.endpoints import (
     SERVICE_NAME_LABEL,
     ZONE_LABEL,
+    Endpoint,
     Lookups,
     labels_of,
     meta,
     pod_ips,
 )
+from gossamer_destination.external_workloads import (
+    InvalidExternalWorkloadError,
+    is_ready,
+    parse_external_workload,
+    workload_endpoint,
+    workload_endpoints,
+)
 from gossamer_destination.policy_inbound import PolicyLookups, selecting_server, server_opaque
 from gossamer_destination.profiles import Issues
+from gossamer_destination.settings import DestinationSettings
 
 log = structlog.get_logger(__name__)
 
@@ -49,9 +58,11 @@ KINDS = (
     "grpcroutes",
     "tcproutes",
     "egressnetworks",
+    "externalworkloads",
 )
-#: Kinds whose CRDs may be absent (Gateway API): their informers sync empty meanwhile.
-OPTIONAL_KINDS = frozenset({"gatewayhttproutes", "grpcroutes", "tcproutes"})
+#: Kinds whose CRDs may be absent (Gateway API, ExternalWorkload): their informers sync
+#: empty meanwhile.
+OPTIONAL_KINDS = frozenset({"gatewayhttproutes", "grpcroutes", "tcproutes", "externalworkloads"})
 ROUTE_KINDS = ("httproutes", "gatewayhttproutes", "grpcroutes")
 POLICY_KINDS = frozenset(
     {
@@ -99,6 +110,12 @@ def _running_pod_ips(pod: KubeObject) -> list[str]:
     return pod_ips(pod)
 
 
+def _workload_ips(workload: KubeObject) -> list[str]:
+    spec = workload.get("spec")
+    entries = spec.get("workloadIPs") if isinstance(spec, Mapping) else None
+    return [str(e["ip"]) for e in entries or () if isinstance(e, Mapping) and e.get("ip")]
+
+
 def _host_ports(pod: KubeObject) -> list[str]:
     host_ip = (pod.get("status") or {}).get("hostIP")
     if not host_ip:
@@ -115,13 +132,20 @@ INDEXERS: Mapping[str, Mapping[str, Callable[[KubeObject], Iterable[str]]]] = {
     "services": {"cluster_ip": _cluster_ips},
     "endpointslices": {"service": _slice_service},
     "pods": {"ip": _running_pod_ips, "host_port": _host_ports},
+    "externalworkloads": {"ip": _workload_ips},
 }
 
 
 class Cluster:
     """Informers for every kind the destination service reads, and the change fan-out."""
 
-    def __init__(self, sources: Mapping[str, ListWatchSource]) -> None:
+    def __init__(
+        self,
+        sources: Mapping[str, ListWatchSource],
+        settings: DestinationSettings | None = None,
+    ) -> None:
+        #: For translating ExternalWorkloads (hints, transport port) as discovery does.
+        self.settings = settings if settings is not None else DestinationSettings()
         missing = set(KINDS) - set(sources)
         if missing:
             raise ValueError(f"no source for {sorted(missing)}")
@@ -186,7 +210,52 @@ class Cluster:
             pod=lambda ns, name: self.get("pods", ns, name),
             node_zone=self.node_zone,
             server_opaque=self.server_opaque,
+            external_workload=self.external_workload_endpoint,
         )
+
+    def external_workload_endpoint(
+        self, namespace: str, name: str, ip: str, port: int
+    ) -> Endpoint | None:
+        obj = self.get("externalworkloads", namespace, name)
+        if obj is None or not is_ready(obj):
+            return None
+        try:
+            workload = parse_external_workload(obj)
+        except InvalidExternalWorkloadError as exc:
+            self.report_external_workload(exc)
+            return None
+        return workload_endpoint(workload, ip, port, self.settings)
+
+    def external_workload_at(self, ip: str, port: int) -> tuple[Endpoint, str] | None:
+        """The endpoint and namespace of the valid ExternalWorkload with address ``ip``
+        (GetProfile by IP; like a pod's, whether or not it is Ready)."""
+        for obj in self.by_index("externalworkloads", "ip", ip):
+            try:
+                workload = parse_external_workload(obj)
+            except InvalidExternalWorkloadError as exc:
+                self.report_external_workload(exc)
+                continue
+            return workload_endpoint(workload, ip, port, self.settings), workload.namespace
+        return None
+
+    def service_external_workloads(
+        self, service: KubeObject, port: int
+    ) -> dict[tuple[str, int], Endpoint]:
+        """Endpoints of the ready ExternalWorkloads ``service`` selects (see
+        :mod:`.external_workloads`); invalid ones are reported and left out."""
+        namespace = str(meta(service).get("namespace") or "")
+        return workload_endpoints(
+            service,
+            port,
+            self.objects("externalworkloads", namespace),
+            self.settings,
+            on_invalid=self.report_external_workload,
+        )
+
+    def report_external_workload(self, error: Exception) -> None:
+        issues = Issues()
+        issues.add(str(error))
+        self.report("externalworkloads", issues)
 
     def policy_lookups(self) -> PolicyLookups:
         return PolicyLookups(
@@ -254,7 +323,7 @@ class Cluster:
             keys: set[Key] = set()
             if kind == "nodes":
                 self._global_generation += 1
-            elif kind in ("pods", "servers"):
+            elif kind in ("pods", "servers", "externalworkloads"):
                 for event in events:
                     ns = _ns_name(event.obj)[0]
                     self._generations[ns] = self._generations.get(ns, 0) + 1
@@ -291,6 +360,10 @@ def _keys(kind: str, obj: KubeObject) -> Iterable[Key]:
             yield ("ip", ip)
         for hp in _host_ports(obj):
             yield ("ip", hp.rsplit(":", 1)[0])
+    elif kind == "externalworkloads":
+        yield ("ns", ns)
+        for ip in _workload_ips(obj):
+            yield ("ip", ip)
     elif kind == "nodes":
         yield ALL
     elif kind == "serviceprofiles":

@@ -111,6 +111,8 @@ class Discovery:
                 cache=cache,
                 generation=cluster.generation(ns),
             )
+            for addr, workload in cluster.service_external_workloads(svc, port).items():
+                found.setdefault(addr, workload)
             return filter_endpoints(found, hostname=hostname, node=node), deps
 
         return self.registry.get_or_create(
@@ -206,6 +208,11 @@ class Discovery:
         def compute() -> tuple[destination_pb2.DestinationProfile | None, set[Key]]:
             deps: set[Key] = {("ip", ip), ALL}
             pods = self._pods_at(ip, port)
+            workload = cluster.external_workload_at(ip, port) if not pods else None
+            if workload is not None:
+                endpoint, namespace = workload
+                deps.add(("ns", namespace))
+                return endpoint_profile(endpoint, namespace, endpoint.hint == "opaque"), deps
             if not pods:
                 opaque = settings.default_opaque_ports.contains(port)
                 return endpoint_profile(Endpoint(ip, port), None, opaque), deps

@@ -55,6 +55,10 @@ class Endpoint:
     node: str | None = None
     """Node the endpoint runs on (for internalTrafficPolicy: Local); never sent."""
     zone: str = ""
+    uri_identity: bool = False
+    """``identity`` is a SPIFFE URI (an ExternalWorkload), sent as ``uri_like_identity``."""
+    server_name: str | None = None
+    """The TLS server name when it is not the identity itself (ExternalWorkloads)."""
 
     @property
     def addr(self) -> Addr:
@@ -71,6 +75,11 @@ class Lookups:
     """Node name -> its ``topology.kubernetes.io/zone`` label (``""`` if unknown)."""
     server_opaque: Callable[[KubeObject, int], bool]
     """Whether a Server with ``proxyProtocol: opaque`` selects this pod port."""
+    external_workload: Callable[[str, str, str, int], Endpoint | None] = (
+        lambda namespace, name, ip, port: None
+    )
+    """``(namespace, name, ip, port)`` -> the endpoint of a ready, valid ExternalWorkload
+    (for EndpointSlices that Linkerd's external-workload controller wrote)."""
 
 
 def meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -255,6 +264,12 @@ def _endpoint(
             built = pod_endpoint(pod, ip, port, lookups, settings, zone=zone)
             return _with(built, hostname=hostname, node=node)
         return Endpoint(ip, port, (("zone", zone),), hostname=hostname, node=node, zone=zone)
+    if ref.get("kind") == "ExternalWorkload":
+        workload = lookups.external_workload(
+            str(ref.get("namespace") or namespace), str(ref.get("name")), ip, port
+        )
+        if workload is not None:
+            return _with(workload, hostname=hostname, node=node)
     override = annotations.get(REMOTE_SVC_FQ_NAME)
     gateway_identity = annotations.get(REMOTE_GATEWAY_IDENTITY)
     if override:
@@ -287,6 +302,8 @@ def _with(e: Endpoint, *, hostname: Any, node: Any) -> Endpoint:
         str(hostname) if hostname else None,
         str(node) if node else e.node,
         e.zone,
+        e.uri_identity,
+        e.server_name,
     )
 
 

@@ -81,6 +81,7 @@ def memory_sources(*objects: KubeObject) -> dict[str, MemorySource]:
         "GRPCRoute": "grpcroutes",
         "TCPRoute": "tcproutes",
         "EgressNetwork": "egressnetworks",
+        "ExternalWorkload": "externalworkloads",
     }
     sources = {kind: MemorySource(kind) for kind in KINDS}
     for obj in objects:

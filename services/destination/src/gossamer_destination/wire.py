@@ -57,8 +57,11 @@ def weighted_addr(
     labels.update(extra_labels)
     wa.metric_labels.update(labels)
     if endpoint.identity:
-        wa.tls_identity.dns_like_identity.name = endpoint.identity
-        wa.tls_identity.server_name.name = endpoint.identity
+        if endpoint.uri_identity:
+            wa.tls_identity.uri_like_identity.uri = endpoint.identity
+        else:
+            wa.tls_identity.dns_like_identity.name = endpoint.identity
+        wa.tls_identity.server_name.name = endpoint.server_name or endpoint.identity
     if endpoint.hint == "h2":
         wa.protocol_hint.h2.SetInParent()
     elif endpoint.hint == "opaque":

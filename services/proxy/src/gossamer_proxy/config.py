@@ -303,6 +303,20 @@ class ProxySettings:
         parse=optional(parse_str),
         help="This pod's identity, e.g. default.ns.serviceaccount.identity.gossamer.cluster.local.",
     )
+    identity_server_id: str | None = setting(
+        env="LINKERD2_PROXY_IDENTITY_SERVER_ID",
+        default=None,
+        parse=optional(parse_str),
+        help="This proxy's identity when it is not the local name: a SPIFFE URI for a proxy "
+        "outside Kubernetes (an ExternalWorkload's meshTLS.identity).",
+    )
+    identity_server_name: str | None = setting(
+        env="LINKERD2_PROXY_IDENTITY_SERVER_NAME",
+        default=None,
+        parse=optional(parse_str),
+        help="The TLS server name (SNI) inbound mTLS answers to; defaults to the identity "
+        "(an ExternalWorkload's meshTLS.serverName).",
+    )
     identity_trust_anchors: str | None = setting(
         env="LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS",
         default=None,
@@ -427,8 +441,9 @@ class ProxySettings:
         env="GOSSAMER_PROXY_IDENTITY_CERT_FILE",
         default=None,
         parse=optional(parse_str),
-        help="Static identity: PEM certificate chain (leaf first), read once at start instead "
-        "of calling Certify (benchmarks and tests without a control plane).",
+        help="Static identity: PEM certificate chain (leaf first), read at start and again "
+        "when it changes (checked every LINKERD2_PROXY_IDENTITY_MIN_REFRESH) instead of "
+        "calling Certify (an external workload's SVID; benchmarks and tests).",
     )
     identity_key_file: str | None = setting(
         env="GOSSAMER_PROXY_IDENTITY_KEY_FILE",

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from .config import Endpoint
 from .errors import ProxyError, ProxyErrorKind
-from .mesh.tls_contexts import peer_identity
+from .mesh.tls_contexts import peer_has_identity, peer_names
 from .mesh.transport import ConnectPlan
 
 if TYPE_CHECKING:
@@ -290,7 +290,10 @@ class Connector:
         self, endpoint: Endpoint, plan: UpstreamTls, factory: Callable[[], P]
     ) -> tuple[asyncio.Transport, P]:
         assert self.identity is not None
-        context = self.identity.client_context(plan.alpn)
+        # A URI identity (an ExternalWorkload) is not a host name: SNI is its server name,
+        # and the identity is checked among the certificate's SANs below.
+        check_name = plan.sni == plan.server_identity
+        context = self.identity.client_context(plan.alpn, check_name=check_name)
         if context is None:
             raise ProxyError(ProxyErrorKind.CONNECT_FAILED, "no mesh certificate yet")
         target = plan.connect_to
@@ -328,13 +331,14 @@ class Connector:
                 ProxyErrorKind.CONNECT_FAILED, f"{target}: {exc.strerror or exc}"
             ) from None
         ssl_object = transport.get_extra_info("ssl_object")
-        found = peer_identity(ssl_object) if ssl_object is not None else None
-        if found != plan.server_identity:
+        if ssl_object is None or not peer_has_identity(ssl_object, plan.server_identity):
+            found = peer_names(ssl_object) if ssl_object is not None else ()
             self._sessions.forget(key)
             transport.abort()
             raise ProxyError(
                 ProxyErrorKind.IDENTITY_MISMATCH,
-                f"{target} presented {found!r}, expected {plan.server_identity!r}",
+                f"{target} presented {', '.join(found) or 'no identity'}, "
+                f"expected {plan.server_identity!r}",
             )
         if plan.alpn and ssl_object.selected_alpn_protocol() not in plan.alpn:
             transport.abort()

@@ -4,7 +4,8 @@ With an identity, every inbound connection is first *peeked* at (``MSG_PEEK``, s
 consumed; linkerd-wire.md §9 inbound step 2) until :func:`~.mesh.tls_detect.detect_client_hello`
 decides:
 
-* a ClientHello whose SNI is this proxy's identity is terminated as mesh mTLS (TLS 1.3, the
+* a ClientHello whose SNI is this proxy's identity (or, for a URI identity, its server
+  name) is terminated as mesh mTLS (TLS 1.3, the
   client certificate verified against the trust anchors when sent) and the connection
   continues as :class:`~.accept.AcceptedConnection` over the TLS transport;
 * a ClientHello for any other name is passed through untouched as opaque TCP
@@ -171,7 +172,7 @@ class InboundListener:
         except BaseException:
             conn.close()
             raise
-        mode = classify(hello, self.identity.name)
+        mode = classify(hello, self.identity.server_name)
         context = self.identity.server_context() if mode.terminate else None
         if mode.terminate and context is None:
             _log.info("inbound_tls_refused_no_certificate")

@@ -6,9 +6,14 @@ Four modes, chosen from the settings (:func:`identity_from_settings`):
   all: no mTLS anywhere, ``/ready`` does not wait for a certificate, TLS labels say
   ``tls="disabled"`` where Linkerd does.
 * **static** — ``GOSSAMER_PROXY_IDENTITY_CERT_FILE`` and ``…_KEY_FILE`` (PEM chain and key,
-  read once at start) with the trust anchors and local name: for benchmarks and tests that
-  run without a control plane. The chain is checked against the anchors and the local name
-  exactly as a Certify answer would be, so a wrong file fails at start, not at first use.
+  read at start and again whenever they change) with the trust anchors and local name:
+  for benchmarks and tests that
+  run without a control plane, and for a proxy outside Kubernetes (an ExternalWorkload)
+  whose SPIFFE SVID is handed to it as files. Such a proxy's identity is a URI
+  (``LINKERD2_PROXY_IDENTITY_SERVER_ID=spiffe://…``) and it terminates mTLS for its
+  ``LINKERD2_PROXY_IDENTITY_SERVER_NAME`` (the workload's ``meshTLS.serverName``). The
+  chain is checked against the anchors and the identity (a DNS SAN, or a URI SAN for a
+  URI) exactly as a Certify answer would be, so a wrong file fails at start.
 * **pushed** — a multi-core worker (:mod:`.multicore`): the parent certifies once and sends
   the key and chain down its private socket pair, renewals too, so a pod has one identity.
 * **certify** — the Linkerd way: :class:`~gossamer_proxy.mesh.identity.IdentityClient`
@@ -25,17 +30,44 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 from gossamer_common.metrics import Registry
 
 from .config import ProxySettings
-from .mesh.credential_check import CredentialRejected, check_credentials
+from .mesh.credential_check import CredentialRejected, check_credentials, is_uri_identity
 from .mesh.identity import IdentityClient, IdentityConfig, IdentityConfigError, IdentityMetrics
 from .mesh.tls_contexts import Credentials, ResumingContext, client_context, server_context
 from .mesh.transport import ALPN_PROTOCOL
 
-__all__ = ["IdentityConfigError", "LocalIdentity", "identity_from_settings", "load_static"]
+__all__ = [
+    "IdentityConfigError",
+    "LocalIdentity",
+    "StaticFiles",
+    "identity_from_settings",
+    "load_static",
+    "local_identity_name",
+]
+
+
+_log = structlog.get_logger("gossamer.proxy.identity")
+
+
+@dataclass(frozen=True, slots=True)
+class StaticFiles:
+    """Where a static identity's chain and key live, re-read when they change (a SPIFFE
+    helper, or ``gossamer svid`` run again, rotates an SVID by rewriting them)."""
+
+    cert: Path
+    key: Path
+    interval: float = 10.0
+
+    def stamp(self) -> tuple[tuple[int, int, int], ...]:
+        """What changes when either file is rewritten (``OSError`` if one is missing)."""
+        stats = (self.cert.stat(), self.key.stat())
+        return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
 
 
 class LocalIdentity:
@@ -50,12 +82,19 @@ class LocalIdentity:
         static: Credentials | None = None,
         metrics: IdentityMetrics | None = None,
         pushed: bool = False,
+        server_name: str | None = None,
+        files: StaticFiles | None = None,
     ) -> None:
+        if files is not None and static is None:
+            raise ValueError("only a static identity is re-read from files")
         if not pushed and (client is None) == (static is None):
             raise ValueError("exactly one of client and static credentials is needed")
         if pushed and (client is not None or static is not None):
             raise ValueError("pushed credentials come from the parent process only")
         self.name = local_name
+        #: The TLS server name (SNI) inbound mTLS is terminated for: the identity itself,
+        #: or for a URI identity (an ExternalWorkload) its ``meshTLS.serverName``.
+        self.server_name = server_name or local_name
         self.trust_anchors_pem = trust_anchors_pem
         self._client = client
         self._static = static
@@ -65,7 +104,13 @@ class LocalIdentity:
         self._task: asyncio.Task[None] | None = None
         self._cache_for: Credentials | None = None
         self._server: ssl.SSLContext | None = None
-        self._clients: dict[tuple[str, ...], ResumingContext] = {}
+        self._clients: dict[tuple[tuple[str, ...], bool], ResumingContext] = {}
+        self._metrics = metrics
+        self._files = files
+        self._stamp: tuple[tuple[int, int, int], ...] | None = None
+        if files is not None:
+            with contextlib.suppress(OSError):
+                self._stamp = files.stamp()
         if static is not None and metrics is not None:
             metrics.expiration.set(static.not_after)
             metrics.refreshes.inc()
@@ -95,9 +140,51 @@ class LocalIdentity:
         self._installed = credentials
 
     def start(self) -> None:
-        """Begin certifying (certify mode); call from the running loop."""
+        """Begin certifying (certify mode), or watching the files of a static identity; call
+        from the running loop."""
         if self._client is not None and self._task is None:
             self._task = asyncio.create_task(self._client.run(), name="identity-certify")
+        elif self._files is not None and self._task is None:
+            self._task = asyncio.create_task(self._watch_files(), name="identity-files")
+
+    async def _watch_files(self) -> None:
+        assert self._files is not None
+        while True:
+            await asyncio.sleep(self._files.interval)
+            # A stat per interval; a changed pair costs two small reads and an in-memory
+            # handshake (milliseconds), so the loop is not worth leaving.
+            self.reload_files()
+
+    def reload_files(self) -> str | None:
+        """Re-read a static identity's files if they changed; install them once they pass
+        the same checks as at start. Returns why new files were refused (``None``: nothing
+        changed, or installed). A refused or half-written pair keeps the current
+        certificate, and is tried again when the files change again."""
+        if self._files is None:
+            return None
+        try:
+            stamp = self._files.stamp()
+            if stamp == self._stamp:
+                return None
+            cert_pem, key_pem = self._files.cert.read_bytes(), self._files.key.read_bytes()
+        except OSError as exc:
+            return self._refused(f"cannot read static identity: {exc}")
+        try:
+            credentials = load_static(self.name, self.trust_anchors_pem, cert_pem, key_pem)
+        except IdentityConfigError as exc:
+            self._stamp = stamp
+            return self._refused(str(exc))
+        self._stamp = stamp
+        self._static = credentials
+        if self._metrics is not None:
+            self._metrics.expiration.set(credentials.not_after)
+            self._metrics.refreshes.inc()
+        _log.info("identity_files_reloaded", identity=self.name, not_after=credentials.not_after)
+        return None
+
+    def _refused(self, error: str) -> str:
+        _log.warning("identity_files_refused", identity=self.name, error=error)
+        return error
 
     async def close(self) -> None:
         task, self._task = self._task, None
@@ -125,15 +212,20 @@ class LocalIdentity:
             )
         return self._server
 
-    def client_context(self, alpn: tuple[str, ...] = ()) -> ResumingContext | None:
-        """Outbound mTLS; connect with ``server_hostname=<server identity>``."""
+    def client_context(
+        self, alpn: tuple[str, ...] = (), *, check_name: bool = True
+    ) -> ResumingContext | None:
+        """Outbound mTLS; connect with ``server_hostname=<server identity>``, or with
+        ``check_name=False`` to a server name and check the identity after the handshake."""
         credentials = self._fresh()
         if credentials is None:
             return None
-        context = self._clients.get(alpn)
+        context = self._clients.get((alpn, check_name))
         if context is None:
-            context = client_context(credentials, self.trust_anchors_pem, alpn_protocols=alpn)
-            self._clients[alpn] = context
+            context = client_context(
+                credentials, self.trust_anchors_pem, alpn_protocols=alpn, check_name=check_name
+            )
+            self._clients[(alpn, check_name)] = context
         return context
 
 
@@ -153,12 +245,19 @@ def load_static(
         raise IdentityConfigError(f"static identity certificate rejected: {exc}") from None
 
 
+def local_identity_name(settings: ProxySettings) -> str | None:
+    """The proxy's identity: ``LINKERD2_PROXY_IDENTITY_SERVER_ID`` (a DNS-like name or a
+    SPIFFE URI), else ``LINKERD2_PROXY_IDENTITY_LOCAL_NAME``, as Linkerd reads them."""
+    return settings.identity_server_id or settings.identity_local_name
+
+
 def _enabled(settings: ProxySettings) -> bool:
     if settings.identity_disabled:
         return False
     return any(
         (
             settings.identity_local_name,
+            settings.identity_server_id,
             settings.identity_trust_anchors,
             settings.identity_svc_addr,
             settings.identity_cert_file,
@@ -181,10 +280,11 @@ def identity_from_settings(settings: ProxySettings, registry: Registry) -> Local
                 "GOSSAMER_PROXY_IDENTITY_CERT_FILE and GOSSAMER_PROXY_IDENTITY_KEY_FILE must "
                 "be set together"
             )
-        if not settings.identity_local_name or not settings.identity_trust_anchors:
+        name = local_identity_name(settings)
+        if not name or not settings.identity_trust_anchors:
             raise IdentityConfigError(
-                "a static identity needs LINKERD2_PROXY_IDENTITY_LOCAL_NAME and "
-                "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"
+                "a static identity needs LINKERD2_PROXY_IDENTITY_LOCAL_NAME (or "
+                "LINKERD2_PROXY_IDENTITY_SERVER_ID) and LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"
             )
         assert settings.identity_cert_file is not None
         assert settings.identity_key_file is not None
@@ -193,17 +293,31 @@ def identity_from_settings(settings: ProxySettings, registry: Registry) -> Local
             key_pem = Path(settings.identity_key_file).read_bytes()
         except OSError as exc:
             raise IdentityConfigError(f"cannot read static identity: {exc}") from None
-        credentials = load_static(
-            settings.identity_local_name,
-            settings.identity_trust_anchors,
-            cert_pem,
-            key_pem,
-        )
+        credentials = load_static(name, settings.identity_trust_anchors, cert_pem, key_pem)
         return LocalIdentity(
-            settings.identity_local_name,
+            name,
             settings.identity_trust_anchors,
             static=credentials,
             metrics=metrics,
+            server_name=settings.identity_server_name,
+            files=StaticFiles(
+                Path(settings.identity_cert_file),
+                Path(settings.identity_key_file),
+                interval=settings.identity_min_refresh,
+            ),
+        )
+    if is_uri_identity(local_identity_name(settings) or ""):
+        raise IdentityConfigError(
+            "a SPIFFE URI identity (LINKERD2_PROXY_IDENTITY_SERVER_ID) is not issued by the "
+            "identity service: give its SVID with GOSSAMER_PROXY_IDENTITY_CERT_FILE and "
+            "GOSSAMER_PROXY_IDENTITY_KEY_FILE"
+        )
+    if settings.identity_server_name and settings.identity_server_name != (
+        local_identity_name(settings)
+    ):
+        raise IdentityConfigError(
+            "LINKERD2_PROXY_IDENTITY_SERVER_NAME differs from the identity, which only a "
+            "static (URI) identity supports"
         )
     config = IdentityConfig.from_settings(settings)
     client = IdentityClient(config, metrics=metrics)

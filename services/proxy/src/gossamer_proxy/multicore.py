@@ -194,6 +194,7 @@ class Supervisor:
         if identity is not None and identity.credentials is not None:
             message["identity"] = {
                 "name": identity.name,
+                "server_name": identity.server_name,
                 "trust_anchors_pem": identity.trust_anchors_pem,
                 "credentials": credentials_to_wire(identity.credentials),
             }

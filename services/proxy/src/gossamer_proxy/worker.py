@@ -55,7 +55,12 @@ def _identity(message: dict[str, Any]) -> LocalIdentity | None:
     data = message.get("identity")
     if data is None:
         return None
-    identity = LocalIdentity(str(data["name"]), str(data["trust_anchors_pem"]), pushed=True)
+    identity = LocalIdentity(
+        str(data["name"]),
+        str(data["trust_anchors_pem"]),
+        pushed=True,
+        server_name=str(data.get("server_name") or data["name"]),
+    )
     identity.install(credentials_from_wire(data["credentials"]))
     return identity
 

@@ -6,7 +6,9 @@ that, but once imported it stays resident (~13 MB). The OpenSSL that :mod:`ssl` 
 loaded can check it as well, by doing exactly what a peer will do: load the chain and key
 into a server context (OpenSSL refuses a key that does not match the leaf), then complete
 a TLS 1.3 handshake in memory with a client context that trusts only the anchors and
-expects the identity as the host name (no common-name fallback). The verified leaf's
+expects the identity as the host name (no common-name fallback). A SPIFFE URI identity
+(a proxy outside Kubernetes) is not a host name: the client side then verifies the chain
+only, and the identity must be one of the verified leaf's URI SANs. The verified leaf's
 validity period comes back from the client side's ``getpeercert()``.
 
 OpenSSL checks validity against the system clock, as every later handshake will.
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 
 from gossamer_proxy.mesh.tls_contexts import Credentials, memory_file
 
-__all__ = ["CredentialRejected", "chain_pem_from_der", "check_credentials"]
+__all__ = ["CredentialRejected", "chain_pem_from_der", "check_credentials", "is_uri_identity"]
 
 # OpenSSL verify codes (X509_V_ERR_*) that mean the chain does not lead to an anchor.
 _NO_CHAIN_CODES = frozenset({2, 7, 18, 19, 20, 21, 24, 30, 31, 32})
@@ -37,6 +39,11 @@ class _Side:
 
     incoming: ssl.MemoryBIO = field(default_factory=ssl.MemoryBIO)
     outgoing: ssl.MemoryBIO = field(default_factory=ssl.MemoryBIO)
+
+
+def is_uri_identity(identity: str) -> bool:
+    """A SPIFFE URI (``spiffe://…``) rather than a DNS-like name."""
+    return identity.startswith("spiffe://")
 
 
 def chain_pem_from_der(leaf_der: bytes, intermediates_der: tuple[bytes, ...]) -> bytes:
@@ -69,6 +76,10 @@ def _client(identity: str, trust_anchors_pem: str, side: _Side) -> ssl.SSLObject
         context.load_verify_locations(cadata=trust_anchors_pem)
     except (ssl.SSLError, ValueError) as exc:
         raise CredentialRejected(f"trust anchors do not load: {exc}") from None
+    if is_uri_identity(identity):
+        # Checked against the URI SANs after the handshake (check_credentials).
+        context.check_hostname = False
+        return context.wrap_bio(side.incoming, side.outgoing)
     return context.wrap_bio(side.incoming, side.outgoing, server_hostname=identity)
 
 
@@ -120,6 +131,16 @@ def check_credentials(
     leaf_der = client.getpeercert(binary_form=True)
     if not peer or not leaf_der:
         raise CredentialRejected(f"certificate for {identity} was not verified")
+    if is_uri_identity(identity):
+        uris = [
+            str(entry[1])
+            for entry in peer.get("subjectAltName", ())
+            if isinstance(entry, tuple) and len(entry) == 2 and entry[0] == "URI"
+        ]
+        if identity not in uris:
+            raise CredentialRejected(
+                f"certificate for {identity} rejected: its URI SANs are {uris or 'none'}"
+            )
     return Credentials(
         identity=identity,
         key_pem=key_pem,

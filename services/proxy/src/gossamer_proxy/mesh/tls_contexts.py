@@ -9,7 +9,10 @@
 * Client side: TLS 1.3 only, verifies the server chain against the trust anchors and the
   server's identity as a DNS SAN; the caller passes the identity as ``server_hostname``, so
   it is also the SNI, as Linkerd does. The proxy's own certificate is presented as the
-  client certificate.
+  client certificate. A server whose identity is a SPIFFE URI (an ExternalWorkload) is
+  reached with its TLS server name as SNI: such a context (``check_name=False``) still
+  verifies the chain, and the caller checks the identity among the certificate's URI and
+  DNS SANs (:func:`peer_has_identity`) before a byte is sent.
 
 Both contexts trust the mesh trust anchors and nothing else: no system CA store (which
 :func:`ssl.create_default_context` would add to a client context) and no
@@ -49,7 +52,9 @@ __all__ = [
     "ResumingContext",
     "client_context",
     "load_credentials",
+    "peer_has_identity",
     "peer_identity",
+    "peer_names",
     "server_context",
     "verified_server_identity",
 ]
@@ -169,15 +174,18 @@ def client_context(
     trust_anchors_pem: str,
     *,
     alpn_protocols: Sequence[str] = (),
+    check_name: bool = True,
 ) -> ResumingContext:
     """A context for connecting to a meshed endpoint (or a control-plane service).
 
     Use ``server_hostname=<expected identity>``: that is both the SNI and the name the
     server certificate must carry. ``credentials`` is ``None`` only for the very first
-    Certify call, when the proxy has no certificate yet.
+    Certify call, when the proxy has no certificate yet. With ``check_name=False`` the
+    SNI is only a server name (a URI identity's ``serverName``): the chain is still
+    verified, and the caller must check :func:`peer_has_identity` after the handshake.
     """
     context = _base(ResumingContext(ssl.PROTOCOL_TLS_CLIENT), trust_anchors_pem)
-    context.check_hostname = True
+    context.check_hostname = check_name
     context.verify_mode = ssl.CERT_REQUIRED
     if credentials is not None:
         _load_credentials(context, credentials)
@@ -208,16 +216,34 @@ def peer_identity(
     session carries the certificate of its full handshake, unchecked since: once that has
     expired (``now``, seconds since the epoch) the session proves no identity.
     """
+    names = peer_names(ssl_object, now)
+    return names[0] if names else None
+
+
+def peer_names(
+    ssl_object: ssl.SSLObject | ssl.SSLSocket, now: float | None = None
+) -> tuple[str, ...]:
+    """Every DNS and URI SAN of the peer's verified certificate, in certificate order
+    (none for an expired resumed session; see :func:`peer_identity`)."""
     certificate = ssl_object.getpeercert()
     if not certificate:
-        return None
+        return ()
     if ssl_object.session_reused:
         not_after = certificate.get("notAfter")
         if not isinstance(not_after, str):
-            return None
+            return ()
         if ssl.cert_time_to_seconds(not_after) <= (time.time() if now is None else now):
-            return None
-    for entry in certificate.get("subjectAltName", ()):
-        if isinstance(entry, tuple) and len(entry) == 2 and entry[0] in ("DNS", "URI"):
-            return str(entry[1])
-    return None
+            return ()
+    return tuple(
+        str(entry[1])
+        for entry in certificate.get("subjectAltName", ())
+        if isinstance(entry, tuple) and len(entry) == 2 and entry[0] in ("DNS", "URI")
+    )
+
+
+def peer_has_identity(
+    ssl_object: ssl.SSLObject | ssl.SSLSocket, identity: str, now: float | None = None
+) -> bool:
+    """Whether the verified peer certificate carries ``identity`` as a DNS or URI SAN (as
+    Linkerd's verifier checks a server: any SAN, compared exactly)."""
+    return identity in peer_names(ssl_object, now)
