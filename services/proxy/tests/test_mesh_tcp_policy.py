@@ -1,4 +1,4 @@
-"""Opaque/TLS route selection (sans-io): SNI matching, precedence, weights across rules, refusals."""
+"""Opaque/TLS route selection (sans-io): SNI matching, precedence, weights, refusals."""
 
 from __future__ import annotations
 
@@ -122,7 +122,8 @@ def test_backends_of_every_rule_share_the_weights() -> None:
         _port(route_connection(routes, FixedRandom(x / 8), tls=True, server_name="a").backend)
         for x in range(8)
     ]
-    assert picks.count(1) == 2 and picks.count(2) == 6  # 1:3 across the two rules
+    assert picks.count(1) == 2
+    assert picks.count(2) == 6
 
 
 def _opaque_policy(route: outbound_pb2.OpaqueRoute) -> outbound_pb2.OutboundPolicy:
@@ -146,7 +147,8 @@ def test_opaque_route_refusals_and_weights() -> None:
     )
     routes = compile_outbound_policy(_opaque_policy(route)).opaque_routes
     first = route_connection(routes, FixedRandom(0.1), tls=False)
-    assert first.error is None and _port(first.backend) == 7
+    assert first.error is None
+    assert _port(first.backend) == 7
     second = route_connection(routes, FixedRandom(0.9), tls=False)
     assert (second.error, second.message) == ("invalid", "Service not found gone")
 
