@@ -260,23 +260,26 @@ def test_mesh_attached_tls_and_tcp_routes_are_named_as_unenforced(
     (flagged,) = [r for r in named.values() if not r.ok]
     assert f"({tls} is not enforced there by Gossamer)" in flagged.description
     assert flagged.warning
-    assert "3 TLSRoute object(s) name a Service or an EgressNetwork" in flagged.message
+    assert "3 TLSRoute object(s) name a Server" in flagged.message
     (tcp_line,) = [d for d in named if "TCPRoute" in d]
-    assert "with a Service parent" in tcp_line  # EgressNetwork parents are enforced
+    assert "with a Server parent" in tcp_line  # Service and EgressNetwork parents are enforced
 
 
 SERVICE = {"name": "web", "kind": "Service", "group": "core"}
 EGRESS = {"name": "out", "kind": "EgressNetwork", "group": "policy.linkerd.io"}
+SERVER = {"name": "srv", "kind": "Server", "group": "policy.linkerd.io"}
 
 
 @pytest.mark.parametrize(
     ("crd", "parents", "ignored"),
     [
-        ("tlsroutes.gateway.networking.k8s.io", [SERVICE], True),
-        ("tlsroutes.gateway.networking.k8s.io", [{**SERVICE, "group": ""}], True),
-        ("tlsroutes.gateway.networking.k8s.io", [EGRESS], True),
-        ("tcproutes.gateway.networking.k8s.io", [SERVICE], True),
-        ("tcproutes.gateway.networking.k8s.io", [EGRESS], False),  # the egress policy's
+        ("tlsroutes.gateway.networking.k8s.io", [SERVER], True),
+        ("tcproutes.gateway.networking.k8s.io", [SERVER], True),
+        ("tlsroutes.gateway.networking.k8s.io", [SERVICE], False),  # the outbound policy's
+        ("tlsroutes.gateway.networking.k8s.io", [{**SERVICE, "group": ""}], False),
+        ("tlsroutes.gateway.networking.k8s.io", [EGRESS], False),
+        ("tcproutes.gateway.networking.k8s.io", [SERVICE], False),
+        ("tcproutes.gateway.networking.k8s.io", [EGRESS], False),
         ("tlsroutes.gateway.networking.k8s.io", [{"name": "gw"}], False),  # a Gateway's
         ("tlsroutes.gateway.networking.k8s.io", [], False),
         ("tlsroutes.gateway.networking.k8s.io", ["not-a-ref"], False),

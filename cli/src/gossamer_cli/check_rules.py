@@ -141,6 +141,7 @@ EXTERNAL_WORKLOADS_CRD = "externalworkloads.workload.linkerd.io"
 #: A route's parent kinds (group, kind) by which it attaches to the mesh, not to a Gateway.
 SERVICE_PARENTS = frozenset({("", "Service"), ("core", "Service")})
 EGRESS_PARENTS = frozenset({("policy.linkerd.io", "EgressNetwork")})
+SERVER_PARENTS = frozenset({("policy.linkerd.io", "Server")})
 
 
 @dataclass(frozen=True)
@@ -155,16 +156,13 @@ class UnenforcedRoutes:
 
 
 #: Gateway API route CRDs (installed by the user, not the chart) whose routes Gossamer
-#: ignores when they attach to the mesh through these parents (as Linkerd attaches them):
-#: check warns about each such route, so none is silently ignored. TCPRoutes with an
-#: EgressNetwork parent are enforced (the egress policy); those on a Service are not.
+#: ignores when they attach to the mesh through these parents: check warns about each such
+#: route, so none is silently ignored. TLSRoutes and TCPRoutes are enforced outbound, on
+#: Service and EgressNetwork parents (client proxies route by them); like Linkerd, Gossamer
+#: has no inbound TLS/TCP routes, so a Server parent has no effect.
 UNENFORCED_MESH_ROUTES: Mapping[str, UnenforcedRoutes] = {
-    "tlsroutes.gateway.networking.k8s.io": UnenforcedRoutes(
-        "TLSRoute", SERVICE_PARENTS | EGRESS_PARENTS, "a Service or an EgressNetwork"
-    ),
-    "tcproutes.gateway.networking.k8s.io": UnenforcedRoutes(
-        "TCPRoute", SERVICE_PARENTS, "a Service"
-    ),
+    "tlsroutes.gateway.networking.k8s.io": UnenforcedRoutes("TLSRoute", SERVER_PARENTS, "a Server"),
+    "tcproutes.gateway.networking.k8s.io": UnenforcedRoutes("TCPRoute", SERVER_PARENTS, "a Server"),
 }
 
 
@@ -329,8 +327,8 @@ def existence_checks(s: Snapshot) -> Iterator[Result]:
             count == 0,
             f"{count} {routes.kind} object(s) name {routes.parents_text} as parent, but "
             f"Gossamer does not enforce them there (they have no effect on meshed traffic)",
-            f"delete them (kubectl get {crd} -A), or express the route as an HTTPRoute or "
-            "GRPCRoute",
+            f"delete them (kubectl get {crd} -A), or attach them to the Service (or "
+            "EgressNetwork) the clients connect to",
             warning=True,
         )
     yield gateway_api_check(s)

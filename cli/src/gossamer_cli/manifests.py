@@ -226,10 +226,18 @@ CLUSTER_RULES: dict[str, list[dict[str, Any]]] = {
             READ,
         ),
         _rule(["workload.linkerd.io"], ["externalworkloads"], READ),
-        _rule(["gateway.networking.k8s.io"], ["httproutes", "grpcroutes", "tcproutes"], READ),
+        _rule(
+            ["gateway.networking.k8s.io"],
+            ["httproutes", "grpcroutes", "tcproutes", "tlsroutes"],
+            READ,
+        ),
         # Route status (Accepted/ResolvedRefs) goes through the status subresource only.
         _rule(["policy.linkerd.io"], ["httproutes/status"], ["patch"]),
-        _rule(["gateway.networking.k8s.io"], ["httproutes/status", "grpcroutes/status"], ["patch"]),
+        _rule(
+            ["gateway.networking.k8s.io"],
+            ["httproutes/status", "grpcroutes/status", "tcproutes/status", "tlsroutes/status"],
+            ["patch"],
+        ),
     ],
     "proxy-injector": [
         _rule([""], ["namespaces"], ["get"]),

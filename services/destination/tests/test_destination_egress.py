@@ -361,12 +361,11 @@ def test_a_tcp_route_may_send_egress_traffic_to_a_service() -> None:
 @pytest.mark.parametrize(
     ("rules", "reason"),
     [
-        ([{"backendRefs": [TO_PARENT]}, {"backendRefs": [TO_PARENT]}], "exactly one rule"),
         ([{}], "no backendRefs"),
-        ([{"backendRefs": [{"name": "gone", "port": 80}]}], "ns/gone not found"),
-        ([{"backendRefs": [{"name": "web"}]}], "needs a port"),
+        ([], "no rules"),
+        ([{"backendRefs": [{"name": "web"}]}], "needs a name and a port"),
         ([{"backendRefs": [{"kind": "Pod", "name": "x"}]}], "neither a Service"),
-        ([{"backendRefs": [{**TO_PARENT, "weight": 0}]}], "weight 0"),
+        ([{"backendRefs": [{**TO_PARENT, "weight": -1}]}], "weight -1"),
     ],
 )
 def test_an_unusable_tcp_route_is_skipped_with_the_reason(rules: Any, reason: str) -> None:
@@ -379,6 +378,50 @@ def test_an_unusable_tcp_route_is_skipped_with_the_reason(rules: Any, reason: st
     )  # fmt: skip
     assert policy.protocol.detect.opaque.routes[0].metadata.default == "tcp-egress-deny"
     assert any("TCPRoute ns/bad skipped" in m and reason in m for m in issues.messages), issues
+
+
+def test_a_tcp_route_pools_the_backends_of_every_rule() -> None:
+    """No matches choose between a TCPRoute's rules: their backendRefs share one split, and
+    a Service that does not exist keeps its weight, refused with ``Invalid``."""
+    two = _typed("TCPRoute", "two", backendRefs=[])
+    two["spec"]["rules"] = [
+        {"backendRefs": [{**TO_PARENT, "weight": 1}]},
+        {"backendRefs": [{"name": "gone", "port": 80, "weight": 2}]},
+    ]
+    issues = Issues()
+    policy = egress_policy(
+        parsed(t.egress_network("e")), "203.0.113.7", 5000, [], lambda ns, n: False,
+        SETTINGS, issues, tcp_routes=[two],
+    )  # fmt: skip
+    assert not issues.messages
+    (rule,) = policy.protocol.detect.opaque.routes[0].rules
+    parent, gone = rule.backends.random_available.backends
+    assert (parent.weight, parent.backend.backend.forward.addr.port) == (1, 5000)
+    assert gone.weight == 2
+    (invalid,) = gone.backend.filters
+    assert invalid.invalid.message == "Service not found ns/gone"
+
+
+def test_tls_routes_route_egress_by_sni_before_the_traffic_policy() -> None:
+    api = _typed("TLSRoute", "api", backendRefs=[TO_PARENT])
+    api["spec"]["hostnames"] = ["api.example.com", "*.cdn.example.com"]
+    issues = Issues()
+    policy = egress_policy(
+        parsed(t.egress_network("e")), "203.0.113.7", 443, [], lambda ns, n: True,
+        SETTINGS, issues, tls_routes=[api],
+    )  # fmt: skip
+    assert not issues.messages
+    assert policy.protocol.WhichOneof("kind") == "tls"
+    route, fallback = policy.protocol.tls.routes
+    assert route.metadata.resource.kind == "TLSRoute"
+    exact, wildcard = route.snis
+    assert exact.exact == "api.example.com"
+    assert list(wildcard.suffix.reverse_labels) == ["com", "example", "cdn"]
+    (weighted,) = route.rules[0].backends.random_available.backends
+    assert weighted.backend.backend.forward.addr.port == 443
+    assert fallback.metadata.default == "tls-egress-deny"
+    assert not fallback.snis  # any other name gets the trafficPolicy
+    assert fallback.rules[0].filters[0].WhichOneof("kind") == "forbidden"
 
 
 async def test_watch_follows_tcp_routes_on_the_egress_network(served: Any) -> None:

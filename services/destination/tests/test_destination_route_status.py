@@ -204,3 +204,86 @@ async def test_writer_ignores_conflicts_and_retries_errors() -> None:
     finally:
         await writer.stop()
         await cluster.stop()
+
+
+# -- EgressNetwork parents; TLSRoute and TCPRoute --------------------------------------------
+
+EGRESS_PARENT = {"group": "policy.linkerd.io", "kind": "EgressNetwork", "name": "world"}
+
+
+def egress_lookups(*networks: str, services: tuple[str, ...] = ()) -> StatusLookups:
+    base = lookups(*services)
+    return StatusLookups(
+        service=base.service,
+        server=base.server,
+        egress_network=lambda ns, n: {"metadata": {"name": n}} if n in networks else None,
+    )
+
+
+def egress_route(kind: str, **spec: Any) -> dict[str, Any]:
+    r = route(kind=kind, **spec)
+    r["apiVersion"] = "gateway.networking.k8s.io/v1alpha2" if kind != "HTTPRoute" else GW
+    r["spec"]["parentRefs"] = [EGRESS_PARENT]
+    return r
+
+
+def test_egress_network_parent_is_accepted_with_refs_to_itself() -> None:
+    for kind in ("HTTPRoute", "TLSRoute", "TCPRoute"):
+        r = egress_route(kind, rules=[{"backendRefs": [EGRESS_PARENT]}])
+        (entry,) = desired_parents(r, egress_lookups("world"), SETTINGS)
+        assert entry["parentRef"] == EGRESS_PARENT
+        assert conditions(entry) == {
+            "Accepted": ("True", "Accepted"),
+            "ResolvedRefs": ("True", "ResolvedRefs"),
+        }, kind
+
+
+def test_missing_egress_network_is_no_matching_parent() -> None:
+    r = egress_route("TLSRoute", rules=[{"backendRefs": [{"name": "web", "port": 443}]}])
+    (entry,) = desired_parents(r, egress_lookups(services=("web",)), SETTINGS)
+    accepted = entry["conditions"][0]
+    assert (accepted["status"], accepted["reason"]) == ("False", "NoMatchingParent")
+    assert accepted["message"] == "EgressNetwork ns/world not found"
+    assert conditions(entry)["ResolvedRefs"] == ("True", "ResolvedRefs")
+
+
+def test_tls_route_problems_are_reported_per_parent() -> None:
+    bad = egress_route("TLSRoute", hostnames=["*.*.com"], rules=[{"backendRefs": [EGRESS_PARENT]}])
+    (entry,) = desired_parents(bad, egress_lookups("world"), SETTINGS)
+    assert conditions(entry)["Accepted"] == ("False", "UnsupportedValue")
+    gone = egress_route("TCPRoute", rules=[{"backendRefs": [{"name": "gone", "port": 5432}]}])
+    (entry,) = desired_parents(gone, egress_lookups("world"), SETTINGS)
+    assert conditions(entry) == {
+        "Accepted": ("True", "Accepted"),
+        "ResolvedRefs": ("False", "BackendNotFound"),
+    }
+
+
+def test_tcp_route_on_a_server_is_not_ours() -> None:
+    r = route(kind="TCPRoute", rules=[{"backendRefs": [{"name": "web", "port": 80}]}])
+    r["spec"]["parentRefs"] = [{"group": "policy.linkerd.io", "kind": "Server", "name": "srv"}]
+    assert desired_parents(r, lookups("web", servers=("srv",)), SETTINGS) == []
+
+
+async def test_writer_patches_tls_routes_of_an_egress_network() -> None:
+    tls = egress_route("TLSRoute", hostnames=["api.example.com"])
+    tls["spec"]["rules"] = [{"backendRefs": [EGRESS_PARENT]}]
+    tls["metadata"]["name"] = "api"
+    cluster = Cluster(t.memory_sources(t.egress_network("world", namespace="ns"), tls))
+    patches: list[tuple[str, str, str, dict[str, Any]]] = []
+
+    async def patch(kind: str, ns: str, name: str, body: dict[str, Any]) -> None:
+        patches.append((kind, ns, name, body))
+
+    writer = RouteStatusWriter(cluster, SETTINGS, patch, clock=lambda: "2026-12-07T10:00:00Z")
+    cluster.start()
+    await cluster.wait_synced()
+    try:
+        assert await writer.sync_once() is False
+        ((kind, ns, name, body),) = patches
+        assert (kind, ns, name) == ("tlsroutes", "ns", "api")
+        (entry,) = body["status"]["parents"]
+        assert entry["parentRef"] == EGRESS_PARENT
+        assert conditions(entry)["Accepted"] == ("True", "Accepted")
+    finally:
+        await cluster.stop()

@@ -24,6 +24,7 @@ __all__ = [
     "GATEWAY_GRPCROUTES",
     "GATEWAY_HTTPROUTES",
     "GATEWAY_TCPROUTES",
+    "GATEWAY_TLSROUTES",
     "HTTPLOCALRATELIMITPOLICIES",
     "HTTPROUTES",
     "JOBS",
@@ -167,4 +168,8 @@ GATEWAY_GRPCROUTES = ResourceRef("gateway.networking.k8s.io", "v1", "grpcroutes"
 #: TCPRoute is still experimental in the Gateway API (v1alpha2).
 GATEWAY_TCPROUTES = ResourceRef(
     "gateway.networking.k8s.io", "v1alpha2", "tcproutes", True, "TCPRoute"
+)
+#: TLSRoute is still experimental in the Gateway API (v1alpha2).
+GATEWAY_TLSROUTES = ResourceRef(
+    "gateway.networking.k8s.io", "v1alpha2", "tlsroutes", True, "TLSRoute"
 )

@@ -42,6 +42,7 @@ REFS = {
     "gatewayhttproutes": resources.GATEWAY_HTTPROUTES,
     "grpcroutes": resources.GATEWAY_GRPCROUTES,
     "tcproutes": resources.GATEWAY_TCPROUTES,
+    "tlsroutes": resources.GATEWAY_TLSROUTES,
     "egressnetworks": resources.EGRESSNETWORKS,
     "externalworkloads": resources.EXTERNALWORKLOADS,
 }

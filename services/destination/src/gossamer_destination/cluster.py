@@ -57,18 +57,22 @@ KINDS = (
     "gatewayhttproutes",
     "grpcroutes",
     "tcproutes",
+    "tlsroutes",
     "egressnetworks",
     "externalworkloads",
 )
 #: Kinds whose CRDs may be absent (Gateway API, ExternalWorkload): their informers sync
 #: empty meanwhile.
-OPTIONAL_KINDS = frozenset({"gatewayhttproutes", "grpcroutes", "tcproutes", "externalworkloads"})
-ROUTE_KINDS = ("httproutes", "gatewayhttproutes", "grpcroutes")
+OPTIONAL_KINDS = frozenset(
+    {"gatewayhttproutes", "grpcroutes", "tcproutes", "tlsroutes", "externalworkloads"}
+)
+ROUTE_KINDS = ("httproutes", "gatewayhttproutes", "grpcroutes", "tcproutes", "tlsroutes")
 POLICY_KINDS = frozenset(
     {
         "gatewayhttproutes",
         "grpcroutes",
         "tcproutes",
+        "tlsroutes",
         "serverauthorizations",
         "httplocalratelimitpolicies",
         "authorizationpolicies",
@@ -270,6 +274,7 @@ class Cluster:
             ],
             grpc_routes=lambda ns: self.objects("grpcroutes", ns),
             tcp_routes=lambda ns: self.objects("tcproutes", ns),
+            tls_routes=lambda ns: self.objects("tlsroutes", ns),
             server_authorizations=lambda ns: self.objects("serverauthorizations", ns),
             rate_limit_policies=lambda ns: self.objects("httplocalratelimitpolicies", ns),
         )

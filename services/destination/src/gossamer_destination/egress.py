@@ -19,7 +19,10 @@ that is no Service and lies outside the cluster networks (§3.3):
   - GRPCRoutes make the port gRPC (``protocol.grpc``): their rules first, then a default
     route that applies the trafficPolicy (``Deny``: ``PERMISSION_DENIED``);
   - a TCPRoute carries the port's opaque (non-HTTP) traffic in place of the trafficPolicy:
-    its backendRefs are the EgressNetwork itself (the original destination) or Services.
+    its backendRefs are the EgressNetwork itself (the original destination) or Services;
+  - TLSRoutes (without HTTPRoutes or GRPCRoutes) make the port ``tls``: a connection goes by
+    the route whose hostnames match its SNI, else by a last route (any name) that applies
+    the trafficPolicy (``Deny``: refused).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from gossamer_api.proxy import (
     outbound_pb2,
 )
 
-from gossamer_destination import httproutes
+from gossamer_destination import httproutes, tcp_routes
 from gossamer_destination.endpoints import meta
 from gossamer_destination.policy_outbound import (
     DETECT_TIMEOUT_SECONDS,
@@ -47,6 +50,7 @@ from gossamer_destination.policy_outbound import (
     balancer_backend,
     outbound_grpc_route,
     outbound_route,
+    service_resource,
 )
 from gossamer_destination.profiles import Issues
 from gossamer_destination.settings import DestinationSettings
@@ -245,6 +249,33 @@ def default_grpc_route(
     return route
 
 
+def _resolver(
+    egress: EgressNetwork,
+    forward: outbound_pb2.Backend,
+    service_exists: Callable[[str, str], bool],
+    settings: DestinationSettings,
+) -> tcp_routes.Resolve:
+    """backendRefs of a TLSRoute/TCPRoute under ``egress``: the EgressNetwork itself
+    (``forward``: the original destination) or a Service of the cluster."""
+
+    def resolve(ref: Mapping[str, Any], route_ns: str) -> tcp_routes.ResolvedRef:
+        if _to_parent(ref, egress, route_ns):
+            return forward
+        if ref.get("kind") not in (None, "Service"):
+            raise httproutes.InvalidRouteError(
+                f"backendRef kind {ref.get('kind')!r} is neither a Service nor the EgressNetwork"
+            )
+        return tcp_routes.service_ref(
+            ref,
+            route_ns,
+            service_exists,
+            lambda n, ns, p: balancer_backend(n, ns, p, settings),
+            service_resource,
+        )
+
+    return resolve
+
+
 def tcp_route(
     route: Mapping[str, Any],
     egress: EgressNetwork,
@@ -252,51 +283,33 @@ def tcp_route(
     service_exists: Callable[[str, str], bool],
     settings: DestinationSettings,
 ) -> outbound_pb2.OpaqueRoute:
-    """A TCPRoute with ``egress`` as parent, as an opaque route.
+    """A TCPRoute with ``egress`` as parent, as an opaque route: the backendRefs of all its
+    rules, weighted (:mod:`.tcp_routes`)."""
+    return tcp_routes.opaque_route(route, _resolver(egress, forward, service_exists, settings))
 
-    Its rule's backendRefs are the EgressNetwork itself (``forward``: the original
-    destination) or Services (balanced, each at the ref's ``port``), weighted. A TCPRoute has
-    no matches, so only one rule can apply; more are refused, as are refs of other kinds.
-    """
-    m = meta(route)
-    route_ns = str(m.get("namespace") or "")
-    rules = list((route.get("spec") or {}).get("rules") or ())
-    if len(rules) != 1:
-        raise httproutes.InvalidRouteError(
-            f"a TCPRoute needs exactly one rule (it has {len(rules)}): nothing selects between them"
-        )
-    refs = list(rules[0].get("backendRefs") or ())
-    if not refs:
-        raise httproutes.InvalidRouteError("the TCPRoute's rule has no backendRefs")
-    out = outbound_pb2.OpaqueRoute()
-    resource = out.metadata.resource
-    resource.group, resource.kind = GATEWAY_GROUP, "TCPRoute"
-    resource.name, resource.namespace = str(m.get("name") or ""), route_ns
-    distribution = out.rules.add().backends.random_available
-    for ref in refs:
-        weight = ref.get("weight", 1)
-        if not isinstance(weight, int) or weight < 0:
-            raise httproutes.InvalidRouteError(f"backendRef weight {weight!r} is not a count")
-        if weight == 0:
-            continue
-        if _to_parent(ref, egress, route_ns):
-            backend = forward
-        elif (ref.get("group") or "") in ("", "core") and ref.get("kind", "Service") == "Service":
-            ns, name, port = str(ref.get("namespace") or route_ns), ref.get("name"), ref.get("port")
-            if not isinstance(port, int) or not 0 < port < 65536:
-                raise httproutes.InvalidRouteError(f"backendRef Service {name} needs a port")
-            if not service_exists(ns, str(name)):
-                raise httproutes.InvalidRouteError(f"backendRef Service {ns}/{name} not found")
-            backend = balancer_backend(str(name), ns, port, settings)
-        else:
-            raise httproutes.InvalidRouteError(
-                f"backendRef kind {ref.get('kind')!r} is neither a Service nor the EgressNetwork"
-            )
-        weighted = distribution.backends.add(weight=weight)
-        weighted.backend.backend.CopyFrom(backend)
-    if not distribution.backends:
-        raise httproutes.InvalidRouteError("every backendRef of the TCPRoute has weight 0")
-    return out
+
+def tls_route(
+    route: Mapping[str, Any],
+    egress: EgressNetwork,
+    forward: outbound_pb2.Backend,
+    service_exists: Callable[[str, str], bool],
+    settings: DestinationSettings,
+) -> outbound_pb2.TlsRoute:
+    """A TLSRoute with ``egress`` as parent: its hostnames, its weighted backendRefs."""
+    return tcp_routes.tls_route(route, _resolver(egress, forward, service_exists, settings))
+
+
+def default_tls_route(
+    egress: EgressNetwork, backend: outbound_pb2.Backend
+) -> outbound_pb2.TlsRoute:
+    """The trafficPolicy for TLS no TLSRoute's hostnames match (no SNI match: any name)."""
+    route = outbound_pb2.TlsRoute()
+    route.metadata.default = f"tls-egress-{_verdict(egress)}"
+    rule = route.rules.add()
+    if not egress.allow:
+        rule.filters.add().forbidden.CopyFrom(opaque_route_pb2.Forbidden())
+    rule.backends.first_available.backends.add().backend.CopyFrom(backend)
+    return route
 
 
 def default_opaque_route(
@@ -378,9 +391,10 @@ def egress_policy(
     issues: Issues,
     grpc_routes: Sequence[Mapping[str, Any]] = (),
     tcp_routes: Sequence[Mapping[str, Any]] = (),
+    tls_routes: Sequence[Mapping[str, Any]] = (),
 ) -> outbound_pb2.OutboundPolicy:
     """The ``OutboundPolicy`` for ``ip:port`` under ``egress`` with its attached ``routes``
-    (HTTPRoutes), ``grpc_routes`` and ``tcp_routes``, each oldest first."""
+    (HTTPRoutes), ``grpc_routes``, ``tcp_routes`` and ``tls_routes``, each oldest first."""
     backend = forward_backend(egress, ip, port)
     policy = outbound_pb2.OutboundPolicy(metadata=egress_resource(egress, port))
     grpc: list[outbound_pb2.GrpcRoute] = []
@@ -402,6 +416,21 @@ def egress_policy(
             )
         policy.protocol.grpc.routes.extend([*grpc, default_grpc_route(egress, backend)])
         return policy
+    tls: list[outbound_pb2.TlsRoute] = []
+    for route in tls_routes:
+        try:
+            tls.append(tls_route(route, egress, backend, service_exists, settings))
+        except (httproutes.InvalidRouteError, ValueError, TypeError) as exc:
+            issues.add(f"TLSRoute {meta(route).get('namespace')}/{meta(route).get('name')} "
+                       f"skipped: {exc}")  # fmt: skip
+    if tls and not routes:
+        policy.protocol.tls.routes.extend([*tls, default_tls_route(egress, backend)])
+        return policy
+    if tls:
+        issues.add(
+            f"EgressNetwork {egress.namespace}/{egress.name} port {port}: has both HTTPRoutes "
+            "and TLSRoutes; the HTTPRoutes apply"
+        )
     opaque = default_opaque_route(egress, backend)
     for route in tcp_routes:
         try:

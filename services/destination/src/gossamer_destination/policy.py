@@ -177,6 +177,7 @@ class Policies:
                 issues,
                 grpc_routes=egress_routes(egress, port, lookups.grpc_routes, client_ns),
                 tcp_routes=egress_routes(egress, port, lookups.tcp_routes, client_ns),
+                tls_routes=egress_routes(egress, port, lookups.tls_routes, client_ns),
             )
             cluster.report("policy", issues)
             return policy, deps

@@ -57,6 +57,8 @@ class PolicyLookups:
     grpc_routes: Callable[[str], list[KubeObject]] = lambda _ns: []
     #: Gateway API TCPRoutes of a namespace (served for EgressNetwork parents).
     tcp_routes: Callable[[str], list[KubeObject]] = lambda _ns: []
+    #: Gateway API TLSRoutes of a namespace (Service and EgressNetwork parents).
+    tls_routes: Callable[[str], list[KubeObject]] = lambda _ns: []
 
 
 # -- networks and authentications -----------------------------------------------------------

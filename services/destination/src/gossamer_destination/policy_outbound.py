@@ -2,9 +2,12 @@
 
 Follows Linkerd's policy controller defaults (linkerd-wire.md §3.3): a Service port gets
 protocol detection with one default route per protocol balancing over the service's own
-endpoints, unless ``policy.linkerd.io`` HTTPRoutes attached to the Service say otherwise, or
-the port is opaque. A port the Service does not define is forbidden (``undefined-port``);
-an address outside the cluster networks gets the ``egress-fallback`` forward policy.
+endpoints, unless routes attached to the Service say otherwise, or the port is opaque.
+Routes decide the protocol as in Linkerd: GRPCRoutes make it ``grpc``, HTTPRoutes keep
+detection, else TLSRoutes make it ``tls`` (routed by SNI) and a TCPRoute ``opaque``
+(:mod:`.tcp_routes`); an opaque port may still carry a TCPRoute. A port the Service does not
+define is forbidden (``undefined-port``); an address outside the cluster networks gets the
+``egress-fallback`` forward policy.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from gossamer_api.proxy import (
     outbound_pb2,
 )
 
-from gossamer_destination import httproutes, route_tuning
+from gossamer_destination import httproutes, route_tuning, tcp_routes
 from gossamer_destination.endpoints import annotations_of, meta
 from gossamer_destination.policy_inbound import PolicyLookups
 from gossamer_destination.profiles import Issues, service_opaque
@@ -363,8 +366,21 @@ def service_policy(
     backend = balancer_backend(name, ns, port, settings)
     policy = outbound_pb2.OutboundPolicy(metadata=service_resource(name, ns, port))
     app = sp.get("appProtocol")
+
+    def resolve(ref: Mapping[str, Any], route_ns: str) -> tcp_routes.ResolvedRef:
+        return tcp_routes.service_ref(
+            ref,
+            route_ns,
+            service_exists,
+            lambda n, n_ns, p: balancer_backend(n, n_ns, p, settings),
+            service_resource,
+        )
+
+    tcp = _oldest_valid(
+        attached_routes(lookups.tcp_routes(ns), name, ns, port), "TCPRoute", resolve, issues
+    )
     if app in OPAQUE_APP_PROTOCOLS or service_opaque(service, port, settings):
-        policy.protocol.opaque.routes.append(_opaque_route(backend))
+        policy.protocol.opaque.routes.append(tcp or _opaque_route(backend))
         return policy
     service_tune = route_tuning.service_tuning(service, issues)
     routes: list[outbound_pb2.HttpRoute] = []
@@ -394,6 +410,30 @@ def service_policy(
         if accrual:
             policy.protocol.grpc.failure_accrual.CopyFrom(accrual)
         return policy
+    tls = [
+        r
+        for r in (
+            _valid(route, "TLSRoute", resolve, issues)
+            for route in attached_routes(lookups.tls_routes(ns), name, ns, port)
+        )
+        if r is not None
+    ]
+    if (tls or tcp) and (routes or app in ("http", "kubernetes.io/h2c")):
+        issues.add(
+            f"Service {ns}/{name} port {port}: is HTTP (HTTPRoutes or its appProtocol); "
+            "its TLSRoutes and TCPRoutes do not apply"
+        )
+    elif tls:
+        if tcp:
+            issues.add(
+                f"Service {ns}/{name} port {port}: has both TLSRoutes and TCPRoutes; "
+                "the TLSRoutes apply"
+            )
+        policy.protocol.tls.routes.extend(tls)
+        return policy
+    elif tcp:
+        policy.protocol.opaque.routes.append(tcp)
+        return policy
     if not routes:
         routes = [_default_http_route(backend, service_tune, settings)]
     if app == "http":
@@ -415,3 +455,32 @@ def service_policy(
         detect.http1.failure_accrual.CopyFrom(accrual)
         detect.http2.failure_accrual.CopyFrom(accrual)
     return policy
+
+
+def _valid(route: Mapping[str, Any], kind: str, resolve: tcp_routes.Resolve, issues: Issues) -> Any:
+    """A TLSRoute or TCPRoute as its proto message, or ``None`` (reported) if unusable."""
+    build = tcp_routes.tls_route if kind == "TLSRoute" else tcp_routes.opaque_route
+    try:
+        return build(route, resolve)
+    except _ROUTE_ERRORS as exc:
+        m = meta(route)
+        issues.add(f"{kind} {m.get('namespace')}/{m.get('name')} skipped: {exc}")
+        return None
+
+
+def _oldest_valid(
+    routes: Iterable[Mapping[str, Any]], kind: str, resolve: tcp_routes.Resolve, issues: Issues
+) -> outbound_pb2.OpaqueRoute | None:
+    """The oldest usable TCPRoute: a port's opaque traffic follows one route (no matches
+    choose between several, so the younger ones are reported and left out)."""
+    chosen: outbound_pb2.OpaqueRoute | None = None
+    for route in routes:
+        if chosen is not None:
+            m = meta(route)
+            issues.add(
+                f"{kind} {m.get('namespace')}/{m.get('name')} not applied: an older {kind} "
+                "carries the same port"
+            )
+            continue
+        chosen = _valid(route, kind, resolve, issues)
+    return chosen

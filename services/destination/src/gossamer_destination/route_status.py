@@ -1,13 +1,16 @@
 """Route ``status.parents``: what the policy controller made of each parentRef (pure).
 
-For every parentRef that names a Service or a Server, the route gets one entry with Linkerd's
-controller name, the parentRef echoed, and two conditions (``observedGeneration`` set):
+For every parentRef that names a Service, a Server (HTTPRoute, GRPCRoute) or an
+EgressNetwork, the route gets one entry with Linkerd's controller name, the parentRef echoed,
+and two conditions (``observedGeneration`` set). TLSRoutes and TCPRoutes attach to Services
+and EgressNetworks only (outbound), as in Linkerd.
 
 * ``Accepted``: True (``Accepted``) when the parent exists and the route compiles;
   False with ``NoMatchingParent`` for a parent that does not exist, or ``UnsupportedValue``
   for a route the proxies could not apply (the message says why).
-* ``ResolvedRefs``: True (``ResolvedRefs``) when every backendRef is an existing Service;
-  False with ``BackendNotFound`` or ``InvalidKind`` otherwise.
+* ``ResolvedRefs``: True (``ResolvedRefs``) when every backendRef is an existing Service (or
+  an existing EgressNetwork: traffic to the original destination); False with
+  ``BackendNotFound`` or ``InvalidKind`` otherwise.
 
 Entries of other controllers are kept as they are. :func:`status_update` returns the new
 ``status.parents`` only when it differs from what the route has, keeping each condition's
@@ -22,7 +25,7 @@ from typing import Any
 
 from gossamer_api.proxy import outbound_pb2
 
-from gossamer_destination import httproutes
+from gossamer_destination import httproutes, tcp_routes
 from gossamer_destination.endpoints import meta
 from gossamer_destination.policy_inbound import inbound_grpc_route, inbound_route
 from gossamer_destination.policy_outbound import outbound_grpc_route, outbound_route
@@ -41,6 +44,29 @@ class StatusLookups:
 
     service: Callable[[str, str], Mapping[str, Any] | None]
     server: Callable[[str, str], Mapping[str, Any] | None]
+    egress_network: Callable[[str, str], Mapping[str, Any] | None] = lambda _ns, _name: None
+
+
+_EGRESS_KIND = "EgressNetwork"
+_OPAQUE_KINDS = ("TCPRoute", "TLSRoute")
+
+
+def _is_egress_ref(ref: Mapping[str, Any]) -> bool:
+    group = ref.get("group") or httproutes.POLICY_GROUP
+    return ref.get("kind") == _EGRESS_KIND and group == httproutes.POLICY_GROUP
+
+
+def _any_ref(ref: Mapping[str, Any], route_ns: str) -> tcp_routes.ResolvedRef:
+    """Compiling for status: an EgressNetwork or a Service with a port is a backend."""
+    if _is_egress_ref(ref):
+        return outbound_pb2.Backend()
+    return tcp_routes.service_ref(
+        ref,
+        route_ns,
+        lambda ns, name: True,
+        lambda name, ns, port: outbound_pb2.Backend(),
+        lambda name, ns, port: outbound_pb2.Backend().metadata,
+    )
 
 
 def _condition(kind: str, ok: bool, reason: str, message: str, generation: int) -> Condition:
@@ -57,13 +83,34 @@ def _echo(ref: Mapping[str, Any]) -> dict[str, Any]:
     return {k: ref[k] for k in _PARENT_REF_FIELDS if ref.get(k) is not None}
 
 
+def _without_egress_refs(route: Mapping[str, Any]) -> dict[str, Any]:
+    """``route`` with backendRefs to EgressNetworks dropped (the original destination, which
+    the egress policy puts in their place)."""
+    spec = dict(route.get("spec") or {})
+    spec["rules"] = [
+        {
+            **rule,
+            "backendRefs": [r for r in rule.get("backendRefs") or () if not _is_egress_ref(r)],
+        }
+        for rule in spec.get("rules") or ()
+    ]
+    return {**route, "spec": spec}
+
+
 def _compile_error(
     route: Mapping[str, Any], server_parent: bool, settings: DestinationSettings
 ) -> str | None:
     """Why the proxies could not apply the route, or ``None`` if it compiles."""
-    grpc = httproutes.route_kind(route) == "GRPCRoute"
+    kind = httproutes.route_kind(route)
+    grpc = kind == "GRPCRoute"
     try:
-        if server_parent:
+        if kind not in _OPAQUE_KINDS:
+            route = _without_egress_refs(route)
+        if kind == "TLSRoute":
+            tcp_routes.tls_route(route, _any_ref)
+        elif kind == "TCPRoute":
+            tcp_routes.opaque_route(route, _any_ref)
+        elif server_parent:
             (inbound_grpc_route if grpc else inbound_route)(route, [])
         else:
             compile_outbound = outbound_grpc_route if grpc else outbound_route
@@ -79,6 +126,12 @@ def resolved_refs(route: Mapping[str, Any], lookups: StatusLookups, generation: 
     for rule in (route.get("spec") or {}).get("rules") or ():
         for ref in rule.get("backendRefs") or ():
             kind = ref.get("kind") or "Service"
+            ref_ns = str(ref.get("namespace") or ns)
+            name = str(ref.get("name") or "")
+            if _is_egress_ref(ref):
+                if lookups.egress_network(ref_ns, name) is None:
+                    missing.append(f"{ref_ns}/{name}")
+                continue
             if kind != "Service" or (ref.get("group") or "core") not in ("core", ""):
                 return _condition(
                     "ResolvedRefs",
@@ -87,8 +140,6 @@ def resolved_refs(route: Mapping[str, Any], lookups: StatusLookups, generation: 
                     f"backendRef {ref.get('name')!r} has unsupported kind {kind!r}",
                     generation,
                 )
-            ref_ns = str(ref.get("namespace") or ns)
-            name = str(ref.get("name") or "")
             if lookups.service(ref_ns, name) is None:
                 missing.append(f"{ref_ns}/{name}")
     if missing:
@@ -96,7 +147,7 @@ def resolved_refs(route: Mapping[str, Any], lookups: StatusLookups, generation: 
             "ResolvedRefs",
             False,
             "BackendNotFound",
-            f"backend Service not found: {', '.join(sorted(set(missing)))}",
+            f"backend not found: {', '.join(sorted(set(missing)))}",
             generation,
         )
     return _condition("ResolvedRefs", True, "ResolvedRefs", "", generation)
@@ -105,18 +156,24 @@ def resolved_refs(route: Mapping[str, Any], lookups: StatusLookups, generation: 
 def desired_parents(
     route: Mapping[str, Any], lookups: StatusLookups, settings: DestinationSettings
 ) -> list[dict[str, Any]]:
-    """Our ``status.parents`` entries for the route's Service and Server parentRefs."""
+    """Our ``status.parents`` entries for the route's Service, Server and EgressNetwork
+    parentRefs."""
     generation = int(meta(route).get("generation") or 0)
     resolved = resolved_refs(route, lookups, generation)
+    opaque_kind = httproutes.route_kind(route) in _OPAQUE_KINDS
     out: list[dict[str, Any]] = []
     for ref in httproutes.parent_refs(route):
-        server_parent = httproutes.is_server_parent(ref)
-        if not server_parent and not httproutes.is_service_parent(ref):
+        server_parent = httproutes.is_server_parent(ref) and not opaque_kind
+        if server_parent:
+            kind, find = "Server", lookups.server
+        elif httproutes.is_service_parent(ref):
+            kind, find = "Service", lookups.service
+        elif _is_egress_ref(ref):
+            kind, find = _EGRESS_KIND, lookups.egress_network
+        else:
             continue
         ns = httproutes.parent_namespace(ref, route)
         name = str(ref.get("name") or "")
-        find = lookups.server if server_parent else lookups.service
-        kind = "Server" if server_parent else "Service"
         found = find(ns, name)
         if found is None:
             accepted = _condition(
@@ -126,7 +183,7 @@ def desired_parents(
                 f"{kind} {ns}/{name} not found",
                 generation,
             )
-        elif not server_parent and not _service_has_port(found, ref.get("port")):
+        elif kind == "Service" and not _service_has_port(found, ref.get("port")):
             accepted = _condition(
                 "Accepted",
                 False,

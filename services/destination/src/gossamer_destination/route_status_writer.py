@@ -1,11 +1,11 @@
 """Writes route ``status.parents`` through the status subresource when it changes.
 
-Any change to routes, Services or Servers marks the writer dirty; one task then recomputes
-every route's status (:mod:`gossamer_destination.route_status`) and patches only the routes
-whose status differs. Each patch carries the route's ``resourceVersion``, so a write based on
-a stale copy fails with a conflict instead of overwriting; the watch event of the newer copy
-marks the writer dirty again. Our own status writes come back as watch events too, and
-compute to "no change", so writing never loops.
+Any change to routes, Services, Servers or EgressNetworks marks the writer dirty; one task
+then recomputes every route's status (:mod:`gossamer_destination.route_status`) and patches
+only the routes whose status differs. Each patch carries the route's ``resourceVersion``,
+so a write based on a stale copy fails with a conflict instead of overwriting; the watch
+event of the newer copy marks the writer dirty again. Our own status writes come back as
+watch events too, and compute to "no change", so writing never loops.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ log = structlog.get_logger(__name__)
 #: ``patch(kind, namespace, name, merge_patch)`` against the route's status subresource.
 PatchStatus = Callable[[str, str, str, dict[str, Any]], Awaitable[None]]
 #: The kinds whose changes can change a route's status.
-WATCHED_KINDS = (*ROUTE_KINDS, "services", "servers")
+WATCHED_KINDS = (*ROUTE_KINDS, "services", "servers", "egressnetworks")
 
 
 def rfc3339_now() -> str:
@@ -58,6 +58,7 @@ class RouteStatusWriter:
         self.lookups = StatusLookups(
             service=lambda ns, name: cluster.get("services", ns, name),
             server=lambda ns, name: cluster.get("servers", ns, name),
+            egress_network=lambda ns, name: cluster.get("egressnetworks", ns, name),
         )
         for kind in WATCHED_KINDS:
             cluster.informers[kind].add_handler(self._changed)

@@ -80,6 +80,7 @@ def memory_sources(*objects: KubeObject) -> dict[str, MemorySource]:
         "HTTPRoute": "httproutes",
         "GRPCRoute": "grpcroutes",
         "TCPRoute": "tcproutes",
+        "TLSRoute": "tlsroutes",
         "EgressNetwork": "egressnetworks",
         "ExternalWorkload": "externalworkloads",
     }

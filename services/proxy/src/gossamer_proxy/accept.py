@@ -18,6 +18,13 @@ Opaque connections are authorized once here; HTTP requests one by one in the HTT
 Outbound opaque connections with discovery are balanced per connection: the pick is held
 for the connection's lifetime (so P2C sees it as pending load) and finished with the
 connect time as its latency sample; a connect failure counts against the endpoint.
+
+Outbound, the target's policy is known before detection (boundedly waited for, with the
+profile): an ``opaque`` policy skips detection, and a ``tls`` policy (``TLSRoute``\\s) reads
+the client's ClientHello instead, whose SNI chooses the route (:mod:`.mesh.tcp_policy`); the
+TLS itself passes through untouched. A client that sends no ClientHello there is refused.
+Opaque and TLS routes from resources (``TCPRoute``, ``TLSRoute``, an ``EgressNetwork``'s)
+then choose the backend by weight, or refuse the connection (:mod:`.outbound.tcp_routes`).
 """
 
 from __future__ import annotations
@@ -50,13 +57,16 @@ from .inbound_tls import PLAINTEXT, InboundMode
 from .mesh.authz import ClientInfo
 from .mesh.balancer import Outcome
 from .mesh.outbound_policy import OutboundPolicyModel
+from .mesh.tcp_policy import TcpRoute, route_connection
 from .mesh.tls_contexts import peer_identity
+from .mesh.tls_detect import ClientHello, NeedMore, detect_client_hello
 from .mesh.tls_labels import inbound_tls_labels
 from .mesh.transport import ALPN_PROTOCOL, TransportError, inbound_forward
 from .metrics import TargetLabels, TcpStats, tls_values
 from .opaque import PausedProtocol, SpliceRelay, relay_transports
+from .outbound.discovery import TargetHandle
 from .outbound.plan import Pick
-from .outbound.tcp_routes import egress_tcp_route, refusal
+from .outbound.tcp_routes import policy_tcp_routes
 
 __all__ = ["AcceptedConnection"]
 
@@ -76,6 +86,8 @@ class AcceptedConnection(asyncio.Protocol):
         "_header",
         "_local",
         "_release",
+        "_sni",
+        "_sni_policy",
         "_timer",
         "client_id",
         "ctx",
@@ -108,6 +120,10 @@ class AcceptedConnection(asyncio.Protocol):
         self.tcp: TcpStats | None = None
         #: Outbound with discovery: ends the balancer pick when the relay closes.
         self._release: Callable[[], None] | None = None
+        #: Outbound under a ``tls`` policy: the policy while the ClientHello is awaited.
+        self._sni_policy: OutboundPolicyModel | None = None
+        #: The ClientHello's server name (``""``: a ClientHello without SNI).
+        self._sni: str | None = None
 
     # -- accept ------------------------------------------------------------------------------
 
@@ -217,9 +233,10 @@ class AcceptedConnection(asyncio.Protocol):
         if opaque:
             self._go_opaque(self._take_buffer())
             return
-        if not ctx.inbound and ctx.discovery is not None and ctx.discovery.covers(target):
-            # Discovery comes before detection: the profile may say the port is opaque
-            # (server-speaks-first protocols would otherwise wait out the detect timeout).
+        if not ctx.inbound and ctx.discovery is not None and ctx.discovery.resolves(target):
+            # Discovery comes before detection: the profile or the policy may say the port
+            # is opaque (server-speaks-first protocols would otherwise wait out the detect
+            # timeout), or TLS (routed by SNI).
             self._discovering = True
             transport.pause_reading()
             ctx.spawn(self._discover(target))
@@ -231,18 +248,59 @@ class AcceptedConnection(asyncio.Protocol):
         assert ctx.discovery is not None
         handle = ctx.discovery.target(target)
         try:
-            profile = await handle.profile()
+            # Both watches were started together: the waits overlap.
+            profile, policy = await asyncio.gather(handle.profile(), handle.policy())
         finally:
-            handle.close()  # the watch stays cached for the handler that comes next
+            handle.close()  # the watches stay cached for the handler that comes next
         self._discovering = False
         transport = self.transport
         if self._done or transport is None or transport.is_closing():
             return
-        if profile is not None and profile.opaque_protocol:
+        if policy is not None and policy.protocol == "tls":
+            self._sni_policy = policy
+            transport.resume_reading()
+            self._start_sni_detect()
+            return
+        opaque_policy = policy is not None and policy.protocol == "opaque"
+        if opaque_policy or (profile is not None and profile.opaque_protocol):
             self._go_opaque(self._take_buffer())
             return
         transport.resume_reading()
         self._start_detect()
+
+    def _start_sni_detect(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(
+            self.ctx.detect_timeout, self._timed_out
+        )
+        if self._buffer or self._eof:
+            if self.tcp is not None:
+                self.tcp.read.value += len(self._buffer)
+            self._check_client_hello()
+
+    def _check_client_hello(self) -> None:
+        """A ``tls`` policy's port: wait for the whole ClientHello, then route by its SNI."""
+        found = detect_client_hello(self._buffer)
+        if isinstance(found, NeedMore) and not self._eof:
+            return
+        if isinstance(found, ClientHello):
+            self._sni = found.server_name or ""
+            initial, self._buffer = self._buffer, b""
+            self._go_opaque(initial)  # its bytes are counted already
+            return
+        reason = (
+            "connection closed in the ClientHello" if isinstance(found, NeedMore) else found.reason
+        )
+        self._refuse_not_tls(reason)
+
+    def _refuse_not_tls(self, reason: str) -> None:
+        policy = self._sni_policy
+        _log.info("tls_route_refused", target=str(self.target), error="not_tls", reason=reason)
+        discovery = self.ctx.discovery
+        if policy is not None and discovery is not None and discovery.tcp_route_metrics:
+            discovery.tcp_route_metrics.refused(policy, None, self.target.port, "not_tls", tls=True)
+        if self.tcp is not None:
+            self.tcp.close(0)
+        self._refuse()
 
     def _start_detect(self) -> None:
         ctx = self.ctx
@@ -318,6 +376,9 @@ class AcceptedConnection(asyncio.Protocol):
             return
         self.tcp.read.value += len(data)
         self._buffer += data
+        if self._sni_policy is not None:
+            self._check_client_hello()
+            return
         self._decide(detect(self._buffer))
 
     def eof_received(self) -> bool:
@@ -325,7 +386,10 @@ class AcceptedConnection(asyncio.Protocol):
         if self._header is not None and not self._done:
             self._header_data(b"", eof=True)
         elif not self._done and self.tcp is not None and not self._discovering:
-            self._decide(detect(self._buffer, eof=True))
+            if self._sni_policy is not None:
+                self._check_client_hello()
+            else:
+                self._decide(detect(self._buffer, eof=True))
         # Plain TCP: the handler decides when to close. TLS closes now (see halfclose); what
         # the client sent still goes upstream (see _opaque).
         return can_stay_half_open(self.transport)
@@ -355,6 +419,9 @@ class AcceptedConnection(asyncio.Protocol):
     def _timed_out(self) -> None:
         self._timer = None
         if not self._done:
+            if self._sni_policy is not None:
+                self._refuse_not_tls("no ClientHello before the detect timeout")
+                return
             self._decide(Protocol.OPAQUE)
 
     def _cancel_timer(self) -> None:
@@ -419,7 +486,7 @@ class AcceptedConnection(asyncio.Protocol):
         self._connecting = True
         self.ctx.spawn(self._opaque(transport, initial))
 
-    async def _pick(self) -> Pick | None:
+    async def _pick(self, initial: bytes) -> Pick | None:
         """Outbound with discovery: where this connection goes (``None``: refused, closed)."""
         ctx = self.ctx
         assert ctx.discovery is not None
@@ -427,13 +494,21 @@ class AcceptedConnection(asyncio.Protocol):
         handle = ctx.discovery.target(self.target)
         try:
             profile = await handle.profile()
-            if self._egress_refused(await handle.policy()):
-                handle.close()
-                self.tcp.close(0)
-                if self.transport is not None:
-                    self.transport.abort()  # refused, as Linkerd refuses a forbidden route
-                return None
-            pick = await handle.pick(profile, handle.default_authority(profile), None)
+            policy = await handle.policy()
+            routed = policy_tcp_routes(policy)
+            if routed is None:
+                pick = await handle.pick(profile, handle.default_authority(profile), None)
+            else:
+                assert policy is not None
+                routes, tls = routed
+                routed_pick = await self._route(handle, policy, routes, tls, initial)
+                if routed_pick is None:
+                    handle.close()
+                    self.tcp.close(0)
+                    if self.transport is not None:
+                        self.transport.abort()  # refused, as Linkerd refuses a forbidden route
+                    return None
+                pick = routed_pick
         except ProxyError as exc:
             handle.close()
             _log.info("opaque_dispatch_failed", target=str(self.target), error=str(exc))
@@ -444,23 +519,42 @@ class AcceptedConnection(asyncio.Protocol):
         pick.on_release(handle.close)
         return pick
 
-    def _egress_refused(self, policy: OutboundPolicyModel | None) -> bool:
-        """Whether an EgressNetwork's policy forbids this connection (counted either way)."""
-        action = egress_tcp_route(policy)
-        if action is None:
-            return False
-        assert policy is not None
-        metrics = self.ctx.discovery.tcp_route_metrics if self.ctx.discovery else None
+    async def _route(
+        self,
+        handle: TargetHandle,
+        policy: OutboundPolicyModel,
+        routes: tuple[TcpRoute, ...],
+        tls: bool,
+        initial: bytes,
+    ) -> Pick | None:
+        """The policy's opaque/TLS route and backend for this connection (``None``: refused;
+        counted either way)."""
+        discovery = self.ctx.discovery
+        assert discovery is not None
+        sni = self._sni
+        if tls and sni is None:
+            # Detected as opaque before the policy arrived: the ClientHello may be at hand.
+            hello = detect_client_hello(initial)
+            sni = (hello.server_name or "") if isinstance(hello, ClientHello) else None
+        decision = route_connection(routes, discovery.rng, tls=tls, server_name=sni or None)
+        metrics = discovery.tcp_route_metrics
         port = self.target.port
+        if metrics is not None and decision.route is not None:
+            metrics.opened(policy, decision.route, port, tls=tls)
+        if decision.error is None and decision.backend is not None:
+            return await handle.pick_backend(decision.backend, None, None)
+        error = decision.error or "no_backend"
+        _log.info(
+            "tls_route_refused" if tls else "tcp_route_refused",
+            target=str(self.target),
+            sni=(sni or "")[:253] if tls else None,
+            route=decision.route.meta.name if decision.route is not None else None,
+            error=error,
+            message=decision.message or None,
+        )
         if metrics is not None:
-            metrics.opened(policy, action, port)
-        error = refusal(action)
-        if error is None:
-            return False
-        _log.info("egress_refused", target=str(self.target), route=action.meta.name, error=error)
-        if metrics is not None:
-            metrics.refused(policy, action, port, error)
-        return True
+            metrics.refused(policy, decision.route, port, error, tls=tls)
+        return None
 
     async def _opaque(self, transport: asyncio.Transport, initial: bytes) -> None:
         ctx = self.ctx
@@ -469,7 +563,7 @@ class AcceptedConnection(asyncio.Protocol):
         pick: Pick | None = None
         labels = self.labels
         if ctx.discovery is not None and not ctx.inbound:
-            pick = await self._pick()
+            pick = await self._pick(initial)
             if pick is None:
                 return
             endpoint, tls = pick.endpoint, pick.tls

@@ -12,7 +12,9 @@ An ``OutboundPolicy`` (linkerd-wire.md §1.8, §3.3) becomes an :class:`Outbound
   filters on the action, ``RouteBackend`` filters on each :class:`BackendSpec`; an
   unusable filter makes its route answer 500 rather than failing the whole policy);
 * gRPC routes become HTTP routes on ``POST /<service>/<method>``;
-* opaque and TLS policies keep the backends of their first rule.
+* opaque and TLS routes (``TCPRoute``, ``TLSRoute``) become :class:`~.tcp_policy.TcpRoute`\\s:
+  SNI matches (TLS), every rule's backends pooled by weight, ``Invalid``/``Forbidden``
+  filters kept as refusals (:mod:`.tcp_policy` chooses among them per connection).
 
 Backends are ``forward`` (one address, e.g. the original destination) or ``balancer``
 (``Destination.Get`` path, peak-EWMA ``default_rtt``/``decay``), each behind a queue
@@ -51,6 +53,7 @@ from gossamer_proxy.mesh.routes import (
     compile_route_match,
 )
 from gossamer_proxy.mesh.split import WeightedSplit
+from gossamer_proxy.mesh.tcp_policy import TcpRoute, TcpRouteError, compile_tcp_routes
 
 __all__ = [
     "BackendSpec",
@@ -101,8 +104,6 @@ class RouteAction:
     max_request_bytes: int | None = None
     allow_l5d_request_headers: bool = False
     filters: RouteFilters = field(default=NO_FILTERS, compare=False)
-    #: The raw ``opaque_route``/``tls_route`` filters of an opaque action (not compiled).
-    opaque_filters: tuple[Any, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +127,10 @@ class OutboundPolicyModel:
     http1_routes: tuple[HttpRoute[RouteAction], ...] = ()
     http2_routes: tuple[HttpRoute[RouteAction], ...] = ()
     grpc_routes: tuple[HttpRoute[RouteAction], ...] = ()
-    opaque: RouteAction | None = None
+    #: ``OpaqueRoute``\s: of the ``opaque`` protocol, or ``detect``'s for non-HTTP traffic.
+    opaque_routes: tuple[TcpRoute, ...] = ()
+    #: ``TlsRoute``\s of the ``tls`` protocol, chosen by the ClientHello's SNI.
+    tls_routes: tuple[TcpRoute, ...] = ()
     failure_accrual: FailureAccrualSpec | None = None
 
 
@@ -331,7 +335,7 @@ def compile_outbound_policy(message: outbound_pb2.OutboundPolicy) -> OutboundPol
             detect_timeout=_seconds(d.timeout) if d.HasField("timeout") else 10.0,
             http1_routes=_routes(d.http1.routes, False),
             http2_routes=_routes(d.http2.routes, False),
-            opaque=_opaque(d.opaque.routes) if d.HasField("opaque") else None,
+            opaque_routes=_tcp_routes(d.opaque.routes, tls=False),
             failure_accrual=_accrual(d.http1) or _accrual(d.http2),
         )
     if kind in ("http1", "http2"):
@@ -348,16 +352,15 @@ def compile_outbound_policy(message: outbound_pb2.OutboundPolicy) -> OutboundPol
         return OutboundPolicyModel(
             meta, kind, grpc_routes=_routes(p.grpc.routes, True), failure_accrual=_accrual(p.grpc)
         )
-    tcp_routes: Sequence[Any] = p.opaque.routes if kind == "opaque" else p.tls.routes
-    return OutboundPolicyModel(meta, kind, opaque=_opaque(tcp_routes))
+    if kind == "opaque":
+        return OutboundPolicyModel(
+            meta, kind, opaque_routes=_tcp_routes(p.opaque.routes, tls=False)
+        )
+    return OutboundPolicyModel(meta, kind, tls_routes=_tcp_routes(p.tls.routes, tls=True))
 
 
-def _opaque(routes: Sequence[Any]) -> RouteAction | None:
-    for route in routes:
-        meta = MetaLabels.from_proto(route.metadata if route.HasField("metadata") else None)
-        for rule in route.rules:
-            distribution, split, ordered = _distribution(rule.backends)
-            return RouteAction(
-                meta, distribution, split, ordered, opaque_filters=tuple(rule.filters)
-            )
-    return None
+def _tcp_routes(routes: Sequence[Any], *, tls: bool) -> tuple[TcpRoute, ...]:
+    try:
+        return compile_tcp_routes(routes, _backend, tls=tls)
+    except TcpRouteError as exc:
+        raise OutboundPolicyError(str(exc)) from None

@@ -165,6 +165,11 @@ class OutboundDiscovery:
             return False
         return any(ip in net for net in self.networks)
 
+    def resolves(self, target: Endpoint) -> bool:
+        """Whether the destination service says anything about ``target``: a profile (inside
+        the profile networks) or, with a policy service, a policy (any IP address)."""
+        return self.covers(target) or (self.policies is not None and _is_ip(target.host))
+
     def target(self, target: Endpoint) -> TargetHandle:
         """A handle for one client connection's original destination; :meth:`close` it."""
         covered = self.covers(target)

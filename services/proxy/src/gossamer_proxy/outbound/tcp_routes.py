@@ -1,22 +1,29 @@
-"""Opaque TCP routes of an outbound policy: refusing what an EgressNetwork forbids (sans-io
-decision, plus its metrics).
+"""Opaque and TLS routes of an outbound policy: which connections they govern, and their metrics.
 
-A connection whose original destination is governed by an ``EgressNetwork`` follows the
-policy's opaque route: with a ``Forbidden`` filter (``trafficPolicy: Deny``; an ``Invalid``
-one too) the proxy refuses the connection instead of connecting, as Linkerd's proxy does.
-Each such connection is counted in ``outbound_tcp_route_open_total`` and each refusal in
-``outbound_tcp_route_close_total`` with ``error="forbidden"`` (or ``"invalid"``), labelled
-with the parent (the EgressNetwork) and the route.
+A non-HTTP outbound connection follows its policy's routes (:mod:`..mesh.tcp_policy`) when
+they come from resources: a ``TCPRoute`` or ``TLSRoute`` attached to the Service, or any
+route of an ``EgressNetwork`` (whose default route applies its ``trafficPolicy``). The
+routes the controller synthesizes for a plain Service (``default``) send everything to the
+Service itself, which discovery's balancing already does, ServiceProfile included.
+
+A connection a route carries is counted in ``outbound_tcp_route_open_total`` (opaque routes)
+or ``outbound_tls_route_open_total`` (TLS routes); one the policy refuses in
+``outbound_{tcp,tls}_route_close_total`` with ``error``: ``forbidden``/``invalid`` (a
+filter: ``trafficPolicy: Deny``, an unresolvable backendRef), ``no_route`` (no TLS route
+matches the SNI), ``no_backend`` (every weight is 0), ``not_tls`` (a TLS port whose client
+sent no ClientHello in time). Labels name the parent (the Service or EgressNetwork) and the
+route (empty when none matched); the SNI is not a label, so a client cannot grow the series.
 """
 
 from __future__ import annotations
 
 from gossamer_common.metrics import Counter, Family, Registry
 
-from ..mesh.outbound_policy import OutboundPolicyModel, RouteAction
+from ..mesh.outbound_policy import OutboundPolicyModel
 from ..mesh.policy_router import EGRESS_NETWORK
+from ..mesh.tcp_policy import TcpRoute
 
-__all__ = ["TcpRouteMetrics", "egress_tcp_route", "refusal"]
+__all__ = ["TcpRouteMetrics", "policy_tcp_routes"]
 
 _LABELS = (
     "parent_group",
@@ -29,44 +36,57 @@ _LABELS = (
 )
 
 
-def egress_tcp_route(policy: OutboundPolicyModel | None) -> RouteAction | None:
-    """The opaque route an EgressNetwork's policy sends a TCP connection by (else ``None``)."""
-    if policy is None or policy.meta.kind != EGRESS_NETWORK:
+def policy_tcp_routes(
+    policy: OutboundPolicyModel | None,
+) -> tuple[tuple[TcpRoute, ...], bool] | None:
+    """The routes a non-HTTP connection follows under ``policy`` and whether they are TLS
+    routes, or ``None`` when only default routes apply (discovery balances as before)."""
+    if policy is None:
         return None
-    return policy.opaque
-
-
-def refusal(action: RouteAction) -> str | None:
-    """``"forbidden"``/``"invalid"`` when the route refuses connections, else ``None``."""
-    for message in action.opaque_filters:
-        kind = message.WhichOneof("kind")
-        if kind in ("forbidden", "invalid"):
-            return str(kind)
+    tls = policy.protocol == "tls"
+    routes = policy.tls_routes if tls else policy.opaque_routes
+    if not routes:
+        return None
+    if policy.meta.kind == EGRESS_NETWORK or any(r.meta.kind != "default" for r in routes):
+        return routes, tls
     return None
 
 
 class TcpRouteMetrics:
     def __init__(self, registry: Registry) -> None:
-        self._open: Family[Counter] = registry.counter_family(
-            "outbound_tcp_route_open_total",
-            "Total count of outbound TCP connections routed by a policy's opaque route.",
-            _LABELS,
-        )
-        self._close: Family[Counter] = registry.counter_family(
-            "outbound_tcp_route_close_total",
-            "Total count of outbound TCP connections a policy's opaque route closed, by error.",
-            (*_LABELS, "error"),
-        )
+        self._open: dict[bool, Family[Counter]] = {}
+        self._close: dict[bool, Family[Counter]] = {}
+        for tls, name in ((False, "tcp"), (True, "tls")):
+            kind = "TLS" if tls else "opaque"
+            self._open[tls] = registry.counter_family(
+                f"outbound_{name}_route_open_total",
+                f"Total count of outbound connections routed by a policy's {kind} route.",
+                _LABELS,
+            )
+            self._close[tls] = registry.counter_family(
+                f"outbound_{name}_route_close_total",
+                f"Total count of outbound connections a policy's {kind} routes refused, by error.",
+                (*_LABELS, "error"),
+            )
 
     @staticmethod
-    def _labels(policy: OutboundPolicyModel, action: RouteAction, port: int) -> tuple[str, ...]:
-        p, r = policy.meta, action.meta
+    def _labels(policy: OutboundPolicyModel, route: TcpRoute | None, port: int) -> tuple[str, ...]:
+        p = policy.meta
+        if route is None:
+            return (p.group, p.kind, p.name, str(port), "", "", "")
+        r = route.meta
         return (p.group, p.kind, p.name, str(port), r.group, r.kind, r.name)
 
-    def opened(self, policy: OutboundPolicyModel, action: RouteAction, port: int) -> None:
-        self._open.labels(*self._labels(policy, action, port)).value += 1
+    def opened(self, policy: OutboundPolicyModel, route: TcpRoute, port: int, *, tls: bool) -> None:
+        self._open[tls].labels(*self._labels(policy, route, port)).value += 1
 
     def refused(
-        self, policy: OutboundPolicyModel, action: RouteAction, port: int, error: str
+        self,
+        policy: OutboundPolicyModel,
+        route: TcpRoute | None,
+        port: int,
+        error: str,
+        *,
+        tls: bool,
     ) -> None:
-        self._close.labels(*self._labels(policy, action, port), error).value += 1
+        self._close[tls].labels(*self._labels(policy, route, port), error).value += 1
