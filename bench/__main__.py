@@ -29,6 +29,7 @@ from pathlib import Path
 from bench import goals, loadgen, report
 from bench.backends import grpc_body
 from bench.baseline import Baseline, BaselineError, build_baseline
+from bench.bytecode import compile_bytecode
 from bench.certs import make_mesh_certs
 from bench.measured import TargetResult
 from bench.procs import ProcGroup, cpu_seconds, peak_rss_mb, process_group
@@ -265,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BaselineError as exc:
             print(f"bench: baseline: {exc}", file=sys.stderr)
             return 2
+    # The proxies run from bytecode, as the image's and local mode's do (see bench.bytecode).
+    for python in [sys.executable] + ([baseline.python] if baseline else []):
+        compile_bytecode(python)
     RESULTS.mkdir(exist_ok=True)
     started = time.monotonic()
     chosen = [t for t in TOPOLOGIES if not args.only or t.name in args.only]

@@ -76,7 +76,15 @@ def build_baseline(rev: str, root: Path = BASELINE_ROOT) -> Baseline:
     try:
         env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON": _base_python()}
         out = subprocess.run(
-            [uv, "sync", "--frozen", "--no-editable", "--no-default-groups", "--quiet"],
+            [
+                uv,
+                "sync",
+                "--frozen",
+                "--no-editable",
+                "--no-default-groups",
+                "--compile-bytecode",  # as the image and local mode's runtime venv
+                "--quiet",
+            ],
             cwd=checkout,
             env=env,
             capture_output=True,
