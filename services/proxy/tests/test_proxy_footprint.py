@@ -7,13 +7,17 @@ chain checks use the stdlib :mod:`ssl`. RE2 (~1.7 MB) loads only when a route ha
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import datetime as dt
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from gossamer_proxy.build_info import installed_version
 from gossamer_proxy.mesh import credential_helper
 from gossamer_proxy.mesh.credential_check import CredentialRejected, check_credentials
 from gossamer_tls import (
@@ -118,3 +122,95 @@ def test_the_data_path_uses_the_compiled_http2_codec_and_loads_it_on_first_use()
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.split() == ["False", "jh2.connection"], result.stdout
+
+
+# What a started sidecar must not hold: besides the heavy packages above, importlib.metadata
+# (and the email/zipfile/csv it loads, ~3 MB) for the one version string build_info reads.
+NOT_AFTER_START = (*HEAVY, "importlib.metadata", "email", "zipfile", "csv")
+
+# Runs the real entry point (settings, logging, Proxy.start(), listeners, admin); when start-up
+# is over (the moment the proxy freezes its start-up objects) it reports what is loaded and
+# asks itself to stop, the way a kubelet would.
+_STARTED_PROBE = """
+import os, signal, sys
+import gossamer_proxy.__main__ as entry
+
+not_after_start = {names!r}
+freeze = entry.freeze_startup_objects
+
+def started():
+    freeze()
+    loaded = sorted(n for n in not_after_start if n in sys.modules)
+    print("loaded-after-start", loaded, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+entry.freeze_startup_objects = started
+sys.argv = ["gossamer-proxy"]
+entry.main()
+"""
+
+
+def _modules_after_start(env: dict[str, str]) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", _STARTED_PROBE.format(names=NOT_AFTER_START)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "LINKERD2_PROXY_INBOUND_LISTEN_ADDR": "127.0.0.1:0",
+            "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS": "127.0.0.1:0",
+            "LINKERD2_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:0",
+            "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD": "1s",
+            "LINKERD2_PROXY_LOG": "warn",
+            **env,
+        },
+        check=False,
+    )
+    lines = [x for x in result.stdout.splitlines() if x.startswith("loaded-after-start")]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert lines, result.stdout + result.stderr
+    loaded: list[str] = ast.literal_eval(lines[0].removeprefix("loaded-after-start "))
+    return loaded
+
+
+def test_a_started_plaintext_proxy_holds_no_start_up_only_packages() -> None:
+    assert _modules_after_start({}) == []
+
+
+def test_a_started_static_mtls_proxy_holds_no_start_up_only_packages(
+    trust: TrustMaterial, tmp_path: Path
+) -> None:
+    key, _, chain = _issue(trust, WEB)
+    (tmp_path / "key.pem").write_bytes(private_key_to_pem(key))
+    (tmp_path / "chain.pem").write_bytes(chain)
+    env = {
+        "GOSSAMER_PROXY_IDENTITY_CERT_FILE": str(tmp_path / "chain.pem"),
+        "GOSSAMER_PROXY_IDENTITY_KEY_FILE": str(tmp_path / "key.pem"),
+        "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS": _anchors_pem(trust),
+        "LINKERD2_PROXY_IDENTITY_LOCAL_NAME": WEB,
+        "GOSSAMER_PROXY_OUTBOUND_FIXED_TARGET": "127.0.0.1:4143",
+        "GOSSAMER_PROXY_OUTBOUND_FIXED_IDENTITY": WEB,
+    }
+    assert _modules_after_start(env) == []
+
+
+def test_the_version_comes_from_the_dist_info_metadata(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    (other / "gossamer_proxy_extra-9.9.dist-info").mkdir(parents=True)
+    (other / "gossamer_proxy_extra-9.9.dist-info" / "METADATA").write_text("Version: 9.9\n")
+    site = tmp_path / "site"
+    info = site / "gossamer_proxy-1.2.3.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.4\nName: gossamer-proxy\nVersion: 1.2.3\n\nVersion: 0.0.0 (body)\n"
+    )
+    missing = str(tmp_path / "nowhere")
+    assert installed_version(path=[missing, str(other), str(site)]) == "1.2.3"
+    assert installed_version(path=[missing, str(other)]) == "unknown"
+
+
+def test_the_version_agrees_with_importlib_metadata() -> None:
+    import importlib.metadata
+
+    assert installed_version() == importlib.metadata.version("gossamer-proxy")
