@@ -125,8 +125,20 @@ def test_the_data_path_uses_the_compiled_http2_codec_and_loads_it_on_first_use()
 
 
 # What a started sidecar must not hold: besides the heavy packages above, importlib.metadata
-# (and the email/zipfile/csv it loads, ~3 MB) for the one version string build_info reads.
-NOT_AFTER_START = (*HEAVY, "importlib.metadata", "email", "zipfile", "csv")
+# (and the email/zipfile/csv it loads, ~3 MB) for the one version string build_info reads;
+# and without a control plane (static identity, fixed targets) the gRPC client and protobuf
+# (grpclib, h2, multidict, protobuf's runtime: ~8 MB), which only its clients need.
+NOT_AFTER_START = (
+    *HEAVY,
+    "importlib.metadata",
+    "email",
+    "zipfile",
+    "csv",
+    "google.protobuf",
+    "grpclib",
+    "h2",
+    "multidict",
+)
 
 # Runs the real entry point (settings, logging, Proxy.start(), listeners, admin); when start-up
 # is over (the moment the proxy freezes its start-up objects) it reports what is loaded and

@@ -10,8 +10,11 @@ every component converts through these functions instead of building the message
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 
-from gossamer_api.proxy import net_pb2
+if TYPE_CHECKING:  # protobuf loads with the control-plane client, not with this module
+    from gossamer_api.proxy import net_pb2
+
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -41,6 +44,8 @@ def _check_port(port: int) -> int:
 
 def ip_to_proto(ip: IPAddress | str) -> net_pb2.IPAddress:
     """Encode an IPv4 or IPv6 address (or its text form) as ``net.IPAddress``."""
+    from gossamer_api.proxy import net_pb2
+
     address = _parse_ip(ip)
     if isinstance(address, ipaddress.IPv4Address):
         return net_pb2.IPAddress(ipv4=int(address))
@@ -60,6 +65,8 @@ def ip_from_proto(message: net_pb2.IPAddress) -> IPAddress:
 
 def tcp_address_to_proto(ip: IPAddress | str, port: int) -> net_pb2.TcpAddress:
     """Encode ``(ip, port)`` as ``net.TcpAddress``."""
+    from gossamer_api.proxy import net_pb2
+
     return net_pb2.TcpAddress(ip=ip_to_proto(ip), port=_check_port(port))
 
 
@@ -77,6 +84,8 @@ def ip_network_to_proto(network: IPNetwork | str) -> net_pb2.IPNetwork:
 
     Text with host bits set (``10.1.2.3/8``) is rejected, since it usually means a typo.
     """
+    from gossamer_api.proxy import net_pb2
+
     if isinstance(network, str):
         try:
             network = ipaddress.ip_network(network)

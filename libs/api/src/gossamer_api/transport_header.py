@@ -20,10 +20,10 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from google.protobuf.message import DecodeError
-
-from gossamer_api.proxy import transport_header_pb2
+if TYPE_CHECKING:  # protobuf loads with the first header, not with this module
+    from gossamer_api.proxy import transport_header_pb2
 
 ALPN_PROTOCOL = "transport.l5d.io/v1"
 PREFACE = b"transport.l5d.io/v1\r\n\r\n"
@@ -80,6 +80,8 @@ class TransportHeader:
             raise ValueError(f"transport header port must be in 1..{MAX_PORT}, got {self.port}")
 
     def to_proto(self) -> transport_header_pb2.Header:
+        from gossamer_api.proxy import transport_header_pb2
+
         message = transport_header_pb2.Header(port=self.port, name=self.name)
         if self.session_protocol is SessionProtocol.HTTP1:
             message.session_protocol.http1.SetInParent()
@@ -190,6 +192,12 @@ class TransportHeaderDecoder:
         body_end = body_start + length
         if len(buffer) < body_end:
             return None
+        # Loaded on the first header: a proxy that never meets one (plaintext, or mTLS
+        # without the transport header) keeps protobuf's runtime out of its memory.
+        from google.protobuf.message import DecodeError
+
+        from gossamer_api.proxy import transport_header_pb2
+
         message = transport_header_pb2.Header()
         try:
             message.ParseFromString(bytes(buffer[body_start:body_end]))

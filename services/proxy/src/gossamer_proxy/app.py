@@ -29,7 +29,6 @@ from gossamer_common.admin import AdminServer, add_debug_routes
 from gossamer_common.log_control import LogLevels
 from gossamer_common.process_metrics import process_age_seconds, register_process_metrics
 from gossamer_common.shutdown import Shutdown
-from grpclib.client import Channel
 
 from .access_log import AccessLogObserver, access_log_from_setting
 from .build_info import register_build_info
@@ -41,12 +40,9 @@ from .inbound_target import canonical_host
 from .inbound_tls import InboundListener
 from .local_identity import IdentityConfigError, LocalIdentity, identity_from_settings
 from .mesh.authz_metrics import AuthzMetrics
-from .mesh.channels import control_channel, split_host_port
-from .mesh.control_stream import StreamConfig
-from .mesh.discovery import DestinationClient
+from .mesh.control_address import split_host_port
 from .mesh.endpoints import Endpoint as MeshEndpoint
 from .mesh.policy_router import source_workload
-from .mesh.policy_watch import OutboundPolicyClient
 from .mesh.tls_contexts import Credentials
 from .mesh.tls_labels import outbound_tls_labels
 from .mesh.transport import plan_connect
@@ -56,6 +52,8 @@ from .outbound.discovery import OutboundDiscovery, parse_networks
 from .pool import Pool
 
 if TYPE_CHECKING:
+    from grpclib.client import Channel
+
     from .tap.server import TapServer
     from .tap.taps import Taps
     from .tracing.exporter import SpanExporter
@@ -191,6 +189,13 @@ class Proxy:
         s = self.settings
         if not s.destination_svc_addr or s.outbound_fixed_identity:
             return
+        # Imported only with a destination service: a proxy without a control plane keeps
+        # grpclib, h2 and protobuf out of its memory.
+        from .mesh.channels import control_channel
+        from .mesh.control_stream import StreamConfig
+        from .mesh.discovery import DestinationClient
+        from .mesh.policy_watch import OutboundPolicyClient
+
         self._destination_channel = control_channel(
             s.destination_svc_addr,
             server_name=s.destination_svc_name,

@@ -12,15 +12,16 @@ asks :meth:`InboundPolicies.policy` once per connection; the answer is a cached 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from grpclib.client import Channel
+from typing import TYPE_CHECKING
 
 from .config import ProxySettings
 from .mesh.authz import ServerPolicy, default_policy
-from .mesh.channels import control_channel
-from .mesh.control_stream import StreamConfig
-from .mesh.policy_watch import InboundPolicyClient
 from .mesh.tls_contexts import Credentials
+
+if TYPE_CHECKING:
+    from grpclib.client import Channel
+
+    from .mesh.policy_watch import InboundPolicyClient
 
 __all__ = ["InboundPolicies"]
 
@@ -66,6 +67,12 @@ class InboundPolicies:
         s = self._settings
         if not s.policy_svc_addr or not s.policy_workload:
             return
+        # Imported only with a policy service: a proxy without one keeps grpclib, h2 and
+        # protobuf out of its memory.
+        from .mesh.channels import control_channel
+        from .mesh.control_stream import StreamConfig
+        from .mesh.policy_watch import InboundPolicyClient
+
         self._channel = control_channel(
             s.policy_svc_addr,
             server_name=s.policy_svc_name,

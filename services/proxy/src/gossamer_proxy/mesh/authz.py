@@ -33,9 +33,9 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gossamer_api.addresses import AddressError, IPAddress, IPNetwork, ip_network_from_proto
-from gossamer_api.proxy import grpc_route_pb2, inbound_pb2, meta_pb2
 from gossamer_common.linear_regex import compile_linear
 
 from gossamer_proxy.mesh.ratelimit import LocalRateLimiter, RateLimitSpec
@@ -51,6 +51,9 @@ from gossamer_proxy.mesh.routes import (
     compile_route_match,
     find_route,
 )
+
+if TYPE_CHECKING:  # protobuf loads with the control-plane client, not with this module
+    from gossamer_api.proxy import grpc_route_pb2, inbound_pb2, meta_pb2
 
 __all__ = [
     "DEFAULT_CLUSTER_NETWORKS",

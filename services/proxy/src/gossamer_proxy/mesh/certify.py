@@ -16,8 +16,7 @@ has.
 from __future__ import annotations
 
 import datetime as dt
-
-from gossamer_api.proxy import identity_pb2
+from typing import TYPE_CHECKING
 
 from gossamer_proxy.mesh.credential_check import (
     CredentialRejected,
@@ -25,6 +24,9 @@ from gossamer_proxy.mesh.credential_check import (
     check_credentials,
 )
 from gossamer_proxy.mesh.tls_contexts import Credentials
+
+if TYPE_CHECKING:  # protobuf loads with the control-plane client, not with this module
+    from gossamer_api.proxy import identity_pb2
 
 __all__ = ["CertifyResponseError", "validate_certify_response"]
 

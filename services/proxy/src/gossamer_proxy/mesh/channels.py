@@ -30,6 +30,7 @@ from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.protocol import H2Protocol
 
+from gossamer_proxy.mesh.control_address import ControlAddressError, split_host_port
 from gossamer_proxy.mesh.tls_contexts import Credentials, client_context, load_credentials
 
 __all__ = [
@@ -42,30 +43,6 @@ __all__ = [
 
 KEEPALIVE_INTERVAL = 300.0
 KEEPALIVE_TIMEOUT = 20.0
-
-
-class ControlAddressError(ValueError):
-    """A ``*_SVC_ADDR`` that is not ``host:port``."""
-
-
-def split_host_port(addr: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` for IPv6) to ``(host, port)``.
-
-    The root dot of ``name.ns.svc.cluster.local.:8086`` is dropped: it is valid DNS but
-    would end up in ``:authority`` and in the SNI comparison otherwise.
-    """
-    host, sep, port_text = addr.rpartition(":")
-    if not sep or not host:
-        raise ControlAddressError(f"control-plane address {addr!r} is not host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ControlAddressError(f"IPv6 control-plane address {addr!r} needs [brackets]")
-    if host.endswith(".") and not host.endswith(".."):
-        host = host[:-1]
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ControlAddressError(f"control-plane address {addr!r} has no valid host and port")
-    return host, int(port_text)
 
 
 def is_loopback_host(host: str) -> bool:

@@ -30,7 +30,7 @@ from gossamer_proxy.mesh.backoff import UniformSource
 from gossamer_proxy.mesh.control_stream import StreamConfig, StreamWatch
 from gossamer_proxy.mesh.endpoints import EndpointTable
 from gossamer_proxy.mesh.idle import IdleTracker
-from gossamer_proxy.mesh.profile import Profile, ProfileError, compile_profile
+from gossamer_proxy.mesh.profile import Profile, ProfileError, compile_profile, service_authority
 from gossamer_proxy.mesh.rpc import ServerStream
 from gossamer_proxy.mesh.watch_state import WatchState
 
@@ -41,13 +41,6 @@ log = structlog.get_logger("gossamer.proxy.discovery")
 REJECTED = (Status.INVALID_ARGUMENT, Status.FAILED_PRECONDITION)
 
 S = TypeVar("S")
-
-
-def service_authority(profile: Profile | None, port: int) -> str | None:
-    """``<fqn>:<port>`` to pass to ``Get`` for a profile that names a service, else ``None``."""
-    if profile is None or not profile.fully_qualified_name or profile.endpoint is not None:
-        return None
-    return f"{profile.fully_qualified_name}:{port}"
 
 
 class _EndpointsHandler:

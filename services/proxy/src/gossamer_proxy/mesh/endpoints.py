@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from gossamer_api.addresses import AddressError, IPAddress, tcp_address_from_proto
-from gossamer_api.proxy import destination_pb2
+
+if TYPE_CHECKING:  # protobuf loads with the control-plane client, not with this module
+    from gossamer_api.proxy import destination_pb2
 
 __all__ = ["Endpoint", "EndpointTable", "UpdateResult", "endpoint_from_proto"]
 

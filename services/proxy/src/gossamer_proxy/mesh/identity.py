@@ -34,15 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from gossamer_api.proxy import identity_grpc, identity_pb2
 from gossamer_common.metrics import Counter, Gauge, Registry
 
 from gossamer_proxy.mesh import credential_helper
 from gossamer_proxy.mesh.backoff import UniformSource
 from gossamer_proxy.mesh.certify import CertifyResponseError, validate_certify_response
-from gossamer_proxy.mesh.channels import ControlAddressError, control_channel, split_host_port
+from gossamer_proxy.mesh.control_address import ControlAddressError, split_host_port
 from gossamer_proxy.mesh.credential_helper import CredentialHelperError
-from gossamer_proxy.mesh.rpc import RpcError, unary_call
 from gossamer_proxy.mesh.schedule import CertState, RenewalSchedule
 from gossamer_proxy.mesh.settings import MeshSettings
 from gossamer_proxy.mesh.tls_contexts import (
@@ -175,6 +173,8 @@ class IdentityClient:
 
     async def refresh(self) -> float:
         """One Certify attempt; installs the result and returns the delay to the next one."""
+        from gossamer_proxy.mesh.rpc import RpcError  # with grpclib: certify mode only
+
         try:
             credentials = await self._certify()
         except (RpcError, CertifyResponseError, CredentialHelperError, OSError) as exc:
@@ -207,6 +207,13 @@ class IdentityClient:
         self.ready.set()
 
     async def _certify(self) -> Credentials:
+        # The gRPC client is imported by the first Certify: a proxy with a static identity
+        # never loads grpclib, h2 or protobuf.
+        from gossamer_api.proxy import identity_grpc, identity_pb2
+
+        from gossamer_proxy.mesh.channels import control_channel
+        from gossamer_proxy.mesh.rpc import unary_call
+
         token = await asyncio.to_thread(self.config.token_file.read_bytes)
         if self._key_and_csr is None:
             self._key_and_csr = await credential_helper.new_key_and_csr(self.config.local_name)

@@ -26,12 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
-from google.protobuf.duration_pb2 import Duration
 from gossamer_api.addresses import AddressError
-from gossamer_api.proxy import outbound_pb2
 
 from gossamer_proxy.mesh.accrual import (
     DEFAULT_BACKOFF,
@@ -54,6 +52,10 @@ from gossamer_proxy.mesh.routes import (
 )
 from gossamer_proxy.mesh.split import WeightedSplit
 from gossamer_proxy.mesh.tcp_policy import TcpRoute, TcpRouteError, compile_tcp_routes
+
+if TYPE_CHECKING:  # protobuf loads with the control-plane client, not with this module
+    from google.protobuf.duration_pb2 import Duration
+    from gossamer_api.proxy import outbound_pb2
 
 __all__ = [
     "BackendSpec",

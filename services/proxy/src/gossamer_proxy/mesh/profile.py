@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gossamer_api.addresses import AddressError
-from gossamer_api.proxy import destination_pb2
 from gossamer_common.linear_regex import LinearRegex, RegexError, compile_linear
 
 from gossamer_proxy.mesh.classify import Classification, classify_for_metrics
@@ -34,6 +34,9 @@ from gossamer_proxy.mesh.retry_budget import RetryBudgetConfig
 from gossamer_proxy.mesh.routes import RouteError, method_from_proto
 from gossamer_proxy.mesh.split import WeightedSplit
 
+if TYPE_CHECKING:  # protobuf loads with the control-plane client, not with this module
+    from gossamer_api.proxy import destination_pb2
+
 __all__ = [
     "Profile",
     "ProfileError",
@@ -41,6 +44,7 @@ __all__ = [
     "RequestMatch",
     "ResponseMatch",
     "compile_profile",
+    "service_authority",
 ]
 
 MAX_MATCH_DEPTH = 32
@@ -239,3 +243,10 @@ def compile_profile(message: destination_pb2.DestinationProfile) -> Profile:
         opaque_protocol=message.opaque_protocol,
         endpoint=endpoint,
     )
+
+
+def service_authority(profile: Profile | None, port: int) -> str | None:
+    """``<fqn>:<port>`` to pass to ``Get`` for a profile that names a service, else ``None``."""
+    if profile is None or not profile.fully_qualified_name or profile.endpoint is not None:
+        return None
+    return f"{profile.fully_qualified_name}:{port}"

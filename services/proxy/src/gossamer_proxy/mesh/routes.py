@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import AnyStr, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, AnyStr, Generic, Literal, TypeVar
 
-from gossamer_api.proxy import http_route_pb2, http_types_pb2
 from gossamer_common.linear_regex import LinearRegex, RegexError, compile_linear
 
 from gossamer_proxy.mesh.request import RequestView
+
+if TYPE_CHECKING:  # protobuf loads with the control-plane client, not with this module
+    from gossamer_api.proxy import http_route_pb2, http_types_pb2
 
 __all__ = [
     "HeaderMatch",
@@ -66,6 +68,8 @@ def method_from_proto(message: http_types_pb2.HttpMethod) -> str:
     """``HttpMethod`` → upper-case method name; an unset method is an error."""
     kind = message.WhichOneof("type")
     if kind == "registered":
+        from gossamer_api.proxy import http_types_pb2
+
         return str(http_types_pb2.HttpMethod.Registered.Name(message.registered))
     if kind == "unregistered":
         if not message.unregistered:

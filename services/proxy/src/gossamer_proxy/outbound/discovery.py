@@ -30,7 +30,7 @@ import contextlib
 import ipaddress
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 from gossamer_api.transport_header import SessionProtocol
@@ -41,7 +41,6 @@ from ..mesh.accrual import ConsecutiveFailures
 from ..mesh.authz import MetaLabels
 from ..mesh.backoff import UniformSource
 from ..mesh.balancer import Outcome
-from ..mesh.discovery import DestinationClient, service_authority
 from ..mesh.endpoints import Address
 from ..mesh.endpoints import Endpoint as MeshEndpoint
 from ..mesh.idle import IdleTracker
@@ -58,8 +57,7 @@ from ..mesh.policy_router import (
     route_request,
     routes_from_resources,
 )
-from ..mesh.policy_watch import OutboundPolicyClient
-from ..mesh.profile import Profile
+from ..mesh.profile import Profile, service_authority
 from ..mesh.request import RequestView
 from ..mesh.retry_budget import RetryBudget
 from ..mesh.watch_state import WatchState
@@ -73,6 +71,10 @@ from .policy_route_metrics import (
 )
 from .route_metrics import RouteMetrics
 from .tcp_routes import TcpRouteMetrics
+
+if TYPE_CHECKING:  # made by the app only with a control plane (they import grpclib)
+    from ..mesh.discovery import DestinationClient
+    from ..mesh.policy_watch import OutboundPolicyClient
 
 __all__ = ["OutboundDiscovery", "TargetHandle", "parse_networks"]
 
