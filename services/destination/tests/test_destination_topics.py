@@ -73,7 +73,8 @@ async def test_streams_behind_together_share_one_catch_up_change() -> None:
     topic.refresh()
     first, new_state = topic.catch_up(state)
     second, _ = topic.catch_up(state)
-    assert first is not None and first is second
+    assert first is not None
+    assert first is second
     assert new_state is topic.state
     assert topic.catch_up(new_state) == (None, new_state)
     assert first.framed[5:] == first.messages[0]  # framed once, on first use

@@ -49,7 +49,9 @@ class RequestError(Exception):
         self.message = message
 
 
-def data_frames(stream_id: int, data: bytes | memoryview, max_frame: int) -> list[bytes | memoryview]:
+def data_frames(
+    stream_id: int, data: bytes | memoryview, max_frame: int
+) -> list[bytes | memoryview]:
     """``data`` as DATA frames of at most ``max_frame`` bytes: header, payload, header, ..."""
     sid = stream_id.to_bytes(4, "big")
     size = len(data)
@@ -139,7 +141,8 @@ def parse_request_head(headers: Sequence[Header]) -> RequestHead:
     if method != b"POST":
         raise RequestError(Status.INTERNAL, "gRPC requests use POST")
     if content_type is None or not (
-        content_type == b"application/grpc" or content_type.startswith((b"application/grpc+", b"application/grpc;"))
+        content_type == b"application/grpc"
+        or content_type.startswith((b"application/grpc+", b"application/grpc;"))
     ):
         raise RequestError(Status.INTERNAL, "content-type is not application/grpc")
     if not path:

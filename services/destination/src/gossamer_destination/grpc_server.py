@@ -1,6 +1,6 @@
 """A lean gRPC server (HTTP/2 with prior knowledge) for the destination's watch streams.
 
-Why not ``grpc.aio``: a change fanned out to 1,000 ``Get`` streams cost 24–37 ms of CPU in
+Why not ``grpc.aio``: a change fanned out to 1,000 ``Get`` streams cost 24 to 37 ms of CPU in
 grpcio's per-stream write path alone, even with the update encoded once (each stream is a
 task woken per message, and each message goes through the C core's per-call batch). Here a
 stream is a plain object the topic calls directly (:meth:`GrpcStream.offer`): the update is
@@ -25,6 +25,7 @@ answers (SETTINGS and PING ACKs) beyond what one read brought in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -222,7 +223,7 @@ class GrpcConnection(asyncio.Protocol):
     def _request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id or 0
         try:
-            head = parse_request_head(event.headers or ())  # type: ignore[arg-type]
+            head = parse_request_head(event.headers or ())
             method = self.server.methods.get(head.path)
             if method is None:
                 raise RequestError(
@@ -367,10 +368,8 @@ class GrpcConnection(asyncio.Protocol):
     def _end(self, stream: GrpcStream, status: Status, message: str) -> None:
         if stream.pending is not None:
             # Part of a message is out: trailers now would truncate it, so cancel instead.
-            try:
+            with contextlib.suppress(h2.exceptions.H2Error):
                 self.h2.reset_stream(stream.id, h2.errors.ErrorCodes.CANCEL)
-            except h2.exceptions.H2Error:
-                pass
             self._emit_h2()
         else:
             self._send_headers(stream, status_trailers(status, message), end=True)
@@ -425,10 +424,8 @@ class GrpcConnection(asyncio.Protocol):
         for stream in list(self.streams.values()):
             if stream.subscribed:
                 self._end(stream, Status.UNAVAILABLE, "server shutting down")
-        try:
+        with contextlib.suppress(h2.exceptions.H2Error):
             self.h2.close_connection()
-        except h2.exceptions.H2Error:
-            pass
         self._emit_h2()
         self._abort()
 

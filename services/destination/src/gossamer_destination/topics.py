@@ -174,9 +174,7 @@ class EndpointTopic(Topic):
             return self.initial()
         return self._diff_change(state, self.current)
 
-    def _diff_change(
-        self, old: dict[Addr, Endpoint], new: dict[Addr, Endpoint]
-    ) -> Change | None:
+    def _diff_change(self, old: dict[Addr, Endpoint], new: dict[Addr, Endpoint]) -> Change | None:
         change = diff_endpoints(old, new)
         if not change:
             return None
@@ -295,13 +293,16 @@ class Subscriber:
 
     async def next_batch(self) -> list[bytes]:
         """Waits until there is something to take, then takes it."""
-        while not self._items and not self._stale:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self.take()
+        while True:
+            while not self._items and not self._stale:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            batch = self.take()
+            if batch:
+                return batch
 
     def close(self) -> None:
         self.topic.unsubscribe(self)
