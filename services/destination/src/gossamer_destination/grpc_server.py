@@ -8,7 +8,9 @@ framed once for all streams (:class:`~gossamer_destination.topics.Change`), each
 only a 9-byte DATA frame header, and a connection's frames go out in one ``writelines`` per
 event-loop turn. No task, queue or future exists per stream.
 
-The HTTP/2 state machine (``h2``) parses what clients send, answers SETTINGS and PING, and
+The HTTP/2 state machine (``jh2``, h2's maintained fork, which also skips h2's eager
+``repr`` of every received frame: a client's WINDOW_UPDATEs after a fan-out are one frame
+per stream) parses what clients send, answers SETTINGS and PING, and
 writes HEADERS and trailers. DATA frames bypass it; their bytes are taken off h2's own
 outbound flow-control windows (``outbound_flow_control_window`` of the connection and of the
 stream, which h2 keeps up to date from WINDOW_UPDATE and SETTINGS), so there is one account.
@@ -28,15 +30,8 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-import h2.stream
 import structlog
 from google.protobuf.message import DecodeError
 
@@ -51,6 +46,24 @@ from gossamer_destination.grpc_http2 import (
     trailers_only,
 )
 from gossamer_destination.topics import Change, Subscriber, Topic
+
+if TYPE_CHECKING:  # jh2 keeps h2's API but ships no annotations
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+    import h2.exceptions
+    import h2.settings
+    import h2.stream
+else:
+    import jh2 as h2
+    import jh2.config
+    import jh2.connection
+    import jh2.errors
+    import jh2.events
+    import jh2.exceptions
+    import jh2.settings
+    import jh2.stream
 
 log = structlog.get_logger(__name__)
 
