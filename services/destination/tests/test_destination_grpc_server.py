@@ -256,6 +256,30 @@ async def test_a_reader_with_a_closed_window_costs_one_pending_change_then_catch
     await client.close()
 
 
+def test_serves_on_uvloop() -> None:
+    """The service runs on uvloop, whose transports are not asyncio.Transport subclasses."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> set[str]:
+        sources = memory_sources(t.namespace("ns"), t.service("web"), _slice(1, 3))
+        settings = DestinationSettings(
+            grpc_addr="127.0.0.1:0", policy_addr="", admin_addr="127.0.0.1:0"
+        )
+        app = DestinationApp(settings, dict(sources))  # type: ignore[arg-type]
+        await asyncio.wait_for(app.start(), TIMEOUT)
+        client = RawClient(window=1 << 20)
+        try:
+            await client.connect(app.grpc_port)
+            sid = client.get()
+            await client.until(lambda: bool(client.updates(sid)))
+            return held(client.updates(sid))
+        finally:
+            await client.close()
+            await app.stop()
+
+    assert uvloop.run(scenario()) == {"10.1.0.1", "10.1.0.2", "10.1.0.3"}
+
+
 async def test_large_sets_span_frames_and_windows(served: App) -> None:
     served.sources["endpointslices"].apply(_slice(1, 3000))
     await _flushed(served.app)
