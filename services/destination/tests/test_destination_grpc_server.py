@@ -171,7 +171,8 @@ class RawClient:
         return sid
 
     def open_window(self, sid: int, size: int) -> None:
-        self.h2.increment_flow_control_window(size, sid)
+        if sid:
+            self.h2.increment_flow_control_window(size, sid)
         self.h2.increment_flow_control_window(size)
         self._flush()
 
@@ -292,6 +293,19 @@ async def test_large_sets_span_frames_and_windows(served: App) -> None:
         assert len(first.add.addrs) == 3000
         assert first.ByteSize() > 65535  # more than one default window and many frames
         call.cancel()
+
+
+async def test_a_fan_out_past_the_turn_budget_finishes_over_later_turns(served: App) -> None:
+    served.sources["endpointslices"].apply(_slice(1, 3000))
+    await _flushed(served.app)
+    client = RawClient(window=1 << 24)
+    await client.connect(served.app.grpc_port)
+    client.open_window(0, 1 << 28)
+    sids = [client.get() for _ in range(10)]
+    expected = {f"10.1.{(1 + i) // 256}.{(1 + i) % 256}" for i in range(3000)}
+    # Ten snapshots of ~70 kB each exceed one turn's budget: the rest goes in later turns.
+    await client.until(lambda: all(held(client.updates(s)) == expected for s in sids))
+    await client.close()
 
 
 async def test_client_reset_unsubscribes_the_stream(served: App) -> None:

@@ -70,6 +70,10 @@ log = structlog.get_logger(__name__)
 MAX_CONCURRENT_STREAMS = 10_000
 MAX_HEADER_LIST_SIZE = 16 * 1024
 _DATA_NO_FLAGS = b"\x00\x00"  # frame type DATA, no flags
+#: DATA bytes a connection queues in one event-loop turn before its streams wait for the next
+#: (a client with huge windows that does not read must not make one fan-out copy a change
+#: into the socket buffer once per stream).
+TURN_BUDGET = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +145,7 @@ class GrpcStream:
         """A topic published ``change`` (from state ``prev`` to ``new``)."""
         if self.pending is None and not self.stale and prev is self.state:
             conn = self.conn
-            if not conn.paused:
+            if not conn.paused and conn.queued < TURN_BUDGET:
                 self.state = new
                 conn.send(self, change.framed)
                 return
@@ -172,6 +176,10 @@ class GrpcConnection(asyncio.Protocol):
         self.blocked: dict[GrpcStream, None] = {}
         """Streams with something to send once windows open or writes drain (in order)."""
         self.paused = False
+        """The socket's write buffer is past its high-water mark."""
+        self.queued = 0
+        """DATA bytes queued this turn (see :data:`TURN_BUDGET`)."""
+        self._windows_opened = False
         self._out: list[bytes | memoryview] = []
         self._flush_scheduled = False
         self._closing = False
@@ -195,6 +203,9 @@ class GrpcConnection(asyncio.Protocol):
             return
         for event in events:
             self._handle(event)
+        if self._windows_opened:
+            self._windows_opened = False
+            self._resume()
         self._emit_h2()
 
     def pause_writing(self) -> None:
@@ -231,7 +242,7 @@ class GrpcConnection(asyncio.Protocol):
             if stream is not None:
                 self._close_stream(stream)
         elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
-            self._resume()
+            self._windows_opened = True
         elif isinstance(event, h2.events.ConnectionTerminated):
             # The client is going away; its streams end with the connection.
             self._abort()
@@ -331,6 +342,7 @@ class GrpcConnection(asyncio.Protocol):
                 self._queue(data_frames(stream.id, chunk, conn.max_outbound_frame_size))
             h2_stream.outbound_flow_control_window -= sent
             conn.outbound_flow_control_window -= sent
+            self.queued += sent
         if sent < size:
             stream.pending = memoryview(data)[sent:]
             self.blocked[stream] = None
@@ -341,7 +353,11 @@ class GrpcConnection(asyncio.Protocol):
     def _resume(self) -> None:
         """Windows opened or writes drained: send what blocked streams hold."""
         for stream in list(self.blocked):
-            if self.paused or self.h2.outbound_flow_control_window <= 0:
+            if (
+                self.paused
+                or self.queued >= TURN_BUDGET
+                or self.h2.outbound_flow_control_window <= 0
+            ):
                 return
             if stream.closed:
                 self.blocked.pop(stream, None)
@@ -425,9 +441,12 @@ class GrpcConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self.queued = 0
         out, self._out = self._out, []
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(out)
+            if self.blocked and not self.paused and not self._closing:
+                self._resume()  # streams that waited for this turn's budget
 
     def _abort(self) -> None:
         """Ends every stream and closes the connection once what is queued is written."""
