@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.settings
 import pytest
@@ -125,6 +126,7 @@ class RawClient:
         self.data: dict[int, bytearray] = {}
         self.trailers: dict[int, dict[bytes, bytes]] = {}
         self.reset: set[int] = set()
+        self.goaway: int | None = None
         self.changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -150,6 +152,8 @@ class RawClient:
                         self.trailers[event.stream_id or 0] = headers
                 elif isinstance(event, h2.events.StreamReset):
                     self.reset.add(event.stream_id or 0)
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    self.goaway = event.error_code
             self._flush()
             self.changed.set()
 
@@ -318,6 +322,30 @@ async def test_client_reset_unsubscribes_the_stream(served: App) -> None:
     await eventually(lambda: len(served.app.api.registry) == 0)
     assert b'gossamer_destination_streams{rpc="Get"} 0' in served.app.registry.render()
     await client.close()
+
+
+async def test_a_client_resetting_streams_by_the_hundred_is_told_to_calm_down(
+    served: App,
+) -> None:
+    client = RawClient(window=1 << 20)
+    await client.connect(served.app.grpc_port)
+    for _ in range(300):  # a rapid reset: open, and cancel before reading
+        client.cancel(client.get())
+    await client.until(lambda: client.goaway is not None)
+    assert client.goaway == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    await eventually(lambda: len(served.app.api.registry) == 0)
+    await client.close()
+    # A client that cancels now and then is never near the limit.
+    polite = RawClient(window=1 << 20)
+    await polite.connect(served.app.grpc_port)
+    for _ in range(20):
+        sid = polite.get()
+        await polite.until(lambda sid=sid: bool(polite.updates(sid)))  # type: ignore[misc]
+        polite.cancel(sid)
+    last = polite.get()
+    await polite.until(lambda: bool(polite.updates(last)))
+    assert polite.goaway is None
+    await polite.close()
 
 
 async def test_deadline_ends_a_watch_with_deadline_exceeded(served: App) -> None:

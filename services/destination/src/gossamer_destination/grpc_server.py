@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 from google.protobuf.message import DecodeError
+from gossamer_common.h2flood import FloodGuard
 
 from gossamer_destination.grpc_http2 import (
     RESPONSE_HEADERS,
@@ -180,6 +181,9 @@ class GrpcConnection(asyncio.Protocol):
         self.queued = 0
         """DATA bytes queued this turn (see :data:`TURN_BUDGET`)."""
         self._windows_opened = False
+        self.guard = FloodGuard()
+        self._reset_now: set[int | None] = set()
+        """PING/SETTINGS ACKs owed while backed up, and client resets (rapid reset)."""
         self._out: list[bytes | memoryview] = []
         self._flush_scheduled = False
         self._closing = False
@@ -201,8 +205,15 @@ class GrpcConnection(asyncio.Protocol):
             self._emit_h2()
             self._abort()
             return
+        # A stream opened and reset within one read costs no work (no lookup, no subscribe),
+        # but its reset still counts against the flood limit.
+        self._reset_now = {
+            event.stream_id for event in events if isinstance(event, h2.events.StreamReset)
+        }
         for event in events:
             self._handle(event)
+            if self._closing:
+                return
         if self._windows_opened:
             self._windows_opened = False
             self._resume()
@@ -210,11 +221,13 @@ class GrpcConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        self.guard.backed_up()
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.guard.drained()
         if self.transport is not None and not self._closing:
             self.transport.resume_reading()
         self._resume()
@@ -235,13 +248,21 @@ class GrpcConnection(asyncio.Protocol):
             self._data(event)
         elif isinstance(event, h2.events.StreamEnded):
             stream = self.streams.get(event.stream_id or 0)
-            if stream is not None and stream.body is not None:
+            if stream is not None and stream.body is not None and stream.id not in self._reset_now:
                 self._dispatch(stream)
         elif isinstance(event, h2.events.StreamReset):
-            stream = self.streams.get(event.stream_id or 0)
+            stream = self.streams.pop(event.stream_id or 0, None)
             if stream is not None:
                 self._close_stream(stream)
-        elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                if self.guard.client_reset(self.loop.time()):
+                    log.info("destination.grpc_reset_flood", stream=event.stream_id)
+                    self._calm()
+        elif isinstance(event, (h2.events.PingReceived, h2.events.RemoteSettingsChanged)):
+            self._windows_opened = True  # a SETTINGS change may widen every stream's window
+            if self.guard.control_frame():
+                log.info("destination.grpc_control_frame_flood")
+                self._calm()
+        elif isinstance(event, h2.events.WindowUpdated):
             self._windows_opened = True
         elif isinstance(event, h2.events.ConnectionTerminated):
             # The client is going away; its streams end with the connection.
@@ -260,9 +281,11 @@ class GrpcConnection(asyncio.Protocol):
             self._refuse(stream_id, exc.status, exc.message)
             return
         stream = GrpcStream(self, stream_id, method)
+        self.streams[stream_id] = stream
+        if stream_id in self._reset_now:
+            return  # already reset by the client, later in this read
         stream.timeout = head.timeout
         stream.h2_stream = self.h2.streams.get(stream_id)
-        self.streams[stream_id] = stream
         if event.stream_ended is not None:
             self._dispatch(stream)
 
@@ -458,6 +481,13 @@ class GrpcConnection(asyncio.Protocol):
         self._flush()
         if self.transport is not None:
             self.transport.close()
+
+    def _calm(self) -> None:
+        """The client passed a flood limit: GOAWAY(ENHANCE_YOUR_CALM) and close."""
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        self._emit_h2()
+        self._abort()
 
     def shutdown(self) -> None:
         """Server stopping: each stream ends with UNAVAILABLE, then GOAWAY and close."""
