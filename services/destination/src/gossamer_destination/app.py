@@ -123,6 +123,9 @@ class DestinationApp:
         log.info("destination.serving", grpc_port=self.grpc_port, admin_port=self.admin.port)
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Stops serving: watch streams end at once with UNAVAILABLE (they never finish on
+        their own and proxies re-subscribe elsewhere; unary answers are never in flight
+        across an await), so ``grace`` bounds nothing here and is kept for callers."""
         self._ready = False
         if self.grpc_server is not None:
             await self.grpc_server.stop()
