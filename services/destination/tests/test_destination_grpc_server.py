@@ -348,6 +348,14 @@ async def test_a_client_resetting_streams_by_the_hundred_is_told_to_calm_down(
     await polite.close()
 
 
+async def test_a_protocol_violation_gets_goaway_and_a_closed_connection(served: App) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.app.grpc_port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not the HTTP/2 preface
+    received = await asyncio.wait_for(reader.read(), TIMEOUT)  # until the server closes
+    writer.close()
+    assert b"\x07\x00\x00\x00\x00\x00" in received  # a GOAWAY frame (type 7) on stream 0
+
+
 async def test_deadline_ends_a_watch_with_deadline_exceeded(served: App) -> None:
     client = RawClient(window=1 << 20)
     await client.connect(served.app.grpc_port)

@@ -202,6 +202,9 @@ class GrpcConnection(asyncio.Protocol):
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             log.info("destination.grpc_protocol_error", error=str(exc))
+            code = getattr(exc, "error_code", None) or h2.errors.ErrorCodes.PROTOCOL_ERROR
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.h2.close_connection(error_code=code)
             self._emit_h2()
             self._abort()
             return
@@ -258,8 +261,9 @@ class GrpcConnection(asyncio.Protocol):
                     log.info("destination.grpc_reset_flood", stream=event.stream_id)
                     self._calm()
         elif isinstance(event, (h2.events.PingReceived, h2.events.RemoteSettingsChanged)):
-            self._windows_opened = True  # a SETTINGS change may widen every stream's window
-            if self.guard.control_frame():
+            if isinstance(event, h2.events.RemoteSettingsChanged):
+                self._windows_opened = True  # a new initial window widens every stream's
+            if self.guard.control_frame():  # an ACK is owed
                 log.info("destination.grpc_control_frame_flood")
                 self._calm()
         elif isinstance(event, h2.events.WindowUpdated):
