@@ -1,4 +1,4 @@
-"""Topics and subscriber buffers: sharing, de-duplication, overflow and cleanup."""
+"""Topics and subscribers: sharing, de-duplication, catching up after falling behind, cleanup."""
 
 from __future__ import annotations
 
@@ -10,49 +10,75 @@ from gossamer_api.proxy import destination_pb2
 from gossamer_destination.cluster import Cluster
 from gossamer_destination.endpoints import Endpoint
 from gossamer_destination.testing import memory_sources
-from gossamer_destination.topics import (
-    EndpointTopic,
-    LatestTopic,
-    StreamOverflowError,
-    Subscriber,
-    TopicRegistry,
-)
+from gossamer_destination.topics import EndpointTopic, LatestTopic, TopicRegistry
+from gossamer_destination.wire import ip_from_proto
 
 
-async def test_subscriber_batches_and_overflows() -> None:
-    sub = Subscriber(capacity=2)
-    sub.push(b"a")
-    sub.push(b"b")
-    assert await sub.next_batch() == [b"a", b"b"]
-    sub.push(b"c")
-    sub.push(b"d")
-    sub.push(b"e")  # one too many: the stream is cut, as Linkerd's queue capacity does
-    assert sub.overflowed
-    assert await sub.next_batch() == [b"c", b"d"]
-    with pytest.raises(StreamOverflowError):
-        await asyncio.wait_for(sub.next_batch(), 1)
+def _endpoint_topic(
+    current: dict[tuple[str, int], Endpoint],
+) -> tuple[Cluster, TopicRegistry, EndpointTopic]:
+    cluster = Cluster(dict(memory_sources()))  # type: ignore[arg-type]
+    registry = TopicRegistry()
+
+    def compute() -> tuple[dict[tuple[str, int], Endpoint], set[tuple[str, ...]]]:
+        return dict(current), {("svc", "ns", "web")}
+
+    topic = EndpointTopic("e", cluster, registry, compute, {"service": "web"}, None)
+    return cluster, registry, topic
 
 
-async def test_a_waiting_stream_wakes_on_push_and_survives_a_cancelled_wait() -> None:
-    sub = Subscriber(capacity=4)
-    waiting = asyncio.ensure_future(sub.next_batch())
-    await asyncio.sleep(0)  # the stream is now parked on its waiter
-    sub.push(b"a")
-    assert await asyncio.wait_for(waiting, 1) == [b"a"]
-    cancelled = asyncio.ensure_future(sub.next_batch())
-    await asyncio.sleep(0)
-    cancelled.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await cancelled
-    sub.push(b"b")  # no waiter left behind to trip over
-    assert await asyncio.wait_for(sub.next_batch(), 1) == [b"b"]
-    parked = asyncio.ensure_future(sub.next_batch())
-    await asyncio.sleep(0)
-    for message in (b"c", b"d", b"e", b"f", b"g"):
-        sub.push(message)  # the fifth overflows, but the parked stream still gets four
-    assert await asyncio.wait_for(parked, 1) == [b"c", b"d", b"e", b"f"]
-    with pytest.raises(StreamOverflowError):
-        await asyncio.wait_for(sub.next_batch(), 1)
+def _change(cluster: Cluster) -> None:
+    cluster.mark([("svc", "ns", "web")])
+    cluster.flush()
+
+
+def _apply(held: set[str], raw: list[bytes]) -> None:
+    for message in raw:
+        update = destination_pb2.Update.FromString(message)
+        if update.WhichOneof("update") == "add":
+            held |= {ip_from_proto(a.addr.ip) for a in update.add.addrs}
+        else:
+            held -= {ip_from_proto(a.ip) for a in update.remove.addrs}
+
+
+async def test_a_subscriber_that_falls_behind_catches_up_with_one_diff() -> None:
+    current = {(f"10.0.0.{i}", 80): Endpoint(f"10.0.0.{i}", 80) for i in (1, 2)}
+    cluster, registry, topic = _endpoint_topic(current)
+    sub, initial = registry.subscribe(topic, 2)
+    held: set[str] = set()
+    _apply(held, initial)
+    for i in range(3, 9):  # six changes, one add each: more than the buffer holds
+        current[(f"10.0.0.{i}", 80)] = Endpoint(f"10.0.0.{i}", 80)
+        _change(cluster)
+    del current[("10.0.0.1", 80)]
+    _change(cluster)
+    batch = sub.take()
+    # Not seven messages, nor an abort: one remove and one add, from what the reader held.
+    kinds = [destination_pb2.Update.FromString(m).WhichOneof("update") for m in batch]
+    assert kinds == ["remove", "add"]
+    _apply(held, batch)
+    assert held == {ip for ip, _ in current}
+    # Back in step: the next change arrives as published.
+    current[("10.0.0.9", 80)] = Endpoint("10.0.0.9", 80)
+    _change(cluster)
+    _apply(held, await asyncio.wait_for(sub.next_batch(), 1))
+    assert held == {ip for ip, _ in current}
+
+
+async def test_streams_behind_together_share_one_catch_up_change() -> None:
+    current = {("10.0.0.1", 80): Endpoint("10.0.0.1", 80)}
+    _cluster, _registry, topic = _endpoint_topic(current)
+    state = topic.state
+    current[("10.0.0.2", 80)] = Endpoint("10.0.0.2", 80)
+    topic.refresh()
+    first, new_state = topic.catch_up(state)
+    second, _ = topic.catch_up(state)
+    assert first is not None
+    assert first is second
+    assert new_state is topic.state
+    assert topic.catch_up(new_state) == (None, new_state)
+    assert first.framed[5:] == first.messages[0]  # framed once, on first use
+    assert first.framed is first.framed
 
 
 async def test_latest_topic_publishes_only_changes_and_drops_when_unused() -> None:
@@ -104,6 +130,6 @@ async def test_endpoint_topic_snapshot_and_diff_messages() -> None:
     # Same set again: nothing is sent.
     cluster.mark([("svc", "ns", "web")])
     cluster.flush()
-    assert not sub._items
+    assert sub.take() == []
     _late, late_initial = registry.subscribe(topic, 10)
     assert len(destination_pb2.Update.FromString(late_initial[0]).add.addrs) == 1

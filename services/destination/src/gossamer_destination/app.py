@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 import structlog
 from gossamer_common.admin import AdminServer
 from gossamer_common.metrics import Registry
@@ -18,6 +17,7 @@ from gossamer_kube.informer import ListWatchSource
 from gossamer_kube.sources import ClientSource, OptionalSource
 
 from gossamer_destination.cluster import OPTIONAL_KINDS, Cluster
+from gossamer_destination.grpc_server import GrpcServer
 from gossamer_destination.metrics import DestinationMetrics
 from gossamer_destination.route_status_writer import PatchStatus, RouteStatusWriter
 from gossamer_destination.server import DestinationApi
@@ -102,7 +102,7 @@ class DestinationApp:
             )
         self.api = DestinationApi(self.cluster, settings, self.metrics)
         self.admin = AdminServer(registry=self.registry, ready=lambda: self._ready)
-        self.grpc_server: grpc.aio.Server | None = None
+        self.grpc_server: GrpcServer | None = None
         self.grpc_port = 0
         self.policy_port = 0
         self._ready = False
@@ -114,26 +114,21 @@ class DestinationApp:
         await self.cluster.wait_synced()
         if self.status_writer is not None:
             self.status_writer.start()
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_concurrent_streams", 10000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-            ]
-        )
-        server.add_generic_rpc_handlers(tuple(self.api.handlers()))
-        self.grpc_port = server.add_insecure_port(self.settings.grpc_addr)
-        if self.settings.policy_addr:
-            self.policy_port = server.add_insecure_port(self.settings.policy_addr)
-        await server.start()
+        server = GrpcServer(self.api.methods(), self.api)
         self.grpc_server = server
+        self.grpc_port = await server.listen(*_split_addr(self.settings.grpc_addr))
+        if self.settings.policy_addr:
+            self.policy_port = await server.listen(*_split_addr(self.settings.policy_addr))
         self._ready = True
         log.info("destination.serving", grpc_port=self.grpc_port, admin_port=self.admin.port)
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Stops serving: watch streams end at once with UNAVAILABLE (they never finish on
+        their own and proxies re-subscribe elsewhere; unary answers are never in flight
+        across an await), so ``grace`` bounds nothing here and is kept for callers."""
         self._ready = False
         if self.grpc_server is not None:
-            await self.grpc_server.stop(grace)
+            await self.grpc_server.stop()
         if self.status_writer is not None:
             await self.status_writer.stop()
         await self.cluster.stop()

@@ -200,7 +200,8 @@ class DestinationSettings:
         flag="--stream-queue-capacity",
         default="100",
         parse=_capacity,
-        help="Updates buffered per stream before a slow client's stream is aborted.",
+        help="Accepted for Linkerd's flag; streams no longer queue updates: one that falls "
+        "behind catches up with a single diff once its client reads again.",
     )
     crd_recheck: float = setting(
         env=_env("CRD_RECHECK"),

@@ -12,9 +12,9 @@ Every write path has backpressure (RFC 9113 §10.5): while a peer's transport is
 write high-water mark the proxy stops reading that peer and stops moving DATA toward it
 (the data waits unacknowledged, so flow control holds the sender back). The ACKs and
 answers owed meanwhile are counted, and a client that resets streams by the thousand is
-stopped, both by :mod:`.flood` with ``GOAWAY(ENHANCE_YOUR_CALM)``. A new stream starts
-upstream only once the read that opened it is handled, so a HEADERS + RST_STREAM pair
-costs the upstream nothing, and one connect at a time serves every waiting stream.
+stopped, both by :mod:`gossamer_common.h2flood` with ``GOAWAY(ENHANCE_YOUR_CALM)``. A new
+stream starts upstream only once the read that opened it is handled, so a HEADERS +
+RST_STREAM pair costs the upstream nothing, and one connect at a time serves every waiting stream.
 
 Outbound with discovery, every stream is routed, balanced, timed out and retried on its own
 (:mod:`.balanced`, a subclass of :class:`H2Server` that the listener gets for those
@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import structlog
+from gossamer_common.h2flood import FloodGuard
 
 from ..config import Endpoint
 from ..context import ListenerContext
@@ -59,7 +60,6 @@ from ..observe import ConnectionFacts, ObservedRequest, connection_facts, conten
 from ..outbound.discovery import TargetHandle
 from .authority import AuthorityError, repeats_host, settle_authority
 from .downgrade import H1Downgrade
-from .flood import FloodGuard
 from .orig_proto import downgrade_request
 
 if TYPE_CHECKING:

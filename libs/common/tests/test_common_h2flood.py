@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from gossamer_proxy.http2.flood import FloodGuard, FloodLimits
+from gossamer_common.h2flood import FloodGuard, FloodLimits
 
 
 def test_control_frames_count_only_while_writes_are_backed_up() -> None:

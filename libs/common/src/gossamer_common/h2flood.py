@@ -1,4 +1,6 @@
-"""What one HTTP/2 peer may make the proxy do or buffer before it is told to calm down.
+"""What one HTTP/2 peer may make a server do or buffer before it is told to calm down.
+
+Shared by the proxy's HTTP/2 bridge and the destination's gRPC server.
 
 RFC 9113 §10.5 names the cheap frames that cost the receiver work or memory: PING and
 SETTINGS (each owes an ACK), and streams opened and at once reset (the "rapid reset" attack,
