@@ -12,13 +12,13 @@ DEB_PACKAGES := python3.11 iptables iproute2 etcd-server curl nghttp2-client wrk
 NODE_DEB_PACKAGES := containerd runc containernetworking-plugins buildah skopeo umoci mmdebstrap \
                      conntrack socat ipset docker-registry
 NODE_STATE ?= /var/lib/gossamer-node
-BENCH_DEB_PACKAGES := nginx-light iperf3 wrk nghttp2-client util-linux
+BENCH_DEB_PACKAGES := nginx-light iperf3 wrk nghttp2-client util-linux valgrind
 REGISTRY ?= gossamer
 TAG ?= dev
 SERVICES := destination identity injector proxy proxy-init
 
 .PHONY: help setup deb bench-deb apt uv-install sync runtime kube-bins kube-up kube-down protos protos-check lint fmt \
-        test test-unit fuzz images push demo e2e node-deb node-bins node-up node-down bench bench-control-plane clean
+        test test-unit fuzz images push demo e2e node-deb node-bins node-up node-down bench bench-instructions bench-control-plane clean
 
 help:
 	@echo "make demo   - run the local mesh demo (needs root)"
@@ -26,7 +26,7 @@ help:
 	@echo "make fuzz   - fuzz every untrusted-input parser (~1M inputs; FUZZ_TOTAL=, FUZZ_ARGS=)"
 	@echo "make node-up / node-down - a real Kubernetes node here (kubelet, containerd; root)"
 	@echo "make e2e    - the end-to-end suite on kind, or on the real node without Docker"
-	@echo "other: setup lint fmt protos kube-bins kube-up kube-down images push bench bench-control-plane clean"
+	@echo "other: setup lint fmt protos kube-bins kube-up kube-down images push bench bench-instructions bench-control-plane clean"
 
 deb:
 	@$(MAKE) --no-print-directory apt PACKAGES="$(DEB_PACKAGES)"
@@ -168,6 +168,11 @@ e2e:
 
 bench: setup bench-deb
 	@$(RUN) python -m bench $(BENCH_ARGS)
+
+# Instructions per request under callgrind beside a baseline revision (load-independent):
+# make bench-instructions BENCH_ARGS="--baseline-rev e01e59f"
+bench-instructions: setup bench-deb
+	@$(RUN) python -m bench.instructions $(BENCH_ARGS)
 
 bench-control-plane: sync
 	@bash scripts/kube-bins.sh >/dev/null

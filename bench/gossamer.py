@@ -34,10 +34,12 @@ def start_proxy(
     *,
     opaque: bool = False,
     python: str = sys.executable,
+    timeout: float = START_TIMEOUT,
 ) -> int:
     """One proxy forwarding 127.0.0.1:<its port> to 127.0.0.1:upstream_port.
 
-    ``python`` is the interpreter of the venv whose proxy runs (a baseline revision's).
+    ``python`` is the interpreter of the venv whose proxy runs (a baseline revision's);
+    ``timeout`` bounds its start (longer under valgrind).
     """
     port = free_port()
     env = _base_env(port)
@@ -45,7 +47,7 @@ def start_proxy(
     if opaque:
         env["GOSSAMER_PROXY_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION"] = str(upstream_port)
     group.start(name, [python, "-m", "gossamer_proxy"], env=env)
-    wait_for_port(port, START_TIMEOUT)
+    wait_for_port(port, timeout)
     return port
 
 
@@ -60,7 +62,12 @@ def _static_identity(side: TlsFiles) -> dict[str, str]:
 
 
 def start_pair(
-    group: ProcGroup, backend_port: int, certs: MeshCerts, *, python: str = sys.executable
+    group: ProcGroup,
+    backend_port: int,
+    certs: MeshCerts,
+    *,
+    python: str = sys.executable,
+    timeout: float = START_TIMEOUT,
 ) -> int:
     """Outbound proxy → mTLS → inbound proxy → backend; returns the outbound proxy's port.
 
@@ -79,7 +86,7 @@ def start_pair(
         **_static_identity(certs.server),
     }
     group.start("gossamer-inbound", [python, "-m", "gossamer_proxy"], env=server_env)
-    wait_for_port(inbound, START_TIMEOUT)
+    wait_for_port(inbound, timeout)
 
     outbound = free_port()
     client_env = _base_env(outbound)
@@ -89,7 +96,7 @@ def start_pair(
         **_static_identity(certs.client),
     }
     group.start("gossamer-outbound", [python, "-m", "gossamer_proxy"], env=client_env)
-    wait_for_port(outbound, START_TIMEOUT)
+    wait_for_port(outbound, timeout)
     return outbound
 
 
