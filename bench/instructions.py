@@ -16,6 +16,7 @@ routing, metrics, TLS records), not batching under load. Kernel time is not coun
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import socket
@@ -47,6 +48,12 @@ START_TIMEOUT = 600.0
 WARMUP_REQUESTS = 200
 #: One response head or body larger than this is not the bench backend's answer.
 MAX_RESPONSE = 1 << 20
+#: Under valgrind a connect (and an mTLS handshake with a proxy also under valgrind) takes
+#: seconds: the proxies' connect timeouts are raised so the warm-up's first connects land.
+SLOW_PROXY_ENV = {
+    "LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT": "60s",
+    "LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT": "60s",
+}
 
 _SUMMARY = re.compile(rb"^summary:\s*(\d+)\s*$", re.M)
 _CONTENT_LENGTH = re.compile(rb"^content-length:\s*(\d+)\s*$", re.M | re.I)
@@ -218,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"| topology | gossamer instr/request | {baseline.label} instr/request | ratio |\n"
         "|---|---|---|---|"
     )
+    os.environ.update(SLOW_PROXY_ENV)  # the bench's processes inherit the environment
     with tempfile.TemporaryDirectory(prefix="gossamer-instructions-") as tmp:
         workdir = Path(tmp)
         for topology in args.only:
