@@ -367,6 +367,7 @@ def _keys(kind: str, obj: KubeObject) -> Iterable[Key]:
             yield ("ip", hp.rsplit(":", 1)[0])
     elif kind == "externalworkloads":
         yield ("ns", ns)
+        yield ("ew", ns, name)
         for ip in _workload_ips(obj):
             yield ("ip", ip)
     elif kind == "nodes":

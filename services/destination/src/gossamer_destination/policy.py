@@ -19,7 +19,15 @@ from gossamer_destination.egress import (
     select_egress_network,
 )
 from gossamer_destination.endpoints import meta
-from gossamer_destination.policy_inbound import inbound_server
+from gossamer_destination.external_workloads import (
+    InvalidExternalWorkloadError,
+    parse_external_workload,
+)
+from gossamer_destination.policy_inbound import (
+    external_workload,
+    inbound_server,
+    workload_inbound_server,
+)
 from gossamer_destination.policy_outbound import egress_fallback, service_policy
 from gossamer_destination.profiles import Issues
 from gossamer_destination.settings import DestinationSettings
@@ -42,10 +50,13 @@ class Policies:
             workload = parse_workload(spec.workload)
         except InvalidWorkloadError as exc:
             raise LookupFailedError(Status.INVALID_ARGUMENT, str(exc)) from exc
-        if workload.pod is None:
-            raise LookupFailedError(Status.UNIMPLEMENTED, "external workloads are not supported")
         if not 0 < spec.port < 65536:
             raise LookupFailedError(Status.INVALID_ARGUMENT, f"invalid port {spec.port}")
+        if workload.pod is None:
+            # parse_workload names a pod or an external workload, never neither.
+            return self._external_workload_topic(
+                workload.namespace, str(workload.external_workload), spec.port
+            )
         ns, pod_name, port = workload.namespace, workload.pod, spec.port
         if self.cluster.get("pods", ns, pod_name) is None:
             raise LookupFailedError(Status.NOT_FOUND, f"pod {ns}/{pod_name} not found")
@@ -59,6 +70,44 @@ class Policies:
                 return None, deps
             issues = Issues()
             server = inbound_server(pod, port, cluster.policy_lookups(), settings, issues)
+            cluster.report("policy", issues)
+            return server, deps
+
+        return self.registry.get_or_create(
+            key, lambda: LatestTopic(key, cluster, self.registry, compute)
+        )
+
+    def _external_workload_topic(self, ns: str, name: str, port: int) -> Topic:
+        """Inbound policy for the proxy of the ExternalWorkload ``ns/name``: the Servers whose
+        ``externalWorkloadSelector`` selects it, else its default policy."""
+        obj = self.cluster.get("externalworkloads", ns, name)
+        if obj is None:
+            raise LookupFailedError(Status.NOT_FOUND, f"external workload {ns}/{name} not found")
+        try:
+            parse_external_workload(obj)
+        except InvalidExternalWorkloadError as exc:
+            raise LookupFailedError(Status.FAILED_PRECONDITION, str(exc)) from exc
+        key = ("inbound-ew", ns, name, port)
+        cluster, settings = self.cluster, self.settings
+
+        def compute() -> tuple[inbound_pb2.Server | None, set[Key]]:
+            deps: set[Key] = {("ew", ns, name), ("ns", ns), ("nsobj", ns), POLICY}
+            current = cluster.get("externalworkloads", ns, name)
+            if current is None:
+                return None, deps
+            try:
+                parsed = parse_external_workload(current)
+            except InvalidExternalWorkloadError as exc:
+                cluster.report_external_workload(exc)
+                return None, deps
+            issues = Issues()
+            server = workload_inbound_server(
+                external_workload(current, parsed, settings),
+                port,
+                cluster.policy_lookups(),
+                settings,
+                issues,
+            )
             cluster.report("policy", issues)
             return server, deps
 

@@ -2,7 +2,11 @@
 
 Resolution follows Linkerd's policy controller (linkerd-wire.md §3.4, §7): the oldest
 ``Server`` that selects the pod and port wins; otherwise the default policy from the pod
-annotation, the namespace annotation or the cluster flag applies. ``AuthorizationPolicy``
+annotation, the namespace annotation or the cluster flag applies. An ExternalWorkload's proxy
+(``PortSpec.workload`` ``{"ns":…,"external_workload":…}``) is resolved the same way, with
+the Servers whose ``externalWorkloadSelector`` selects it (a Server selects pods or
+ExternalWorkloads, never both), its own annotations, and its ``spec.ports`` for named ports;
+it has no probes. ``AuthorizationPolicy``
 objects targeting the Server, its namespace or one of its HTTPRoutes become ``Authz``
 entries once all their authentication refs resolve; so do the legacy ``ServerAuthorization``
 objects (``policy.linkerd.io/v1beta1``) that select the Server by name or label selector.
@@ -18,9 +22,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from gossamer_api.proxy import http_route_pb2, inbound_pb2, meta_pb2, net_pb2
+from gossamer_kube.external_workload import ExternalWorkload
 
 from gossamer_destination import httproutes
-from gossamer_destination.endpoints import annotations_of, labels_of, meta, pod_opaque_ports
+from gossamer_destination.endpoints import (
+    OPAQUE_PORTS_ANNOTATION,
+    annotations_of,
+    labels_of,
+    meta,
+    pod_opaque_ports,
+)
 from gossamer_destination.ports import PortSet, container_ports, lenient_port_set
 from gossamer_destination.profiles import Issues, http_method
 from gossamer_destination.selectors import InvalidSelectorError, selector_matches
@@ -59,6 +70,53 @@ class PolicyLookups:
     tcp_routes: Callable[[str], list[KubeObject]] = lambda _ns: []
     #: Gateway API TLSRoutes of a namespace (Service and EgressNetwork parents).
     tls_routes: Callable[[str], list[KubeObject]] = lambda _ns: []
+
+
+POD_SELECTOR = "podSelector"
+EXTERNAL_WORKLOAD_SELECTOR = "externalWorkloadSelector"
+
+
+@dataclass(frozen=True)
+class InboundWorkload:
+    """What inbound policy reads of the workload a proxy fronts: a pod or an ExternalWorkload."""
+
+    kind: str
+    """``pod`` or ``external workload`` (for messages)."""
+    obj: Mapping[str, Any]
+    """The Kubernetes object: its labels and annotations."""
+    selector_field: str
+    """The Server field that selects this kind of workload."""
+    named_ports: Mapping[str, int]
+    opaque_ports: PortSet
+    probe_paths: Callable[[int], list[str]]
+
+
+def pod_workload(pod: Mapping[str, Any], settings: DestinationSettings) -> InboundWorkload:
+    return InboundWorkload(
+        kind="pod",
+        obj=pod,
+        selector_field=POD_SELECTOR,
+        named_ports=container_ports(pod),
+        opaque_ports=pod_opaque_ports(pod, settings),
+        probe_paths=lambda port: probe_paths(pod, port),
+    )
+
+
+def external_workload(
+    obj: Mapping[str, Any], workload: ExternalWorkload, settings: DestinationSettings
+) -> InboundWorkload:
+    """An ExternalWorkload (``workload`` is ``obj`` validated): named ports are its
+    ``spec.ports``, opaque ports its annotation or the cluster default; no probes."""
+    return InboundWorkload(
+        kind="external workload",
+        obj=obj,
+        selector_field=EXTERNAL_WORKLOAD_SELECTOR,
+        named_ports={name: number for name, number in workload.ports if name},
+        opaque_ports=lenient_port_set(
+            annotations_of(obj).get(OPAQUE_PORTS_ANNOTATION), settings.default_opaque_ports
+        ),
+        probe_paths=lambda _port: [],
+    )
 
 
 # -- networks and authentications -----------------------------------------------------------
@@ -128,9 +186,16 @@ def default_policy(
     namespace: Mapping[str, Any] | None,
     settings: DestinationSettings,
     issues: Issues,
+    *,
+    named_ports: Mapping[str, int] | None = None,
+    kind: str = "pod",
 ) -> str:
+    """The default policy of a workload port: the workload's annotation, else its
+    namespace's, else the cluster's; ``*-unauthenticated`` becomes ``*-authenticated`` on a
+    port the workload lists as requiring identity. ``named_ports`` resolves named ports in
+    those lists (a pod's container ports unless given)."""
     policy = settings.default_inbound_policy
-    sources = [("namespace", namespace or {}), ("pod", pod)]
+    sources = [("namespace", namespace or {}), (kind, pod)]
     for where, obj in sources:
         value = annotations_of(obj).get(DEFAULT_POLICY_ANNOTATION)
         if value is None:
@@ -144,7 +209,7 @@ def default_policy(
     required: PortSet = lenient_port_set(
         annotations_of(pod).get(REQUIRE_IDENTITY_ANNOTATION), PortSet()
     )
-    if required.contains(port, container_ports(pod)):
+    if required.contains(port, container_ports(pod) if named_ports is None else named_ports):
         policy = _AUTHENTICATED.get(policy, policy)
     return policy
 
@@ -204,13 +269,13 @@ def _probe_route(paths: list[str], settings: DestinationSettings) -> inbound_pb2
 
 
 def _default_routes(
-    pod: Mapping[str, Any],
+    workload: InboundWorkload,
     port: int,
     authzs: list[inbound_pb2.Authz],
     settings: DestinationSettings,
 ) -> list[inbound_pb2.HttpRoute]:
     routes = [_default_route(authzs)]
-    paths = probe_paths(pod, port)
+    paths = workload.probe_paths(port)
     if paths and settings.probe_networks:
         routes.append(_probe_route(paths, settings))
     return routes
@@ -226,14 +291,18 @@ def _detect(routes: list[inbound_pb2.HttpRoute]) -> inbound_pb2.ProxyProtocol:
 # -- servers -----------------------------------------------------------------------------------
 
 
-def server_port_matches(server: Mapping[str, Any], pod: Mapping[str, Any], port: int) -> bool:
+def server_port_matches(
+    server: Mapping[str, Any], named_ports: Mapping[str, int], port: int
+) -> bool:
+    """Whether the Server's ``port`` (a number, or a name looked up in ``named_ports``) is
+    ``port``."""
     wanted = (server.get("spec") or {}).get("port")
     if isinstance(wanted, int):
         return wanted == port
     if isinstance(wanted, str):
         if wanted.isdigit():
             return int(wanted) == port
-        return container_ports(pod).get(wanted) == port
+        return named_ports.get(wanted) == port
     return False
 
 
@@ -241,19 +310,43 @@ def selecting_server(
     pod: Mapping[str, Any], port: int, servers: Iterable[Mapping[str, Any]], issues: Issues
 ) -> Mapping[str, Any] | None:
     """The oldest Server (then by name) selecting the pod port, as Linkerd resolves conflicts."""
-    labels = labels_of(pod)
+    return workload_server(
+        labels_of(pod), POD_SELECTOR, container_ports(pod), port, servers, issues
+    )
+
+
+def workload_server(
+    labels: Mapping[str, str],
+    selector_field: str,
+    named_ports: Mapping[str, int],
+    port: int,
+    servers: Iterable[Mapping[str, Any]],
+    issues: Issues,
+) -> Mapping[str, Any] | None:
+    """The oldest Server (then by name) whose ``selector_field`` (``podSelector`` or
+    ``externalWorkloadSelector``) selects a workload with ``labels`` on ``port``. A Server
+    that sets both selectors, or neither, is invalid (the CRD admits exactly one): reported
+    and skipped."""
     found: list[Mapping[str, Any]] = []
     for server in servers:
         spec = server.get("spec") or {}
-        if "podSelector" not in spec:
+        where = f"Server {meta(server).get('namespace')}/{meta(server).get('name')}"
+        present = [f for f in (POD_SELECTOR, EXTERNAL_WORKLOAD_SELECTOR) if f in spec]
+        if len(present) != 1:
+            issues.add(
+                f"{where}: needs exactly one of {POD_SELECTOR} and "
+                f"{EXTERNAL_WORKLOAD_SELECTOR}; ignored"
+            )
+            continue
+        if present[0] != selector_field:
             continue
         try:
-            if not selector_matches(spec.get("podSelector"), labels):
+            if not selector_matches(spec.get(selector_field), labels):
                 continue
         except InvalidSelectorError as exc:
-            issues.add(f"Server {meta(server).get('namespace')}/{meta(server).get('name')}: {exc}")
+            issues.add(f"{where}: {exc}")
             continue
-        if server_port_matches(server, pod, port):
+        if server_port_matches(server, named_ports, port):
             found.append(server)
     if not found:
         return None
@@ -701,7 +794,7 @@ def _route_authzs(
 
 def _server_routes(
     server: Mapping[str, Any],
-    pod: Mapping[str, Any],
+    workload: InboundWorkload,
     port: int,
     server_authzs: list[inbound_pb2.Authz],
     lookups: PolicyLookups,
@@ -716,7 +809,7 @@ def _server_routes(
         except (httproutes.InvalidRouteError, ValueError, TypeError) as exc:
             issues.add(f"{_describe(route)} skipped: {exc}")
     if not routes:
-        routes = _default_routes(pod, port, server_authzs, settings)
+        routes = _default_routes(workload, port, server_authzs, settings)
     return routes
 
 
@@ -762,18 +855,45 @@ def inbound_server(
     issues: Issues,
 ) -> inbound_pb2.Server:
     """The policy the pod's proxy enforces on ``port``."""
-    pm = meta(pod)
-    ns = str(pm.get("namespace"))
-    server = selecting_server(pod, port, lookups.servers(ns), issues)
+    return workload_inbound_server(pod_workload(pod, settings), port, lookups, settings, issues)
+
+
+def workload_inbound_server(
+    workload: InboundWorkload,
+    port: int,
+    lookups: PolicyLookups,
+    settings: DestinationSettings,
+    issues: Issues,
+) -> inbound_pb2.Server:
+    """The policy the proxy of ``workload`` (a pod or an ExternalWorkload) enforces on
+    ``port``."""
+    obj = workload.obj
+    ns = str(meta(obj).get("namespace"))
+    server = workload_server(
+        labels_of(obj),
+        workload.selector_field,
+        workload.named_ports,
+        port,
+        lookups.servers(ns),
+        issues,
+    )
     if server is None:
-        policy = default_policy(pod, port, lookups.namespace(ns), settings, issues)
+        policy = default_policy(
+            obj,
+            port,
+            lookups.namespace(ns),
+            settings,
+            issues,
+            named_ports=workload.named_ports,
+            kind=workload.kind,
+        )
         authzs = default_authzs(policy, settings)
         out = inbound_pb2.Server(authorizations=authzs)
         out.labels.update({"group": "", "kind": "default", "name": policy})
-        if pod_opaque_ports(pod, settings).contains(port, container_ports(pod)):
+        if workload.opaque_ports.contains(port, workload.named_ports):
             out.protocol.opaque.SetInParent()
         else:
-            out.protocol.CopyFrom(_detect(_default_routes(pod, port, authzs, settings)))
+            out.protocol.CopyFrom(_detect(_default_routes(workload, port, authzs, settings)))
         return out
     sm = meta(server)
     name = str(sm.get("name"))
@@ -802,7 +922,7 @@ def inbound_server(
         out.protocol.grpc.SetInParent()
         out.protocol.grpc.routes.extend(_server_grpc_routes(server, lookups, settings, issues))
         return out
-    routes = _server_routes(server, pod, port, authzs, lookups, settings, issues)
+    routes = _server_routes(server, workload, port, authzs, lookups, settings, issues)
     if kind in ("http1", "http2"):
         http = getattr(out.protocol, kind)
         http.routes.extend(routes)
