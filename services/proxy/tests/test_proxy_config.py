@@ -96,3 +96,35 @@ def test_the_injectors_default_log_filter_is_honoured_whole() -> None:
     parsed = LogFilter.parse(DEFAULT_LOG_LEVEL)
     assert parsed.level_for("gossamer.proxy.outbound") == logging.INFO
     assert parsed.default_level == logging.WARNING
+
+
+@pytest.mark.parametrize(
+    "workload",
+    [
+        '{"ns":"emojivoto", "pod":"web-0"}',
+        '{"ns":"billing","external_workload":"vm-billing"}',
+        "emojivoto:web-0",
+    ],
+)
+def test_policy_workload_names_a_pod_or_an_external_workload(workload: str) -> None:
+    s = load_settings({"LINKERD2_PROXY_POLICY_WORKLOAD": workload})
+    assert s.policy_workload == workload
+
+
+@pytest.mark.parametrize(
+    "workload",
+    [
+        '{"ns":"billing"}',
+        '{"ns":"billing","pod":"web-0","external_workload":"vm"}',
+        '{"ns":"","external_workload":"vm"}',
+        '{"ns":"billing","external_workload":""}',
+        '{"ns":"billing","external_workload":7}',
+        '{"ns":"billing",',
+        '["billing","vm"]',
+        "billing",
+        '{"ns":"billing","external_workload":"' + "v" * 2000 + '"}',
+    ],
+)
+def test_a_policy_workload_that_names_nothing_is_refused(workload: str) -> None:
+    with pytest.raises(SettingsError, match="LINKERD2_PROXY_POLICY_WORKLOAD"):
+        load_settings({"LINKERD2_PROXY_POLICY_WORKLOAD": workload})

@@ -9,6 +9,7 @@ Loading and error reporting are :mod:`gossamer_common.settings`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -80,6 +81,47 @@ def parse_dns_suffix(text: str) -> str:
 
 
 parse_dns_suffix.expected = "a DNS suffix with at least one label, e.g. svc.cluster.local."  # type: ignore[attr-defined]
+
+
+#: The longest ``LINKERD2_PROXY_POLICY_WORKLOAD`` accepted: a namespace and a name are DNS
+#: labels/subdomains, far shorter.
+MAX_POLICY_WORKLOAD = 1024
+
+
+def parse_policy_workload(text: str) -> str:
+    """The workload the proxy names in inbound/outbound policy requests, sent as written.
+
+    A pod's proxy is ``{"ns":"<ns>","pod":"<pod>"}`` (what the injector writes); the proxy of
+    an ExternalWorkload (a VM) is ``{"ns":"<ns>","external_workload":"<name>"}``, as for
+    Linkerd's proxy; the legacy ``<ns>:<pod>`` is still accepted. Anything else is refused
+    here so that a typo fails at start-up rather than as a policy lookup error later.
+    """
+    value = text.strip()
+    if not value:
+        return ""
+    if len(value) > MAX_POLICY_WORKLOAD:
+        raise ValueError(text)
+    if not value.startswith("{"):
+        ns, sep, pod = value.partition(":")
+        if not (sep and ns and pod):
+            raise ValueError(text)
+        return value
+    doc = json.loads(value)  # ValueError on junk
+    if not isinstance(doc, dict) or not _non_empty(doc.get("ns")):
+        raise ValueError(text)
+    kinds = [k for k in ("pod", "external_workload") if k in doc]
+    if len(kinds) != 1 or not _non_empty(doc[kinds[0]]):
+        raise ValueError(text)
+    return value
+
+
+def _non_empty(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+parse_policy_workload.expected = (  # type: ignore[attr-defined]
+    'workload JSON: {"ns":"<ns>","pod":"<pod>"} or {"ns":"<ns>","external_workload":"<name>"}'
+)
 
 
 def _log_format(text: str) -> str:
@@ -392,8 +434,9 @@ class ProxySettings:
     policy_workload: str = setting(
         env="LINKERD2_PROXY_POLICY_WORKLOAD",
         default="",
-        parse=str,
-        help='Workload JSON for WatchPort, e.g. {"ns":"emojivoto","pod":"web-0"}.',
+        parse=parse_policy_workload,
+        help='Workload JSON for WatchPort, e.g. {"ns":"emojivoto","pod":"web-0"}; the proxy '
+        'of an ExternalWorkload: {"ns":"<ns>","external_workload":"<name>"}.',
     )
     policy_cluster_networks: tuple[str, ...] = setting(
         env="LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS",
