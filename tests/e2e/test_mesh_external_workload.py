@@ -1,14 +1,18 @@
 """ExternalWorkload end to end: a meshed pod reaches a proxy that runs outside Kubernetes.
 
 The "VM" is a plain network namespace this test creates (``<prefix>-extwl-vm``), joined to
-the client pod's namespace by a veth pair on 203.0.113.0/30 (TEST-NET-3; no traffic leaves
-the namespaces of the test). In it run the e2e echo app on 203.0.113.2:8080 and a Gossamer
+the local node's bridge by a veth pair with an address of the bridge's network outside the
+pod CIDR (as a VM on the cluster's network; no traffic leaves the namespaces of the test). In
+it run the e2e echo app on <vm>:8080 and a Gossamer
 proxy as uid 2102, with no iptables and no Kubernetes: its identity is the SPIFFE ID
 ``spiffe://cluster.local/vm/billing``, an X.509-SVID that the mesh issuer signed
 (``gossamer svid``) and the test hands to it as files (``GOSSAMER_PROXY_IDENTITY_CERT_FILE``
 and ``…_KEY_FILE``, as a SPIFFE helper would write them); it answers mTLS for the server name
 ``billing.vm.cluster.local``. Its inbound default policy is ``all-authenticated``: only a
-client with a mesh certificate gets through.
+client with a mesh certificate gets through (the ExternalWorkload's annotation says the same
+to the policy API). It watches its inbound policy from the policy
+API as the ExternalWorkload it is (``LINKERD2_PROXY_POLICY_WORKLOAD``
+``{"ns":…,"external_workload":"vm-billing"}``), over mTLS with its SVID.
 
 An ``ExternalWorkload`` names that identity, server name, IP and ports; a Service selects it
 by label. The client pod's app calls the Service by name; its outbound proxy gets the
@@ -17,6 +21,11 @@ the VM proxy's 4143 with SNI = the server name, verifies the URI identity, and s
 transport header for port 8080. The app answers with the ``l5d-client-id`` the VM proxy
 added (the client pod's identity), and the VM proxy's metrics count the request as mTLS from
 that client. The workload only becomes an endpoint once its ``Ready`` condition is True.
+
+A ``Server`` whose ``externalWorkloadSelector`` selects the workload, with an
+``AuthorizationPolicy`` that admits only the ``client`` ServiceAccount, then lets the client
+pod through and refuses another meshed pod (``intruder``) with 403, counted by the VM proxy
+as denied by that Server.
 """
 
 from __future__ import annotations
@@ -32,14 +41,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gossamer_cli.dev.controlplane import POLICY_PORT
 from localmesh import APPS, RUNTIME_VENV, LocalMeshHandle, converge, counter, echo_app, identity
 
 pytestmark = pytest.mark.netns
 
 NS = "mesh-extwl"
-POD_SIDE, VM_IP = "203.0.113.1", "203.0.113.2"
+#: On the node's bridge network, outside the pod CIDR and the control plane's addresses.
+VM_IP = "10.244.0.200"
 VM_ID = "spiffe://cluster.local/vm/billing"
 VM_NAME = "billing.vm.cluster.local"
+POLICY_SVC_NAME = "gossamer-destination.gossamer.serviceaccount.identity.gossamer.cluster.local"
 PROXY_UID = 2102
 APP_UID = 2200
 PYTHON = str(RUNTIME_VENV / "bin" / "python")
@@ -72,7 +84,13 @@ WORKLOAD = json.dumps(
     {
         "apiVersion": "workload.linkerd.io/v1beta1",
         "kind": "ExternalWorkload",
-        "metadata": {"name": "vm-billing", "namespace": NS, "labels": {"app": "billing"}},
+        "metadata": {
+            "name": "vm-billing",
+            "namespace": NS,
+            "labels": {"app": "billing"},
+            # Served by the policy API as the default of the workload's ports.
+            "annotations": {"config.linkerd.io/default-inbound-policy": "all-authenticated"},
+        },
         "spec": {
             "meshTLS": {"identity": VM_ID, "serverName": VM_NAME},
             "workloadIPs": [{"ip": VM_IP}],
@@ -80,6 +98,38 @@ WORKLOAD = json.dumps(
         },
     }
 )
+
+#: Only the client pod's ServiceAccount may call the workload's ``http`` port.
+POLICY = [
+    {
+        "apiVersion": "policy.linkerd.io/v1beta3",
+        "kind": "Server",
+        "metadata": {"name": "billing-http", "namespace": NS},
+        "spec": {
+            "externalWorkloadSelector": {"matchLabels": {"app": "billing"}},
+            "port": "http",
+            "proxyProtocol": "HTTP/1",
+        },
+    },
+    {
+        "apiVersion": "policy.linkerd.io/v1alpha1",
+        "kind": "MeshTLSAuthentication",
+        "metadata": {"name": "billing-clients", "namespace": NS},
+        "spec": {"identityRefs": [{"kind": "ServiceAccount", "name": "client"}]},
+    },
+    {
+        "apiVersion": "policy.linkerd.io/v1alpha1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "billing-clients", "namespace": NS},
+        "spec": {
+            "targetRef": {"group": "policy.linkerd.io", "kind": "Server", "name": "billing-http"},
+            "requiredAuthenticationRefs": [
+                {"group": "policy.linkerd.io", "kind": "MeshTLSAuthentication",
+                 "name": "billing-clients"},
+            ],
+        },
+    },
+]  # fmt: skip
 
 
 def _ip(*args: str) -> None:
@@ -123,22 +173,29 @@ def _wait(check: Any, what: str, procs: list[subprocess.Popen[str]], limit: floa
 
 @pytest.fixture(scope="module")
 def mesh(local_mesh: LocalMeshHandle) -> Iterator[tuple[LocalMeshHandle, dict[str, Any], str]]:
-    local_mesh.deploy(NS, echo_app(NS, "client", service=False), ready={"client": 1})
+    local_mesh.deploy(
+        NS,
+        echo_app(NS, "client", service=False),
+        echo_app(NS, "intruder", service=False),
+        ready={"client": 1, "intruder": 1},
+    )
     (pod,) = local_mesh.pods(NS, "app=client")
-    vm = f"{local_mesh.layout.prefix}-extwl-vm"
-    pod_ns = local_mesh.pod_netns(pod)
+    layout = local_mesh.layout
+    vm = f"{layout.prefix}-extwl-vm"
     workdir = local_mesh.state_dir.parent / f"{local_mesh.layout.prefix}-extwl"
     workdir.mkdir(exist_ok=True)
     procs: list[subprocess.Popen[str]] = []
     _ip("netns", "add", vm)
     try:
-        _ip("-n", vm, "link", "add", "vmx0", "type", "veth", "peer", "name", "vmx1",
-            "netns", pod_ns)  # fmt: skip
-        _ip("-n", vm, "addr", "add", f"{VM_IP}/30", "dev", "vmx0")
+        _ip("-n", vm, "link", "add", "vmx0", "type", "veth", "peer", "name", "extwlvm0",
+            "netns", layout.node_netns)  # fmt: skip
+        _ip("-n", vm, "addr", "add", f"{VM_IP}/{layout.bridge_prefix_len}", "dev", "vmx0")
         _ip("-n", vm, "link", "set", "vmx0", "up")
         _ip("-n", vm, "link", "set", "lo", "up")
-        _ip("-n", pod_ns, "addr", "add", f"{POD_SIDE}/30", "dev", "vmx1")
-        _ip("-n", pod_ns, "link", "set", "vmx1", "up")
+        _ip("-n", layout.node_netns, "link", "set", "extwlvm0", "master", layout.bridge)
+        _ip("-n", layout.node_netns, "link", "set", "extwlvm0", "up")
+        # Not Ready yet, so no endpoint; it exists before its proxy asks for its policy.
+        local_mesh.apply(WORKLOAD)
         control_plane = local_mesh.state_dir / "control-plane"
         cert, key = _write_svid(control_plane, workdir)
         anchors = (control_plane / "identity" / "ca-bundle.crt").read_text()
@@ -149,6 +206,7 @@ def mesh(local_mesh: LocalMeshHandle) -> Iterator[tuple[LocalMeshHandle, dict[st
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
         )  # fmt: skip
         procs.append(app)
+        policy_host = layout.control_plane_address("destination")
         proxy_env = {
             "PATH": "/usr/bin:/bin",
             "LINKERD2_PROXY_IDENTITY_SERVER_ID": VM_ID,
@@ -161,6 +219,11 @@ def mesh(local_mesh: LocalMeshHandle) -> Iterator[tuple[LocalMeshHandle, dict[st
             "LINKERD2_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:4191",
             "LINKERD2_PROXY_INBOUND_IPS": VM_IP,
             "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY": "all-authenticated",
+            "LINKERD2_PROXY_POLICY_SVC_ADDR": f"{policy_host}:{POLICY_PORT}",
+            "LINKERD2_PROXY_POLICY_SVC_NAME": POLICY_SVC_NAME,
+            "LINKERD2_PROXY_POLICY_WORKLOAD": json.dumps(
+                {"ns": NS, "external_workload": "vm-billing"}
+            ),
             "LINKERD2_PROXY_LOG": "info",
         }
         proxy_log = (workdir / "proxy.log").open("w")
@@ -195,6 +258,7 @@ def mesh(local_mesh: LocalMeshHandle) -> Iterator[tuple[LocalMeshHandle, dict[st
 
 
 def _call(mesh: LocalMeshHandle, pod: dict[str, Any]) -> dict[str, Any]:
+    """One request from ``pod``'s app to the workload through the Service."""
     result: dict[str, Any] = mesh.python_in_pod(pod, CLIENT, limit=60)
     return result
 
@@ -211,7 +275,6 @@ def test_a_meshed_pod_reaches_an_external_workload_over_mtls(
     mesh: tuple[LocalMeshHandle, dict[str, Any], str],
 ) -> None:
     handle, pod, vm = mesh
-    handle.apply(WORKLOAD)
     # Not Ready yet: the Service has no endpoint, so the call fails.
     before = _call(handle, pod)
     assert before["status"] != 200, before
@@ -246,3 +309,39 @@ def test_a_meshed_pod_reaches_an_external_workload_over_mtls(
     _set_ready(handle, "False")
     gone = converge(lambda: _call(handle, pod), lambda r: r["status"] != 200, limit=60)
     assert gone["status"] != 200, gone
+
+
+def test_a_server_selecting_the_external_workload_admits_only_its_authorized_client(
+    mesh: tuple[LocalMeshHandle, dict[str, Any], str],
+) -> None:
+    handle, pod, vm = mesh
+    (intruder,) = handle.pods(NS, "app=intruder")
+    _set_ready(handle, "True")
+    # Under the workload's default (all-authenticated) any meshed client gets through.
+    reached = converge(lambda: _call(handle, intruder), lambda r: r["status"] == 200, limit=60)
+    assert reached["status"] == 200, reached
+
+    for doc in POLICY:
+        handle.apply(json.dumps(doc))
+    denied = converge(lambda: _call(handle, intruder), lambda r: r["status"] == 403, limit=60)
+    assert denied["status"] == 403, denied
+    allowed = _call(handle, pod)
+    assert allowed["status"] == 200, allowed
+    assert allowed["body"]["client_id"] == identity(NS, "client"), allowed
+
+    # The VM proxy enforced the Server the policy API sent for the ExternalWorkload.
+    vm_metrics = _vm_run(vm, ["curl", "-sS", "-m", "5", "http://127.0.0.1:4191/metrics"]).stdout
+    server = {"srv_kind": "server", "srv_name": "billing-http"}
+    assert (
+        counter(
+            vm_metrics,
+            "inbound_http_authz_deny_total",
+            client_id=identity(NS, "intruder"),
+            **server,
+        )
+        >= 1
+    ), vm_metrics
+    assert counter(
+        vm_metrics, "inbound_http_authz_allow_total", client_id=identity(NS, "client"),
+        authz_name="billing-clients", **server
+    ) >= 1, vm_metrics  # fmt: skip

@@ -453,6 +453,10 @@ def test_valid_samples_are_accepted_and_invalid_ones_refused(
 
 #: Further validation paths of the newer CRDs: (kind, apiVersion, broken spec, word in message).
 MORE_INVALID: list[tuple[str, str, dict[str, Any], str]] = [
+    # A Server selects pods or ExternalWorkloads: exactly one selector.
+    ("Server", "policy.linkerd.io/v1beta3",
+     {"podSelector": {}, "externalWorkloadSelector": {}, "port": 8080}, "oneOf"),
+    ("Server", "policy.linkerd.io/v1beta3", {"port": 8080}, "oneOf"),
     ("ServerAuthorization", "policy.linkerd.io/v1beta1",
      {"server": {}, "client": {"unauthenticated": True}}, "spec.server"),
     ("ServerAuthorization", "policy.linkerd.io/v1beta1",
@@ -506,6 +510,14 @@ def test_further_invalid_samples_are_refused_naming_the_field(
     assert bad.returncode != 0, f"{kind}: the apiserver accepted {spec}"
     assert "is invalid" in bad.stderr or "Invalid value" in bad.stderr, bad.stderr
     assert word in bad.stderr, bad.stderr
+
+
+def test_a_server_may_select_external_workloads(
+    kube_cluster: KubeTestCluster, crds_applied: list[dict[str, Any]], kube_namespace: str
+) -> None:
+    spec = {"externalWorkloadSelector": {"matchLabels": {"app": "billing"}}, "port": "http"}
+    good = sample("Server", spec, "policy.linkerd.io/v1beta3", kube_namespace)
+    kubectl(kube_cluster, "apply", "--dry-run=server", "-f", "-", stdin=good)
 
 
 @pytest.mark.parametrize(
