@@ -128,3 +128,22 @@ def test_dockerignore_keeps_the_context_small() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".venv", "**/__pycache__", "**/tests", ".git"):
         assert entry in ignored
+
+
+@pytest.mark.parametrize(
+    "dockerfile", DOCKERFILES + OTHER_DOCKERFILES[:1], ids=lambda p: p.parent.name
+)
+def test_dockerignore_keeps_what_each_copy_needs(dockerfile: Path) -> None:
+    """A COPY from the repository root whose source .dockerignore drops fails the build (the
+    viz-web image's charts/ did, and with it make e2e)."""
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for keyword, rest in instructions(dockerfile):
+        if keyword != "COPY" or rest.startswith("--from"):
+            continue
+        for source in rest.split()[:-1]:
+            top = source.rstrip("/").split("/")[0]
+            assert top not in ignored, f"{dockerfile}: COPY {source} but .dockerignore drops {top}"
