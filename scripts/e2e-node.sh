@@ -12,8 +12,11 @@
 #   skaffold: `skaffold run -p node`, `gossamer check`, `skaffold delete`, then the
 #   `skaffold dev -p node` edit test (tests/kind/test_skaffold_node.py). E2E_SKAFFOLD=0 skips
 #   this phase; skaffold is built (niced, in the background) while the node comes up.
-# The node is brought down at the end unless it was already up (or KEEP_NODE=1); logs and
-# cluster state are collected on failure.
+# The node is brought down at the end unless it was already up (or KEEP_NODE=1), also when the
+# run fails or is stopped by SIGTERM/SIGINT/SIGHUP (a CI timeout); logs and cluster state are
+# collected on failure. At the end buildah's storage keeps only this run's images
+# (scripts/prune-e2e-images.sh): each run builds under a new tag, and old tags filled CI disks.
+# Under GOSSAMER_REQUIRE_E2E=1 (CI) no phase may be skipped: E2E_SKAFFOLD=0 is refused.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -30,6 +33,9 @@ export UV_FROZEN=1
 die() { echo "e2e-node: $*" >&2; exit 2; }
 fail() { echo "e2e-node: FAILED: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "the real node needs root (network namespaces, containerd, kubelet)"
+if [ "${GOSSAMER_REQUIRE_E2E:-0}" = 1 ] && [ "$E2E_SKAFFOLD" != 1 ]; then
+  die "GOSSAMER_REQUIRE_E2E=1 runs every phase: unset E2E_SKAFFOLD"
+fi
 command -v uv >/dev/null 2>&1 || die "uv is not installed (make setup installs it)"
 for name in $(bash scripts/readme-step.sh --list); do
   bash scripts/readme-step.sh "$name" >/dev/null || die "the README's step $name cannot be read"
@@ -66,28 +72,44 @@ collect() {
   done
   cp -r "$NODE_STATE/logs" "$ARTIFACTS/node-logs" 2>/dev/null || true
   cp -r "$NODE_STATE/cluster/logs" "$ARTIFACTS/cluster-logs" 2>/dev/null || true
+  cp -r "$NODE_STATE-failed-logs" "$ARTIFACTS/node-up-failed-logs" 2>/dev/null || true
 }
 
 cleanup() {
   status=$?
-  if [ -n "$skaffold_build" ]; then kill "$skaffold_build" 2>/dev/null || true; wait "$skaffold_build" 2>/dev/null || true; fi
+  if [ -n "$skaffold_build" ]; then
+    kill -- -"$skaffold_build" 2>/dev/null || true; wait "$skaffold_build" 2>/dev/null || true
+  fi
   if [ "$status" -ne 0 ]; then collect; fi
-  if [ "$started_node" = 1 ] && [ "${KEEP_NODE:-0}" != 1 ]; then step node-down || true; fi
+  if [ "$started_node" = 1 ] && [ "${KEEP_NODE:-0}" != 1 ]; then
+    step node-down || { echo "e2e-node: FAILED: make node-down" >&2; [ "$status" -ne 0 ] || status=1; }
+  fi
+  # Earlier runs' images go; this run's ($TAG, from the env step) stay as the next one's cache.
+  echo "e2e-node: removing earlier runs' images from buildah's storage" >&2
+  bash scripts/prune-e2e-images.sh "${TAG:-}" | sed 's/^/    removed /' >&2 \
+    || { echo "e2e-node: FAILED: pruning the images of earlier runs" >&2; [ "$status" -ne 0 ] || status=1; }
   echo "e2e-node: finished with status $status in $(elapsed)" >&2
   exit "$status"
 }
 trap cleanup EXIT
+# A CI timeout or Ctrl-C: exit through cleanup with a failing status (bash alone would run the
+# EXIT trap with status 0, skipping the log collection).
+trap 'exit 143' TERM
+trap 'exit 130' INT
+trap 'exit 129' HUP
 
 if [ "$E2E_SKAFFOLD" = 1 ] && ! bash scripts/skaffold-bin.sh --check; then
   echo "e2e-node: building skaffold in the background (log: $ARTIFACTS/skaffold-build.log)"
   mkdir -p "$ARTIFACTS"
-  bash scripts/skaffold-bin.sh >"$ARTIFACTS/skaffold-build.log" 2>&1 &
+  # In its own process group, so that an early exit stops the go build too.
+  setsid bash scripts/skaffold-bin.sh >"$ARTIFACTS/skaffold-build.log" 2>&1 &
   skaffold_build=$!
 fi
 
 if [ ! -f "$NODE_STATE/node.json" ]; then
-  step node-up
+  # Set first: a node-up stopped half-way (a signal) leaves its node.json for node-down to use.
   started_node=1
+  step node-up
 fi
 step env
 

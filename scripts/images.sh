@@ -14,6 +14,8 @@
 #     listens on localhost:5000 there, see make node-up).
 #   ONLY="proxy injector": build only these components.
 #   PLATFORMS (linux/amd64): with docker buildx, the platforms to build for.
+# With --plan it builds nothing: it checks the components and prints, per line, each one's
+# name, Dockerfile and build context.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -21,16 +23,30 @@ REGISTRY=${REGISTRY:-gossamer}
 TAG=${TAG:-dev}
 BUILDER=${BUILDER:-auto}
 BASE=${BASE:-auto}
-components=(${ONLY:-destination identity injector proxy proxy-init viz-web viz-tap demo-app})
 upstream_base=python:3.11-slim-bookworm
 revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 die() { echo "images: $*" >&2; exit 2; }
-for c in "${components[@]}"; do
-  case "$c" in destination|identity|injector|proxy|proxy-init|viz-web|viz-tap|demo-app) ;;
-    *) die "unknown component $c (destination identity injector proxy proxy-init viz-web viz-tap demo-app)" ;;
+# The one table of components: their Dockerfiles (the default list and the check read it).
+dockerfile_of() {
+  case $1 in
+    destination|identity|injector|proxy|proxy-init) echo "services/$1/Dockerfile" ;;
+    viz-web|viz-tap) echo "cli/docker/$1/Dockerfile" ;;
+    demo-app) echo examples/demo/Dockerfile ;;
+    *) return 1 ;;
   esac
+}
+context_of() { if [ "$1" = demo-app ]; then echo examples/demo; else echo .; fi; }
+known="destination identity injector proxy proxy-init viz-web viz-tap demo-app"
+components=(${ONLY:-$known})
+for c in "${components[@]}"; do
+  dockerfile=$(dockerfile_of "$c") || die "unknown component $c ($known)"
+  [ -f "$dockerfile" ] || die "$c: $dockerfile is missing"
 done
+if [ "${1:-}" = --plan ]; then
+  for c in "${components[@]}"; do echo "$c $(dockerfile_of "$c") $(context_of "$c")"; done
+  exit 0
+fi
 
 if [ "$BUILDER" = auto ]; then
   if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then BUILDER=docker
@@ -58,15 +74,6 @@ if [ -n "${SSL_CERT_FILE:-}" ] && [ -s "$SSL_CERT_FILE" ]; then
   fi
 fi
 echo "images: building ${components[*]} with $BUILDER (base: $BASE) as $REGISTRY/<component>:$TAG" >&2
-
-dockerfile_of() {
-  case $1 in
-    demo-app) echo examples/demo/Dockerfile ;;
-    viz-web|viz-tap) echo "cli/docker/$1/Dockerfile" ;;
-    *) echo "services/$1/Dockerfile" ;;
-  esac
-}
-context_of() { if [ "$1" = demo-app ]; then echo examples/demo; else echo .; fi; }
 
 push() {
   local image=$1
