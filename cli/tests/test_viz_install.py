@@ -53,6 +53,7 @@ def test_every_manifest_validates_against_kubernetes_schemas() -> None:
         ("ClusterRole", "gossamer-gossamer-viz-tap-admin"),
         ("Secret", "tap-k8s-tls"),
         ("Service", "tap"),
+        ("APIService", "v1alpha1.tap.linkerd.io"),
         ("Deployment", "tap"),
     ]
     for obj in objects:
@@ -183,3 +184,20 @@ def test_the_tap_service_has_its_identity_its_rights_and_a_serving_certificate()
     assert names.get_values_for_type(x509.DNSName) == ["tap.viz.svc"]
     web_args = named[("Deployment", "web")]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--tap-url=https://tap.viz.svc.cluster.local:8089" in web_args
+
+
+def test_the_tap_api_service_routes_to_the_tap_service_trusting_its_ca() -> None:
+    import base64
+
+    objects = render("--namespace", "viz")
+    named = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    api_service = named[("APIService", "v1alpha1.tap.linkerd.io")]
+    assert api_service["apiVersion"] == "apiregistration.k8s.io/v1"
+    spec = api_service["spec"]
+    assert (spec["group"], spec["version"]) == ("tap.linkerd.io", "v1alpha1")
+    assert spec["service"] == {"name": "tap", "namespace": "viz", "port": 8089}
+    assert named[("Service", "tap")]["spec"]["ports"][0]["port"] == 8089
+    secret = named[("Secret", "tap-k8s-tls")]
+    assert spec["caBundle"] == secret["data"]["ca.crt"]
+    assert "insecureSkipTLSVerify" not in spec
+    assert base64.b64decode(spec["caBundle"]).startswith(b"-----BEGIN CERTIFICATE-----")

@@ -23,7 +23,9 @@ This renders the ``gossamer-viz`` namespace (meshed, labelled as a Linkerd exten
   ``tap-admin`` ClusterRole (verb ``watch`` in API group ``tap.linkerd.io``, as Linkerd's) is
   what a user needs to tap; the dashboard's account is bound to it. The tap pod is not
   meshed: it speaks mTLS to the proxies itself, with the certificate it gets from the
-  identity service, and its callers authenticate to it over HTTPS.
+  identity service, and its callers authenticate to it over HTTPS, directly or through the
+  kube-apiserver: the ``v1alpha1.tap.linkerd.io`` APIService (``caBundle``: the tap CA)
+  makes the apiserver proxy the tap API to it, as Linkerd's does.
 
 The image defaults to the upstream Prometheus image, as Linkerd's: Debian's ``prometheus``
 package (which local mode runs) is built without Kubernetes discovery, so an image made from
@@ -47,6 +49,8 @@ WEB_IMAGE = "gossamer/viz-web:dev"
 WEB_PORT = 8084
 TAP_IMAGE = "gossamer/viz-tap:dev"
 TAP_PORT = 8089
+TAP_API_GROUP = "tap.linkerd.io"
+TAP_API_VERSION = "v1alpha1"
 TAP_TLS_SECRET = "tap-k8s-tls"  # noqa: S105 - a Secret's name
 TAP_TLS_DIR = "/var/run/gossamer/tls"
 IDENTITY_TOKEN_DIR = "/var/run/secrets/tokens"  # noqa: S105 - a mount path
@@ -436,6 +440,7 @@ def _tap(
                 "ports": [{"name": "https", "port": TAP_PORT, "targetPort": TAP_PORT}],
             },
         },
+        tap_api_service(namespace, labels, serving.ca_pem),
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -475,6 +480,24 @@ def _tap(
             },
         },
     ]
+
+
+def tap_api_service(namespace: str, labels: dict[str, str], ca_pem: bytes) -> dict[str, Any]:
+    """Linkerd's ``v1alpha1.tap.linkerd.io`` APIService: the kube-apiserver proxies the tap
+    API to the tap Service, trusting its serving certificate through ``caBundle``."""
+    return {
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {"name": f"{TAP_API_VERSION}.{TAP_API_GROUP}", "labels": labels},
+        "spec": {
+            "group": TAP_API_GROUP,
+            "version": TAP_API_VERSION,
+            "groupPriorityMinimum": 1000,
+            "versionPriority": 100,
+            "service": {"name": "tap", "namespace": namespace, "port": TAP_PORT},
+            "caBundle": base64.b64encode(ca_pem).decode(),
+        },
+    }
 
 
 def _deployment(namespace: str, name: str, labels: dict[str, str], image: str) -> dict[str, Any]:
