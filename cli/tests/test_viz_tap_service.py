@@ -678,3 +678,240 @@ async def test_a_query_sent_in_pieces_is_read_whole_and_a_huge_one_refused(
     huge = b'{"match": {"path": "/' + b"a" * api.MAX_BODY + b'"}}'
     response = await client.post(PREFIX + "demo/pods/web-0/tap", data=huge, headers=auth)
     assert response.status == 413
+
+
+# -- through the apiserver's aggregation layer: the front proxy, discovery --------------------
+
+
+@dataclass
+class _CA:
+    pem: bytes
+    key: Any
+    name: x509.Name
+
+    @classmethod
+    def make(cls, common_name: str) -> _CA:
+        from cryptography.hazmat.primitives import hashes
+
+        now = dt.datetime.now(dt.UTC)
+        key = generate_private_key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(certificates_to_pem([cert]), key, name)
+
+    def issue(self, common_name: str, tmp: Path) -> tuple[Path, Path]:
+        from cryptography.hazmat.primitives import hashes
+
+        now = dt.datetime.now(dt.UTC)
+        key = generate_private_key()
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self.name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(
+                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        cert_file, key_file = tmp / f"{common_name}.crt", tmp / f"{common_name}.key"
+        cert_file.write_bytes(certificates_to_pem([leaf]))
+        key_file.write_bytes(private_key_to_pem(key))
+        return cert_file, key_file
+
+
+def _auth_config_map(front_ca: _CA, allowed: list[str]) -> dict[str, str]:
+    return {
+        "requestheader-client-ca-file": front_ca.pem.decode(),
+        "requestheader-allowed-names": json.dumps(allowed),
+        "requestheader-username-headers": '["X-Remote-User"]',
+        "requestheader-group-headers": '["X-Remote-Group"]',
+        "requestheader-extra-headers-prefix": '["X-Remote-Extra-"]',
+    }
+
+
+@dataclass
+class Aggregated:
+    url: str
+    serving_ca: bytes
+    kube: FakeKube
+    files: Path
+    user_ca: _CA
+    front_ca: _CA
+
+    async def post(
+        self, client_cert: tuple[Path, Path] | None, headers: dict[str, str]
+    ) -> tuple[int, str]:
+        import aiohttp
+
+        context = ssl.create_default_context(cadata=self.serving_ca.decode())
+        if client_cert is not None:
+            context.load_cert_chain(*client_cert)
+        body = api.TapQuery(max_rps=0, seconds=10, max_events=3).body()
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http,
+            http.post(
+                self.url + PREFIX + "demo/deployments/web/tap",
+                data=body,
+                headers=headers,
+                server_hostname="tap.gossamer-viz.svc",
+            ) as response,
+        ):
+            return response.status, await response.text()
+
+
+@pytest.fixture
+async def aggregated(
+    mesh: Mesh, proxies: tuple[list[TapTarget], int], tmp_path: Path
+) -> AsyncIterator[Aggregated]:
+    """The tap service over TLS trusting a user CA and a front-proxy CA (allowed name
+    ``front-proxy-client``), as the cluster's extension-apiserver-authentication says."""
+    from gossamer_cli.viz.tap_service.frontproxy import front_proxy_from_config_map
+    from gossamer_cli.viz.tap_service.server import server_context
+    from gossamer_cli.viz.tap_service.serving import generate_serving
+
+    targets, port = proxies
+    kube = FakeKube({"weak": "mallory"}, {"alice", "carol"})
+    user_ca, front_ca = _CA.make("kubernetes-client-ca"), _CA.make("front-proxy-ca")
+    front_proxy = front_proxy_from_config_map(_auth_config_map(front_ca, ["front-proxy-client"]))
+    assert front_proxy is not None
+    service = TapService(
+        Authenticator(
+            kube,  # type: ignore[arg-type]
+            client_ca_pem=user_ca.pem.decode(),
+            front_proxy=front_proxy,
+        ),
+        lambda resource, namespace: _targets(targets),
+        FakeCredentials(mesh.credentials(tap_identity("gossamer", TRUST_DOMAIN))),
+        port=port,
+    )
+    serving = generate_serving(viz_namespace="gossamer-viz", now=dt.datetime.now(dt.UTC))
+    (tmp_path / "tls.crt").write_bytes(serving.crt_pem)
+    (tmp_path / "tls.key").write_bytes(serving.key_pem)
+    context = server_context(
+        str(tmp_path / "tls.crt"),
+        str(tmp_path / "tls.key"),
+        user_ca.pem.decode(),
+        front_proxy.ca_pem,
+    )
+    runner = web.AppRunner(service.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield Aggregated(
+        f"https://127.0.0.1:{bound}", serving.ca_pem, kube, tmp_path, user_ca, front_ca
+    )
+    await runner.cleanup()
+
+
+async def _targets(targets: list[TapTarget]) -> list[TapTarget]:
+    return targets
+
+
+async def test_the_front_proxy_names_the_user_and_the_review_is_theirs(
+    aggregated: Aggregated,
+) -> None:
+    proxy = aggregated.front_ca.issue("front-proxy-client", aggregated.files)
+    headers = {"X-Remote-User": "alice", "X-Remote-Extra-Scopes%2fA": "x"}
+    status, text = await aggregated.post(
+        proxy, {**headers, "X-Remote-Group": "devs", "Authorization": "Bearer weak"}
+    )
+    assert status == 200, text
+    assert len([line for line in _lines(text) if "event" in line]) == 3
+    spec = aggregated.kube.reviews[-1]["spec"]
+    assert (spec["user"], spec["groups"]) == ("alice", ["devs"])
+    assert spec["extra"] == {"scopes/a": ["x"]}
+    # An unauthorized user named by the proxy is refused.
+    status, _ = await aggregated.post(proxy, {"X-Remote-User": "mallory"})
+    assert status == 403
+    # The proxy's certificate without a user is nobody (not the proxy's own name).
+    status, _ = await aggregated.post(proxy, {})
+    assert status == 401
+    assert aggregated.kube.reviews[-1]["spec"]["user"] == "mallory"
+
+
+async def test_remote_user_headers_are_ignored_from_anyone_but_the_front_proxy(
+    aggregated: Aggregated,
+) -> None:
+    forged = {"X-Remote-User": "alice", "X-Remote-Group": "system:masters"}
+    # No client certificate: the headers are not a user.
+    status, _ = await aggregated.post(None, forged)
+    assert status == 401
+    status, _ = await aggregated.post(None, {**forged, "Authorization": "Bearer weak"})
+    assert status == 403
+    assert aggregated.kube.reviews[-1]["spec"]["user"] == "mallory"
+    # A user's client certificate: the user is the certificate's, the headers are ignored.
+    user = aggregated.user_ca.issue("carol", aggregated.files)
+    status, text = await aggregated.post(user, forged)
+    assert status == 200, text
+    assert aggregated.kube.reviews[-1]["spec"]["user"] == "carol"
+    assert aggregated.kube.reviews[-1]["spec"]["groups"] == []
+    # The front-proxy CA, but a name it does not allow: neither a proxy nor a user.
+    other = aggregated.front_ca.issue("someone-else", aggregated.files)
+    reviews = len(aggregated.kube.reviews)
+    status, _ = await aggregated.post(other, forged)
+    assert status == 401
+    assert len(aggregated.kube.reviews) == reviews
+
+
+async def test_discovery_and_health_are_served_as_an_aggregated_api_server_must(
+    aggregated: Aggregated,
+) -> None:
+    import aiohttp
+
+    context = ssl.create_default_context(cadata=aggregated.serving_ca.decode())
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http:
+
+        async def get(path: str) -> tuple[int, Any]:
+            async with http.get(
+                aggregated.url + path, server_hostname="tap.gossamer-viz.svc"
+            ) as response:
+                return response.status, await response.json(content_type=None)
+
+        status, resources = await get("/apis/tap.linkerd.io/v1alpha1")
+        assert status == 200
+        assert resources["kind"] == "APIResourceList"
+        assert resources["groupVersion"] == "tap.linkerd.io/v1alpha1"
+        by_name = {r["name"]: r for r in resources["resources"]}
+        assert by_name["deployments/tap"]["verbs"] == ["watch"]
+        assert by_name["deployments/tap"]["namespaced"] is True
+        assert by_name["namespaces/tap"]["namespaced"] is False
+        status, group = await get("/apis/tap.linkerd.io")
+        assert (status, group["preferredVersion"]["version"]) == (200, "v1alpha1")
+        status, groups = await get("/apis")
+        assert [g["name"] for g in groups["groups"]] == ["tap.linkerd.io"]
+        async with http.get(
+            aggregated.url + "/healthz", server_hostname="tap.gossamer-viz.svc"
+        ) as response:
+            assert (response.status, await response.text()) == (200, "ok")
+
+
+def test_the_front_proxy_settings_come_from_the_clusters_config_map() -> None:
+    from gossamer_cli.viz.tap_service.frontproxy import front_proxy_from_config_map
+
+    front_ca = _CA.make("front-proxy-ca")
+    assert front_proxy_from_config_map({"client-ca-file": front_ca.pem.decode()}) is None
+    settings = front_proxy_from_config_map(_auth_config_map(front_ca, []))
+    assert settings is not None
+    assert settings.allowed_names == ()
+    assert settings.username_headers == ("X-Remote-User",)
+    bad = {**_auth_config_map(front_ca, []), "requestheader-allowed-names": "front-proxy"}
+    with pytest.raises(ValueError, match="requestheader-allowed-names"):
+        front_proxy_from_config_map(bad)
+    no_users = {**_auth_config_map(front_ca, []), "requestheader-username-headers": "[]"}
+    with pytest.raises(ValueError, match="username"):
+        front_proxy_from_config_map(no_users)

@@ -137,16 +137,21 @@ async def _run(
     from gossamer_kube.config import KubeConfig
     from gossamer_kube.resources import CONFIGMAPS
 
-    from gossamer_cli.viz.tap_service.auth import Authenticator, cluster_client_ca
+    from gossamer_cli.viz.tap_service.auth import Authenticator, cluster_authentication
     from gossamer_cli.viz.tap_service.resolve import pod_resolver
     from gossamer_cli.viz.tap_service.server import TapService, server_context
 
     log = structlog.get_logger("gossamer.viz.tap")
     async with KubeClient(KubeConfig.load(kubeconfig)) as kube:
+        # The client CA names users by certificate; the front proxy (the apiserver, through
+        # the APIService) names them in headers. A given --client-ca-file runs no front proxy.
         if client_ca_file is not None:
             client_ca = await asyncio.to_thread(Path(client_ca_file).read_text)
+            front_proxy = None
         else:
-            client_ca = await cluster_client_ca(kube)
+            client_ca, front_proxy = await cluster_authentication(kube)
+        if front_proxy is None:
+            log.info("no front proxy: callers reach the tap service directly only")
         if callable(credentials):
             namespace, name = options["trust_anchors_configmap"].split("/")
             config_map = await kube.get(CONFIGMAPS, name, namespace=namespace)
@@ -156,7 +161,7 @@ async def _run(
             credentials = credentials(anchors.encode())
         await credentials.current()  # fail at start, not on the first tap
         service = TapService(
-            Authenticator(kube),
+            Authenticator(kube, client_ca_pem=client_ca, front_proxy=front_proxy),
             pod_resolver(
                 kube,
                 control_plane_namespace=options["control_plane_namespace"],
@@ -168,7 +173,12 @@ async def _run(
         runner = web.AppRunner(service.app(), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(
-            runner, host, port, ssl_context=server_context(tls_cert, tls_key, client_ca)
+            runner,
+            host,
+            port,
+            ssl_context=server_context(
+                tls_cert, tls_key, client_ca, front_proxy.ca_pem if front_proxy else None
+            ),
         )
         await site.start()
         log.info("tap service listening", address=f"{host}:{port}")

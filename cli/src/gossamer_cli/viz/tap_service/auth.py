@@ -3,11 +3,15 @@
 As an aggregated API server does: the cluster's client CA (``client-ca-file`` of the
 ``kube-system/extension-apiserver-authentication`` ConfigMap, which the apiserver keeps) is
 what the TLS server verifies client certificates against; a bearer token is checked with a
-``TokenReview``; every call is authorized with a ``SubjectAccessReview`` (:mod:`.authz`).
-A failed review is a refusal, never a pass.
+``TokenReview``; a call the apiserver proxies (the APIService) is the user its front-proxy
+certificate's headers name (:mod:`.frontproxy`); every call is authorized with a
+``SubjectAccessReview`` (:mod:`.authz`). A failed review is a refusal, never a pass.
 """
 
 from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
 
 from cryptography import x509
 from gossamer_kube.client import KubeClient
@@ -23,33 +27,99 @@ from gossamer_cli.viz.tap_service.authz import (
     decision,
     subject_from_certificate,
 )
+from gossamer_cli.viz.tap_service.frontproxy import (
+    FrontProxy,
+    Headers,
+    chains_to,
+    front_proxy_from_config_map,
+)
 
-__all__ = ["AUTH_CONFIG_MAP", "Authenticator", "cluster_client_ca"]
+__all__ = ["AUTH_CONFIG_MAP", "Authenticator", "cluster_authentication", "cluster_client_ca"]
 
 AUTH_CONFIG_MAP = ("kube-system", "extension-apiserver-authentication")
 
 
-async def cluster_client_ca(kube: KubeClient) -> str:
-    """The PEM CA bundle the apiserver verifies client certificates against."""
+async def cluster_authentication(kube: KubeClient) -> tuple[str, FrontProxy | None]:
+    """The cluster's client CA (PEM) and its front proxy's settings (None without one)."""
     namespace, name = AUTH_CONFIG_MAP
     config_map = await kube.get(CONFIGMAPS, name, namespace=namespace)
-    pem = (config_map.get("data") or {}).get("client-ca-file") or ""
+    data = config_map.get("data") or {}
+    pem = data.get("client-ca-file") or ""
     if "-----BEGIN CERTIFICATE-----" not in pem:
         raise ValueError(f"{namespace}/{name} has no client-ca-file")
-    return str(pem)
+    try:
+        front_proxy = front_proxy_from_config_map(data)
+    except ValueError as exc:
+        raise ValueError(f"{namespace}/{name}: {exc}") from exc
+    return str(pem), front_proxy
+
+
+async def cluster_client_ca(kube: KubeClient) -> str:
+    """The PEM CA bundle the apiserver verifies client certificates against."""
+    return (await cluster_authentication(kube))[0]
+
+
+class _NoHeaders:
+    def getall(self, key: str, default: list[str]) -> list[str]:
+        return default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 class Authenticator:
-    def __init__(self, kube: KubeClient) -> None:
+    """``client_ca_pem``: the CA client certificates name users by; ``front_proxy``: the
+    apiserver's front proxy, whose connections name the user in headers. The TLS server
+    verifies client certificates against both; which one issued a certificate decides how
+    it is read, so a front-proxy certificate is never a user and a user's never a proxy.
+    Without ``client_ca_pem`` (and without a front proxy) a TLS-verified certificate is a
+    user, as when the server trusted only the client CA."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        *,
+        client_ca_pem: str | None = None,
+        front_proxy: FrontProxy | None = None,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
         self.kube = kube
+        self.client_ca = (
+            tuple(x509.load_pem_x509_certificates(client_ca_pem.encode()))
+            if client_ca_pem
+            else None
+        )
+        self.front_proxy = front_proxy
+        self._clock = clock
 
-    async def authenticate(self, peer_der: bytes | None, authorization: str | None) -> Subject:
-        """The caller: its verified client certificate's subject, or its token's user.
+    def _certificate_subject(self, certificate: x509.Certificate, headers: Headers) -> Subject:
+        now = self._clock()
+        if self.front_proxy is not None and self.front_proxy.is_front_proxy(certificate, now):
+            return self.front_proxy.subject(headers)
+        if self.client_ca is None and self.front_proxy is not None:
+            raise AuthError(401, "the client certificate is not the apiserver's front proxy")
+        if self.client_ca is not None and not chains_to(certificate, self.client_ca, now):
+            raise AuthError(401, "the client certificate is not from the cluster's client CA")
+        return subject_from_certificate(certificate)
 
-        ``peer_der`` is only ever a certificate the TLS handshake verified against the
-        cluster's client CA."""
+    async def authenticate(
+        self,
+        peer_der: bytes | None,
+        authorization: str | None,
+        headers: Headers | None = None,
+    ) -> Subject:
+        """The caller: the user the front proxy names, its verified client certificate's
+        subject, or its token's user.
+
+        ``peer_der`` is only ever a certificate the TLS handshake verified; ``headers`` are
+        read only when that certificate is the front proxy's."""
         if peer_der:
-            return subject_from_certificate(x509.load_der_x509_certificate(peer_der))
+            certificate = x509.load_der_x509_certificate(peer_der)
+            return self._certificate_subject(certificate, headers or _NoHeaders())
         token = bearer_token(authorization)
         if token is None:
             raise AuthError(401, "authenticate with a client certificate or a bearer token")

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
@@ -37,6 +38,7 @@ from gossamer_cli.viz.tap_service.auth import Authenticator
 from gossamer_cli.viz.tap_service.authz import AuthError
 from gossamer_cli.viz.tap_service.bounds import Budget
 from gossamer_cli.viz.tap_service.credentials import CredentialSource
+from gossamer_cli.viz.tap_service.discovery import discovery_documents
 
 __all__ = ["MAX_SESSIONS", "TapService", "server_context"]
 
@@ -48,14 +50,19 @@ NDJSON: Final = "application/x-ndjson"
 Resolver = Callable[[Resource, str], Awaitable[list[TapTarget]]]
 
 
-def server_context(cert_file: str, key_file: str, client_ca_pem: str | None) -> ssl.SSLContext:
-    """TLS 1.3; client certificates optional, and verified against the cluster's client CA."""
+def server_context(
+    cert_file: str, key_file: str, client_ca_pem: str | None, front_proxy_ca_pem: str | None = None
+) -> ssl.SSLContext:
+    """TLS 1.3; client certificates optional, and verified against the cluster's client CA
+    or the front proxy's CA (the :class:`.auth.Authenticator` then tells which issued it)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.load_cert_chain(cert_file, key_file)
     context.set_alpn_protocols(["http/1.1"])
-    if client_ca_pem:
-        context.load_verify_locations(cadata=client_ca_pem)
+    cas = [pem for pem in (client_ca_pem, front_proxy_ca_pem) if pem]
+    if cas:
+        for pem in cas:
+            context.load_verify_locations(cadata=pem)
         context.verify_mode = ssl.CERT_OPTIONAL
     else:
         context.verify_mode = ssl.CERT_NONE
@@ -79,6 +86,15 @@ async def _body(request: web.Request) -> bytes:
         raise ApiError(413, f"the query is larger than {MAX_BODY} bytes") from exc
 
 
+def _discovery(document: dict[str, Any]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    body = json.dumps(document).encode()
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    return handle
+
+
 def _refusal(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=message + "\n", content_type="text/plain")
 
@@ -95,17 +111,24 @@ class TapService:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_get("/ready", self._ready)
+        for path in ("/healthz", "/livez", "/readyz"):
+            app.router.add_get(path, self._healthz)
+        for path, document in discovery_documents().items():
+            app.router.add_get(path, _discovery(document))
         app.router.add_post("/apis/{tail:.*}", self._tap)
         return app
 
     async def _ready(self, request: web.Request) -> web.Response:
         return web.Response(text="ready\n")
 
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
     async def _tap(self, request: web.Request) -> web.StreamResponse:
         try:
             target = parse_path(request.path)
             subject = await self.authenticator.authenticate(
-                _peer_certificate(request), request.headers.get("Authorization")
+                _peer_certificate(request), request.headers.get("Authorization"), request.headers
             )
             await self.authenticator.authorize(subject, target)
             query = parse_query(await _body(request), namespace=target.namespace)
