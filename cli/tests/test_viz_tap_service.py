@@ -640,7 +640,11 @@ def test_the_cli_finds_the_local_tap_service_or_taps_directly(tmp_path: Path) ->
     import click
     from gossamer_cli.viz.tap_cmd import _endpoint
 
-    assert _endpoint(tmp_path, None, None) is None  # no mesh running: tap the proxies itself
+    def no_apiserver(kubeconfig: str | None) -> None:
+        return None
+
+    # No mesh running, no APIService: tap the proxies itself.
+    assert _endpoint(tmp_path, None, None, None, no_apiserver) is None
     (tmp_path / "ready.json").write_text(json.dumps({"tap_url": None}))
     assert _endpoint(tmp_path, None, None) is None  # a mesh without the tap service
     (tmp_path / "ca.crt").write_bytes(b"CA")
@@ -915,3 +919,65 @@ def test_the_front_proxy_settings_come_from_the_clusters_config_map() -> None:
     no_users = {**_auth_config_map(front_ca, []), "requestheader-username-headers": "[]"}
     with pytest.raises(ValueError, match="username"):
         front_proxy_from_config_map(no_users)
+
+
+async def test_the_cli_goes_through_the_apiserver_when_it_serves_the_tap_api(
+    aggregated: Aggregated, tmp_path: Path
+) -> None:
+    """A stand-in apiserver that proxies as the aggregator does (front-proxy certificate,
+    X-Remote-User for the token's user) and serves discovery only while "Available"."""
+    import aiohttp
+    from gossamer_cli.viz.tap_cmd import _endpoint
+    from gossamer_cli.viz.tap_service.client import (
+        TapServiceCall,
+        TapServiceEndpoint,
+        apiserver_serves_tap,
+    )
+    from gossamer_kube.config import KubeConfig
+
+    proxy_cert = aggregated.front_ca.issue("front-proxy-client", aggregated.files)
+    available = {"now": False}
+    upstream = ssl.create_default_context(cadata=aggregated.serving_ca.decode())
+    upstream.load_cert_chain(*proxy_cert)
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != "Bearer token-of-alice":
+            return web.Response(status=401)
+        if not available["now"]:
+            return web.Response(status=503, text="service unavailable")
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=upstream)) as http,
+            http.request(
+                request.method,
+                aggregated.url + request.path,
+                data=await request.read(),
+                headers={"X-Remote-User": "alice", "Content-Type": "application/json"},
+                server_hostname="tap.gossamer-viz.svc",
+            ) as answer,
+        ):
+            return web.Response(status=answer.status, body=await answer.read(),
+                                content_type=answer.content_type)  # fmt: skip
+
+    app = web.Application()
+    app.router.add_route("*", "/apis/{tail:.*}", forward)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        server = str(client.make_url("")).rstrip("/")
+        kube = KubeConfig(server=server, token="token-of-alice")
+        assert await apiserver_serves_tap(kube) is False
+        available["now"] = True
+        assert await apiserver_serves_tap(kube) is True
+        assert await apiserver_serves_tap(KubeConfig(server=server, token="wrong")) is False
+        endpoint = TapServiceEndpoint.apiserver(kube)
+        assert endpoint.via_apiserver
+        assert endpoint.url == server
+        found = _endpoint(tmp_path, None, None, "kubeconfig", lambda _: endpoint)
+        assert found is endpoint
+        query = api.TapQuery(max_rps=0, seconds=10, max_events=4)
+        call = TapServiceCall(endpoint, kube, "demo", parse_resource("deploy/web"), query)
+        events = [item async for item in call.events()]
+        assert len(events) == 4
+        assert aggregated.kube.reviews[-1]["spec"]["user"] == "alice"
+    finally:
+        await client.close()

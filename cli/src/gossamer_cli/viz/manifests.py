@@ -482,7 +482,9 @@ def _tap(
     ]
 
 
-def tap_api_service(namespace: str, labels: dict[str, str], ca_pem: bytes) -> dict[str, Any]:
+def tap_api_service(
+    namespace: str, labels: dict[str, str], ca_pem: bytes, port: int = TAP_PORT
+) -> dict[str, Any]:
     """Linkerd's ``v1alpha1.tap.linkerd.io`` APIService: the kube-apiserver proxies the tap
     API to the tap Service, trusting its serving certificate through ``caBundle``."""
     return {
@@ -494,7 +496,7 @@ def tap_api_service(namespace: str, labels: dict[str, str], ca_pem: bytes) -> di
             "version": TAP_API_VERSION,
             "groupPriorityMinimum": 1000,
             "versionPriority": 100,
-            "service": {"name": "tap", "namespace": namespace, "port": TAP_PORT},
+            "service": {"name": "tap", "namespace": namespace, "port": port},
             "caBundle": base64.b64encode(ca_pem).decode(),
         },
     }

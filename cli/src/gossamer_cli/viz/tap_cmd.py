@@ -4,7 +4,9 @@ Where the viz tap service runs (:mod:`.tap_service`), the CLI asks it, proving i
 the kubeconfig's credentials; the service checks that user may tap the resource, fans out
 to the proxies and streams the events back. The service is found by ``--tap-url`` with
 ``--tap-ca-file`` (a cluster: e.g. through ``kubectl -n gossamer-viz port-forward svc/tap
-8089``), or in local mode from the running mesh's ``ready.json`` in ``--state-dir``.
+8089``), in local mode from the running mesh's ``ready.json`` in ``--state-dir``, or else
+through the kubeconfig's apiserver when it serves the tap API (the viz install's
+``v1alpha1.tap.linkerd.io`` APIService is Available), as Linkerd's CLI does.
 
 Without a tap service the CLI is the tap service itself (local mode only): it lists the
 resource's pods, signs itself a certificate for the viz tap identity with the local mesh's
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from gossamer_cli.viz.resources import Resource, parse_resource, resource_argume
 from gossamer_cli.viz.tap_query import TapFilters, TapTarget
 
 CONTROL_PLANE_NAMESPACE = "gossamer"
+APISERVER_PROBE_TIMEOUT = 10.0
 TRUST_DOMAIN = "cluster.local"
 
 
@@ -175,15 +179,44 @@ def _credentials(state_dir: Path) -> Any:
         ) from exc
 
 
-def _endpoint(state_dir: Path, tap_url: str | None, tap_ca_file: Path | None) -> Any:
-    """The tap service to ask, or None to tap the proxies directly (local mode without it)."""
+def _apiserver_endpoint(kubeconfig: str | None) -> Any:
+    """The kubeconfig's apiserver when it serves the tap API (the APIService is Available),
+    else None; bounded in time, and any failure to ask is a None."""
+    from gossamer_kube.config import KubeConfig
+
+    from gossamer_cli.viz.tap_service.client import TapServiceEndpoint, apiserver_serves_tap
+
+    async def probe() -> bool:
+        async with asyncio.timeout(APISERVER_PROBE_TIMEOUT):
+            return await apiserver_serves_tap(config)
+
+    try:
+        config = KubeConfig.load(kubeconfig)
+        serves = asyncio.run(probe())
+    except Exception:
+        return None
+    return TapServiceEndpoint.apiserver(config) if serves else None
+
+
+def _endpoint(
+    state_dir: Path,
+    tap_url: str | None,
+    tap_ca_file: Path | None,
+    kubeconfig: str | None = None,
+    apiserver: Callable[[str | None], Any] = _apiserver_endpoint,
+) -> Any:
+    """The tap service to ask, or None to tap the proxies directly (local mode without it).
+
+    In order: ``--tap-url``; the local mesh's tap service (``ready.json``); the kubeconfig's
+    apiserver, as Linkerd's CLI, when the ``v1alpha1.tap.linkerd.io`` APIService is
+    Available there."""
     from gossamer_cli.viz.tap_service.client import TapServiceEndpoint
 
     if tap_url is None:
         try:
             ready = json.loads((state_dir / "ready.json").read_text())
         except (OSError, ValueError):
-            return None
+            return apiserver(kubeconfig)
         tap_url, ca = ready.get("tap_url"), ready.get("tap_ca_file")
         if not isinstance(tap_url, str) or not isinstance(ca, str):
             return None
@@ -330,7 +363,7 @@ def tap(
     from gossamer_cli.viz.tap_render import render_json, render_line
 
     target, filters = _setup(resource, namespace, to_text, to_namespace, method, path, authority)
-    endpoint = _endpoint(state_dir, tap_url, tap_ca_file)
+    endpoint = _endpoint(state_dir, tap_url, tap_ca_file, kubeconfig)
 
     def show(source: str, event: Any) -> None:
         if output == "json":
@@ -413,7 +446,7 @@ def top(
     from gossamer_cli.viz.top import TopTable
 
     target, filters = _setup(resource, namespace, to_text, to_namespace, method, path, authority)
-    endpoint = _endpoint(state_dir, tap_url, tap_ca_file)
+    endpoint = _endpoint(state_dir, tap_url, tap_ca_file, kubeconfig)
     if endpoint is not None:
         targets: list[TapTarget] = []
         names, credentials = _pod_names(kubeconfig), None

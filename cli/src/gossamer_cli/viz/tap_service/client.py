@@ -42,14 +42,39 @@ class TapServiceError(Exception):
 
 @dataclass(frozen=True)
 class TapServiceEndpoint:
-    """Where the tap service listens (``https://host:port``), how to trust it."""
+    """Where the tap service listens (``https://host:port``), how to trust it.
+
+    ``via_apiserver``: the kubeconfig's apiserver, which proxies the tap API to the service
+    (the ``v1alpha1.tap.linkerd.io`` APIService); it is trusted as the kubeconfig says."""
 
     url: str
     ca_pem: bytes = field(repr=False)
     server_name: str = service_name("gossamer-viz")
+    via_apiserver: bool = False
+
+    @classmethod
+    def apiserver(cls, kube: KubeConfig) -> TapServiceEndpoint:
+        return cls(kube.server, b"", kube.tls_server_name or "", via_apiserver=True)
 
 
-def _context(endpoint: TapServiceEndpoint, kube: KubeConfig) -> ssl.SSLContext:
+async def apiserver_serves_tap(kube: KubeConfig) -> bool:
+    """Whether the apiserver serves the tap API: its discovery answers for the group version
+    only while the APIService is Available (any authenticated user may read discovery)."""
+    from gossamer_kube.errors import KubeError
+
+    from gossamer_cli.viz.tap_service.discovery import GROUP_VERSION
+
+    async with KubeClient(kube) as client:
+        try:
+            doc = await client.request("GET", f"/apis/{GROUP_VERSION}")
+        except KubeError:
+            return False
+    return doc.get("kind") == "APIResourceList" and doc.get("groupVersion") == GROUP_VERSION
+
+
+def _context(endpoint: TapServiceEndpoint, kube: KubeConfig) -> ssl.SSLContext | bool:
+    if endpoint.via_apiserver:
+        return kube.ssl_context() or False  # False: a plain-http apiserver
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=endpoint.ca_pem.decode())
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     if kube.client_cert_data is not None and kube.client_key_data is not None:
@@ -94,7 +119,7 @@ class TapServiceCall:
                 url,
                 data=self.query.body(),
                 headers=headers,
-                server_hostname=self.endpoint.server_name,
+                server_hostname=self.endpoint.server_name or None,
             ) as response,
         ):
             if response.status != 200:
