@@ -18,8 +18,8 @@ authorized with a ``SubjectAccessReview`` for verb ``watch`` on ``<kind>s/tap`` 
 Linkerd's ``tap-admin`` ClusterRole grants the same rights here. It serves the discovery
 documents (:mod:`.discovery`) an aggregated server must for the APIService to be Available.
 
-Pure parts: :mod:`.api` (paths, queries, the event stream's lines), :mod:`.authz`,
-:mod:`.frontproxy`, :mod:`.discovery`
-(subjects, the review and its decision), :mod:`.bounds` (the merged stream's budget).
+Pure parts: :mod:`.api` (paths, queries, the event stream's lines), :mod:`.authz`
+(subjects, the review and its decision), :mod:`.frontproxy` (who a proxied call is),
+:mod:`.discovery`, :mod:`.bounds` (the merged stream's budget).
 I/O: :mod:`.auth`, :mod:`.server`, :mod:`.certify`, :mod:`.client` (the callers' side).
 """
