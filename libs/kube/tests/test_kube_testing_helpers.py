@@ -56,3 +56,20 @@ def test_cluster_pki_roles() -> None:
     eku = admin.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.CLIENT_AUTH in eku
     assert b"BEGIN PUBLIC KEY" in pki.sa_public_pem
+
+
+def test_cluster_pki_has_a_front_proxy_apart_from_the_cluster_ca(tmp_path: Path) -> None:
+    pki = ClusterPKI.generate("10.96.0.1")
+    client = x509.load_pem_x509_certificate(pki.front_proxy_client.cert_pem)
+    front_ca = x509.load_pem_x509_certificate(pki.front_proxy_ca.cert_pem)
+    cluster_ca = x509.load_pem_x509_certificate(pki.ca.cert_pem)
+    client.verify_directly_issued_by(front_ca)
+    assert client.issuer != cluster_ca.subject  # users' CA and the proxy's are different
+    names = client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    assert [n.value for n in names] == ["front-proxy-client"]
+    eku = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in eku
+    files = pki.write(tmp_path / "pki")
+    assert files.front_proxy_ca_cert.read_bytes() == pki.front_proxy_ca.cert_pem
+    assert files.front_proxy_client_key.read_bytes() == pki.front_proxy_client.key_pem
+    assert files.front_proxy_client_cert.stat().st_mode & 0o077 == 0

@@ -31,7 +31,7 @@ from gossamer_kube.config import KubeConfig
 from gossamer_kube.errors import KubeApiError, KubeError
 from gossamer_kube.testing.admin import AdminHTTP
 from gossamer_kube.testing.binaries import KubeBinaries
-from gossamer_kube.testing.pki import ClusterPKI, PKIFiles
+from gossamer_kube.testing.pki import FRONT_PROXY_CLIENT_NAME, ClusterPKI, PKIFiles
 from gossamer_kube.testing.process import ComponentProcess, ProcessRecord, tail
 from gossamer_kube.testing.stages import KWOK_STAGES_YAML
 
@@ -259,6 +259,15 @@ class KubeTestCluster:
                 f"--service-account-signing-key-file={files.sa_key}",
                 f"--service-account-key-file={files.sa_pub}",
                 "--authorization-mode=Node,RBAC",
+                # The aggregation layer, as kubeadm sets it up: APIServices are proxied to
+                # with the front-proxy client certificate, users named in X-Remote-*.
+                f"--requestheader-client-ca-file={files.front_proxy_ca_cert}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT_NAME}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={files.front_proxy_client_cert}",
+                f"--proxy-client-key-file={files.front_proxy_client_key}",
                 "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,"
                 "MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
                 # Nodes are born with a not-ready taint that only node-lifecycle-controller

@@ -1,4 +1,5 @@
-"""The test cluster's own PKI: a CA, the apiserver's serving cert, an admin client cert, SA keys.
+"""The test cluster's own PKI: a CA, the apiserver's serving cert, an admin client cert, SA keys,
+and the aggregation layer's front-proxy CA and client cert.
 
 Made fresh for every cluster with :mod:`cryptography`, so no key material is ever committed
 and two clusters on one machine never trust each other.
@@ -19,6 +20,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 __all__ = ["ClusterPKI", "IssuedCert", "PKIFiles", "issue_cert", "make_ca"]
 
 _VALIDITY = dt.timedelta(days=30)
+#: The front proxy's certificate name (``--requestheader-allowed-names``), kubeadm's.
+FRONT_PROXY_CLIENT_NAME = "front-proxy-client"
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ class ClusterPKI:
     admin: IssuedCert
     sa_private_pem: bytes
     sa_public_pem: bytes
+    front_proxy_ca: IssuedCert
+    front_proxy_client: IssuedCert
 
     @classmethod
     def generate(cls, service_ip: str = "10.96.0.1", api_address: str = "127.0.0.1") -> ClusterPKI:
@@ -152,7 +157,13 @@ class ClusterPKI:
         sa_pub = sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        return cls(ca, apiserver, admin, _key_pem(sa_key), sa_pub)
+        # The aggregation layer's own CA and client, as kubeadm's front-proxy-ca: the
+        # apiserver proxies to APIService backends with it, naming users in X-Remote-*.
+        front_proxy_ca = make_ca("gossamer-test-front-proxy-ca")
+        front_proxy_client = issue_cert(front_proxy_ca, FRONT_PROXY_CLIENT_NAME, client=True)
+        return cls(
+            ca, apiserver, admin, _key_pem(sa_key), sa_pub, front_proxy_ca, front_proxy_client
+        )
 
     def write(self, directory: Path) -> PKIFiles:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -166,6 +177,9 @@ class ClusterPKI:
             (files.admin_key, self.admin.key_pem),
             (files.sa_key, self.sa_private_pem),
             (files.sa_pub, self.sa_public_pem),
+            (files.front_proxy_ca_cert, self.front_proxy_ca.cert_pem),
+            (files.front_proxy_client_cert, self.front_proxy_client.cert_pem),
+            (files.front_proxy_client_key, self.front_proxy_client.key_pem),
         ):
             path.write_bytes(data)
             path.chmod(0o600)
@@ -209,3 +223,15 @@ class PKIFiles:
     @property
     def sa_pub(self) -> Path:
         return self.directory / "sa.pub"
+
+    @property
+    def front_proxy_ca_cert(self) -> Path:
+        return self.directory / "front-proxy-ca.crt"
+
+    @property
+    def front_proxy_client_cert(self) -> Path:
+        return self.directory / "front-proxy-client.crt"
+
+    @property
+    def front_proxy_client_key(self) -> Path:
+        return self.directory / "front-proxy-client.key"
