@@ -29,8 +29,11 @@ def test_viz_install_applies_to_the_apiserver(kube_cluster: KubeTestCluster) -> 
     documents = [d for d in yaml.safe_load_all(rendered.output) if d]
     assert documents[0]["kind"] == "Namespace"
     try:
-        # The server validates the namespaced objects once their namespace exists.
+        # The server validates the namespaced objects once their namespace exists; the tap
+        # service's trust-roots Role lives in the control plane's namespace.
         kubectl(kube_cluster, "apply", "-f", "-", stdin=yaml.safe_dump(documents[0]))
+        control_plane = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gossamer"}}
+        kubectl(kube_cluster, "apply", "-f", "-", stdin=yaml.safe_dump(control_plane))
         kubectl(kube_cluster, "apply", "--dry-run=server", "-f", "-", stdin=rendered.output)
         kubectl(kube_cluster, "apply", "-f", "-", stdin=rendered.output)
         deployment = yaml.safe_load(
@@ -59,6 +62,12 @@ def test_viz_install_applies_to_the_apiserver(kube_cluster: KubeTestCluster) -> 
             "--as", "system:serviceaccount:gossamer-viz:prometheus",
         )  # fmt: skip
         assert can.strip() == "yes"
+        # Linkerd's APIService, pointing at the tap Service and trusting the tap CA.
+        api_service = yaml.safe_load(
+            kubectl(kube_cluster, "get", "apiservice", "v1alpha1.tap.linkerd.io", "-o", "yaml")
+        )
+        assert api_service["spec"]["service"]["name"] == "tap"
+        assert api_service["spec"]["service"]["namespace"] == "gossamer-viz"
     finally:
         removal = CliRunner().invoke(cli, ["viz", "uninstall"])
         subprocess.run(
