@@ -141,6 +141,25 @@ def test_a_uri_identity_cannot_be_certified_by_the_identity_service(anchors_pem:
         identity_from_settings(settings, Registry())
 
 
+@pytest.mark.parametrize("server_name", [None, VM])
+def test_a_static_uri_identity_needs_a_dns_like_server_name(
+    svid_files: tuple[Path, Path], anchors_pem: str, server_name: str | None
+) -> None:
+    # Without it the proxy would terminate mTLS for the spiffe:// string, which no SNI
+    # matches: meshed clients would pass through unauthenticated.
+    cert, key = svid_files
+    environ = {
+        "LINKERD2_PROXY_IDENTITY_SERVER_ID": VM,
+        "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS": anchors_pem,
+        "GOSSAMER_PROXY_IDENTITY_CERT_FILE": str(cert),
+        "GOSSAMER_PROXY_IDENTITY_KEY_FILE": str(key),
+    }
+    if server_name is not None:
+        environ["LINKERD2_PROXY_IDENTITY_SERVER_NAME"] = server_name
+    with pytest.raises(IdentityConfigError, match="LINKERD2_PROXY_IDENTITY_SERVER_NAME"):
+        identity_from_settings(load_settings(environ), Registry())
+
+
 def test_discovery_sends_uri_identity_and_server_name_to_the_connect_plan() -> None:
     message = destination_pb2.WeightedAddr(weight=1)
     message.addr.ip.ipv4 = 0xC000020A

@@ -286,6 +286,17 @@ def identity_from_settings(settings: ProxySettings, registry: Registry) -> Local
                 "a static identity needs LINKERD2_PROXY_IDENTITY_LOCAL_NAME (or "
                 "LINKERD2_PROXY_IDENTITY_SERVER_ID) and LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"
             )
+        if is_uri_identity(name) and (
+            not settings.identity_server_name or is_uri_identity(settings.identity_server_name)
+        ):
+            # Inbound mTLS is terminated only for a ClientHello whose SNI is the server
+            # name; a spiffe:// string is never an SNI, so without a DNS-like server name
+            # meshed clients would pass through unterminated and unauthenticated.
+            raise IdentityConfigError(
+                "a SPIFFE URI identity (LINKERD2_PROXY_IDENTITY_SERVER_ID) needs "
+                "LINKERD2_PROXY_IDENTITY_SERVER_NAME, the DNS-like TLS server name "
+                "(meshTLS.serverName) that inbound mTLS is terminated for"
+            )
         assert settings.identity_cert_file is not None
         assert settings.identity_key_file is not None
         try:
