@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ from gossamer_tls import (
     private_key_to_pem,
 )
 from gossamer_tls.svid import issue_svid, spiffe_id_of
+from structlog.testing import capture_logs
 
 WEB = "web.emojivoto.serviceaccount.identity.gossamer.cluster.local"
 VM = "spiffe://cluster.local/vm/billing"
@@ -283,3 +285,46 @@ def test_a_rotated_svid_is_installed_and_a_broken_one_refused(
     assert refused is not None
     assert "URI SANs" in refused
     assert identity.credentials is after
+
+
+class _StopWatching(BaseException):
+    """Ends a file watcher under test (a BaseException, as cancellation is)."""
+
+
+async def test_the_file_watcher_survives_any_failure_and_logs_repeats_once(
+    vm_identity: LocalIdentity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An EMFILE from the key's memfd (raised inside check_credentials, past the read) or
+    # any other bug must not end the watcher: the SVID would never rotate again.
+    failures: list[BaseException] = [
+        OSError(errno.EMFILE, "Too many open files"),
+        OSError(errno.EMFILE, "Too many open files"),
+        OSError(errno.EMFILE, "Too many open files"),
+        RuntimeError("boom"),
+    ]
+    reloads = 0
+
+    def reload_files() -> str | None:
+        nonlocal reloads
+        reloads += 1
+        if failures:
+            raise failures.pop(0)
+        return None
+
+    rounds = 0
+
+    async def sleep(_interval: float) -> None:
+        nonlocal rounds
+        rounds += 1
+        if rounds > 6:
+            raise _StopWatching
+
+    monkeypatch.setattr(vm_identity, "reload_files", reload_files)
+    with capture_logs() as logs, pytest.raises(_StopWatching):
+        await vm_identity._watch_files(sleep)
+    assert reloads == 6  # every round reloaded, after each failure too
+    failed = [entry for entry in logs if entry["event"] == "identity_files_reload_failed"]
+    assert [(entry["error"], entry["repeats"]) for entry in failed] == [
+        ("OSError: [Errno 24] Too many open files", 1),
+        ("RuntimeError: boom", 1),
+    ]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,9 @@ __all__ = [
 
 
 _log = structlog.get_logger("gossamer.proxy.identity")
+
+#: A file watcher failing the same way every round logs once per this many rounds.
+_WATCH_LOG_EVERY = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,13 +150,32 @@ class LocalIdentity:
         elif self._files is not None and self._task is None:
             self._task = asyncio.create_task(self._watch_files(), name="identity-files")
 
-    async def _watch_files(self) -> None:
+    async def _watch_files(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         assert self._files is not None
+        failure: str | None = None
+        repeats = 0
         while True:
-            await asyncio.sleep(self._files.interval)
+            await sleep(self._files.interval)
             # A stat per interval; a changed pair costs two small reads and an in-memory
             # handshake (milliseconds), so the loop is not worth leaving.
-            self.reload_files()
+            try:
+                self.reload_files()
+            except Exception as exc:  # the watcher must outlive any failure
+                # e.g. EMFILE from the key's memfd: a dead watcher would never rotate the
+                # SVID again, so log (the same failure once per _WATCH_LOG_EVERY rounds)
+                # and try again next round; the stamp is unchanged, so the pair is re-read.
+                error = f"{type(exc).__name__}: {exc}"
+                repeats = repeats + 1 if error == failure else 1
+                failure = error
+                if (repeats - 1) % _WATCH_LOG_EVERY == 0:
+                    _log.warning(
+                        "identity_files_reload_failed",
+                        identity=self.name,
+                        error=error,
+                        repeats=repeats,
+                    )
+            else:
+                failure, repeats = None, 0
 
     def reload_files(self) -> str | None:
         """Re-read a static identity's files if they changed; install them once they pass
