@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from gossamer_api.proxy import destination_pb2
 from gossamer_common.metrics import Registry
+from gossamer_proxy import local_identity
 from gossamer_proxy.config import Endpoint, load_settings
 from gossamer_proxy.connect import Connector, UpstreamTls
 from gossamer_proxy.errors import ProxyError, ProxyErrorKind
@@ -328,3 +329,42 @@ async def test_the_file_watcher_survives_any_failure_and_logs_repeats_once(
         ("OSError: [Errno 24] Too many open files", 1),
         ("RuntimeError: boom", 1),
     ]
+
+
+def test_an_svid_rotated_while_the_proxy_starts_is_installed_at_the_first_check(
+    trust: TrustMaterial, anchors_pem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issuer = CertifiedKey(trust.issuer.certificate, trust.issuer.private_key)
+    cert, key = tmp_path / "svid.pem", tmp_path / "svid_key.pem"
+    first, second = issue_svid(issuer, VM, now=now()), issue_svid(issuer, VM, now=now())
+    cert.write_bytes(first.chain_pem)
+    key.write_bytes(first.key_pem)
+    load = local_identity.load_static
+
+    def rotate_while_loading(*args: object) -> object:
+        # The SVID helper rewrites the pair after the proxy read it, before it settled.
+        credentials = load(*args)  # type: ignore[arg-type]
+        cert.write_bytes(second.chain_pem + b"\n")
+        key.write_bytes(second.key_pem)
+        return credentials
+
+    monkeypatch.setattr(local_identity, "load_static", rotate_while_loading)
+    settings = load_settings(
+        {
+            "LINKERD2_PROXY_IDENTITY_SERVER_ID": VM,
+            "LINKERD2_PROXY_IDENTITY_SERVER_NAME": VM_NAME,
+            "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS": anchors_pem,
+            "GOSSAMER_PROXY_IDENTITY_CERT_FILE": str(cert),
+            "GOSSAMER_PROXY_IDENTITY_KEY_FILE": str(key),
+        }
+    )
+    identity = identity_from_settings(settings, Registry())
+    monkeypatch.setattr(local_identity, "load_static", load)
+    assert identity is not None
+    started = identity.credentials
+    assert started is not None
+    assert started.chain_pem == first.chain_pem
+    assert identity.reload_files() is None
+    rotated = identity.credentials
+    assert rotated is not None
+    assert rotated.chain_pem.strip() == second.chain_pem.strip()

@@ -87,6 +87,7 @@ class LocalIdentity:
         pushed: bool = False,
         server_name: str | None = None,
         files: StaticFiles | None = None,
+        files_stamp: tuple[tuple[int, int, int], ...] | None = None,
     ) -> None:
         if files is not None and static is None:
             raise ValueError("only a static identity is re-read from files")
@@ -110,8 +111,10 @@ class LocalIdentity:
         self._clients: dict[tuple[tuple[str, ...], bool], ResumingContext] = {}
         self._metrics = metrics
         self._files = files
-        self._stamp: tuple[tuple[int, int, int], ...] | None = None
-        if files is not None:
+        #: The files' stamp when ``static`` was read from them: taken before the read
+        #: (``files_stamp``), so a rotation during the read is seen at the first check.
+        self._stamp = files_stamp
+        if files is not None and files_stamp is None:
             with contextlib.suppress(OSError):
                 self._stamp = files.stamp()
         if static is not None and metrics is not None:
@@ -321,9 +324,16 @@ def identity_from_settings(settings: ProxySettings, registry: Registry) -> Local
             )
         assert settings.identity_cert_file is not None
         assert settings.identity_key_file is not None
+        files = StaticFiles(
+            Path(settings.identity_cert_file),
+            Path(settings.identity_key_file),
+            interval=settings.identity_min_refresh,
+        )
         try:
-            cert_pem = Path(settings.identity_cert_file).read_bytes()
-            key_pem = Path(settings.identity_key_file).read_bytes()
+            # Stamp first: files rotated while being read differ from the stamp, so the
+            # watcher's first round re-reads them instead of keeping a stale pair.
+            stamp = files.stamp()
+            cert_pem, key_pem = files.cert.read_bytes(), files.key.read_bytes()
         except OSError as exc:
             raise IdentityConfigError(f"cannot read static identity: {exc}") from None
         credentials = load_static(name, settings.identity_trust_anchors, cert_pem, key_pem)
@@ -333,11 +343,8 @@ def identity_from_settings(settings: ProxySettings, registry: Registry) -> Local
             static=credentials,
             metrics=metrics,
             server_name=settings.identity_server_name,
-            files=StaticFiles(
-                Path(settings.identity_cert_file),
-                Path(settings.identity_key_file),
-                interval=settings.identity_min_refresh,
-            ),
+            files=files,
+            files_stamp=stamp,
         )
     if is_uri_identity(local_identity_name(settings) or ""):
         raise IdentityConfigError(
