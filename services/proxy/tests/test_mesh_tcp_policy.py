@@ -114,6 +114,28 @@ def test_unmatched_sni_has_no_route() -> None:
     assert _port(decision.backend) == 1
 
 
+@pytest.mark.parametrize(
+    "sni",
+    [
+        "a" * 60 + "." + "b" * 60 + "." + "c" * 60 + "." + "d" * 60 + ".example.com",  # 254
+        "x" * 65536,
+        "a" * 64 + ".example.com",  # a label over 63
+        "api.example.com\x00.evil",
+        "api example.com",
+        "a..example.com",
+        "*.example.com",
+    ],
+)
+def test_an_invalid_sni_has_no_route_even_with_a_catch_all(sni: str) -> None:
+    routes = compile_outbound_policy(_tls_policy(_tls_route("catch-all", [], [(1, 1)]))).tls_routes
+    decision = route_connection(routes, FixedRandom(0.0), tls=True, server_name=sni)
+    assert (decision.route, decision.backend, decision.error) == (None, None, "no_route")
+    assert "invalid SNI" in decision.message
+    longest = ".".join(["a" * 63] * 3 + ["b" * 61])  # 253 characters
+    for good in (longest, "api.example.com", "_svc.example-1.com", "localhost"):
+        assert route_connection(routes, FixedRandom(0.0), tls=True, server_name=good).error is None
+
+
 def test_backends_of_every_rule_share_the_weights() -> None:
     routes = compile_outbound_policy(
         _tls_policy(_tls_route("split", [], [(1, 1)], [(2, 3)]))

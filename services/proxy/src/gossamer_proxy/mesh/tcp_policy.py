@@ -25,6 +25,7 @@ Randomness comes in as an argument.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,12 +46,22 @@ __all__ = [
     "TcpRouteError",
     "compile_tcp_routes",
     "find_tls_route",
+    "is_valid_server_name",
     "route_connection",
     "sni_match_from_proto",
 ]
 
 #: A DNS name is at most 253 characters; longer SNIs and match names are refused.
 MAX_SNI_LENGTH = 253
+
+#: An SNI host name: dot-separated labels of 1-63 letters, digits, ``-`` or ``_``.
+_SERVER_NAME = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*", re.IGNORECASE)
+
+
+def is_valid_server_name(name: str) -> bool:
+    """Whether a ClientHello's SNI is a host name a route may match (a ClientHello carries
+    up to 64 KiB of anything; a longer or stranger name is refused as ``no_route``)."""
+    return len(name) <= MAX_SNI_LENGTH and _SERVER_NAME.fullmatch(name) is not None
 
 
 class TcpRouteError(ValueError):
@@ -211,7 +222,14 @@ def route_connection(
     tls: bool,
     server_name: str | None = None,
 ) -> TcpDecision:
-    """Route one connection: by ``server_name`` among TLS routes, else the first opaque one."""
+    """Route one connection: by ``server_name`` among TLS routes, else the first opaque one.
+    An SNI that is no valid host name (:func:`is_valid_server_name`) has no route."""
+    if tls and server_name is not None and not is_valid_server_name(server_name):
+        return TcpDecision(
+            None,
+            error="no_route",
+            message=f"invalid SNI {server_name[:64]!r} ({len(server_name)} characters)",
+        )
     first = routes[0] if routes else None
     route = find_tls_route(routes, server_name) if tls else first
     if route is None:
