@@ -19,7 +19,12 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 
-from gossamer_proxy.mesh.tls_contexts import Credentials, memory_file
+from gossamer_proxy.mesh.tls_contexts import (
+    Credentials,
+    certificate_sans,
+    is_uri_identity,
+    memory_file,
+)
 
 __all__ = ["CredentialRejected", "chain_pem_from_der", "check_credentials", "is_uri_identity"]
 
@@ -39,11 +44,6 @@ class _Side:
 
     incoming: ssl.MemoryBIO = field(default_factory=ssl.MemoryBIO)
     outgoing: ssl.MemoryBIO = field(default_factory=ssl.MemoryBIO)
-
-
-def is_uri_identity(identity: str) -> bool:
-    """A SPIFFE URI (``spiffe://…``) rather than a DNS-like name."""
-    return identity.startswith("spiffe://")
 
 
 def chain_pem_from_der(leaf_der: bytes, intermediates_der: tuple[bytes, ...]) -> bytes:
@@ -132,11 +132,7 @@ def check_credentials(
     if not peer or not leaf_der:
         raise CredentialRejected(f"certificate for {identity} was not verified")
     if is_uri_identity(identity):
-        uris = [
-            str(entry[1])
-            for entry in peer.get("subjectAltName", ())
-            if isinstance(entry, tuple) and len(entry) == 2 and entry[0] == "URI"
-        ]
+        uris = list(certificate_sans(peer, ("URI",)))
         if identity not in uris:
             raise CredentialRejected(
                 f"certificate for {identity} rejected: its URI SANs are {uris or 'none'}"

@@ -43,14 +43,16 @@ import os
 import ssl
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
     "Credentials",
     "ResumingContext",
+    "certificate_sans",
     "client_context",
+    "is_uri_identity",
     "load_credentials",
     "peer_has_identity",
     "peer_identity",
@@ -220,30 +222,54 @@ def peer_identity(
     return names[0] if names else None
 
 
+def is_uri_identity(identity: str) -> bool:
+    """A SPIFFE URI (``spiffe://…``) rather than a DNS-like name."""
+    return identity.startswith("spiffe://")
+
+
+def certificate_sans(
+    certificate: Mapping[str, Any] | None, kinds: tuple[str, ...] = ("DNS", "URI")
+) -> tuple[str, ...]:
+    """The SANs of the ``kinds`` given (``"DNS"``, ``"URI"``) of a certificate as
+    ``getpeercert()`` decodes it, in certificate order. The one SAN reader of the proxy."""
+    if not certificate:
+        return ()
+    return tuple(
+        str(entry[1])
+        for entry in certificate.get("subjectAltName", ())
+        if isinstance(entry, tuple) and len(entry) == 2 and entry[0] in kinds
+    )
+
+
+def _verified_certificate(
+    ssl_object: ssl.SSLObject | ssl.SSLSocket, now: float | None
+) -> dict[str, Any] | None:
+    """The peer's verified certificate, ``None`` for an expired resumed session's."""
+    certificate = ssl_object.getpeercert()
+    if not certificate:
+        return None
+    if ssl_object.session_reused:
+        not_after = certificate.get("notAfter")
+        if not isinstance(not_after, str):
+            return None
+        if ssl.cert_time_to_seconds(not_after) <= (time.time() if now is None else now):
+            return None
+    return dict(certificate)
+
+
 def peer_names(
     ssl_object: ssl.SSLObject | ssl.SSLSocket, now: float | None = None
 ) -> tuple[str, ...]:
     """Every DNS and URI SAN of the peer's verified certificate, in certificate order
     (none for an expired resumed session; see :func:`peer_identity`)."""
-    certificate = ssl_object.getpeercert()
-    if not certificate:
-        return ()
-    if ssl_object.session_reused:
-        not_after = certificate.get("notAfter")
-        if not isinstance(not_after, str):
-            return ()
-        if ssl.cert_time_to_seconds(not_after) <= (time.time() if now is None else now):
-            return ()
-    return tuple(
-        str(entry[1])
-        for entry in certificate.get("subjectAltName", ())
-        if isinstance(entry, tuple) and len(entry) == 2 and entry[0] in ("DNS", "URI")
-    )
+    return certificate_sans(_verified_certificate(ssl_object, now))
 
 
 def peer_has_identity(
     ssl_object: ssl.SSLObject | ssl.SSLSocket, identity: str, now: float | None = None
 ) -> bool:
-    """Whether the verified peer certificate carries ``identity`` as a DNS or URI SAN (as
-    Linkerd's verifier checks a server: any SAN, compared exactly)."""
-    return identity in peer_names(ssl_object, now)
+    """Whether the verified peer certificate carries ``identity``, compared exactly: a
+    ``spiffe://`` identity against its URI SANs only, any other against its DNS SANs only
+    (a URI SAN never proves a DNS-like identity, nor a DNS SAN a SPIFFE ID)."""
+    kind = "URI" if is_uri_identity(identity) else "DNS"
+    return identity in certificate_sans(_verified_certificate(ssl_object, now), (kind,))

@@ -34,7 +34,12 @@ from grpclib.server import Server, Stream
 
 from ..config import Endpoint
 from ..local_identity import LocalIdentity
-from ..mesh.tls_contexts import Credentials, load_credentials, server_context
+from ..mesh.tls_contexts import (
+    Credentials,
+    certificate_sans,
+    load_credentials,
+    server_context,
+)
 from .fanin import FanIn
 from .match import InvalidMatchError, compile_match, wants_headers
 from .remote import RemoteTap, RemoteTaps
@@ -50,12 +55,8 @@ WORKER_START_TIMEOUT = 2.0
 
 def identity_of_cert(cert: dict[str, Any] | None) -> str | None:
     """The mesh identity (first DNS or URI SAN) of a verified peer certificate."""
-    if not cert:
-        return None
-    for entry in cert.get("subjectAltName", ()):
-        if isinstance(entry, tuple) and len(entry) == 2 and entry[0] in ("DNS", "URI"):
-            return str(entry[1])
-    return None
+    names = certificate_sans(cert)
+    return names[0] if names else None
 
 
 class TapService(TapBase):
