@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,7 +22,7 @@ from gossamer_proxy.observe import ConnectionFacts, ObserverHub, Observers
 from gossamer_proxy.tap.fanin import FanIn
 from gossamer_proxy.tap.relay import TapRelay
 from gossamer_proxy.tap.remote import RemoteTap
-from gossamer_proxy.tap.taps import Taps
+from gossamer_proxy.tap.taps import QUEUE_CAPACITY, Taps
 
 TapEvent = tap_pb2.TapEvent
 
@@ -97,12 +98,44 @@ def test_remote_tap_bounds_what_waits_and_knows_when_workers_are_done() -> None:
     first = remote.next_event()
     assert first is not None
     assert first.http.WhichOneof("event") == "request_init"
-    remote.queue.append(b"\xff\xff")  # not a TapEvent: skipped and counted
+    remote.queue.append((2, 1, b"\xff\xff"))  # not a TapEvent: skipped and counted
     assert remote.next_event() is not None
     assert remote.next_event() is None
     assert remote.done
     assert remote.dropped == 6
     assert wakes
+
+
+def test_remote_tap_holds_each_worker_to_its_credit_and_grants_it_back_as_events_go() -> None:
+    grants: list[tuple[int, int]] = []
+    remote = RemoteTap(7, b"", lambda: None, capacity=8, window=4, grant=_record(grants))
+    remote.asked(1)
+    remote.started(1)
+    assert remote.room(1) == 4
+    assert remote.room(2) == 0  # never asked: no credit
+    events = [e.SerializeToString() for e in _request(5) + _request(6)]
+    remote.offer(1, events)  # six events against four of credit
+    assert (len(remote.queue), remote.dropped, remote.room(1)) == (4, 2, 0)
+    assert remote.next_event() is not None  # a quarter of the window taken: granted back
+    assert grants == [(1, 1)]
+    assert remote.room(1) == 1
+    while remote.next_event() is not None:
+        pass
+    assert grants == [(1, 1)] * 4
+    assert remote.room(1) == 4
+    # A restarted worker's tap starts with a fresh window; its previous tap's events still
+    # waiting earn the new one no extra credit.
+    remote.offer(1, events[:2])
+    remote.finished(1)
+    remote.asked(1)
+    while remote.next_event() is not None:
+        pass
+    assert remote.room(1) == 4
+    assert grants == [(1, 1)] * 4
+
+
+def _record(grants: list[tuple[int, int]]) -> Callable[[int, int], None]:
+    return lambda worker, events: grants.append((worker, events))
 
 
 # -- TapRelay ---------------------------------------------------------------------------------
@@ -149,7 +182,12 @@ async def test_relay_runs_the_parents_tap_and_sends_events_back_in_frames() -> N
     relay = TapRelay(taps, send)
     request = tap_pb2.ObserveRequest(limit=5).SerializeToString()
     assert relay.handle(
-        {"type": "tap_start", "tap": 9, "request": base64.b64encode(request).decode()}
+        {
+            "type": "tap_start",
+            "tap": 9,
+            "request": base64.b64encode(request).decode(),
+            "credit": 100,
+        }
     )
     assert not relay.handle({"type": "metrics", "id": 1})
     observers = compiled["inbound"]
@@ -177,6 +215,73 @@ async def test_relay_runs_the_parents_tap_and_sends_events_back_in_frames() -> N
     assert frames[-1] == {"type": "tap_done", "tap": 9, "dropped": 0}
     assert compiled["inbound"] is None  # done: the request path is back to no observers
     await relay.close()
+
+
+async def test_relay_sends_no_more_events_than_its_credit_and_drops_the_rest() -> None:
+    hub = ObserverHub(clock=_Clock())
+    compiled: dict[str, Observers | None] = {}
+    hub.attach("inbound", lambda o: compiled.__setitem__("inbound", o))
+    taps = Taps(hub)
+    frames: list[dict[str, Any]] = []
+    sent = asyncio.Event()
+
+    async def send(frame: dict[str, Any]) -> None:
+        frames.append(frame)
+        sent.set()
+
+    def events_sent() -> int:
+        return sum(len(f["events"]) for f in frames if f["type"] == "tap_events")
+
+    async def until(condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(10):
+            while not condition():
+                sent.clear()
+                await sent.wait()
+
+    relay = TapRelay(taps, send)
+    request = tap_pb2.ObserveRequest(limit=1000).SerializeToString()
+    relay.handle(
+        {
+            "type": "tap_start",
+            "tap": 4,
+            "request": base64.b64encode(request).decode(),
+            "credit": 2,
+        }
+    )
+    observers = compiled["inbound"]
+    assert observers is not None
+    connection = ConnectionFacts("inbound", ("10.0.0.1", 5000), ("10.0.0.2", 80), None)
+    _serve_one(observers, connection, 1)
+    _serve_one(observers, connection, 2)  # six events
+    await until(lambda: events_sent() == 2)
+    (tap,) = taps.active
+    assert len(tap.queue) == 4  # no credit: they wait in the worker's bounded queue
+    for stream in range(3, 3 + 400):  # far more than the queue holds: dropped there
+        _serve_one(observers, connection, stream)
+    assert tap.dropped > 0
+    relay.handle({"type": "tap_credit", "tap": 4, "credit": 3})
+    relay.handle({"type": "tap_credit", "tap": 4, "credit": True})  # malformed: ignored
+    await until(lambda: events_sent() == 5)
+    relay.handle({"type": "tap_stop", "tap": 4})
+    await until(lambda: frames[-1]["type"] == "tap_done")
+    assert events_sent() == 5
+    assert frames[-1]["dropped"] == tap.dropped > 0
+    await relay.close()
+
+
+async def test_relay_refuses_a_start_without_credit() -> None:
+    frames: list[dict[str, Any]] = []
+
+    async def send(frame: dict[str, Any]) -> None:
+        frames.append(frame)
+
+    relay = TapRelay(Taps(ObserverHub(clock=_Clock())), send)
+    request = base64.b64encode(tap_pb2.ObserveRequest(limit=1).SerializeToString()).decode()
+    relay.handle({"type": "tap_start", "tap": 5, "request": request})
+    async with asyncio.timeout(10):
+        while not frames:  # noqa: ASYNC110 - the refusal is sent by a task
+            await asyncio.sleep(0)
+    assert frames == [{"type": "tap_done", "tap": 5, "dropped": 0}]
 
 
 async def test_relay_answers_a_bad_start_with_done() -> None:
@@ -259,3 +364,35 @@ def test_supervisor_starts_each_call_on_serving_workers_and_routes_their_answers
     assert first.writer.frames() == []  # type: ignore[attr-defined]  # done: nothing to stop
     assert supervisor.taps == {}
     assert wakes
+
+
+def test_supervisor_decodes_no_more_than_a_workers_credit_and_grants_as_the_client_reads() -> None:
+    service = SimpleNamespace(remote=None)
+    admin = SimpleNamespace(ready=lambda: True, render_metrics=None)
+    proxy: Any = SimpleNamespace(
+        identity=None, admin=admin, ready=True, tap_server=SimpleNamespace(service=service)
+    )
+    supervisor = Supervisor(proxy, cores=3)
+    first, _ = supervisor.workers
+    writer = _Writer()
+    first.writer, first.ready = writer, True  # type: ignore[assignment]
+    remote = supervisor.open(tap_pb2.ObserveRequest(limit=3), lambda: None)
+    (start,) = writer.frames()
+    window = start["credit"]
+    assert window == QUEUE_CAPACITY // 2  # two workers' windows fit the call's queue
+    supervisor._on_message(first, {"type": "tap_started", "tap": start["tap"]})
+    event = base64.b64encode(_request(4)[0].SerializeToString()).decode()
+    # A worker past its credit: the excess is dropped without being decoded.
+    supervisor._on_message(
+        first, {"type": "tap_events", "tap": start["tap"], "events": [event] * window}
+    )
+    supervisor._on_message(first, {"type": "tap_events", "tap": start["tap"], "events": ["?"] * 10})
+    assert (len(remote.queue), remote.dropped) == (window, 10)
+    taken = 0
+    while remote.next_event() is not None:
+        taken += 1
+    assert taken == window
+    grants = writer.frames()
+    assert {f["type"] for f in grants} == {"tap_credit"}
+    assert sum(f["credit"] for f in grants) == window
+    assert remote.room(first.index) == window

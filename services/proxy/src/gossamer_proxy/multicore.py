@@ -295,8 +295,16 @@ class Supervisor:
     def open(self, request: tap_pb2.ObserveRequest, wake: Wake) -> RemoteTap:
         """Start a tap call's tap on every serving worker; the rest join once ready."""
         from .tap.remote import RemoteTap
+        from .tap.taps import QUEUE_CAPACITY
 
-        remote = RemoteTap(next(self._tap_ids), request.SerializeToString(), wake)
+        tap_id = next(self._tap_ids)
+        remote = RemoteTap(
+            tap_id,
+            request.SerializeToString(),
+            wake,
+            window=QUEUE_CAPACITY // len(self.workers),
+            grant=lambda index, events: self._grant_credit(tap_id, index, events),
+        )
         self.taps[remote.tap_id] = remote
         for worker in self.workers:
             if worker.ready:
@@ -316,10 +324,23 @@ class Supervisor:
         if worker.writer is None:
             return
         request = base64.b64encode(remote.request).decode("ascii")
-        worker.writer.write(
-            encode_frame({"type": "tap_start", "tap": remote.tap_id, "request": request})
-        )
+        start = {
+            "type": "tap_start",
+            "tap": remote.tap_id,
+            "request": request,
+            "credit": remote.window,
+        }
+        worker.writer.write(encode_frame(start))
         remote.asked(worker.index)
+
+    def _grant_credit(self, tap_id: int, index: int, events: int) -> None:
+        """Let worker ``index`` send ``events`` more of tap ``tap_id``'s (its client took as
+        many)."""
+        worker = self.workers[index - 1]
+        if worker.writer is not None:
+            worker.writer.write(
+                encode_frame({"type": "tap_credit", "tap": tap_id, "credit": events})
+            )
 
     def _tell_tapping(self, remote: RemoteTap, kind: str) -> None:
         frame = encode_frame({"type": kind, "tap": remote.tap_id})
@@ -342,6 +363,12 @@ class Supervisor:
         events = message.get("events")
         if not isinstance(events, list):
             return
+        # Only what the worker had credit for is decoded; a worker sends no more unless it
+        # misbehaves, and then the rest is dropped undecoded.
+        room = remote.room(worker.index)
+        if len(events) > room:
+            remote.dropped += len(events) - room
+            events = events[:room]
         decoded: list[bytes] = []
         for event in events:
             if not isinstance(event, str):

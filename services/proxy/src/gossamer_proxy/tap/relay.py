@@ -1,14 +1,16 @@
 """A multi-core worker's taps, run for its parent's ``Observe`` calls (see :mod:`.remote`).
 
-The parent sends ``tap_start`` (an id and the call's ``ObserveRequest``; the worker answers
-``tap_started`` once its tap observes requests), ``tap_limit`` (the
-call's limit is reached across processes: take no more requests) and ``tap_stop`` (the call
-ended). For each started tap the worker runs an ordinary :class:`~.taps.Tap` and sends its
-events back in ``tap_events`` frames, at most :data:`BATCH_EVENTS` events or about
-:data:`BATCH_BYTES` per frame, waiting for the link to drain between frames; meanwhile the
-tap's bounded queue drops what does not fit, so the data path never waits. When the tap is
-done (its limit used up and its requests ended, or stopped), ``tap_done`` carries how many
-events it dropped.
+The parent sends ``tap_start`` (an id, the call's ``ObserveRequest`` and the ``credit``: how
+many events the worker may send; the worker answers ``tap_started`` once its tap observes
+requests), ``tap_credit`` (the parent's client took events: send that many more),
+``tap_limit`` (the call's limit is reached across processes: take no more requests) and
+``tap_stop`` (the call ended). For each started tap the worker runs an ordinary
+:class:`~.taps.Tap` and sends its events back in ``tap_events`` frames, at most
+:data:`BATCH_EVENTS` events or about :data:`BATCH_BYTES` per frame and never more than its
+credit, waiting for the link to drain between frames; meanwhile the tap's bounded queue drops
+(and counts) what does not fit, so neither the data path nor the parent waits for a slow
+client. When the tap is done (its limit used up and its requests ended, or stopped),
+``tap_done`` carries how many events it dropped.
 """
 
 from __future__ import annotations
@@ -35,7 +37,30 @@ BATCH_EVENTS: Final = 256
 #: ... and about this many serialized bytes (one event may pass it alone).
 BATCH_BYTES: Final = 1 << 20
 
+#: Credit one tap may hold: more is a broken parent's, and refused.
+MAX_CREDIT: Final = 1 << 20
+
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def _credit_of(value: object) -> int | None:
+    """A positive event count within :data:`MAX_CREDIT`, else ``None``."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_CREDIT:
+        return value
+    return None
+
+
+class _Relayed:
+    """One running tap of the parent's: its pump task and the events it may still send."""
+
+    __slots__ = ("credit", "credited", "tap", "task")
+
+    def __init__(self, tap: Tap, credit: int) -> None:
+        self.tap = tap
+        self.credit = credit
+        #: Set when the parent grants credit.
+        self.credited = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
 
 
 class TapRelay:
@@ -44,26 +69,31 @@ class TapRelay:
     def __init__(self, taps: Taps, send: Send) -> None:
         self._taps = taps
         self._send = send
-        self._running: dict[int, tuple[Tap, asyncio.Task[None]]] = {}
+        self._running: dict[int, _Relayed] = {}
 
     def handle(self, message: dict[str, Any]) -> bool:
         """Act on a ``tap_*`` message from the parent; ``False``: not one of them."""
         kind = message["type"]
-        if kind not in ("tap_start", "tap_limit", "tap_stop"):
+        if kind not in ("tap_start", "tap_credit", "tap_limit", "tap_stop"):
             return False
         tap_id = message.get("tap")
         if not isinstance(tap_id, int):
             return True
         if kind == "tap_start":
-            self._start(tap_id, message.get("request"))
+            self._start(tap_id, message.get("request"), message.get("credit"))
+            return True
+        running = self._running.get(tap_id)
+        if running is None:
+            return True
+        if kind == "tap_credit":
+            credit = _credit_of(message.get("credit"))
+            if credit is not None:
+                running.credit = min(running.credit + credit, MAX_CREDIT)
+                running.credited.set()
         elif kind == "tap_limit":
-            running = self._running.get(tap_id)
-            if running is not None:
-                self._taps.exhaust(running[0])
-        else:
-            running = self._running.get(tap_id)
-            if running is not None:
-                running[1].cancel()
+            self._taps.exhaust(running.tap)
+        elif running.task is not None:
+            running.task.cancel()
         return True
 
     def _refuse(self, tap_id: int, reason: str) -> None:
@@ -71,8 +101,9 @@ class TapRelay:
         task = asyncio.ensure_future(self._send({"type": "tap_done", "tap": tap_id, "dropped": 0}))
         task.add_done_callback(_ignore_result)
 
-    def _start(self, tap_id: int, encoded: object) -> None:
-        if tap_id in self._running or not isinstance(encoded, str):
+    def _start(self, tap_id: int, encoded: object, credit_value: object) -> None:
+        credit = _credit_of(credit_value)
+        if tap_id in self._running or not isinstance(encoded, str) or credit is None:
             self._refuse(tap_id, "duplicate or malformed tap_start")
             return
         try:
@@ -89,17 +120,30 @@ class TapRelay:
         except TooManyTapsError as exc:
             self._refuse(tap_id, str(exc))
             return
-        task = asyncio.create_task(self._pump(tap_id, tap, wake), name=f"tap-relay-{tap_id}")
-        self._running[tap_id] = (tap, task)
+        running = _Relayed(tap, credit)
+        running.task = asyncio.create_task(
+            self._pump(tap_id, running, wake), name=f"tap-relay-{tap_id}"
+        )
+        self._running[tap_id] = running
 
-    async def _pump(self, tap_id: int, tap: Tap, wake: asyncio.Event) -> None:
+    async def _pump(self, tap_id: int, running: _Relayed, wake: asyncio.Event) -> None:
+        tap = running.tap
         try:
             # The tap observes requests already; the parent's call may now be accepted.
             await self._send({"type": "tap_started", "tap": tap_id})
             while True:
+                if tap.done and not tap.queue:
+                    break
+                if running.credit <= 0:
+                    # The parent's client is behind: the tap's queue fills and drops (and
+                    # counts) until the parent grants more.
+                    running.credited.clear()
+                    await running.credited.wait()
+                    continue
                 batch: list[str] = []
                 size = 0
-                while len(batch) < BATCH_EVENTS and size < BATCH_BYTES:
+                most = min(BATCH_EVENTS, running.credit)
+                while len(batch) < most and size < BATCH_BYTES:
                     event = tap.next_event()
                     if event is None:
                         break
@@ -107,6 +151,7 @@ class TapRelay:
                     size += len(data)
                     batch.append(base64.b64encode(data).decode("ascii"))
                 if batch:
+                    running.credit -= len(batch)
                     await self._send({"type": "tap_events", "tap": tap_id, "events": batch})
                     continue
                 if tap.done:
@@ -124,7 +169,7 @@ class TapRelay:
                 task.add_done_callback(_ignore_result)
 
     async def close(self) -> None:
-        tasks = [task for _, task in self._running.values()]
+        tasks = [r.task for r in self._running.values() if r.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
