@@ -312,6 +312,40 @@ def test_processes_number_their_connections_apart(monkeypatch: pytest.MonkeyPatc
         observe.number_connections(3, 3)
 
 
+def test_a_restarted_worker_numbers_its_connections_apart_from_its_predecessor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(observe, "_connection_ids", observe._connection_ids)  # restored after
+
+    def first_ids(generation: int) -> list[int]:
+        observe.number_connections(1, 3, generation)
+        return [ConnectionFacts("inbound", None, None, None).connection_id for _ in range(1000)]
+
+    before, after = first_ids(0), first_ids(1)
+    assert not set(before) & set(after)  # same index, new generation: no StreamId reused
+    assert {i % 3 for i in after} == {1}  # still tells which process served it
+    assert max(after) < 1 << 32  # within a StreamId's base
+    with pytest.raises(ValueError, match="negative"):
+        observe.number_connections(1, 3, -1)
+
+
+def test_the_start_message_carries_the_workers_restart_generation() -> None:
+    admin = SimpleNamespace(ready=lambda: True, render_metrics=None, port=4191)
+    settings = SimpleNamespace(admin_listen=SimpleNamespace(host="127.0.0.1"))
+    proxy: Any = SimpleNamespace(
+        identity=None,
+        admin=admin,
+        ready=True,
+        tap_server=None,
+        settings=settings,
+        contexts=[],
+        inbound_addr=SimpleNamespace(host="0.0.0.0", port=4143),
+    )
+    supervisor = Supervisor(proxy, cores=2)
+    assert supervisor.workers[0].generation == -1  # not started yet
+    assert supervisor._start_message(3)["generation"] == 3
+
+
 # -- the supervisor as the tap service's RemoteTaps --------------------------------------------
 
 

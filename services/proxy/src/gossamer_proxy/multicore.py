@@ -28,9 +28,10 @@ the call's stream. This was chosen over a tap port per worker that the parent wo
 a gRPC client: the links already exist, reach only the parent, and need no second listener,
 certificate check or port excluded from the inbound redirect. Every hop is bounded: a
 worker's tap queue drops what its link cannot take, the call's queue of worker events drops
-what the client cannot take. Connections are numbered per process
-(:func:`~.observe.number_connections`), so events of different processes never share a
-``StreamId``; a worker started or restarted while a call is open joins it.
+what the client cannot take. Connections are numbered per process and per restart
+(:func:`~.observe.number_connections`), so events of different processes, or of a worker
+and the one it replaced, never share a ``StreamId``; a worker started or restarted while a
+call is open joins it.
 
 Not shared: control-plane streams (each process watches its own destinations and policies,
 as separate proxies would).
@@ -124,6 +125,8 @@ class _Worker:
     pushed: Credentials | None = None
     pending: dict[int, asyncio.Future[str]] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
+    #: Times this worker was started, less one: its restart generation.
+    generation: int = -1
 
     @property
     def pid(self) -> int | None:
@@ -177,8 +180,9 @@ class Supervisor:
     def _worker_env(self, index: int, fd: int) -> dict[str, str]:
         return {**os.environ, WORKER_FD_ENV: str(fd), WORKER_INDEX_ENV: str(index)}
 
-    def _start_message(self) -> dict[str, Any]:
-        """The ports the parent bound (port 0 resolved), and the pod's identity, if any."""
+    def _start_message(self, generation: int = 0) -> dict[str, Any]:
+        """The ports the parent bound (port 0 resolved), the pod's identity, if any, and the
+        worker's restart ``generation`` (its connections are numbered apart by it)."""
         inbound = self.proxy.inbound_addr
         message: dict[str, Any] = {
             "type": "start",
@@ -189,6 +193,7 @@ class Supervisor:
             "admin": [self.proxy.settings.admin_listen.host, self.proxy.admin.port],
             "identity": None,
             "processes": self.cores,
+            "generation": generation,
         }
         identity = self.proxy.identity
         if identity is not None and identity.credentials is not None:
@@ -226,7 +231,8 @@ class Supervisor:
         reader, writer = await asyncio.open_unix_connection(sock=parent_end)
         worker.process, worker.writer, worker.ready = process, writer, False
         worker.pushed = self.proxy.identity.credentials if self.proxy.identity else None
-        writer.write(encode_frame(self._start_message()))
+        worker.generation += 1
+        writer.write(encode_frame(self._start_message(worker.generation)))
         _log.info("proxy_worker_spawned", worker=worker.index, pid=process.pid)
         worker.task = asyncio.create_task(
             self._watch(worker, reader, process), name=f"multicore-worker-{worker.index}"

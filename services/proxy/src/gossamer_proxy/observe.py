@@ -66,17 +66,27 @@ Clock = Callable[[], float]
 _connection_ids = itertools.count(1)
 
 
-def number_connections(index: int, processes: int) -> None:
+#: Connections one process numbers before its ids reach those of its next restart.
+GENERATION_SPAN = 1 << 22
+
+
+def number_connections(index: int, processes: int, generation: int = 0) -> None:
     """Number this process's connections ``processes * k + index`` from here on.
 
     The processes of a multi-core proxy (the parent is ``index`` 0) then never give two
     connections the same id, so tap events of every process, merged into one stream, keep
     distinct ``StreamId``s, and ``base % processes`` tells which process served a request.
+    A restarted worker keeps its index and counts from a later ``k``, by its restart
+    ``generation`` (:data:`GENERATION_SPAN` connections apart), so its ids do not repeat
+    those of the worker it replaces (within the 32 bits of a ``StreamId`` base).
     """
     global _connection_ids
     if not 0 <= index < processes:
         raise ValueError(f"process index {index} is not in 0..{processes - 1}")
-    _connection_ids = itertools.count(processes + index, processes)
+    if generation < 0:
+        raise ValueError(f"restart generation {generation} is negative")
+    first = 1 + generation * GENERATION_SPAN
+    _connection_ids = itertools.count(processes * first + index, processes)
 
 
 def sockaddr(value: object) -> Address | None:

@@ -119,7 +119,9 @@ async def _main(settings: ProxySettings, link: socket.socket) -> None:
         settings = _listening_as_parent(settings, messages[0])
         identity = _identity(messages[0])
         number_connections(
-            int(os.environ.get(WORKER_INDEX_ENV, "0")), int(messages[0].get("processes", 1))
+            int(os.environ.get(WORKER_INDEX_ENV, "0")),
+            int(messages[0].get("processes", 1)),
+            int(messages[0].get("generation", 0)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         print(f"gossamer-proxy worker: bad start message: {exc}", file=sys.stderr)
