@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 from gossamer_api.addresses import tcp_address_to_proto
 from gossamer_api.proxy import destination_pb2, opaque_route_pb2, outbound_pb2, tls_route_pb2
+from gossamer_proxy.inbound_tls import classify
 from gossamer_proxy.mesh.outbound_policy import OutboundPolicyError, compile_outbound_policy
 from gossamer_proxy.mesh.tcp_policy import SniMatch, find_tls_route, route_connection
+from gossamer_proxy.mesh.tls_detect import ClientHello
+
+WEB = "web.emojivoto.serviceaccount.identity.gossamer.cluster.local"
 
 
 class FixedRandom:
@@ -134,6 +138,14 @@ def test_an_invalid_sni_has_no_route_even_with_a_catch_all(sni: str) -> None:
     longest = ".".join(["a" * 63] * 3 + ["b" * 61])  # 253 characters
     for good in (longest, "api.example.com", "_svc.example-1.com", "localhost"):
         assert route_connection(routes, FixedRandom(0.0), tls=True, server_name=good).error is None
+
+
+def test_an_invalid_passthrough_sni_labels_nothing() -> None:
+    # Passed through like any other name, but a 64 KiB "name" is no metric label value.
+    assert classify(ClientHello("x" * 65536, ()), WEB).passthrough_sni == ""
+    assert classify(ClientHello("a b", ()), WEB).passthrough_sni == ""
+    assert classify(ClientHello("api.example.com", ()), WEB).passthrough_sni == "api.example.com"
+    assert classify(ClientHello(WEB, ()), WEB).terminate
 
 
 def test_backends_of_every_rule_share_the_weights() -> None:

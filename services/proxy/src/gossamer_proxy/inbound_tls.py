@@ -32,7 +32,13 @@ import structlog
 from .config import Endpoint
 from .context import ListenerContext
 from .local_identity import LocalIdentity
-from .mesh.tls_detect import MAX_CLIENT_HELLO, ClientHello, NeedMore, detect_client_hello
+from .mesh.tls_detect import (
+    MAX_CLIENT_HELLO,
+    ClientHello,
+    NeedMore,
+    detect_client_hello,
+    is_valid_server_name,
+)
 
 __all__ = ["PLAINTEXT", "InboundListener", "InboundMode"]
 
@@ -60,7 +66,10 @@ def classify(hello: ClientHello | None, local_name: str) -> InboundMode:
         return PLAINTEXT
     if hello.server_name is not None and hello.server_name == local_name.lower().rstrip("."):
         return InboundMode(terminate=True)
-    return InboundMode(passthrough_sni=hello.server_name or "")
+    # Passed through all the same; an SNI that is no host name (up to 64 KiB of anything)
+    # is not kept for the connection's metric labels.
+    sni = hello.server_name or ""
+    return InboundMode(passthrough_sni=sni if is_valid_server_name(sni) else "")
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:

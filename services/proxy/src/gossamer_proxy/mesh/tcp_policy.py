@@ -25,7 +25,6 @@ Randomness comes in as an argument.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from gossamer_proxy.mesh.authz import MetaLabels
 from gossamer_proxy.mesh.backoff import UniformSource
 from gossamer_proxy.mesh.split import WeightedSplit
+from gossamer_proxy.mesh.tls_detect import MAX_SERVER_NAME_LENGTH, is_valid_server_name
 
 if TYPE_CHECKING:
     from gossamer_proxy.mesh.outbound_policy import BackendSpec
@@ -52,16 +52,7 @@ __all__ = [
 ]
 
 #: A DNS name is at most 253 characters; longer SNIs and match names are refused.
-MAX_SNI_LENGTH = 253
-
-#: An SNI host name: dot-separated labels of 1-63 letters, digits, ``-`` or ``_``.
-_SERVER_NAME = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*", re.IGNORECASE)
-
-
-def is_valid_server_name(name: str) -> bool:
-    """Whether a ClientHello's SNI is a host name a route may match (a ClientHello carries
-    up to 64 KiB of anything; a longer or stranger name is refused as ``no_route``)."""
-    return len(name) <= MAX_SNI_LENGTH and _SERVER_NAME.fullmatch(name) is not None
+MAX_SNI_LENGTH = MAX_SERVER_NAME_LENGTH
 
 
 class TcpRouteError(ValueError):

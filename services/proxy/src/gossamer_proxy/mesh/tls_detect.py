@@ -15,9 +15,18 @@ caller keeps the bytes and hands them to the TLS stack or the forwarder.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["MAX_CLIENT_HELLO", "ClientHello", "NeedMore", "NotTls", "detect_client_hello"]
+__all__ = [
+    "MAX_CLIENT_HELLO",
+    "MAX_SERVER_NAME_LENGTH",
+    "ClientHello",
+    "NeedMore",
+    "NotTls",
+    "detect_client_hello",
+    "is_valid_server_name",
+]
 
 _HANDSHAKE = 0x16
 _CLIENT_HELLO = 0x01
@@ -26,6 +35,16 @@ _EXT_ALPN = 0x0010
 _RECORD_HEADER = 5
 MAX_CLIENT_HELLO = 64 * 1024
 """A ClientHello larger than this is refused as not-TLS rather than buffered further."""
+MAX_SERVER_NAME_LENGTH = 253
+"""A DNS name is at most 253 characters (a ClientHello's SNI may claim up to 64 KiB)."""
+#: An SNI host name: dot-separated labels of 1-63 letters, digits, ``-`` or ``_``.
+_SERVER_NAME = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*", re.IGNORECASE)
+
+
+def is_valid_server_name(name: str) -> bool:
+    """Whether an SNI is a host name: at most 253 characters of LDH (and ``_``) labels.
+    Anything else is hostile or broken, and routes nowhere and labels nothing."""
+    return len(name) <= MAX_SERVER_NAME_LENGTH and _SERVER_NAME.fullmatch(name) is not None
 
 
 @dataclass(frozen=True, slots=True)
