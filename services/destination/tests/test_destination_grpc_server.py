@@ -28,6 +28,7 @@ from gossamer_destination.grpc_http2 import (
     parse_timeout,
     status_trailers,
 )
+from gossamer_destination.grpc_server import MAX_BUFFERED_REQUEST_BYTES, GrpcConnection
 from gossamer_destination.settings import DestinationSettings
 from gossamer_destination.testing import MemorySource, memory_sources
 from gossamer_destination.wire import ip_from_proto
@@ -114,6 +115,17 @@ async def served() -> AsyncIterator[App]:
         await app.stop()
 
 
+def _request_headers(method: bytes) -> list[tuple[bytes, bytes]]:
+    return [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", method),
+        (b":authority", b"destination"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ]
+
+
 class RawClient:
     """An HTTP/2 client that only opens its windows when told to."""
 
@@ -159,20 +171,29 @@ class RawClient:
 
     def get(self, path: str = PATH, method: bytes = GET, extra: tuple[Any, ...] = ()) -> int:
         sid = self.h2.get_next_available_stream_id()
-        headers = [
-            (b":method", b"POST"),
-            (b":scheme", b"http"),
-            (b":path", method),
-            (b":authority", b"destination"),
-            (b"content-type", b"application/grpc"),
-            (b"te", b"trailers"),
-            *extra,
-        ]
-        self.h2.send_headers(sid, headers)
+        self.h2.send_headers(sid, [*_request_headers(method), *extra])
         request = destination_pb2.GetDestination(path=path).SerializeToString()
         self.h2.send_data(sid, b"\x00" + len(request).to_bytes(4, "big") + request, end_stream=True)
         self._flush()
         return sid
+
+    def open_request(self, method: bytes = GET) -> int:
+        """Starts a request whose body is still to come."""
+        sid = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(sid, [*_request_headers(method)])
+        self._flush()
+        return sid
+
+    async def send_body(self, sid: int, data: bytes) -> None:
+        """Sends ``data`` on ``sid`` as the server's windows allow."""
+        while data:
+            await self.until(lambda: self.h2.local_flow_control_window(sid) > 0)
+            size = min(
+                len(data), self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size
+            )
+            self.h2.send_data(sid, data[:size])
+            self._flush()
+            data = data[size:]
 
     def open_window(self, sid: int, size: int) -> None:
         if sid:
@@ -393,3 +414,30 @@ async def test_stop_ends_open_streams_with_unavailable(served: App) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await asyncio.wait_for(call.read(), TIMEOUT)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _server_connection(app: DestinationApp) -> GrpcConnection:
+    assert app.grpc_server is not None
+    (conn,) = app.grpc_server.connections
+    return conn
+
+
+async def test_unfinished_requests_hold_at_most_a_bounded_number_of_bytes(served: App) -> None:
+    client = RawClient(window=1 << 20)
+    await client.connect(served.app.grpc_port)
+    sids = [client.open_request() for _ in range(24)]
+    for sid in sids:  # 24 bodies of 60,000 bytes, none finished: 1.4 MB in all
+        await client.send_body(sid, b"\x00" + (59_995).to_bytes(4, "big") + b"x" * 59_995)
+        assert _server_connection(served.app).request_bytes <= MAX_BUFFERED_REQUEST_BYTES
+    refused = [sid for sid in sids if sid in client.trailers]
+    assert refused  # the streams past the connection's budget were answered, not buffered
+    exhausted = str(int(Status.RESOURCE_EXHAUSTED)).encode()
+    assert all(client.trailers[sid][b"grpc-status"] == exhausted for sid in refused)
+    # The refused streams' bytes are gone: a new request on the same connection is served.
+    sid = client.get()
+    await client.until(lambda: bool(client.updates(sid)))
+    for open_sid in sids:
+        if open_sid not in refused:
+            client.cancel(open_sid)
+    await eventually(lambda: _server_connection(served.app).request_bytes == 0)
+    await client.close()
