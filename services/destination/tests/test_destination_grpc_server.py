@@ -441,3 +441,27 @@ async def test_unfinished_requests_hold_at_most_a_bounded_number_of_bytes(served
             client.cancel(open_sid)
     await eventually(lambda: _server_connection(served.app).request_bytes == 0)
     await client.close()
+
+
+async def test_a_client_that_never_reads_cannot_make_first_answers_pile_up(served: App) -> None:
+    served.sources["endpointslices"].apply(_slice(1, 3000))  # a ~70 kB snapshot
+    await _flushed(served.app)
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.app.grpc_port)
+    client = RawClient(window=1 << 24)
+    client.writer = writer
+    client.h2.initiate_connection()
+    client.open_window(0, 1 << 30)
+    # 300 streams in one write (21 MB of snapshots), and the client never reads a byte.
+    sids = [client.get() for _ in range(300)]
+    conn = _server_connection(served.app)
+    await eventually(lambda: conn.paused)
+    for _ in range(10):
+        await asyncio.sleep(0)  # turns in which a server that ignored backpressure would write
+    assert conn.transport is not None
+    assert conn.transport.get_write_buffer_size() < 1 << 20
+    assert len(conn.streams) == len(sids)
+    # The waiting streams hold views of one snapshot, not copies of it.
+    held_objects = {id(s.pending.obj) for s in conn.streams.values() if s.pending is not None}
+    assert len(held_objects) <= 2
+    writer.close()
+    del reader

@@ -348,7 +348,7 @@ class GrpcConnection(asyncio.Protocol):
                 return
             self._send_headers(stream, RESPONSE_HEADERS)
             stream.finish = (Status.OK, "")
-            self.send(stream, Change((messages[-1],)).framed)
+            self._send_first(stream, Change((messages[-1],)).framed)
             return
         self._send_headers(stream, RESPONSE_HEADERS)
         stream.topic = topic
@@ -358,7 +358,15 @@ class GrpcConnection(asyncio.Protocol):
         if stream.timeout is not None:
             stream.deadline = self.loop.call_later(stream.timeout, self._expire, stream)
         if change is not None:
-            self.send(stream, change.framed)
+            self._send_first(stream, change.framed)
+
+    def _send_first(self, stream: GrpcStream, framed: bytes) -> None:
+        """Sends a stream's first message, or holds it (shared, not copied) while backed up."""
+        if self.paused or self.queued >= TURN_BUDGET:
+            stream.pending = memoryview(framed)
+            self.blocked[stream] = None
+        else:
+            self.send(stream, framed)
 
     def _expire(self, stream: GrpcStream) -> None:
         stream.deadline = None
