@@ -28,7 +28,7 @@ from gossamer_destination.grpc_http2 import (
     parse_timeout,
     status_trailers,
 )
-from gossamer_destination.grpc_server import MAX_BUFFERED_REQUEST_BYTES, GrpcConnection
+from gossamer_destination.grpc_server import MAX_BUFFERED_REQUEST_BYTES, GrpcConnection, GrpcServer
 from gossamer_destination.settings import DestinationSettings
 from gossamer_destination.testing import MemorySource, memory_sources
 from gossamer_destination.wire import ip_from_proto
@@ -139,6 +139,8 @@ class RawClient:
         self.trailers: dict[int, dict[bytes, bytes]] = {}
         self.reset: set[int] = set()
         self.goaway: int | None = None
+        self.pings = 0
+        self.eof = False
         self.changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -166,8 +168,12 @@ class RawClient:
                     self.reset.add(event.stream_id or 0)
                 elif isinstance(event, h2.events.ConnectionTerminated):
                     self.goaway = event.error_code
+                elif isinstance(event, h2.events.PingReceived):
+                    self.pings += 1  # h2 queues the ACK
             self._flush()
             self.changed.set()
+        self.eof = True
+        self.changed.set()
 
     def get(self, path: str = PATH, method: bytes = GET, extra: tuple[Any, ...] = ()) -> int:
         sid = self.h2.get_next_available_stream_id()
@@ -465,3 +471,61 @@ async def test_a_client_that_never_reads_cannot_make_first_answers_pile_up(serve
     assert len(held_objects) <= 2
     writer.close()
     del reader
+
+
+@pytest.fixture
+async def quick(served: App) -> AsyncIterator[GrpcServer]:
+    """A second server on the same method table, with timers short enough for a test."""
+    server = GrpcServer(
+        served.app.api.methods(),
+        served.app.api,
+        handshake_timeout=0.5,
+        keepalive_interval=0.05,
+        keepalive_timeout=1.0,
+    )
+    server.port = await server.listen("127.0.0.1", 0)  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_a_connection_that_never_sends_a_request_is_closed(quick: GrpcServer) -> None:
+    port = quick.port  # type: ignore[attr-defined]
+    silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
+    # Preface and SETTINGS, but never a request (the client reads and acks PINGs).
+    idle = RawClient(window=1 << 20)
+    await idle.connect(port)
+    async with asyncio.timeout(TIMEOUT):
+        await silent_reader.read()  # EOF: the server closed the connection
+    await idle.until(lambda: idle.eof)
+    assert idle.goaway == h2.errors.ErrorCodes.NO_ERROR
+    silent.close()
+    await idle.close()
+
+
+async def test_keepalive_pings_keep_a_live_client_and_drop_a_vanished_one(
+    served: App, quick: GrpcServer
+) -> None:
+    port = quick.port  # type: ignore[attr-defined]
+    registry = served.app.api.registry
+    live = RawClient(window=1 << 20)
+    await live.connect(port)
+    sid = live.get()
+    await live.until(lambda: bool(live.updates(sid)) and live.pings >= 5)
+    assert not live.eof
+    assert sid not in live.trailers
+    assert sid not in live.reset
+    # A peer that vanished: it subscribed, then never reads (so never ACKs a PING) again.
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    gone = RawClient(window=1 << 20)
+    gone.writer = writer
+    gone.h2.initiate_connection()
+    gone.get()
+    (topic,) = registry._topics.values()
+    await eventually(lambda: len(topic.subscribers) == 2)
+    # The vanished peer's connection is closed and its subscription ended; the live one stays.
+    await eventually(lambda: len(quick.connections) == 1 and len(topic.subscribers) == 1)
+    assert not live.eof
+    writer.close()
+    await live.close()

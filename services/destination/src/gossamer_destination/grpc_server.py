@@ -21,13 +21,19 @@ the one change it was sending, a view of bytes shared with every other stream, a
 stale. Further changes are dropped for it; when it can send again it asks its topic for one
 change from the state its client holds to the current one (a snapshot diff). Reading pauses
 while writes are backed up, so a peer that does not read cannot make the server buffer
-answers (SETTINGS and PING ACKs) beyond what one read brought in.
+answers (SETTINGS and PING ACKs) beyond what one read brought in. Unfinished requests hold
+at most :data:`MAX_BUFFERED_REQUEST_BYTES` per connection.
+
+Liveness: a connection must send its first request within :data:`HANDSHAKE_TIMEOUT`, and
+must ACK the server's keepalive PINGs (:data:`KEEPALIVE_INTERVAL`, :data:`KEEPALIVE_TIMEOUT`),
+so a vanished or never-reading peer does not hold its subscriptions forever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -79,6 +85,13 @@ _DATA_NO_FLAGS = b"\x00\x00"  # frame type DATA, no flags
 #: (a client with huge windows that does not read must not make one fan-out copy a change
 #: into the socket buffer once per stream).
 TURN_BUDGET = 256 * 1024
+#: Seconds a connection has to send the HTTP/2 preface and its first request.
+HANDSHAKE_TIMEOUT = 20.0
+#: Seconds between the server's keepalive PINGs, and how long an ACK may take before the
+#: peer counts as gone (its subscriptions end with the connection).
+KEEPALIVE_INTERVAL = 30.0
+KEEPALIVE_TIMEOUT = 20.0
+_KEEPALIVE_PING = b"gsmr-ka!"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +209,9 @@ class GrpcConnection(asyncio.Protocol):
         self._out: list[bytes | memoryview] = []
         self._flush_scheduled = False
         self._closing = False
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        """The next keepalive PING, or the deadline of the one awaiting its ACK."""
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -203,6 +219,13 @@ class GrpcConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, so no isinstance check.
         self.transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        server = self.server
+        self._handshake_timer = self.loop.call_later(server.handshake_timeout, self._handshake_late)
+        self._keepalive_timer = self.loop.call_later(server.keepalive_interval, self._keepalive)
         self.h2.initiate_connection()
         self._emit_h2()
 
@@ -246,6 +269,7 @@ class GrpcConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self._cancel_timers()
         self.server.connections.discard(self)
         for stream in list(self.streams.values()):
             self._close_stream(stream)
@@ -277,12 +301,21 @@ class GrpcConnection(asyncio.Protocol):
                 self._calm()
         elif isinstance(event, h2.events.WindowUpdated):
             self._windows_opened = True
+        elif isinstance(event, h2.events.PingAckReceived):
+            if event.ping_data == _KEEPALIVE_PING and self._keepalive_timer is not None:
+                self._keepalive_timer.cancel()
+                self._keepalive_timer = self.loop.call_later(
+                    self.server.keepalive_interval, self._keepalive
+                )
         elif isinstance(event, h2.events.ConnectionTerminated):
             # The client is going away; its streams end with the connection.
             self._abort()
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id or 0
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         try:
             head = parse_request_head(event.headers or ())
             method = self.server.methods.get(head.path)
@@ -367,6 +400,39 @@ class GrpcConnection(asyncio.Protocol):
             self.blocked[stream] = None
         else:
             self.send(stream, framed)
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def _handshake_late(self) -> None:
+        """No first request in time (or not even the preface): close the connection."""
+        self._handshake_timer = None
+        log.info("destination.grpc_handshake_timeout")
+        self._goaway_and_close(h2.errors.ErrorCodes.NO_ERROR)
+
+    def _keepalive(self) -> None:
+        """Sends a keepalive PING; the connection closes if no ACK comes in time."""
+        if self._closing:
+            return
+        try:
+            self.h2.ping(_KEEPALIVE_PING)
+        except h2.exceptions.H2Error:
+            self._keepalive_timer = None
+            return
+        self._emit_h2()
+        self._keepalive_timer = self.loop.call_later(
+            self.server.keepalive_timeout, self._keepalive_unanswered
+        )
+
+    def _keepalive_unanswered(self) -> None:
+        self._keepalive_timer = None
+        log.info("destination.grpc_keepalive_timeout", streams=len(self.streams))
+        self._abort()  # the peer is gone or does not read: a GOAWAY would not be read either
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._handshake_timer, self._keepalive_timer):
+            if timer is not None:
+                timer.cancel()
+        self._handshake_timer = self._keepalive_timer = None
 
     def _expire(self, stream: GrpcStream) -> None:
         stream.deadline = None
@@ -512,18 +578,22 @@ class GrpcConnection(asyncio.Protocol):
         if self._closing:
             return
         self._closing = True
+        self._cancel_timers()
         for stream in list(self.streams.values()):
             self._close_stream(stream)
         self._flush()
         if self.transport is not None:
             self.transport.close()
 
-    def _calm(self) -> None:
-        """The client passed a flood limit: GOAWAY(ENHANCE_YOUR_CALM) and close."""
+    def _goaway_and_close(self, code: h2.errors.ErrorCodes) -> None:
         with contextlib.suppress(h2.exceptions.H2Error):
-            self.h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            self.h2.close_connection(error_code=code)
         self._emit_h2()
         self._abort()
+
+    def _calm(self) -> None:
+        """The client passed a flood limit: GOAWAY(ENHANCE_YOUR_CALM) and close."""
+        self._goaway_and_close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
 
     def shutdown(self) -> None:
         """Server stopping: each stream ends with UNAVAILABLE, then GOAWAY and close."""
@@ -547,10 +617,16 @@ class GrpcServer:
         observer: Observer,
         *,
         max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
     ) -> None:
         self.methods = methods
         self.observer = observer
         self.max_concurrent_streams = max_concurrent_streams
+        self.handshake_timeout = handshake_timeout
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_timeout = keepalive_timeout
         self.connections: set[GrpcConnection] = set()
         self._servers: list[asyncio.Server] = []
 
