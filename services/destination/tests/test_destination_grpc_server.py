@@ -138,6 +138,7 @@ class RawClient:
         self.data: dict[int, bytearray] = {}
         self.trailers: dict[int, dict[bytes, bytes]] = {}
         self.reset: set[int] = set()
+        self.reset_codes: dict[int, int] = {}
         self.goaway: int | None = None
         self.pings = 0
         self.eof = False
@@ -166,6 +167,7 @@ class RawClient:
                         self.trailers[event.stream_id or 0] = headers
                 elif isinstance(event, h2.events.StreamReset):
                     self.reset.add(event.stream_id or 0)
+                    self.reset_codes[event.stream_id or 0] = int(event.error_code or 0)
                 elif isinstance(event, h2.events.ConnectionTerminated):
                     self.goaway = event.error_code
                 elif isinstance(event, h2.events.PingReceived):
@@ -193,7 +195,11 @@ class RawClient:
     async def send_body(self, sid: int, data: bytes) -> None:
         """Sends ``data`` on ``sid`` as the server's windows allow."""
         while data:
-            await self.until(lambda: self.h2.local_flow_control_window(sid) > 0)
+            await self.until(
+                lambda: sid in self.reset or self.h2.local_flow_control_window(sid) > 0
+            )
+            if sid in self.reset:
+                return
             size = min(
                 len(data), self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size
             )
@@ -439,6 +445,7 @@ async def test_unfinished_requests_hold_at_most_a_bounded_number_of_bytes(served
     assert refused  # the streams past the connection's budget were answered, not buffered
     exhausted = str(int(Status.RESOURCE_EXHAUSTED)).encode()
     assert all(client.trailers[sid][b"grpc-status"] == exhausted for sid in refused)
+    assert set(refused) <= client.reset  # and told to stop sending
     # The refused streams' bytes are gone: a new request on the same connection is served.
     sid = client.get()
     await client.until(lambda: bool(client.updates(sid)))
@@ -529,3 +536,19 @@ async def test_keepalive_pings_keep_a_live_client_and_drop_a_vanished_one(
     assert not live.eof
     writer.close()
     await live.close()
+
+
+async def test_a_refusal_while_the_client_still_sends_also_resets_the_stream(
+    served: App,
+) -> None:
+    client = RawClient(window=1 << 20)
+    await client.connect(served.app.grpc_port)
+    unknown = client.open_request(b"/io.linkerd.proxy.destination.Destination/Nope")
+    await client.until(lambda: unknown in client.reset)
+    assert client.trailers[unknown][b"grpc-status"] == str(int(Status.UNIMPLEMENTED)).encode()
+    assert client.reset_codes[unknown] == h2.errors.ErrorCodes.NO_ERROR
+    # A request that was complete when refused needs no reset.
+    finished = client.get(method=b"/io.linkerd.proxy.destination.Destination/Nope")
+    await client.until(lambda: finished in client.trailers)
+    assert finished not in client.reset
+    await client.close()

@@ -508,6 +508,10 @@ class GrpcConnection(asyncio.Protocol):
         """Answers a request that never became a stream with a trailers-only response."""
         try:
             self.h2.send_headers(stream_id, trailers_only(status, message), end_stream=True)
+            h2_stream = self.h2.streams.get(stream_id)
+            if h2_stream is not None and not h2_stream.closed:
+                # The client is still sending: tell it to stop (its bytes would be dropped).
+                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
         except h2.exceptions.H2Error:
             return
         self._emit_h2()
