@@ -7,6 +7,7 @@ manage by itself, so a reader that does not read can be played exactly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -155,6 +156,12 @@ class RawClient:
         self.writer.write(self.h2.data_to_send())
 
     async def _read(self) -> None:
+        with contextlib.suppress(ConnectionResetError):
+            await self._read_frames()
+        self.eof = True
+        self.changed.set()
+
+    async def _read_frames(self) -> None:
         while chunk := await self.reader.read(65536):
             for event in self.h2.receive_data(chunk):
                 if isinstance(event, h2.events.DataReceived):
@@ -174,8 +181,6 @@ class RawClient:
                     self.pings += 1  # h2 queues the ACK
             self._flush()
             self.changed.set()
-        self.eof = True
-        self.changed.set()
 
     def get(self, path: str = PATH, method: bytes = GET, extra: tuple[Any, ...] = ()) -> int:
         sid = self.h2.get_next_available_stream_id()
@@ -551,4 +556,16 @@ async def test_a_refusal_while_the_client_still_sends_also_resets_the_stream(
     finished = client.get(method=b"/io.linkerd.proxy.destination.Destination/Nope")
     await client.until(lambda: finished in client.trailers)
     assert finished not in client.reset
+    await client.close()
+
+
+async def test_the_header_list_limit_holds_before_the_client_acks_settings(served: App) -> None:
+    client = RawClient(window=1 << 20)
+    client.reader, client.writer = await asyncio.open_connection("127.0.0.1", served.app.grpc_port)
+    client.h2.initiate_connection()
+    # The first request, in the same write as the preface: 32 KiB of headers (limit 16 KiB).
+    sid = client.get(extra=((b"x-padding", b"p" * 32 * 1024),))
+    client._task = asyncio.create_task(client._read())
+    await client.until(lambda: client.eof)  # GOAWAY and close (or a reset, if unread bytes)
+    assert not client.updates(sid)
     await client.close()

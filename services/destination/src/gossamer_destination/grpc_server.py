@@ -192,6 +192,9 @@ class GrpcConnection(asyncio.Protocol):
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
             },
         )
+        # h2 applies its own SETTINGS only once the client ACKs them; until then a request's
+        # headers would be held to the 64 KiB default instead.
+        self.h2.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, GrpcStream] = {}
         self.blocked: dict[GrpcStream, None] = {}
