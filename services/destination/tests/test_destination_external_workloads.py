@@ -227,3 +227,47 @@ async def test_get_profile_by_a_workload_ip_names_its_identity(served: tuple[Any
     assert profile.endpoint.metric_labels["external_workload"] == "vm-1"
     assert not profile.opaque_protocol
     call.cancel()
+
+
+def test_slice_entries_naming_an_unusable_external_workload_are_left_out() -> None:
+    """Missing, not Ready or invalid: never a plain endpoint without the VM's identity."""
+    es = t.endpoint_slice(
+        "billing", [("192.0.2.10", None), ("192.0.2.11", None)], port=8080, port_name="http"
+    )
+    es["endpoints"][0]["targetRef"] = {"kind": "ExternalWorkload", "name": "vm-1"}
+    es["endpoints"][1]["targetRef"] = {"kind": "ExternalWorkload", "name": "vm-2"}
+    lookups = Lookups(
+        pod=lambda ns, name: None,
+        node_zone=lambda node: "",
+        server_opaque=lambda pod, port: False,
+        external_workload=lambda ns, name, ip, port: None,
+    )
+    assert service_endpoints(billing_service(), 80, [es], lookups, SETTINGS) == {}
+
+
+async def test_get_follows_an_external_workload_named_from_another_namespace(
+    served: tuple[Any, Any],
+) -> None:
+    stub, sources = served
+    es = t.endpoint_slice("billing", [("192.0.2.30", None)], port=8080, port_name="http")
+    es["endpoints"][0]["targetRef"] = {
+        "kind": "ExternalWorkload",
+        "name": "vm-far",
+        "namespace": "vms",
+    }
+    far = workload("vm-far", "192.0.2.30", labels={"app": "far"}, ready="False")
+    far["metadata"]["namespace"] = "vms"
+    sources["externalworkloads"].apply(far)
+    sources["endpointslices"].apply(es)
+    call = stub.Get(destination_pb2.GetDestination(path="billing.ns.svc.cluster.local:80"))
+    first = await asyncio.wait_for(call.read(), TIMEOUT)
+    assert first.WhichOneof("update") == "no_endpoints"  # not Ready: not a plaintext endpoint
+    ready = copy.deepcopy(far)
+    ready["status"]["conditions"][0]["status"] = "True"
+    sources["externalworkloads"].apply(ready)  # in another namespace than the service's
+    update = await asyncio.wait_for(call.read(), TIMEOUT)
+    assert update.WhichOneof("update") == "add"
+    (addr,) = update.add.addrs
+    assert (ip_from_proto(addr.addr.ip), addr.addr.port) == ("192.0.2.30", 8080)
+    assert addr.tls_identity.uri_like_identity.uri == IDENTITY
+    call.cancel()

@@ -102,6 +102,7 @@ class Discovery:
             if svc is None or is_external_name(svc):
                 return None, deps
             slices = cluster.service_slices(ns, name)
+            foreign: set[tuple[str, str]] = set()
             found = service_endpoints(
                 svc,
                 port,
@@ -110,7 +111,9 @@ class Discovery:
                 settings,
                 cache=cache,
                 generation=cluster.generation(ns),
+                foreign_workloads=foreign,
             )
+            deps.update(("ew", ew_ns, ew_name) for ew_ns, ew_name in foreign)
             for addr, workload in cluster.service_external_workloads(svc, port).items():
                 found.setdefault(addr, workload)
             return filter_endpoints(found, hostname=hostname, node=node), deps

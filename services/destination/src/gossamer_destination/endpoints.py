@@ -183,8 +183,16 @@ def service_endpoints(
     *,
     cache: SliceCache | None = None,
     generation: object = None,
+    foreign_workloads: set[tuple[str, str]] | None = None,
 ) -> dict[Addr, Endpoint]:
-    """The ready endpoints of ``service`` on ``port``, from its EndpointSlices."""
+    """The ready endpoints of ``service`` on ``port``, from its EndpointSlices.
+
+    An entry naming an ExternalWorkload that is missing, not Ready or invalid is left out
+    (never served as a plain endpoint without its identity). ExternalWorkloads named in
+    another namespace than the service's are added to ``foreign_workloads`` (the caller
+    watches them; the service namespace's own changes are its generation), and slices
+    naming them are not cached.
+    """
     target = target_port(service, port)
     if target is None:
         return {}
@@ -206,8 +214,11 @@ def service_endpoints(
         seen.add(key)
         entries = cache.lookup(key, stamp) if cache is not None and stamp[0] else None
         if entries is None:
-            entries = _slice_entries(namespace, number, es, family, lookups, settings)
-            if cache is not None and stamp[0]:
+            foreign: set[tuple[str, str]] = set()
+            entries = _slice_entries(namespace, number, es, family, lookups, settings, foreign)
+            if foreign_workloads is not None:
+                foreign_workloads |= foreign
+            if cache is not None and stamp[0] and not foreign:
                 cache.store(key, stamp, entries)
         for endpoint, pod_name, fam in entries:
             found[endpoint.addr] = endpoint
@@ -230,6 +241,7 @@ def _slice_entries(
     family: str,
     lookups: Lookups,
     settings: DestinationSettings,
+    foreign_workloads: set[tuple[str, str]],
 ) -> list[SliceEntry]:
     annotations = annotations_of(es)
     out: list[SliceEntry] = []
@@ -237,9 +249,15 @@ def _slice_entries(
         conditions = ep.get("conditions") or {}
         if conditions.get("ready") is False:
             continue
+        ref = ep.get("targetRef") or {}
+        if ref.get("kind") == "ExternalWorkload":
+            ref_namespace = str(ref.get("namespace") or namespace)
+            if ref_namespace != namespace:
+                foreign_workloads.add((ref_namespace, str(ref.get("name"))))
         for ip in (ep.get("addresses") or ())[:1]:
             endpoint = _endpoint(namespace, str(ip), number, ep, annotations, lookups, settings)
-            ref = ep.get("targetRef") or {}
+            if endpoint is None:
+                continue
             pod_name = str(ref.get("name")) if ref.get("kind") == "Pod" else None
             out.append((endpoint, pod_name, family))
     return out
@@ -253,7 +271,8 @@ def _endpoint(
     annotations: Mapping[str, str],
     lookups: Lookups,
     settings: DestinationSettings,
-) -> Endpoint:
+) -> Endpoint | None:
+    """``None`` for an entry that must not be served (see :func:`service_endpoints`)."""
     hostname = ep.get("hostname")
     node = ep.get("nodeName")
     ref = ep.get("targetRef") or {}
@@ -268,8 +287,9 @@ def _endpoint(
         workload = lookups.external_workload(
             str(ref.get("namespace") or namespace), str(ref.get("name")), ip, port
         )
-        if workload is not None:
-            return _with(workload, hostname=hostname, node=node)
+        if workload is None:
+            return None  # a meshed VM: never an endpoint without its identity
+        return _with(workload, hostname=hostname, node=node)
     override = annotations.get(REMOTE_SVC_FQ_NAME)
     gateway_identity = annotations.get(REMOTE_GATEWAY_IDENTITY)
     if override:
