@@ -271,3 +271,16 @@ async def test_get_follows_an_external_workload_named_from_another_namespace(
     assert (ip_from_proto(addr.addr.ip), addr.addr.port) == ("192.0.2.30", 8080)
     assert addr.tls_identity.uri_like_identity.uri == IDENTITY
     call.cancel()
+
+
+async def test_get_profile_finds_a_workload_whose_ip_is_written_unnormalised(
+    served: tuple[Any, Any],
+) -> None:
+    stub, sources = served
+    sources["externalworkloads"].apply(workload(ip="2001:DB8:0:0::10"))
+    call = stub.GetProfile(destination_pb2.GetDestination(path="[2001:db8::10]:8080"))
+    profile = await asyncio.wait_for(call.read(), TIMEOUT)
+    while profile.endpoint.tls_identity.WhichOneof("strategy") is None:
+        profile = await asyncio.wait_for(call.read(), TIMEOUT)  # before the watch event
+    assert profile.endpoint.tls_identity.uri_like_identity.uri == IDENTITY
+    call.cancel()

@@ -9,6 +9,7 @@ turn, so a burst of watch events (a Deployment rollout) costs one recomputation 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
@@ -115,9 +116,17 @@ def _running_pod_ips(pod: KubeObject) -> list[str]:
 
 
 def _workload_ips(workload: KubeObject) -> list[str]:
+    """The workload's IPs in normal form (as lookups spell them); invalid ones are skipped."""
     spec = workload.get("spec")
     entries = spec.get("workloadIPs") if isinstance(spec, Mapping) else None
-    return [str(e["ip"]) for e in entries or () if isinstance(e, Mapping) and e.get("ip")]
+    ips = []
+    for entry in entries or ():
+        if isinstance(entry, Mapping) and entry.get("ip"):
+            try:
+                ips.append(str(ipaddress.ip_address(str(entry["ip"]))))
+            except ValueError:
+                continue
+    return ips
 
 
 def _host_ports(pod: KubeObject) -> list[str]:
