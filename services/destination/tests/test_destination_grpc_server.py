@@ -74,7 +74,7 @@ def test_request_body_is_one_bounded_uncompressed_message() -> None:
     compressed.feed(b"\x01\x00\x00\x00\x01a")
     with pytest.raises(RequestError) as err:
         compressed.message()
-    assert err.value.status == Status.UNIMPLEMENTED
+    assert err.value.status == Status.INTERNAL  # compressed, yet no grpc-encoding
     two = RequestBody()
     two.feed(b"\x00\x00\x00\x00\x01a\x00\x00\x00\x00\x01b")
     with pytest.raises(RequestError):
@@ -568,4 +568,21 @@ async def test_the_header_list_limit_holds_before_the_client_acks_settings(serve
     client._task = asyncio.create_task(client._read())
     await client.until(lambda: client.eof)  # GOAWAY and close (or a reset, if unread bytes)
     assert not client.updates(sid)
+    await client.close()
+
+
+@pytest.mark.parametrize("flags", [1, 2, 255])
+async def test_a_compressed_or_flagged_request_without_an_encoding_is_internal(
+    served: App, flags: int
+) -> None:
+    client = RawClient(window=1 << 20)
+    await client.connect(served.app.grpc_port)
+    sid = client.open_request()
+    request = destination_pb2.GetDestination(path=PATH).SerializeToString()
+    client.h2.send_data(
+        sid, bytes([flags]) + len(request).to_bytes(4, "big") + request, end_stream=True
+    )
+    client._flush()
+    await client.until(lambda: sid in client.trailers)
+    assert client.trailers[sid][b"grpc-status"] == str(int(Status.INTERNAL)).encode()
     await client.close()

@@ -169,8 +169,12 @@ class RequestBody:
         buffer = self._buffer
         if len(buffer) < 5:
             raise RequestError(Status.INTERNAL, "request has no message")
+        if buffer[0] == 1:
+            # Requests with a grpc-encoding other than identity are refused at their headers,
+            # so a compressed message here names no encoding: a protocol violation.
+            raise RequestError(Status.INTERNAL, "compressed message without grpc-encoding")
         if buffer[0] != 0:
-            raise RequestError(Status.UNIMPLEMENTED, "compressed requests are not supported")
+            raise RequestError(Status.INTERNAL, f"invalid message flags {buffer[0]}")
         length = int.from_bytes(buffer[1:5], "big")
         if length > self._limit:
             raise RequestError(Status.RESOURCE_EXHAUSTED, "request message too large")
