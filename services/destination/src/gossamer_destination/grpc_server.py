@@ -215,6 +215,7 @@ class GrpcConnection(asyncio.Protocol):
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._keepalive_timer: asyncio.TimerHandle | None = None
         """The next keepalive PING, or the deadline of the one awaiting its ACK."""
+        self._ping_outstanding = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -305,8 +306,10 @@ class GrpcConnection(asyncio.Protocol):
         elif isinstance(event, h2.events.WindowUpdated):
             self._windows_opened = True
         elif isinstance(event, h2.events.PingAckReceived):
-            if event.ping_data == _KEEPALIVE_PING and self._keepalive_timer is not None:
-                self._keepalive_timer.cancel()
+            if event.ping_data == _KEEPALIVE_PING and self._ping_outstanding:
+                self._ping_outstanding = False
+                if self._keepalive_timer is not None:
+                    self._keepalive_timer.cancel()
                 self._keepalive_timer = self.loop.call_later(
                     self.server.keepalive_interval, self._keepalive
                 )
@@ -422,6 +425,7 @@ class GrpcConnection(asyncio.Protocol):
             self._keepalive_timer = None
             return
         self._emit_h2()
+        self._ping_outstanding = True
         self._keepalive_timer = self.loop.call_later(
             self.server.keepalive_timeout, self._keepalive_unanswered
         )
