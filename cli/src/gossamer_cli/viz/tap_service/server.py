@@ -6,7 +6,8 @@ the service's own account) → ``Observe`` on each of their proxies with the tap
 (:class:`~gossamer_cli.viz.tap_client.TapSession`) → the merged events, within the call's
 :class:`.bounds.Budget`, written as NDJSON. Writing awaits the reader, so a slow caller
 slows the merge, which stops reading the proxies (they drop, never block, their traffic).
-At most :data:`MAX_SESSIONS` calls run at once; more are answered 429.
+At most :data:`MAX_SESSIONS` calls run at once; more are answered 429, before any review
+(reviews are themselves cached and bounded in flight, see :mod:`.review_cache`).
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ class TapService:
         return web.Response(text="ok")
 
     async def _tap(self, request: web.Request) -> web.StreamResponse:
+        if self._active >= MAX_SESSIONS:  # before any review: a full service asks nothing
+            return _refusal(429, f"too many taps at once (at most {MAX_SESSIONS})")
         try:
             target = parse_path(request.path)
             subject = await self.authenticator.authenticate(
