@@ -171,10 +171,18 @@ def _certificate(common_name: str, organizations: tuple[str, ...] = ()) -> x509.
 
 def test_a_client_certificate_is_a_user_and_its_groups() -> None:
     subject = authz.subject_from_certificate(_certificate("alice", ("dev", "ops")))
-    assert subject == authz.Subject("alice", ("dev", "ops"))
+    assert subject == authz.Subject("alice", ("dev", "ops", "system:authenticated"))
     with pytest.raises(authz.AuthError) as refused:
         authz.subject_from_certificate(_certificate(""))
     assert refused.value.status == 401
+
+
+def test_every_authenticated_user_is_in_system_authenticated_once() -> None:
+    named = authz.Subject("alice", ("system:authenticated", "devs"))
+    assert authz.with_authenticated_group(named) == named  # the aggregator's header has it
+    assert authz.with_authenticated_group(authz.Subject("bob")).groups == ("system:authenticated",)
+    anonymous = authz.Subject("system:anonymous", ("system:unauthenticated",))
+    assert authz.with_authenticated_group(anonymous) == anonymous
 
 
 def test_bearer_tokens_are_parsed_strictly() -> None:
@@ -610,7 +618,7 @@ async def test_a_client_certificate_from_the_cluster_ca_authenticates(
     assert len(events) == 5
     assert call.end == api.StreamEnd("max-events", [])
     assert kube.reviews[-1]["spec"]["user"] == "carol"
-    assert kube.reviews[-1]["spec"]["groups"] == ["devs"]
+    assert kube.reviews[-1]["spec"]["groups"] == ["devs", "system:authenticated"]
 
 
 async def test_the_client_reports_refusals_and_trusts_only_the_tap_ca(
@@ -837,7 +845,7 @@ async def test_the_front_proxy_names_the_user_and_the_review_is_theirs(
     assert status == 200, text
     assert len([line for line in _lines(text) if "event" in line]) == 3
     spec = aggregated.kube.reviews[-1]["spec"]
-    assert (spec["user"], spec["groups"]) == ("alice", ["devs"])
+    assert (spec["user"], spec["groups"]) == ("alice", ["devs", "system:authenticated"])
     assert spec["extra"] == {"scopes/a": ["x"]}
     # An unauthorized user named by the proxy is refused.
     status, _ = await aggregated.post(proxy, {"X-Remote-User": "mallory"})
@@ -863,7 +871,7 @@ async def test_remote_user_headers_are_ignored_from_anyone_but_the_front_proxy(
     status, text = await aggregated.post(user, forged)
     assert status == 200, text
     assert aggregated.kube.reviews[-1]["spec"]["user"] == "carol"
-    assert aggregated.kube.reviews[-1]["spec"]["groups"] == []
+    assert aggregated.kube.reviews[-1]["spec"]["groups"] == ["system:authenticated"]
     # The front-proxy CA, but a name it does not allow: neither a proxy nor a user.
     other = aggregated.front_ca.issue("someone-else", aggregated.files)
     reviews = len(aggregated.kube.reviews)

@@ -30,6 +30,7 @@ from gossamer_cli.viz.tap_service.authz import (
     bearer_token,
     decision,
     subject_from_certificate,
+    with_authenticated_group,
 )
 from gossamer_cli.viz.tap_service.frontproxy import (
     FrontProxy,
@@ -113,7 +114,9 @@ class Authenticator:
     def _certificate_subject(self, certificate: x509.Certificate, headers: Headers) -> Subject:
         now = self._clock()
         if self.front_proxy is not None and self.front_proxy.is_front_proxy(certificate, now):
-            return self.front_proxy.subject(headers)
+            # The aggregator's X-Remote-Group already names system:authenticated; as the
+            # delegating authenticator, add it should another front proxy leave it out.
+            return with_authenticated_group(self.front_proxy.subject(headers))
         if self.client_ca is None and self.front_proxy is not None:
             raise AuthError(401, "the client certificate is not the apiserver's front proxy")
         if self.client_ca is not None and not chains_to(certificate, self.client_ca, now):
@@ -142,7 +145,9 @@ class Authenticator:
             raise AuthError(
                 401, f"token not authenticated{': ' + review.error if review.error else ''}"
             )
-        return Subject(review.username, review.groups, review.uid, review.extra)
+        return with_authenticated_group(
+            Subject(review.username, review.groups, review.uid, review.extra)
+        )
 
     async def _token_review(self, token: str) -> TokenReviewResult:
         key = review_key(token)
