@@ -989,3 +989,18 @@ async def test_the_cli_goes_through_the_apiserver_when_it_serves_the_tap_api(
         assert aggregated.kube.reviews[-1]["spec"]["user"] == "alice"
     finally:
         await client.close()
+
+
+def test_the_server_issues_no_session_tickets(tmp_path: Path) -> None:
+    """A resumed TLS 1.3 session would stand for the first handshake's client certificate."""
+    from gossamer_cli.viz.tap_service.server import server_context
+    from gossamer_cli.viz.tap_service.serving import generate_serving
+
+    serving = generate_serving(viz_namespace="gossamer-viz", now=dt.datetime.now(dt.UTC))
+    (tmp_path / "tls.crt").write_bytes(serving.crt_pem)
+    (tmp_path / "tls.key").write_bytes(serving.key_pem)
+    ca = _CA.make("kubernetes-client-ca").pem.decode()
+    for client_ca in (ca, None):
+        context = server_context(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"), client_ca)
+        assert context.num_tickets == 0
+

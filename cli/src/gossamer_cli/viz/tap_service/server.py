@@ -58,6 +58,9 @@ def server_context(
     or the front proxy's CA (the :class:`.auth.Authenticator` then tells which issued it)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
+    # No session tickets: a resumed session would stand for the client certificate of the
+    # first handshake, even once that certificate has expired or its CA is no longer trusted.
+    context.num_tickets = 0
     context.load_cert_chain(cert_file, key_file)
     context.set_alpn_protocols(["http/1.1"])
     cas = [pem for pem in (client_ca_pem, front_proxy_ca_pem) if pem]
