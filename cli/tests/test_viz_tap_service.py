@@ -1004,3 +1004,38 @@ def test_the_server_issues_no_session_tickets(tmp_path: Path) -> None:
         context = server_context(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"), client_ca)
         assert context.num_tickets == 0
 
+
+class _StalledResponse:
+    """A stream whose caller has stopped reading: writes never complete."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(data)
+        await asyncio.Event().wait()
+
+    async def write_eof(self) -> None:
+        raise AssertionError("never reached")
+
+
+class _Transport:
+    aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@dataclass
+class _Request:
+    transport: _Transport
+
+
+async def test_a_caller_that_stops_reading_is_dropped_at_the_end_write_bound() -> None:
+    from gossamer_cli.viz.tap_service.server import end_stream
+
+    request, response = _Request(_Transport()), _StalledResponse()
+    # A zero bound expires at the first wait: the end line is attempted, then dropped.
+    await end_stream(request, response, b'{"end":"time-limit"}\n', 0)  # type: ignore[arg-type]
+    assert response.written == [b'{"end":"time-limit"}\n']
+    assert request.transport.aborted

@@ -13,7 +13,6 @@ At most :data:`MAX_SESSIONS` calls run at once; more are answered 429, before an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import ssl
 from collections.abc import Awaitable, Callable
@@ -46,6 +45,9 @@ __all__ = ["MAX_SESSIONS", "TapService", "server_context"]
 log = structlog.get_logger("gossamer.viz.tap")
 
 MAX_SESSIONS: Final = 32
+#: How long the last line and the end of the stream may take to write: a caller that has
+#: stopped reading must not hold a session slot past its deadline.
+END_WRITE_SECONDS: Final = 5.0
 NDJSON: Final = "application/x-ndjson"
 #: (resource, namespace) -> the proxies to tap.
 Resolver = Callable[[Resource, str], Awaitable[list[TapTarget]]]
@@ -99,6 +101,22 @@ def _discovery(document: dict[str, Any]) -> Callable[[web.Request], Awaitable[we
     return handle
 
 
+async def end_stream(
+    request: web.Request, response: web.StreamResponse, last: bytes, seconds: float
+) -> None:
+    """Write ``last`` and end the stream within ``seconds``; else drop the connection."""
+    try:
+        async with asyncio.timeout(seconds):
+            await response.write(last)
+            await response.write_eof()
+    except TimeoutError:
+        log.info("tap caller stopped reading; connection dropped")
+        if request.transport is not None:
+            request.transport.abort()
+    except ConnectionError:
+        pass
+
+
 def _refusal(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=message + "\n", content_type="text/plain")
 
@@ -110,6 +128,7 @@ class TapService:
     credentials: CredentialSource
     port: int = 4190
     clock: Callable[[], float] | None = None
+    end_write_seconds: float = END_WRITE_SECONDS
     _active: int = 0
 
     def app(self) -> web.Application:
@@ -204,7 +223,7 @@ class TapService:
             return response  # the caller went away: the proxies' streams are closed below
         finally:
             await events.aclose()  # type: ignore[attr-defined]
-        with contextlib.suppress(ConnectionError):
-            await response.write(encode_end(reason, session.errors))
-            await response.write_eof()
+        await end_stream(
+            request, response, encode_end(reason, session.errors), self.end_write_seconds
+        )
         return response
