@@ -644,6 +644,20 @@ async def test_the_client_reports_refusals_and_trusts_only_the_tap_ca(
         [item async for item in call.events()]
 
 
+def _kubeconfig(path: Path, server: str) -> str:
+    path.write_text(
+        json.dumps(
+            {
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    return str(path)
+
+
 def test_the_cli_finds_the_local_tap_service_or_taps_directly(tmp_path: Path) -> None:
     import click
     from gossamer_cli.viz.tap_cmd import _endpoint
@@ -651,14 +665,19 @@ def test_the_cli_finds_the_local_tap_service_or_taps_directly(tmp_path: Path) ->
     def no_apiserver(kubeconfig: str | None) -> None:
         return None
 
+    local = _kubeconfig(tmp_path / "local.yaml", "https://127.0.0.1:6443")
     # No mesh running, no APIService: tap the proxies itself.
-    assert _endpoint(tmp_path, None, None, None, no_apiserver) is None
-    (tmp_path / "ready.json").write_text(json.dumps({"tap_url": None}))
-    assert _endpoint(tmp_path, None, None) is None  # a mesh without the tap service
+    assert _endpoint(tmp_path, None, None, local, no_apiserver) is None
+    (tmp_path / "ready.json").write_text(json.dumps({"tap_url": None, "kubeconfig": local}))
+    assert _endpoint(tmp_path, None, None, local, no_apiserver) is None  # no tap service
     (tmp_path / "ca.crt").write_bytes(b"CA")
-    ready = {"tap_url": "https://127.0.0.1:8089", "tap_ca_file": str(tmp_path / "ca.crt")}
+    ready = {
+        "tap_url": "https://127.0.0.1:8089",
+        "tap_ca_file": str(tmp_path / "ca.crt"),
+        "kubeconfig": local,
+    }
     (tmp_path / "ready.json").write_text(json.dumps(ready))
-    found = _endpoint(tmp_path, None, None)
+    found = _endpoint(tmp_path, None, None, local, no_apiserver)
     assert (found.url, found.ca_pem, found.server_name) == (
         "https://127.0.0.1:8089",
         b"CA",
@@ -670,6 +689,34 @@ def test_the_cli_finds_the_local_tap_service_or_taps_directly(tmp_path: Path) ->
         _endpoint(tmp_path, "https://10.0.0.1:8089", None)
     with pytest.raises(click.BadParameter, match="HTTPS"):
         _endpoint(tmp_path, "http://10.0.0.1:8089", tmp_path / "ca.crt")
+
+
+def test_the_cli_prefers_the_apiserver_and_shows_no_other_clusters_token_to_local_tap(
+    tmp_path: Path,
+) -> None:
+    from gossamer_cli.viz.tap_cmd import _endpoint
+    from gossamer_cli.viz.tap_service.client import TapServiceEndpoint
+    from gossamer_kube.config import KubeConfig
+
+    local = _kubeconfig(tmp_path / "local.yaml", "https://127.0.0.1:6443")
+    remote = _kubeconfig(tmp_path / "remote.yaml", "https://prod.example:6443")
+    (tmp_path / "ca.crt").write_bytes(b"CA")
+    ready = {
+        "tap_url": "https://127.0.0.1:8089",
+        "tap_ca_file": str(tmp_path / "ca.crt"),
+        "kubeconfig": local,
+    }
+    (tmp_path / "ready.json").write_text(json.dumps(ready))
+    # A local mesh is running, but the kubeconfig is another cluster's: its token is never
+    # sent to the local tap service.
+    assert _endpoint(tmp_path, None, None, remote, lambda _: None) is None
+    # The apiserver serves the tap API: it is preferred even with a local mesh running.
+    apiserver = TapServiceEndpoint.apiserver(KubeConfig.load(remote))
+    assert _endpoint(tmp_path, None, None, remote, lambda _: apiserver) is apiserver
+    assert _endpoint(tmp_path, None, None, local, lambda _: apiserver) is apiserver
+    # An explicit --tap-url is the caller's choice.
+    explicit = _endpoint(tmp_path, "https://10.0.0.1:8089", tmp_path / "ca.crt", remote)
+    assert not explicit.via_apiserver
 
 
 async def test_a_query_sent_in_pieces_is_read_whole_and_a_huge_one_refused(
