@@ -77,6 +77,8 @@ collect() {
 
 cleanup() {
   status=$?
+  # A second TERM/INT/HUP (an impatient CI, a double Ctrl-C) must not cut node-down short.
+  trap '' TERM INT HUP
   if [ -n "$skaffold_build" ]; then
     kill -- -"$skaffold_build" 2>/dev/null || true; wait "$skaffold_build" 2>/dev/null || true
   fi

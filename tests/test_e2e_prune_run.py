@@ -72,10 +72,17 @@ def _cleanup_body() -> list[str]:
     text = (ROOT / "scripts/e2e-node.sh").read_text()
     body = re.search(r"^cleanup\(\) \{\n(.*?)^\}", text, re.S | re.M)
     assert body is not None
-    return [line.strip() for line in body.group(1).splitlines() if line.strip()]
+    lines = [line.strip() for line in body.group(1).splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def test_e2e_node_prunes_through_the_guarded_step() -> None:
     body = _cleanup_body()
     assert 'bash scripts/prune-e2e-run.sh "${TAG:-}"' in body
     assert not any("prune-e2e-images.sh" in line for line in body)
+
+
+def test_e2e_node_ignores_further_signals_while_cleaning_up() -> None:
+    # The run's status first, then no TERM/INT/HUP trap: a second signal must not cut the
+    # node-down (or anything else cleanup does) short.
+    assert _cleanup_body()[:2] == ["status=$?", "trap '' TERM INT HUP"]
