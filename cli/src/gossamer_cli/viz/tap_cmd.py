@@ -138,7 +138,7 @@ def _targets(
     target: Resource, namespace: str, kubeconfig: str | None
 ) -> tuple[list[TapTarget], dict[str, Any]]:
     from gossamer_cli.viz.tap_query import tap_targets
-    from gossamer_cli.viz.tap_render import PodInfo
+    from gossamer_cli.viz.tap_render import pods_by_address
 
     try:
         pods, services, every = asyncio.run(_pods(kubeconfig, namespace, target.kind.name))
@@ -154,23 +154,7 @@ def _targets(
     if not targets:
         name = f"{target.kind.name}/{target.name}" if target.name else target.kind.name
         raise click.ClickException(f"no meshed, running pods for {name} in namespace {namespace}")
-    names: dict[str, Any] = {}
-    for pod in every:
-        ip = (pod.get("status") or {}).get("podIP")
-        if ip:
-            meta = pod["metadata"]
-            names[ip] = PodInfo(meta.get("namespace", ""), meta["name"], _resource_of(pod))
-    return targets, names
-
-
-def _resource_of(pod: dict[str, Any]) -> str:
-    from gossamer_cli.viz.meshed import owner
-
-    for kind, short in (("deployment", "deploy"), ("statefulset", "sts"), ("daemonset", "ds")):
-        found = owner(pod, kind)
-        if found:
-            return f"{short}/{found}"
-    return f"pod/{pod['metadata']['name']}"
+    return targets, pods_by_address(every)
 
 
 def _credentials(state_dir: Path) -> Any:
@@ -268,7 +252,7 @@ def _pod_names(kubeconfig: str | None) -> dict[str, Any]:
     from gossamer_kube.config import KubeConfig
     from gossamer_kube.resources import PODS
 
-    from gossamer_cli.viz.tap_render import PodInfo
+    from gossamer_cli.viz.tap_render import pods_by_address
 
     async def every() -> list[dict[str, Any]]:
         async with KubeClient(KubeConfig.load(kubeconfig)) as client:
@@ -278,13 +262,7 @@ def _pod_names(kubeconfig: str | None) -> dict[str, Any]:
         pods = asyncio.run(every())
     except Exception:
         return {}
-    names: dict[str, Any] = {}
-    for pod in pods:
-        ip = (pod.get("status") or {}).get("podIP")
-        if ip:
-            meta = pod["metadata"]
-            names[ip] = PodInfo(meta.get("namespace", ""), meta["name"], _resource_of(pod))
-    return names
+    return dict(pods_by_address(pods))
 
 
 async def _stream_service(
