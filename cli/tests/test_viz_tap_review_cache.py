@@ -13,7 +13,8 @@ from gossamer_cli.viz.tap_service.authz import AuthError, Subject
 from gossamer_cli.viz.tap_service.review_cache import ReviewCache, ReviewGate, review_key
 from gossamer_kube.client import TokenReviewResult
 
-TARGET = parse_path("/apis/tap.linkerd.io/v1alpha1/watch/namespaces/demo/deployments/web/tap")
+TARGET_PATH = "/apis/tap.linkerd.io/v1alpha1/watch/namespaces/demo/deployments/web/tap"
+TARGET = parse_path(TARGET_PATH)
 
 
 @dataclass
@@ -107,3 +108,27 @@ async def test_reviews_beyond_the_limit_in_flight_are_refused_429_not_queued() -
     kube.hold.set()
     assert [s.user for s in await asyncio.gather(*waiting)] == ["u0", "u1"]
     assert (await auth.authenticate(None, "Bearer t3")).user == "u3"  # room again
+
+
+async def test_a_full_service_asks_the_apiserver_nothing() -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+    from gossamer_cli.viz.tap_service.server import MAX_SESSIONS, TapService
+
+    kube, clock = CountingKube({"good": "alice"}, {"alice"}), Clock()
+
+    async def resolve(*_: Any) -> list[Any]:
+        raise AssertionError("never reached")
+
+    service = TapService(_authenticator(kube, clock), resolve, credentials=None)  # type: ignore[arg-type]
+    service._active = MAX_SESSIONS
+    client = TestClient(TestServer(service.app()))
+    await client.start_server()
+    try:
+        response = await client.post(
+            TARGET_PATH, data=b"{}", headers={"Authorization": "Bearer good"}
+        )
+        assert response.status == 429
+    finally:
+        await client.close()
+    assert kube.tokens == []
+    assert kube.reviews == []
