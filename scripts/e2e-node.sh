@@ -15,7 +15,7 @@
 # The node is brought down at the end unless it was already up (or KEEP_NODE=1), also when the
 # run fails or is stopped by SIGTERM/SIGINT/SIGHUP (a CI timeout); logs and cluster state are
 # collected on failure. At the end buildah's storage keeps only this run's images
-# (scripts/prune-e2e-images.sh): each run builds under a new tag, and old tags filled CI disks.
+# (scripts/prune-e2e-run.sh): each run builds under a new tag, and old tags filled CI disks.
 # Under GOSSAMER_REQUIRE_E2E=1 (CI) no phase may be skipped: E2E_SKAFFOLD=0 is refused.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -77,6 +77,8 @@ collect() {
 
 cleanup() {
   status=$?
+  # A second TERM/INT/HUP (an impatient CI, a double Ctrl-C) must not cut node-down short.
+  trap '' TERM INT HUP
   if [ -n "$skaffold_build" ]; then
     kill -- -"$skaffold_build" 2>/dev/null || true; wait "$skaffold_build" 2>/dev/null || true
   fi
@@ -85,9 +87,8 @@ cleanup() {
     step node-down || { echo "e2e-node: FAILED: make node-down" >&2; [ "$status" -ne 0 ] || status=1; }
   fi
   # Earlier runs' images go; this run's ($TAG, from the env step) stay as the next one's cache.
-  echo "e2e-node: removing earlier runs' images from buildah's storage" >&2
-  bash scripts/prune-e2e-images.sh "${TAG:-}" | sed 's/^/    removed /' >&2 \
-    || { echo "e2e-node: FAILED: pruning the images of earlier runs" >&2; [ "$status" -ne 0 ] || status=1; }
+  # Without TAG nothing is pruned, and a failed prune is only a warning.
+  bash scripts/prune-e2e-run.sh "${TAG:-}"
   echo "e2e-node: finished with status $status in $(elapsed)" >&2
   exit "$status"
 }

@@ -159,3 +159,24 @@ def test_max_rps_becomes_each_pods_limit_per_second() -> None:
     assert per_call_limit(100, 4) == 25
     assert per_call_limit(1, 4) == 1  # every pod still shows something
     assert per_call_limit(0, 4) > 1_000_000  # no limit
+
+
+def test_pods_are_named_by_address_with_their_owning_resource() -> None:
+    from gossamer_cli.viz.tap_render import pods_by_address
+
+    web = {
+        "metadata": {
+            "name": "web-5d9f-abcde",
+            "namespace": "demo",
+            "labels": {"pod-template-hash": "5d9f"},
+            "ownerReferences": [{"kind": "ReplicaSet", "name": "web-5d9f", "controller": True}],
+        },
+        "status": {"podIP": "10.0.0.5"},
+    }
+    lone = {"metadata": {"name": "debug", "namespace": "demo"}, "status": {"podIP": "10.0.0.6"}}
+    pending = {"metadata": {"name": "new", "namespace": "demo"}, "status": {}}
+    nameless: dict[str, Any] = {"metadata": {}, "status": {"podIP": "10.0.0.7"}}
+    assert pods_by_address([web, lone, pending, nameless]) == {
+        "10.0.0.5": PodInfo("demo", "web-5d9f-abcde", "deploy/web"),
+        "10.0.0.6": PodInfo("demo", "debug", "pod/debug"),
+    }

@@ -171,10 +171,18 @@ def _certificate(common_name: str, organizations: tuple[str, ...] = ()) -> x509.
 
 def test_a_client_certificate_is_a_user_and_its_groups() -> None:
     subject = authz.subject_from_certificate(_certificate("alice", ("dev", "ops")))
-    assert subject == authz.Subject("alice", ("dev", "ops"))
+    assert subject == authz.Subject("alice", ("dev", "ops", "system:authenticated"))
     with pytest.raises(authz.AuthError) as refused:
         authz.subject_from_certificate(_certificate(""))
     assert refused.value.status == 401
+
+
+def test_every_authenticated_user_is_in_system_authenticated_once() -> None:
+    named = authz.Subject("alice", ("system:authenticated", "devs"))
+    assert authz.with_authenticated_group(named) == named  # the aggregator's header has it
+    assert authz.with_authenticated_group(authz.Subject("bob")).groups == ("system:authenticated",)
+    anonymous = authz.Subject("system:anonymous", ("system:unauthenticated",))
+    assert authz.with_authenticated_group(anonymous) == anonymous
 
 
 def test_bearer_tokens_are_parsed_strictly() -> None:
@@ -610,7 +618,7 @@ async def test_a_client_certificate_from_the_cluster_ca_authenticates(
     assert len(events) == 5
     assert call.end == api.StreamEnd("max-events", [])
     assert kube.reviews[-1]["spec"]["user"] == "carol"
-    assert kube.reviews[-1]["spec"]["groups"] == ["devs"]
+    assert kube.reviews[-1]["spec"]["groups"] == ["devs", "system:authenticated"]
 
 
 async def test_the_client_reports_refusals_and_trusts_only_the_tap_ca(
@@ -636,6 +644,20 @@ async def test_the_client_reports_refusals_and_trusts_only_the_tap_ca(
         [item async for item in call.events()]
 
 
+def _kubeconfig(path: Path, server: str) -> str:
+    path.write_text(
+        json.dumps(
+            {
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    return str(path)
+
+
 def test_the_cli_finds_the_local_tap_service_or_taps_directly(tmp_path: Path) -> None:
     import click
     from gossamer_cli.viz.tap_cmd import _endpoint
@@ -643,14 +665,19 @@ def test_the_cli_finds_the_local_tap_service_or_taps_directly(tmp_path: Path) ->
     def no_apiserver(kubeconfig: str | None) -> None:
         return None
 
+    local = _kubeconfig(tmp_path / "local.yaml", "https://127.0.0.1:6443")
     # No mesh running, no APIService: tap the proxies itself.
-    assert _endpoint(tmp_path, None, None, None, no_apiserver) is None
-    (tmp_path / "ready.json").write_text(json.dumps({"tap_url": None}))
-    assert _endpoint(tmp_path, None, None) is None  # a mesh without the tap service
+    assert _endpoint(tmp_path, None, None, local, no_apiserver) is None
+    (tmp_path / "ready.json").write_text(json.dumps({"tap_url": None, "kubeconfig": local}))
+    assert _endpoint(tmp_path, None, None, local, no_apiserver) is None  # no tap service
     (tmp_path / "ca.crt").write_bytes(b"CA")
-    ready = {"tap_url": "https://127.0.0.1:8089", "tap_ca_file": str(tmp_path / "ca.crt")}
+    ready = {
+        "tap_url": "https://127.0.0.1:8089",
+        "tap_ca_file": str(tmp_path / "ca.crt"),
+        "kubeconfig": local,
+    }
     (tmp_path / "ready.json").write_text(json.dumps(ready))
-    found = _endpoint(tmp_path, None, None)
+    found = _endpoint(tmp_path, None, None, local, no_apiserver)
     assert (found.url, found.ca_pem, found.server_name) == (
         "https://127.0.0.1:8089",
         b"CA",
@@ -662,6 +689,34 @@ def test_the_cli_finds_the_local_tap_service_or_taps_directly(tmp_path: Path) ->
         _endpoint(tmp_path, "https://10.0.0.1:8089", None)
     with pytest.raises(click.BadParameter, match="HTTPS"):
         _endpoint(tmp_path, "http://10.0.0.1:8089", tmp_path / "ca.crt")
+
+
+def test_the_cli_prefers_the_apiserver_and_shows_no_other_clusters_token_to_local_tap(
+    tmp_path: Path,
+) -> None:
+    from gossamer_cli.viz.tap_cmd import _endpoint
+    from gossamer_cli.viz.tap_service.client import TapServiceEndpoint
+    from gossamer_kube.config import KubeConfig
+
+    local = _kubeconfig(tmp_path / "local.yaml", "https://127.0.0.1:6443")
+    remote = _kubeconfig(tmp_path / "remote.yaml", "https://prod.example:6443")
+    (tmp_path / "ca.crt").write_bytes(b"CA")
+    ready = {
+        "tap_url": "https://127.0.0.1:8089",
+        "tap_ca_file": str(tmp_path / "ca.crt"),
+        "kubeconfig": local,
+    }
+    (tmp_path / "ready.json").write_text(json.dumps(ready))
+    # A local mesh is running, but the kubeconfig is another cluster's: its token is never
+    # sent to the local tap service.
+    assert _endpoint(tmp_path, None, None, remote, lambda _: None) is None
+    # The apiserver serves the tap API: it is preferred even with a local mesh running.
+    apiserver = TapServiceEndpoint.apiserver(KubeConfig.load(remote))
+    assert _endpoint(tmp_path, None, None, remote, lambda _: apiserver) is apiserver
+    assert _endpoint(tmp_path, None, None, local, lambda _: apiserver) is apiserver
+    # An explicit --tap-url is the caller's choice.
+    explicit = _endpoint(tmp_path, "https://10.0.0.1:8089", tmp_path / "ca.crt", remote)
+    assert not explicit.via_apiserver
 
 
 async def test_a_query_sent_in_pieces_is_read_whole_and_a_huge_one_refused(
@@ -837,7 +892,7 @@ async def test_the_front_proxy_names_the_user_and_the_review_is_theirs(
     assert status == 200, text
     assert len([line for line in _lines(text) if "event" in line]) == 3
     spec = aggregated.kube.reviews[-1]["spec"]
-    assert (spec["user"], spec["groups"]) == ("alice", ["devs"])
+    assert (spec["user"], spec["groups"]) == ("alice", ["devs", "system:authenticated"])
     assert spec["extra"] == {"scopes/a": ["x"]}
     # An unauthorized user named by the proxy is refused.
     status, _ = await aggregated.post(proxy, {"X-Remote-User": "mallory"})
@@ -863,7 +918,7 @@ async def test_remote_user_headers_are_ignored_from_anyone_but_the_front_proxy(
     status, text = await aggregated.post(user, forged)
     assert status == 200, text
     assert aggregated.kube.reviews[-1]["spec"]["user"] == "carol"
-    assert aggregated.kube.reviews[-1]["spec"]["groups"] == []
+    assert aggregated.kube.reviews[-1]["spec"]["groups"] == ["system:authenticated"]
     # The front-proxy CA, but a name it does not allow: neither a proxy nor a user.
     other = aggregated.front_ca.issue("someone-else", aggregated.files)
     reviews = len(aggregated.kube.reviews)
@@ -981,3 +1036,53 @@ async def test_the_cli_goes_through_the_apiserver_when_it_serves_the_tap_api(
         assert aggregated.kube.reviews[-1]["spec"]["user"] == "alice"
     finally:
         await client.close()
+
+
+def test_the_server_issues_no_session_tickets(tmp_path: Path) -> None:
+    """A resumed TLS 1.3 session would stand for the first handshake's client certificate."""
+    from gossamer_cli.viz.tap_service.server import server_context
+    from gossamer_cli.viz.tap_service.serving import generate_serving
+
+    serving = generate_serving(viz_namespace="gossamer-viz", now=dt.datetime.now(dt.UTC))
+    (tmp_path / "tls.crt").write_bytes(serving.crt_pem)
+    (tmp_path / "tls.key").write_bytes(serving.key_pem)
+    ca = _CA.make("kubernetes-client-ca").pem.decode()
+    for client_ca in (ca, None):
+        context = server_context(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"), client_ca)
+        assert context.num_tickets == 0
+
+
+class _StalledResponse:
+    """A stream whose caller has stopped reading: writes never complete."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(data)
+        await asyncio.Event().wait()
+
+    async def write_eof(self) -> None:
+        raise AssertionError("never reached")
+
+
+class _Transport:
+    aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@dataclass
+class _Request:
+    transport: _Transport
+
+
+async def test_a_caller_that_stops_reading_is_dropped_at_the_end_write_bound() -> None:
+    from gossamer_cli.viz.tap_service.server import end_stream
+
+    request, response = _Request(_Transport()), _StalledResponse()
+    # A zero bound expires at the first wait: the end line is attempted, then dropped.
+    await end_stream(request, response, b'{"end":"time-limit"}\n', 0)  # type: ignore[arg-type]
+    assert response.written == [b'{"end":"time-limit"}\n']
+    assert request.transport.aborted

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ from gossamer_cli.manifests_values import (
     merge,
     parse_set,
 )
+from gossamer_cli.private_files import write_private_file
 
 NAMESPACE_HELP = "Namespace of the control plane."
 
@@ -219,26 +217,6 @@ def _write_identity(directory: Path, pems: IdentityPems) -> None:
             write_private_file(directory / "issuer.key", pems.issuer_key_pem.encode())
     except OSError as exc:
         raise click.UsageError(f"cannot write to {directory}: {exc.strerror}") from exc
-
-
-def write_private_file(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically with a file only its owner can read (mode 0600).
-
-    The data goes to a temporary file that is created 0600 in the same directory (so no
-    other user can ever open it, whatever the umask or the mode of a file already at
-    ``path``), is flushed to disk, and is then renamed over ``path``.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _peek_trust_domain(ha: bool, value_files: Sequence[Path], sets: Sequence[str]) -> str:

@@ -8,13 +8,13 @@ name is the SPIFFE ID as a URI SAN, chained to the issuer. The command writes ``
 ``bundle.pem`` into ``--out-dir``, the files a SPIFFE helper would write; the external proxy
 reads them through ``GOSSAMER_PROXY_IDENTITY_CERT_FILE`` and ``…_KEY_FILE`` with
 ``LINKERD2_PROXY_IDENTITY_SERVER_ID`` = the SPIFFE ID. Run it again before the SVID expires
-(it lives ``--lifetime``, never past the issuer) and restart the proxy.
+(it lives ``--lifetime``, never past the issuer): the proxy re-reads the files when they
+change, no restart needed. The key file is replaced atomically, mode 0600.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 
 import click
@@ -23,22 +23,14 @@ from gossamer_tls import CertifiedKey, TlsError, load_certificate, load_certific
 from gossamer_tls.pem import load_private_key
 from gossamer_tls.svid import issue_svid
 
+from gossamer_cli.private_files import write_private_file
+
 
 def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
         raise click.ClickException(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` readable by its owner only (created 0600, never briefly wider)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 @click.command("svid")
@@ -92,7 +84,7 @@ def svid_command(
     except TlsError as exc:
         raise click.ClickException(str(exc)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_private(out_dir / "svid_key.pem", svid.key_pem)
+    write_private_file(out_dir / "svid_key.pem", svid.key_pem)
     (out_dir / "svid.pem").write_bytes(svid.chain_pem)
     if anchors is not None and trust_anchors is not None:
         (out_dir / "bundle.pem").write_bytes(_read(trust_anchors, "trust anchors"))

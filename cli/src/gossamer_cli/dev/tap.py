@@ -65,6 +65,7 @@ class LocalTapService:
         self._proc: asyncio.subprocess.Process | None = None
 
     def write_certificates(self, now: dt.datetime) -> None:
+        from gossamer_cli.private_files import write_private_file
         from gossamer_cli.viz.tap_identity import VIZ_NAMESPACE
         from gossamer_cli.viz.tap_service.serving import generate_serving
 
@@ -72,10 +73,7 @@ class LocalTapService:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.ca_file.write_bytes(pems.ca_pem)
         (self.state_dir / "tls.crt").write_bytes(pems.crt_pem)
-        key = self.state_dir / "tls.key"
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(pems.key_pem)
+        write_private_file(self.state_dir / "tls.key", pems.key_pem)
 
     def argv(self) -> list[str]:
         return [

@@ -3,10 +3,12 @@
 Where the viz tap service runs (:mod:`.tap_service`), the CLI asks it, proving its user with
 the kubeconfig's credentials; the service checks that user may tap the resource, fans out
 to the proxies and streams the events back. The service is found by ``--tap-url`` with
-``--tap-ca-file`` (a cluster: e.g. through ``kubectl -n gossamer-viz port-forward svc/tap
-8089``), in local mode from the running mesh's ``ready.json`` in ``--state-dir``, or else
+``--tap-ca-file`` (e.g. through ``kubectl -n gossamer-viz port-forward svc/tap 8089``), else
 through the kubeconfig's apiserver when it serves the tap API (the viz install's
-``v1alpha1.tap.linkerd.io`` APIService is Available), as Linkerd's CLI does.
+``v1alpha1.tap.linkerd.io`` APIService is Available), as Linkerd's CLI does, else in local
+mode from the running mesh's ``ready.json`` in ``--state-dir`` (for that mesh's cluster
+only). Reached directly (``--tap-url``, local mode), the service is shown the kubeconfig's
+credentials, a bearer token too; through the apiserver, only the apiserver sees them.
 
 Without a tap service the CLI is the tap service itself (local mode only): it lists the
 resource's pods, signs itself a certificate for the viz tap identity with the local mesh's
@@ -65,7 +67,11 @@ def _options(func: Any) -> Any:
             "--tap-url",
             envvar="GOSSAMER_TAP_URL",
             default=None,
-            help="The viz tap service (https://HOST:PORT); local mode: found in --state-dir.",
+            help=(
+                "The viz tap service (https://HOST:PORT), called directly: it is shown the "
+                "kubeconfig's credentials, a bearer token too. Without it, the apiserver's "
+                "tap API (APIService) is used, else local mode's (found in --state-dir)."
+            ),
         ),
         click.option(
             "--tap-ca-file",
@@ -132,7 +138,7 @@ def _targets(
     target: Resource, namespace: str, kubeconfig: str | None
 ) -> tuple[list[TapTarget], dict[str, Any]]:
     from gossamer_cli.viz.tap_query import tap_targets
-    from gossamer_cli.viz.tap_render import PodInfo
+    from gossamer_cli.viz.tap_render import pods_by_address
 
     try:
         pods, services, every = asyncio.run(_pods(kubeconfig, namespace, target.kind.name))
@@ -148,23 +154,7 @@ def _targets(
     if not targets:
         name = f"{target.kind.name}/{target.name}" if target.name else target.kind.name
         raise click.ClickException(f"no meshed, running pods for {name} in namespace {namespace}")
-    names: dict[str, Any] = {}
-    for pod in every:
-        ip = (pod.get("status") or {}).get("podIP")
-        if ip:
-            meta = pod["metadata"]
-            names[ip] = PodInfo(meta.get("namespace", ""), meta["name"], _resource_of(pod))
-    return targets, names
-
-
-def _resource_of(pod: dict[str, Any]) -> str:
-    from gossamer_cli.viz.meshed import owner
-
-    for kind, short in (("deployment", "deploy"), ("statefulset", "sts"), ("daemonset", "ds")):
-        found = owner(pod, kind)
-        if found:
-            return f"{short}/{found}"
-    return f"pod/{pod['metadata']['name']}"
+    return targets, pods_by_address(every)
 
 
 def _credentials(state_dir: Path) -> Any:
@@ -198,6 +188,19 @@ def _apiserver_endpoint(kubeconfig: str | None) -> Any:
     return TapServiceEndpoint.apiserver(config) if serves else None
 
 
+def _local_mesh_cluster(ready: dict[str, Any], kubeconfig: str | None) -> bool:
+    """Whether the caller's kubeconfig names the local mesh's apiserver (ready.json's)."""
+    from gossamer_kube.config import KubeConfig
+
+    local = ready.get("kubeconfig")
+    if not isinstance(local, str):
+        return False
+    try:
+        return KubeConfig.load(kubeconfig).server == KubeConfig.from_kubeconfig(local).server
+    except Exception:
+        return False
+
+
 def _endpoint(
     state_dir: Path,
     tap_url: str | None,
@@ -207,16 +210,23 @@ def _endpoint(
 ) -> Any:
     """The tap service to ask, or None to tap the proxies directly (local mode without it).
 
-    In order: ``--tap-url``; the local mesh's tap service (``ready.json``); the kubeconfig's
-    apiserver, as Linkerd's CLI, when the ``v1alpha1.tap.linkerd.io`` APIService is
-    Available there."""
+    In order: ``--tap-url``; the kubeconfig's apiserver, as Linkerd's CLI, when the
+    ``v1alpha1.tap.linkerd.io`` APIService is Available there; the local mesh's tap service
+    (``ready.json``), only for the local mesh's own cluster. Only the first and the last
+    present the kubeconfig's credentials (a bearer token too) to the tap service itself:
+    through the apiserver they go to the apiserver, which names the user to the service."""
     from gossamer_cli.viz.tap_service.client import TapServiceEndpoint
 
     if tap_url is None:
+        via_apiserver = apiserver(kubeconfig)
+        if via_apiserver is not None:
+            return via_apiserver
         try:
             ready = json.loads((state_dir / "ready.json").read_text())
         except (OSError, ValueError):
-            return apiserver(kubeconfig)
+            return None
+        if not isinstance(ready, dict) or not _local_mesh_cluster(ready, kubeconfig):
+            return None
         tap_url, ca = ready.get("tap_url"), ready.get("tap_ca_file")
         if not isinstance(tap_url, str) or not isinstance(ca, str):
             return None
@@ -242,7 +252,7 @@ def _pod_names(kubeconfig: str | None) -> dict[str, Any]:
     from gossamer_kube.config import KubeConfig
     from gossamer_kube.resources import PODS
 
-    from gossamer_cli.viz.tap_render import PodInfo
+    from gossamer_cli.viz.tap_render import pods_by_address
 
     async def every() -> list[dict[str, Any]]:
         async with KubeClient(KubeConfig.load(kubeconfig)) as client:
@@ -252,13 +262,7 @@ def _pod_names(kubeconfig: str | None) -> dict[str, Any]:
         pods = asyncio.run(every())
     except Exception:
         return {}
-    names: dict[str, Any] = {}
-    for pod in pods:
-        ip = (pod.get("status") or {}).get("podIP")
-        if ip:
-            meta = pod["metadata"]
-            names[ip] = PodInfo(meta.get("namespace", ""), meta["name"], _resource_of(pod))
-    return names
+    return dict(pods_by_address(pods))
 
 
 async def _stream_service(

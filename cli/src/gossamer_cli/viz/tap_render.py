@@ -17,14 +17,23 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 from gossamer_api.addresses import AddressError, tcp_address_from_proto
 from gossamer_api.proxy import http_types_pb2, net_pb2, tap_pb2
 
-__all__ = ["GRPC_CODES", "PodInfo", "address", "render_json", "render_line"]
+__all__ = [
+    "GRPC_CODES",
+    "PodInfo",
+    "address",
+    "pods_by_address",
+    "render_json",
+    "render_line",
+    "resource_of",
+]
 
 TapEvent = tap_pb2.TapEvent
 
@@ -43,6 +52,28 @@ class PodInfo:
     namespace: str
     pod: str
     resource: str
+
+
+def resource_of(pod: Mapping[str, Any]) -> str:
+    """The resource a pod belongs to, as ``-o wide`` names it (``deploy/web``, else ``pod/x``)."""
+    from gossamer_cli.viz.meshed import owner
+
+    for kind, short in (("deployment", "deploy"), ("statefulset", "sts"), ("daemonset", "ds")):
+        found = owner(pod, kind)
+        if found:
+            return f"{short}/{found}"
+    return f"pod/{pod['metadata']['name']}"
+
+
+def pods_by_address(pods: Iterable[Mapping[str, Any]]) -> dict[str, PodInfo]:
+    """Who is behind each pod IP, from a pod list (pods without an IP or a name are left out)."""
+    names: dict[str, PodInfo] = {}
+    for pod in pods:
+        ip = (pod.get("status") or {}).get("podIP")
+        meta = pod.get("metadata") or {}
+        if ip and meta.get("name"):
+            names[ip] = PodInfo(meta.get("namespace", ""), meta["name"], resource_of(pod))
+    return names
 
 
 def address(addr: net_pb2.TcpAddress) -> str:

@@ -6,15 +6,19 @@ what the TLS server verifies client certificates against; a bearer token is chec
 ``TokenReview``; a call the apiserver proxies (the APIService) is the user its front-proxy
 certificate's headers name (:mod:`.frontproxy`); every call is authorized with a
 ``SubjectAccessReview`` (:mod:`.authz`). A failed review is a refusal, never a pass.
+Reviews are cached for a few seconds and bounded in flight (:mod:`.review_cache`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from cryptography import x509
-from gossamer_kube.client import KubeClient
+from gossamer_kube.client import KubeClient, TokenReviewResult
 from gossamer_kube.errors import KubeError
 from gossamer_kube.resources import CONFIGMAPS
 
@@ -26,6 +30,7 @@ from gossamer_cli.viz.tap_service.authz import (
     bearer_token,
     decision,
     subject_from_certificate,
+    with_authenticated_group,
 )
 from gossamer_cli.viz.tap_service.frontproxy import (
     FrontProxy,
@@ -33,6 +38,7 @@ from gossamer_cli.viz.tap_service.frontproxy import (
     chains_to,
     front_proxy_from_config_map,
 )
+from gossamer_cli.viz.tap_service.review_cache import ReviewCache, ReviewGate, review_key
 
 __all__ = ["AUTH_CONFIG_MAP", "Authenticator", "cluster_authentication", "cluster_client_ca"]
 
@@ -77,7 +83,8 @@ class Authenticator:
     verifies client certificates against both; which one issued a certificate decides how
     it is read, so a front-proxy certificate is never a user and a user's never a proxy.
     Without ``client_ca_pem`` (and without a front proxy) a TLS-verified certificate is a
-    user, as when the server trusted only the client CA."""
+    user, as when the server trusted only the client CA. ``monotonic`` times the review
+    cache; ``gate`` bounds the reviews in flight."""
 
     def __init__(
         self,
@@ -86,6 +93,10 @@ class Authenticator:
         client_ca_pem: str | None = None,
         front_proxy: FrontProxy | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+        token_reviews: ReviewCache[TokenReviewResult] | None = None,
+        access_reviews: ReviewCache[dict[str, Any]] | None = None,
+        gate: ReviewGate | None = None,
     ) -> None:
         self.kube = kube
         self.client_ca = (
@@ -95,11 +106,17 @@ class Authenticator:
         )
         self.front_proxy = front_proxy
         self._clock = clock
+        self._monotonic = monotonic
+        self._token_reviews = ReviewCache() if token_reviews is None else token_reviews
+        self._access_reviews = ReviewCache() if access_reviews is None else access_reviews
+        self._gate = ReviewGate() if gate is None else gate
 
     def _certificate_subject(self, certificate: x509.Certificate, headers: Headers) -> Subject:
         now = self._clock()
         if self.front_proxy is not None and self.front_proxy.is_front_proxy(certificate, now):
-            return self.front_proxy.subject(headers)
+            # The aggregator's X-Remote-Group already names system:authenticated; as the
+            # delegating authenticator, add it should another front proxy leave it out.
+            return with_authenticated_group(self.front_proxy.subject(headers))
         if self.client_ca is None and self.front_proxy is not None:
             raise AuthError(401, "the client certificate is not the apiserver's front proxy")
         if self.client_ca is not None and not chains_to(certificate, self.client_ca, now):
@@ -123,21 +140,44 @@ class Authenticator:
         token = bearer_token(authorization)
         if token is None:
             raise AuthError(401, "authenticate with a client certificate or a bearer token")
-        try:
-            review = await self.kube.token_review(token)
-        except KubeError as exc:
-            raise AuthError(503, f"cannot review the token: {exc}") from exc
+        review = await self._token_review(token)
         if not review.authenticated or not review.username:
             raise AuthError(
                 401, f"token not authenticated{': ' + review.error if review.error else ''}"
             )
-        return Subject(review.username, review.groups, review.uid, review.extra)
+        return with_authenticated_group(
+            Subject(review.username, review.groups, review.uid, review.extra)
+        )
+
+    async def _token_review(self, token: str) -> TokenReviewResult:
+        key = review_key(token)
+        cached = self._token_reviews.get(key, self._monotonic())
+        if cached is not None:
+            return cached
+        with self._gate.admit():
+            try:
+                review = await self.kube.token_review(token)
+            except KubeError as exc:
+                raise AuthError(503, f"cannot review the token: {exc}") from exc
+        self._token_reviews.put(key, review, self._monotonic())
+        return review
+
+    async def _access_review(self, review: dict[str, Any]) -> dict[str, Any]:
+        key = review_key(json.dumps(review["spec"], sort_keys=True))
+        cached = self._access_reviews.get(key, self._monotonic())
+        if cached is not None:
+            return cached
+        with self._gate.admit():
+            try:
+                status = await self.kube.subject_access_review(review)
+            except KubeError as exc:
+                raise AuthError(503, f"cannot review access: {exc}") from exc
+        status = dict(status or {})
+        self._access_reviews.put(key, status, self._monotonic())
+        return status
 
     async def authorize(self, subject: Subject, target: TapPath) -> None:
-        try:
-            status = await self.kube.subject_access_review(access_review(subject, target))
-        except KubeError as exc:
-            raise AuthError(503, f"cannot review access: {exc}") from exc
+        status = await self._access_review(access_review(subject, target))
         verdict = decision(status)
         if not verdict.allowed:
             what = f"{target.plural}/{target.name}" if target.plural != "namespaces" else ""

@@ -1,7 +1,8 @@
 """Who is calling the tap service, and may they tap this resource (pure).
 
 Authentication follows Kubernetes's own rules for a client certificate (user = the subject's
-common name, groups = its organizations), or takes the user a ``TokenReview`` returned.
+common name, groups = its organizations), or takes the user a ``TokenReview`` returned; as
+the apiserver does, every authenticated user is also in ``system:authenticated``.
 Authorization is the ``SubjectAccessReview`` the apiserver would make for Linkerd's
 aggregated tap API: verb ``watch`` on ``<kind>s`` subresource ``tap`` (name and namespace
 of the target) in API group ``tap.linkerd.io``. Anything but an explicit ``allowed: true``
@@ -19,6 +20,7 @@ from cryptography import x509
 from gossamer_cli.viz.tap_service.api import GROUP, VERSION, TapPath
 
 __all__ = [
+    "AUTHENTICATED_GROUP",
     "AuthError",
     "Decision",
     "Subject",
@@ -26,7 +28,12 @@ __all__ = [
     "bearer_token",
     "decision",
     "subject_from_certificate",
+    "with_authenticated_group",
 ]
+
+#: The group the apiserver (and its delegating authenticator) adds to every authenticated user.
+AUTHENTICATED_GROUP = "system:authenticated"
+ANONYMOUS_USER = "system:anonymous"
 
 
 class AuthError(Exception):
@@ -51,8 +58,17 @@ class Decision:
     reason: str
 
 
+def with_authenticated_group(subject: Subject) -> Subject:
+    """Kubernetes's ``AuthenticatedGroupAdder``: ``system:authenticated`` joins the groups of
+    every user but ``system:anonymous``, unless it is there already."""
+    if subject.user == ANONYMOUS_USER or AUTHENTICATED_GROUP in subject.groups:
+        return subject
+    return Subject(subject.user, (*subject.groups, AUTHENTICATED_GROUP), subject.uid, subject.extra)
+
+
 def subject_from_certificate(certificate: x509.Certificate) -> Subject:
-    """Kubernetes's x509 authenticator: CN is the user, each O a group."""
+    """Kubernetes's x509 authenticator: CN is the user, each O a group (and, as for every
+    authenticated user, ``system:authenticated``)."""
     names = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     user = str(names[0].value) if names else ""
     if not user:
@@ -61,7 +77,7 @@ def subject_from_certificate(certificate: x509.Certificate) -> Subject:
         str(a.value)
         for a in certificate.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
     )
-    return Subject(user, groups)
+    return with_authenticated_group(Subject(user, groups))
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -6,13 +6,13 @@ the service's own account) → ``Observe`` on each of their proxies with the tap
 (:class:`~gossamer_cli.viz.tap_client.TapSession`) → the merged events, within the call's
 :class:`.bounds.Budget`, written as NDJSON. Writing awaits the reader, so a slow caller
 slows the merge, which stops reading the proxies (they drop, never block, their traffic).
-At most :data:`MAX_SESSIONS` calls run at once; more are answered 429.
+At most :data:`MAX_SESSIONS` calls run at once; more are answered 429, before any review
+(reviews are themselves cached and bounded in flight, see :mod:`.review_cache`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import ssl
 from collections.abc import Awaitable, Callable
@@ -45,6 +45,9 @@ __all__ = ["MAX_SESSIONS", "TapService", "server_context"]
 log = structlog.get_logger("gossamer.viz.tap")
 
 MAX_SESSIONS: Final = 32
+#: How long the last line and the end of the stream may take to write: a caller that has
+#: stopped reading must not hold a session slot past its deadline.
+END_WRITE_SECONDS: Final = 5.0
 NDJSON: Final = "application/x-ndjson"
 #: (resource, namespace) -> the proxies to tap.
 Resolver = Callable[[Resource, str], Awaitable[list[TapTarget]]]
@@ -57,6 +60,9 @@ def server_context(
     or the front proxy's CA (the :class:`.auth.Authenticator` then tells which issued it)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
+    # No session tickets: a resumed session would stand for the client certificate of the
+    # first handshake, even once that certificate has expired or its CA is no longer trusted.
+    context.num_tickets = 0
     context.load_cert_chain(cert_file, key_file)
     context.set_alpn_protocols(["http/1.1"])
     cas = [pem for pem in (client_ca_pem, front_proxy_ca_pem) if pem]
@@ -95,6 +101,22 @@ def _discovery(document: dict[str, Any]) -> Callable[[web.Request], Awaitable[we
     return handle
 
 
+async def end_stream(
+    request: web.Request, response: web.StreamResponse, last: bytes, seconds: float
+) -> None:
+    """Write ``last`` and end the stream within ``seconds``; else drop the connection."""
+    try:
+        async with asyncio.timeout(seconds):
+            await response.write(last)
+            await response.write_eof()
+    except TimeoutError:
+        log.info("tap caller stopped reading; connection dropped")
+        if request.transport is not None:
+            request.transport.abort()
+    except ConnectionError:
+        pass
+
+
 def _refusal(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=message + "\n", content_type="text/plain")
 
@@ -106,6 +128,7 @@ class TapService:
     credentials: CredentialSource
     port: int = 4190
     clock: Callable[[], float] | None = None
+    end_write_seconds: float = END_WRITE_SECONDS
     _active: int = 0
 
     def app(self) -> web.Application:
@@ -125,6 +148,8 @@ class TapService:
         return web.Response(text="ok")
 
     async def _tap(self, request: web.Request) -> web.StreamResponse:
+        if self._active >= MAX_SESSIONS:  # before any review: a full service asks nothing
+            return _refusal(429, f"too many taps at once (at most {MAX_SESSIONS})")
         try:
             target = parse_path(request.path)
             subject = await self.authenticator.authenticate(
@@ -198,7 +223,7 @@ class TapService:
             return response  # the caller went away: the proxies' streams are closed below
         finally:
             await events.aclose()  # type: ignore[attr-defined]
-        with contextlib.suppress(ConnectionError):
-            await response.write(encode_end(reason, session.errors))
-            await response.write_eof()
+        await end_stream(
+            request, response, encode_end(reason, session.errors), self.end_write_seconds
+        )
         return response

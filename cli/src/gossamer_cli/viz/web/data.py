@@ -22,7 +22,7 @@ from gossamer_cli.viz.kubeobjects import KubeView
 from gossamer_cli.viz.meshed import meshed_counts, owner
 from gossamer_cli.viz.promapi import PrometheusClient, PrometheusError, Sample
 from gossamer_cli.viz.resources import KINDS, Resource
-from gossamer_cli.viz.tap_render import PodInfo
+from gossamer_cli.viz.tap_render import pods_by_address
 from gossamer_cli.viz.tap_requests import TapRequest, TapRequests
 
 #: (kinds, namespace or None) -> what Kubernetes lists.
@@ -206,13 +206,7 @@ class DashboardData:
             view.error = "no tap service configured (the dashboard's --tap-url)"
             return view
         pods, _ = await self._kube(["pod"], None)
-        names = {}
-        for pod in pods.pods:
-            ip = (pod.get("status") or {}).get("podIP")
-            if ip:
-                meta = pod["metadata"]
-                names[ip] = PodInfo(meta.get("namespace", ""), meta["name"], "")
-        table = TapRequests(pods=names)
+        table = TapRequests(pods=pods_by_address(pods.pods))
         query = TapQuery(seconds=TAP_SECONDS, max_events=TAP_EVENTS, max_rps=TAP_MAX_RPS)
         call = TapServiceCall(
             self.tap_access.endpoint,
