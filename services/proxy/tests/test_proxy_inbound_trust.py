@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 from gossamer_api.transport_header import (
     ALPN_PROTOCOL,
     SessionProtocol,
@@ -26,14 +24,8 @@ from gossamer_api.transport_header import (
     encode_transport_header,
 )
 from gossamer_proxy.app import Proxy
-from gossamer_tls import (
-    Issuer,
-    TrustMaterial,
-    certificates_to_pem,
-    generate_private_key,
-    generate_trust_anchor_and_issuer,
-    private_key_to_pem,
-)
+from gossamer_tls import TrustMaterial
+from mesh_pki import anchors_pem, issue
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,42 +37,11 @@ CLIENT = "web.emojivoto.serviceaccount.identity.gossamer.cluster.local"
 SECRET = b"localhost-only secret\n"
 
 
-@pytest.fixture(scope="module")
-def trust() -> TrustMaterial:
-    return generate_trust_anchor_and_issuer(
-        trust_domain="cluster.local",
-        control_plane_namespace="gossamer",
-        now=dt.datetime.now(dt.UTC),
-    )
-
-
-def _anchors(trust: TrustMaterial) -> str:
-    return certificates_to_pem([trust.trust_anchor.certificate]).decode()
-
-
-def _issue(trust: TrustMaterial, tmp: Path, name: str) -> tuple[Path, Path]:
-    key = generate_private_key()
-    issued = Issuer(trust.issuer.certificate, trust.issuer.private_key).sign_leaf(
-        key.public_key(),
-        name,
-        now=dt.datetime.now(dt.UTC),
-        lifetime=dt.timedelta(hours=1),
-        clock_skew=dt.timedelta(seconds=5),
-    )
-    chain = [x509.load_der_x509_certificate(issued.leaf_der)] + [
-        x509.load_der_x509_certificate(der) for der in issued.intermediates_der
-    ]
-    cert_file, key_file = tmp / f"{name}.crt", tmp / f"{name}.key"
-    cert_file.write_bytes(certificates_to_pem(chain))
-    key_file.write_bytes(private_key_to_pem(key))
-    return cert_file, key_file
-
-
 def _server_env(trust: TrustMaterial, tmp: Path) -> dict[str, str]:
-    cert_file, key_file = _issue(trust, tmp, SERVER)
+    cert_file, key_file = issue(trust, tmp, SERVER)
     return {
         "LINKERD2_PROXY_IDENTITY_LOCAL_NAME": SERVER,
-        "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS": _anchors(trust),
+        "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS": anchors_pem(trust),
         "GOSSAMER_PROXY_IDENTITY_CERT_FILE": str(cert_file),
         "GOSSAMER_PROXY_IDENTITY_KEY_FILE": str(key_file),
         "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED": "true",
@@ -90,7 +51,7 @@ def _server_env(trust: TrustMaterial, tmp: Path) -> dict[str, str]:
 
 def _client_context(trust: TrustMaterial, client_cert: tuple[Path, Path] | None) -> ssl.SSLContext:
     """What the attacker (or a peer proxy) uses: the mesh roots, SNI and ALPN of a peer."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=_anchors(trust))
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=anchors_pem(trust))
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.set_alpn_protocols([ALPN_PROTOCOL])
     if client_cert is not None:
@@ -170,7 +131,7 @@ async def test_authenticated_header_naming_the_admin_port_is_refused(
 ) -> None:
     """Even a meshed client cannot make the proxy forward to itself (admin trusts loopback)."""
     proxy = await start_proxy(**_server_env(trust, tmp_path))
-    context = _client_context(trust, _issue(trust, tmp_path, CLIENT))
+    context = _client_context(trust, issue(trust, tmp_path, CLIENT))
     request = b"POST /shutdown HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
     got = await _send_with_header(proxy, context, proxy.admin_port, request, session)
     assert b"shutdown" not in got
@@ -181,7 +142,7 @@ async def test_authenticated_header_naming_an_outbound_port_is_refused(
     start_proxy: StartProxy, trust: TrustMaterial, tmp_path: Path
 ) -> None:
     proxy = await start_proxy(**_server_env(trust, tmp_path))
-    context = _client_context(trust, _issue(trust, tmp_path, CLIENT))
+    context = _client_context(trust, issue(trust, tmp_path, CLIENT))
     got = await _send_with_header(
         proxy, context, proxy.outbound_addr.port, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"
     )
@@ -194,7 +155,7 @@ async def test_authenticated_header_reaches_the_named_port_on_the_local_address(
     """The legitimate path: the client reached the proxy on loopback, so the target is too."""
     service = await _secret_service(tcp_server)
     proxy = await start_proxy(**_server_env(trust, tmp_path))
-    context = _client_context(trust, _issue(trust, tmp_path, CLIENT))
+    context = _client_context(trust, issue(trust, tmp_path, CLIENT))
     got = await _send_with_header(proxy, context, service[1], b"hi\n")
     assert got == SECRET
 
@@ -205,6 +166,6 @@ async def test_authenticated_header_to_an_address_outside_the_pod_ips_is_refused
     """With LINKERD2_PROXY_INBOUND_IPS set, only the pod's own addresses are served."""
     service = await _secret_service(tcp_server)
     proxy = await start_proxy(**_server_env(trust, tmp_path), LINKERD2_PROXY_INBOUND_IPS="10.9.8.7")
-    context = _client_context(trust, _issue(trust, tmp_path, CLIENT))
+    context = _client_context(trust, issue(trust, tmp_path, CLIENT))
     got = await _send_with_header(proxy, context, service[1], b"hi\n")
     assert got == b""
