@@ -79,14 +79,6 @@ def render(
     trust_domain: str = "cluster.local",
     now: dt.datetime | None = None,
 ) -> list[dict[str, Any]]:
-    labels = _labels("prometheus")
-    name = "prometheus"
-    config = scrape.prometheus_config(
-        control_plane_namespace=control_plane_namespace,
-        discovery=scrape.kubernetes_discovery(),
-        scrape_interval=scrape_interval,
-    )
-    cluster_name = f"{control_plane_namespace}-{namespace}-prometheus"
     return [
         {
             "apiVersion": "v1",
@@ -100,53 +92,7 @@ def render(
                 "annotations": {"linkerd.io/inject": "enabled"},
             },
         },
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": cluster_name, "labels": labels},
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "resources": ["nodes", "nodes/proxy", "pods"],
-                    "verbs": ["get", "list", "watch"],
-                }
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": cluster_name, "labels": labels},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": cluster_name,
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "prometheus-config", "namespace": namespace, "labels": labels},
-            "data": {CONFIG_KEY: yaml.safe_dump(config, sort_keys=False)},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {
-                "type": "ClusterIP",
-                "selector": {"component": "prometheus"},
-                "ports": [
-                    {"name": "admin-http", "port": PROMETHEUS_PORT, "targetPort": PROMETHEUS_PORT}
-                ],
-            },
-        },
-        _deployment(namespace, name, labels, prometheus_image),
+        *_prometheus(namespace, control_plane_namespace, prometheus_image, scrape_interval),
         *dashboards.configmaps(namespace, _labels("grafana-dashboards")),
         *_web(namespace, control_plane_namespace, web_image, cluster_domain),
         *_tap(
@@ -156,6 +102,181 @@ def render(
             cluster_domain,
             trust_domain,
             now or dt.datetime.now(dt.UTC),
+        ),
+    ]
+
+
+# Builders of the objects each component has; a component's function states only its own parts.
+
+
+def _service_account(name: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+    }
+
+
+def _cluster_role(name: str, labels: dict[str, str], rules: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": labels},
+        "rules": rules,
+    }
+
+
+def _binding(
+    kind: str, name: str, labels: dict[str, str], role_kind: str, role: str, account: str,
+    namespace: str, binding_namespace: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    meta: dict[str, Any] = {"name": name, "labels": labels}
+    if binding_namespace is not None:
+        meta["namespace"] = binding_namespace
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": kind,
+        "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+    }
+
+
+def _cluster_role_binding(
+    name: str, labels: dict[str, str], cluster_role: str, account: str, namespace: str
+) -> dict[str, Any]:
+    """Binds the ServiceAccount ``account`` of ``namespace`` to a ClusterRole, cluster-wide."""
+    return _binding(
+        "ClusterRoleBinding", name, labels, "ClusterRole", cluster_role, account, namespace
+    )
+
+
+def _service(
+    name: str, namespace: str, labels: dict[str, str], port_name: str, port: int
+) -> dict[str, Any]:
+    """A ClusterIP Service on ``port`` in front of the pods of component ``name``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {"component": name},
+            "ports": [{"name": port_name, "port": port, "targetPort": port}],
+        },
+    }
+
+
+def _restricted_security_context() -> dict[str, Any]:
+    """A container's securityContext under the restricted Pod Security Standard, as nobody."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": NOBODY,
+        "runAsGroup": NOBODY,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _deployment(
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    *,
+    pod_labels: dict[str, str] | None = None,
+    pod_annotations: dict[str, str] | None = None,
+    pod_security_context: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One replica of component ``name``'s pod (run as its ServiceAccount ``name``) on Linux
+    nodes; its pod labels are ``labels`` unless ``pod_labels`` are given."""
+    pod_metadata: dict[str, Any] = {"labels": labels if pod_labels is None else pod_labels}
+    if pod_annotations is not None:
+        pod_metadata["annotations"] = pod_annotations
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": name,
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+    }
+    if pod_security_context is not None:
+        pod_spec["securityContext"] = pod_security_context
+    pod_spec["containers"] = [container]
+    pod_spec["volumes"] = volumes
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"component": name}},
+            "template": {"metadata": pod_metadata, "spec": pod_spec},
+        },
+    }
+
+
+def _prometheus(
+    namespace: str, control_plane_namespace: str, image: str, scrape_interval: str
+) -> list[dict[str, Any]]:
+    name = "prometheus"
+    labels = _labels(name)
+    cluster_name = f"{control_plane_namespace}-{namespace}-prometheus"
+    config = scrape.prometheus_config(
+        control_plane_namespace=control_plane_namespace,
+        discovery=scrape.kubernetes_discovery(),
+        scrape_interval=scrape_interval,
+    )
+    container = {
+        "name": name,
+        "image": image,
+        "args": [
+            f"--config.file=/etc/prometheus/{CONFIG_KEY}",
+            "--storage.tsdb.path=/data",
+            "--storage.tsdb.retention.time=6h",
+            f"--web.listen-address=0.0.0.0:{PROMETHEUS_PORT}",
+            "--log.level=info",
+        ],
+        "ports": [{"name": "admin-http", "containerPort": PROMETHEUS_PORT}],
+        "readinessProbe": {
+            "httpGet": {"path": "/-/ready", "port": PROMETHEUS_PORT},
+            "initialDelaySeconds": 5,
+            "timeoutSeconds": 30,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/-/healthy", "port": PROMETHEUS_PORT},
+            "initialDelaySeconds": 30,
+            "timeoutSeconds": 30,
+        },
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        "securityContext": _restricted_security_context(),
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/data"},
+            {"name": "prometheus-config", "mountPath": "/etc/prometheus", "readOnly": True},
+        ],
+    }
+    volumes = [
+        {"name": "data", "emptyDir": {}},
+        {"name": "prometheus-config", "configMap": {"name": "prometheus-config"}},
+    ]
+    read_pods = {
+        "apiGroups": [""],
+        "resources": ["nodes", "nodes/proxy", "pods"],
+        "verbs": ["get", "list", "watch"],
+    }
+    return [
+        _service_account(name, namespace, labels),
+        _cluster_role(cluster_name, labels, [read_pods]),
+        _cluster_role_binding(cluster_name, labels, cluster_name, name, namespace),
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "prometheus-config", "namespace": namespace, "labels": labels},
+            "data": {CONFIG_KEY: yaml.safe_dump(config, sort_keys=False)},
+        },
+        _service(name, namespace, labels, "admin-http", PROMETHEUS_PORT),
+        _deployment(
+            name, namespace, labels, container, volumes, pod_security_context={"fsGroup": NOBODY}
         ),
     ]
 
@@ -186,115 +307,44 @@ def _web(
         "readinessProbe": {"httpGet": {"path": "/ready", "port": WEB_PORT}},
         "livenessProbe": {"httpGet": {"path": "/ready", "port": WEB_PORT}},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": NOBODY,
-            "runAsGroup": NOBODY,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _restricted_security_context(),
     }
-    return [
+    volumes = [
         {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": cluster_name, "labels": labels},
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "resources": ["namespaces", "pods", "services"],
-                    "verbs": ["get", "list"],
-                },
-                {
-                    "apiGroups": ["apps"],
-                    "resources": ["deployments", "statefulsets", "daemonsets"],
-                    "verbs": ["get", "list"],
-                },
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": cluster_name, "labels": labels},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": cluster_name,
+            "name": "tap-ca",
+            "secret": {
+                "secretName": TAP_TLS_SECRET,
+                "items": [{"key": "ca.crt", "path": "ca.crt"}],
             },
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        }
+    ]
+    read_workloads = [
+        {
+            "apiGroups": [""],
+            "resources": ["namespaces", "pods", "services"],
+            "verbs": ["get", "list"],
         },
         {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {
-                "type": "ClusterIP",
-                "selector": {"component": name},
-                "ports": [{"name": "http", "port": WEB_PORT, "targetPort": WEB_PORT}],
-            },
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"component": name}},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "serviceAccountName": name,
-                        "nodeSelector": {"kubernetes.io/os": "linux"},
-                        "containers": [container],
-                        "volumes": [
-                            {
-                                "name": "tap-ca",
-                                "secret": {
-                                    "secretName": TAP_TLS_SECRET,
-                                    "items": [{"key": "ca.crt", "path": "ca.crt"}],
-                                },
-                            }
-                        ],
-                    },
-                },
-            },
-        },
-        {
-            # Linkerd's linkerd-<ns>-web-admin: the dashboard may tap (its live tap pages).
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": f"{cluster_name}-admin", "labels": labels},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": f"{control_plane_namespace}-{namespace}-tap-admin",
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+            "apiGroups": ["apps"],
+            "resources": ["deployments", "statefulsets", "daemonsets"],
+            "verbs": ["get", "list"],
         },
     ]
-
-
-def _binding(
-    kind: str, name: str, labels: dict[str, str], role_kind: str, role: str, account: str,
-    namespace: str, binding_namespace: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    meta: dict[str, Any] = {"name": name, "labels": labels}
-    if binding_namespace is not None:
-        meta["namespace"] = binding_namespace
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": kind,
-        "metadata": meta,
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
-        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
-    }
+    return [
+        _service_account(name, namespace, labels),
+        _cluster_role(cluster_name, labels, read_workloads),
+        _cluster_role_binding(cluster_name, labels, cluster_name, name, namespace),
+        _service(name, namespace, labels, "http", WEB_PORT),
+        _deployment(name, namespace, labels, container, volumes),
+        # Linkerd's linkerd-<ns>-web-admin: the dashboard may tap (its live tap pages).
+        _cluster_role_binding(
+            f"{cluster_name}-admin",
+            labels,
+            f"{control_plane_namespace}-{namespace}-tap-admin",
+            name,
+            namespace,
+        ),
+    ]
 
 
 def _tap(
@@ -334,46 +384,31 @@ def _tap(
         "readinessProbe": {"httpGet": {"path": "/ready", "port": TAP_PORT, "scheme": "HTTPS"}},
         "livenessProbe": {"httpGet": {"path": "/ready", "port": TAP_PORT, "scheme": "HTTPS"}},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": NOBODY,
-            "runAsGroup": NOBODY,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _restricted_security_context(),
         "volumeMounts": [
             {"name": "tls", "mountPath": TAP_TLS_DIR, "readOnly": True},
             {"name": "identity-token", "mountPath": IDENTITY_TOKEN_DIR, "readOnly": True},
         ],
     }
-    pod_labels = {**labels, "linkerd.io/extension": "viz"}
+    identity_token = {
+        "serviceAccountToken": {
+            "path": "gossamer-identity-token",
+            "expirationSeconds": 86400,
+            "audience": "identity.l5d.io",
+        }
+    }
+    volumes = [
+        {"name": "tls", "secret": {"secretName": TAP_TLS_SECRET}},
+        {"name": "identity-token", "projected": {"sources": [identity_token]}},
+    ]
+    read_pods = {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]}
+    trust_roots_role = f"{namespace}-tap-trust-roots"
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": cluster_name, "labels": labels},
-            "rules": [
-                {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]},
-            ],
-        },
-        _binding(
-            "ClusterRoleBinding", cluster_name, labels, "ClusterRole", cluster_name, name, namespace
-        ),
-        _binding(
-            "ClusterRoleBinding",
-            f"{cluster_name}-auth-delegator",
-            labels,
-            "ClusterRole",
-            "system:auth-delegator",
-            name,
-            namespace,
+        _service_account(name, namespace, labels),
+        _cluster_role(cluster_name, labels, [read_pods]),
+        _cluster_role_binding(cluster_name, labels, cluster_name, name, namespace),
+        _cluster_role_binding(
+            f"{cluster_name}-auth-delegator", labels, "system:auth-delegator", name, namespace
         ),
         _binding(
             "RoleBinding",
@@ -389,7 +424,7 @@ def _tap(
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": {
-                "name": f"{namespace}-tap-trust-roots",
+                "name": trust_roots_role,
                 "namespace": control_plane_namespace,
                 "labels": labels,
             },
@@ -404,21 +439,20 @@ def _tap(
         },
         _binding(
             "RoleBinding",
-            f"{namespace}-tap-trust-roots",
+            trust_roots_role,
             labels,
             "Role",
-            f"{namespace}-tap-trust-roots",
+            trust_roots_role,
             name,
             namespace,
             control_plane_namespace,
         ),
-        {
-            # Linkerd's linkerd-<ns>-tap-admin: bind users (or groups) to it to let them tap.
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": f"{cluster_name}-admin", "labels": labels},
-            "rules": [{"apiGroups": ["tap.linkerd.io"], "resources": ["*"], "verbs": ["watch"]}],
-        },
+        # Linkerd's linkerd-<ns>-tap-admin: bind users (or groups) to it to let them tap.
+        _cluster_role(
+            f"{cluster_name}-admin",
+            labels,
+            [{"apiGroups": ["tap.linkerd.io"], "resources": ["*"], "verbs": ["watch"]}],
+        ),
         {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -430,55 +464,18 @@ def _tap(
                 "ca.crt": b64(serving.ca_pem),
             },
         },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {
-                "type": "ClusterIP",
-                "selector": {"component": name},
-                "ports": [{"name": "https", "port": TAP_PORT, "targetPort": TAP_PORT}],
-            },
-        },
+        _service(name, namespace, labels, "https", TAP_PORT),
         tap_api_service(namespace, labels, serving.ca_pem),
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"component": name}},
-                "template": {
-                    "metadata": {
-                        "labels": pod_labels,
-                        # It speaks mTLS to the proxies itself (see the module's docstring).
-                        "annotations": {"linkerd.io/inject": "disabled"},
-                    },
-                    "spec": {
-                        "serviceAccountName": name,
-                        "nodeSelector": {"kubernetes.io/os": "linux"},
-                        "containers": [container],
-                        "volumes": [
-                            {"name": "tls", "secret": {"secretName": TAP_TLS_SECRET}},
-                            {
-                                "name": "identity-token",
-                                "projected": {
-                                    "sources": [
-                                        {
-                                            "serviceAccountToken": {
-                                                "path": "gossamer-identity-token",
-                                                "expirationSeconds": 86400,
-                                                "audience": "identity.l5d.io",
-                                            }
-                                        }
-                                    ]
-                                },
-                            },
-                        ],
-                    },
-                },
-            },
-        },
+        _deployment(
+            name,
+            namespace,
+            labels,
+            container,
+            volumes,
+            pod_labels={**labels, "linkerd.io/extension": "viz"},
+            # It speaks mTLS to the proxies itself (see the module's docstring).
+            pod_annotations={"linkerd.io/inject": "disabled"},
+        ),
     ]
 
 
@@ -498,69 +495,5 @@ def tap_api_service(
             "versionPriority": 100,
             "service": {"name": "tap", "namespace": namespace, "port": port},
             "caBundle": base64.b64encode(ca_pem).decode(),
-        },
-    }
-
-
-def _deployment(namespace: str, name: str, labels: dict[str, str], image: str) -> dict[str, Any]:
-    container = {
-        "name": name,
-        "image": image,
-        "args": [
-            f"--config.file=/etc/prometheus/{CONFIG_KEY}",
-            "--storage.tsdb.path=/data",
-            "--storage.tsdb.retention.time=6h",
-            f"--web.listen-address=0.0.0.0:{PROMETHEUS_PORT}",
-            "--log.level=info",
-        ],
-        "ports": [{"name": "admin-http", "containerPort": PROMETHEUS_PORT}],
-        "readinessProbe": {
-            "httpGet": {"path": "/-/ready", "port": PROMETHEUS_PORT},
-            "initialDelaySeconds": 5,
-            "timeoutSeconds": 30,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/-/healthy", "port": PROMETHEUS_PORT},
-            "initialDelaySeconds": 30,
-            "timeoutSeconds": 30,
-        },
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": NOBODY,
-            "runAsGroup": NOBODY,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "volumeMounts": [
-            {"name": "data", "mountPath": "/data"},
-            {"name": "prometheus-config", "mountPath": "/etc/prometheus", "readOnly": True},
-        ],
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"component": "prometheus"}},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "serviceAccountName": name,
-                    "nodeSelector": {"kubernetes.io/os": "linux"},
-                    "securityContext": {"fsGroup": NOBODY},
-                    "containers": [container],
-                    "volumes": [
-                        {"name": "data", "emptyDir": {}},
-                        {
-                            "name": "prometheus-config",
-                            "configMap": {"name": "prometheus-config"},
-                        },
-                    ],
-                },
-            },
         },
     }
