@@ -5,15 +5,15 @@ host's loopback to it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
+import functools
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import structlog
+
+from gossamer_cli.dev.service_process import start_until_ready, stop_process_group
 
 log = structlog.get_logger("gossamer.dev.dashboard")
 
@@ -60,38 +60,17 @@ class LocalDashboard:
             argv += ["--tap-url", self.tap[0], "--tap-ca-file", str(self.tap[1])]
         return argv
 
-    async def start(self) -> None:
+    async def start(self, limit: float = 60.0) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_file.open("ab") as out:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self.argv(), stdout=out, stderr=out, start_new_session=True
-            )
-        await self._wait_ready()
+        self._proc = await start_until_ready(
+            self.argv(),
+            log_file=self.log_file,
+            ready=functools.partial(web_ready, self.url),
+            what="viz dashboard",
+            limit=limit,
+        )
         log.info("viz dashboard is up", url=self.url)
 
-    async def _wait_ready(self, limit: float = 60.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit
-        while True:
-            assert self._proc is not None
-            if self._proc.returncode is not None:
-                tail = self.log_file.read_text(errors="replace")[-1500:]
-                raise RuntimeError(f"viz dashboard exited ({self._proc.returncode}):\n{tail}")
-            if await asyncio.to_thread(web_ready, self.url):
-                return
-            if loop.time() > deadline:
-                raise TimeoutError(f"viz dashboard not ready after {limit}s")
-            await asyncio.sleep(0.2)
-
     async def stop(self, grace: float = 10.0) -> None:
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), grace)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        if self._proc is not None:
+            await stop_process_group(self._proc, grace)

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import structlog
@@ -24,6 +23,7 @@ from gossamer_kube.resources import PODS
 from gossamer_kube.sources import ClientSource
 from gossamer_kube.store import StoreEvent
 
+from gossamer_cli.dev.service_process import start_until_ready, stop_process_group
 from gossamer_cli.viz import scrape
 
 log = structlog.get_logger("gossamer.dev.prometheus")
@@ -60,7 +60,9 @@ class LocalPrometheus:
         self._written = ""
         self.url = URL
 
-    async def start(self) -> None:
+    async def start(self, limit: float = 60.0) -> None:
+        from gossamer_cli.viz.promapi import PrometheusClient
+
         binary = prometheus_binary()
         if binary is None:
             raise RuntimeError("no prometheus binary: install Debian's `prometheus` package")
@@ -78,11 +80,13 @@ class LocalPrometheus:
             f"--web.listen-address={LISTEN}",
             "--log.level=warn",
         ]
-        with self.log_file.open("ab") as out:
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=out, stderr=out, start_new_session=True
-            )
-        await self._wait_ready()
+        self._proc = await start_until_ready(
+            argv,
+            log_file=self.log_file,
+            ready=PrometheusClient(URL, timeout=2.0).ready,
+            what="prometheus",
+            limit=limit,
+        )
         log.info("prometheus is up", url=URL)
 
     def _on_pods(self, _events: list[StoreEvent]) -> None:
@@ -97,36 +101,10 @@ class LocalPrometheus:
         os.replace(tmp, self.targets_file)  # Prometheus never reads half a file
         self._written = text
 
-    async def _wait_ready(self, limit: float = 60.0) -> None:
-        from gossamer_cli.viz.promapi import PrometheusClient
-
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit
-        client = PrometheusClient(URL, timeout=2.0)
-        while True:
-            assert self._proc is not None
-            if self._proc.returncode is not None:
-                tail = self.log_file.read_text(errors="replace")[-1500:]
-                raise RuntimeError(f"prometheus exited ({self._proc.returncode}):\n{tail}")
-            if await asyncio.to_thread(client.ready):
-                return
-            if loop.time() > deadline:
-                raise TimeoutError(f"prometheus not ready after {limit}s")
-            await asyncio.sleep(0.2)
-
     async def stop(self, grace: float = 10.0) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), grace)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        if self._proc is not None:
+            await stop_process_group(self._proc, grace)

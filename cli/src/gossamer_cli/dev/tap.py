@@ -7,16 +7,16 @@ the local issuer in memory."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import os
-import signal
+import functools
 import ssl
 import sys
 from pathlib import Path
 
 import structlog
 from cryptography import x509
+
+from gossamer_cli.dev.service_process import start_until_ready, stop_process_group
 
 log = structlog.get_logger("gossamer.dev.tap")
 
@@ -85,42 +85,21 @@ class LocalTapService:
             "--local-state-dir", str(self.mesh_state_dir),
         ]  # fmt: skip
 
-    async def start(self) -> None:
-        self.write_certificates(dt.datetime.now(dt.UTC))
-        with self.log_file.open("ab") as out:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self.argv(), stdout=out, stderr=out, start_new_session=True
-            )
-        await self._wait_ready()
-        log.info("viz tap service is up", url=self.url)
-
-    async def _wait_ready(self, limit: float = 60.0) -> None:
+    async def start(self, limit: float = 60.0) -> None:
         from gossamer_cli.viz.tap_identity import VIZ_NAMESPACE
         from gossamer_cli.viz.tap_service.client import service_name
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit
-        while True:
-            assert self._proc is not None
-            if self._proc.returncode is not None:
-                tail = self.log_file.read_text(errors="replace")[-1500:]
-                raise RuntimeError(f"viz tap service exited ({self._proc.returncode}):\n{tail}")
-            name = service_name(VIZ_NAMESPACE)
-            if await asyncio.to_thread(tap_ready, self.url, self.ca_file, name):
-                return
-            if loop.time() > deadline:
-                raise TimeoutError(f"viz tap service not ready after {limit}s")
-            await asyncio.sleep(0.2)
+        self.write_certificates(dt.datetime.now(dt.UTC))
+        name = service_name(VIZ_NAMESPACE)
+        self._proc = await start_until_ready(
+            self.argv(),
+            log_file=self.log_file,
+            ready=functools.partial(tap_ready, self.url, self.ca_file, name),
+            what="viz tap service",
+            limit=limit,
+        )
+        log.info("viz tap service is up", url=self.url)
 
     async def stop(self, grace: float = 10.0) -> None:
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), grace)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        if self._proc is not None:
+            await stop_process_group(self._proc, grace)
