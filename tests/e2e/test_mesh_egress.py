@@ -16,14 +16,13 @@ call gets ``PERMISSION_DENIED``.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from localmesh import LocalMeshHandle, converge, counter, echo_app
+from outside_world import outside_world
 
 pytestmark = pytest.mark.netns
 
@@ -102,38 +101,17 @@ def egress_network(policy: str) -> str:
     )
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def mesh(local_mesh: LocalMeshHandle) -> Iterator[tuple[LocalMeshHandle, dict[str, Any]]]:
     local_mesh.deploy(NS, echo_app(NS, "client", service=False), ready={"client": 1})
     (pod,) = local_mesh.pods(NS, "app=client")
-    ext = f"{local_mesh.layout.prefix}-egress-ext"
-    pod_ns = local_mesh.pod_netns(pod)
-    _ip("netns", "add", ext)
-    server: subprocess.Popen[str] | None = None
     try:
-        _ip("-n", ext, "link", "add", "egx0", "type", "veth", "peer", "name", "egx1",
-            "netns", pod_ns)  # fmt: skip
-        _ip("-n", ext, "addr", "add", f"{OUTSIDE}/30", "dev", "egx0")
-        _ip("-n", ext, "link", "set", "egx0", "up")
-        _ip("-n", ext, "link", "set", "lo", "up")
-        _ip("-n", pod_ns, "addr", "add", f"{POD_SIDE}/30", "dev", "egx1")
-        _ip("-n", pod_ns, "link", "set", "egx1", "up")
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", ext, sys.executable, "-c", OUTSIDE_SERVERS, OUTSIDE],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert server.stdout is not None
-        assert server.stdout.readline().strip() == "ready"
-        yield local_mesh, pod
+        with outside_world(
+            local_mesh, pod, name="egress-ext", veth="egx", pod_side=POD_SIDE, outside=OUTSIDE,
+            server=OUTSIDE_SERVERS,
+        ):  # fmt: skip
+            yield local_mesh, pod
     finally:
-        if server is not None:
-            server.kill()
-            server.wait(10)
-        subprocess.run(["ip", "netns", "delete", ext], capture_output=True, timeout=30)
         local_mesh.delete_namespace(NS)
 
 

@@ -16,8 +16,6 @@ Gateway API TLSRoute with it as parent (port 443) routes by hostname:
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from localmesh import LocalMeshHandle, converge, counter, echo_app
+from outside_world import outside_world
 
 pytestmark = pytest.mark.netns
 
@@ -169,10 +168,6 @@ def manifests() -> str:
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def mesh(local_mesh: LocalMeshHandle) -> Iterator[tuple[LocalMeshHandle, dict[str, Any]]]:
     local_mesh.deploy(
@@ -182,30 +177,13 @@ def mesh(local_mesh: LocalMeshHandle) -> Iterator[tuple[LocalMeshHandle, dict[st
         ready={"client": 1, "inside-echo": 1},
     )
     (pod,) = local_mesh.pods(NS, "app=client")
-    ext = f"{local_mesh.layout.prefix}-tlsroute-ext"
-    pod_ns = local_mesh.pod_netns(pod)
-    _ip("netns", "add", ext)
-    server: subprocess.Popen[str] | None = None
     try:
-        _ip("-n", ext, "link", "add", "tlx0", "type", "veth", "peer", "name", "tlx1",
-            "netns", pod_ns)  # fmt: skip
-        _ip("-n", ext, "addr", "add", f"{OUTSIDE}/30", "dev", "tlx0")
-        _ip("-n", ext, "link", "set", "tlx0", "up")
-        _ip("-n", ext, "link", "set", "lo", "up")
-        _ip("-n", pod_ns, "addr", "add", f"{POD_SIDE}/30", "dev", "tlx1")
-        _ip("-n", pod_ns, "link", "set", "tlx1", "up")
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", ext, sys.executable, "-c", OUTSIDE_TLS_SERVER, OUTSIDE],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert server.stdout is not None
-        assert server.stdout.readline().strip() == "ready"
-        yield local_mesh, pod
+        with outside_world(
+            local_mesh, pod, name="tlsroute-ext", veth="tlx", pod_side=POD_SIDE, outside=OUTSIDE,
+            server=OUTSIDE_TLS_SERVER,
+        ):  # fmt: skip
+            yield local_mesh, pod
     finally:
-        if server is not None:
-            server.kill()
-            server.wait(10)
-        subprocess.run(["ip", "netns", "delete", ext], capture_output=True, timeout=30)
         local_mesh.delete_namespace(NS)
 
 
