@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import os
 import platform
 import shutil
 import subprocess
@@ -295,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for python in [sys.executable] + ([baseline.python] if baseline else []):
         compile_bytecode(python)
     RESULTS.mkdir(exist_ok=True)
-    started = time.monotonic()
+    started, load_at_start = time.monotonic(), os.getloadavg()[0]
     chosen = [t for t in TOPOLOGIES if not args.only or t.name in args.only]
     by_topology: dict[str, dict[str, TargetResult]] = {}
     with tempfile.TemporaryDirectory(prefix="gossamer-bench-") as tmp:
@@ -314,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         .stdout.strip()
         .split()[-1],
         "wall time": f"{time.monotonic() - started:.0f}s",
+        "load average (1 min)": f"{load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at end, "
+        f"on {os.cpu_count()} CPUs",
     }
     if baseline is not None:
         meta["baseline"] = f"{baseline.label} ({baseline.python})"

@@ -258,7 +258,7 @@ def multicore_section(by: Targets, check: ScalingCheck) -> list[str]:
     lines = [
         f"Setup: {check.setup}. Gossamer runs with `LINKERD2_PROXY_CORES={n}` (a parent and "
         f"{n - 1} worker process{'es' if n > 2 else ''} sharing the listeners) and with 1 core; "
-        f"Envoy with `--concurrency {n}`; wrk (one thread, c=64) and nginx as the backend. "
+        f"Envoy with `--concurrency {n}` and 1; wrk (one thread, c=64) and nginx as the backend. "
         f"On a {n}-core machine the load generator and the backend compete with the proxy for "
         "the same CPUs, so these figures are a scaling check, not a per-core ratio: issue "
         "21's per-core goals are measured pinned in the other sections and this section "
@@ -269,28 +269,36 @@ def multicore_section(by: Targets, check: ScalingCheck) -> list[str]:
     ]
     for s in check.sets:
         lines.append(
-            f"- Scaling, {s.title}: Gossamer {n} cores ÷ 1 core, rps at c=64 "
-            f"(paired by round): **{_format_spread(rps_ratio(by, s.many, s.one, 64))}**; "
+            f"- Scaling, {s.title}, rps at c=64 (paired by round): Gossamer {n} cores ÷ 1 core "
+            f"**{_format_spread(rps_ratio(by, s.many, s.one, 64))}**; Envoy {n} workers ÷ 1, "
+            f"on the same machine: {_format_spread(rps_ratio(by, s.envoy, s.envoy_one, 64))}; "
             f"Gossamer {n} cores ÷ Envoy {n} workers: "
             f"{_format_spread(rps_ratio(by, s.many, s.envoy, 64))}"
         )
     lines += [
         "",
-        "| setup | target | cores | processes | rps c=64 | ÷ Gossamer 1 core | ÷ Envoy "
-        "| p50 c=64 | p99 c=64 | CPU s /10k req | peak RSS, summed | rounds |",
+        "| setup | target | cores | processes | rps c=64 | ÷ same proxy at 1 core "
+        "| ÷ Envoy at as many cores | p50 c=64 | p99 c=64 | CPU s /10k req | peak RSS, summed "
+        "| rounds |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     placed: set[str] = set()
     rows: list[tuple[str, TargetResult, str, str, str]] = []
     for s in check.sets:
-        one_core, envoy = by.get(s.one), by.get(s.envoy)
-        for name, cores in ((s.many, str(n)), (s.one, "1"), (s.envoy, f"{n} workers")):
+        # each target: how many cores, the same proxy at one core, Envoy at as many cores
+        compared = (
+            (s.many, str(n), s.one, s.envoy),
+            (s.one, "1", None, s.envoy_one),
+            (s.envoy, f"{n} workers", s.envoy_one, None),
+            (s.envoy_one, "1 worker", None, None),
+        )
+        for name, cores, one, envoy in compared:
             r = by.get(name)
             if r is None:
                 continue
             placed.add(name)
-            to_one = _ratio_to(r, one_core, 64, "rps") if name == s.many else "—"
-            to_envoy = _ratio_to(r, envoy, 64, "rps")
+            to_one = _ratio_to(r, by.get(one), 64, "rps") if one else "—"
+            to_envoy = _ratio_to(r, by.get(envoy), 64, "rps") if envoy else "—"
             rows.append((s.title, r, cores, to_one, to_envoy))
     rows += [("—", r, "—", "—", "—") for name, r in by.items() if name not in placed]
     for title, r, cores, to_one, to_envoy in rows:

@@ -4,7 +4,7 @@ Issue 21's goals are per core: they are measured with the target alone on one pi
 A multi-core run cannot be, on a machine with as many CPUs as the proxy has cores: the load
 generator and the backend share those CPUs with it. Its figures are therefore a scaling
 check, reported in a section of their own and judged against no goal. The scaling figure is
-the proxy's rps at many cores ÷ its rps at one core, paired round by round.
+the proxy's rps at many cores ÷ its rps at one core, paired round by round, beside Envoy's.
 """
 
 from __future__ import annotations
@@ -20,16 +20,22 @@ __all__ = ["ScalingCheck", "ScalingSet", "rps_ratio"]
 @dataclass(frozen=True)
 class ScalingSet:
     """One setup of a multi-core topology, by target name: the proxy at many cores, the
-    same proxy at one core, and Envoy with as many workers as the proxy has cores."""
+    same proxy at one core, Envoy with as many workers as the proxy has cores, and Envoy
+    with one worker.
+
+    Envoy's own many ÷ one is the yardstick: what the machine lets a native proxy gain from
+    the extra cores while the load generator and the backend share them.
+    """
 
     title: str
     many: str
     one: str
     envoy: str
+    envoy_one: str
 
     @property
-    def targets(self) -> tuple[str, str, str]:
-        return (self.many, self.one, self.envoy)
+    def targets(self) -> tuple[str, str, str, str]:
+        return (self.many, self.one, self.envoy, self.envoy_one)
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@
    tap off (``tap-off``), and ``tapped``: tap served while a tap client observes every request
    of its c=64 row (:mod:`bench.tapping`).
 7. ``multicore``: a scaling check, not a per-core ratio. Gossamer at ``LINKERD2_PROXY_CORES=2``
-   against Gossamer at 1 core and Envoy with ``--concurrency 2``, one hop plaintext and two
-   hops with mTLS, c=64. A 2-core proxy needs both CPUs of the machine, so nothing is pinned
-   (:data:`~bench.procs.UNPINNED`) and wrk and nginx compete with the proxy for them. Its
-   figures go to a section of their own and to no goal of issue 21.
+   against Gossamer at 1 core and Envoy with ``--concurrency 2`` (and 1, Envoy's own scaling
+   as the yardstick), one hop plaintext and two hops with mTLS, c=64. A 2-core proxy needs
+   both CPUs of the machine, so nothing is pinned (:data:`~bench.procs.UNPINNED`) and wrk
+   and nginx compete with the proxy for them. Its figures go to a section of their own and
+   to no goal of issue 21.
 
 With a baseline revision (``--baseline-rev``), every topology also runs that revision's
 proxy as the ``baseline`` target, built the same way as ``gossamer`` from its own venv.
@@ -221,9 +222,11 @@ TOPOLOGIES = [
         {
             "gossamer-1core": _current(_gossamer_cores(1, two_hops=False)),
             "envoy": _envoy_workers(MULTICORE_CORES),
+            "envoy-1worker": _envoy_workers(1),
             "gossamer-mtls": _current(_gossamer_cores(MULTICORE_CORES, two_hops=True)),
             "gossamer-mtls-1core": _current(_gossamer_cores(1, two_hops=True)),
             "envoy-mtls": _envoy_pair(http2=False, concurrency=MULTICORE_CORES),
+            "envoy-mtls-1worker": _envoy_pair(http2=False),
         },
         _gossamer_cores(MULTICORE_CORES, two_hops=False),
         connections=(64,),
@@ -232,12 +235,19 @@ TOPOLOGIES = [
             MULTICORE_CORES,
             UNPINNED.describe(),
             (
-                ScalingSet("single hop, plaintext HTTP/1.1", "gossamer", "gossamer-1core", "envoy"),
+                ScalingSet(
+                    "single hop, plaintext HTTP/1.1",
+                    "gossamer",
+                    "gossamer-1core",
+                    "envoy",
+                    "envoy-1worker",
+                ),
                 ScalingSet(
                     "two hops with mTLS, HTTP/1.1",
                     "gossamer-mtls",
                     "gossamer-mtls-1core",
                     "envoy-mtls",
+                    "envoy-mtls-1worker",
                 ),
             ),
         ),

@@ -143,8 +143,8 @@ def test_the_multicore_topology_compares_two_cores_with_one_and_envoy_unpinned()
     assert multicore.scaling is not None
     assert multicore.scaling.cores == 2
     assert [s.targets for s in multicore.scaling.sets] == [
-        ("gossamer", "gossamer-1core", "envoy"),
-        ("gossamer-mtls", "gossamer-mtls-1core", "envoy-mtls"),
+        ("gossamer", "gossamer-1core", "envoy", "envoy-1worker"),
+        ("gossamer-mtls", "gossamer-mtls-1core", "envoy-mtls", "envoy-mtls-1worker"),
     ]
     assert set(multicore.builders()) == {n for s in multicore.scaling.sets for n in s.targets}
     assert all(t.placement == PINNED for t in TOPOLOGIES if t.name != "multicore")
@@ -152,11 +152,11 @@ def test_the_multicore_topology_compares_two_cores_with_one_and_envoy_unpinned()
 
 
 def test_a_scaling_check_needs_two_cores_and_targets_in_one_set_each() -> None:
-    one = ScalingSet("a", "g", "g1", "e")
+    one = ScalingSet("a", "g", "g1", "e", "e1")
     with pytest.raises(ValueError, match="two cores"):
         ScalingCheck(1, "x", (one,))
     with pytest.raises(ValueError, match="one set only"):
-        ScalingCheck(2, "x", (one, ScalingSet("b", "g", "g2", "e2")))
+        ScalingCheck(2, "x", (one, ScalingSet("b", "g", "g2", "e2", "e1")))
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -182,6 +182,9 @@ def multicore_results() -> dict[str, TargetResult]:
         ),
         # Envoy's two workers are threads of one process
         "envoy": measured("envoy", [3000.0, 3000.0, 3200.0], [0.5], {"envoy": 30.0}, 1),
+        "envoy-1worker": measured(
+            "envoy-1worker", [2000.0, 2500.0, 2000.0], [0.4], {"envoy": 25.0}, 1
+        ),
     }
 
 
@@ -200,13 +203,16 @@ def test_the_multicore_section_states_the_setup_and_sums_each_target() -> None:
     assert "the load generator and the backend compete with the proxy" in text
     assert "a scaling check, not a per-core ratio" in text
     assert (
-        "- Scaling, one hop: Gossamer 2 cores ÷ 1 core, rps at c=64 (paired by round): "
-        "**1.60x (1.50-1.80)**; Gossamer 2 cores ÷ Envoy 2 workers: 0.50x (0.50-0.60)" in text
+        "- Scaling, one hop, rps at c=64 (paired by round): Gossamer 2 cores ÷ 1 core "
+        "**1.60x (1.50-1.80)**; Envoy 2 workers ÷ 1, on the same machine: 1.50x (1.20-1.60); "
+        "Gossamer 2 cores ÷ Envoy 2 workers: 0.50x (0.50-0.60)" in text
     )
     assert "| one hop | gossamer | 2 | 2 | 1,600 | 1.60x (1.50-1.80) | 0.50x (0.50-0.60) " in text
     assert "| 2.500 | 80 MB | 3 |" in text
-    assert "| one hop | gossamer-1core | 1 | 1 | 1,000 | — | 0.33x (0.31-0.33) |" in text
-    assert "| one hop | envoy | 2 workers | 1 | 3,000 | — | — |" in text
+    # one core against Envoy's one worker; Envoy against its own one worker
+    assert "| one hop | gossamer-1core | 1 | 1 | 1,000 | — | 0.50x (0.40-0.50) |" in text
+    assert "| one hop | envoy | 2 workers | 1 | 3,000 | 1.50x (1.20-1.60) | — |" in text
+    assert "| one hop | envoy-1worker | 1 worker | 1 | 2,000 | — | — |" in text
 
 
 def test_a_pair_sums_both_proxies_and_an_extra_target_still_gets_a_row() -> None:
