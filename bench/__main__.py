@@ -3,10 +3,9 @@
 Proxies and backends are pinned to CPU 0 and the load generator to CPU 1, except in the
 ``multicore`` topology (``--only multicore``): its 2-core proxies need both CPUs, so nothing
 is pinned there and its figures are a scaling check, reported in their own section. Every
-target of a
-topology is started once and warmed up; then each round runs every row (c=1, 16, 64) for
-every target in turn, the first target rotating, so a noisy moment of the machine does not
-land on one side only (:mod:`bench.rounds`). The cold topology starts fresh proxies for
+target of a topology is started once and warmed up; then each round runs every row (c=1, 16,
+64) for every target in turn, the first target rotating, so a noisy moment of the machine does
+not land on one side only (:mod:`bench.rounds`). The cold topology starts fresh proxies for
 every round instead and measures c=64 with no warm-up. ``--baseline-rev REV`` adds that git
 revision's proxy as one more target of every topology (:mod:`bench.baseline`). The tap
 topology measures tap served but idle against tap off, and a tap client observing every
@@ -148,7 +147,7 @@ def _request_row(
     if c == 64 and run.requests and group.measured():
         result.cpu_seconds_per_10k.append(spent / run.requests * 10_000)
     print(
-        f"  {topology.name:15} {result.name:18} c={c:<3} {run.rps:>10,.0f} rps "
+        f"  {topology.name:15} {result.name:20} c={c:<3} {run.rps:>10,.0f} rps "
         f"p50 {run.p50_us:>7.0f}µs p99 {run.p99_us:>7.0f}µs errors {run.errors}",
         file=sys.stderr,
     )
