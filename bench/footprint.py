@@ -20,20 +20,31 @@ from pathlib import Path
 from bench.backends import grpc_body
 from bench.bytecode import compile_bytecode
 from bench.certs import make_mesh_certs
-from bench.procs import LOAD_CPU, cpu_seconds, peak_rss_mb, process_group
+from bench.procs import PINNED, Placement, cpu_seconds, peak_rss_mb, process_group, process_tree
 from bench.topologies import TOPOLOGIES, start_backend, workdir_for
 
 
-def current_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+def _current_rss_of(pid: int) -> float:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:  # exited since the tree was read
+        return 0.0
+    for line in lines:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
 
-def h2load(port: int, requests: int, *, grpc_body_file: Path | None) -> int:
+def current_rss_mb(pid: int) -> float:
+    """RSS now of ``pid`` and of its workers, summed."""
+    return sum(_current_rss_of(p) for p in process_tree(pid))
+
+
+def h2load(
+    port: int, requests: int, *, grpc_body_file: Path | None, placement: Placement = PINNED
+) -> int:
     """Send exactly ``requests`` requests at c=64; returns how many succeeded."""
-    argv = ["taskset", "-c", str(LOAD_CPU), "h2load", "-t1", "-c64", f"-n{requests}"]
+    argv = [*placement.prefix(load=True), "h2load", "-t1", "-c64", f"-n{requests}"]
     if grpc_body_file is None:
         argv += ["--h1", f"http://127.0.0.1:{port}/"]
     else:
@@ -67,13 +78,14 @@ def main() -> int:
             workdir = workdir_for(Path(tmp), topology, "gossamer")
             certs = make_mesh_certs(workdir)
             body = grpc_body(workdir) if topology.backend == "grpc" else None
-            with process_group(workdir) as group:
+            with process_group(workdir, topology.placement) as group:
                 backend_port = start_backend(topology.backend, group)
                 port = topology.builders()["gossamer"](group, backend_port, certs)
                 idle = {p.name: current_rss_mb(p.pid) for p in group.measured()}
-                h2load(port, max(args.requests // 10, 1000), grpc_body_file=body)
+                warmup = max(args.requests // 10, 1000)
+                h2load(port, warmup, grpc_body_file=body, placement=topology.placement)
                 before = {p.name: cpu_seconds(p.pid) for p in group.measured()}
-                ok = h2load(port, args.requests, grpc_body_file=body)
+                ok = h2load(port, args.requests, grpc_body_file=body, placement=topology.placement)
                 group.check_alive()
                 for p in group.measured():
                     cpu_us = (cpu_seconds(p.pid) - before[p.name]) / args.requests * 1e6

@@ -1,15 +1,21 @@
-"""Gossamer's proxy as a benchmark target: one worker process, logs at warn, no access log.
+"""Gossamer's proxy as a benchmark target: one process, logs at warn, no access log.
 
 Without iptables the outbound listener forwards to a fixed target
 (``GOSSAMER_PROXY_OUTBOUND_FIXED_TARGET``), as an ingress-style hop; everything else is the
 production proxy. The two-hop topologies add the mesh: static identities from the bench PKI,
 mTLS between the proxies, the inbound proxy forwarding to a fixed backend. The tap topology
 runs one hop with an identity, so that the proxy can serve tap (:func:`start_tap_proxy`).
+The multi-core topology sets ``LINKERD2_PROXY_CORES`` (``cores``): a parent and its workers,
+started once the admin server's ``/ready`` answers 200, which it does when every worker
+accepts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import sys
+import time
 
 from bench.certs import MeshCerts, TlsFiles
 from bench.procs import ProcGroup, free_port, wait_for_port
@@ -18,13 +24,37 @@ from bench.procs import ProcGroup, free_port, wait_for_port
 START_TIMEOUT = 60.0
 
 
-def _base_env(listen: int) -> dict[str, str]:
-    return {
+def _base_env(listen: int, admin: int, cores: int | None) -> dict[str, str]:
+    env = {
         "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR": f"127.0.0.1:{listen}",
         "LINKERD2_PROXY_INBOUND_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
-        "LINKERD2_PROXY_ADMIN_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+        "LINKERD2_PROXY_ADMIN_LISTEN_ADDR": f"127.0.0.1:{admin}",
         "LINKERD2_PROXY_LOG": "warn",
     }
+    if cores is not None:
+        env["LINKERD2_PROXY_CORES"] = str(cores)
+    return env
+
+
+def _ready(admin: int) -> bool:
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        connection = http.client.HTTPConnection("127.0.0.1", admin, timeout=2.0)
+        try:
+            connection.request("GET", "/ready")
+            return connection.getresponse().status == 200
+        finally:
+            connection.close()
+    return False
+
+
+def wait_until_ready(group: ProcGroup, admin: int, timeout: float) -> None:
+    """Until the proxy's admin ``/ready`` answers 200: with workers, once every one accepts."""
+    deadline = time.monotonic() + timeout
+    while not _ready(admin):
+        group.check_alive()
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"the proxy with admin port {admin} not ready after {timeout}s")
+        time.sleep(0.1)
 
 
 def start_proxy(
@@ -35,19 +65,23 @@ def start_proxy(
     opaque: bool = False,
     python: str = sys.executable,
     timeout: float = START_TIMEOUT,
+    cores: int | None = None,
 ) -> int:
     """One proxy forwarding 127.0.0.1:<its port> to 127.0.0.1:upstream_port.
 
     ``python`` is the interpreter of the venv whose proxy runs (a baseline revision's);
-    ``timeout`` bounds its start (longer under valgrind).
+    ``timeout`` bounds its start (longer under valgrind); ``cores``, when given, is its
+    ``LINKERD2_PROXY_CORES``.
     """
-    port = free_port()
-    env = _base_env(port)
+    port, admin = free_port(), free_port()
+    env = _base_env(port, admin, cores)
     env["GOSSAMER_PROXY_OUTBOUND_FIXED_TARGET"] = f"127.0.0.1:{upstream_port}"
     if opaque:
         env["GOSSAMER_PROXY_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION"] = str(upstream_port)
     group.start(name, [python, "-m", "gossamer_proxy"], env=env)
     wait_for_port(port, timeout)
+    if cores is not None:
+        wait_until_ready(group, admin, timeout)
     return port
 
 
@@ -68,6 +102,7 @@ def start_pair(
     *,
     python: str = sys.executable,
     timeout: float = START_TIMEOUT,
+    cores: int | None = None,
 ) -> int:
     """Outbound proxy → mTLS → inbound proxy → backend; returns the outbound proxy's port.
 
@@ -75,21 +110,20 @@ def start_pair(
     control plane: the outbound one sends everything to the inbound one's listener with mTLS,
     expecting the server's identity (as a discovery TLS hint would); the inbound one
     terminates mTLS with the server's certificate and forwards plaintext to the backend.
+    ``cores``, when given, is each proxy's ``LINKERD2_PROXY_CORES``.
     """
-    inbound = free_port()
-    server_env = {
+    inbound, server_admin = free_port(), free_port()
+    server_env = _base_env(free_port(), server_admin, cores)
+    server_env |= {
         "LINKERD2_PROXY_INBOUND_LISTEN_ADDR": f"127.0.0.1:{inbound}",
-        "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
-        "LINKERD2_PROXY_ADMIN_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
-        "LINKERD2_PROXY_LOG": "warn",
         "GOSSAMER_PROXY_INBOUND_FIXED_TARGET": f"127.0.0.1:{backend_port}",
         **_static_identity(certs.server),
     }
     group.start("gossamer-inbound", [python, "-m", "gossamer_proxy"], env=server_env)
     wait_for_port(inbound, timeout)
 
-    outbound = free_port()
-    client_env = _base_env(outbound)
+    outbound, client_admin = free_port(), free_port()
+    client_env = _base_env(outbound, client_admin, cores)
     client_env |= {
         "GOSSAMER_PROXY_OUTBOUND_FIXED_TARGET": f"127.0.0.1:{inbound}",
         "GOSSAMER_PROXY_OUTBOUND_FIXED_IDENTITY": certs.server.identity,
@@ -97,6 +131,9 @@ def start_pair(
     }
     group.start("gossamer-outbound", [python, "-m", "gossamer_proxy"], env=client_env)
     wait_for_port(outbound, timeout)
+    if cores is not None:
+        wait_until_ready(group, server_admin, timeout)
+        wait_until_ready(group, client_admin, timeout)
     return outbound
 
 
@@ -115,7 +152,7 @@ def start_tap_proxy(
     control port to the tap identity alone; the port goes to ``group.info["tap_port"]``.
     """
     port = free_port()
-    env = _base_env(port) | _static_identity(certs.server)
+    env = _base_env(port, free_port(), None) | _static_identity(certs.server)
     env["GOSSAMER_PROXY_OUTBOUND_FIXED_TARGET"] = f"127.0.0.1:{backend_port}"
     if tap:
         control = free_port()

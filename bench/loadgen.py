@@ -1,4 +1,4 @@
-"""Load generators (wrk, h2load, iperf3) pinned to the load CPU, with parsed results.
+"""Load generators (wrk, h2load, iperf3) on the load CPU (``placement``), with parsed results.
 
 Every run is bounded in time (``duration``) and only targets loopback ports that
 this benchmark opened.
@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import LOAD_CPU
+from bench.procs import PINNED, Placement
 
 # wrk reports latency in microseconds; done() prints one JSON line we parse.
 WRK_REPORT_LUA = """
@@ -49,11 +49,9 @@ def _lua_script() -> Path:
     return path
 
 
-def wrk(url: str, connections: int, duration: float) -> LoadResult:
+def wrk(url: str, connections: int, duration: float, placement: Placement = PINNED) -> LoadResult:
     argv = [
-        "taskset",
-        "-c",
-        str(LOAD_CPU),
+        *placement.prefix(load=True),
         "wrk",
         "-t1",
         f"-c{connections}",
@@ -82,7 +80,13 @@ def wrk(url: str, connections: int, duration: float) -> LoadResult:
     )
 
 
-def h2load_grpc(url: str, body_file: Path, connections: int, duration: float) -> LoadResult:
+def h2load_grpc(
+    url: str,
+    body_file: Path,
+    connections: int,
+    duration: float,
+    placement: Placement = PINNED,
+) -> LoadResult:
     """gRPC unary load: h2load POSTs one length-prefixed message per request.
 
     h2load itself prints no percentiles, so it logs every request's latency to a file
@@ -91,9 +95,7 @@ def h2load_grpc(url: str, body_file: Path, connections: int, duration: float) ->
     streams = 1 if connections == 1 else 10
     with tempfile.NamedTemporaryFile(prefix="gossamer-h2load-", suffix=".tsv") as log:
         argv = [
-            "taskset",
-            "-c",
-            str(LOAD_CPU),
+            *placement.prefix(load=True),
             "h2load",
             "-t1",
             "-c",
@@ -141,12 +143,10 @@ def percentile(sorted_values: list[int], pct: float) -> float:
     return float(sorted_values[index])
 
 
-def iperf3(port: int, duration: float) -> float:
+def iperf3(port: int, duration: float, placement: Placement = PINNED) -> float:
     """Opaque TCP bulk transfer through ``port``; returns GB/s received."""
     argv = [
-        "taskset",
-        "-c",
-        str(LOAD_CPU),
+        *placement.prefix(load=True),
         "iperf3",
         "-c",
         "127.0.0.1",

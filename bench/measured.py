@@ -46,7 +46,10 @@ class TargetResult:
     runs: dict[int, list[LoadResult]] = field(default_factory=dict)  # by connection count
     #: CPU seconds of the target's processes per 10k requests at c=64 (per GB for ``tcp``).
     cpu_seconds_per_10k: list[float] = field(default_factory=list)
-    peak_rss_mb: dict[str, float] = field(default_factory=dict)  # by process name
+    #: By measured process name, summed over that process and its children (its workers).
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    #: By measured process name: how many processes its tree held (parent + workers).
+    processes: dict[str, int] = field(default_factory=dict)
     gbytes_per_second: list[float] = field(default_factory=list)
     #: Per round, what a tap client observing the c=64 row saw (``tapped`` targets only).
     tap_seen: list[TapSeen] = field(default_factory=list)
@@ -63,6 +66,14 @@ class TargetResult:
         """Keep each process's highest peak (cold rounds start fresh processes)."""
         for name, mb in rss.items():
             self.peak_rss_mb[name] = max(mb, self.peak_rss_mb.get(name, 0.0))
+
+    def record_processes(self, counts: Mapping[str, int]) -> None:
+        for name, count in counts.items():
+            self.processes[name] = max(count, self.processes.get(name, 0))
+
+    def total_rss_mb(self) -> float | None:
+        """Peak RSS summed over every measured process (both proxies of a pair)."""
+        return sum(self.peak_rss_mb.values()) if self.peak_rss_mb else None
 
     def max_rss_mb(self) -> float | None:
         return max(self.peak_rss_mb.values()) if self.peak_rss_mb else None

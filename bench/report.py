@@ -1,7 +1,8 @@
 """Turning measured rounds into the markdown report, the JSON file and the PNG plots.
 
 Figures in the tables are medians over the rounds; ratios are the median of the per-round
-ratios with their range, ``1.23x (1.10-1.31)``. The goals table comes first.
+ratios with their range, ``1.23x (1.10-1.31)``. The goals table comes first. A multi-core
+topology gets a section of its own (:func:`multicore_section`) and no row in the goals table.
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ from bench.goals import Verdict
 from bench.loadgen import LoadResult
 from bench.measured import TargetResult, Targets, median_run
 from bench.rounds import Spread, paired_ratios
+from bench.scaling import ScalingCheck, rps_ratio
 
-__all__ = ["TargetResult", "goals_table", "markdown", "plots", "write_json"]
+__all__ = [
+    "TargetResult",
+    "goals_table",
+    "markdown",
+    "multicore_section",
+    "plots",
+    "write_json",
+]
 
 
 def _fmt_us(us: float | None) -> str:
@@ -226,13 +235,94 @@ def _tap_table(rows: Sequence[TargetResult], by: Targets) -> list[str]:
     return lines
 
 
+def _total_rss(r: TargetResult) -> str:
+    total = r.total_rss_mb()
+    if total is None:
+        return "—"
+    if len(r.peak_rss_mb) == 1:
+        return f"{total:.0f} MB"
+    return f"{total:.0f} MB ({_rss(r)})"
+
+
+def _format_spread(spread: Spread | None) -> str:
+    return "—" if spread is None else spread.format()
+
+
+def multicore_section(by: Targets, check: ScalingCheck) -> list[str]:
+    """The scaling figure of each setup, then every target's figures at c=64.
+
+    Figures are summed over each target's processes: a proxy's parent and its workers, and
+    both proxies of a pair.
+    """
+    n = check.cores
+    lines = [
+        f"Setup: {check.setup}. Gossamer runs with `LINKERD2_PROXY_CORES={n}` (a parent and "
+        f"{n - 1} worker process{'es' if n > 2 else ''} sharing the listeners) and with 1 core; "
+        f"Envoy with `--concurrency {n}` and 1; wrk (one thread, c=64) and nginx as the backend. "
+        f"On a {n}-core machine the load generator and the backend compete with the proxy for "
+        "the same CPUs, so these figures are a scaling check, not a per-core ratio: issue "
+        "21's per-core goals are measured pinned in the other sections and this section "
+        "counts toward none of them. CPU and peak RSS are summed over every process of the "
+        "target (parent and workers; both proxies of a pair); RSS summed this way counts "
+        "pages the processes share once per process.",
+        "",
+    ]
+    for s in check.sets:
+        lines.append(
+            f"- Scaling, {s.title}, rps at c=64 (paired by round): Gossamer {n} cores ÷ 1 core "
+            f"**{_format_spread(rps_ratio(by, s.many, s.one, 64))}**; Envoy {n} workers ÷ 1, "
+            f"on the same machine: {_format_spread(rps_ratio(by, s.envoy, s.envoy_one, 64))}; "
+            f"Gossamer {n} cores ÷ Envoy {n} workers: "
+            f"{_format_spread(rps_ratio(by, s.many, s.envoy, 64))}"
+        )
+    lines += [
+        "",
+        "| setup | target | cores | processes | rps c=64 | ÷ same proxy at 1 core "
+        "| ÷ Envoy at as many cores | p50 c=64 | p99 c=64 | CPU s /10k req | peak RSS, summed "
+        "| rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    placed: set[str] = set()
+    rows: list[tuple[str, TargetResult, str, str, str]] = []
+    for s in check.sets:
+        # each target: how many cores, the same proxy at one core, Envoy at as many cores
+        compared = (
+            (s.many, str(n), s.one, s.envoy),
+            (s.one, "1", None, s.envoy_one),
+            (s.envoy, f"{n} workers", s.envoy_one, None),
+            (s.envoy_one, "1 worker", None, None),
+        )
+        for name, cores, one, envoy in compared:
+            r = by.get(name)
+            if r is None:
+                continue
+            placed.add(name)
+            to_one = _ratio_to(r, by.get(one), 64, "rps") if one else "—"
+            to_envoy = _ratio_to(r, by.get(envoy), 64, "rps") if envoy else "—"
+            rows.append((s.title, r, cores, to_one, to_envoy))
+    rows += [("—", r, "—", "—", "—") for name, r in by.items() if name not in placed]
+    for title, r, cores, to_one, to_envoy in rows:
+        c64 = median_run(r, 64)
+        processes = sum(r.processes.values()) if r.processes else None
+        lines.append(
+            f"| {title} | {r.name} | {cores} | {processes if processes else '—'} "
+            f"| {_num(c64.rps if c64 else None, 0)} | {to_one} | {to_envoy} "
+            f"| {_fmt_us(c64.p50_us if c64 else None)} | {_fmt_us(c64.p99_us if c64 else None)} "
+            f"| {_num(_median(r.cpu_seconds_per_10k), 3)} | {_total_rss(r)} | {_rounds(r)} |"
+            + _err(r)
+        )
+    return lines
+
+
 def markdown(
     by_topology: Mapping[str, Targets],
     titles: Mapping[str, str],
     meta: Mapping[str, Any],
     verdicts: Sequence[Verdict] = (),
     baseline_label: str | None = None,
+    scaling: Mapping[str, ScalingCheck] | None = None,
 ) -> str:
+    """The report; topologies in ``scaling`` are multi-core ones (:func:`multicore_section`)."""
     lines = ["# Gossamer benchmark", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     lines.append("")
@@ -244,7 +334,10 @@ def markdown(
             continue
         rows = list(by.values())
         lines += [f"## {title} (`{topology}`)", ""]
-        if topology == "tcp":
+        check = (scaling or {}).get(topology)
+        if check is not None:
+            lines += multicore_section(by, check)
+        elif topology == "tcp":
             lines += _tcp_table(rows, by)
         elif topology == "tap":
             lines += _tap_table(rows, by)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bench.measured import TapSeen
-from bench.procs import LOAD_CPU, Proc, ProcGroup
+from bench.procs import Proc, ProcGroup
 
 #: A tap client's start (imports, handshake, the proxy accepting the call).
 START_TIMEOUT = 60.0
@@ -86,7 +86,7 @@ def tapping(group: ProcGroup, row: int) -> Iterator[TapRow]:
             "--key",
             info["tap_key"],
         ],
-        cpu=LOAD_CPU,
+        load=True,
         measured=False,
     )
     tap = TapRow()
