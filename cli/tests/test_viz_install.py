@@ -201,3 +201,11 @@ def test_the_tap_api_service_routes_to_the_tap_service_trusting_its_ca() -> None
     assert spec["caBundle"] == secret["data"]["ca.crt"]
     assert "insecureSkipTLSVerify" not in spec
     assert base64.b64decode(spec["caBundle"]).startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+def test_yaml_output_has_no_anchors_even_where_one_dict_is_used_twice() -> None:
+    # The Prometheus and web Deployments share one labels dict between selector and template.
+    result = CliRunner().invoke(cli, ["viz", "install"])
+    assert result.exit_code == 0, result.output
+    assert "&id" not in result.output
+    assert "*id" not in result.output

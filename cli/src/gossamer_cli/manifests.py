@@ -604,7 +604,12 @@ def crds() -> list[dict[str, Any]]:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Block style, multi-line strings as ``|`` (PEM stays readable)."""
+    """Block style, multi-line strings as ``|`` (PEM stays readable), no anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        # A dict used twice (e.g. one labels dict as selector and template labels) is written
+        # out twice: kubectl and helm users expect plain manifests, not `&id001` / `*id001`.
+        return True
 
 
 def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
