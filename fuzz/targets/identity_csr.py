@@ -2,7 +2,7 @@
 
 Decodes a ``CertifyRequest`` (raw protobuf bytes, or identity/token/CSR built from choices
 with CSRs mutated from real ones of several key types and name sets), then runs what
-:meth:`gossamer_identity.server.IdentityService.Certify` runs:
+:meth:`gossamer_identity.server.IdentityService.certify` runs:
 :meth:`Certifier.check_request`, :meth:`Certifier.authorize` on a made-up TokenReview
 verdict, and :meth:`Certifier.sign` with a real issuer.
 

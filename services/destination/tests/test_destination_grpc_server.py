@@ -19,9 +19,7 @@ import h2.events
 import h2.settings
 import pytest
 from gossamer_api.proxy import destination_pb2, destination_pb2_grpc
-from gossamer_destination import testing as t
-from gossamer_destination.app import DestinationApp
-from gossamer_destination.grpc_http2 import (
+from gossamer_common.grpc_http2 import (
     RequestBody,
     RequestError,
     Status,
@@ -29,6 +27,8 @@ from gossamer_destination.grpc_http2 import (
     parse_timeout,
     status_trailers,
 )
+from gossamer_destination import testing as t
+from gossamer_destination.app import DestinationApp
 from gossamer_destination.grpc_server import MAX_BUFFERED_REQUEST_BYTES, GrpcConnection, GrpcServer
 from gossamer_destination.settings import DestinationSettings
 from gossamer_destination.testing import MemorySource, memory_sources

@@ -40,9 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 from google.protobuf.message import DecodeError
-from gossamer_common.h2flood import FloodGuard
-
-from gossamer_destination.grpc_http2 import (
+from gossamer_common.grpc_http2 import (
     RESPONSE_HEADERS,
     RequestBody,
     RequestError,
@@ -52,6 +50,8 @@ from gossamer_destination.grpc_http2 import (
     status_trailers,
     trailers_only,
 )
+from gossamer_common.h2flood import FloodGuard
+
 from gossamer_destination.topics import Change, Subscriber, Topic
 
 if TYPE_CHECKING:  # jh2 keeps h2's API but ships no annotations

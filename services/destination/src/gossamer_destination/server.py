@@ -13,11 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from gossamer_api.proxy import destination_pb2, inbound_pb2, outbound_pb2
+from gossamer_common.grpc_http2 import RequestError, Status
 
 from gossamer_destination.cluster import Cluster
 from gossamer_destination.context import parse_context_token
 from gossamer_destination.discovery import Discovery, LookupFailedError
-from gossamer_destination.grpc_http2 import RequestError, Status
 from gossamer_destination.grpc_server import Method
 from gossamer_destination.metrics import DestinationMetrics
 from gossamer_destination.policy import Policies

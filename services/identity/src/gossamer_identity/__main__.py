@@ -106,12 +106,14 @@ async def serve(settings: IdentitySettings) -> int:
             review_timeout=settings.token_review_timeout,
         )
         server = create_server(service)
-        grpc_port = server.add_insecure_port(str(settings.grpc_addr))
-        if grpc_port == 0:
-            raise StartupError(f"cannot listen on {settings.grpc_addr}")
+        try:
+            grpc_port = await server.listen(settings.grpc_addr.host, settings.grpc_addr.port)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {settings.grpc_addr}: {exc.strerror or exc}"
+            ) from None
         admin = AdminServer(registry=registry, ready=lambda: utc_now() < reloader.current.expiry)
         await admin.start(settings.admin_addr.host, settings.admin_addr.port)
-        await server.start()
         shutdown = Shutdown(grace=settings.shutdown_grace_period)
         shutdown.install_signal_handlers()
         poller = asyncio.create_task(reloader.run(settings.issuer_poll_interval))
@@ -124,7 +126,7 @@ async def serve(settings: IdentitySettings) -> int:
             await shutdown.wait()
         finally:
             poller.cancel()
-            await server.stop(grace=settings.shutdown_grace_period)
+            await server.stop(settings.shutdown_grace_period)
             await admin.close()
     return 0
 

@@ -1,8 +1,11 @@
-"""The ``io.linkerd.proxy.identity.Identity`` gRPC servicer (grpc.aio): I/O around the Certifier.
+"""The ``io.linkerd.proxy.identity.Identity`` gRPC service: I/O around the Certifier.
 
 This module awaits the TokenReview and turns :class:`~gossamer_identity.certify.Refusal` into
 gRPC statuses; every decision is made in :mod:`gossamer_identity.certify`. Refusals are logged
 with their reason and the requested identity, never with the token.
+
+It is served by the lean unary server of :mod:`gossamer_common.grpc_unary` rather than
+``grpc.aio``, whose per-call machinery cost more CPU than the certificate itself (see there).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
-from gossamer_api.proxy import identity_pb2, identity_pb2_grpc
+from gossamer_api.proxy import identity_pb2
+from gossamer_common.grpc_http2 import RequestError, Status
+from gossamer_common.grpc_unary import CallInfo, UnaryMethod, UnaryServer
 from gossamer_tls import Issuer
 
 from gossamer_identity.certify import (
@@ -31,6 +36,7 @@ from gossamer_identity.metrics import IdentityMetrics
 
 _log = structlog.get_logger("gossamer.identity")
 
+CERTIFY_PATH = "/io.linkerd.proxy.identity.Identity/Certify"
 MAX_RECEIVE_MESSAGE_BYTES = 64 * 1024
 """gRPC-level cap; the Certifier's own field limits are smaller and produce counted refusals."""
 
@@ -43,7 +49,7 @@ class TokenReviewer(Protocol):
     ) -> TokenReviewOutcome: ...
 
 
-class IdentityService(identity_pb2_grpc.IdentityServicer):
+class IdentityService:
     """Certify: check, TokenReview, authorize, sign."""
 
     def __init__(
@@ -63,13 +69,22 @@ class IdentityService(identity_pb2_grpc.IdentityServicer):
         self._clock = clock
         self._review_timeout = review_timeout
 
-    async def Certify(  # noqa: N802 - the gRPC method name
-        self,
-        request: identity_pb2.CertifyRequest,
-        context: grpc.aio.ServicerContext[
-            identity_pb2.CertifyRequest, identity_pb2.CertifyResponse
-        ],
+    async def handle(self, message: bytes, call: CallInfo) -> bytes:
+        """The gRPC method: a serialized CertifyRequest in, a serialized CertifyResponse out.
+
+        Raises :class:`~gossamer_common.grpc_http2.RequestError` with the refusal's status.
+        """
+        try:
+            request = identity_pb2.CertifyRequest.FromString(message)
+        except DecodeError:
+            raise RequestError(Status.INTERNAL, "could not parse the CertifyRequest") from None
+        response = await self.certify(request, peer=call.peer)
+        return response.SerializeToString()
+
+    async def certify(
+        self, request: identity_pb2.CertifyRequest, *, peer: str = ""
     ) -> identity_pb2.CertifyResponse:
+        """One Certify call; raises RequestError carrying a refusal's status and message."""
         identity = request.identity
         try:
             issuer = self._issuer()
@@ -90,9 +105,9 @@ class IdentityService(identity_pb2_grpc.IdentityServicer):
                 reason=refusal.reason.value,
                 code=refusal.status.name,
                 message=refusal.message,
-                peer=context.peer(),
+                peer=peer,
             )
-            await context.abort(grpc.StatusCode[refusal.status.name], refusal.message)
+            raise RequestError(Status(int(refusal.status)), refusal.message) from None
         if self._metrics is not None:
             self._metrics.record_issued()
         _log.info(
@@ -128,17 +143,12 @@ class IdentityService(identity_pb2_grpc.IdentityServicer):
 
 def create_server(
     service: IdentityService, *, max_receive_message_bytes: int = MAX_RECEIVE_MESSAGE_BYTES
-) -> grpc.aio.Server:
-    """A grpc.aio server with the Identity service registered (bind with ``add_insecure_port``).
+) -> UnaryServer:
+    """A gRPC server with the Identity service (start it with ``await server.listen(host, port)``).
 
     Plaintext on purpose: like Linkerd's controller, the identity service sits behind its own
     proxy sidecar, which terminates the mesh TLS (linkerd-wire.md §10 item 10).
     """
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_receive_message_bytes),
-            ("grpc.max_send_message_length", 1 << 20),
-        ]
+    return UnaryServer(
+        [UnaryMethod(CERTIFY_PATH, service.handle, max_request_bytes=max_receive_message_bytes)]
     )
-    identity_pb2_grpc.add_IdentityServicer_to_server(service, server)
-    return server

@@ -1,8 +1,9 @@
 """gRPC over HTTP/2, the parts that need no socket: frames, statuses, deadlines, requests.
 
-The destination frames each update once (:class:`gossamer_destination.topics.Change`) and
-writes the same bytes to every stream; only the 9-byte DATA frame header, which carries the
-stream id, is built per stream (:func:`data_frames`).
+Shared by the destination's streaming server (which frames each update once,
+:class:`gossamer_destination.topics.Change`, and writes the same bytes to every stream; only the
+9-byte DATA frame header, which carries the stream id, is built per stream: :func:`data_frames`)
+and the unary server of :mod:`gossamer_common.grpc_unary` (identity's Certify).
 
 References: the gRPC HTTP/2 protocol (PROTOCOL-HTTP2.md: length-prefixed messages,
 ``grpc-timeout``, ``grpc-status``/``grpc-message`` trailers, trailers-only responses) and
@@ -47,6 +48,11 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def grpc_message(message: bytes) -> bytes:
+    """``message`` with gRPC's 5-byte prefix (uncompressed flag, big-endian length)."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
 def data_frames(

@@ -1,0 +1,233 @@
+"""The lean unary gRPC server, driven by grpcio's own client (and raw HTTP/2 where grpcio won't)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import pytest
+from gossamer_common.grpc_http2 import RequestError, Status
+from gossamer_common.grpc_unary import CallInfo, UnaryMethod, UnaryServer
+
+TIMEOUT = 5.0
+ECHO = "/test.Echo/Echo"
+FAIL = "/test.Echo/Fail"
+CRASH = "/test.Echo/Crash"
+HANG = "/test.Echo/Hang"
+BIG = "/test.Echo/Big"
+
+
+class Handlers:
+    def __init__(self) -> None:
+        self.peers: list[str] = []
+        self.entered = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def echo(self, message: bytes, call: CallInfo) -> bytes:
+        self.peers.append(call.peer)
+        return b"echo:" + message
+
+    async def fail(self, message: bytes, call: CallInfo) -> bytes:
+        raise RequestError(Status.FAILED_PRECONDITION, "no 100% sure\n" + message.decode())
+
+    async def crash(self, message: bytes, call: CallInfo) -> bytes:
+        raise RuntimeError("secret detail")
+
+    async def hang(self, message: bytes, call: CallInfo) -> bytes:
+        self.entered.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return b"released"
+
+    async def big(self, message: bytes, call: CallInfo) -> bytes:
+        return bytes(range(256)) * 1000  # 256,000 bytes: many frames, past the default window
+
+
+class Served:
+    def __init__(self, server: UnaryServer, port: int, handlers: Handlers) -> None:
+        self.server = server
+        self.port = port
+        self.handlers = handlers
+        self.address = f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    handlers = Handlers()
+    server = UnaryServer(
+        [
+            UnaryMethod(ECHO, handlers.echo, max_request_bytes=1024),
+            UnaryMethod(FAIL, handlers.fail),
+            UnaryMethod(CRASH, handlers.crash),
+            UnaryMethod(HANG, handlers.hang),
+            UnaryMethod(BIG, handlers.big),
+        ]
+    )
+    port = await server.listen("127.0.0.1", 0)
+    try:
+        yield Served(server, port, handlers)
+    finally:
+        await server.stop(1.0)
+
+
+def _call(channel: grpc.aio.Channel, path: str) -> grpc.aio.UnaryUnaryMultiCallable:
+    return channel.unary_unary(path, None, None)  # bytes in, bytes out
+
+
+async def test_a_call_gets_the_handlers_answer_and_the_peer(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        answers = await asyncio.gather(
+            *(_call(channel, ECHO)(b"hi %d" % i, timeout=TIMEOUT) for i in range(50))
+        )
+    assert answers == [b"echo:hi %d" % i for i in range(50)]
+    assert served.handlers.peers[0].startswith("ipv4:127.0.0.1:")
+
+
+async def test_a_refusal_carries_its_status_and_a_percent_encoded_message(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _call(channel, FAIL)(b"x", timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == "no 100% sure\nx"
+
+
+async def test_a_crashing_handler_answers_unknown_without_its_detail(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _call(channel, CRASH)(b"x", timeout=TIMEOUT)
+        assert err.value.code() == grpc.StatusCode.UNKNOWN
+        assert "secret" not in (err.value.details() or "")
+        assert await _call(channel, ECHO)(b"still", timeout=TIMEOUT) == b"echo:still"
+
+
+async def test_unknown_methods_and_oversized_requests_are_refused(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _call(channel, "/test.Echo/Nope")(b"x", timeout=TIMEOUT)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _call(channel, ECHO)(b"x" * 2000, timeout=TIMEOUT)  # the method allows 1,024
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await _call(channel, ECHO)(b"x" * 1000, timeout=TIMEOUT) == b"echo:" + b"x" * 1000
+
+
+async def test_a_large_answer_crosses_frames_and_flow_control_windows(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        answer = await _call(channel, BIG)(b"", timeout=TIMEOUT)
+    assert answer == bytes(range(256)) * 1000
+
+
+async def test_a_deadline_cancels_the_handler(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _call(channel, HANG)(b"", timeout=0.2)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.wait_for(served.handlers.cancelled.wait(), TIMEOUT)
+
+
+async def test_a_client_cancel_cancels_the_handler(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        call = _call(channel, HANG)(b"", timeout=60)
+        await asyncio.wait_for(served.handlers.entered.wait(), TIMEOUT)
+        call.cancel()
+        await asyncio.wait_for(served.handlers.cancelled.wait(), TIMEOUT)
+        assert await _call(channel, ECHO)(b"next", timeout=TIMEOUT) == b"echo:next"
+
+
+async def test_stop_lets_calls_in_flight_finish_and_refuses_new_connections(
+    served: Served,
+) -> None:
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        call = _call(channel, HANG)(b"", timeout=TIMEOUT)
+        await asyncio.wait_for(served.handlers.entered.wait(), TIMEOUT)
+        stopping = asyncio.create_task(served.server.stop(TIMEOUT))
+        await asyncio.sleep(0)  # let stop() send its GOAWAY before the call is released
+        served.handlers.release.set()
+        assert await call == b"released"
+        await asyncio.wait_for(stopping, TIMEOUT)
+    assert not served.handlers.cancelled.is_set()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", served.port)
+
+
+async def test_stop_cancels_calls_still_running_after_the_grace(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        call = _call(channel, HANG)(b"", timeout=TIMEOUT)
+        await asyncio.wait_for(served.handlers.entered.wait(), TIMEOUT)
+        await served.server.stop(0.05)
+        await asyncio.wait_for(served.handlers.cancelled.wait(), TIMEOUT)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call
+
+
+async def _raw_connection(
+    port: int,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, h2.connection.H2Connection]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    conn.initiate_connection()
+    writer.write(conn.data_to_send())
+    return reader, writer, conn
+
+
+async def _until_goaway(
+    reader: asyncio.StreamReader, conn: h2.connection.H2Connection
+) -> h2.errors.ErrorCodes | None:
+    async with asyncio.timeout(TIMEOUT):
+        while data := await reader.read(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    return event.error_code  # type: ignore[return-value]
+    return None
+
+
+async def test_a_client_resetting_calls_by_the_hundred_is_told_to_calm_down(
+    served: Served,
+) -> None:
+    reader, writer, conn = await _raw_connection(served.port)
+    headers = [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", HANG.encode()),
+        (b":authority", b"x"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ]
+    for i in range(300):
+        stream_id = 1 + 2 * i
+        conn.send_headers(stream_id, headers)
+        conn.send_data(stream_id, b"\x00\x00\x00\x00\x00", end_stream=True)
+        conn.reset_stream(stream_id)
+    writer.write(conn.data_to_send())
+    assert await _until_goaway(reader, conn) == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    writer.close()
+
+
+async def test_a_protocol_violation_gets_goaway_and_a_closed_connection(served: Served) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not the HTTP/2 preface
+    received = await asyncio.wait_for(reader.read(), TIMEOUT)  # until the server closes
+    writer.close()
+    assert b"\x07\x00\x00\x00\x00\x00" in received  # a GOAWAY frame (type 7) on stream 0
+
+
+async def test_a_connection_that_never_sends_a_request_is_closed() -> None:
+    server = UnaryServer([], handshake_timeout=0.05)
+    port = await server.listen("127.0.0.1", 0)
+    try:
+        reader, writer, conn = await _raw_connection(port)
+        assert await _until_goaway(reader, conn) == h2.errors.ErrorCodes.NO_ERROR
+        writer.close()
+    finally:
+        await server.stop(1.0)
