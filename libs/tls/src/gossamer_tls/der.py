@@ -58,7 +58,16 @@ def time(value: dt.datetime) -> bytes:
     """RFC 5280 §4.1.2.5 Time: UTCTime through 2049, GeneralizedTime from 2050, whole seconds."""
     value = value.astimezone(dt.UTC)
     if 1950 <= value.year < 2050:
-        return tlv(UTC_TIME, value.strftime("%y%m%d%H%M%SZ").encode("ascii"))
+        # Formatted by hand: strftime cost a leaf more than the rest of its TBS encoding.
+        text = "%02d%02d%02d%02d%02d%02dZ" % (  # noqa: UP031 - the fastest way here
+            value.year % 100,
+            value.month,
+            value.day,
+            value.hour,
+            value.minute,
+            value.second,
+        )
+        return tlv(UTC_TIME, text.encode("ascii"))
     return tlv(GENERALIZED_TIME, f"{value.year:04d}{value:%m%d%H%M%S}Z".encode("ascii"))
 
 

@@ -64,6 +64,7 @@ _SUBJECT_KEY_ID_TEMPLATE = der.extension(
 )
 SUBJECT_KEY_ID_PREFIX = _SUBJECT_KEY_ID_TEMPLATE[:-20]
 """The subjectKeyIdentifier extension up to its 20-byte SHA-1 key identifier."""
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())  # stateless: one instance serves every signature
 IDENTITY_CACHE_SIZE = 4096
 
 
@@ -162,10 +163,9 @@ class LeafTemplate:
             + der.tlv(0xA3, extensions),
         )
 
-    def sign(self, tbs_certificate: bytes) -> tuple[bytes, x509.Certificate]:
-        """Sign ``tbs_certificate`` ECDSA-SHA256 with the issuer key: the DER and its parse."""
-        signature = self.private_key.sign(tbs_certificate, ec.ECDSA(hashes.SHA256()))
-        certificate = der.tlv(
+    def sign(self, tbs_certificate: bytes) -> bytes:
+        """Sign ``tbs_certificate`` ECDSA-SHA256 with the issuer key: the certificate's DER."""
+        signature = self.private_key.sign(tbs_certificate, _ECDSA_SHA256)
+        return der.tlv(
             der.SEQUENCE, tbs_certificate + ECDSA_WITH_SHA256 + der.bit_string(signature)
         )
-        return certificate, x509.load_der_x509_certificate(certificate)

@@ -113,7 +113,7 @@ class IdentityService:
         _log.info(
             "certify_issued",
             identity=identity,
-            serial=f"{issued.certificate.serial_number:x}",
+            serial=f"{issued.serial_number:x}",
             valid_until=issued.valid_until.isoformat(),
         )
         # Whole seconds: certificate validity has no sub-second part.
