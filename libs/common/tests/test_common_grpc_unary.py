@@ -231,3 +231,19 @@ async def test_a_connection_that_never_sends_a_request_is_closed() -> None:
         writer.close()
     finally:
         await server.stop(1.0)
+
+
+async def test_a_peer_that_never_acks_keepalive_pings_is_dropped() -> None:
+    server = UnaryServer([], keepalive_interval=0.02, keepalive_timeout=0.1)
+    port = await server.listen("127.0.0.1", 0)
+    try:
+        reader, writer, conn = await _raw_connection(port)
+        pings = 0
+        async with asyncio.timeout(TIMEOUT):
+            while data := await reader.read(65536):  # read, but never answer: no PING ACK
+                pings += sum(isinstance(e, h2.events.PingReceived) for e in conn.receive_data(data))
+        assert pings == 1  # the connection closed after the one unanswered PING
+        assert not server.connections
+        writer.close()
+    finally:
+        await server.stop(1.0)
