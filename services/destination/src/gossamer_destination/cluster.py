@@ -4,12 +4,20 @@ Every informer change is turned into *dependency keys* (``("svc", ns, name)``, `
 ...). Topics (:mod:`gossamer_destination.topics`) register the keys their answer depends on,
 and a change marks exactly those topics dirty. Dirty topics are refreshed once per event-loop
 turn, so a burst of watch events (a Deployment rollout) costs one recomputation per topic.
+
+At debug level each refresh logs ``destination.flush`` with ``time.perf_counter()`` stamps
+(the system-wide monotonic clock, comparable across processes on one host): when the first
+change of the burst arrived (``marked_at``), when the refresh started and finished (every
+stream's update queued), and when the connections' writes had been handed to the sockets
+(``written_at``, the next event-loop turn). The fan-out benchmark reads them to say where a
+change's latency went.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
@@ -170,6 +178,7 @@ class Cluster:
         self._deps: dict[Key, set[Dependent]] = {}
         self._dirty: dict[Dependent, None] = {}
         self._flush_scheduled = False
+        self._marked_at = 0.0
         self.on_invalid: Callable[[str, str], None] = lambda kind, msg: None
         self._generations: dict[str, int] = {}
         self._global_generation = 0
@@ -320,10 +329,12 @@ class Cluster:
                 self._dirty[dependent] = None
         if self._dirty and not self._flush_scheduled:
             self._flush_scheduled = True
+            self._marked_at = time.perf_counter()
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         """Refresh every dirty dependent once (runs soon after a burst of changes)."""
+        started = time.perf_counter()
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, {}
         for dependent in dirty:
@@ -331,6 +342,21 @@ class Cluster:
                 dependent.refresh()
             except Exception:
                 log.exception("destination.refresh_failed", topic=repr(dependent))
+        # Writes the refresh queued run in the next turn, before this (callbacks run in order).
+        asyncio.get_running_loop().call_soon(
+            self._log_flush, len(dirty), self._marked_at, started, time.perf_counter()
+        )
+
+    @staticmethod
+    def _log_flush(refreshed: int, marked_at: float, started: float, finished: float) -> None:
+        log.debug(
+            "destination.flush",
+            refreshed=refreshed,
+            marked_at=marked_at,
+            started_at=started,
+            finished_at=finished,
+            written_at=time.perf_counter(),
+        )
 
     def _handler(self, kind: str) -> Callable[[list[StoreEvent]], None]:
         def handle(events: list[StoreEvent]) -> None:
