@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
+import structlog
 from gossamer_api.proxy import destination_pb2
 from gossamer_destination.cluster import Cluster
 from gossamer_destination.endpoints import Endpoint
 from gossamer_destination.testing import memory_sources
-from gossamer_destination.topics import EndpointTopic, LatestTopic, TopicRegistry
+from gossamer_destination.topics import Change, EndpointTopic, LatestTopic, TopicRegistry
 from gossamer_destination.wire import ip_from_proto
 
 
@@ -133,3 +135,29 @@ async def test_endpoint_topic_snapshot_and_diff_messages() -> None:
     assert sub.take() == []
     _late, late_initial = registry.subscribe(topic, 10)
     assert len(destination_pb2.Update.FromString(late_initial[0]).add.addrs) == 1
+
+
+async def test_a_flush_logs_when_the_change_came_and_when_its_writes_went_out() -> None:
+    cluster, _registry, topic = _endpoint_topic({("10.0.0.1", 80): Endpoint("10.0.0.1", 80)})
+    loop = asyncio.get_running_loop()
+    writes: list[float] = []
+
+    class Connection:
+        """Queues its write for the next turn, as the gRPC server's connections do."""
+
+        def offer(self, change: Change, prev: object, new: object) -> None:
+            loop.call_soon(lambda: writes.append(time.perf_counter()))
+
+    topic.subscribe(Connection())
+    topic._compute = lambda: ({("10.0.0.2", 80): Endpoint("10.0.0.2", 80)}, {("svc", "ns", "web")})
+    with structlog.testing.capture_logs() as logs:
+        cluster.mark([("svc", "ns", "web")])
+        for _ in range(3):  # the flush, then the writes and the log line
+            await asyncio.sleep(0)
+    (event,) = [e for e in logs if e["event"] == "destination.flush"]
+    assert event["log_level"] == "debug"
+    assert event["refreshed"] == 1
+    assert len(writes) == 1
+    stamps = [event[k] for k in ("marked_at", "started_at", "finished_at", "written_at")]
+    assert stamps == sorted(stamps)
+    assert event["finished_at"] <= writes[0] <= event["written_at"]
