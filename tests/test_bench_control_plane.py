@@ -107,3 +107,21 @@ def test_main_runs_the_chosen_benchmarks_and_writes_the_report(
     assert seen[0].only == ["destination"]  # type: ignore[attr-defined]
     assert "propagation p99 to 1,000 streams | 88.5 ms" in capsys.readouterr().out
     assert (tmp_path / "control-plane.json").exists()
+
+
+def test_destination_row_names_the_client_and_where_the_time_went(tmp_path: Path) -> None:
+    destination = {
+        **RESULTS["destination"],
+        "client": "lean",
+        "target_p99_ms": 60,
+        "destination_cpu_ms_per_change": 3.5,
+        "breakdown_ms": {
+            "changes": 40,
+            "median": {"apiserver": 9.0, "queued": 0.1, "refresh": 2.0, "write": 0.4,
+                       "to_first_stream": 0.1, "to_last_stream": 0.5, "total": 12.0},
+        },
+    }  # fmt: skip
+    table, _ = control_plane.write_results({"destination": destination}, META, tmp_path)
+    text = table.read_text()
+    assert "target ≤ 60 ms; client lean; destination CPU 3.5 ms per change" in text
+    assert "median split: apiserver 9.0 ms, destination 2.5 ms, then 0.5 ms" in text
