@@ -7,7 +7,9 @@ windows are returned, trailers end a stream with their status, and bad framing i
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
 from pathlib import Path
 
 import h2.config
@@ -191,3 +193,39 @@ def test_breakdown_splits_each_change_by_the_destinations_stamps() -> None:
         "total": 40.0,
     }
     assert result["median"]["apiserver"] == 20.0
+
+
+async def test_the_reader_follows_the_real_destination_server() -> None:
+    """End to end on loopback: the destination (memory sources, no apiserver) serves 5 Get
+    streams over 3 connections; a slice change reaches all, and they agree on it."""
+    from gossamer_api.proxy import destination_pb2
+    from gossamer_destination import testing as t
+    from gossamer_destination.app import DestinationApp
+    from gossamer_destination.settings import DestinationSettings
+
+    web = t.endpoint_slice("web", [("10.1.0.1", None), ("10.1.0.2", None)])
+    sources = t.memory_sources(t.namespace("ns"), t.service("web"), web)
+    settings = DestinationSettings(
+        grpc_addr="127.0.0.1:0", policy_addr="", admin_addr="127.0.0.1:0"
+    )
+    app = DestinationApp(settings, dict(sources))  # type: ignore[arg-type]
+    await asyncio.wait_for(app.start(), 30)
+    loop = asyncio.get_running_loop()
+    reached: dict[int, asyncio.Future[None]] = {n: loop.create_future() for n in (1, 2)}
+    streams = StreamSet(5, 2, lambda n: reached[n].set_result(None))
+    try:
+        request = destination_pb2.GetDestination(path="web.ns.svc.cluster.local:80")
+        await streams.open("127.0.0.1", app.grpc_port, GET_PATH, request.SerializeToString())
+        await asyncio.wait_for(reached[1], 30)
+        assert len(streams.connections) == 3
+        started = time.perf_counter()
+        sources["endpointslices"].apply(t.endpoint_slice("web", [("10.1.0.1", None)]))
+        await asyncio.wait_for(reached[2], 30)
+        assert started <= streams.first_at[2] <= streams.last_at[2] <= time.perf_counter()
+        (last,) = streams.last_messages()
+        removed = destination_pb2.Update.FromString(last).remove.addrs
+        assert [a.port for a in removed] == [8080]
+        assert streams.errors == []
+    finally:
+        streams.close()
+        await app.stop()
