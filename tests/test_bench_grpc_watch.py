@@ -208,7 +208,7 @@ async def test_the_reader_follows_the_real_destination_server() -> None:
     settings = DestinationSettings(
         grpc_addr="127.0.0.1:0", policy_addr="", admin_addr="127.0.0.1:0"
     )
-    app = DestinationApp(settings, dict(sources))  # type: ignore[arg-type]
+    app = DestinationApp(settings, dict(sources))
     await asyncio.wait_for(app.start(), 30)
     loop = asyncio.get_running_loop()
     reached: dict[int, asyncio.Future[None]] = {n: loop.create_future() for n in (1, 2)}
