@@ -235,15 +235,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def read_flushes(log_path: Path) -> list[dict[str, float]]:
-    """The destination's ``destination.flush`` debug events (perf_counter stamps), in order."""
-    out = []
+def read_flushes(log_path: Path) -> list[dict[str, Any]]:
+    """The destination's ``destination.flush`` debug events (perf_counter stamps, and the
+    garbage collections by generation during each), in order."""
+    out: list[dict[str, Any]] = []
     for line in log_path.read_text(errors="replace").splitlines():
         if '"destination.flush"' not in line:
             continue
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, TypeError):
             event = json.loads(line)
-            out.append({k: float(v) for k, v in event.items() if k.endswith("_at")})
+            stamps: dict[str, Any] = {k: float(v) for k, v in event.items() if k.endswith("_at")}
+            stamps["collections"] = [int(n) for n in event.get("collections") or ()]
+            out.append(stamps)
     return out
 
 
@@ -251,13 +254,15 @@ def breakdown(
     writes_at: list[float],
     first: list[float],
     last: list[float],
-    flushes: list[dict[str, float]],
+    flushes: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Where each change's time went, from the destination's stamps (medians, and the parts
     of the slowest change): the apiserver (write until the destination had the watch event),
     waiting for the refresh, the refresh (diff, encode, one pass over every stream), handing
-    the writes to the sockets, then until the first and the last stream had it."""
+    the writes to the sockets, then until the first and the last stream had it. Also how
+    many changes saw the destination collect garbage, by generation."""
     parts: list[dict[str, float]] = []
+    collected: list[list[int]] = []
     for t0, to_first, to_last in zip(writes_at, first, last, strict=True):
         flush = next((f for f in flushes if f["marked_at"] >= t0), None)
         if flush is None:
@@ -273,17 +278,25 @@ def breakdown(
                 "total": to_last,
             }
         )
+        collected.append(list(flush.get("collections") or ()))
     if not parts:
         return {}
 
     def ms(value: float) -> float:
         return round(value * 1000, 2)
 
-    worst = max(parts, key=lambda p: p["total"])
+    slowest = max(range(len(parts)), key=lambda i: parts[i]["total"])
+    generations = max((len(c) for c in collected), default=0)
     return {
         "changes": len(parts),
         "median": {k: ms(statistics.median(p[k] for p in parts)) for k in parts[0]},
-        "slowest": {k: ms(v) for k, v in worst.items()},
+        "slowest": {
+            **{k: ms(v) for k, v in parts[slowest].items()},
+            "collections": collected[slowest],
+        },
+        "changes_with_collections": [
+            sum(1 for c in collected if len(c) > g and c[g]) for g in range(generations)
+        ],
     }
 
 

@@ -11,6 +11,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -175,11 +176,17 @@ def test_a_change_is_reported_once_every_stream_has_it() -> None:
 
 
 def test_breakdown_splits_each_change_by_the_destinations_stamps() -> None:
-    flushes = [
+    flushes: list[dict[str, Any]] = [
         # a flush before the first write (a resync) is not matched to a change
         {"marked_at": 0.5, "started_at": 0.5, "finished_at": 0.5, "written_at": 0.5},
         {"marked_at": 1.010, "started_at": 1.011, "finished_at": 1.014, "written_at": 1.015},
-        {"marked_at": 2.030, "started_at": 2.030, "finished_at": 2.034, "written_at": 2.035},
+        {
+            "marked_at": 2.030,
+            "started_at": 2.030,
+            "finished_at": 2.034,
+            "written_at": 2.035,
+            "collections": [1, 1, 0],
+        },
     ]
     result = destination_bench.breakdown([1.0, 2.0], [0.016, 0.036], [0.020, 0.040], flushes)
     assert result["changes"] == 2
@@ -191,8 +198,10 @@ def test_breakdown_splits_each_change_by_the_destinations_stamps() -> None:
         "to_first_stream": 1.0,
         "to_last_stream": 5.0,
         "total": 40.0,
+        "collections": [1, 1, 0],
     }
     assert result["median"]["apiserver"] == 20.0
+    assert result["changes_with_collections"] == [1, 1, 0]
 
 
 async def test_the_reader_follows_the_real_destination_server() -> None:

@@ -161,3 +161,5 @@ async def test_a_flush_logs_when_the_change_came_and_when_its_writes_went_out() 
     stamps = [event[k] for k in ("marked_at", "started_at", "finished_at", "written_at")]
     assert stamps == sorted(stamps)
     assert event["finished_at"] <= writes[0] <= event["written_at"]
+    assert len(event["collections"]) == 3  # collections in between, by generation
+    assert all(n >= 0 for n in event["collections"])

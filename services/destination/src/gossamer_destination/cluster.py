@@ -9,13 +9,14 @@ At debug level each refresh logs ``destination.flush`` with ``time.perf_counter(
 (the system-wide monotonic clock, comparable across processes on one host): when the first
 change of the burst arrived (``marked_at``), when the refresh started and finished (every
 stream's update queued), and when the connections' writes had been handed to the sockets
-(``written_at``, the next event-loop turn). The fan-out benchmark reads them to say where a
-change's latency went.
+(``written_at``, the next event-loop turn), and the garbage collections in between (by
+generation). The fan-out benchmark reads them to say where a change's latency went.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -179,6 +180,7 @@ class Cluster:
         self._dirty: dict[Dependent, None] = {}
         self._flush_scheduled = False
         self._marked_at = 0.0
+        self._marked_gcs: tuple[int, ...] = ()
         self.on_invalid: Callable[[str, str], None] = lambda kind, msg: None
         self._generations: dict[str, int] = {}
         self._global_generation = 0
@@ -330,6 +332,7 @@ class Cluster:
         if self._dirty and not self._flush_scheduled:
             self._flush_scheduled = True
             self._marked_at = time.perf_counter()
+            self._marked_gcs = _collections()
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
@@ -344,18 +347,28 @@ class Cluster:
                 log.exception("destination.refresh_failed", topic=repr(dependent))
         # Writes the refresh queued run in the next turn, before this (callbacks run in order).
         asyncio.get_running_loop().call_soon(
-            self._log_flush, len(dirty), self._marked_at, started, time.perf_counter()
+            self._log_flush,
+            len(dirty),
+            self._marked_at,
+            started,
+            time.perf_counter(),
+            self._marked_gcs,
         )
 
     @staticmethod
-    def _log_flush(refreshed: int, marked_at: float, started: float, finished: float) -> None:
+    def _log_flush(
+        refreshed: int, marked_at: float, started: float, finished: float, gcs: tuple[int, ...]
+    ) -> None:
+        written = time.perf_counter()
         log.debug(
             "destination.flush",
             refreshed=refreshed,
             marked_at=marked_at,
             started_at=started,
             finished_at=finished,
-            written_at=time.perf_counter(),
+            written_at=written,
+            # Garbage collections since the change came, by generation (a pause shows here).
+            collections=[now - then for now, then in zip(_collections(), gcs, strict=False)],
         )
 
     def _handler(self, kind: str) -> Callable[[list[StoreEvent]], None]:
@@ -376,6 +389,11 @@ class Cluster:
             self.mark(keys)
 
         return handle
+
+
+def _collections() -> tuple[int, ...]:
+    """How many garbage collections each generation has run."""
+    return tuple(stats["collections"] for stats in gc.get_stats())
 
 
 def _ns_name(obj: KubeObject) -> tuple[str, str]:
