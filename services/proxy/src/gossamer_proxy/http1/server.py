@@ -686,7 +686,8 @@ class Http1Server(asyncio.Protocol):
         url = b"".join(self._url)
         # One authority for routing, policy, metrics and the upstream (HeaderError -> 400).
         # The usual request (origin-form, one Host already found valid) needs no call.
-        if info.host_count != 1 or url[:1] != b"/" or not VERDICTS.get(info.host):  # type: ignore[arg-type]
+        host = info.host
+        if host is None or info.host_count != 1 or url[:1] != b"/" or not VERDICTS.get(host):
             apply_request_authority(info, url, http10=ex.version == "1.0")
         if info.h2c_stripped and info.upgrade is None and parser.should_upgrade():
             self._h2c_upgrade = ex  # llhttp stops after this head; :meth:`_parse` resumes
