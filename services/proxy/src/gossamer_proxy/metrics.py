@@ -219,11 +219,20 @@ class HttpTargetStats:
         self._last = children
         return children
 
+    # Both check the last key inline: a repeated status (nearly every response) then costs
+    # no call to :meth:`_children`.
+
     def observe_latency(self, status: int, latency_ms: float) -> None:
-        self._children(status, None, "")[1].observe(latency_ms)
+        key = (status, None, "")
+        children = self._last if key == self._last_key else self._children(status, None, "")
+        children[1].observe(latency_ms)
 
     def response(self, status: int, grpc_status: int | None = None, error: str = "") -> None:
-        self._children(status, grpc_status, error)[0].value += 1
+        key = (status, grpc_status, error)
+        if key == self._last_key:
+            self._last[0].value += 1
+        else:
+            self._children(status, grpc_status, error)[0].value += 1
 
 
 class TcpStats:

@@ -168,11 +168,14 @@ class Pool:
     def release(self, conn: Poolable, now: float) -> None:
         """Return a connection whose last exchange finished cleanly.
 
-        A request queued for this endpoint takes it at once; otherwise it waits idle.
+        A request queued for this endpoint takes it at once; otherwise it waits idle. One
+        that cannot be used again is closed.
         """
-        usable = conn.is_usable()
+        if not conn.is_usable():
+            conn.close()
+            return
         endpoint = conn.endpoint
-        if usable and self._waiters:  # no request waits anywhere, the usual case: skip
+        if self._waiters:  # no request waits anywhere, the usual case: skip
             waiter = self._next_waiter(endpoint)
             if waiter is not None:
                 waiter.set_result(conn)
@@ -180,7 +183,7 @@ class Pool:
         idle = self._idle.get(endpoint)
         if idle is None:
             idle = self._idle[endpoint] = []
-        if len(idle) >= self.max_idle_per_endpoint or not usable:
+        if len(idle) >= self.max_idle_per_endpoint:
             conn.close()
             return
         conn.idle_since = now

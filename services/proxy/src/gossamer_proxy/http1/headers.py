@@ -75,7 +75,6 @@ class MessageInfo:
     dst_override: bytes | None = None
     #: ``l5d-require-id``: the identity the outbound connection's server must prove.
     require_id: bytes | None = None
-    content_type: bytes | None = None
     proxy_connection_close: bool = False
     grpc_status: bytes | None = None
     #: Headers to forward (hop-by-hop and consumed ``l5d-*`` removed).
@@ -86,85 +85,107 @@ def _tokens(value: bytes) -> list[bytes]:
     return [token.strip().lower() for token in value.split(b",") if token.strip()]
 
 
+#: Fields :func:`analyze` reads (its ``elif`` chain tests the most frequent first).
 _SPECIAL = frozenset(
     {
         b"content-length",
-        b"transfer-encoding",
-        b"connection",
-        b"upgrade",
         b"host",
-        b"expect",
+        b"connection",
+        b"transfer-encoding",
+        b"upgrade",
         b"l5d-dst-override",
         b"l5d-require-id",
-        b"content-type",
+        b"expect",
         b"l5d-proxy-connection",
         b"grpc-status",
     }
 )
-_DROP_CACHE: dict[frozenset[bytes], frozenset[bytes]] = {}
 
 
-def analyze(headers: Headers, *, strip: frozenset[bytes] = frozenset()) -> MessageInfo:
+class _FieldRules:
+    """For one ``strip`` set: the names to drop, and every name :func:`analyze` looks at.
+
+    ``watched`` lets an ordinary field (most of them) pass with one set lookup.
+    """
+
+    __slots__ = ("drop", "watched")
+
+    def __init__(self, strip: frozenset[bytes]) -> None:
+        self.drop = HOP_BY_HOP | strip
+        self.watched = self.drop | _SPECIAL
+
+
+_NO_STRIP: frozenset[bytes] = frozenset()
+_RULES: dict[frozenset[bytes], _FieldRules] = {_NO_STRIP: _FieldRules(_NO_STRIP)}
+
+
+def analyze(headers: Headers, *, strip: frozenset[bytes] = _NO_STRIP) -> MessageInfo:
     """Read the framing and steering fields of a header block and pick those to forward.
 
     Raises :class:`HeaderError` for framing that a proxy cannot forward safely: several
     differing ``content-length`` values, an invalid length, or a ``transfer-encoding`` whose
     final coding is not ``chunked`` (request smuggling defences, RFC 9112 §6.3).
     """
-    drop = _DROP_CACHE.get(strip)
-    if drop is None:
-        drop = _DROP_CACHE[strip] = HOP_BY_HOP | strip
+    rules = _RULES.get(strip)
+    if rules is None:
+        rules = _RULES[strip] = _FieldRules(strip)
+    watched = rules.watched
     info = MessageInfo()
     forward = info.forward
     connection_named: set[bytes] | None = None
     for name, value in headers:
         lname = name.lower()
-        if lname in _SPECIAL:
-            if lname == b"content-length":
-                text = value.strip()
-                if not text.isdigit():
-                    raise HeaderError(f"invalid content-length {value!r}")
-                length = int(text)
-                if info.content_length is not None and info.content_length != length:
-                    raise HeaderError("conflicting content-length values")
-                info.content_length = length
-            elif lname == b"transfer-encoding":
-                # Several fields form one list, in order (RFC 9110 §5.3); checked below.
-                info.codings += tuple(_tokens(value))
-            elif lname == b"connection":
-                for token in _tokens(value):
-                    if token == b"close":
-                        info.close = True
-                    elif token == b"keep-alive":
-                        info.keep_alive_token = True
-                    elif token != b"upgrade":
-                        if connection_named is None:
-                            connection_named = set()
-                        connection_named.add(token)
-            elif lname == b"upgrade":
-                offered = [p.strip() for p in value.split(b",") if p.strip()]
-                kept = [p for p in offered if p.lower() != b"h2c"]
-                if len(kept) != len(offered):
-                    # h2c is never tunnelled: the request goes on as HTTP/1.1 (as Linkerd).
-                    info.h2c_stripped = True
-                info.upgrade = b", ".join(kept) if kept else None
-            elif lname == b"host":
-                info.host_count += 1
-                if info.host is None:
-                    info.host = value.strip()
-            elif lname == b"expect":
-                info.expect_continue = value.strip().lower() == b"100-continue"
-            elif lname == b"l5d-dst-override":
-                info.dst_override = value.strip()
-            elif lname == b"l5d-require-id":
-                info.require_id = value.strip() or None  # empty: nothing required
-            elif lname == b"content-type":
-                info.content_type = value
-            elif lname == b"l5d-proxy-connection":
-                info.proxy_connection_close = b"close" in _tokens(value)
-            else:  # grpc-status
-                info.grpc_status = value.strip()
-        if lname not in drop:
+        if lname not in watched:
+            forward.append((name, value))  # the usual field: neither read nor dropped
+            continue
+        if lname == b"content-length":
+            text = value.strip()
+            if not text.isdigit():
+                raise HeaderError(f"invalid content-length {value!r}")
+            length = int(text)
+            if info.content_length is not None and info.content_length != length:
+                raise HeaderError("conflicting content-length values")
+            info.content_length = length
+        elif lname == b"host":
+            info.host_count += 1
+            if info.host is None:
+                info.host = value.strip()
+        elif lname == b"connection":
+            if value == b"keep-alive":  # the usual value: no token list to build
+                info.keep_alive_token = True
+                continue  # (hop-by-hop: never forwarded)
+            for token in _tokens(value):
+                if token == b"close":
+                    info.close = True
+                elif token == b"keep-alive":
+                    info.keep_alive_token = True
+                elif token != b"upgrade":
+                    if connection_named is None:
+                        connection_named = set()
+                    connection_named.add(token)
+        elif lname == b"transfer-encoding":
+            # Several fields form one list, in order (RFC 9110 §5.3); checked below.
+            info.codings += tuple(_tokens(value))
+        elif lname == b"upgrade":
+            offered = [p.strip() for p in value.split(b",") if p.strip()]
+            kept = [p for p in offered if p.lower() != b"h2c"]
+            if len(kept) != len(offered):
+                # h2c is never tunnelled: the request goes on as HTTP/1.1 (as Linkerd).
+                info.h2c_stripped = True
+            info.upgrade = b", ".join(kept) if kept else None
+        elif lname == b"l5d-dst-override":
+            info.dst_override = value.strip()
+        elif lname == b"l5d-require-id":
+            info.require_id = value.strip() or None  # empty: nothing required
+        elif lname == b"expect":
+            info.expect_continue = value.strip().lower() == b"100-continue"
+        elif lname == b"l5d-proxy-connection":
+            info.proxy_connection_close = b"close" in _tokens(value)
+        elif lname == b"grpc-status":
+            info.grpc_status = value.strip()
+        else:
+            continue  # another hop-by-hop or stripped field: dropped, nothing to read
+        if lname not in rules.drop:
             forward.append((name, value))
     if info.codings:
         # chunked must be the final coding, applied once (RFC 9112 §6.1, §6.3).
@@ -174,7 +195,6 @@ def analyze(headers: Headers, *, strip: frozenset[bytes] = frozenset()) -> Messa
         if b"chunked" in info.codings:
             raise HeaderError("chunked transfer coding applied more than once")
         info.chunked = True
-    if info.chunked:
         # RFC 9112 §6.3: transfer-encoding overrides content-length; never forward both.
         info.content_length = None
     if connection_named:
@@ -222,7 +242,7 @@ def encode_response_head(
     ``framing`` is the exact framing header line(s) chosen by the caller (``content-length``,
     ``transfer-encoding: chunked`` or nothing for close-delimited and bodiless responses).
     """
-    parts = [b"HTTP/1.1 ", str(status).encode(), b" ", reason or _REASONLESS, b"\r\n"]
+    parts = [b"HTTP/1.1 %d " % status, reason or _REASONLESS, b"\r\n"]
     for name, value in info.forward:
         parts += (name, b": ", value, b"\r\n")
     parts.append(framing)

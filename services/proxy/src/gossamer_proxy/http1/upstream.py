@@ -39,6 +39,7 @@ class Http1Upstream(asyncio.Protocol):
     __slots__ = (
         "_close_delimited",
         "_closed",
+        "_fields",
         "_headers",
         "_in_head",
         "_interim",
@@ -72,6 +73,8 @@ class Http1Upstream(asyncio.Protocol):
         self._closed = False
         self._headers: Headers = []
         self._trailers: Headers = []
+        #: Where :meth:`on_header` puts a field: ``_headers``, then ``_trailers``.
+        self._fields = self._headers
         self._in_head = False
         self._interim = False
         self._no_body = False
@@ -193,7 +196,7 @@ class Http1Upstream(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        self._headers = []
+        self._headers = self._fields = []
         self._trailers = []
         self._in_head = True
         self._close_delimited = False
@@ -202,13 +205,11 @@ class Http1Upstream(asyncio.Protocol):
         self._reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_head:
-            self._headers.append((name, value))
-        else:
-            self._trailers.append((name, value))
+        self._fields.append((name, value))  # a list chosen once per section, not per field
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._fields = self._trailers
         status = self.parser.get_status_code()
         try:
             info = analyze(self._headers)

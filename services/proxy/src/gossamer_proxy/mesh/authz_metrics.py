@@ -12,6 +12,8 @@ limits refused (``ratelimit_scope``: ``total``, ``identity`` or ``override``).
 
 from __future__ import annotations
 
+import functools
+
 from gossamer_common.metrics import Counter, Family, Registry
 
 from gossamer_proxy.mesh.authz import Decision, MetaLabels, Verdict
@@ -27,6 +29,7 @@ _TARGET = ("target_addr", "tls", "no_tls_reason", "client_id")
 _RATELIMIT = ("ratelimit_group", "ratelimit_kind", "ratelimit_name", "ratelimit_scope")
 
 
+@functools.lru_cache(maxsize=1024)  # pure, asked per request; client identities recur
 def _tls_values(tls: bool, client_id: str | None) -> tuple[str, str, str]:
     labels = inbound_tls_labels(tls=tls, client_id=client_id)
     return labels["tls"], labels.get("no_tls_reason", ""), labels.get("client_id", "")

@@ -8,6 +8,7 @@ produced (header names as lower-case bytes, in wire order).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
@@ -15,6 +16,10 @@ from urllib.parse import parse_qsl, urlsplit
 __all__ = ["RequestView", "split_host_port"]
 
 
+# Routing and authorization ask this of every request, and clients send the same few
+# authorities again and again: a bounded memo (the authorities come from the network) turns
+# about 70 bytecodes per request into one C-level lookup.
+@functools.lru_cache(maxsize=1024)
 def split_host_port(authority: str) -> tuple[str, int | None]:
     """``"web.ns.svc:8080"`` → ``("web.ns.svc", 8080)``; IPv6 literals keep their brackets off."""
     authority = authority.strip()
