@@ -10,15 +10,23 @@ The data path reaches the codec through :data:`h2` here (``from ..h2codec import
 ships none. jh2 is imported on first use, so a sidecar that never sees HTTP/2 does not map
 it (2.6 MB). grpclib, the control-plane client, keeps ``h2``: it does not work over jh2
 (the proxy-to-control-plane test times out with it), so the two are not merged.
+
+Connections come from :func:`new_connection`, which bounds what a connection remembers of
+its closed streams (:class:`ResetStreamRecords`).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+from collections import OrderedDict
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["h2"]
+__all__ = ["MAX_RESET_RECORDS", "ResetStreamRecords", "h2", "new_connection"]
+
+#: Streams closed by RST_STREAM that a connection remembers, newest first.
+MAX_RESET_RECORDS = 1024
 
 
 class _LazyCodec:
@@ -40,5 +48,41 @@ if TYPE_CHECKING:
     import h2.events
     import h2.exceptions
     import h2.settings
+    import h2.stream
 else:
     h2 = _LazyCodec()
+
+
+class ResetStreamRecords(OrderedDict[int, Any]):
+    """How a connection's closed streams ended, kept for those closed by RST_STREAM only.
+
+    h2 remembers every closed stream (up to 65,536 per connection, ~120 bytes each: 7.9 MB
+    for one long-lived connection, and in proportion to the requests served until then).
+    The record matters only for a stream that was reset: frames the peer sent before it saw
+    the RST_STREAM are answered with RST_STREAM instead of a connection error. For a stream
+    that ended normally a late frame is a connection error either way, and DATA and
+    WINDOW_UPDATE on any forgotten stream are handled without one. So only resets are kept,
+    the newest :data:`MAX_RESET_RECORDS` of them.
+    """
+
+    __slots__ = ()
+
+    def __setitem__(self, stream_id: int, closed_by: Any) -> None:
+        if closed_by not in _reset_closures():
+            return
+        super().__setitem__(stream_id, closed_by)
+        if len(self) > MAX_RESET_RECORDS:
+            self.popitem(last=False)
+
+
+@functools.cache
+def _reset_closures() -> frozenset[Any]:
+    closed_by = h2.stream.StreamClosedBy
+    return frozenset({closed_by.SEND_RST_STREAM, closed_by.RECV_RST_STREAM})
+
+
+def new_connection(config: h2.config.H2Configuration) -> h2.connection.H2Connection:
+    """An HTTP/2 connection that remembers only its last :data:`MAX_RESET_RECORDS` resets."""
+    conn = h2.connection.H2Connection(config)
+    conn._closed_streams = ResetStreamRecords()
+    return conn

@@ -42,7 +42,7 @@ from gossamer_common.h2flood import FloodGuard
 from ..config import Endpoint
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
-from ..h2codec import h2
+from ..h2codec import h2, new_connection
 from ..halfclose import can_stay_half_open
 from ..http1.headers import HeaderError, filter_trailers
 from ..inbound_authz import InboundPeer
@@ -190,7 +190,7 @@ class H2Server(asyncio.Protocol):
         self.labels = labels
         self.tcp = tcp
         self.loop = asyncio.get_running_loop()
-        self.conn = h2.connection.H2Connection(_config(client_side=False))
+        self.conn = new_connection(_config(client_side=False))
         self.transport: asyncio.Transport | None = None
         self.pairs: dict[int, _Pair] = {}
         #: Request observers: this connection's facts, built on first need.
@@ -863,7 +863,7 @@ class _H2Upstream(asyncio.Protocol):
         self.tcp = tcp
         #: The endpoint's metric labels, for the streams sent over this connection.
         self.labels = labels
-        self.conn = h2.connection.H2Connection(_config(client_side=True))
+        self.conn = new_connection(_config(client_side=True))
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Pair] = {}
         self._closed = False

@@ -1,0 +1,136 @@
+"""What the HTTP/2 path keeps per stream once the stream is over: nothing but recent resets.
+
+The codec tests drive two connections against each other in memory; the proxy test sends
+streams through a real proxy on loopback and looks at what its connections remember.
+"""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from collections.abc import Awaitable, Callable
+
+import jh2.hpack
+import jh2.hyperframe.frame
+import pytest
+from gossamer_proxy.app import Proxy
+from gossamer_proxy.h2codec import MAX_RESET_RECORDS, h2, new_connection
+from gossamer_proxy.http2.bridge import H2Server, _config
+from raw_h2 import REQUEST, CountingH2Backend, RawH2Client, outbound_context, until
+
+StartProxy = Callable[..., Awaitable[Proxy]]
+TcpServer = Callable[..., Awaitable[tuple[str, int]]]
+
+pytestmark = pytest.mark.timeout(60)
+
+GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"app")]
+
+
+def _connected_pair() -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+    client = new_connection(_config(client_side=True))
+    server = new_connection(_config(client_side=False))
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    return client, server
+
+
+def _exchange(
+    client: h2.connection.H2Connection, server: h2.connection.H2Connection, streams: int
+) -> None:
+    """``streams`` requests answered in full, one after another (each new stream cleans up)."""
+    for _ in range(streams):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, GET, end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.send_headers(sid, [(b":status", b"200")])
+        server.send_data(sid, b"ok", end_stream=True)
+        client.receive_data(server.data_to_send())
+        server.receive_data(client.data_to_send())
+
+
+def _traced() -> int:
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def test_completed_streams_leave_nothing_behind() -> None:
+    client, server = _connected_pair()
+    _exchange(client, server, 10)  # every lazily built part of the codec exists now
+    tracemalloc.start()
+    try:
+        before = _traced()
+        _exchange(client, server, 3000)
+        grown = _traced() - before
+    finally:
+        tracemalloc.stop()
+    # h2 itself keeps ~120 bytes per closed stream and side (720 kB here), for 65,536 streams.
+    assert grown < 64 * 1024, grown
+
+
+def _late_trailers(stream_id: int) -> bytes:
+    frame = jh2.hyperframe.frame.HeadersFrame(stream_id)
+    # Never indexed, so the server's HPACK table stays in step with the client's encoder.
+    frame.data = jh2.hpack.Encoder().encode([(b"grpc-status", b"0", True)])
+    frame.flags.add("END_HEADERS")
+    frame.flags.add("END_STREAM")
+    return bytes(frame.serialize())
+
+
+def test_a_reset_stream_is_remembered_so_late_frames_get_a_stream_error() -> None:
+    client, server = _connected_pair()
+    client.send_headers(1, GET, end_stream=True)
+    server.receive_data(client.data_to_send())
+    server.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
+    server.data_to_send()
+    _exchange(client, server, 5)  # later streams: stream 1 is cleaned up meanwhile
+    # Trailers the client sent before it saw the RST_STREAM: answered on that stream only.
+    server.receive_data(_late_trailers(1))
+    answer = server.data_to_send()
+    assert answer[3] == 0x3  # RST_STREAM
+    assert int.from_bytes(answer[5:9], "big") == 1
+    _exchange(client, server, 1)  # the connection still serves
+
+
+def test_reset_records_are_bounded() -> None:
+    client, server = _connected_pair()
+    for _ in range(MAX_RESET_RECORDS + 50):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, GET, end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        client.receive_data(server.data_to_send())
+    _exchange(client, server, 1)
+    assert len(server._closed_streams) == MAX_RESET_RECORDS
+    # The oldest went first; the newest are still answered with RST_STREAM.
+    newest = server.highest_inbound_stream_id - 2
+    server.receive_data(_late_trailers(newest))
+    assert server.data_to_send()[3] == 0x3
+
+
+async def test_the_proxy_forgets_streams_that_ended(
+    start_proxy: StartProxy, tcp_server: TcpServer
+) -> None:
+    backend = CountingH2Backend()
+    proxy = await start_proxy(await tcp_server(backend.handle))
+    client = await RawH2Client.connect(proxy.outbound_addr.port)
+    ctx = outbound_context(proxy)
+    try:
+        for _ in range(20):
+            sids = []
+            for _ in range(20):
+                sid = client.conn.get_next_available_stream_id()
+                client.conn.send_headers(sid, REQUEST, end_stream=True)
+                sids.append(sid)
+            await client.send(client.conn.data_to_send())
+            await until(lambda sids=sids: all(s in client.responses for s in sids), "answers")
+        server = next(c for c in ctx.connections if isinstance(c, H2Server))
+        upstream = server.upstream
+        assert upstream is not None
+        assert backend.streams == 400
+        assert len(server.conn._closed_streams) == 0
+        assert len(upstream.conn._closed_streams) == 0
+    finally:
+        client.close()
