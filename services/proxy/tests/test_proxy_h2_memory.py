@@ -1,13 +1,16 @@
-"""What the HTTP/2 path keeps per stream once the stream is over: nothing but recent resets.
+"""What the HTTP/2 path keeps once a stream or a connection is over.
 
-The codec tests drive two connections against each other in memory; the proxy test sends
-streams through a real proxy on loopback and looks at what its connections remember.
+Of a stream, nothing but a record of recent resets; of a connection, nothing: it is freed
+by reference counting when it closes, not left for a full garbage collection. The codec
+tests drive two connections against each other in memory; the proxy tests send streams
+through a real proxy on loopback and look at what its connections remember.
 """
 
 from __future__ import annotations
 
 import gc
 import tracemalloc
+import weakref
 from collections.abc import Awaitable, Callable
 
 import jh2.hpack
@@ -134,3 +137,28 @@ async def test_the_proxy_forgets_streams_that_ended(
         assert len(upstream.conn._closed_streams) == 0
     finally:
         client.close()
+
+
+async def test_closed_connections_are_freed_without_a_garbage_collection(
+    start_proxy: StartProxy, tcp_server: TcpServer
+) -> None:
+    backend = CountingH2Backend()
+    proxy = await start_proxy(await tcp_server(backend.handle))
+    ctx = outbound_context(proxy)
+    gc.collect()
+    gc.disable()  # the proxy's collector thresholds make full collections rare
+    try:
+        client = await RawH2Client.connect(proxy.outbound_addr.port)
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, REQUEST, end_stream=True)
+        await client.send(client.conn.data_to_send())
+        await until(lambda: sid in client.responses, "the answer")
+        server = next(c for c in ctx.connections if isinstance(c, H2Server))
+        assert server.upstream is not None
+        codecs = [weakref.ref(server.conn), weakref.ref(server.upstream.conn)]
+        del server
+        client.close()
+        await until(lambda: not ctx.connections, "the proxy to see the client go")
+        await until(lambda: all(ref() is None for ref in codecs), "both codecs to be freed")
+    finally:
+        gc.enable()

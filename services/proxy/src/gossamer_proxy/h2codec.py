@@ -12,7 +12,8 @@ it (2.6 MB). grpclib, the control-plane client, keeps ``h2``: it does not work o
 (the proxy-to-control-plane test times out with it), so the two are not merged.
 
 Connections come from :func:`new_connection`, which bounds what a connection remembers of
-its closed streams (:class:`ResetStreamRecords`).
+its closed streams (:class:`ResetStreamRecords`), and end with :func:`release`, which lets
+reference counting free them at once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections import OrderedDict
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["MAX_RESET_RECORDS", "ResetStreamRecords", "h2", "new_connection"]
+__all__ = ["MAX_RESET_RECORDS", "ResetStreamRecords", "h2", "new_connection", "release"]
 
 #: Streams closed by RST_STREAM that a connection remembers, newest first.
 MAX_RESET_RECORDS = 1024
@@ -86,3 +87,16 @@ def new_connection(config: h2.config.H2Configuration) -> h2.connection.H2Connect
     conn = h2.connection.H2Connection(config)
     conn._closed_streams = ResetStreamRecords()
     return conn
+
+
+def release(conn: h2.connection.H2Connection) -> None:
+    """``conn`` will receive nothing more (its transport is gone): break its reference cycle.
+
+    h2 keeps a table of its own bound methods to dispatch received frames by type, so every
+    connection is a cycle that only the garbage collector frees, together with its streams
+    and settings. The proxy's collector thresholds are high (gossamer_common.runtime), and a
+    connection that lived through a few collections waits for a full one: under load the
+    closed connections piled up by the hundred. Without the table, the connection goes as
+    soon as the proxy drops it; it can still send (a reset, a GOAWAY), never receive.
+    """
+    conn._frame_dispatch_table.clear()

@@ -42,7 +42,7 @@ from gossamer_common.h2flood import FloodGuard
 from ..config import Endpoint
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
-from ..h2codec import h2, new_connection
+from ..h2codec import h2, new_connection, release
 from ..halfclose import can_stay_half_open
 from ..http1.headers import HeaderError, filter_trailers
 from ..inbound_authz import InboundPeer
@@ -260,6 +260,7 @@ class H2Server(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        release(self.conn)
         self.ctx.connections.discard(self)
         if self._handle is not None:
             self._handle.close()
@@ -1080,6 +1081,7 @@ class _H2Upstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        release(self.conn)
         self.tcp.close(getattr(exc, "errno", 0) or 0 if exc else 0)
         streams, self.streams = self.streams, {}
         self.server.upstream_lost(self, list(streams.values()))
