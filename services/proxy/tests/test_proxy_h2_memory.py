@@ -1,4 +1,5 @@
-"""What the HTTP/2 path keeps once a stream or a connection is over.
+"""What the HTTP/2 path keeps: of DATA waiting for a window, about its size in bytes; once a
+stream or a connection is over, nothing.
 
 Of a stream, nothing but a record of recent resets; of a connection, nothing: it is freed
 by reference counting when it closes, not left for a full garbage collection. The codec
@@ -8,16 +9,23 @@ through a real proxy on loopback and look at what its connections remember.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import tracemalloc
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-import jh2.hpack
-import jh2.hyperframe.frame
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import hpack
+import hyperframe.frame
 import pytest
 from gossamer_proxy.app import Proxy
-from gossamer_proxy.h2codec import MAX_RESET_RECORDS, h2, new_connection
+from gossamer_proxy.h2codec import MAX_RESET_RECORDS, new_connection
 from gossamer_proxy.http2.bridge import H2Server, _config
 from raw_h2 import REQUEST, CountingH2Backend, RawH2Client, outbound_context, until
 
@@ -29,7 +37,10 @@ pytestmark = pytest.mark.timeout(60)
 GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"app")]
 
 
-def _connected_pair() -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+Codec = Any  # gossamer_proxy's jh2 connections (typed as h2's)
+
+
+def _connected_pair() -> tuple[Codec, Codec]:
     client = new_connection(_config(client_side=True))
     server = new_connection(_config(client_side=False))
     client.initiate_connection()
@@ -40,9 +51,7 @@ def _connected_pair() -> tuple[h2.connection.H2Connection, h2.connection.H2Conne
     return client, server
 
 
-def _exchange(
-    client: h2.connection.H2Connection, server: h2.connection.H2Connection, streams: int
-) -> None:
+def _exchange(client: Codec, server: Codec, streams: int) -> None:
     """``streams`` requests answered in full, one after another (each new stream cleans up)."""
     for _ in range(streams):
         sid = client.get_next_available_stream_id()
@@ -74,9 +83,9 @@ def test_completed_streams_leave_nothing_behind() -> None:
 
 
 def _late_trailers(stream_id: int) -> bytes:
-    frame = jh2.hyperframe.frame.HeadersFrame(stream_id)
+    frame = hyperframe.frame.HeadersFrame(stream_id)
     # Never indexed, so the server's HPACK table stays in step with the client's encoder.
-    frame.data = jh2.hpack.Encoder().encode([(b"grpc-status", b"0", True)])
+    frame.data = hpack.Encoder().encode([(b"grpc-status", b"0", True)])
     frame.flags.add("END_HEADERS")
     frame.flags.add("END_STREAM")
     return bytes(frame.serialize())
@@ -86,7 +95,7 @@ def test_a_reset_stream_is_remembered_so_late_frames_get_a_stream_error() -> Non
     client, server = _connected_pair()
     client.send_headers(1, GET, end_stream=True)
     server.receive_data(client.data_to_send())
-    server.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
+    server.reset_stream(1, 8)
     server.data_to_send()
     _exchange(client, server, 5)  # later streams: stream 1 is cleaned up meanwhile
     # Trailers the client sent before it saw the RST_STREAM: answered on that stream only.
@@ -103,7 +112,7 @@ def test_reset_records_are_bounded() -> None:
         sid = client.get_next_available_stream_id()
         client.send_headers(sid, GET, end_stream=True)
         server.receive_data(client.data_to_send())
-        server.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        server.reset_stream(sid, 8)
         client.receive_data(server.data_to_send())
     _exchange(client, server, 1)
     assert len(server._closed_streams) == MAX_RESET_RECORDS
@@ -128,7 +137,11 @@ async def test_the_proxy_forgets_streams_that_ended(
                 client.conn.send_headers(sid, REQUEST, end_stream=True)
                 sids.append(sid)
             await client.send(client.conn.data_to_send())
-            await until(lambda sids=sids: all(s in client.responses for s in sids), "answers")
+
+            def answered(sids: list[int] = sids) -> bool:
+                return all(s in client.responses for s in sids)
+
+            await until(answered, "the answers")
         server = next(c for c in ctx.connections if isinstance(c, H2Server))
         upstream = server.upstream
         assert upstream is not None
@@ -162,3 +175,76 @@ async def test_closed_connections_are_freed_without_a_garbage_collection(
         await until(lambda: all(ref() is None for ref in codecs), "both codecs to be freed")
     finally:
         gc.enable()
+
+
+class _BodyBackend:
+    """An h2 server that answers each request once its body ended, keeping the bodies."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[int, bytes] = {}
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        received: dict[int, bytearray] = {}
+        with contextlib.suppress(ConnectionError, h2.exceptions.ProtocolError):
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived):
+                        received.setdefault(event.stream_id, bytearray()).extend(event.data)
+                        conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    elif isinstance(event, h2.events.StreamEnded):
+                        self.bodies[event.stream_id] = bytes(received.pop(event.stream_id, b""))
+                        conn.send_headers(event.stream_id, [(":status", "200")], end_stream=True)
+                writer.write(conn.data_to_send())
+                await writer.drain()
+        writer.close()
+
+
+async def test_tiny_data_frames_queue_about_their_bytes_not_a_tuple_each(
+    start_proxy: StartProxy, tcp_server: TcpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DATA that waits (here for the upstream connect) is kept in few chunks, and arrives."""
+    backend = _BodyBackend()
+    proxy = await start_proxy(await tcp_server(backend.handle))
+    connector = outbound_context(proxy).connector
+    original = connector.open
+    release = asyncio.Event()
+
+    async def gated_open(*args: Any, **kwargs: Any) -> Any:
+        await release.wait()  # the stream waits for its connection while the frames arrive
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(connector, "open", gated_open)
+    client = await RawH2Client.connect(proxy.outbound_addr.port)
+    try:
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, [(":method", "POST"), *REQUEST[1:]])
+        await client.send(client.conn.data_to_send())
+        server = await _server_of(proxy)
+        await until(lambda: sid in server.pairs, "the stream")
+        pair = server.pairs[sid]
+        body = bytes(range(256)) * 100  # 25,600 one-byte DATA frames
+        for start in range(0, len(body), 1000):
+            for i in range(start, min(start + 1000, len(body))):
+                client.conn.send_data(sid, body[i : i + 1])
+            await client.send(client.conn.data_to_send())
+        await until(lambda: sum(len(d) for d, _ in pair.to_up.pending) == len(body), "the body")
+        assert len(pair.to_up.pending) <= 2  # a tuple per frame: 25,600
+        release.set()
+        client.conn.end_stream(sid)
+        await client.send(client.conn.data_to_send())
+        await until(lambda: sid in client.responses, "the response")
+    finally:
+        client.close()
+    assert client.responses[sid] == 200
+    assert list(backend.bodies.values()) == [body]
+
+
+async def _server_of(proxy: Proxy) -> H2Server:
+    ctx = outbound_context(proxy)
+    await until(lambda: any(isinstance(c, H2Server) for c in ctx.connections), "the h2 server")
+    return next(c for c in ctx.connections if isinstance(c, H2Server))

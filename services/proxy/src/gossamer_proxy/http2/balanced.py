@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from typing import cast
 
 import structlog
@@ -384,7 +383,7 @@ class BalancedH2Server(H2Server):
     def _keep_for_replay(pair: _RoutedPair, retry: StreamRetry) -> None:
         """Start the replay copy with what arrived before routing; the bridge feeds the rest."""
         for data, _ in pair.to_up.pending:
-            retry.body.feed(data)
+            retry.body.feed(bytes(data))  # the last chunk may still grow (_Flow.add)
         if pair.to_up.trailers is not None:
             retry.trailers = pair.to_up.trailers
         if pair.request_ended:
@@ -716,7 +715,9 @@ class BalancedH2Server(H2Server):
         if unacked:
             with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                 self.conn.acknowledge_received_data(unacked, pair.down_id)
-        flow.pending = deque((chunk, 0) for chunk in retry.body.chunks())
+        flow.pending = []
+        for chunk in retry.body.chunks():
+            flow.add(chunk, 0)
         flow.trailers = list(retry.trailers) if retry.trailers is not None else None
         flow.ended = flow.trailers is None
         pair.to_down = _Flow()

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -82,16 +81,45 @@ _STRIP_OUTBOUND = _STRIP_REQUEST | DIRECTIVES
 _WINDOW = 1 << 20  # per-stream receive window we advertise
 
 
+#: Queued DATA shorter than this joins the chunk before it (see :meth:`_Flow.add`).
+_COALESCE_BELOW = 16384
+
+
 class _Flow:
-    """Bytes waiting for the receiving side's window, plus what ends the stream after them."""
+    """Bytes waiting for the receiving side's window, plus what ends the stream after them.
+
+    ``pending`` holds ``(data, flow-controlled length)`` chunks, oldest first. A list, not a
+    deque: it is empty nearly always (DATA moves on as it arrives) and an empty deque costs
+    ~700 bytes, two per stream in flight. Chunks join while they are small, so a window's
+    worth of 1-byte DATA frames is ~64 chunks, not a million tuples (~100 bytes each): the
+    queue's memory stays near the bytes it holds, and taking from its front stays cheap.
+    """
 
     __slots__ = ("ended", "ended_on_headers", "pending", "trailers")
 
     def __init__(self) -> None:
-        self.pending: deque[tuple[bytes, int]] = deque()
+        self.pending: list[tuple[bytes | bytearray, int]] = []
         self.ended = False
         self.ended_on_headers = False
         self.trailers: Headers | None = None
+
+    def add(self, data: bytes, flow_len: int) -> None:
+        """Queue ``data`` (``flow_len`` to acknowledge once it is sent), joining small chunks.
+
+        A joined chunk is a bytearray that grows in place (no copy of what it holds); it
+        only ever sits last in the queue, so nothing that took a chunk sees it change.
+        """
+        pending = self.pending
+        if pending:
+            last, last_len = pending[-1]
+            if len(last) + len(data) < _COALESCE_BELOW:
+                if isinstance(last, bytearray):
+                    last += data
+                    pending[-1] = (last, last_len + flow_len)
+                else:
+                    pending[-1] = (bytearray(last) + data, last_len + flow_len)
+                return
+        pending.append((data, flow_len))
 
 
 class _Pair:
@@ -438,7 +466,7 @@ class H2Server(asyncio.Protocol):
                         event.flow_controlled_length, event.stream_id
                     )
                 return
-            pair.to_up.pending.append((event.data, event.flow_controlled_length))
+            pair.to_up.add(event.data, event.flow_controlled_length)
             if pair.retry is not None:
                 pair.retry.body.feed(event.data)
             if pair.upstream is not None:
@@ -832,12 +860,14 @@ def _pump(
         window = min(dst.local_flow_control_window(dst_id), dst.max_outbound_frame_size)
         if window <= 0:
             return False
+        if not isinstance(data, bytes):
+            data = bytes(data)  # a joined chunk (_Flow.add)
         if len(data) > window:
             dst.send_data(dst_id, data[:window])
             pending[0] = (data[window:], flow_len)
             continue
         dst.send_data(dst_id, data)
-        pending.popleft()
+        del pending[0]
         if src is not None and flow_len:
             with contextlib.suppress(h2.exceptions.StreamClosedError):
                 src.acknowledge_received_data(flow_len, src_id)
@@ -1023,7 +1053,7 @@ class _H2Upstream(asyncio.Protocol):
                         event.flow_controlled_length, event.stream_id
                     )
                 return
-            pair.to_down.pending.append((event.data, event.flow_controlled_length))
+            pair.to_down.add(event.data, event.flow_controlled_length)
             if pair.observed is not None:
                 pair.observed.response_bytes += len(event.data)
             server.pump(pair)

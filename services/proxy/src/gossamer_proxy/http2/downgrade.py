@@ -120,7 +120,9 @@ class H1Downgrade:
         parts: list[bytes] = []
         acknowledged = 0
         while flow.pending:
-            data, flow_len = flow.pending.popleft()
+            data, flow_len = flow.pending.pop(0)
+            if not isinstance(data, bytes):
+                data = bytes(data)  # a joined chunk (bridge._Flow.add)
             if data:
                 if chunked:
                     parts += chunk(data)
@@ -160,7 +162,7 @@ class H1Downgrade:
         flow = self.pair.to_down
         if self.pair.observed is not None:
             self.pair.observed.response_bytes += len(data)
-        flow.pending.append((data, 0))
+        flow.add(data, 0)
         self.server.pump(self.pair)
         if sum(len(d) for d, _ in flow.pending) > _RESPONSE_BUFFER:
             up = self.upstream
