@@ -124,6 +124,29 @@ def test_the_data_path_uses_the_compiled_http2_codec_and_loads_it_on_first_use()
     assert result.stdout.split() == ["False", "jh2.connection"], result.stdout
 
 
+def test_the_compiled_codec_leaves_jh2s_pure_python_hpack_out() -> None:
+    """jh2's pure-Python HPACK (0.7 MB with its Huffman tables) is never used beside the
+    compiled one, so it is not loaded; header blocks still encode and decode."""
+    code = (
+        "import sys\n"
+        "from gossamer_proxy.h2codec import h2, new_connection\n"
+        "from gossamer_proxy.http2.bridge import _config\n"
+        "client, server = new_connection(_config(True)), new_connection(_config(False))\n"
+        "client.initiate_connection(); server.initiate_connection()\n"
+        "server.receive_data(client.data_to_send()); client.receive_data(server.data_to_send())\n"
+        "client.send_headers(1, [(b':method', b'GET'), (b':scheme', b'http'), (b':path', b'/x'),"
+        " (b':authority', b'web.emojivoto.svc'), (b'user-agent', b'grpc-go/1.64.0')])\n"
+        "events = server.receive_data(client.data_to_send())\n"
+        "request = next(e for e in events if isinstance(e, h2.events.RequestReceived))\n"
+        "print(dict(request.headers)[b':authority'].decode())\n"
+        "print(sorted(m for m in sys.modules if 'huffman' in m or m == 'jh2.hpack.table'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split("\n")[:2] == ["web.emojivoto.svc", "[]"], result.stdout
+
+
 # What a started sidecar must not hold: besides the heavy packages above, importlib.metadata
 # (and the email/zipfile/csv it loads, ~3 MB) for the one version string build_info reads;
 # and without a control plane (static identity, fixed targets) the gRPC client and protobuf

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import sys
 from collections import OrderedDict
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -36,9 +37,29 @@ class _LazyCodec:
     def __getattr__(self, name: str) -> ModuleType:
         if name.startswith("__"):
             raise AttributeError(name)
+        if "jh2.hpack" not in sys.modules:
+            _leave_out_pure_python_hpack()
         module = importlib.import_module(f"jh2.{name}")
         setattr(self, name, module)  # later reads are plain attribute reads
         return module
+
+
+def _leave_out_pure_python_hpack() -> None:
+    """Stand the compiled HPACK codec in for ``jh2.hpack.hpack``, which is never used.
+
+    jh2 encodes and decodes header blocks with its compiled codec (``jh2._hazmat``) but
+    still imports its pure-Python one (with the Huffman tables: 0.7 MB resident) through
+    ``jh2.hpack``, for ``HeaderTuple``. With the compiled codec present, ``jh2.hpack.hpack``
+    is that codec instead; without it, nothing changes and jh2 falls back as it always does.
+    """
+    try:
+        compiled = importlib.import_module("jh2._hazmat")
+    except ImportError:  # pragma: no cover - the wheel ships it; a source build may not
+        return
+    standin = ModuleType("jh2.hpack.hpack", "jh2's compiled HPACK codec (see gossamer h2codec)")
+    standin.Encoder = compiled.Encoder  # type: ignore[attr-defined]
+    standin.Decoder = compiled.Decoder  # type: ignore[attr-defined]
+    sys.modules.setdefault("jh2.hpack.hpack", standin)
 
 
 if TYPE_CHECKING:
