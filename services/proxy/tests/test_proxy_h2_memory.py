@@ -26,7 +26,7 @@ import hyperframe.frame
 import pytest
 from gossamer_proxy.app import Proxy
 from gossamer_proxy.h2codec import MAX_RESET_RECORDS, new_connection
-from gossamer_proxy.http2.bridge import H2Server, _config
+from gossamer_proxy.http2.bridge import H2Server, _config, _set_windows
 from raw_h2 import REQUEST, CountingH2Backend, RawH2Client, outbound_context, until
 
 StartProxy = Callable[..., Awaitable[Proxy]]
@@ -80,6 +80,27 @@ def test_completed_streams_leave_nothing_behind() -> None:
         tracemalloc.stop()
     # h2 itself keeps ~120 bytes per closed stream and side (720 kB here), for 65,536 streams.
     assert grown < 64 * 1024, grown
+
+
+def test_a_connections_codec_state_is_small_and_settings_still_apply() -> None:
+    _connected_pair()  # every lazily built part of the codec exists now
+    tracemalloc.start()
+    try:
+        before = _traced()
+        pairs = [_connected_pair() for _ in range(50)]
+        for client, server in pairs:
+            _set_windows(server)  # a SETTINGS change that the client acknowledges
+            client.receive_data(server.data_to_send())
+            server.receive_data(client.data_to_send())
+        per_pair = (_traced() - before) / len(pairs)
+    finally:
+        tracemalloc.stop()
+    client, server = pairs[0]
+    assert client.remote_settings.initial_window_size == 1 << 20
+    assert server.local_settings.initial_window_size == 1 << 20
+    _exchange(client, server, 1)
+    # h2's settings alone were ~15 kB a pair (ten ~760-byte deques a connection).
+    assert per_pair < 14 * 1024, per_pair
 
 
 def _late_trailers(stream_id: int) -> bytes:

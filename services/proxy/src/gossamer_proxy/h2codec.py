@@ -103,10 +103,28 @@ def _reset_closures() -> frozenset[Any]:
     return frozenset({closed_by.SEND_RST_STREAM, closed_by.RECV_RST_STREAM})
 
 
+class _SettingHistory(list[Any]):
+    """One setting's values, current first then those awaiting acknowledgement.
+
+    h2 keeps each in a deque (~760 bytes even with one value; ten per connection); the
+    queue is one or two values long, so a list with the one deque method h2 calls will do.
+    """
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
 def new_connection(config: h2.config.H2Configuration) -> h2.connection.H2Connection:
-    """An HTTP/2 connection that remembers only its last :data:`MAX_RESET_RECORDS` resets."""
+    """An HTTP/2 connection that remembers only its last :data:`MAX_RESET_RECORDS` resets,
+    and keeps its settings in lists (:class:`_SettingHistory`)."""
     conn = h2.connection.H2Connection(config)
     conn._closed_streams = ResetStreamRecords()
+    for settings in (conn.local_settings, conn.remote_settings):
+        values: dict[Any, Any] = settings._settings  # h2 types them as deques
+        for code, history in values.items():
+            values[code] = _SettingHistory(history)
     return conn
 
 
