@@ -269,3 +269,56 @@ async def _server_of(proxy: Proxy) -> H2Server:
     ctx = outbound_context(proxy)
     await until(lambda: any(isinstance(c, H2Server) for c in ctx.connections), "the h2 server")
     return next(c for c in ctx.connections if isinstance(c, H2Server))
+
+
+async def test_a_client_gone_before_its_answers_leaves_no_connection_behind(
+    start_proxy: StartProxy, tcp_server: TcpServer
+) -> None:
+    """GOAWAY and FIN with streams in flight (what h2load does when its time is up): once
+    the answers find the client gone, the connection and its upstream close, not after the
+    idle timeout."""
+    release = asyncio.Event()
+    upstreams: list[asyncio.StreamWriter] = []
+
+    async def late_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstreams.append(writer)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        waiting: list[int] = []
+        with contextlib.suppress(ConnectionError, h2.exceptions.ProtocolError):
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        waiting.append(event.stream_id)
+                writer.write(conn.data_to_send())
+                if len(waiting) == 3:
+                    await release.wait()
+                    for sid in waiting:
+                        conn.send_headers(sid, [(":status", "200")])
+                        conn.send_data(sid, b"late", end_stream=True)
+                    waiting.clear()
+                    writer.write(conn.data_to_send())
+
+    proxy = await start_proxy(await tcp_server(late_backend))
+    ctx = outbound_context(proxy)
+    client = await RawH2Client.connect(proxy.outbound_addr.port)
+    try:
+        for _ in range(3):
+            sid = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(sid, REQUEST, end_stream=True)
+        await client.send(client.conn.data_to_send())
+        server = await _server_of(proxy)
+        await until(lambda: len(server.pairs) == 3 and bool(upstreams), "the streams upstream")
+        up = server.upstream
+        assert up is not None
+        client.conn.close_connection()
+        await client.send(client.conn.data_to_send())
+        client.writer.write_eof()
+        await until(lambda: server._goaway, "the proxy to see the client go")
+        release.set()
+        await until(lambda: client.closed, "the proxy to close the client connection")
+        await until(lambda: not ctx.connections, "the proxy to forget the connection")
+        await until(lambda: up._closed, "the upstream connection to close")
+    finally:
+        client.close()

@@ -499,6 +499,7 @@ class H2Server(asyncio.Protocol):
                 if self._guard.client_reset(self.loop.time()):
                     _log.info("h2_reset_flood", streams=event.stream_id)
                     self._calm = True
+                self._maybe_finish()
         elif isinstance(event, (h2.events.PingReceived, h2.events.RemoteSettingsChanged)):
             if self._guard.control_frame():
                 _log.info("h2_control_frame_flood", pending=self._guard.pending_control_frames)
@@ -729,6 +730,7 @@ class H2Server(asyncio.Protocol):
         except h2.exceptions.StreamClosedError:
             self.pairs.pop(pair.down_id, None)
             self._client_reset(pair, h2.errors.ErrorCodes.CANCEL)
+            self._maybe_finish()
             return
         if done:
             self._complete(pair)
@@ -759,8 +761,11 @@ class H2Server(asyncio.Protocol):
         try:
             self.conn.send_headers(pair.down_id, headers, end_stream=end_stream)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            # The stream or the whole connection is gone (after the client's GOAWAY, h2
+            # sends nothing more): forget the stream, and close once no stream is left.
             self.pairs.pop(pair.down_id, None)
             self._client_reset(pair, h2.errors.ErrorCodes.CANCEL)
+            self._maybe_finish()
 
     def _complete(self, pair: _Pair) -> None:
         if self.pairs.pop(pair.down_id, None) is None:
