@@ -25,6 +25,7 @@ import hpack
 import hyperframe.frame
 import pytest
 from gossamer_proxy.app import Proxy
+from gossamer_proxy.errors import ProxyError, ProxyErrorKind
 from gossamer_proxy.h2codec import MAX_RESET_RECORDS, new_connection
 from gossamer_proxy.http2.bridge import H2Server, _config, _set_windows
 from raw_h2 import REQUEST, CountingH2Backend, RawH2Client, outbound_context, until
@@ -322,3 +323,48 @@ async def test_a_client_gone_before_its_answers_leaves_no_connection_behind(
         await until(lambda: up._closed, "the upstream connection to close")
     finally:
         client.close()
+
+
+class _LoopTransport:
+    """What uvloop leaves after a connect cancelled once the connection was made: a closed
+    transport that still holds its protocol, and never reports the loss."""
+
+    def __init__(self, protocol: object) -> None:
+        self.protocol = protocol
+
+    def is_closing(self) -> bool:
+        return True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+async def test_a_connect_that_fails_after_the_connection_was_made_leaves_nothing_behind(
+    start_proxy: StartProxy, tcp_server: TcpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = CountingH2Backend()
+    proxy = await start_proxy(await tcp_server(backend.handle))
+    connector = outbound_context(proxy).connector
+    made: list[weakref.ref[Any]] = []
+
+    async def made_then_timed_out(endpoint: Any, factory: Callable[[], Any], **_: Any) -> Any:
+        protocol = factory()
+        protocol.connection_made(_LoopTransport(protocol))
+        made.append(weakref.ref(protocol))
+        raise ProxyError(ProxyErrorKind.CONNECT_TIMEOUT, str(endpoint))
+
+    monkeypatch.setattr(connector, "open", made_then_timed_out)
+    gc.collect()
+    gc.disable()  # the proxy's collector thresholds make full collections rare
+    try:
+        client = await RawH2Client.connect(proxy.outbound_addr.port)
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, REQUEST, end_stream=True)
+        await client.send(client.conn.data_to_send())
+        await until(lambda: sid in client.responses, "the answer")
+        assert client.responses[sid] == 504
+        assert made
+        assert made[0]() is None
+        client.close()
+    finally:
+        gc.enable()

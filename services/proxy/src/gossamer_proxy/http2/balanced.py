@@ -497,10 +497,13 @@ class BalancedH2Server(H2Server):
     async def _connect_pooled(
         self, key: PoolKey, plan: EndpointPlan, future: asyncio.Future[_H2Upstream]
     ) -> None:
+        factory = self._upstream_for(self._labels(plan))
         try:
-            _, up = await self.ctx.connector.open(
-                plan.endpoint, self._upstream_for(self._labels(plan)), tls=plan.tls
-            )
+            try:
+                _, up = await self.ctx.connector.open(plan.endpoint, factory, tls=plan.tls)
+            except BaseException:
+                factory.abandon()
+                raise
         except ProxyError as exc:
             future.set_exception(exc)
             future.exception()  # the waiters (if any) see it; none may be left

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import structlog
@@ -677,10 +676,14 @@ class H2Server(asyncio.Protocol):
     async def _connect_upstream(self) -> None:
         ctx = self.ctx
         labels = self.labels
+        factory = self._upstream_for(labels)
         try:
             endpoint = self._app_endpoint()
-            tcp = ctx.metrics.tcp(labels, "dst")
-            _, up = await ctx.connector.open(endpoint, lambda: _H2Upstream(self, tcp, labels))
+            try:
+                _, up = await ctx.connector.open(endpoint, factory)
+            except BaseException:
+                factory.abandon()
+                raise
         except ProxyError as exc:
             waiting, self._connecting = self._connecting, []
             for pair in waiting:
@@ -711,9 +714,9 @@ class H2Server(asyncio.Protocol):
             return self.target  # the pod address the accept step checked
         return ctx.resolver.resolve(self.target, None)[0]
 
-    def _upstream_for(self, labels: TargetLabels) -> Callable[[], _H2Upstream]:
+    def _upstream_for(self, labels: TargetLabels) -> _UpstreamFactory:
         """A protocol factory for a connection to the endpoint ``labels`` describe."""
-        return lambda: _H2Upstream(self, self.ctx.metrics.tcp(labels, "dst"), labels)
+        return _UpstreamFactory(self, labels)
 
     # -- proxy → client ----------------------------------------------------------------------
 
@@ -889,6 +892,34 @@ def _pump(
         flow.ended = False
         return True
     return False
+
+
+class _UpstreamFactory:
+    """Makes the protocol of one upstream connect, and lets go of it if the connect fails.
+
+    A connect can fail (time out, be cancelled) after the connection was made: uvloop then
+    closes the transport without ever calling ``connection_lost``, leaving the protocol and
+    the transport in a reference cycle, with the codec state, until a full collection.
+    """
+
+    __slots__ = ("_labels", "_made", "_server")
+
+    def __init__(self, server: H2Server, labels: TargetLabels) -> None:
+        self._server = server
+        self._labels = labels
+        self._made: _H2Upstream | None = None
+
+    def __call__(self) -> _H2Upstream:
+        server = self._server
+        made = _H2Upstream(server, server.ctx.metrics.tcp(self._labels, "dst"), self._labels)
+        self._made = made
+        return made
+
+    def abandon(self) -> None:
+        """The connect failed: release the protocol it made, if any."""
+        if self._made is not None:
+            self._made.abandon()
+            self._made = None
 
 
 class _H2Upstream(asyncio.Protocol):
@@ -1114,7 +1145,19 @@ class _H2Upstream(asyncio.Protocol):
             pair = self.streams.pop(sid)
             self.server.reset_stream(pair, h2.errors.ErrorCodes.REFUSED_STREAM, refused=True)
 
+    def abandon(self) -> None:
+        """The connect that made this connection failed (see :class:`_UpstreamFactory`)."""
+        if self._closed:
+            return
+        self._closed = True
+        release(self.conn)
+        if self.transport is not None:
+            self.tcp.close(0)  # connection_made counted it open
+            self.transport = None
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return  # abandoned already
         self._closed = True
         release(self.conn)
         self.tcp.close(getattr(exc, "errno", 0) or 0 if exc else 0)
