@@ -159,8 +159,11 @@ class Http1Limits:
     """Size limits and timers for one HTTP/1 server side."""
 
     #: Largest request line plus header block, in bytes (431 beyond it, as hyper answers).
+    #: Upstream, the largest response head counting its interim 1xx heads, and the most
+    #: bytes of chunk framing or trailers between two pieces of body (502 beyond it).
     max_head_bytes: int = 64 * 1024
-    #: Most header fields in one request (431 beyond it).
+    #: Most header fields in one request's head or trailers (431 beyond it); the same for a
+    #: response (502 beyond it).
     max_headers: int = 128
     #: A request head must arrive in full within this many seconds of its first byte (408).
     head_timeout: float = 10.0
@@ -287,13 +290,20 @@ class ProxySettings:
         env="GOSSAMER_PROXY_HTTP1_MAX_HEAD_BYTES",
         default="65536",
         parse=_positive_int,
-        help="Largest HTTP/1 request line + headers; larger requests get 431.",
+        help=(
+            "Largest HTTP/1 head (start line + headers; for a response also its interim heads,"
+            " and its chunk framing or trailers between two pieces of body); larger requests"
+            " get 431, larger responses 502."
+        ),
     )
     http1_max_headers: int = setting(
         env="GOSSAMER_PROXY_HTTP1_MAX_HEADERS",
         default="128",
         parse=_positive_int,
-        help="Most header fields in an HTTP/1 request; more get 431.",
+        help=(
+            "Most header fields in an HTTP/1 head or trailer section; more get 431 (request)"
+            " or 502 (response)."
+        ),
     )
     http1_head_timeout: float = setting(
         env="GOSSAMER_PROXY_HTTP1_HEAD_TIMEOUT",

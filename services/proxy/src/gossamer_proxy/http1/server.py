@@ -92,7 +92,7 @@ from .headers import (
     transfer_encoding_line,
 )
 from .request_target import VERDICTS, apply_request_authority
-from .upstream import Http1Upstream
+from .upstream import TOO_LARGE, Http1Upstream
 
 __all__ = ["Http1Server"]
 
@@ -853,7 +853,7 @@ class Http1Server(asyncio.Protocol):
         """Open a new upstream connection; a rationed connect's slot passes on once it ends."""
         try:
             _, up = await self.ctx.connector.open(
-                endpoint, functools.partial(Http1Upstream, endpoint, tcp), tls=tls
+                endpoint, functools.partial(Http1Upstream, endpoint, tcp, self.limits), tls=tls
             )
         finally:
             if rationed:
@@ -1512,7 +1512,8 @@ class Http1Server(asyncio.Protocol):
                 if error.startswith("invalid HTTP response")
                 else ProxyErrorKind.UPSTREAM_CLOSED
             )
-            self._fail(ex, kind, None)
+            limit = error[len(TOO_LARGE) :] if error.startswith(TOO_LARGE) else None
+            self._fail(ex, kind, limit)
             return
         # The response was cut short: make that visible to the client.
         ex.finish_pick(Outcome.FAILURE)

@@ -4,20 +4,34 @@ An :class:`Http1Upstream` parses responses with httptools and reports them, even
 to whichever :class:`ResponseSink` (a client connection's current exchange) owns it. Between
 exchanges it sits in the :class:`~gossamer_proxy.pool.Pool`; if the server closes it there, it
 leaves the pool at once.
+
+Every upstream is hostile (issue #16): a response's head, counting any interim 1xx heads
+before it, may take at most ``max_head_bytes``; each header section (head, trailers) at most
+``max_headers`` fields; and the bytes between two pieces of body that are not body (chunk
+framing, trailers) at most ``max_head_bytes`` too. Past a limit the exchange ends as for any
+invalid response and the connection is aborted. (httptools gathers a header value across
+reads until it ends, so without these a peer could grow the proxy's memory without bound.)
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
-from ..config import Endpoint
+from ..config import Endpoint, Http1Limits
 from ..metrics import TcpStats
 from .headers import HeaderError, Headers, MessageInfo, analyze
 
-__all__ = ["Http1Upstream", "ResponseSink"]
+__all__ = ["TOO_LARGE", "Http1Upstream", "ResponseSink"]
+
+#: How a :meth:`ResponseSink.up_lost` error begins when a response broke a size limit; the
+#: rest of the error names the limit (for the ``l5d-proxy-error`` header).
+_INVALID: Final = "invalid HTTP response: "
+_OVER_LIMIT: Final = "too large: "
+TOO_LARGE: Final = _INVALID + _OVER_LIMIT
+_HEAD_END: Final = b"\r\n\r\n"
 
 
 class ResponseSink(Protocol):
@@ -35,17 +49,25 @@ class _StopParsingError(Exception):
     """Raised from a parser callback to end a message the parser cannot frame (HEAD)."""
 
 
+class _TooManyFieldsError(Exception):
+    """Raised from a parser callback when a header section has too many fields."""
+
+
 class Http1Upstream(asyncio.Protocol):
     __slots__ = (
+        "_awaiting_head",
         "_close_delimited",
         "_closed",
         "_fields",
         "_headers",
         "_in_head",
         "_interim",
+        "_max_fields",
+        "_max_head_bytes",
         "_no_body",
         "_reason",
         "_trailers",
+        "_unbodied",
         "endpoint",
         "got_bytes",
         "idle_since",
@@ -58,7 +80,7 @@ class Http1Upstream(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, endpoint: Endpoint, stats: TcpStats | None) -> None:
+    def __init__(self, endpoint: Endpoint, stats: TcpStats | None, limits: Http1Limits) -> None:
         self.endpoint = endpoint
         self.stats = stats
         self.transport: asyncio.Transport | None = None
@@ -80,6 +102,13 @@ class Http1Upstream(asyncio.Protocol):
         self._no_body = False
         self._reason = b""
         self._close_delimited = False
+        self._max_head_bytes = limits.max_head_bytes
+        self._max_fields = limits.max_headers
+        #: From :meth:`begin` until the final (non-1xx) head has been parsed.
+        self._awaiting_head = False
+        #: Bytes read that are not body: until the final head, all of them (interim heads
+        #: too); after it, those since the last piece of body (chunk framing, trailers).
+        self._unbodied = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -97,6 +126,8 @@ class Http1Upstream(asyncio.Protocol):
         self.owner = owner
         self._no_body = no_body
         self.got_bytes = False
+        self._awaiting_head = True
+        self._unbodied = 0
         transport = self.transport
         if transport is not None:
             transport.resume_reading()
@@ -149,8 +180,9 @@ class Http1Upstream(asyncio.Protocol):
     # -- reading -----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        size = len(data)
         if self.stats is not None:
-            self.stats.read.value += len(data)
+            self.stats.read.value += size
         if self.owner is None:
             # Bytes on an idle connection: the server broke framing; never reuse it.
             self.keep_alive = False
@@ -158,6 +190,17 @@ class Http1Upstream(asyncio.Protocol):
             return
         self.got_bytes = True
         owner = self.owner
+        if self._awaiting_head:
+            # Refused only if no head ends within the room left, so a read with a small
+            # head and a large body passes; interim heads count against the same room.
+            room = self._max_head_bytes - self._unbodied
+            if size > room and data.find(_HEAD_END, 0, max(room, 0)) < 0:
+                self._unbodied_too_large()
+                owner.up_flush()
+                return
+        # Counted before parsing: the final head (:meth:`on_headers_complete`), each piece of
+        # body (:meth:`on_body`) and the next exchange (:meth:`begin`) start again at 0.
+        self._unbodied += size
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -167,14 +210,28 @@ class Http1Upstream(asyncio.Protocol):
             owner.up_upgraded(data[offset:])
             return
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _StopParsingError):
+            cause = exc.__context__
+            if isinstance(cause, _StopParsingError):
                 # HEAD: the message ended at its head; anything after it is a framing error.
                 self.parser = httptools.HttpResponseParser(self)
+            elif isinstance(cause, _TooManyFieldsError):
+                self._protocol_error(
+                    f"{_OVER_LIMIT}too many header fields (over {self._max_fields})"
+                )
             else:
-                self._protocol_error(str(exc.__context__ or exc))
+                self._protocol_error(str(cause or exc))
         except httptools.HttpParserError as exc:
             self._protocol_error(str(exc))
+        if self._unbodied > self._max_head_bytes and self.owner is not None:
+            self._unbodied_too_large()
         owner.up_flush()
+
+    def _unbodied_too_large(self) -> None:
+        limit = self._max_head_bytes
+        if self._awaiting_head:
+            self._protocol_error(f"{_OVER_LIMIT}response head over {limit} bytes")
+        else:
+            self._protocol_error(f"{_OVER_LIMIT}chunk framing or trailers over {limit} bytes")
 
     def eof_received(self) -> bool:
         if self.owner is not None and not self._in_head and self._close_delimited:
@@ -190,7 +247,7 @@ class Http1Upstream(asyncio.Protocol):
         owner, self.owner = self.owner, None
         self.keep_alive = False
         if owner is not None:
-            owner.up_lost(f"invalid HTTP response: {message}")
+            owner.up_lost(_INVALID + message)
         self.abort()
 
     # httptools callbacks
@@ -205,7 +262,10 @@ class Http1Upstream(asyncio.Protocol):
         self._reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields.append((name, value))  # a list chosen once per section, not per field
+        fields = self._fields  # a list chosen once per section, not per field
+        fields.append((name, value))
+        if len(fields) > self._max_fields:
+            raise _TooManyFieldsError
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -217,6 +277,8 @@ class Http1Upstream(asyncio.Protocol):
             raise ValueError(str(exc)) from None
         self._interim = 100 <= status < 200 and status != 101
         if not self._interim:
+            self._awaiting_head = False
+            self._unbodied = 0
             self.keep_alive = self.parser.should_keep_alive() and not info.proxy_connection_close
             self._close_delimited = (
                 not info.chunked
@@ -234,6 +296,7 @@ class Http1Upstream(asyncio.Protocol):
             raise _StopParsingError
 
     def on_body(self, body: bytes) -> None:
+        self._unbodied = 0
         if body and self.owner is not None:
             self.owner.up_body(body)
 

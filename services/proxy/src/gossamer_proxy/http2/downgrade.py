@@ -23,7 +23,7 @@ from ..config import Endpoint
 from ..errors import ProxyError, ProxyErrorKind
 from ..h2codec import h2
 from ..http1.headers import Headers, MessageInfo, chunk, filter_trailers, last_chunk
-from ..http1.upstream import Http1Upstream
+from ..http1.upstream import TOO_LARGE, Http1Upstream
 from .orig_proto import DowngradedRequest, upgraded_response_headers
 
 if TYPE_CHECKING:
@@ -84,7 +84,9 @@ class H1Downgrade:
         endpoint = self.endpoint
         tcp = server.ctx.metrics.tcp(server.labels, "dst")
         try:
-            _, up = await server.ctx.connector.open(endpoint, lambda: Http1Upstream(endpoint, tcp))
+            _, up = await server.ctx.connector.open(
+                endpoint, lambda: Http1Upstream(endpoint, tcp, server.ctx.limits)
+            )
         except ProxyError as exc:
             if self._alive():
                 server.respond_error(self.pair, exc.kind, exc.detail)
@@ -232,7 +234,8 @@ class H1Downgrade:
                 else ProxyErrorKind.UPSTREAM_CLOSED
             )
             _log.info("downgraded_request_failed", error=error)
-            server.respond_error(pair, kind)
+            limit = error[len(TOO_LARGE) :] if error.startswith(TOO_LARGE) else None
+            server.respond_error(pair, kind, limit)
         else:
             server.reset_stream(pair, h2.errors.ErrorCodes.INTERNAL_ERROR)
         server._flush_out()
