@@ -62,7 +62,7 @@ class EndlessUpstream:
             self.done.set()
 
 
-def _repeat(piece: bytes) -> Callable[[], Iterator[bytes]]:
+def endless(piece: bytes) -> Callable[[], Iterator[bytes]]:
     def pieces() -> Iterator[bytes]:
         while True:
             yield piece
@@ -140,7 +140,7 @@ async def test_endless_header_fields_are_refused_by_bytes_below_the_field_limit(
 async def test_a_header_value_that_never_ends_is_refused(
     start_proxy: StartProxy, tcp_server: TcpServer
 ) -> None:
-    upstream = EndlessUpstream(b"HTTP/1.1 200 OK\r\nX-Long: ", _repeat(b"a" * 8192))
+    upstream = EndlessUpstream(b"HTTP/1.1 200 OK\r\nX-Long: ", endless(b"a" * 8192))
     error = await _refused_with_502(start_proxy, tcp_server, upstream)
     assert error == "invalid HTTP response from server: response head over 65536 bytes"
 
@@ -148,7 +148,7 @@ async def test_a_header_value_that_never_ends_is_refused(
 async def test_endless_interim_heads_are_refused(
     start_proxy: StartProxy, tcp_server: TcpServer
 ) -> None:
-    upstream = EndlessUpstream(b"", _repeat(b"HTTP/1.1 100 Continue\r\n\r\n" * 256))
+    upstream = EndlessUpstream(b"", endless(b"HTTP/1.1 100 Continue\r\n\r\n" * 256))
     error = await _refused_with_502(start_proxy, tcp_server, upstream)
     assert error == "invalid HTTP response from server: response head over 65536 bytes"
 
@@ -185,7 +185,7 @@ async def test_endless_trailers_are_refused(start_proxy: StartProxy, tcp_server:
 async def test_a_trailer_value_that_never_ends_is_refused(
     start_proxy: StartProxy, tcp_server: TcpServer
 ) -> None:
-    upstream = EndlessUpstream(_CHUNKED_HEAD + b"X-Trailer: ", _repeat(b"t" * 8192))
+    upstream = EndlessUpstream(_CHUNKED_HEAD + b"X-Trailer: ", endless(b"t" * 8192))
     await _aborted_after_the_body(start_proxy, tcp_server, upstream)
 
 

@@ -29,6 +29,7 @@ from gossamer_api.transport_header import (
 )
 from gossamer_proxy.app import Proxy
 from gossamer_tls import TrustMaterial
+from test_proxy_http1_upstream_limits import EndlessUpstream, endless
 from test_proxy_mesh_two_hop import CLIENT, SERVER, _identity_env, trust  # noqa: F401
 
 StartProxy = Callable[..., Awaitable[Proxy]]
@@ -504,3 +505,31 @@ async def test_an_early_answer_ends_the_stream_and_the_connection_carries_on(
         assert after.body == b"you sent "
     finally:
         client.close()
+
+
+async def test_a_downgraded_stream_refuses_an_app_head_that_never_ends(
+    start_proxy: StartProxy,
+    tcp_server: Backend,
+    trust: TrustMaterial,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The HTTP/1 app's response head never ends: the stream gets the proxy's 502 naming the
+    limit, and the proxy hangs up on the app long before the app has written everything."""
+    upstream = EndlessUpstream(b"HTTP/1.1 200 OK\r\nX-Long: ", endless(b"a" * 8192))
+    app_addr = await tcp_server(upstream)
+    inbound = await start_proxy(**_identity_env(trust, tmp_path, SERVER))
+    client = await LinkerdStyleClient.connect(
+        (inbound.inbound_addr.host, inbound.inbound_addr.port),
+        _identity_env(trust, tmp_path, CLIENT),
+        transport_port=app_addr[1],
+    )
+    try:
+        got = await client.request(_request(b"GET", b"/endless"))
+        await asyncio.wait_for(upstream.done.wait(), 30)
+    finally:
+        client.close()
+    assert got.headers[b":status"] == b"502"
+    assert got.headers[b"l5d-proxy-error"] == (
+        b"invalid HTTP response from server: response head over 65536 bytes"
+    )
+    assert not upstream.reached_cap, f"the proxy read {upstream.written} bytes of one head"
