@@ -70,12 +70,12 @@ def endless(piece: bytes) -> Callable[[], Iterator[bytes]]:
     return pieces
 
 
-def _distinct_fields(prefix: bytes) -> Callable[[], Iterator[bytes]]:
+def _distinct_fields(prefix: bytes, per_piece: int = 512) -> Callable[[], Iterator[bytes]]:
     def pieces() -> Iterator[bytes]:
         n = 0
         while True:
-            yield b"".join(b"%s-%d: v\r\n" % (prefix, i) for i in range(n, n + 512))
-            n += 512
+            yield b"".join(b"%s-%d: v\r\n" % (prefix, i) for i in range(n, n + per_piece))
+            n += per_piece
 
     return pieces
 
@@ -130,7 +130,7 @@ async def test_endless_header_fields_are_refused_by_bytes_below_the_field_limit(
     start_proxy: StartProxy, tcp_server: TcpServer
 ) -> None:
     # Fields of ~1 KiB each: 64 of them fill the head limit, far under this field limit.
-    upstream = EndlessUpstream(b"HTTP/1.1 200 OK\r\n", _distinct_fields(b"X-" + b"f" * 1000))
+    upstream = EndlessUpstream(b"HTTP/1.1 200 OK\r\n", _distinct_fields(b"X-" + b"f" * 1000, 16))
     error = await _refused_with_502(
         start_proxy, tcp_server, upstream, GOSSAMER_PROXY_HTTP1_MAX_HEADERS="100000"
     )
