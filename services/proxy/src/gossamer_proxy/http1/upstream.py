@@ -26,10 +26,10 @@ from .headers import HeaderError, Headers, MessageInfo, analyze
 
 __all__ = ["TOO_LARGE", "Http1Upstream", "ResponseSink"]
 
-#: How a :meth:`ResponseSink.up_lost` error begins when a response broke a size limit; the
-#: rest of the error names the limit (for the ``l5d-proxy-error`` header).
 _INVALID: Final = "invalid HTTP response: "
 _OVER_LIMIT: Final = "too large: "
+#: How a :meth:`ResponseSink.up_lost` error begins when a response broke a size limit; the
+#: rest of the error names the limit (for the ``l5d-proxy-error`` header).
 TOO_LARGE: Final = _INVALID + _OVER_LIMIT
 _HEAD_END: Final = b"\r\n\r\n"
 
