@@ -228,3 +228,50 @@ async def test_a_large_body_in_the_same_read_as_its_head_is_served(
     assert status == 200
     assert len(headers["x-filler"]) == 60 * 1024
     assert received == body
+
+
+async def test_a_response_nobody_asked_for_closes_the_connection(
+    start_proxy: StartProxy, tcp_server: TcpServer
+) -> None:
+    """Bytes after a response, in its read, never reach the next request on that connection.
+
+    The upstream answers the first request with two responses in one write, the second
+    with a partial body. The next request must go out on a new connection and get its own
+    answer, not the leftover (or a mix of the leftover and its own response).
+    """
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        n = connections
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                if n == 1:
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nsmug"
+                    )
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    proxy = await start_proxy(await tcp_server(handler))
+    bodies = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound_addr.port)
+        try:
+            writer.write(_GET)
+            status, headers, _ = await asyncio.wait_for(_final_response(reader), 30)
+            body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 30)
+        finally:
+            writer.close()
+        assert status == 200
+        bodies.append(body)
+    assert bodies == [b"first", b"second"]
+    assert connections == 2

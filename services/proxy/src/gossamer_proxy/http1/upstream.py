@@ -253,6 +253,12 @@ class Http1Upstream(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        if self.owner is None:
+            # A second response in the read that ended the last one: nobody asked for it,
+            # so the server broke framing. The connection may already be back in the pool,
+            # so it is closed now and never hands these bytes to the next request.
+            self.keep_alive = False
+            self.close()
         self._headers = self._fields = []
         self._trailers = []
         self._in_head = True
