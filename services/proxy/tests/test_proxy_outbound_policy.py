@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +30,8 @@ from gossamer_api.proxy import (
     outbound_pb2,
 )
 from gossamer_proxy.app import Proxy
+from gossamer_proxy.mesh.backoff import Backoff
+from gossamer_proxy.mesh.outbound_policy import FailureAccrualSpec
 
 StartProxy = Callable[..., Awaitable[Proxy]]
 TcpServer = Callable[..., Awaitable[tuple[str, int]]]
@@ -251,6 +254,14 @@ async def run_requests(proxy: Proxy, count: int, *, clients: int = 8) -> dict[in
     return dict(statuses)
 
 
+async def wait_until(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
 async def two_versions(tcp_server: TcpServer, control: ControlPlane) -> tuple[Backend, Backend]:
     """web-v1 and web-v2, each one backend behind its own ``Get`` authority."""
     v1, v2 = await http_backend(tcp_server), await http_backend(tcp_server)
@@ -445,23 +456,40 @@ async def test_control_plane_down_keeps_the_last_policy(
 async def test_policy_failure_accrual_ejects_an_endpoint_answering_5xx(
     start_proxy: StartProxy, tcp_server: TcpServer, control: ControlPlane
 ) -> None:
+    """With the Service's opt-in, 5xx answers count: three in a row eject the endpoint.
+
+    The 500 endpoint is at first the backend's only one, so it gets the first three requests
+    whatever the balancer's latency estimates say. Once it is ejected (for at least 30 s) a
+    healthy endpoint added beside it takes every request and nothing else reaches it.
+    """
+
     async def broken(path: str) -> int:
         return 500
 
     good, bad = await http_backend(tcp_server), await http_backend(tcp_server, broken)
     control.plane.send(f"profile:{TARGET}", profile())
-    control.plane.send(f"get:{V1}", endpoints(good.port, bad.port))
+    control.plane.send(f"get:{V1}", endpoints(bad.port))
     control.plane.send(f"policy:{TARGET}", policy(http_route("web", rule((V1, 1))), max_failures=3))
     proxy = await policy_proxy(start_proxy, control)
-
-    statuses = await run_requests(proxy, 200, clients=1)
-
-    # Three 500s in a row eject it for at least 30 s: nothing else reaches it afterwards.
-    assert statuses.get(500, 0) == len(bad.hits) == 3
-    assert statuses[200] == 197
     assert proxy.discovery is not None
-    accrual = proxy.discovery.backends()
-    assert V1 not in accrual  # the policy's backend is kept apart from default-accrual ones
+    client = await Client.open(proxy)
+    try:
+        for _ in range(3):
+            status, headers = await client.request()
+            assert status == 500
+            assert "l5d-proxy-error" not in headers  # the app's answer, not the proxy's
+        accrual = FailureAccrualSpec(3, Backoff(min=30.0, max=60.0, jitter_ratio=0.0))
+        balancer = proxy.discovery.backends(accrual)[V1].balancer
+        assert balancer.ejected() == [(ipaddress.ip_address("127.0.0.1"), bad.port)]
+
+        control.plane.send(f"get:{V1}", endpoints(good.port))
+        await wait_until(lambda: len(balancer) == 2)
+        for _ in range(20):
+            assert (await client.request())[0] == 200
+    finally:
+        await client.close()
+    assert (len(bad.hits), len(good.hits)) == (3, 20)
+    assert V1 not in proxy.discovery.backends()  # kept apart from default-accrual backends
 
 
 async def test_unused_policy_watch_is_dropped_after_the_idle_timeout(
