@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import os
 import platform
 import shutil
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import goals, loadgen, report
-from bench.backends import grpc_body
+from bench.backends import grpc_answered, grpc_body
 from bench.baseline import Baseline, BaselineError, build_baseline
 from bench.bytecode import compile_bytecode
 from bench.certs import make_mesh_certs
@@ -103,11 +104,20 @@ def _failed(result: TargetResult, exc: Exception) -> None:
 
 
 def _load(
-    topology: Topology, port: int, workdir: Path, c: int, seconds: float
+    topology: Topology, ports: tuple[int, int], workdir: Path, c: int, seconds: float
 ) -> loadgen.LoadResult:
+    """Load on ``ports`` (the target's, the backend's): the backend counts gRPC answers."""
+    port, backend_port = ports
     if topology.backend == "grpc":
         url = f"http://127.0.0.1:{port}/bench.Echo/Unary"
-        return loadgen.h2load_grpc(url, grpc_body(workdir), c, seconds, topology.placement)
+        return loadgen.h2load_grpc(
+            url,
+            grpc_body(workdir),
+            c,
+            seconds,
+            topology.placement,
+            answered=functools.partial(grpc_answered, backend_port),
+        )
     return loadgen.wrk(f"http://127.0.0.1:{port}/", c, seconds, topology.placement)
 
 
@@ -120,7 +130,7 @@ def _request_row(
     result: TargetResult,
     topology: Topology,
     group: ProcGroup,
-    port: int,
+    ports: tuple[int, int],
     c: int,
     seconds: float,
 ) -> None:
@@ -131,7 +141,7 @@ def _request_row(
             else None
         )
         before = _measured_cpu(group)
-        run = _load(topology, port, group.workdir, c, seconds)
+        run = _load(topology, ports, group.workdir, c, seconds)
         spent = _measured_cpu(group) - before
     group.check_alive()
     result.add_run(run)
@@ -148,7 +158,9 @@ def _request_row(
         result.cpu_seconds_per_10k.append(spent / run.requests * 10_000)
     print(
         f"  {topology.name:15} {result.name:20} c={c:<3} {run.rps:>10,.0f} rps "
-        f"p50 {run.p50_us:>7.0f}µs p99 {run.p99_us:>7.0f}µs errors {run.errors}",
+        f"p50 {run.p50_us:>7.0f}µs p99 {run.p99_us:>7.0f}µs errors {run.errors}"
+        + (f" of {run.requests} ({run.error_rate:.2%})" if run.errors else "")
+        + (f" statuses {dict(run.statuses)}" if run.statuses else ""),
         file=sys.stderr,
     )
 
@@ -165,11 +177,12 @@ def _bulk_row(result: TargetResult, group: ProcGroup, port: int, seconds: float)
     print(f"  tcp             {result.name:18} {gbps:.2f} GB/s", file=sys.stderr)
 
 
-def _start(topology: Topology, builder: TargetBuilder, group: ProcGroup) -> int:
+def _start(topology: Topology, builder: TargetBuilder, group: ProcGroup) -> tuple[int, int]:
+    """The port the load generator hits, and the backend's."""
     backend_port = start_backend(topology.backend, group)
     port = builder(group, backend_port, make_mesh_certs(group.workdir))
     group.check_alive()
-    return port
+    return port, backend_port
 
 
 def _rss(group: ProcGroup) -> dict[str, float]:
@@ -192,7 +205,7 @@ def run_warm(
     """Start every target, warm each up, then run the rows in interleaved rounds."""
     with contextlib.ExitStack() as stack:
         groups: dict[str, ProcGroup] = {}
-        ports: dict[str, int] = {}
+        ports: dict[str, tuple[int, int]] = {}
         for name, builder in builders.items():
             group = stack.enter_context(
                 process_group(workdir_for(root, topology, name), topology.placement)
@@ -215,7 +228,7 @@ def run_warm(
                         continue
                     try:
                         if c is None:
-                            _bulk_row(result, groups[name], ports[name], args.seconds)
+                            _bulk_row(result, groups[name], ports[name][0], args.seconds)
                         else:
                             _request_row(
                                 result, topology, groups[name], ports[name], c, args.seconds
@@ -248,7 +261,7 @@ def run_cold(
                 workdir = workdir_for(root, topology, f"{name}-a{attempt}", index)
                 with process_group(workdir, topology.placement) as group:
                     try:
-                        port = _start(topology, builders[name], group)
+                        ports = _start(topology, builders[name], group)
                     except Exception as exc:
                         if attempt:
                             _failed(result, exc)
@@ -257,7 +270,7 @@ def run_cold(
                         continue
                     try:
                         _request_row(
-                            result, topology, group, port, COLD_CONNECTIONS, args.cold_seconds
+                            result, topology, group, ports, COLD_CONNECTIONS, args.cold_seconds
                         )
                         _record_footprint(result, group)
                     except Exception as exc:

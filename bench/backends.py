@@ -59,17 +59,36 @@ http {{
 }}
 """
 
+# The gRPC backend echoes each message and counts the calls it answered OK; ``Answered``
+# (called on the backend directly, never through a proxy) returns that count as decimal
+# ASCII. A call that the load generator counts as done but that the backend never answered
+# was answered by something else: a proxy's error (:func:`grpc_answered`).
 GRPC_SERVER = textwrap.dedent(
     """
     import sys
+    import threading
     from concurrent import futures
     import grpc
 
+    answered = 0
+    lock = threading.Lock()
+
     def echo(request, context):
+        global answered
+        with lock:
+            answered += 1
         return request
 
+    def count(request, context):
+        with lock:
+            return str(answered).encode()
+
     handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(echo)}
+        "bench.Echo",
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(echo),
+            "Answered": grpc.unary_unary_rpc_method_handler(count),
+        },
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     server.add_generic_rpc_handlers((handler,))
@@ -111,6 +130,23 @@ def start_grpc_server(group: ProcGroup) -> int:
     group.start("grpc-server", [sys.executable, str(script), str(port)], measured=False)
     wait_for_port(port)
     return port
+
+
+def parse_answered(reply: bytes) -> int:
+    """The backend's ``Answered`` reply: a decimal count, or a clear error."""
+    text = reply.decode("ascii", errors="replace")
+    if not text.isdigit() or len(text) > 20:
+        raise ValueError(f"the gRPC backend's answered count is not a count: {text[:40]!r}")
+    return int(text)
+
+
+def grpc_answered(port: int, timeout: float = 10.0) -> int:
+    """How many Echo calls the gRPC backend on ``port`` answered OK since it started."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/bench.Echo/Answered")
+        return parse_answered(call(b"", timeout=timeout))
 
 
 def grpc_body(workdir: Path) -> Path:

@@ -12,6 +12,10 @@ Issue 19's tap goals: a proxy serving tap that nobody taps costs nothing measura
 ratio to the same proxy with tap off is *within noise*: the rounds' range holds 1.0, or the
 median is within :data:`NOISE_TOLERANCE` of it), and tapping every request at c=64 loses no
 request (wrk sees no error and no non-2xx answer).
+
+An rps goal is also judged on the requests that failed: when more than
+:data:`~bench.loadgen.ERROR_RATE_LIMIT` of its row's requests failed (over all rounds), the
+goal is not met whatever the rate, since a proxy that answers errors fast is not fast.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from bench.measured import Targets
+from bench.measured import RowErrors, Targets
 from bench.rounds import Spread, paired_ratios
 
 __all__ = [
@@ -108,6 +112,8 @@ class Goal:
     #: The ratio to ``reference`` must be 1.0 within the rounds' noise (``threshold``: the
     #: median's allowed distance from 1.0 when the range does not hold 1.0).
     within_noise: bool = False
+    #: The row (connection count) whose failed requests can fail the goal (rps goals).
+    error_row: int | None = None
 
     @property
     def wanted(self) -> str:
@@ -134,10 +140,10 @@ P99_64 = _field(64, "p99_us")
 ADDED_P50_1 = _added(1, "p50_us")
 
 GOALS: tuple[Goal, ...] = (
-    Goal("http1", "single hop, HTTP/1.1, rps at c=64", RPS64, "envoy", 2.0, True),
-    Goal("http1", "single hop, HTTP/1.1, rps at c=64", RPS64, "nginx", 0.75, True),
+    Goal("http1", "single hop, HTTP/1.1, rps at c=64", RPS64, "envoy", 2.0, True, error_row=64),
+    Goal("http1", "single hop, HTTP/1.1, rps at c=64", RPS64, "nginx", 0.75, True, error_row=64),
     Goal("http1", "single hop, added p50 at c=1", ADDED_P50_1, "envoy", 0.5, False),
-    Goal("http1-mtls", "two hops with mTLS, rps at c=64", RPS64, "envoy", 1.5, True),
+    Goal("http1-mtls", "two hops with mTLS, rps at c=64", RPS64, "envoy", 1.5, True, error_row=64),
     Goal("http1-mtls", "two hops with mTLS, p99 at c=64, warm", P99_64, "envoy", 1.0, False),
     Goal(
         "http1-mtls-cold",
@@ -147,7 +153,15 @@ GOALS: tuple[Goal, ...] = (
         1.0,
         False,
     ),
-    Goal("grpc-mtls", "gRPC unary over two mTLS hops, rps at c=64", RPS64, "envoy", 1.0, True),
+    Goal(
+        "grpc-mtls",
+        "gRPC unary over two mTLS hops, successful rps at c=64",
+        RPS64,
+        "envoy",
+        1.0,
+        True,
+        error_row=64,
+    ),
     Goal("grpc-mtls", "gRPC unary over two mTLS hops, CPU per request", _cpu, "envoy", 1.0, False),
     Goal("tcp", "opaque TCP, GB/s", _gbps, "envoy", 1.0, True),
     *(
@@ -190,12 +204,20 @@ class Verdict:
     goal: Goal
     measured: Spread | None
     baseline: Spread | None = None
+    #: The judged target's errors in the goal's ``error_row``, over all rounds.
+    errors: RowErrors | None = None
+
+    @property
+    def too_many_errors(self) -> bool:
+        return self.errors is not None and self.errors.flagged
 
     @property
     def met(self) -> bool | None:
-        """Whether the median meets the goal; ``None`` when nothing was measured."""
+        """Whether the median meets the goal (with few enough errors); ``None``: not measured."""
         if self.measured is None:
             return None
+        if self.too_many_errors:
+            return False
         if self.goal.within_noise:
             spread = self.measured
             return spread.low <= 1.0 <= spread.high or (
@@ -233,7 +255,13 @@ class Verdict:
 
 def evaluate(goal: Goal, targets: Targets) -> Verdict:
     baseline = Spread.of(goal.against_baseline(targets)) if "baseline" in targets else None
-    return Verdict(goal, Spread.of(goal.measure(targets)), baseline)
+    judged = targets.get(goal.target)
+    errors = (
+        judged.row_errors(goal.error_row)
+        if judged is not None and goal.error_row is not None
+        else None
+    )
+    return Verdict(goal, Spread.of(goal.measure(targets)), baseline, errors)
 
 
 def verdicts(by_topology: Mapping[str, Targets], goals: Sequence[Goal] = GOALS) -> list[Verdict]:

@@ -11,6 +11,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +32,19 @@ end
 """
 
 
+#: A row whose failed requests exceed this share of its requests is flagged in the report,
+#: and an rps goal measured on it cannot be met.
+ERROR_RATE_LIMIT = 0.001
+
+
 @dataclass(frozen=True)
 class LoadResult:
+    """One row of load: ``requests`` completed, of which ``errors`` failed.
+
+    For gRPC, ``rps`` counts successful requests only (``requests - errors``); for wrk it
+    counts every completed request, as wrk reports it.
+    """
+
     connections: int
     requests: int
     seconds: float
@@ -41,6 +53,65 @@ class LoadResult:
     p50_us: float
     p99_us: float
     p999_us: float
+    #: gRPC only: h2load's answers by :status class ("2xx" … "5xx").
+    statuses: Mapping[str, int] | None = None
+    #: gRPC only: completed requests the backend never answered OK (a proxy's error answer).
+    unanswered: int | None = None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True)
+class H2loadSummary:
+    """What h2load printed about one run."""
+
+    seconds: float
+    started: int
+    done: int
+    #: Done with a 2xx or 3xx :status (h2load's "succeeded"), whatever the grpc-status.
+    succeeded: int
+    statuses: Mapping[str, int]
+
+    @property
+    def failed(self) -> int:
+        """Done but not succeeded: a 4xx/5xx :status, or the stream was reset."""
+        return self.done - self.succeeded
+
+
+def parse_h2load(stdout: str) -> H2loadSummary:
+    """h2load's summary lines; a clear error when they are missing or inconsistent."""
+    fin = re.search(r"^finished in ([\d.]+)(m?s), ", stdout, re.M)
+    counts = re.search(
+        r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", stdout, re.M
+    )
+    codes = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", stdout, re.M)
+    if not (fin and counts and codes):
+        raise RuntimeError(f"h2load output not understood:\n{stdout}")
+    seconds = float(fin.group(1)) / (1000 if fin.group(2) == "ms" else 1)
+    started, done, succeeded = (int(counts.group(i)) for i in (2, 3, 4))
+    statuses = dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, codes.groups()), strict=True))
+    if not seconds > 0 or succeeded > done or done > started:
+        raise RuntimeError(f"h2load output inconsistent:\n{stdout}")
+    return H2loadSummary(seconds, started, done, succeeded, statuses)
+
+
+def grpc_failures(summary: H2loadSummary, answered: int | None) -> tuple[int, int | None]:
+    """Failed requests of a gRPC run, and how many of them the backend never answered.
+
+    h2load counts a request as succeeded on any 2xx/3xx :status, so a proxy's gRPC error
+    (grpc-status other than 0, trailers-only with :status 200) passes as a success. The
+    backend counts the calls it answered OK (``answered``, during the run): a completed
+    request beyond that count was answered by something else, a proxy's error. That count
+    is a lower bound (the backend may also have answered requests that were still in flight
+    when h2load stopped, which h2load does not count as done), and so is the result: the
+    larger of it and h2load's own failures (4xx/5xx :status, reset streams).
+    """
+    if answered is None:
+        return summary.failed, None
+    unanswered = max(summary.done - answered, 0)
+    return max(summary.failed, unanswered), unanswered
 
 
 def _lua_script() -> Path:
@@ -86,11 +157,14 @@ def h2load_grpc(
     connections: int,
     duration: float,
     placement: Placement = PINNED,
+    answered: Callable[[], int] | None = None,
 ) -> LoadResult:
     """gRPC unary load: h2load POSTs one length-prefixed message per request.
 
     h2load itself prints no percentiles, so it logs every request's latency to a file
-    and the percentiles are computed here.
+    and the percentiles are computed here. ``answered`` reads the backend's count of calls
+    it answered OK; read before and after the run, it finds the gRPC errors h2load counts
+    as successes (:func:`grpc_failures`). ``rps`` counts successful requests only.
     """
     streams = 1 if connections == 1 else 10
     with tempfile.NamedTemporaryFile(prefix="gossamer-h2load-", suffix=".tsv") as log:
@@ -114,27 +188,32 @@ def h2load_grpc(
             "te: trailers",
             url,
         ]
+        before = answered() if answered is not None else None
         out = subprocess.run(
             argv, capture_output=True, text=True, timeout=duration + 30, check=True
         )
+        answered_ok = answered() - before if answered is not None and before is not None else None
         latencies = sorted(
             int(line.split("\t")[2]) for line in Path(log.name).read_text().splitlines() if line
         )
-    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out.stdout)
-    fin = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out.stdout)
-    if not (done and fin and latencies):
-        raise RuntimeError(f"h2load output not understood:\n{out.stdout}\n{out.stderr}")
-    completed = int(done.group(1))
-    seconds = float(fin.group(1)) / (1000 if fin.group(2) == "ms" else 1)
+    try:
+        summary = parse_h2load(out.stdout)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\n{out.stderr}") from None
+    if not latencies:
+        raise RuntimeError(f"h2load logged no request:\n{out.stdout}\n{out.stderr}")
+    errors, unanswered = grpc_failures(summary, answered_ok)
     return LoadResult(
         connections=connections,
-        requests=completed,
-        seconds=seconds,
-        errors=completed - int(done.group(2)),
-        rps=completed / seconds,
+        requests=summary.done,
+        seconds=summary.seconds,
+        errors=errors,
+        rps=(summary.done - errors) / summary.seconds,
         p50_us=percentile(latencies, 50),
         p99_us=percentile(latencies, 99),
         p999_us=percentile(latencies, 99.9),
+        statuses=summary.statuses,
+        unanswered=unanswered,
     )
 
 

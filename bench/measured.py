@@ -6,9 +6,32 @@ import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bench.loadgen import LoadResult
+from bench.loadgen import ERROR_RATE_LIMIT, LoadResult
 
-__all__ = ["TapSeen", "TargetResult", "Targets", "median_run"]
+__all__ = ["RowErrors", "TapSeen", "TargetResult", "Targets", "median_run"]
+
+
+@dataclass(frozen=True, slots=True)
+class RowErrors:
+    """One row's failed requests summed over its rounds, against its requests."""
+
+    errors: int
+    requests: int
+
+    @property
+    def rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def flagged(self) -> bool:
+        """More than :data:`~bench.loadgen.ERROR_RATE_LIMIT` of the requests failed."""
+        return self.rate > ERROR_RATE_LIMIT
+
+    def format(self) -> str:
+        if not self.errors:
+            return "0"
+        text = f"{self.errors:,} ({self.rate:.2%})"
+        return f"**{text} ⚠**" if self.flagged else text
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,13 @@ class TargetResult:
 
     def add_run(self, run: LoadResult) -> None:
         self.runs.setdefault(run.connections, []).append(run)
+
+    def row_errors(self, connections: int) -> RowErrors | None:
+        """The row's errors over every round; ``None`` when the row never ran."""
+        runs = self.runs.get(connections)
+        if not runs:
+            return None
+        return RowErrors(sum(r.errors for r in runs), sum(r.requests for r in runs))
 
     def record_rss(self, rss: Mapping[str, float]) -> None:
         """Keep each process's highest peak (cold rounds start fresh processes)."""

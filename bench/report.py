@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.goals import Verdict
-from bench.loadgen import LoadResult
+from bench.loadgen import ERROR_RATE_LIMIT, LoadResult
 from bench.measured import TargetResult, Targets, median_run
 from bench.rounds import Spread, paired_ratios
 from bench.scaling import ScalingCheck, rps_ratio
@@ -100,7 +100,9 @@ def goals_table(verdicts: Sequence[Verdict], baseline_label: str | None) -> list
             if goal.reference:
                 measured += f" of {goal.reference.capitalize()}"
             mark = "✓" if v.met else "✗"
-            if v.noisy:
+            if v.too_many_errors and v.errors is not None:
+                mark += f" errors {v.errors.rate:.2%} > {ERROR_RATE_LIMIT:.1%}"
+            elif v.noisy:
                 mark += " ⚠"
                 noisy.append(goal.title)
         row = f"| {goal.title} | {measured} | {goal.wanted} | {mark} |"
@@ -125,8 +127,8 @@ def _requests_table(rows: Sequence[TargetResult], by: Targets) -> list[str]:
     lines = [
         "| target | rps c=64 | rps ÷ Envoy | p50 c=1 | p99 c=1 | added p50 c=1 "
         "| added p50 ÷ Envoy | p50 c=16 | p99 c=16 | p50 c=64 | p99 c=64 | p99 c=64 ÷ Envoy "
-        "| CPU s /10k req | peak RSS | rounds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU s /10k req | peak RSS | errors c=1 / c=16 / c=64 | rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     envoy_added = _added(envoy, direct, 1, "p50_us")
     for r in rows:
@@ -145,8 +147,49 @@ def _requests_table(rows: Sequence[TargetResult], by: Targets) -> list[str]:
             f"| {_fmt_us(c16.p50_us if c16 else None)} | {_fmt_us(c16.p99_us if c16 else None)} "
             f"| {_fmt_us(c64.p50_us if c64 else None)} | {_fmt_us(c64.p99_us if c64 else None)} "
             f"| {_ratio_to(r, envoy, 64, 'p99_us')} "
-            f"| {_num(_median(r.cpu_seconds_per_10k), 3)} | {_rss(r)} | {_rounds(r)} |" + _err(r)
+            f"| {_num(_median(r.cpu_seconds_per_10k), 3)} | {_rss(r)} | {_row_errors(r)} "
+            f"| {_rounds(r)} |" + _err(r)
         )
+    return lines
+
+
+def _row_errors(r: TargetResult, rows: Sequence[int] = (1, 16, 64)) -> str:
+    """Each row's failed requests over all rounds, with their share; ⚠ above the limit."""
+    return " / ".join(
+        "—" if errors is None else errors.format() for errors in map(r.row_errors, rows)
+    )
+
+
+def flagged_rows(rows: Sequence[TargetResult]) -> list[str]:
+    """``target c=N`` for every row whose errors exceed :data:`ERROR_RATE_LIMIT`."""
+    return [
+        f"{r.name} c={c}"
+        for r in rows
+        for c in sorted(r.runs)
+        if (errors := r.row_errors(c)) is not None and errors.flagged
+    ]
+
+
+def _errors_note(topology: str, rows: Sequence[TargetResult]) -> list[str]:
+    if topology.startswith("grpc"):
+        text = (
+            "rps counts successful calls only. A call failed when h2load saw a 4xx/5xx :status "
+            "or a reset stream, or when the backend never answered it OK: h2load counts any "
+            "2xx :status as a success, so a proxy's gRPC error (grpc-status ≠ 0 in trailers "
+            "with :status 200) is found by comparing the calls h2load completed with the calls "
+            "the gRPC backend counted as answered during the row; that comparison is a lower "
+            "bound (calls in flight when h2load stopped may have reached the backend)."
+        )
+    else:
+        text = "Errors are wrk's socket errors plus non-2xx answers; rps counts every answer."
+    text += (
+        f" Errors are summed over the rounds, with their share of the row's requests; a row "
+        f"above {ERROR_RATE_LIMIT:.1%} is flagged ⚠ and an rps goal measured on it is not met."
+    )
+    lines = ["", text]
+    flagged = flagged_rows(rows)
+    if flagged:
+        lines += ["", f"⚠ Errors above {ERROR_RATE_LIMIT:.1%}: " + ", ".join(flagged) + "."]
     return lines
 
 
@@ -345,6 +388,7 @@ def markdown(
             lines += _cold_table(rows, by)
         else:
             lines += _requests_table(rows, by)
+            lines += _errors_note(topology, rows)
         lines.append("")
     return "\n".join(lines) + "\n"
 
