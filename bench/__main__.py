@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import os
@@ -30,7 +31,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import goals, loadgen, report
+from bench import goals, gossamer, loadgen, report
 from bench.backends import grpc_answered, grpc_body
 from bench.baseline import Baseline, BaselineError, build_baseline
 from bench.bytecode import compile_bytecode
@@ -134,6 +135,8 @@ def _request_row(
     c: int,
     seconds: float,
 ) -> None:
+    admins = gossamer.admin_ports(group.info)
+    failed_before = {name: gossamer.failed_responses(port) for name, port in admins.items()}
     with contextlib.ExitStack() as stack:
         tap = (
             stack.enter_context(tapping(group, len(result.tap_seen)))
@@ -144,6 +147,12 @@ def _request_row(
         run = _load(topology, ports, group.workdir, c, seconds)
         spent = _measured_cpu(group) - before
     group.check_alive()
+    if admins:
+        failed = {
+            name: dict(gossamer.failed_responses(port) - failed_before[name])
+            for name, port in admins.items()
+        }
+        run = dataclasses.replace(run, proxy_failures=failed)
     result.add_run(run)
     if tap is not None:
         seen = tap.seen(run.requests)
@@ -160,7 +169,17 @@ def _request_row(
         f"  {topology.name:15} {result.name:20} c={c:<3} {run.rps:>10,.0f} rps "
         f"p50 {run.p50_us:>7.0f}µs p99 {run.p99_us:>7.0f}µs errors {run.errors}"
         + (f" of {run.requests} ({run.error_rate:.2%})" if run.errors else "")
-        + (f" statuses {dict(run.statuses)}" if run.statuses else ""),
+        + (f" statuses {dict(run.statuses)}" if run.statuses else "")
+        + (
+            f" unreplied {run.unreplied} unanswered {run.unanswered}"
+            if run.unreplied is not None
+            else ""
+        )
+        + (
+            f" proxies counted failed {run.proxy_failures}"
+            if run.proxy_failures and any(run.proxy_failures.values())
+            else ""
+        ),
         file=sys.stderr,
     )
 

@@ -145,7 +145,11 @@ def grpc_answered(port: int, timeout: float = 10.0) -> int:
     import grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary("/bench.Echo/Answered")
+        call = channel.unary_unary(
+            "/bench.Echo/Answered",
+            request_serializer=bytes,
+            response_deserializer=bytes,
+        )
         return parse_answered(call(b"", timeout=timeout))
 
 

@@ -7,15 +7,18 @@ mTLS between the proxies, the inbound proxy forwarding to a fixed backend. The t
 runs one hop with an identity, so that the proxy can serve tap (:func:`start_tap_proxy`).
 The multi-core topology sets ``LINKERD2_PROXY_CORES`` (``cores``): a parent and its workers,
 started once the admin server's ``/ready`` answers 200, which it does when every worker
-accepts.
+accepts. A pair's admin ports go to ``group.info["admin_ports"]``, so that the bench can
+read the proxies' own count of failed responses (:func:`failed_responses`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import re
 import sys
 import time
+from collections import Counter
 
 from bench.certs import MeshCerts, TlsFiles
 from bench.procs import ProcGroup, free_port, wait_for_port
@@ -134,7 +137,58 @@ def start_pair(
     if cores is not None:
         wait_until_ready(group, server_admin, timeout)
         wait_until_ready(group, client_admin, timeout)
+    group.info["admin_ports"] = f"gossamer-outbound={client_admin},gossamer-inbound={server_admin}"
     return outbound
+
+
+def admin_ports(info: dict[str, str]) -> dict[str, int]:
+    """The admin port of each proxy of a pair, by process name (none for other targets)."""
+    pairs = (entry.split("=", 1) for entry in info.get("admin_ports", "").split(",") if entry)
+    return {name: int(port) for name, port in pairs}
+
+
+_SAMPLE = re.compile(r"^response_total\{(?P<labels>.*)\} (?P<value>[0-9.e+]+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+#: At most this many bytes of a proxy's /metrics page are read.
+METRICS_LIMIT = 16 << 20
+
+
+def parse_failed_responses(text: str) -> Counter[str]:
+    """``response_total{classification="failure"}`` of a /metrics page, by reason.
+
+    The reason is the grpc-status when there is one, else the :status or the error label
+    (``grpc_status=14``, ``status_code=503``, ``error=…``).
+    """
+    failed: Counter[str] = Counter()
+    for line in text.splitlines():
+        sample = _SAMPLE.match(line)
+        if sample is None:
+            continue
+        labels = dict(_LABEL.findall(sample.group("labels")))
+        if labels.get("classification") != "failure":
+            continue
+        reason = next(
+            (f"{k}={labels[k]}" for k in ("grpc_status", "error", "status_code") if labels.get(k)),
+            "unknown",
+        )
+        failed[reason] += int(float(sample.group("value")))
+    return failed
+
+
+def failed_responses(admin: int, timeout: float = 10.0) -> Counter[str]:
+    """The failed responses a proxy counted since it started, by reason (its /metrics)."""
+    connection = http.client.HTTPConnection("127.0.0.1", admin, timeout=timeout)
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        body = response.read(METRICS_LIMIT + 1)
+    finally:
+        connection.close()
+    if response.status != 200 or len(body) > METRICS_LIMIT:
+        raise RuntimeError(
+            f"the proxy's /metrics on port {admin}: status {response.status}, {len(body)} bytes"
+        )
+    return parse_failed_responses(body.decode("utf-8", errors="replace"))
 
 
 def start_tap_proxy(

@@ -57,6 +57,11 @@ class LoadResult:
     statuses: Mapping[str, int] | None = None
     #: gRPC only: completed requests the backend never answered OK (a proxy's error answer).
     unanswered: int | None = None
+    #: gRPC only: completed requests whose answer carried no reply message (a gRPC error).
+    unreplied: int | None = None
+    #: Gossamer pairs only: the failed responses each proxy counted during the row (its
+    #: ``response_total{classification="failure"}``), by proxy and reason; a cross-check.
+    proxy_failures: Mapping[str, Mapping[str, int]] | None = None
 
     @property
     def error_rate(self) -> float:
@@ -73,6 +78,8 @@ class H2loadSummary:
     #: Done with a 2xx or 3xx :status (h2load's "succeeded"), whatever the grpc-status.
     succeeded: int
     statuses: Mapping[str, int]
+    #: DATA bytes received on the completed streams (the replies' gRPC messages).
+    data_bytes: int
 
     @property
     def failed(self) -> int:
@@ -87,31 +94,51 @@ def parse_h2load(stdout: str) -> H2loadSummary:
         r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", stdout, re.M
     )
     codes = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", stdout, re.M)
-    if not (fin and counts and codes):
+    traffic = re.search(r"^traffic: .*\((\d+)\) data$", stdout, re.M)
+    if not (fin and counts and codes and traffic):
         raise RuntimeError(f"h2load output not understood:\n{stdout}")
     seconds = float(fin.group(1)) / (1000 if fin.group(2) == "ms" else 1)
     started, done, succeeded = (int(counts.group(i)) for i in (2, 3, 4))
     statuses = dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, codes.groups()), strict=True))
     if not seconds > 0 or succeeded > done or done > started:
         raise RuntimeError(f"h2load output inconsistent:\n{stdout}")
-    return H2loadSummary(seconds, started, done, succeeded, statuses)
+    return H2loadSummary(seconds, started, done, succeeded, statuses, int(traffic.group(1)))
 
 
-def grpc_failures(summary: H2loadSummary, answered: int | None) -> tuple[int, int | None]:
-    """Failed requests of a gRPC run, and how many of them the backend never answered.
+@dataclass(frozen=True)
+class GrpcFailures:
+    """The failed calls of a gRPC run, and what found them."""
 
-    h2load counts a request as succeeded on any 2xx/3xx :status, so a proxy's gRPC error
-    (grpc-status other than 0, trailers-only with :status 200) passes as a success. The
-    backend counts the calls it answered OK (``answered``, during the run): a completed
-    request beyond that count was answered by something else, a proxy's error. That count
-    is a lower bound (the backend may also have answered requests that were still in flight
-    when h2load stopped, which h2load does not count as done), and so is the result: the
-    larger of it and h2load's own failures (4xx/5xx :status, reset streams).
+    #: The larger of the counts below and h2load's own failures: a lower bound.
+    errors: int
+    #: Completed calls that carried no reply message: a trailers-only answer is a gRPC error.
+    unreplied: int
+    #: Completed calls beyond those the backend answered OK (``None``: no backend count).
+    unanswered: int | None
+
+
+def grpc_failures(
+    summary: H2loadSummary, reply_bytes: int, answered: int | None = None
+) -> GrpcFailures:
+    """Failed calls of a gRPC run of h2load, whose every successful reply is ``reply_bytes``.
+
+    h2load counts a call as succeeded on any 2xx/3xx :status, so a proxy's gRPC error
+    (grpc-status other than 0, trailers-only with :status 200) passes as a success. Two
+    counts that do not depend on the target find them: each successful call's reply carries
+    one message of ``reply_bytes`` (the echo of the request), and an error answer none, so
+    completed calls beyond ``data_bytes // reply_bytes`` failed; and the backend counts the
+    calls it answered OK (``answered``, during the run), so completed calls beyond that
+    count were answered by something else. Both are lower bounds (a reply message followed
+    by error trailers counts as a reply; the backend may also have answered calls still in
+    flight when h2load stopped, which h2load does not count), and so is their maximum with
+    h2load's own failures (4xx/5xx :status, reset streams), which is the run's ``errors``.
     """
-    if answered is None:
-        return summary.failed, None
-    unanswered = max(summary.done - answered, 0)
-    return max(summary.failed, unanswered), unanswered
+    if reply_bytes <= 0:
+        raise ValueError(f"a gRPC reply has at least its 5-byte prefix, not {reply_bytes} bytes")
+    unreplied = max(summary.done - summary.data_bytes // reply_bytes, 0)
+    unanswered = None if answered is None else max(summary.done - answered, 0)
+    errors = max(summary.failed, unreplied, unanswered or 0)
+    return GrpcFailures(errors, unreplied, unanswered)
 
 
 def _lua_script() -> Path:
@@ -162,9 +189,10 @@ def h2load_grpc(
     """gRPC unary load: h2load POSTs one length-prefixed message per request.
 
     h2load itself prints no percentiles, so it logs every request's latency to a file
-    and the percentiles are computed here. ``answered`` reads the backend's count of calls
-    it answered OK; read before and after the run, it finds the gRPC errors h2load counts
-    as successes (:func:`grpc_failures`). ``rps`` counts successful requests only.
+    and the percentiles are computed here. The backend echoes ``body_file`` back;
+    ``answered`` reads its count of calls answered OK (before and after the run). Both find
+    the gRPC errors that h2load counts as successes (:func:`grpc_failures`). ``rps`` counts
+    successful requests only.
     """
     streams = 1 if connections == 1 else 10
     with tempfile.NamedTemporaryFile(prefix="gossamer-h2load-", suffix=".tsv") as log:
@@ -202,18 +230,19 @@ def h2load_grpc(
         raise RuntimeError(f"{exc}\n{out.stderr}") from None
     if not latencies:
         raise RuntimeError(f"h2load logged no request:\n{out.stdout}\n{out.stderr}")
-    errors, unanswered = grpc_failures(summary, answered_ok)
+    failures = grpc_failures(summary, body_file.stat().st_size, answered_ok)
     return LoadResult(
         connections=connections,
         requests=summary.done,
         seconds=summary.seconds,
-        errors=errors,
-        rps=(summary.done - errors) / summary.seconds,
+        errors=failures.errors,
+        rps=(summary.done - failures.errors) / summary.seconds,
         p50_us=percentile(latencies, 50),
         p99_us=percentile(latencies, 99),
         p999_us=percentile(latencies, 99.9),
         statuses=summary.statuses,
-        unanswered=unanswered,
+        unanswered=failures.unanswered,
+        unreplied=failures.unreplied,
     )
 
 

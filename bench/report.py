@@ -8,6 +8,7 @@ topology gets a section of its own (:func:`multicore_section`) and no row in the
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -173,12 +174,13 @@ def flagged_rows(rows: Sequence[TargetResult]) -> list[str]:
 def _errors_note(topology: str, rows: Sequence[TargetResult]) -> list[str]:
     if topology.startswith("grpc"):
         text = (
-            "rps counts successful calls only. A call failed when h2load saw a 4xx/5xx :status "
-            "or a reset stream, or when the backend never answered it OK: h2load counts any "
-            "2xx :status as a success, so a proxy's gRPC error (grpc-status ≠ 0 in trailers "
-            "with :status 200) is found by comparing the calls h2load completed with the calls "
-            "the gRPC backend counted as answered during the row; that comparison is a lower "
-            "bound (calls in flight when h2load stopped may have reached the backend)."
+            "rps counts successful calls only. h2load counts any 2xx :status as a success, so "
+            "a proxy's gRPC error (grpc-status ≠ 0 in trailers with :status 200) would pass; a "
+            "call counts as failed when h2load saw a 4xx/5xx :status or a reset stream, when "
+            "its answer carried no reply message (h2load's DATA bytes ÷ the echoed message's "
+            "size: a trailers-only error has none), or when the gRPC backend never answered it "
+            "OK (calls completed minus the calls the backend counted during the row). The "
+            "largest of the three counts is taken; each is a lower bound."
         )
     else:
         text = "Errors are wrk's socket errors plus non-2xx answers; rps counts every answer."
@@ -186,11 +188,42 @@ def _errors_note(topology: str, rows: Sequence[TargetResult]) -> list[str]:
         f" Errors are summed over the rounds, with their share of the row's requests; a row "
         f"above {ERROR_RATE_LIMIT:.1%} is flagged ⚠ and an rps goal measured on it is not met."
     )
-    lines = ["", text]
+    lines = ["", text, *_proxy_failures(rows)]
     flagged = flagged_rows(rows)
     if flagged:
         lines += ["", f"⚠ Errors above {ERROR_RATE_LIMIT:.1%}: " + ", ".join(flagged) + "."]
     return lines
+
+
+def _proxy_failures(rows: Sequence[TargetResult]) -> list[str]:
+    """Gossamer's own count of failed responses per row, as a cross-check of the errors."""
+    counted: list[str] = []
+    for r in rows:
+        for c in sorted(r.runs):
+            by_proxy: dict[str, Counter[str]] = {}
+            for run in r.runs[c]:
+                for proxy, reasons in (run.proxy_failures or {}).items():
+                    by_proxy.setdefault(proxy, Counter()).update(reasons)
+            if not by_proxy:
+                continue
+            text = "; ".join(
+                f"{proxy} {sum(reasons.values()):,}"
+                + (
+                    " (" + ", ".join(f"{k}: {v:,}" for k, v in reasons.most_common()) + ")"
+                    if reasons
+                    else ""
+                )
+                for proxy, reasons in by_proxy.items()
+            )
+            counted.append(f"{r.name} c={c}: {text}")
+    if not counted:
+        return []
+    return [
+        "",
+        "Gossamer's own count of the responses it failed "
+        '(`response_total{classification="failure"}` on each proxy\'s admin port, all rounds; '
+        "one failed call can count on both proxies): " + " · ".join(counted) + ".",
+    ]
 
 
 def _cold_table(rows: Sequence[TargetResult], by: Targets) -> list[str]:
