@@ -299,10 +299,28 @@ class H2Server(asyncio.Protocol):
             if pair.downgrade is not None:
                 pair.downgrade.cancel()
         self.pairs.clear()
-        if self.upstream is not None:
-            self.upstream.flush_out()
-            self.upstream.close_when_idle()
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.flush_out()
+            if not self._keep_idle(up):
+                up.close_when_idle()
         self.tcp.close(getattr(exc, "errno", 0) or 0 if exc else 0)
+
+    def _keep_idle(self, up: _H2Upstream) -> bool:
+        """Leave ``up``, now without streams, to the listener's next client connection."""
+        ctx = self.ctx
+        if ctx.draining or up.server is not self:
+            return False
+        endpoint = up.endpoint
+        if endpoint is None:
+            return False
+        pool = ctx.pool
+        meshed = ctx.connector.meshed(endpoint)
+        timeout = pool.mesh_idle_timeout if meshed else pool.idle_timeout
+        # ``up.server`` stays this (closed) connection until another takes ``up`` up: all an
+        # idle upstream connection asks of it is a flush, which a closed one skips.
+        return ctx.h2_idle.keep((endpoint, up.labels), up, self.loop.time(), timeout)
 
     def is_idle(self) -> bool:
         return not self.pairs
@@ -633,6 +651,12 @@ class H2Server(asyncio.Protocol):
         if up is not None and up.usable():
             up.open_stream(pair)
             return
+        if up is None and not self._connect_pending:
+            up = self._idle_upstream()
+            if up is not None:
+                self.upstream = up
+                up.open_stream(pair)
+                return
         self._connecting.append(pair)
         if not self._connect_pending:
             self._connect_pending = True
@@ -673,12 +697,24 @@ class H2Server(asyncio.Protocol):
         finally:
             self._connect_pending = False
 
+    def _idle_upstream(self) -> _H2Upstream | None:
+        """An upstream connection an earlier client connection left (now this one's)."""
+        try:
+            endpoint = self._app_endpoint()
+        except ProxyError:
+            return None  # the connect path answers the error
+        up = self.ctx.h2_idle.take((endpoint, self.labels))
+        if up is not None:
+            up.server = self
+        return up
+
     async def _connect_upstream(self) -> None:
         ctx = self.ctx
         labels = self.labels
         factory = self._upstream_for(labels)
         try:
             endpoint = self._app_endpoint()
+            factory.endpoint = endpoint  # so that the connection may outlive this client
             try:
                 _, up = await ctx.connector.open(endpoint, factory)
             except BaseException:
@@ -902,16 +938,19 @@ class _UpstreamFactory:
     the transport in a reference cycle, with the codec state, until a full collection.
     """
 
-    __slots__ = ("_labels", "_made", "_server")
+    __slots__ = ("_labels", "_made", "_server", "endpoint")
 
     def __init__(self, server: H2Server, labels: TargetLabels) -> None:
         self._server = server
         self._labels = labels
         self._made: _H2Upstream | None = None
+        #: Set on the single-upstream path: the connection may then serve later clients.
+        self.endpoint: Endpoint | None = None
 
     def __call__(self) -> _H2Upstream:
         server = self._server
-        made = _H2Upstream(server, server.ctx.metrics.tcp(self._labels, "dst"), self._labels)
+        labels = self._labels
+        made = _H2Upstream(server, server.ctx.metrics.tcp(labels, "dst"), labels, self.endpoint)
         self._made = made
         return made
 
@@ -925,11 +964,20 @@ class _UpstreamFactory:
 class _H2Upstream(asyncio.Protocol):
     """The proxy's HTTP/2 client connection to the upstream server."""
 
-    def __init__(self, server: H2Server, tcp: TcpStats, labels: TargetLabels) -> None:
+    def __init__(
+        self,
+        server: H2Server,
+        tcp: TcpStats,
+        labels: TargetLabels,
+        endpoint: Endpoint | None = None,
+    ) -> None:
+        #: The client connection whose streams this connection carries.
         self.server = server
         self.tcp = tcp
         #: The endpoint's metric labels, for the streams sent over this connection.
         self.labels = labels
+        #: Where it goes, when it may serve a later client connection (single-upstream path).
+        self.endpoint = endpoint
         self.conn = new_connection(_config(client_side=True))
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Pair] = {}
@@ -968,11 +1016,39 @@ class _H2Upstream(asyncio.Protocol):
             and self.conn.open_outbound_streams < (self.conn.remote_settings.max_concurrent_streams)
         )
 
+    def reusable(self) -> bool:
+        """Whether a later client connection may take this one up: open, no GOAWAY either
+        way, not over a flood limit, nothing backed up, and no stream left on it."""
+        transport = self.transport
+        return (
+            not self.streams
+            and not self._idle_close
+            and not self._calm
+            and not self._guard.writes_backed_up
+            and transport is not None
+            and not transport.is_closing()
+            and self.usable()
+        )
+
     def flush_out(self) -> None:
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.tcp.written.value += len(data)
             self.transport.write(data)
+
+    def _return_window(self, pair: _Pair) -> None:
+        """Hand back the connection window that ``pair``'s unforwarded response data holds.
+
+        The stream is gone, so its own window no longer matters; the connection's would
+        otherwise shrink by those bytes for good, which a connection that outlives its
+        streams (and its first client connection) cannot afford.
+        """
+        pending = pair.to_down.pending
+        held = sum(flow_len for _, flow_len in pending)
+        pending.clear()
+        if held:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.conn.acknowledge_received_data(held, pair.up_id)
 
     def open_stream(self, pair: _Pair) -> bool:
         """Send ``pair``'s request on this connection (``False``: refused and answered)."""
@@ -1007,6 +1083,9 @@ class _H2Upstream(asyncio.Protocol):
             self.server.reset_stream(pair, h2.errors.ErrorCodes.CANCEL)
 
     def reset(self, pair: _Pair, code: int) -> None:
+        # Also when the stream already ended here: its response may still wait for the
+        # client's window, holding this connection's.
+        self._return_window(pair)
         if self.streams.pop(pair.up_id, None) is None:
             return
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
@@ -1111,6 +1190,7 @@ class _H2Upstream(asyncio.Protocol):
         elif isinstance(event, h2.events.StreamReset):
             pair = self.streams.pop(event.stream_id, None)
             if pair is not None:
+                self._return_window(pair)
                 refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
                 server.reset_stream(pair, event.error_code, refused=refused)
         elif isinstance(event, h2.events.WindowUpdated):
