@@ -910,11 +910,17 @@ def _pump(
             dst.send_data(dst_id, data[:window])
             pending[0] = (data[window:], flow_len)
             continue
-        dst.send_data(dst_id, data)
+        # The last DATA of a stream that ends without trailers carries END_STREAM itself,
+        # rather than an empty DATA frame after it.
+        last = flow.ended and flow.trailers is None and len(pending) == 1
+        dst.send_data(dst_id, data, end_stream=last)
         del pending[0]
         if src is not None and flow_len:
             with contextlib.suppress(h2.exceptions.StreamClosedError):
                 src.acknowledge_received_data(flow_len, src_id)
+        if last:
+            flow.ended = False
+            return True
     if flow.trailers is not None:
         if flow.trailers:
             dst.send_headers(dst_id, flow.trailers, end_stream=True)

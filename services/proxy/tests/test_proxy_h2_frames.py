@@ -1,0 +1,87 @@
+"""The frames the HTTP/2 bridge sends: no more than the exchange needs.
+
+A request body that ends without trailers reaches the backend as DATA frames whose last one
+carries END_STREAM, not followed by an empty DATA frame that only ends the stream (each
+frame costs both proxies of a two-hop path a parse and a build).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import pytest
+from gossamer_proxy.app import Proxy
+from raw_h2 import RawH2Client, until
+
+StartProxy = Callable[..., Awaitable[Proxy]]
+TcpServer = Callable[..., Awaitable[tuple[str, int]]]
+
+pytestmark = pytest.mark.timeout(60)
+
+GRPC_REQUEST = [
+    (":method", "POST"),
+    (":path", "/pkg.Svc/Unary"),
+    (":scheme", "http"),
+    (":authority", "app"),
+    ("content-type", "application/grpc"),
+    ("te", "trailers"),
+]
+MESSAGE = b"\x00\x00\x00\x00\x05hello"
+
+
+class _DataFrames:
+    """An h2 server recording each stream's DATA frames as ``(length, ends the stream)``."""
+
+    def __init__(self) -> None:
+        self.frames: dict[int, list[tuple[int, bool]]] = {}
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        with contextlib.suppress(ConnectionError, h2.exceptions.ProtocolError):
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived):
+                        frames = self.frames.setdefault(event.stream_id, [])
+                        frames.append((len(event.data), event.stream_ended is not None))
+                        conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    elif isinstance(event, h2.events.StreamEnded):
+                        conn.send_headers(
+                            event.stream_id,
+                            [(":status", "200"), ("content-type", "application/grpc")],
+                        )
+                        conn.send_data(event.stream_id, MESSAGE)
+                        conn.send_headers(event.stream_id, [("grpc-status", "0")], end_stream=True)
+                writer.write(conn.data_to_send())
+        writer.close()
+
+
+async def test_a_request_body_ends_on_its_last_data_frame(
+    start_proxy: StartProxy, tcp_server: TcpServer
+) -> None:
+    backend = _DataFrames()
+    proxy = await start_proxy(await tcp_server(backend.handle))
+    client = await RawH2Client.connect(proxy.outbound_addr.port)
+    try:
+        sids = []
+        for _ in range(3):
+            sid = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(sid, GRPC_REQUEST)
+            client.conn.send_data(sid, MESSAGE, end_stream=True)
+            sids.append(sid)
+        await client.send(client.conn.data_to_send())
+        await until(lambda: all(s in client.responses for s in sids), "the responses")
+    finally:
+        client.close()
+    assert len(backend.frames) == 3
+    for frames in backend.frames.values():
+        assert frames == [(len(MESSAGE), True)]
