@@ -85,3 +85,51 @@ async def test_a_request_body_ends_on_its_last_data_frame(
     assert len(backend.frames) == 3
     for frames in backend.frames.values():
         assert frames == [(len(MESSAGE), True)]
+
+
+async def _data_frames_of_answer(port: int) -> list[tuple[int, bool]]:
+    """One GET through the proxy; the DATA frames of its answer as ``(length, ends)``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(
+        sid,
+        [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "app")],
+        end_stream=True,
+    )
+    writer.write(conn.data_to_send())
+    frames: list[tuple[int, bool]] = []
+    ended = False
+    try:
+        while not ended and (data := await reader.read(65536)):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived) and event.stream_id == sid:
+                    frames.append((len(event.data), event.stream_ended is not None))
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == sid:
+                    ended = True
+            writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+    assert ended, "the answer did not end"
+    return frames
+
+
+async def test_a_response_body_ends_on_its_last_data_frame(
+    start_proxy: StartProxy, tcp_server: TcpServer
+) -> None:
+    async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        with contextlib.suppress(ConnectionError, h2.exceptions.ProtocolError):
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        conn.send_headers(event.stream_id, [(":status", "200")])
+                        conn.send_data(event.stream_id, b"ok", end_stream=True)
+                writer.write(conn.data_to_send())
+        writer.close()
+
+    proxy = await start_proxy(await tcp_server(answer_ok))
+    assert await _data_frames_of_answer(proxy.outbound_addr.port) == [(2, True)]

@@ -486,7 +486,9 @@ class H2Server(asyncio.Protocol):
             pair.to_up.add(event.data, event.flow_controlled_length)
             if pair.retry is not None:
                 pair.retry.body.feed(event.data)
-            if pair.upstream is not None:
+            if event.stream_ended is not None:
+                pass  # the StreamEnded that follows moves it, with the end
+            elif pair.upstream is not None:
                 pair.upstream.pump(pair)
             elif pair.downgrade is not None:
                 pair.downgrade.pump()
@@ -995,6 +997,8 @@ class _H2Upstream(asyncio.Protocol):
         self._guard = FloodGuard()
         self._calm = False
         self._pump_all = False
+        #: Streams that got response DATA in the read being handled, to move at its end.
+        self._pumps: list[_Pair] = []
 
     def server_identity(self) -> str | None:
         """The mesh identity the server proved on this connection (``None``: plaintext)."""
@@ -1133,11 +1137,19 @@ class _H2Upstream(asyncio.Protocol):
                         self.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
                     server.reset_stream(pair, h2.errors.ErrorCodes.INTERNAL_ERROR, refused=True)
         if self._calm:
+            self._pumps.clear()
             self._enhance_your_calm()
-        elif self._pump_all:
-            self._pump_all = False
-            for pair in list(self.streams.values()):
-                self.pump(pair)
+        else:
+            if self._pumps:
+                pumps, self._pumps = self._pumps, []
+                pairs = server.pairs
+                for pair in pumps:
+                    if pairs.get(pair.down_id) is pair:
+                        server.pump(pair)
+            if self._pump_all:
+                self._pump_all = False
+                for pair in list(self.streams.values()):
+                    self.pump(pair)
         self.flush_out()
         server._flush_out()
         self._maybe_close()
@@ -1177,7 +1189,12 @@ class _H2Upstream(asyncio.Protocol):
             pair.to_down.add(event.data, event.flow_controlled_length)
             if pair.observed is not None:
                 pair.observed.response_bytes += len(event.data)
-            server.pump(pair)
+            if event.stream_ended is None:
+                # Moved once the whole read is handled, with the trailers or the end the
+                # same read may hold (StreamEnded moves everything at once).
+                pumps = self._pumps
+                if not pumps or pumps[-1] is not pair:
+                    pumps.append(pair)
         elif isinstance(event, h2.events.TrailersReceived):
             pair = self.streams.get(event.stream_id)
             if pair is not None:
