@@ -21,7 +21,10 @@ Outbound with discovery, every stream is routed, balanced, timed out and retried
 connections), over upstream connections pooled per endpoint (:mod:`.upstream_pool`).
 Inbound and fixed-target outbound connections keep this module's single-upstream path,
 where every stream rides one upstream connection; a stream is counted in the request
-metrics under the listener's labels there.
+metrics under the listener's labels there. That upstream connection outlives its client
+connection: once the client is gone and no stream is left on it, the next client
+connection to the same endpoint takes it up (:mod:`.idle_upstreams`), so a client that
+reconnects costs no new connect or mTLS handshake.
 
 Inbound, a stream marked ``l5d-orig-proto`` is an HTTP/1 request that a client proxy
 upgraded to HTTP/2: it goes to the app over HTTP/1.1 instead (:mod:`.downgrade`), while the
