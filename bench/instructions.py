@@ -7,10 +7,13 @@ each target's proxies run under valgrind's callgrind; after a warm-up their coun
 zeroed, a fixed number of requests goes through one keep-alive connection (c=1, so nothing
 depends on timing), and the counters are dumped and summed over the target's processes.
 
-    python -m bench.instructions --baseline-rev e01e59f --only http1 http1-mtls
+    python -m bench.instructions --baseline-rev e01e59f --only http1 http1-mtls grpc-mtls
 
-Requests run one at a time: the figure is the proxy's own cost per request (parsing,
-routing, metrics, TLS records), not batching under load. Kernel time is not counted.
+HTTP/1.1 requests run one at a time: the figure is the proxy's own cost per request
+(parsing, routing, metrics, TLS records), not batching under load. ``grpc-mtls`` sends gRPC
+unary calls to the bench's grpcio echo server over one HTTP/2 connection, ``--streams`` of
+them at once (a batch is sent, then all its answers are read, so the batching does not
+depend on timing either). Kernel time is not counted.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import backends
+from bench import backends, grpc_client
 from bench.baseline import BaselineError, build_baseline
 from bench.certs import make_mesh_certs
 from bench.gossamer import start_pair, start_proxy
@@ -173,24 +176,56 @@ def _two_hops(group: ProcGroup, backend: int, workdir: Path, python: str) -> int
     return start_pair(group, backend, certs, python=python, timeout=START_TIMEOUT)
 
 
-TOPOLOGIES: dict[str, Starter] = {"http1": _one_hop, "http1-mtls": _two_hops}
+TOPOLOGIES: dict[str, Starter] = {
+    "http1": _one_hop,
+    "http1-mtls": _two_hops,
+    "grpc-mtls": _two_hops,
+}
+#: Topologies whose backend is the grpcio echo server (the others: nginx).
+GRPC = frozenset({"grpc-mtls"})
 
 
-def measure(topology: str, target: str, python: str, requests: int, workdir: Path) -> Count:
-    """Start ``topology`` with ``python``'s proxy under callgrind and count one run."""
+class _Http1Load:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def send(self, count: int) -> None:
+        send_requests(self.port, count)
+
+    def close(self) -> None:
+        pass
+
+
+def measure(
+    topology: str, target: str, python: str, requests: int, workdir: Path, streams: int = 1
+) -> Count:
+    """Start ``topology`` with ``python``'s proxy under callgrind and count one run.
+
+    The gRPC client keeps its one connection from the warm-up through the measured run, so
+    the count holds no connection set-up (the proxies' mTLS handshake included).
+    """
     home = workdir / topology / target
     home.mkdir(parents=True, exist_ok=True)
     wrapper, dumps = _callgrind_python(home, python, target)
     with process_group(home) as group:
-        backend = backends.start_nginx(group)
+        grpc = topology in GRPC
+        backend = backends.start_grpc_server(group) if grpc else backends.start_nginx(group)
         port = TOPOLOGIES[topology](group, backend, home, wrapper)
         proxies = group.measured()
-        send_requests(port, WARMUP_REQUESTS)
-        for proc in proxies:
-            _control("-z", proc.pid)
-        send_requests(port, requests)
-        for proc in proxies:
-            _control("-d", proc.pid)
+        load: _Http1Load | grpc_client.UnaryClient = (
+            grpc_client.UnaryClient(port, streams=streams, timeout=START_TIMEOUT)
+            if grpc
+            else _Http1Load(port)
+        )
+        try:
+            load.send(WARMUP_REQUESTS)
+            for proc in proxies:
+                _control("-z", proc.pid)
+            load.send(requests)
+            for proc in proxies:
+                _control("-d", proc.pid)
+        finally:
+            load.close()
         group.check_alive()
         totals = [callgrind_total(_last_dump(dumps, proc.pid)) for proc in proxies]
     return Count(topology, target, requests, sum(totals))
@@ -205,32 +240,55 @@ def _last_dump(dumps: Path, pid: int) -> Path:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
-    parser.add_argument("--baseline-rev", required=True, metavar="REV", help="e.g. e01e59f")
+    parser.add_argument("--baseline-rev", metavar="REV", help="e.g. e01e59f")
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="count this tree's proxy alone (no --baseline-rev needed)",
+    )
     parser.add_argument("--only", nargs="*", choices=sorted(TOPOLOGIES), default=sorted(TOPOLOGIES))
     parser.add_argument("--requests", type=int, default=2000, help="measured requests")
+    parser.add_argument(
+        "--streams", type=int, default=10, help="gRPC calls in flight at once (grpc-mtls)"
+    )
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="keep the callgrind dumps under DIR"
+    )
     args = parser.parse_args(argv)
     if args.requests < 1:
         parser.error("--requests must be at least 1")
+    if args.streams < 1:
+        parser.error("--streams must be at least 1")
+    if args.baseline_rev is None and not args.no_baseline:
+        parser.error("--baseline-rev REV or --no-baseline")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        baseline = build_baseline(args.baseline_rev)
-    except BaselineError as exc:
-        print(f"bench.instructions: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"| topology | gossamer instr/request | {baseline.label} instr/request | ratio |\n"
-        "|---|---|---|---|"
-    )
+    baseline = None
+    if not args.no_baseline:
+        try:
+            baseline = build_baseline(args.baseline_rev)
+        except BaselineError as exc:
+            print(f"bench.instructions: {exc}", file=sys.stderr)
+            return 2
+        print(
+            f"| topology | gossamer instr/request | {baseline.label} instr/request | ratio |\n"
+            "|---|---|---|---|"
+        )
+    else:
+        print("| topology | gossamer instr/request |\n|---|---|")
     os.environ.update(SLOW_PROXY_ENV)  # the bench's processes inherit the environment
     with tempfile.TemporaryDirectory(prefix="gossamer-instructions-") as tmp:
-        workdir = Path(tmp)
+        workdir = Path(tmp) if args.keep is None else args.keep
         for topology in args.only:
-            mine = measure(topology, "gossamer", sys.executable, args.requests, workdir)
-            reference = measure(topology, "baseline", baseline.python, args.requests, workdir)
+            n, streams = args.requests, args.streams
+            mine = measure(topology, "gossamer", sys.executable, n, workdir, streams)
+            if baseline is None:
+                print(f"| {topology} | {mine.per_request:,.0f} |", flush=True)
+                continue
+            reference = measure(topology, "baseline", baseline.python, n, workdir, streams)
             print(ratio_line(mine, reference), flush=True)
     return 0
 

@@ -116,3 +116,78 @@ def test_arguments_need_a_baseline_and_a_positive_request_count() -> None:
         parse_args([])
     with pytest.raises(SystemExit):
         parse_args(["--baseline-rev", "e01e59f", "--requests", "0"])
+
+
+@contextmanager
+def grpc_backend(status: bytes = b"0") -> Iterator[tuple[int, list[int]]]:
+    """A one-connection h2 server echoing each call with ``grpc-status: status``; yields
+    its port and the size of each batch of calls it saw open at once."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    batches: list[int] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        h2conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        h2conn.initiate_connection()
+        with conn:
+            conn.sendall(h2conn.data_to_send())
+            while data := conn.recv(65536):
+                ended = []
+                for event in h2conn.receive_data(data):
+                    if isinstance(event, h2.events.StreamEnded):
+                        ended.append(event.stream_id)
+                if ended:
+                    batches.append(len(ended))
+                for sid in ended:
+                    h2conn.send_headers(sid, [(b":status", b"200")])
+                    h2conn.send_data(sid, b"\x00\x00\x00\x00\x00")
+                    h2conn.send_headers(sid, [(b"grpc-status", status)], end_stream=True)
+                conn.sendall(h2conn.data_to_send())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield port, batches
+    finally:
+        listener.close()
+        thread.join(timeout=10)
+
+
+def test_grpc_client_sends_calls_in_batches_over_one_connection() -> None:
+    from bench.grpc_client import UnaryClient
+
+    with grpc_backend() as (port, batches):
+        client = UnaryClient(port, streams=4, timeout=10)
+        try:
+            client.send(10)
+            client.send(3)
+        finally:
+            client.close()
+    assert sum(batches) == 13
+    assert max(batches) <= 4
+
+
+def test_grpc_client_stops_on_a_failed_call() -> None:
+    from bench.grpc_client import UnaryClient
+
+    with grpc_backend(status=b"14") as (port, _):
+        client = UnaryClient(port, streams=2, timeout=10)
+        try:
+            with pytest.raises(RuntimeError, match="grpc-status"):
+                client.send(2)
+        finally:
+            client.close()
+
+
+def test_arguments_without_a_baseline_and_streams() -> None:
+    args = parse_args(["--no-baseline", "--only", "grpc-mtls", "--streams", "4"])
+    assert (args.baseline_rev, args.only, args.streams) == (None, ["grpc-mtls"], 4)
+    with pytest.raises(SystemExit):
+        parse_args(["--no-baseline", "--streams", "0"])

@@ -400,6 +400,7 @@ class Proxy:
         for ctx in self.contexts:
             for conn in list(ctx.connections):
                 conn.tick(now)
+            ctx.h2_idle.sweep(now)
         self.pool.sweep(now)
         if self.tap_server is not None:
             self.tap_server.tick()
@@ -425,6 +426,8 @@ class Proxy:
             for conn in list(ctx.connections):
                 conn.drain()
         self.pool.close_all()
+        for ctx in self.contexts:
+            ctx.h2_idle.close_all()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_grace_period
         while self.in_flight() and loop.time() < deadline:  # noqa: ASYNC110 - bounded poll

@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import Endpoint, Http1Limits
 from .connect import Connector, Resolver
+from .http2.idle_upstreams import IdleUpstreams
 from .metrics import ProxyMetrics
 from .pool import Pool
 
 if TYPE_CHECKING:
+    from .http2.bridge import _H2Upstream
     from .inbound_policy import InboundPolicies
     from .local_identity import LocalIdentity
     from .mesh.authz_metrics import AuthzMetrics
@@ -72,6 +74,8 @@ class ListenerContext:
     opaque_relays: set[SpliceRelay] = field(default_factory=set)
     #: Background tasks (upstream connects) kept referenced until done.
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    #: HTTP/2 upstream connections closed client connections left, for the next ones.
+    h2_idle: IdleUpstreams[_H2Upstream] = field(default_factory=IdleUpstreams)
 
     @property
     def inbound(self) -> bool:

@@ -21,7 +21,10 @@ Outbound with discovery, every stream is routed, balanced, timed out and retried
 connections), over upstream connections pooled per endpoint (:mod:`.upstream_pool`).
 Inbound and fixed-target outbound connections keep this module's single-upstream path,
 where every stream rides one upstream connection; a stream is counted in the request
-metrics under the listener's labels there.
+metrics under the listener's labels there. That upstream connection outlives its client
+connection: once the client is gone and no stream is left on it, the next client
+connection to the same endpoint takes it up (:mod:`.idle_upstreams`), so a client that
+reconnects costs no new connect or mTLS handshake.
 
 Inbound, a stream marked ``l5d-orig-proto`` is an HTTP/1 request that a client proxy
 upgraded to HTTP/2: it goes to the app over HTTP/1.1 instead (:mod:`.downgrade`), while the
@@ -299,10 +302,28 @@ class H2Server(asyncio.Protocol):
             if pair.downgrade is not None:
                 pair.downgrade.cancel()
         self.pairs.clear()
-        if self.upstream is not None:
-            self.upstream.flush_out()
-            self.upstream.close_when_idle()
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.flush_out()
+            if not self._keep_idle(up):
+                up.close_when_idle()
         self.tcp.close(getattr(exc, "errno", 0) or 0 if exc else 0)
+
+    def _keep_idle(self, up: _H2Upstream) -> bool:
+        """Leave ``up``, now without streams, to the listener's next client connection."""
+        ctx = self.ctx
+        if ctx.draining or up.server is not self:
+            return False
+        endpoint = up.endpoint
+        if endpoint is None:
+            return False
+        pool = ctx.pool
+        meshed = ctx.connector.meshed(endpoint)
+        timeout = pool.mesh_idle_timeout if meshed else pool.idle_timeout
+        # ``up.server`` stays this (closed) connection until another takes ``up`` up: all an
+        # idle upstream connection asks of it is a flush, which a closed one skips.
+        return ctx.h2_idle.keep((endpoint, up.labels), up, self.loop.time(), timeout)
 
     def is_idle(self) -> bool:
         return not self.pairs
@@ -468,7 +489,9 @@ class H2Server(asyncio.Protocol):
             pair.to_up.add(event.data, event.flow_controlled_length)
             if pair.retry is not None:
                 pair.retry.body.feed(event.data)
-            if pair.upstream is not None:
+            if event.stream_ended is not None:
+                pass  # the StreamEnded that follows moves it, with the end
+            elif pair.upstream is not None:
                 pair.upstream.pump(pair)
             elif pair.downgrade is not None:
                 pair.downgrade.pump()
@@ -633,6 +656,12 @@ class H2Server(asyncio.Protocol):
         if up is not None and up.usable():
             up.open_stream(pair)
             return
+        if up is None and not self._connect_pending:
+            up = self._idle_upstream()
+            if up is not None:
+                self.upstream = up
+                up.open_stream(pair)
+                return
         self._connecting.append(pair)
         if not self._connect_pending:
             self._connect_pending = True
@@ -673,12 +702,24 @@ class H2Server(asyncio.Protocol):
         finally:
             self._connect_pending = False
 
+    def _idle_upstream(self) -> _H2Upstream | None:
+        """An upstream connection an earlier client connection left (now this one's)."""
+        try:
+            endpoint = self._app_endpoint()
+        except ProxyError:
+            return None  # the connect path answers the error
+        up = self.ctx.h2_idle.take((endpoint, self.labels))
+        if up is not None:
+            up.server = self
+        return up
+
     async def _connect_upstream(self) -> None:
         ctx = self.ctx
         labels = self.labels
         factory = self._upstream_for(labels)
         try:
             endpoint = self._app_endpoint()
+            factory.endpoint = endpoint  # so that the connection may outlive this client
             try:
                 _, up = await ctx.connector.open(endpoint, factory)
             except BaseException:
@@ -874,11 +915,17 @@ def _pump(
             dst.send_data(dst_id, data[:window])
             pending[0] = (data[window:], flow_len)
             continue
-        dst.send_data(dst_id, data)
+        # The last DATA of a stream that ends without trailers carries END_STREAM itself,
+        # rather than an empty DATA frame after it.
+        last = flow.ended and flow.trailers is None and len(pending) == 1
+        dst.send_data(dst_id, data, end_stream=last)
         del pending[0]
         if src is not None and flow_len:
             with contextlib.suppress(h2.exceptions.StreamClosedError):
                 src.acknowledge_received_data(flow_len, src_id)
+        if last:
+            flow.ended = False
+            return True
     if flow.trailers is not None:
         if flow.trailers:
             dst.send_headers(dst_id, flow.trailers, end_stream=True)
@@ -902,16 +949,19 @@ class _UpstreamFactory:
     the transport in a reference cycle, with the codec state, until a full collection.
     """
 
-    __slots__ = ("_labels", "_made", "_server")
+    __slots__ = ("_labels", "_made", "_server", "endpoint")
 
     def __init__(self, server: H2Server, labels: TargetLabels) -> None:
         self._server = server
         self._labels = labels
         self._made: _H2Upstream | None = None
+        #: Set on the single-upstream path: the connection may then serve later clients.
+        self.endpoint: Endpoint | None = None
 
     def __call__(self) -> _H2Upstream:
         server = self._server
-        made = _H2Upstream(server, server.ctx.metrics.tcp(self._labels, "dst"), self._labels)
+        labels = self._labels
+        made = _H2Upstream(server, server.ctx.metrics.tcp(labels, "dst"), labels, self.endpoint)
         self._made = made
         return made
 
@@ -925,11 +975,20 @@ class _UpstreamFactory:
 class _H2Upstream(asyncio.Protocol):
     """The proxy's HTTP/2 client connection to the upstream server."""
 
-    def __init__(self, server: H2Server, tcp: TcpStats, labels: TargetLabels) -> None:
+    def __init__(
+        self,
+        server: H2Server,
+        tcp: TcpStats,
+        labels: TargetLabels,
+        endpoint: Endpoint | None = None,
+    ) -> None:
+        #: The client connection whose streams this connection carries.
         self.server = server
         self.tcp = tcp
         #: The endpoint's metric labels, for the streams sent over this connection.
         self.labels = labels
+        #: Where it goes, when it may serve a later client connection (single-upstream path).
+        self.endpoint = endpoint
         self.conn = new_connection(_config(client_side=True))
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Pair] = {}
@@ -941,6 +1000,8 @@ class _H2Upstream(asyncio.Protocol):
         self._guard = FloodGuard()
         self._calm = False
         self._pump_all = False
+        #: Streams that got response DATA in the read being handled, to move at its end.
+        self._pumps: list[_Pair] = []
 
     def server_identity(self) -> str | None:
         """The mesh identity the server proved on this connection (``None``: plaintext)."""
@@ -968,11 +1029,39 @@ class _H2Upstream(asyncio.Protocol):
             and self.conn.open_outbound_streams < (self.conn.remote_settings.max_concurrent_streams)
         )
 
+    def reusable(self) -> bool:
+        """Whether a later client connection may take this one up: open, no GOAWAY either
+        way, not over a flood limit, nothing backed up, and no stream left on it."""
+        transport = self.transport
+        return (
+            not self.streams
+            and not self._idle_close
+            and not self._calm
+            and not self._guard.writes_backed_up
+            and transport is not None
+            and not transport.is_closing()
+            and self.usable()
+        )
+
     def flush_out(self) -> None:
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.tcp.written.value += len(data)
             self.transport.write(data)
+
+    def _return_window(self, pair: _Pair) -> None:
+        """Hand back the connection window that ``pair``'s unforwarded response data holds.
+
+        The stream is gone, so its own window no longer matters; the connection's would
+        otherwise shrink by those bytes for good, which a connection that outlives its
+        streams (and its first client connection) cannot afford.
+        """
+        pending = pair.to_down.pending
+        held = sum(flow_len for _, flow_len in pending)
+        pending.clear()
+        if held:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.conn.acknowledge_received_data(held, pair.up_id)
 
     def open_stream(self, pair: _Pair) -> bool:
         """Send ``pair``'s request on this connection (``False``: refused and answered)."""
@@ -1007,6 +1096,9 @@ class _H2Upstream(asyncio.Protocol):
             self.server.reset_stream(pair, h2.errors.ErrorCodes.CANCEL)
 
     def reset(self, pair: _Pair, code: int) -> None:
+        # Also when the stream already ended here: its response may still wait for the
+        # client's window, holding this connection's.
+        self._return_window(pair)
         if self.streams.pop(pair.up_id, None) is None:
             return
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
@@ -1048,11 +1140,19 @@ class _H2Upstream(asyncio.Protocol):
                         self.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
                     server.reset_stream(pair, h2.errors.ErrorCodes.INTERNAL_ERROR, refused=True)
         if self._calm:
+            self._pumps.clear()
             self._enhance_your_calm()
-        elif self._pump_all:
-            self._pump_all = False
-            for pair in list(self.streams.values()):
-                self.pump(pair)
+        else:
+            if self._pumps:
+                pumps, self._pumps = self._pumps, []
+                pairs = server.pairs
+                for pair in pumps:
+                    if pairs.get(pair.down_id) is pair:
+                        server.pump(pair)
+            if self._pump_all:
+                self._pump_all = False
+                for pair in list(self.streams.values()):
+                    self.pump(pair)
         self.flush_out()
         server._flush_out()
         self._maybe_close()
@@ -1092,7 +1192,12 @@ class _H2Upstream(asyncio.Protocol):
             pair.to_down.add(event.data, event.flow_controlled_length)
             if pair.observed is not None:
                 pair.observed.response_bytes += len(event.data)
-            server.pump(pair)
+            if event.stream_ended is None:
+                # Moved once the whole read is handled, with the trailers or the end the
+                # same read may hold (StreamEnded moves everything at once).
+                pumps = self._pumps
+                if not pumps or pumps[-1] is not pair:
+                    pumps.append(pair)
         elif isinstance(event, h2.events.TrailersReceived):
             pair = self.streams.get(event.stream_id)
             if pair is not None:
@@ -1111,6 +1216,7 @@ class _H2Upstream(asyncio.Protocol):
         elif isinstance(event, h2.events.StreamReset):
             pair = self.streams.pop(event.stream_id, None)
             if pair is not None:
+                self._return_window(pair)
                 refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
                 server.reset_stream(pair, event.error_code, refused=refused)
         elif isinstance(event, h2.events.WindowUpdated):
