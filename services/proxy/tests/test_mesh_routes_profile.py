@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import random
+import tracemalloc
 from collections import Counter
 
 import pytest
@@ -75,6 +77,28 @@ def test_request_view_parses_targets_and_authorities() -> None:
     assert view.query_values("x") == ["1", "2"]
     assert split_host_port("[::1]:80") == ("::1", 80)
     assert split_host_port("web.ns.svc.cluster.local.") == ("web.ns.svc.cluster.local", None)
+
+
+def test_huge_authorities_are_not_memoized() -> None:
+    """Clients choose the authorities: a few hundred huge Hosts must not pin their bytes.
+
+    A Host may carry ~64 KiB (the head limit); the memo behind ``split_host_port`` keeps
+    1024 entries, so memoizing such authorities would retain ~130 MB.
+    """
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(64):
+            authority = f"a{i:05d}" + "b" * 65_000 + ":80"
+            assert RequestView(method="GET", path="/", authority=authority).host == authority[:-3]
+            assert split_host_port(authority.upper())[1] == 80
+            del authority
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 1_000_000, retained  # memoized: 64 * 2 * 2 * 65 kB = 16.6 MB
+    assert RequestView(method="GET", path="/", authority="Web.NS:8080").host == "web.ns"
 
 
 def test_prefix_matches_whole_segments() -> None:

@@ -11,17 +11,26 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = ["RequestView", "split_host_port"]
+__all__ = ["MEMO_AUTHORITY_CHARS", "RequestView", "split_host_port"]
 
 
-# Routing and authorization ask this of every request, and clients send the same few
-# authorities again and again: a bounded memo (the authorities come from the network) turns
-# about 70 bytecodes per request into one C-level lookup.
-@functools.lru_cache(maxsize=1024)
+#: Longer authorities are split afresh each time, never memoized: a DNS name has at most 253
+#: characters, so this leaves room for a port and IPv6 brackets, and the memo's 1024
+#: entries hold under 1 MB whatever the clients send (a Host may have ~64 KiB).
+MEMO_AUTHORITY_CHARS: Final = 300
+
+
 def split_host_port(authority: str) -> tuple[str, int | None]:
     """``"web.ns.svc:8080"`` → ``("web.ns.svc", 8080)``; IPv6 literals keep their brackets off."""
+    if len(authority) <= MEMO_AUTHORITY_CHARS:
+        return _split_memo(authority)
+    return _split(authority)
+
+
+def _split(authority: str) -> tuple[str, int | None]:
     authority = authority.strip()
     if authority.startswith("["):
         end = authority.find("]")
@@ -36,6 +45,13 @@ def split_host_port(authority: str) -> tuple[str, int | None]:
     digits = port_text.isascii() and port_text.isdigit()
     port = int(port_text) if digits and int(port_text) <= 65535 else None
     return host.lower().rstrip("."), port
+
+
+# Routing and authorization ask this of every request, and clients send the same few
+# authorities again and again: a memo turns about 70 bytecodes per request into one C-level
+# lookup. The authorities come from the network, so it is bounded in entries and (through
+# MEMO_AUTHORITY_CHARS, checked by its callers) in the size of each.
+_split_memo = functools.lru_cache(maxsize=1024)(_split)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +97,10 @@ class RequestView:
     @property
     def host(self) -> str:
         """The authority's host, lower-case, without port or trailing dot."""
-        return split_host_port(self.authority)[0]
+        authority = self.authority  # split_host_port, inline: no extra call per request
+        if len(authority) <= MEMO_AUTHORITY_CHARS:
+            return _split_memo(authority)[0]
+        return _split(authority)[0]
 
     def header_values(self, name: bytes) -> list[bytes]:
         """All values of header ``name`` (case-insensitive), in order."""
