@@ -17,6 +17,9 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 from gossamer_proxy.app import Proxy
+from gossamer_proxy.config import Http1Limits
+from gossamer_proxy.http1.headers import Headers, MessageInfo
+from gossamer_proxy.http1.upstream import TOO_LARGE, Http1Upstream
 
 StartProxy = Callable[..., Awaitable[Proxy]]
 TcpServer = Callable[..., Awaitable[tuple[str, int]]]
@@ -230,14 +233,17 @@ async def test_a_large_body_in_the_same_read_as_its_head_is_served(
     assert received == body
 
 
+@pytest.mark.parametrize("pipelined", [False, True])
 async def test_a_response_nobody_asked_for_closes_the_connection(
-    start_proxy: StartProxy, tcp_server: TcpServer
+    start_proxy: StartProxy, tcp_server: TcpServer, pipelined: bool
 ) -> None:
     """Bytes after a response, in its read, never reach the next request on that connection.
 
     The upstream answers the first request with two responses in one write, the second
     with a partial body. The next request must go out on a new connection and get its own
-    answer, not the leftover (or a mix of the leftover and its own response).
+    answer, not the leftover (or a mix of the leftover and its own response). Pipelined,
+    the next request already has the connection when the leftover is parsed (the first
+    response's end hands it on): it must still get its own answer.
     """
     connections = 0
 
@@ -263,15 +269,130 @@ async def test_a_response_nobody_asked_for_closes_the_connection(
 
     proxy = await start_proxy(await tcp_server(handler))
     bodies = []
-    for _ in range(2):
+    for _ in range(1 if pipelined else 2):
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound_addr.port)
         try:
-            writer.write(_GET)
-            status, headers, _ = await asyncio.wait_for(_final_response(reader), 30)
-            body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 30)
+            writer.write(_GET * 2 if pipelined else _GET)
+            for _ in range(2 if pipelined else 1):
+                status, headers, _ = await asyncio.wait_for(_final_response(reader), 30)
+                length = int(headers["content-length"])
+                body = await asyncio.wait_for(reader.readexactly(length), 30)
+                assert status == 200
+                bodies.append(body)
         finally:
             writer.close()
-        assert status == 200
-        bodies.append(body)
     assert bodies == [b"first", b"second"]
     assert connections == 2
+
+
+# -- one upstream connection, fed reads directly (exact read boundaries) ----------------------
+
+
+class _Sink:
+    """A :class:`ResponseSink` that records what it is told."""
+
+    def __init__(self, on_end: Callable[[], None] | None = None) -> None:
+        self.status: int | None = None
+        self.body = b""
+        self.ended = False
+        self.lost: str | None = None
+        self.on_end = on_end
+
+    def up_head(self, status: int, reason: bytes, info: MessageInfo) -> None:
+        self.status = status
+
+    def up_body(self, data: bytes) -> None:
+        self.body += data
+
+    def up_end(self, trailers: Headers) -> None:
+        self.ended = True
+        if self.on_end is not None:
+            self.on_end()
+
+    def up_upgraded(self, leftover: bytes) -> None:
+        raise AssertionError("no upgrade here")
+
+    def up_lost(self, error: str) -> None:
+        self.lost = error
+
+    def up_flush(self) -> None:
+        pass
+
+    def up_pause_writing(self) -> None:
+        pass
+
+    def up_resume_writing(self) -> None:
+        pass
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def close(self) -> None:
+        self.aborted = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def _upstream() -> tuple[Http1Upstream, _Transport]:
+    up = Http1Upstream(("127.0.0.1", 80), None, Http1Limits())  # type: ignore[arg-type]
+    transport = _Transport()
+    up.connection_made(transport)  # type: ignore[arg-type]
+    return up, transport
+
+
+@pytest.mark.parametrize("split", [1, 2, 3])
+def test_a_head_end_split_across_reads_before_a_large_body_is_served(split: int) -> None:
+    """The blank line ending a head may arrive with a body larger than the room left."""
+    body = b"x" * 100_000
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    up, transport = _upstream()
+    sink = _Sink()
+    up.begin(sink, no_body=False)
+    up.data_received(head[:-split])
+    up.data_received(head[-split:] + body)
+    assert (sink.lost, sink.status, sink.ended) == (None, 200, True)
+    assert sink.body == body
+    assert up.is_usable()
+    assert not transport.aborted
+
+
+def test_a_head_past_the_limit_is_refused_when_its_end_follows_a_read_end() -> None:
+    """A read may finish a head begun in the last, but not one longer than the limit."""
+    up, transport = _upstream()
+    sink = _Sink()
+    up.begin(sink, no_body=False)
+    up.data_received(b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 60_000 + b"\r\n")
+    up.data_received(b"X-B: " + b"b" * 10_000 + b"\r\nContent-Length: 1\r\n\r\n" + b"x" * 20_000)
+    assert sink.status is None
+    assert sink.lost == TOO_LARGE + "response head over 65536 bytes"
+    assert transport.aborted
+
+
+def test_a_stray_response_never_reaches_the_exchange_handed_the_connection() -> None:
+    """The pool may hand the connection on while the read that ended a response goes on."""
+    up, transport = _upstream()
+    second = _Sink()
+    first = _Sink(on_end=lambda: up.begin(second, no_body=False))  # as a pipelined request
+    up.begin(first, no_body=False)
+    up.data_received(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nsmug"
+    )
+    assert (first.status, first.body, first.ended, first.lost) == (200, b"first", True, None)
+    assert (second.status, second.body) == (None, b"")
+    assert second.lost == "invalid HTTP response: a response nobody asked for"
+    assert transport.aborted
+    assert not up.is_usable()
+    assert not up.got_bytes  # so a request safe to send again is sent on a new connection

@@ -49,6 +49,10 @@ class _StopParsingError(Exception):
     """Raised from a parser callback to end a message the parser cannot frame (HEAD)."""
 
 
+class _StrayResponseError(Exception):
+    """Raised from a parser callback when a response begins that no request waits for."""
+
+
 class _TooManyFieldsError(Exception):
     """Raised from a parser callback when a header section has too many fields."""
 
@@ -195,36 +199,86 @@ class Http1Upstream(asyncio.Protocol):
             # head and a large body passes; interim heads count against the same room.
             room = self._max_head_bytes - self._unbodied
             if size > room and data.find(_HEAD_END, 0, max(room, 0)) < 0:
-                self._unbodied_too_large()
-                owner.up_flush()
-                return
+                rest = self._head_end_straddling(owner, data, room)
+                if not rest:
+                    return
+                data, size = rest, len(rest)
         # Counted before parsing: the final head (:meth:`on_headers_complete`), each piece of
         # body (:meth:`on_body`) and the next exchange (:meth:`begin`) start again at 0.
         self._unbodied += size
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self.owner = None
-            self.keep_alive = False
-            offset = int(upgrade.args[0]) if upgrade.args else len(data)
-            owner.up_upgraded(data[offset:])
-            return
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _StopParsingError):
-                # HEAD: the message ended at its head; anything after it is a framing error.
-                self.parser = httptools.HttpResponseParser(self)
-            elif isinstance(cause, _TooManyFieldsError):
-                self._protocol_error(
-                    f"{_OVER_LIMIT}too many header fields (over {self._max_fields})"
-                )
-            else:
-                self._protocol_error(str(cause or exc))
-        except httptools.HttpParserError as exc:
-            self._protocol_error(str(exc))
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError) as exc:
+            if not self._parse_stopped(owner, exc, data):
+                return
         if self._unbodied > self._max_head_bytes and self.owner is not None:
             self._unbodied_too_large()
         owner.up_flush()
+
+    def _head_end_straddling(self, owner: ResponseSink, data: bytes, room: int) -> bytes:
+        """No head ends within the first ``room`` bytes of ``data``, except perhaps one whose
+        terminator began at the end of the previous read: that one ends within this read's
+        first 3 bytes. Those are parsed alone; if the head then goes on, it is over the
+        limit. Returns the rest of ``data`` to parse as usual (empty when done).
+        """
+        first = min(room, 3) if self._unbodied else 0
+        if first > 0:
+            self._unbodied += first
+            try:
+                self.parser.feed_data(data[:first])
+            except (httptools.HttpParserUpgrade, httptools.HttpParserError) as exc:
+                if not self._parse_stopped(owner, exc, data):
+                    return b""
+            if self._closed:  # a protocol error, or a response nobody asked for
+                owner.up_flush()
+                return b""
+            if not self._awaiting_head or self.owner is not owner:
+                return data[first:]  # the head ended there (the rest is at least a byte)
+        if self.owner is not None:
+            self._unbodied_too_large()
+        owner.up_flush()
+        return b""
+
+    def _parse_stopped(
+        self,
+        owner: ResponseSink,
+        exc: httptools.HttpParserUpgrade | httptools.HttpParserError,
+        data: bytes,
+    ) -> bool:
+        """The parser raised while parsing ``data``; False when reading is over for us."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            self.owner = None
+            self.keep_alive = False
+            offset = int(exc.args[0]) if exc.args else len(data)
+            owner.up_upgraded(data[offset:])
+            return False
+        cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
+        if isinstance(cause, _StopParsingError):
+            # HEAD: the message ended at its head; anything after it is a framing error.
+            self.parser = httptools.HttpResponseParser(self)
+        elif isinstance(cause, _StrayResponseError):
+            self._stray_response()
+        elif isinstance(cause, _TooManyFieldsError):
+            self._protocol_error(f"{_OVER_LIMIT}too many header fields (over {self._max_fields})")
+        else:
+            self._protocol_error(str(cause or exc))
+        return True
+
+    def _stray_response(self) -> None:
+        """A response began in the read that ended the one before it: nobody asked for it.
+
+        No request sent since can have caused it, so the server broke framing: the
+        connection closes and these bytes reach no one. An exchange handed the connection
+        meanwhile (a pipelined request, or one waiting for the pool) has no byte of its
+        response yet; it learns the connection is lost, so a request safe to send again
+        goes out on a new connection and gets its own response.
+        """
+        owner, self.owner = self.owner, None
+        self.keep_alive = False
+        self.abort()
+        if owner is not None:
+            owner.up_lost(_INVALID + "a response nobody asked for")
+            owner.up_flush()
 
     def _unbodied_too_large(self) -> None:
         limit = self._max_head_bytes
@@ -253,12 +307,10 @@ class Http1Upstream(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self.owner is None:
-            # A second response in the read that ended the last one: nobody asked for it,
-            # so the server broke framing. The connection may already be back in the pool,
-            # so it is closed now and never hands these bytes to the next request.
-            self.keep_alive = False
-            self.close()
+        if self.owner is None or not self.got_bytes:
+            # A second response in the read that ended the last one (``got_bytes`` is set
+            # for each read and cleared by :meth:`begin`, so a new owner has had no read).
+            raise _StrayResponseError
         self._headers = self._fields = []
         self._trailers = []
         self._in_head = True
