@@ -13,6 +13,7 @@ import pytest
 import websockets
 from aiohttp import web
 from gossamer_proxy.app import Proxy
+from gossamer_proxy.http1.server import Http1Server
 
 StartProxy = Callable[..., Awaitable[Proxy]]
 TcpServer = Callable[..., Awaitable[tuple[str, int]]]
@@ -523,3 +524,78 @@ async def test_upstream_proxy_connection_close_closes_the_client(
     assert b"l5d-proxy-connection" not in data
     assert data.endswith(b"\r\n\r\nok")
     writer.close()
+
+
+async def _forward_in_two_reads(
+    start_proxy: StartProxy,
+    tcp_server: TcpServer,
+    response_reader: ReadResponse,
+    monkeypatch: pytest.MonkeyPatch,
+    first: bytes,
+    second: bytes,
+) -> tuple[int, bytes]:
+    """Send a request as exactly two reads of the proxy (``first`` from the client's
+    socket, ``second`` handed to its server's ``data_received``), so where the one ends
+    does not depend on how the kernel splits the bytes; the upstream echoes the body.
+    """
+    servers: list[Http1Server] = []
+    bytes_read = [0]
+    first_read = asyncio.Event()
+    original = Http1Server.data_received
+
+    def data_received(server: Http1Server, data: bytes) -> None:
+        servers.append(server)
+        original(server, data)
+        bytes_read[0] += len(data)
+        if bytes_read[0] == len(first):
+            first_read.set()
+
+    monkeypatch.setattr(Http1Server, "data_received", data_received)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request_head = await reader.readuntil(b"\r\n\r\n")
+        length = int(request_head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        received = await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length + received)
+        await writer.drain()
+        writer.close()
+
+    proxy = await start_proxy(await tcp_server(handler))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound_addr.port)
+    try:
+        writer.write(first)
+        await asyncio.wait_for(first_read.wait(), 10)
+        original(servers[-1], second)
+        status, _, received = await asyncio.wait_for(response_reader(reader), 30)
+    finally:
+        writer.close()
+    return status, received
+
+
+@pytest.mark.parametrize("split", [1, 2, 3])
+async def test_a_head_end_split_across_reads_before_a_large_body_is_forwarded(
+    start_proxy: StartProxy,
+    tcp_server: TcpServer,
+    response_reader: ReadResponse,
+    monkeypatch: pytest.MonkeyPatch,
+    split: int,
+) -> None:
+    """The blank line ending a request head may arrive with more body than the head room."""
+    body = b"b" * 100_000
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body)
+    first, second = head[:-split], head[-split:] + body
+    args = (start_proxy, tcp_server, response_reader, monkeypatch)
+    assert await _forward_in_two_reads(*args, first, second) == (200, body)
+
+
+async def test_a_head_past_the_limit_is_refused_when_its_end_follows_a_read_end(
+    start_proxy: StartProxy,
+    tcp_server: TcpServer,
+    response_reader: ReadResponse,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read may finish a head begun in the last, but not one longer than the limit."""
+    first = b"POST / HTTP/1.1\r\nHost: a\r\nX-A: " + b"a" * 60_000 + b"\r\n"
+    second = b"X-B: " + b"b" * 10_000 + b"\r\nContent-Length: 1\r\n\r\n" + b"x" * 20_000
+    args = (start_proxy, tcp_server, response_reader, monkeypatch)
+    assert (await _forward_in_two_reads(*args, first, second))[0] == 431

@@ -557,8 +557,13 @@ class Http1Server(asyncio.Protocol):
             if self._in_head or self._cur is None:
                 room = self.limits.max_head_bytes - self._head_bytes
                 if stop - start > room and data.find(_HEAD_END, start, start + max(room, 0)) < 0:
-                    self._reject(ProxyErrorKind.HEAD_TOO_LARGE)
-                    return
+                    if start or not self._head_bytes or room <= 0:
+                        self._reject(ProxyErrorKind.HEAD_TOO_LARGE)
+                        return
+                    # Unless its terminator began at the end of the last read: then the head
+                    # ends within this read's first 3 bytes. They go alone; if the head goes
+                    # on past them, the next turn (``start`` > 0) refuses it.
+                    stop = min(room, 3)
                 self._head_bytes += stop - start
             piece = data if start == 0 and stop == size else memoryview(data)[start:stop]
             # The parser is fed here, not through :meth:`_feed`, to keep a call off every
