@@ -599,3 +599,43 @@ async def test_a_head_past_the_limit_is_refused_when_its_end_follows_a_read_end(
     second = b"X-B: " + b"b" * 10_000 + b"\r\nContent-Length: 1\r\n\r\n" + b"x" * 20_000
     args = (start_proxy, tcp_server, response_reader, monkeypatch)
     assert (await _forward_in_two_reads(*args, first, second))[0] == 431
+
+
+async def test_huge_hosts_are_not_kept_by_the_connection(
+    start_proxy: StartProxy,
+    tcp_server: TcpServer,
+    response_reader: ReadResponse,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client's authorities are kept per connection (for its metrics), but not huge ones:
+    16 Hosts near the head limit would pin 16 times that limit for the connection's life."""
+    servers: list[Http1Server] = []
+    original = Http1Server.data_received
+
+    def data_received(server: Http1Server, data: bytes) -> None:
+        servers.append(server)
+        original(server, data)
+
+    monkeypatch.setattr(Http1Server, "data_received", data_received)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
+
+    proxy = await start_proxy(await tcp_server(handler))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.outbound_addr.port)
+    try:
+        for i in range(8):
+            host = b"h%d" % i + b"x" * 60_000
+            writer.write(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            assert (await asyncio.wait_for(response_reader(reader), 30))[0] == 200
+        writer.write(b"GET / HTTP/1.1\r\nHost: svc.example\r\n\r\n")
+        assert (await asyncio.wait_for(response_reader(reader), 30))[0] == 200
+        kept = servers[-1]._stats_cache
+        assert sum(len(host or b"") for host in kept) < 1_000, [len(h or b"") for h in kept]
+        assert b"svc.example" in kept
+    finally:
+        writer.close()

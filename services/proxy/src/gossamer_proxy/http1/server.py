@@ -52,7 +52,7 @@ from ..mesh.l5d_headers import (
 )
 from ..mesh.policy_router import PolicyRoute, direct
 from ..mesh.profile import Profile, ProfileRoute
-from ..mesh.request import RequestView
+from ..mesh.request import MEMO_AUTHORITY_CHARS, RequestView
 from ..mesh.retry import (
     DEFAULT_MAX_REQUEST_BYTES,
     ReplayBody,
@@ -786,9 +786,12 @@ class Http1Server(asyncio.Protocol):
             if authority and ":" not in authority.rsplit("]", 1)[-1]:
                 authority = f"{authority}:{self.target.port}"
             stats = self.ctx.metrics.http(self.labels, authority)
-            if len(self._stats_cache) >= 16:
-                self._stats_cache.clear()  # one client can send any number of authorities
-            self._stats_cache[host] = stats
+            # One client can send any number of authorities, each up to the head limit:
+            # at most 16 are kept, none longer than a DNS name and port.
+            if host is None or len(host) <= MEMO_AUTHORITY_CHARS:
+                if len(self._stats_cache) >= 16:
+                    self._stats_cache.clear()
+                self._stats_cache[host] = stats
         return stats
 
     # -- forwarding --------------------------------------------------------------------------
