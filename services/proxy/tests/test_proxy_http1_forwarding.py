@@ -639,3 +639,46 @@ async def test_huge_hosts_are_not_kept_by_the_connection(
         assert b"svc.example" in kept
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize(("method", "sent_again"), [("GET", True), ("POST", False)])
+async def test_a_request_lost_on_a_reused_connection_is_sent_again_only_if_idempotent(
+    start_proxy: StartProxy, tcp_server: TcpServer, method: str, sent_again: bool
+) -> None:
+    """The server answers the first request, then reads the second and hangs up unanswered.
+
+    It may have acted on that second request, so the proxy may send it again on a new
+    connection only when its method is idempotent; a POST gets the error instead.
+    """
+    requests: list[tuple[int, bytes]] = []
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        n = connections
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                requests.append((n, head.split(b" ", 1)[0]))
+                if n == 1 and len(requests) == 2:
+                    break  # the second request on the first connection: no answer
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    proxy = await start_proxy(await tcp_server(handler))
+    url = f"http://127.0.0.1:{proxy.outbound_addr.port}/"
+    async with httpx.AsyncClient(timeout=10) as client:
+        first = await client.get(url)
+        second = await client.request(method, url)
+    assert first.status_code == 200
+    if sent_again:
+        assert second.status_code == 200
+        assert requests == [(1, b"GET"), (1, b"GET"), (2, b"GET")]
+    else:
+        assert second.status_code == 502
+        assert requests == [(1, b"GET"), (1, b"POST")]

@@ -111,6 +111,8 @@ _INBOUND_STRIP = L5D_REQUEST_STRIP | {b"l5d-client-id"}
 #: routes that allow them) and never forwarded (linkerd-wire.md §9 outbound step 9).
 _OUTBOUND_STRIP = L5D_REQUEST_STRIP | DIRECTIVES
 _CHUNKED: Final = b"transfer-encoding: chunked\r\n"
+#: Methods sent again after a connection dies without an answer (RFC 9110 §9.2.2).
+_IDEMPOTENT_METHODS: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 
 
 class _TooLargeError(Exception):
@@ -1506,8 +1508,17 @@ class Http1Server(asyncio.Protocol):
             return
         if not ex.response_started:
             no_body = ex.info is None or (not ex.info.chunked and not ex.info.content_length)
-            if up is not None and up.reused and not up.got_bytes and no_body and not ex.retried:
-                # A pooled connection the server had closed: safe to send again, once.
+            if (
+                up is not None
+                and up.reused
+                and not up.got_bytes
+                and no_body
+                and not ex.retried
+                and ex.method in _IDEMPOTENT_METHODS
+            ):
+                # A pooled connection the server had closed, or broke: sent again, once. The
+                # server may have acted on the request, so only an idempotent one (RFC 9110
+                # §9.2.2); a POST gets the error instead of running twice.
                 ex.finish_pick(Outcome.CANCELLED)
                 ex.retried = True
                 self._begin(ex)
