@@ -1,7 +1,7 @@
 """What the HTTP/2 path keeps: of DATA waiting for a window, about its size in bytes; once a
 stream or a connection is over, nothing.
 
-Of a stream, nothing but a record of recent resets; of a connection, nothing: it is freed
+Of a stream, nothing once it closed; of a connection, nothing: it is freed
 by reference counting when it closes, not left for a full garbage collection. The codec
 tests drive two connections against each other in memory; the proxy tests send streams
 through a real proxy on loopback and look at what its connections remember.
@@ -26,7 +26,7 @@ import hyperframe.frame
 import pytest
 from gossamer_proxy.app import Proxy
 from gossamer_proxy.errors import ProxyError, ProxyErrorKind
-from gossamer_proxy.h2codec import MAX_RESET_RECORDS, new_connection
+from gossamer_proxy.h2codec import new_connection
 from gossamer_proxy.http2.bridge import H2Server, _config, _set_windows
 from raw_h2 import REQUEST, CountingH2Backend, RawH2Client, outbound_context, until
 
@@ -128,20 +128,22 @@ def test_a_reset_stream_is_remembered_so_late_frames_get_a_stream_error() -> Non
     _exchange(client, server, 1)  # the connection still serves
 
 
-def test_reset_records_are_bounded() -> None:
+def test_nothing_is_recorded_of_reset_streams_yet_the_oldest_is_still_answered() -> None:
     client, server = _connected_pair()
-    for _ in range(MAX_RESET_RECORDS + 50):
+    for _ in range(2000):
         sid = client.get_next_available_stream_id()
         client.send_headers(sid, GET, end_stream=True)
         server.receive_data(client.data_to_send())
         server.reset_stream(sid, 8)
         client.receive_data(server.data_to_send())
     _exchange(client, server, 1)
-    assert len(server._closed_streams) == MAX_RESET_RECORDS
-    # The oldest went first; the newest are still answered with RST_STREAM.
-    newest = server.highest_inbound_stream_id - 2
-    server.receive_data(_late_trailers(newest))
-    assert server.data_to_send()[3] == 0x3
+    assert len(server._closed_streams) == 0
+    # Even the first reset stream is answered with RST_STREAM, not a connection error.
+    server.receive_data(_late_trailers(1))
+    answer = server.data_to_send()
+    assert answer[3] == 0x3
+    assert int.from_bytes(answer[5:9], "big") == 1
+    _exchange(client, server, 1)
 
 
 async def test_the_proxy_forgets_streams_that_ended(

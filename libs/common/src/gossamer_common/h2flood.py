@@ -84,11 +84,11 @@ class FloodGuard:
         self.writes_backed_up = False
         self._pending_control = 0
 
-    def control_frame(self) -> bool:
-        """A frame is owed to the peer: an ACK, or an answer the proxy made itself."""
+    def control_frame(self, count: int = 1) -> bool:
+        """``count`` frames are owed to the peer: ACKs, or answers the proxy made itself."""
         if not self.writes_backed_up:
             return False
-        self._pending_control += 1
+        self._pending_control += count
         return self._pending_control > self._limits.max_pending_control_frames
 
     def client_reset(self, now: float) -> bool:

@@ -11,9 +11,9 @@ ships none. jh2 is imported on first use, so a sidecar that never sees HTTP/2 do
 it (2.6 MB). grpclib, the control-plane client, keeps ``h2``: it does not work over jh2
 (the proxy-to-control-plane test times out with it), so the two are not merged.
 
-Connections come from :func:`new_connection`, which bounds what a connection remembers of
-its closed streams (:class:`ResetStreamRecords`), and end with :func:`release`, which lets
-reference counting free them at once.
+Connections come from :func:`new_connection`, which remembers nothing of closed streams
+(:class:`ClosedStreamSink`), and end with :func:`release`, which lets reference counting
+free them at once.
 """
 
 from __future__ import annotations
@@ -21,14 +21,18 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
-from collections import OrderedDict
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["MAX_RESET_RECORDS", "ResetStreamRecords", "h2", "new_connection", "release"]
-
-#: Streams closed by RST_STREAM that a connection remembers, newest first.
-MAX_RESET_RECORDS = 1024
+__all__ = [
+    "SUPPORTED_JH2",
+    "ClosedStreamSink",
+    "h2",
+    "missing_internals",
+    "new_connection",
+    "release",
+    "take_answers_owed",
+]
 
 
 class _LazyCodec:
@@ -39,9 +43,75 @@ class _LazyCodec:
             raise AttributeError(name)
         if "jh2.hpack" not in sys.modules:
             _leave_out_pure_python_hpack()
+        _check_codec()
         module = importlib.import_module(f"jh2.{name}")
         setattr(self, name, module)  # later reads are plain attribute reads
         return module
+
+
+#: The jh2 releases whose internals this module relies on (pinned so in pyproject.toml).
+SUPPORTED_JH2 = ">=5.0.15,<5.1"
+
+
+@functools.cache
+def _check_codec() -> None:
+    """Fail at import, naming the jh2 expected, if an internal this module uses is gone.
+
+    Otherwise a rename would surface later and elsewhere: :func:`release`, the first thing a
+    closing connection calls, would raise AttributeError on every close.
+    """
+    try:
+        connection = importlib.import_module("jh2.connection")
+        stream = importlib.import_module("jh2.stream")
+        version = str(importlib.import_module("jh2").__version__)
+    except (ImportError, AttributeError) as exc:
+        raise ImportError(f"gossamer-proxy needs jh2 {SUPPORTED_JH2}: {exc}") from exc
+    missing = missing_internals(connection, stream)
+    if missing:
+        raise ImportError(
+            f"gossamer-proxy needs jh2 {SUPPORTED_JH2} (tested with 5.0.15); jh2 {version} "
+            f"lacks what it relies on: {', '.join(missing)}"
+        )
+
+
+def missing_internals(connection: ModuleType, stream: ModuleType) -> list[str]:
+    """The jh2 internals used here that ``connection`` and ``stream`` (jh2's) do not have."""
+    missing: list[str] = []
+    conn_class = getattr(connection, "H2Connection", None)
+    for method in (
+        "_stream_closed_by",
+        "_handle_data_on_closed_stream",
+        "_receive_rst_stream_frame",
+        "_stream_id_is_outbound",
+    ):
+        if not callable(getattr(conn_class, method, None)):
+            missing.append(f"H2Connection.{method}")
+    if not hasattr(getattr(connection, "ConnectionInputs", None), "RECV_RST_STREAM"):
+        missing.append("ConnectionInputs.RECV_RST_STREAM")
+    if not hasattr(getattr(stream, "StreamClosedBy", None), "SEND_RST_STREAM"):
+        missing.append("StreamClosedBy.SEND_RST_STREAM")
+    if conn_class is None:
+        return missing
+    try:
+        probe = conn_class()
+    except Exception as exc:  # any failure means a jh2 this module does not know
+        return [*missing, f"H2Connection() ({exc!r})"]
+    for attribute, kind in (
+        ("_frame_dispatch_table", dict),
+        ("_closed_streams", object),
+        ("streams", dict),
+        ("highest_inbound_stream_id", int),
+        ("highest_outbound_stream_id", int),
+        ("state_machine", object),
+    ):
+        if not isinstance(getattr(probe, attribute, None), kind):
+            missing.append(f"H2Connection().{attribute}")
+    settings = getattr(getattr(probe, "local_settings", None), "_settings", None)
+    if not isinstance(settings, dict) or not all(
+        callable(getattr(history, "popleft", None)) for history in settings.values()
+    ):
+        missing.append("Settings._settings")
+    return missing
 
 
 def _leave_out_pure_python_hpack() -> None:
@@ -75,32 +145,24 @@ else:
     h2 = _LazyCodec()
 
 
-class ResetStreamRecords(OrderedDict[int, Any]):
-    """How a connection's closed streams ended, kept for those closed by RST_STREAM only.
+class ClosedStreamSink(dict[int, Any]):
+    """Where h2 files its closed streams (how each ended): nothing is kept.
 
-    h2 remembers every closed stream (up to 65,536 per connection, ~120 bytes each: 7.9 MB
-    for one long-lived connection, and in proportion to the requests served until then).
-    The record matters only for a stream that was reset: frames the peer sent before it saw
-    the RST_STREAM are answered with RST_STREAM instead of a connection error. For a stream
-    that ended normally a late frame is a connection error either way, and DATA and
-    WINDOW_UPDATE on any forgotten stream are handled without one. So only resets are kept,
-    the newest :data:`MAX_RESET_RECORDS` of them.
+    h2 remembers up to 65,536 closed streams per connection (~120 bytes each: 7.9 MB for
+    one long-lived connection), to tell a late frame on a stream it reset (a stream error)
+    from one on a stream that ended (a connection error). Any bound on that record is a
+    cliff: past it, a late frame for a stream this side reset (a response to a cancelled
+    gRPC call) becomes a connection error that fails every stream on the connection. So,
+    as Rust's ``h2`` does, nothing is recorded, and every stream at or below the highest id
+    seen that is no longer tracked is taken for a closed stream that may have been
+    forgotten (:func:`new_connection`): a frame on it is a stream error (RFC 9113 §5.1
+    allows either) and the connection goes on.
     """
 
     __slots__ = ()
 
     def __setitem__(self, stream_id: int, closed_by: Any) -> None:
-        if closed_by not in _reset_closures():
-            return
-        super().__setitem__(stream_id, closed_by)
-        if len(self) > MAX_RESET_RECORDS:
-            self.popitem(last=False)
-
-
-@functools.cache
-def _reset_closures() -> frozenset[Any]:
-    closed_by = h2.stream.StreamClosedBy
-    return frozenset({closed_by.SEND_RST_STREAM, closed_by.RECV_RST_STREAM})
+        pass
 
 
 class _SettingHistory(list[Any]):
@@ -117,15 +179,77 @@ class _SettingHistory(list[Any]):
 
 
 def new_connection(config: h2.config.H2Configuration) -> h2.connection.H2Connection:
-    """An HTTP/2 connection that remembers only its last :data:`MAX_RESET_RECORDS` resets,
-    and keeps its settings in lists (:class:`_SettingHistory`)."""
-    conn = h2.connection.H2Connection(config)
-    conn._closed_streams = ResetStreamRecords()
+    """An HTTP/2 connection that remembers none of its closed streams (:class:`ClosedStreamSink`)
+    and keeps its settings in lists (:class:`_SettingHistory`).
+
+    A frame on a stream it may have forgotten (at or below the highest id of its side, no
+    longer tracked) is a stream error, as in Rust's ``h2``: HEADERS is answered with
+    RST_STREAM(STREAM_CLOSED); DATA too, its length credited back to the connection window
+    (h2 does that for DATA on any closed stream); RST_STREAM and WINDOW_UPDATE are ignored.
+    Each RST_STREAM it answers that way is counted in :func:`take_answers_owed`.
+    """
+    conn = _connection_class()(config)
+    conn._closed_streams = ClosedStreamSink()
     for settings in (conn.local_settings, conn.remote_settings):
         values: dict[Any, Any] = settings._settings  # h2 types them as deques
         for code, history in values.items():
             values[code] = _SettingHistory(history)
     return conn
+
+
+def take_answers_owed(conn: h2.connection.H2Connection) -> int:
+    """RST_STREAM frames ``conn`` queued for frames on forgotten streams since the last call.
+
+    Such frames cost the peer nothing and owe it an answer, so the caller counts them
+    against its flood limits (:meth:`gossamer_common.h2flood.FloodGuard.control_frame`).
+    """
+    owed: int = getattr(conn, "answers_owed", 0)
+    if owed:
+        conn.answers_owed = 0  # type: ignore[attr-defined]
+    return owed
+
+
+@functools.cache
+def _connection_class() -> type[Any]:
+    """jh2's connection, with closed streams it has forgotten treated as reset ones."""
+    base: Any = h2.connection.H2Connection
+    reset_by_this_side = h2.stream.StreamClosedBy.SEND_RST_STREAM
+    recv_rst_stream = h2.connection.ConnectionInputs.RECV_RST_STREAM
+
+    class ForgetfulConnection(base):  # type: ignore[misc]
+        __slots__ = ()
+        #: RST_STREAMs queued for frames on forgotten streams (see take_answers_owed).
+        answers_owed = 0
+
+        def _may_have_forgotten(self, stream_id: int) -> bool:
+            if stream_id <= 0 or stream_id in self.streams:
+                return False
+            if self._stream_id_is_outbound(stream_id):
+                return bool(stream_id <= self.highest_outbound_stream_id)
+            return bool(stream_id <= self.highest_inbound_stream_id)
+
+        def _stream_closed_by(self, stream_id: int) -> Any:
+            # h2 asks only when a frame came for a stream it does not track, to choose
+            # between a stream error (closed by a reset) and a connection error.
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                return stream.closed_by
+            if self._may_have_forgotten(stream_id):
+                self.answers_owed += 1  # h2 answers it with RST_STREAM
+                return reset_by_this_side
+            return None
+
+        def _handle_data_on_closed_stream(self, events: Any, exc: Any, frame: Any) -> Any:
+            self.answers_owed += 1  # RST_STREAM (and the connection window's credit)
+            return super()._handle_data_on_closed_stream(events, exc, frame)
+
+        def _receive_rst_stream_frame(self, frame: Any) -> Any:
+            if self._may_have_forgotten(frame.stream_id):
+                # Never answered (RFC 9113 §5.4.2): the stream is closed already.
+                return [], self.state_machine.process_input(recv_rst_stream)
+            return super()._receive_rst_stream_frame(frame)
+
+    return ForgetfulConnection
 
 
 def release(conn: h2.connection.H2Connection) -> None:

@@ -43,7 +43,7 @@ from gossamer_common.h2flood import FloodGuard
 from ..config import Endpoint
 from ..context import ListenerContext
 from ..errors import ProxyError, ProxyErrorKind, grpc_error_headers, h2_error_headers
-from ..h2codec import h2, new_connection, release
+from ..h2codec import h2, new_connection, release, take_answers_owed
 from ..halfclose import can_stay_half_open
 from ..http1.headers import HeaderError, filter_trailers
 from ..inbound_authz import InboundPeer
@@ -290,7 +290,12 @@ class H2Server(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        release(self.conn)
+        try:
+            self._forget_streams(exc)
+        finally:
+            release(self.conn)
+
+    def _forget_streams(self, exc: Exception | None) -> None:
         self.ctx.connections.discard(self)
         if self._handle is not None:
             self._handle.close()
@@ -369,6 +374,11 @@ class H2Server(asyncio.Protocol):
         except h2.exceptions.ProtocolError:
             self._flush_out()  # h2 queued the GOAWAY that explains the error
             self._close()
+            return
+        owed = take_answers_owed(self.conn)  # RST_STREAMs for frames on forgotten streams
+        if owed and self._guard.control_frame(owed):
+            _log.info("h2_answer_flood", pending=self._guard.pending_control_frames)
+            self._enhance_your_calm()
             return
         for event in events:
             if isinstance(event, h2.events.RequestReceived) and repeats_host(event.headers):
@@ -1125,6 +1135,10 @@ class _H2Upstream(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
+        owed = take_answers_owed(self.conn)  # RST_STREAMs for frames on forgotten streams
+        if owed and self._guard.control_frame(owed):
+            _log.info("h2_upstream_control_frame_flood")
+            self._calm = True
         server = self.server
         for event in events:
             if self._calm:
@@ -1265,10 +1279,12 @@ class _H2Upstream(asyncio.Protocol):
         if self._closed:
             return  # abandoned already
         self._closed = True
-        release(self.conn)
-        self.tcp.close(getattr(exc, "errno", 0) or 0 if exc else 0)
-        streams, self.streams = self.streams, {}
-        self.server.upstream_lost(self, list(streams.values()))
+        try:
+            self.tcp.close(getattr(exc, "errno", 0) or 0 if exc else 0)
+            streams, self.streams = self.streams, {}
+            self.server.upstream_lost(self, list(streams.values()))
+        finally:
+            release(self.conn)
 
     def pause_writing(self) -> None:
         """The upstream is not reading: stop reading it, and stop moving request data."""
