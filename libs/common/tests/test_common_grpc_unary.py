@@ -214,6 +214,33 @@ async def test_a_client_resetting_calls_by_the_hundred_is_told_to_calm_down(
     writer.close()
 
 
+async def test_the_deadline_runs_from_the_request_head_so_a_stalled_upload_expires(
+    served: Served,
+) -> None:
+    reader, writer, conn = await _raw_connection(served.port)
+    headers = [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", ECHO.encode()),
+        (b":authority", b"x"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+        (b"grpc-timeout", b"50m"),
+    ]
+    conn.send_headers(1, headers)
+    conn.send_data(1, b"\x00\x00\x00\x00\x08half")  # 4 of the message's 8 bytes, then nothing
+    writer.write(conn.data_to_send())
+    status = None
+    async with asyncio.timeout(TIMEOUT):  # before: no answer ever, the body never ends
+        while status is None and (data := await reader.read(65536)):
+            for event in conn.receive_data(data):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    status = dict(event.headers).get(b"grpc-status", status)
+            writer.write(conn.data_to_send())
+    writer.close()
+    assert status == b"%d" % Status.DEADLINE_EXCEEDED
+
+
 async def test_a_protocol_violation_gets_goaway_and_a_closed_connection(served: Served) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not the HTTP/2 preface

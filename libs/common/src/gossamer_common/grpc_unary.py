@@ -289,6 +289,9 @@ class _Connection(asyncio.Protocol):
         call = _Call(stream_id, method, head.timeout)
         self.calls[stream_id] = call
         self.idle.clear()
+        if call.timeout is not None:
+            # The deadline covers the whole call, the request's upload included.
+            call.deadline = self.loop.call_later(call.timeout, self._expire, call)
         if stream_id in self._reset_now:
             return  # reset later in this same read: the reset event closes it
         if event.stream_ended is not None:
@@ -323,8 +326,6 @@ class _Connection(asyncio.Protocol):
             self._fail(call, exc.status, exc.message)
             return
         call.task = self.loop.create_task(self._run(call, message))
-        if call.timeout is not None:
-            call.deadline = self.loop.call_later(call.timeout, self._expire, call)
 
     async def _run(self, call: _Call, message: bytes) -> None:
         method = call.method
