@@ -370,3 +370,28 @@ async def test_a_connect_that_fails_after_the_connection_was_made_leaves_nothing
         client.close()
     finally:
         gc.enable()
+
+
+async def test_a_failing_codec_release_does_not_skip_the_connections_cleanup(
+    start_proxy: StartProxy, tcp_server: TcpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = CountingH2Backend()
+    proxy = await start_proxy(await tcp_server(backend.handle))
+    ctx = outbound_context(proxy)
+    released: list[object] = []
+
+    def renamed_internal(conn: object) -> None:
+        released.append(conn)
+        raise AttributeError("'H2Connection' object has no attribute '_frame_dispatch_table'")
+
+    monkeypatch.setattr("gossamer_proxy.http2.bridge.release", renamed_internal)
+    client = await RawH2Client.connect(proxy.outbound_addr.port)
+    sid = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(sid, REQUEST, end_stream=False)  # a stream still in flight
+    await client.send(client.conn.data_to_send())
+    await until(lambda: backend.streams == 1, "the stream to reach the backend")
+    server = next(c for c in ctx.connections if isinstance(c, H2Server))
+    client.close()
+    await until(lambda: server.conn in released, "the proxy to see the client go")
+    assert server not in ctx.connections
+    assert not server.pairs

@@ -81,13 +81,10 @@ def missing_internals(connection: ModuleType, stream: ModuleType) -> list[str]:
     for method in (
         "_stream_closed_by",
         "_handle_data_on_closed_stream",
-        "_receive_rst_stream_frame",
         "_stream_id_is_outbound",
     ):
         if not callable(getattr(conn_class, method, None)):
             missing.append(f"H2Connection.{method}")
-    if not hasattr(getattr(connection, "ConnectionInputs", None), "RECV_RST_STREAM"):
-        missing.append("ConnectionInputs.RECV_RST_STREAM")
     if not hasattr(getattr(stream, "StreamClosedBy", None), "SEND_RST_STREAM"):
         missing.append("StreamClosedBy.SEND_RST_STREAM")
     if conn_class is None:
@@ -102,7 +99,6 @@ def missing_internals(connection: ModuleType, stream: ModuleType) -> list[str]:
         ("streams", dict),
         ("highest_inbound_stream_id", int),
         ("highest_outbound_stream_id", int),
-        ("state_machine", object),
     ):
         if not isinstance(getattr(probe, attribute, None), kind):
             missing.append(f"H2Connection().{attribute}")
@@ -185,7 +181,7 @@ def new_connection(config: h2.config.H2Configuration) -> h2.connection.H2Connect
     A frame on a stream it may have forgotten (at or below the highest id of its side, no
     longer tracked) is a stream error, as in Rust's ``h2``: HEADERS is answered with
     RST_STREAM(STREAM_CLOSED); DATA too, its length credited back to the connection window
-    (h2 does that for DATA on any closed stream); RST_STREAM and WINDOW_UPDATE are ignored.
+    (h2 does that for DATA on any closed stream); h2 ignores RST_STREAM and WINDOW_UPDATE.
     Each RST_STREAM it answers that way is counted in :func:`take_answers_owed`.
     """
     conn = _connection_class()(config)
@@ -214,7 +210,6 @@ def _connection_class() -> type[Any]:
     """jh2's connection, with closed streams it has forgotten treated as reset ones."""
     base: Any = h2.connection.H2Connection
     reset_by_this_side = h2.stream.StreamClosedBy.SEND_RST_STREAM
-    recv_rst_stream = h2.connection.ConnectionInputs.RECV_RST_STREAM
 
     class ForgetfulConnection(base):  # type: ignore[misc]
         __slots__ = ()
@@ -229,7 +224,7 @@ def _connection_class() -> type[Any]:
             return bool(stream_id <= self.highest_inbound_stream_id)
 
         def _stream_closed_by(self, stream_id: int) -> Any:
-            # h2 asks only when a frame came for a stream it does not track, to choose
+            # h2 asks when a frame came for a closed or untracked stream, to choose
             # between a stream error (closed by a reset) and a connection error.
             stream = self.streams.get(stream_id)
             if stream is not None:
@@ -242,12 +237,6 @@ def _connection_class() -> type[Any]:
         def _handle_data_on_closed_stream(self, events: Any, exc: Any, frame: Any) -> Any:
             self.answers_owed += 1  # RST_STREAM (and the connection window's credit)
             return super()._handle_data_on_closed_stream(events, exc, frame)
-
-        def _receive_rst_stream_frame(self, frame: Any) -> Any:
-            if self._may_have_forgotten(frame.stream_id):
-                # Never answered (RFC 9113 §5.4.2): the stream is closed already.
-                return [], self.state_machine.process_input(recv_rst_stream)
-            return super()._receive_rst_stream_frame(frame)
 
     return ForgetfulConnection
 
