@@ -16,6 +16,15 @@ def test_control_frames_count_only_while_writes_are_backed_up() -> None:
     assert guard.pending_control_frames == 4
 
 
+def test_frames_owed_in_one_go_count_as_many() -> None:
+    guard = FloodGuard(FloodLimits(max_pending_control_frames=5))
+    assert not guard.control_frame(100)  # writes flow: nothing counted
+    guard.backed_up()
+    assert not guard.control_frame(5)
+    assert guard.control_frame(1)
+    assert guard.pending_control_frames == 6
+
+
 def test_drained_writes_forgive_the_frames_owed() -> None:
     guard = FloodGuard(FloodLimits(max_pending_control_frames=2))
     guard.backed_up()

@@ -378,6 +378,7 @@ class H2Server(asyncio.Protocol):
         owed = take_answers_owed(self.conn)  # RST_STREAMs for frames on forgotten streams
         if owed and self._guard.control_frame(owed):
             _log.info("h2_answer_flood", pending=self._guard.pending_control_frames)
+            self._calm = True
             self._enhance_your_calm()
             return
         for event in events:
