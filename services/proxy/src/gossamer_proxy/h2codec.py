@@ -184,7 +184,7 @@ def new_connection(config: h2.config.H2Configuration) -> h2.connection.H2Connect
     (h2 does that for DATA on any closed stream); h2 ignores RST_STREAM and WINDOW_UPDATE.
     Each RST_STREAM it answers that way is counted in :func:`take_answers_owed`.
     """
-    conn = _connection_class()(config)
+    conn: h2.connection.H2Connection = _connection_class()(config)
     conn._closed_streams = ClosedStreamSink()
     for settings in (conn.local_settings, conn.remote_settings):
         values: dict[Any, Any] = settings._settings  # h2 types them as deques
@@ -212,7 +212,6 @@ def _connection_class() -> type[Any]:
     reset_by_this_side = h2.stream.StreamClosedBy.SEND_RST_STREAM
 
     class ForgetfulConnection(base):  # type: ignore[misc]
-        __slots__ = ()
         #: RST_STREAMs queued for frames on forgotten streams (see take_answers_owed).
         answers_owed = 0
 
