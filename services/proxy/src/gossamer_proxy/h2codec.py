@@ -57,8 +57,9 @@ SUPPORTED_JH2 = ">=5.0.15,<5.1"
 def _check_codec() -> None:
     """Fail at import, naming the jh2 expected, if an internal this module uses is gone.
 
-    Otherwise a rename would surface later and elsewhere: :func:`release`, the first thing a
-    closing connection calls, would raise AttributeError on every close.
+    Otherwise a rename would surface later and elsewhere: :func:`release` would raise
+    AttributeError as each connection closes, and an override that h2 no longer calls would
+    silently bring back connection errors for frames on forgotten streams.
     """
     try:
         connection = importlib.import_module("jh2.connection")
