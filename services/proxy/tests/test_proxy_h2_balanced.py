@@ -762,6 +762,29 @@ async def test_closing_the_client_connection_closes_its_upstream_connections(
     await wait_until(lambda: raw_h2.closed == 1)
 
 
+async def test_a_failing_codec_release_still_closes_the_upstream_connections(
+    start_proxy: StartProxy,
+    control: ControlPlane,
+    raw_h2: RawH2Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def renamed_internal(conn: object) -> None:
+        raise AttributeError("'H2Connection' object has no attribute '_frame_dispatch_table'")
+
+    monkeypatch.setattr("gossamer_proxy.http2.bridge.release", renamed_internal)
+    control.plane.send(f"profile:{TARGET}", profile())
+    control.plane.send(f"get:{AUTHORITY}", endpoints(raw_h2.port))
+    proxy = await proxy_for(start_proxy, control)
+    addr = proxy.outbound_addr
+
+    async with httpx.AsyncClient(http1=False, http2=True, timeout=15) as client:
+        response = await client.get(f"http://{addr.host}:{addr.port}/ok")
+        assert response.status_code == 200
+        assert raw_h2.closed == 0
+
+    await wait_until(lambda: raw_h2.closed == 1)
+
+
 # -- policy routing ----------------------------------------------------------------------
 
 

@@ -183,10 +183,12 @@ class BalancedH2Server(H2Server):
             routed = _routed(pair)
             routed.cancel_timers()
             routed.finish_pick(Outcome.CANCELLED)
-        super().connection_lost(exc)
-        for up in self.pool.connections():
-            up.flush_out()
-        self.pool.close_all()
+        try:
+            super().connection_lost(exc)
+        finally:  # even if the codec's release failed
+            for up in self.pool.connections():
+                up.flush_out()
+            self.pool.close_all()
 
     def tick(self, now: float) -> None:
         super().tick(now)
