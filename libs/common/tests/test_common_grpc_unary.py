@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -10,9 +11,16 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 import pytest
 from gossamer_common.grpc_http2 import RequestError, Status
-from gossamer_common.grpc_unary import CallInfo, UnaryMethod, UnaryServer
+from gossamer_common.grpc_unary import (
+    HEADER_TABLE_SIZE,
+    MAX_RESET_RECORDS,
+    CallInfo,
+    UnaryMethod,
+    UnaryServer,
+)
 
 TIMEOUT = 5.0
 ECHO = "/test.Echo/Echo"
@@ -20,6 +28,7 @@ FAIL = "/test.Echo/Fail"
 CRASH = "/test.Echo/Crash"
 HANG = "/test.Echo/Hang"
 BIG = "/test.Echo/Big"
+CANCELLED_UNDER = "/test.Echo/CancelledUnder"
 
 
 class Handlers:
@@ -51,6 +60,11 @@ class Handlers:
     async def big(self, message: bytes, call: CallInfo) -> bytes:
         return bytes(range(256)) * 1000  # 256,000 bytes: many frames, past the default window
 
+    async def cancelled_under(self, message: bytes, call: CallInfo) -> bytes:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future.cancel()  # e.g. a library's future, cancelled under the handler
+        return await future
+
 
 class Served:
     def __init__(self, server: UnaryServer, port: int, handlers: Handlers) -> None:
@@ -70,6 +84,7 @@ async def served() -> AsyncIterator[Served]:
             UnaryMethod(CRASH, handlers.crash),
             UnaryMethod(HANG, handlers.hang),
             UnaryMethod(BIG, handlers.big),
+            UnaryMethod(CANCELLED_UNDER, handlers.cancelled_under),
         ]
     )
     port = await server.listen("127.0.0.1", 0)
@@ -274,3 +289,108 @@ async def test_a_peer_that_never_acks_keepalive_pings_is_dropped() -> None:
         writer.close()
     finally:
         await server.stop(1.0)
+
+
+async def test_a_handler_cancelled_under_it_answers_unknown(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _call(channel, CANCELLED_UNDER)(b"x", timeout=TIMEOUT)
+        assert err.value.code() == grpc.StatusCode.UNKNOWN
+        assert await _call(channel, ECHO)(b"next", timeout=TIMEOUT) == b"echo:next"
+
+
+REQUEST_HEADERS = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":path", ECHO.encode()),
+    (b":authority", b"x"),
+    (b"content-type", b"application/grpc"),
+    (b"te", b"trailers"),
+]
+
+
+async def _responses(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    conn: h2.connection.H2Connection,
+    count: int,
+) -> dict[int, bytes]:
+    """Reads until ``count`` streams have ended; returns each one's response bytes."""
+    bodies: dict[int, bytes] = {}
+    ended = 0
+    async with asyncio.timeout(TIMEOUT):
+        while ended < count:
+            data = await reader.read(65536)
+            assert data, f"the server closed after {ended} of {count} answers"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    sid = event.stream_id or 0
+                    bodies[sid] = bodies.get(sid, b"") + (event.data or b"")
+                    conn.acknowledge_received_data(event.flow_controlled_length or 0, sid)
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended += 1
+            writer.write(conn.data_to_send())
+    return bodies
+
+
+async def test_a_client_goaway_still_gets_the_answers_to_calls_it_sent(served: Served) -> None:
+    reader, writer, conn = await _raw_connection(served.port)
+    conn.send_headers(1, REQUEST_HEADERS)
+    conn.send_data(1, b"\x00\x00\x00\x00\x02hi", end_stream=True)
+    writer.write(conn.data_to_send())
+    writer.write(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + bytes(8))  # GOAWAY(0, NO_ERROR)
+    assert await _responses(reader, writer, conn, 1) == {1: b"\x00\x00\x00\x00\x07echo:hi"}
+    async with asyncio.timeout(TIMEOUT):  # then the server closes
+        with contextlib.suppress(ConnectionResetError):  # maybe before reading the client's ACKs
+            while await reader.read(65536):
+                pass
+    assert not served.server.connections
+    writer.close()
+
+
+async def test_many_calls_on_one_connection_keep_no_record_of_streams_that_ended(
+    served: Served,
+) -> None:
+    reader, writer, conn = await _raw_connection(served.port)
+    calls = 300
+    for i in range(calls):
+        conn.send_headers(1 + 2 * i, REQUEST_HEADERS)
+        conn.send_data(1 + 2 * i, b"\x00\x00\x00\x00\x00", end_stream=True)
+        if i % 100 == 99:  # no more at once than the server's concurrent stream limit
+            writer.write(conn.data_to_send())
+            assert len(await _responses(reader, writer, conn, 100)) == 100
+    (server_conn,) = served.server.connections
+    assert len(server_conn.h2._closed_streams) == 0  # jh2 alone keeps 65,536
+    writer.close()
+
+
+async def test_a_connection_remembers_only_its_newest_resets(served: Served) -> None:
+    reader, writer, conn = await _raw_connection(served.port)
+    unknown = [
+        (b":path", b"/test.Echo/Nope") if k == b":path" else (k, v) for k, v in REQUEST_HEADERS
+    ]
+    calls = MAX_RESET_RECORDS + 100
+    for i in range(calls):
+        conn.send_headers(1 + 2 * i, unknown)  # no END_STREAM: refused, then reset by the server
+        if i % 100 == 99 or i == calls - 1:
+            writer.write(conn.data_to_send())
+            await _responses(reader, writer, conn, i % 100 + 1)
+    (server_conn,) = served.server.connections
+    records = server_conn.h2._closed_streams
+    assert len(records) == MAX_RESET_RECORDS
+    assert 1 not in records  # the oldest forgotten
+    assert 2 * MAX_RESET_RECORDS + 1 in records
+    writer.close()
+
+
+async def test_the_server_advertises_a_small_header_table(served: Served) -> None:
+    reader, writer, conn = await _raw_connection(served.port)
+    settings: dict[int, int] = {}
+    async with asyncio.timeout(TIMEOUT):
+        while not settings:
+            for event in conn.receive_data(await reader.read(65536)):
+                if isinstance(event, h2.events.RemoteSettingsChanged):
+                    changed = event.changed_settings.items()
+                    settings = {code: setting.new_value for code, setting in changed}
+    assert settings[h2.settings.SettingCodes.HEADER_TABLE_SIZE] == HEADER_TABLE_SIZE == 4096
+    writer.close()

@@ -22,11 +22,19 @@ Bounds, since every peer is hostile:
 * a connection must send its first request within ``handshake_timeout`` and must ACK the
   server's keepalive PINGs, so a vanished peer does not hold a socket forever;
 * ``grpc-timeout`` is honoured: the handler is cancelled and the call ends DEADLINE_EXCEEDED.
-  A client's RST_STREAM cancels the handler too.
+  A client's RST_STREAM cancels the handler too;
+* a connection remembers only its last :data:`MAX_RESET_RECORDS` reset streams (jh2 keeps a
+  record of each of the last 65,536 closed streams: ~8 MB for one long-lived connection), and
+  advertises a :data:`HEADER_TABLE_SIZE` of 4,096 bytes (the HTTP/2 default; jh2's is 65,536)
+  for the HPACK table the client may make it keep.
+
+A client's GOAWAY means it opens no more calls: those it sent are still answered, then the
+connection closes (RFC 9113 §6.8).
 
 Handlers take the request message's bytes and return the response message's bytes, raising
 :class:`~gossamer_common.grpc_http2.RequestError` to answer with a status; any other exception
-answers UNKNOWN ("internal error") and is logged.
+answers UNKNOWN ("internal error") and is logged, as does a handler's own CancelledError (one
+raised under it, not by the server cancelling it).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -60,6 +69,7 @@ if TYPE_CHECKING:  # jh2 keeps h2's API but ships no annotations
     import h2.events
     import h2.exceptions
     import h2.settings
+    import h2.stream
 else:
     import jh2 as h2
     import jh2.config
@@ -68,13 +78,16 @@ else:
     import jh2.events
     import jh2.exceptions
     import jh2.settings
+    import jh2.stream
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
+    "HEADER_TABLE_SIZE",
     "KEEPALIVE_INTERVAL",
     "KEEPALIVE_TIMEOUT",
     "MAX_BUFFERED_REQUEST_BYTES",
     "MAX_CONCURRENT_STREAMS",
+    "MAX_RESET_RECORDS",
     "CallInfo",
     "UnaryMethod",
     "UnaryServer",
@@ -86,6 +99,10 @@ MAX_CONCURRENT_STREAMS = 256
 #: Request bytes a connection may hold across its unfinished requests.
 MAX_BUFFERED_REQUEST_BYTES = 1 << 20
 MAX_HEADER_LIST_SIZE = 16 * 1024
+#: The HPACK dynamic table the server keeps for a client's header blocks (HTTP/2's default).
+HEADER_TABLE_SIZE = 4096
+#: Streams closed by RST_STREAM that a connection remembers, newest first.
+MAX_RESET_RECORDS = 1024
 HANDSHAKE_TIMEOUT = 20.0
 KEEPALIVE_INTERVAL = 30.0
 KEEPALIVE_TIMEOUT = 20.0
@@ -130,6 +147,29 @@ class _Call:
         """Response bytes waiting for flow-control window (then the OK trailers)."""
 
 
+class _ResetStreamRecords(OrderedDict[int, Any]):
+    """How a connection's closed streams ended, kept for those closed by RST_STREAM only.
+
+    jh2 remembers every closed stream, the last 65,536 of them. The record matters only for a
+    reset stream: frames the client sent before it saw the RST_STREAM are then ignored instead
+    of ending the connection. For a stream that ended normally a late frame is a connection
+    error either way, so only resets are kept, the newest :data:`MAX_RESET_RECORDS` of them.
+    """
+
+    __slots__ = ()
+
+    _RESETS = frozenset(
+        {h2.stream.StreamClosedBy.SEND_RST_STREAM, h2.stream.StreamClosedBy.RECV_RST_STREAM}
+    )
+
+    def __setitem__(self, stream_id: int, closed_by: Any) -> None:
+        if closed_by not in self._RESETS:
+            return
+        super().__setitem__(stream_id, closed_by)
+        if len(self) > MAX_RESET_RECORDS:
+            self.popitem(last=False)
+
+
 def _peer_name(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
@@ -152,14 +192,17 @@ class _Connection(asyncio.Protocol):
             normalize_outbound_headers=False,
         )
         self.h2 = h2.connection.H2Connection(config=config)
+        self.h2._closed_streams = _ResetStreamRecords()
         self.h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: server.max_concurrent_streams,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+                h2.settings.SettingCodes.HEADER_TABLE_SIZE: HEADER_TABLE_SIZE,
             },
         )
         self.h2.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
+        self.h2.decoder.max_allowed_table_size = HEADER_TABLE_SIZE
         self.transport: asyncio.Transport | None = None
         self.info = CallInfo(peer="unknown")
         self.calls: dict[int, _Call] = {}
@@ -167,7 +210,7 @@ class _Connection(asyncio.Protocol):
         self.request_bytes = 0
         self.paused = False
         self.draining = False
-        """GOAWAY sent: calls in flight finish, new ones are refused."""
+        """GOAWAY sent or received: calls in flight finish, new ones are refused."""
         self.closing = False
         self.guard = FloodGuard()
         self._out: list[bytes] = []
@@ -238,13 +281,24 @@ class _Connection(asyncio.Protocol):
             elif isinstance(event, h2.events.PingAckReceived):
                 self._ping_acked(event)
             elif isinstance(event, h2.events.ConnectionTerminated):
-                self._abort()  # the client is going away; its calls end with the connection
+                self._client_goaway()
             if self.closing:
                 return
         if windows_opened and self.blocked:
             for call in list(self.blocked):
                 self._send_pending(call)
         self._emit()
+
+    def _client_goaway(self) -> None:
+        """The client opens no more calls: answer those it sent, then close.
+
+        jh2 takes a GOAWAY as the end of the connection and would refuse to send the answers
+        still owed (or to read the WINDOW_UPDATEs they need), so its state goes back to open.
+        """
+        self.h2.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
+        self.draining = True
+        if not self.calls:
+            self._abort()
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -334,7 +388,11 @@ class _Connection(asyncio.Protocol):
         except RequestError as exc:
             self._fail(call, exc.status, exc.message)
         except asyncio.CancelledError:
-            raise  # reset by the client, past its deadline, or the connection is gone
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # reset by the client, past its deadline, or the connection is gone
+            log.exception("grpc.handler_cancelled", method=method.path)  # not by this server
+            self._fail(call, Status.UNKNOWN, "internal error")
         except Exception:
             log.exception("grpc.handler_failed", method=method.path)
             self._fail(call, Status.UNKNOWN, "internal error")
