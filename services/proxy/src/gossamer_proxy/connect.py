@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from .config import Endpoint
+from .connect_deadline import ConnectDeadline
 from .errors import ProxyError, ProxyErrorKind
 from .mesh.tls_contexts import peer_has_identity, peer_names
 from .mesh.transport import ConnectPlan
@@ -158,8 +159,12 @@ class _Handshake(asyncio.Protocol):
         self.held: list[bytes] = []
         self.eof = False
         self.lost = False
+        #: The TLS handshake completed (the TLS transport was made), hand-over still to come.
+        self.secured = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if transport.get_extra_info("ssl_object") is not None:
+            self.secured = True
         cast(asyncio.Transport, transport).pause_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -271,10 +276,9 @@ class Connector:
             return await self._open_tls(endpoint, plan, factory)
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.timeout):
-                transport, protocol = await loop.create_connection(
-                    factory, endpoint.host, endpoint.port
-                )
+            async with ConnectDeadline(self.timeout) as deadline:
+                sock = await _connect_socket(endpoint, deadline)
+                transport, protocol = await loop.create_connection(factory, sock=sock)
         except TimeoutError:
             raise ProxyError(ProxyErrorKind.CONNECT_TIMEOUT, str(endpoint)) from None
         except ConnectionRefusedError:
@@ -300,8 +304,10 @@ class Connector:
         loop = asyncio.get_running_loop()
         key = (target, plan.sni, plan.alpn)
         try:
-            async with asyncio.timeout(self.timeout):
-                raw, holder = await loop.create_connection(_Handshake, target.host, target.port)
+            async with ConnectDeadline(self.timeout) as deadline:
+                sock = await _connect_socket(target, deadline)
+                raw, holder = await loop.create_connection(_Handshake, sock=sock)
+                deadline.watch(sock, connecting=False, finished=lambda: holder.secured)
                 # Offered right before start_tls, whose handshake takes it (see ResumingContext).
                 context.offer(plan.sni, self._sessions.resumable(key, context))
                 try:
@@ -310,7 +316,8 @@ class Connector:
                         holder,
                         context,
                         server_hostname=plan.sni,
-                        ssl_handshake_timeout=self.timeout,
+                        # A backstop only: the deadline above judges the handshake.
+                        ssl_handshake_timeout=2 * self.timeout,
                     )
                 except BaseException:
                     raw.close()
@@ -358,26 +365,34 @@ class Connector:
 
     async def open_socket(self, endpoint: Endpoint) -> socket.socket:
         """A connected non-blocking socket, for the zero-copy opaque path."""
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
         try:
-            async with asyncio.timeout(self.timeout):
-                await loop.sock_connect(sock, (endpoint.host, endpoint.port))
+            async with ConnectDeadline(self.timeout) as deadline:
+                sock = await _connect_socket(endpoint, deadline)
         except TimeoutError:
-            sock.close()
             raise ProxyError(ProxyErrorKind.CONNECT_TIMEOUT, str(endpoint)) from None
         except ConnectionRefusedError:
-            sock.close()
             raise ProxyError(ProxyErrorKind.CONNECT_REFUSED, str(endpoint)) from None
         except OSError as exc:
-            sock.close()
             raise ProxyError(
                 ProxyErrorKind.CONNECT_FAILED, f"{endpoint}: {exc.strerror or exc}"
             ) from None
-        except BaseException:
-            sock.close()
-            raise
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
+
+
+async def _connect_socket(endpoint: Endpoint, deadline: ConnectDeadline) -> socket.socket:
+    """A non-blocking TCP socket connected to ``endpoint``, watched by ``deadline``.
+
+    The socket is closed if the connect fails or is cancelled (the deadline expired).
+    """
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        deadline.watch(sock, connecting=True)
+        await loop.sock_connect(sock, (endpoint.host, endpoint.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
