@@ -98,22 +98,31 @@ async def test_a_connect_nobody_answers_still_times_out_after_a_blocked_loop() -
 
 
 async def test_handshake_bytes_that_arrived_in_time_are_read_before_the_deadline_judges() -> None:
+    """The flight arrives while the loop handles other I/O: the next turn runs timers first."""
     loop = asyncio.get_running_loop()
     ours, peer = socket.socketpair()
+    busy, wake = socket.socketpair()
     ours.setblocking(False)
+    busy.setblocking(False)
     answered: asyncio.Future[bytes] = loop.create_future()
+
+    def other_connection_busy() -> None:
+        loop.remove_reader(busy.fileno())
+        peer.send(b"server flight")  # lands in the kernel while this callback holds the loop
+        block_loop_past(started + 2 * TIMEOUT)
+
     loop.add_reader(ours.fileno(), lambda: answered.done() or answered.set_result(ours.recv(64)))
+    loop.add_reader(busy.fileno(), other_connection_busy)
     try:
         started = time.monotonic()
-        peer.send(b"server flight")  # in the kernel before the deadline
-        loop.call_soon(block_loop_past, started + 2 * TIMEOUT)
         async with ConnectDeadline(TIMEOUT) as deadline:
             deadline.watch(ours, connecting=False, finished=answered.done)
+            wake.send(b"go")
             assert await answered == b"server flight"
     finally:
         loop.remove_reader(ours.fileno())
-        ours.close()
-        peer.close()
+        for sock in (ours, peer, busy, wake):
+            sock.close()
 
 
 async def wait_within_deadline(sock: socket.socket, pending: asyncio.Future[None]) -> None:
