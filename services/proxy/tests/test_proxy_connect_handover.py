@@ -14,6 +14,9 @@ class FakeTransport:
         self.protocol: Any = None
         self.closed = False
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default  # a plain TCP transport: no ssl_object
+
     def pause_reading(self) -> None:
         self.calls.append("pause")
 
