@@ -87,11 +87,11 @@ class ConnectDeadline:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> None:
         if self._timer is not None:
             self._timer.cancel()
         assert self._scope is not None
-        return await self._scope.__aexit__(exc_type, exc, tb)
+        await self._scope.__aexit__(exc_type, exc, tb)  # raises TimeoutError if it expired
 
     def _expire(self) -> None:
         loop = asyncio.get_running_loop()
