@@ -594,7 +594,7 @@ class AcceptedConnection(asyncio.Protocol):
             if use_splice:
                 upstream_sock = await ctx.connector.open_socket(endpoint)
             else:
-                up_transport, _ = await ctx.connector.open(endpoint, PausedProtocol, tls=tls)
+                up_transport, paused = await ctx.connector.open(endpoint, PausedProtocol, tls=tls)
         except ProxyError as exc:
             _log.info("opaque_connect_failed", target=str(endpoint), error=str(exc))
             if pick is not None:
@@ -636,7 +636,7 @@ class AcceptedConnection(asyncio.Protocol):
         if use_splice:
             await self._splice(transport, upstream_sock, initial, src, dst)
             return
-        down, _ = relay_transports(
+        down, up = relay_transports(
             transport,
             up_transport,
             to_upstream=initial,
@@ -648,6 +648,7 @@ class AcceptedConnection(asyncio.Protocol):
             down.eof_received()  # the client half-closed during detection
         if initial:
             dst.written.value += len(initial)
+        up.replay(paused)  # a server that spoke first
 
     def _deliver_and_close(
         self, upstream: asyncio.Transport, initial: bytes, src: TcpStats, dst: TcpStats

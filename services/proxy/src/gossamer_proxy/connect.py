@@ -149,7 +149,7 @@ class UpstreamTls:
 
 
 class _Handshake(asyncio.Protocol):
-    """Holds a fresh mTLS connection, reading paused, until it is verified and handed over.
+    """Holds a fresh connection, reading paused, until it is verified and handed over.
 
     Anything that still arrives (a peer that speaks first) is kept and replayed to the real
     protocol, so nothing is lost; a connection lost meanwhile is reported as a failed connect.
@@ -171,10 +171,11 @@ class _Handshake(asyncio.Protocol):
         self.held.append(data)
 
     def eof_received(self) -> bool:
-        # The server sent all it will before the hand-over: replayed to the real protocol.
-        # The transport is TLS, so it closes itself now whatever is returned (see halfclose).
+        # The server sent all it will before the hand-over: replayed to the real protocol,
+        # which decides whether a plain connection stays half-open. A TLS transport closes
+        # itself now whatever is returned (see halfclose).
         self.eof = True
-        return False
+        return not self.secured
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -278,7 +279,10 @@ class Connector:
         try:
             async with ConnectDeadline(self.timeout) as deadline:
                 sock = await _connect_socket(endpoint, deadline)
-                transport, protocol = await loop.create_connection(factory, sock=sock)
+                # Held like an mTLS connection: uvloop may read a transport made from a
+                # connected socket before its connection_made, so a peer that speaks first
+                # would reach a protocol not yet set up.
+                transport, holder = await loop.create_connection(_Handshake, sock=sock)
         except TimeoutError:
             raise ProxyError(ProxyErrorKind.CONNECT_TIMEOUT, str(endpoint)) from None
         except ConnectionRefusedError:
@@ -287,8 +291,12 @@ class Connector:
             raise ProxyError(
                 ProxyErrorKind.CONNECT_FAILED, f"{endpoint}: {exc.strerror or exc}"
             ) from None
+        if holder.lost:
+            raise ProxyError(
+                ProxyErrorKind.CONNECT_FAILED, f"{endpoint}: closed right after the connect"
+            )
         set_nodelay(transport)
-        return transport, protocol
+        return transport, holder.hand_over(transport, factory())
 
     async def _open_tls(
         self, endpoint: Endpoint, plan: UpstreamTls, factory: Callable[[], P]

@@ -74,6 +74,14 @@ class RelayProtocol(asyncio.Protocol):
         # connection_lost then closes the peer once what it was given is flushed.
         return can_stay_half_open(self.transport)
 
+    def replay(self, held: PausedProtocol) -> None:
+        """Pass on what ``held`` received before the relay adopted its transport."""
+        if held.early:
+            self.data_received(bytes(held.early))
+            held.early.clear()
+        if held.eof:
+            self.eof_received()
+
     def mark_eof(self) -> None:
         """Record an EOF from this side that was already passed on before the relay began."""
         self._eof = True
@@ -105,10 +113,27 @@ class RelayProtocol(asyncio.Protocol):
 
 
 class PausedProtocol(asyncio.Protocol):
-    """Holds a fresh connection silent until :func:`relay_transports` adopts it."""
+    """Holds a fresh connection silent until :func:`relay_transports` adopts it.
+
+    What arrives anyway is kept for the relay (:meth:`RelayProtocol.replay`): a peer that
+    speaks first may have been read before the pause took effect (uvloop reads a transport
+    made from a connected socket at once), or during a connect's hand-over. That is at
+    most one read and what the hand-over held, since reading stays paused.
+    """
+
+    def __init__(self) -> None:
+        self.early = bytearray()
+        self.eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         cast(asyncio.Transport, transport).pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.early += data
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True  # the relay decides; a TLS transport closes itself whatever is returned
 
 
 def relay_transports(
