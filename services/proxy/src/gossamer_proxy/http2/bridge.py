@@ -59,6 +59,7 @@ from ..mesh.tls_contexts import verified_server_identity
 from ..metrics import HttpTargetStats, TargetLabels, TcpStats
 from ..observe import ConnectionFacts, ObservedRequest, connection_facts, content_length_of
 from ..outbound.discovery import TargetHandle
+from ..outbound.redispatch import may_redispatch
 from .authority import AuthorityError, repeats_host, settle_authority
 from .downgrade import H1Downgrade
 from .orig_proto import downgrade_request
@@ -725,17 +726,8 @@ class H2Server(asyncio.Protocol):
         return up
 
     async def _connect_upstream(self) -> None:
-        ctx = self.ctx
-        labels = self.labels
-        factory = self._upstream_for(labels)
         try:
-            endpoint = self._app_endpoint()
-            factory.endpoint = endpoint  # so that the connection may outlive this client
-            try:
-                _, up = await ctx.connector.open(endpoint, factory)
-            except BaseException:
-                factory.abandon()
-                raise
+            up = await self._open_upstream(self._app_endpoint())
         except ProxyError as exc:
             waiting, self._connecting = self._connecting, []
             for pair in waiting:
@@ -756,6 +748,45 @@ class H2Server(asyncio.Protocol):
                 up.open_stream(pair)
         up.flush_out()
         self._flush_out()
+
+    async def _open_upstream(self, endpoint: Endpoint) -> _H2Upstream:
+        """Connect to ``endpoint``; a failed connect is tried again while streams wait for it.
+
+        A connect that failed carried none of the streams, so trying again is always safe;
+        the balanced path redispatches the same way, and with the same bound
+        (:func:`~gossamer_proxy.outbound.redispatch.may_redispatch`). One connect that timed
+        out (a peer busy with a burst of handshakes) thus fails no stream on its own.
+        """
+        attempts = 0
+        while True:
+            attempts += 1
+            factory = self._upstream_for(self.labels)
+            factory.endpoint = endpoint  # so that the connection may outlive this client
+            try:
+                _, up = await self.ctx.connector.open(endpoint, factory)
+            except ProxyError as exc:
+                factory.abandon()
+                if (
+                    self._closed
+                    or not self._streams_wait()
+                    or not may_redispatch(exc.kind, attempts)
+                ):
+                    raise
+                _log.debug(
+                    "connect_failed_retrying",
+                    endpoint=str(endpoint),
+                    error=str(exc),
+                    attempt=attempts,
+                )
+                continue
+            except BaseException:
+                factory.abandon()
+                raise
+            return up
+
+    def _streams_wait(self) -> bool:
+        """Whether a stream still waits for the upstream connect."""
+        return any(self.pairs.get(pair.down_id) is pair for pair in self._connecting)
 
     def _app_endpoint(self) -> Endpoint:
         """Where this connection's requests go without discovery (may raise ProxyError)."""
