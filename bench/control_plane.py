@@ -34,6 +34,17 @@ MARKDOWN_NAME = "control-plane.md"
 JSON_NAME = "control-plane.json"
 
 
+def _token_note(result: dict[str, Any]) -> str:
+    """How many distinct tokens the identity run presented (absent from older results)."""
+    if "tokens" not in result:
+        return ""
+    repeats = float(result.get("token_repeats_within_cache_ttl", 0.0))
+    return (
+        f"; {result['tokens']:,} distinct tokens, {repeats:.1%} presented again within the "
+        "apiserver's 10 s token cache"
+    )
+
+
 def _bounded_int(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -69,6 +80,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     identity.add_argument("--certificates", type=_bounded_int(1, 100_000), default=3000)
     identity.add_argument("--identity-concurrency", type=_bounded_int(1, 512), default=32)
     identity.add_argument("--identity-seconds", type=_bounded_seconds, default=30.0)
+    identity.add_argument(
+        "--identity-tokens", type=_bounded_int(1, 200_000), default=None,
+        help="distinct tokens the requests rotate through (default: one per request)",
+    )  # fmt: skip
     destination = parser.add_argument_group("destination")
     destination.add_argument("--streams", type=_bounded_int(1, 10_000), default=1000)
     destination.add_argument("--endpoints", type=_bounded_int(1, 10_000), default=1000)
@@ -99,6 +114,7 @@ def run_benchmarks(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]],
         return identity_bench.measure(
             cluster, workdir, requests=args.certificates,
             concurrency=args.identity_concurrency, seconds=args.identity_seconds,
+            tokens=args.identity_tokens,
         )  # fmt: skip
 
     def destination(cluster: KubeTestCluster, workdir: Path) -> dict[str, Any]:
@@ -165,7 +181,8 @@ def _rows(name: str, result: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{float(result['certs_per_second']):,.1f}",
                 f"{result['issued']:,} issued, {result['failed']} failed in "
                 f"{result['seconds']} s at concurrency {result['concurrency']}; identity CPU "
-                f"{result['identity_cpu_ms_per_cert']} ms per certificate",
+                f"{result['identity_cpu_ms_per_cert']} ms per certificate"
+                f"{_token_note(result)}",
             )
         ]
     if name == "destination":

@@ -1,16 +1,26 @@
 """Certificates signed per second by the identity service, with real TokenReview.
 
 Starts the local test cluster (etcd, kube-apiserver, controller-manager, kwok), the identity
-service as its own process on loopback, a pod with a bound ``identity.l5d.io`` token, then drives
-Certify over gRPC with a fixed concurrency. Every request does the full work: CSR checks, a
-TokenReview round trip to the apiserver, and an ECDSA P-256 signature.
+service as its own process on loopback, a few pods (one per service account) and bound
+``identity.l5d.io`` tokens for them, then drives Certify over gRPC with a fixed concurrency. Each
+request does the identity service's full work: CSR checks, a TokenReview round trip to the
+apiserver, and an ECDSA P-256 signature.
 
     python -m bench.identity_bench [--requests 3000] [--concurrency 32] [--seconds 30]
-                                   [--profile /tmp/identity.svg]
+                                   [--tokens N] [--profile /tmp/identity.svg]
 
-Every request presents the same token (one pod's). Real proxies each present their own, once per
-certificate (about every 17 hours), so a TokenReview cache in the identity service would raise
-this figure without helping a real cluster; Gossamer has none, and Linkerd has none either.
+The apiserver caches successful token authentications for 10 s (kube-apiserver v1.30:
+``TokenSuccessCacheTTL`` in pkg/kubeapiserver/options/authentication.go, no flag sets it; the
+cache wraps every token authenticator in pkg/kubeapiserver/authenticator/config.go and the
+TokenReview handler goes through it), keyed by token and audiences, with concurrent lookups of
+one key coalesced. Real proxies each present their own token, once per certificate (about every
+17 hours), so in a cluster every TokenReview misses that cache: the apiserver verifies the JWT
+and looks up the bound pod and service account. By default the bench therefore mints one
+distinct token per request (warm-up included) and presents them round-robin, so no token
+repeats; ``--tokens N`` rotates through N tokens instead (``--tokens 1``: every request presents
+the same token, almost all reviews are cache hits, the old optimistic figure). The result says
+how many timed requests presented a token the apiserver may still have cached
+(``token_repeats_within_cache_ttl``). Minting happens before the timed run.
 
 Bounded by both a request count and a wall-clock limit. Prints one JSON line with the rate and
 the CPU each process used during the timed run (ms per certificate), because on a small machine
@@ -25,6 +35,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import json
 import os
 import signal
@@ -35,6 +46,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,88 +160,199 @@ def wait_ready(
     raise TimeoutError(f"identity service never became ready{_tail(log)}")
 
 
-async def mint_token(config: KubeConfig, node: str) -> str:
+APISERVER_TOKEN_CACHE_TTL = 10.0  # seconds; kube-apiserver's TokenSuccessCacheTTL
+MAX_SERVICE_ACCOUNTS = 16
+MINT_CONCURRENCY = 8
+
+
+def service_account_count(tokens: int) -> int:
+    """Service accounts (one pod each) that ``tokens`` distinct tokens are spread over."""
+    if tokens < 1:
+        raise ValueError(f"need at least one token, not {tokens}")
+    return min(tokens, MAX_SERVICE_ACCOUNTS)
+
+
+def service_account_of(token_index: int, accounts: int) -> int:
+    """Which service account token ``token_index`` is minted for (round-robin)."""
+    return token_index % accounts
+
+
+def token_for_request(sequence: int, tokens: int) -> int:
+    """The token the ``sequence``-th request presents: round-robin, so that a token comes back
+    only after every other token has been presented once (the longest possible gap)."""
+    return sequence % tokens
+
+
+def service_account_name(index: int) -> str:
+    return f"web-{index}"
+
+
+def bench_identity(account: int) -> str:
+    """The identity a token of service account ``account`` entitles; its CSRs must name it."""
+    return identity_name(
+        service_account_name(account), NAMESPACE,
+        control_plane_namespace="gossamer", trust_domain="cluster.local",
+    )  # fmt: skip
+
+
+class TokenRepeats:
+    """Counts presentations of a token the apiserver may still hold in its success cache.
+
+    A token counts as seen when a request presenting it starts (a concurrent lookup of the same
+    token is coalesced with the one in flight) and again when that request completes (the cache
+    entry lives ``ttl`` from then). Time is passed in.
+    """
+
+    def __init__(self, ttl: float = APISERVER_TOKEN_CACHE_TTL) -> None:
+        self.ttl = ttl
+        self.presented = 0
+        self.repeats = 0
+        self._last_seen: dict[int, float] = {}
+
+    def present(self, token_index: int, now: float) -> bool:
+        """A request presenting ``token_index`` starts; whether it may be a cache hit."""
+        last = self._last_seen.get(token_index)
+        repeat = last is not None and now - last < self.ttl
+        self.presented += 1
+        self.repeats += repeat
+        self._last_seen[token_index] = now
+        return repeat
+
+    def completed(self, token_index: int, now: float) -> None:
+        self._last_seen[token_index] = now
+
+    def reset_counts(self) -> None:
+        """Start counting afresh (after the warm-up), remembering when tokens were last seen."""
+        self.presented = self.repeats = 0
+
+    @property
+    def repeat_fraction(self) -> float:
+        return self.repeats / self.presented if self.presented else 0.0
+
+
+@dataclass(frozen=True)
+class Credential:
+    """One token with the identity it entitles and a CSR naming that identity."""
+
+    identity: str
+    token: bytes
+    csr: bytes
+
+
+async def mint_credentials(config: KubeConfig, node: str, tokens: int) -> list[Credential]:
+    """``tokens`` distinct bound tokens over :func:`service_account_count` service accounts."""
+    accounts = service_account_count(tokens)
     async with KubeClient(config) as kube:
         await kube.create(NAMESPACES, {"metadata": {"name": NAMESPACE}})
-        await kube.create(SERVICEACCOUNTS, {"metadata": {"name": "web"}}, NAMESPACE)
-        for _ in range(100):  # the ServiceAccount admission cache may lag a moment
-            try:
-                pod = await kube.create(
-                    PODS,
-                    {
-                        "metadata": {"name": "web-0"},
-                        "spec": {
-                            "serviceAccountName": "web",
-                            "nodeName": node,
-                            "containers": [{"name": "app", "image": "example.invalid/app:1"}],
-                        },
+        pods: list[BoundPod] = []
+        for index in range(accounts):
+            name = service_account_name(index)
+            await kube.create(SERVICEACCOUNTS, {"metadata": {"name": name}}, NAMESPACE)
+            pods.append(await create_pod(kube, name, node))
+        identities = [bench_identity(index) for index in range(accounts)]
+        csrs = [build_csr(generate_private_key(), identity) for identity in identities]
+        limit = asyncio.Semaphore(MINT_CONCURRENCY)
+
+        async def mint(token_index: int) -> Credential:
+            account = service_account_of(token_index, accounts)
+            async with limit:
+                token = await kube.token_request(
+                    NAMESPACE, service_account_name(account), ["identity.l5d.io"], 3600,
+                    bound_pod=pods[account],
+                )  # fmt: skip
+            return Credential(identities[account], token.encode(), csrs[account])
+
+        minted = await asyncio.gather(*(mint(i) for i in range(tokens)))
+    if len({credential.token for credential in minted}) != tokens:
+        raise RuntimeError("the apiserver minted identical tokens (ServiceAccountTokenJTI off?)")
+    return minted
+
+
+async def create_pod(kube: KubeClient, service_account: str, node: str) -> BoundPod:
+    for _ in range(100):  # the ServiceAccount admission cache may lag a moment
+        try:
+            pod = await kube.create(
+                PODS,
+                {
+                    "metadata": {"name": f"{service_account}-0"},
+                    "spec": {
+                        "serviceAccountName": service_account,
+                        "nodeName": node,
+                        "containers": [{"name": "app", "image": "example.invalid/app:1"}],
                     },
-                    NAMESPACE,
-                )
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
-        else:
-            raise RuntimeError("could not create the bench pod")
-        return await kube.token_request(
-            NAMESPACE, "web", ["identity.l5d.io"], 3600, bound_pod=BoundPod.of(pod)
-        )
+                },
+                NAMESPACE,
+            )
+            return BoundPod.of(pod)
+        except Exception:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"could not create the bench pod for {service_account}")
 
 
 async def drive(
     address: str,
-    identity: str,
-    token: str,
+    credentials: list[Credential],
     *,
     requests: int,
     concurrency: int,
     seconds: float,
     on_start: Callable[[], None],
-) -> dict[str, float]:
-    csrs = [build_csr(generate_private_key(), identity) for _ in range(16)]
+) -> dict[str, Any]:
     done = failed = started_count = 0
-    deadline = time.monotonic() + seconds
+    sequence = itertools.count()
+    repeats = TokenRepeats()
     async with grpc.aio.insecure_channel(address) as channel:
         stub = identity_pb2_grpc.IdentityStub(channel)
 
-        async def worker(index: int) -> None:
+        async def certify() -> bool:
+            token_index = token_for_request(next(sequence), len(credentials))
+            credential = credentials[token_index]
+            repeats.present(token_index, time.monotonic())
+            request = identity_pb2.CertifyRequest(
+                identity=credential.identity,
+                token=credential.token,
+                certificate_signing_request=credential.csr,
+            )
+            try:
+                await stub.Certify(request, timeout=30)
+                return True
+            except grpc.aio.AioRpcError:
+                return False
+            finally:
+                repeats.completed(token_index, time.monotonic())
+
+        async def worker() -> None:
             nonlocal done, failed, started_count
-            i = index
+            deadline = time.monotonic() + seconds
             while started_count < requests and time.monotonic() < deadline:
                 started_count += 1  # claimed before the await, so the total never overshoots
-                request = identity_pb2.CertifyRequest(
-                    identity=identity,
-                    token=token.encode(),
-                    certificate_signing_request=csrs[i % len(csrs)],
-                )
-                i += concurrency
-                try:
-                    await stub.Certify(request, timeout=30)
+                if await certify():
                     done += 1
-                except grpc.aio.AioRpcError:
+                else:
                     failed += 1
 
         # Warm-up outside the timing, at full concurrency so that the identity service's
         # keep-alive pool to the apiserver already holds as many connections as the run needs.
-        await asyncio.gather(
-            *(
-                stub.Certify(
-                    identity_pb2.CertifyRequest(
-                        identity=identity,
-                        token=token.encode(),
-                        certificate_signing_request=csrs[i % len(csrs)],
-                    ),
-                    timeout=30,
-                )
-                for i in range(2 * concurrency)
-            )
-        )
+        warmed = await asyncio.gather(*(certify() for _ in range(warm_up_count(concurrency))))
+        if not all(warmed):
+            raise RuntimeError(f"{warmed.count(False)} warm-up Certify requests failed")
+        repeats.reset_counts()
         on_start()
         started = time.monotonic()
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.monotonic() - started
     return {"issued": done, "failed": failed, "seconds": round(elapsed, 3),
-            "certs_per_second": round(done / elapsed, 1) if elapsed else 0.0}  # fmt: skip
+            "certs_per_second": round(done / elapsed, 1) if elapsed else 0.0,
+            "token_repeats_within_cache_ttl": round(repeats.repeat_fraction, 4)}  # fmt: skip
+
+
+def warm_up_count(concurrency: int) -> int:
+    return 2 * concurrency
+
+
+def default_token_count(requests: int, concurrency: int) -> int:
+    """One distinct token per request, the warm-up's included: none repeats."""
+    return requests + warm_up_count(concurrency)
 
 
 def measure(
@@ -239,13 +362,17 @@ def measure(
     requests: int = 3000,
     concurrency: int = 32,
     seconds: float = 30.0,
+    tokens: int | None = None,
     profile: Path | None = None,
     native: bool = False,
 ) -> dict[str, Any]:
     """Run the identity service against ``cluster`` and drive Certify; the result summary.
 
-    ``root`` is a scratch directory for the issuer files and the service's log.
+    ``root`` is a scratch directory for the issuer files and the service's log. ``tokens`` is
+    how many distinct tokens the requests rotate through (default: one per request).
     """
+    if tokens is None:
+        tokens = default_token_count(requests, concurrency)
     trust = generate_trust_anchor_and_issuer(
         trust_domain="cluster.local", control_plane_namespace="gossamer",
         now=dt.datetime.now(dt.UTC),
@@ -268,10 +395,9 @@ def measure(
     )  # fmt: skip
     try:
         wait_ready(admin_port, process, log=root / "identity.log")
-        token = asyncio.run(mint_token(cluster.config, cluster.node_name))
-        identity = identity_name(
-            "web", NAMESPACE, control_plane_namespace="gossamer", trust_domain="cluster.local"
-        )
+        minting = time.monotonic()
+        credentials = asyncio.run(mint_credentials(cluster.config, cluster.node_name, tokens))
+        mint_seconds = time.monotonic() - minting
         pids = {"identity": process.pid, "bench_client": os.getpid()}
         pids.update({proc.name: proc.record.pid for proc in cluster.processes})
         meter: list[CpuMeter] = []
@@ -285,7 +411,7 @@ def measure(
         try:
             result = asyncio.run(
                 drive(
-                    f"127.0.0.1:{grpc_port}", identity, token, requests=requests,
+                    f"127.0.0.1:{grpc_port}", credentials, requests=requests,
                     concurrency=concurrency, seconds=seconds, on_start=on_start,
                 )
             )  # fmt: skip
@@ -304,10 +430,23 @@ def measure(
     return {
         "benchmark": "identity_certify",
         "concurrency": concurrency,
+        "tokens": tokens,
+        "service_accounts": service_account_count(tokens),
+        "mint_seconds": round(mint_seconds, 1),
         **result,
         "identity_cpu_ms_per_cert": cpu["identity"],
         "cpu_ms_per_cert": cpu,
     }
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def main() -> int:
@@ -315,13 +454,18 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--tokens", type=positive_int, default=None,
+        help="distinct tokens to rotate through (default: one per request; 1: the same token "
+        "for every request, so the apiserver's 10 s token cache answers most reviews)",
+    )  # fmt: skip
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output file")
     parser.add_argument("--native", action="store_true", help="profile native frames too")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="identity-bench-") as tmp, KubeTestCluster() as cluster:
         summary = measure(
             cluster, Path(tmp), requests=args.requests, concurrency=args.concurrency,
-            seconds=args.seconds, profile=args.profile, native=args.native,
+            seconds=args.seconds, tokens=args.tokens, profile=args.profile, native=args.native,
         )  # fmt: skip
     print(json.dumps(summary))
     return 0 if summary["failed"] == 0 else 1
